@@ -1,0 +1,148 @@
+//! Connecting to RabbitMQ and publishing with confirms: the rules every publisher follows.
+//!
+//! Connections enable lapin's auto-recovery and a heartbeat, so a dead peer is noticed in
+//! seconds. Recovery can still give up (a long outage); callers run their own supervisor
+//! loop around [`connect`] for that case.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+use crate::envelope::{CONTENT_TYPE, SCHEMA_VERSION};
+
+/// AMQP heartbeat in seconds, used unless the URL sets `heartbeat`.
+pub const HEARTBEAT_SECS: u16 = 15;
+/// TCP connect timeout, used unless the URL sets `connection_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Parse an AMQP URL and fill in the heartbeat and connect timeout when it has none.
+pub fn amqp_uri(url: &str) -> Result<AMQPUri, String> {
+    let mut uri = AMQPUri::from_str(url).map_err(|e| format!("invalid AMQP URL: {e}"))?;
+    uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+    uri.query
+        .connection_timeout
+        .get_or_insert(CONNECT_TIMEOUT.as_millis() as u64);
+    Ok(uri)
+}
+
+/// Open a connection with auto-recovery and a heartbeat, named for the broker's UI.
+pub async fn connect(url: &str, connection_name: &str) -> anyhow::Result<Connection> {
+    let uri = amqp_uri(url).map_err(anyhow::Error::msg)?;
+    let properties = ConnectionProperties::default()
+        .with_connection_name(connection_name.into())
+        .enable_auto_recover();
+    let host = format!("{}:{}", uri.authority.host, uri.authority.port);
+    Connection::connect_uri(uri, properties)
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to connect to RabbitMQ at {host}: {e}"))
+}
+
+/// A channel in confirm mode: every publish on it is acknowledged by the broker.
+pub async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// Why a message was not accepted by the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error(
+        "unroutable message: no queue is bound to exchange `{exchange}` with key `{routing_key}`"
+    )]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+/// A persistent JSON message with the service's standard properties.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    /// AMQP `type`: `cleanup.task` or the event type.
+    pub message_type: &'a str,
+    /// AMQP `message_id`: the task id for tasks, an event id for events.
+    pub message_id: String,
+    pub body: Vec<u8>,
+}
+
+impl OutgoingMessage<'_> {
+    fn properties(&self) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert("schema_version".into(), AMQPValue::LongUInt(SCHEMA_VERSION));
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(CONTENT_TYPE.into())
+            .with_type(ShortString::from(self.message_type))
+            .with_message_id(ShortString::from(self.message_id.as_str()))
+            .with_timestamp(chrono::Utc::now().timestamp() as u64)
+            .with_app_id("cleanup-service".into())
+            .with_headers(headers)
+    }
+}
+
+/// Start a mandatory publish; await the returned future for the broker's confirmation.
+/// Starting many publishes before awaiting them pipelines the confirms.
+pub async fn start_publish(
+    channel: &Channel,
+    message: &OutgoingMessage<'_>,
+) -> Result<impl std::future::Future<Output = Result<(), PublishError>> + use<>, PublishError> {
+    let confirm = channel
+        .basic_publish(
+            message.exchange.into(),
+            message.routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &message.body,
+            message.properties(),
+        )
+        .await?;
+    let exchange = message.exchange.to_owned();
+    let routing_key = message.routing_key.to_owned();
+    Ok(async move {
+        match confirm.await? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable {
+                exchange,
+                routing_key,
+            }),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            Confirmation::NotRequested => {
+                unreachable!("publishing requires a channel in confirm mode")
+            }
+        }
+    })
+}
+
+/// Publish one message and wait for the broker's confirmation.
+pub async fn publish(channel: &Channel, message: &OutgoingMessage<'_>) -> Result<(), PublishError> {
+    start_publish(channel, message).await?.await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_is_added_unless_the_url_sets_one() {
+        let uri = amqp_uri("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(uri.query.heartbeat, Some(HEARTBEAT_SECS));
+        let uri = amqp_uri("amqp://127.0.0.1/%2f?heartbeat=12").unwrap();
+        assert_eq!(uri.query.heartbeat, Some(12));
+        assert!(amqp_uri("http://[").is_err());
+    }
+}

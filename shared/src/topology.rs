@@ -1,0 +1,241 @@
+//! AMQP topology: exchange and queue names under a prefix, and their declaration.
+//!
+//! Everything is durable; task queues are quorum queues with a delivery limit and a
+//! dead-letter exchange, so a message that crashes every worker ends in `<prefix>.dead`
+//! instead of looping forever. Declaring is idempotent: every process declares at start.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::tasks::TaskKind;
+
+/// Default name prefix (`AMQP_PREFIX`).
+pub const DEFAULT_PREFIX: &str = "cleanup";
+/// Default quorum-queue delivery limit: a message redelivered this often is dead-lettered.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
+
+/// The names of every exchange and queue, derived from one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+    delivery_limit: u32,
+}
+
+impl Topology {
+    /// `prefix` must be 1 to 100 characters of `[A-Za-z0-9_.-]`.
+    pub fn new(prefix: &str, delivery_limit: u32) -> Result<Self, String> {
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 100
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !ok {
+            return Err(format!(
+                "AMQP prefix `{prefix}` must be 1 to 100 characters of letters, digits, `_`, `-`, `.`"
+            ));
+        }
+        if delivery_limit == 0 {
+            return Err("the delivery limit must be at least 1".into());
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            delivery_limit,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Direct exchange that task messages are published to, routing key = kind.
+    pub fn tasks_exchange(&self) -> String {
+        format!("{}.tasks", self.prefix)
+    }
+
+    /// The quorum queue holding tasks of one kind.
+    pub fn task_queue(&self, kind: TaskKind) -> String {
+        format!("{}.tasks.{}", self.prefix, kind.as_str())
+    }
+
+    /// Topic exchange of worker events, routing key = event type.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// The recorder's queue: every `task.*` and `worker.*` event.
+    pub fn ledger_queue(&self) -> String {
+        format!("{}.ledger", self.prefix)
+    }
+
+    /// Fanout exchange that rejected and over-delivered messages go to.
+    pub fn dead_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Where dead-lettered messages rest for an operator to inspect.
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    fn quorum_args(&self, dead_letter: bool) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), long_string("quorum"));
+        if dead_letter {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongInt(self.delivery_limit as i32),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                long_string(&self.dead_exchange()),
+            );
+            // At-least-once dead-lettering: RabbitMQ keeps the message until the dead queue
+            // has confirmed it, so a dead-lettered task is never lost on the way.
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                long_string("at-least-once"),
+            );
+            args.insert("x-overflow".into(), long_string("reject-publish"));
+        }
+        args
+    }
+
+    /// Declare every exchange, queue and binding. Safe to call any number of times.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let queue = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.dead_exchange().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(self.dead_queue().into(), queue, self.quorum_args(false))
+            .await?;
+        channel
+            .queue_bind(
+                self.dead_queue().into(),
+                self.dead_exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        channel
+            .exchange_declare(
+                self.tasks_exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        for kind in TaskKind::ALL {
+            channel
+                .queue_declare(self.task_queue(kind).into(), queue, self.quorum_args(true))
+                .await?;
+            channel
+                .queue_bind(
+                    self.task_queue(kind).into(),
+                    self.tasks_exchange().into(),
+                    kind.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+
+        channel
+            .exchange_declare(
+                self.events_exchange().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(self.ledger_queue().into(), queue, self.quorum_args(true))
+            .await?;
+        for key in ["task.#", "worker.#"] {
+            channel
+                .queue_bind(
+                    self.ledger_queue().into(),
+                    self.events_exchange().into(),
+                    ShortString::from(key),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Delete every queue and exchange of this prefix, messages included. For tests and
+    /// for tearing down a tenant; never called by the services themselves.
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        let mut queues: Vec<String> = TaskKind::ALL.iter().map(|k| self.task_queue(*k)).collect();
+        queues.push(self.ledger_queue());
+        queues.push(self.dead_queue());
+        for name in queues {
+            channel
+                .queue_delete(name.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for name in [
+            self.tasks_exchange(),
+            self.events_exchange(),
+            self.dead_exchange(),
+        ] {
+            channel
+                .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_prefix() {
+        let t = Topology::new("cleanup", 5).unwrap();
+        assert_eq!(t.tasks_exchange(), "cleanup.tasks");
+        assert_eq!(
+            t.task_queue(TaskKind::CleanupRuns),
+            "cleanup.tasks.cleanup_runs"
+        );
+        assert_eq!(
+            t.task_queue(TaskKind::CleanupTempFiles),
+            "cleanup.tasks.cleanup_temp_files"
+        );
+        assert_eq!(t.events_exchange(), "cleanup.events");
+        assert_eq!(t.ledger_queue(), "cleanup.ledger");
+        assert_eq!(t.dead_exchange(), "cleanup.dead");
+        assert_eq!(t.dead_queue(), "cleanup.dead");
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused() {
+        assert!(Topology::new("", 5).is_err());
+        assert!(Topology::new("a b", 5).is_err());
+        assert!(Topology::new("ok-1.x", 5).is_ok());
+        assert!(Topology::new("ok", 0).is_err());
+    }
+}
