@@ -1,1 +1,12 @@
+//! producer-api: the control plane of the cleanup service. It accepts tasks over HTTP,
+//! keeps the task ledger in PostgreSQL and relays tasks to RabbitMQ through an outbox.
 
+pub mod config;
+pub mod http;
+pub mod ledger;
+pub mod metrics;
+pub mod relay;
+pub mod startup;
+
+pub use config::Config;
+pub use startup::Application;

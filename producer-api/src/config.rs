@@ -1,0 +1,136 @@
+//! producer-api settings: every flag is also an environment variable, listed by `--help`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared::config::{split_list, AmqpArgs, RetryArgs};
+use shared::tasks::ValidationRules;
+use shared::telemetry::LogArgs;
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "producer-api",
+    version,
+    about = "Control plane of the cleanup service: HTTP API, task ledger and outbox relay"
+)]
+pub struct Config {
+    /// PostgreSQL URL of the task ledger; migrations run at start-up.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/cleanup",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Connections in the ledger pool; enqueue throughput grows with it up to the cores.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// How long a request waits for a ledger connection before answering 503.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub database_acquire_timeout: Duration,
+
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Bearer tokens accepted by the API, comma-separated. Required unless --auth-disabled.
+    #[arg(
+        long,
+        env = "API_TOKENS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub api_tokens: Vec<String>,
+
+    /// Serve the API without authentication (local experiments only).
+    #[arg(long, env = "AUTH_DISABLED", default_value_t = false)]
+    pub auth_disabled: bool,
+
+    /// Minimum age floor in hours: requests asking to delete anything younger are refused.
+    #[arg(long, env = "MIN_AGE_HOURS", default_value_t = 1.0)]
+    pub min_age_hours: f64,
+
+    /// Statuses of the runs table that mean "finished"; must match the workers' setting.
+    /// Requests may narrow this list, never widen it.
+    #[arg(
+        long,
+        env = "RUNS_TERMINAL_STATUSES",
+        default_value = "succeeded,failed,cancelled"
+    )]
+    pub runs_terminal_statuses: String,
+
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Outbox messages the relay publishes per batch (one transaction, pipelined confirms).
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500)]
+    pub relay_batch_size: u32,
+
+    /// How often the relay polls the outbox when no notification wakes it.
+    #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub relay_poll_interval: Duration,
+
+    /// Run the outbox relay in this process (turn off to run API-only replicas).
+    #[arg(long, env = "RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub relay_enabled: bool,
+
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+
+    #[command(flatten)]
+    pub retry: RetryArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// Check the settings hang together; the message says which one is wrong.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.api_tokens.iter().all(|t| t.trim().is_empty()) && !self.auth_disabled {
+            anyhow::bail!(
+                "no API tokens configured: set API_TOKENS (comma-separated) or pass \
+                 --auth-disabled to serve without authentication"
+            );
+        }
+        if let Some(short) = self.tokens().iter().find(|t| t.len() < 16) {
+            anyhow::bail!(
+                "API token `{}…` is too short: use at least 16 characters",
+                &short[..short.len().min(3)]
+            );
+        }
+        if !(self.min_age_hours.is_finite() && self.min_age_hours > 0.0) {
+            anyhow::bail!("MIN_AGE_HOURS must be a number greater than 0");
+        }
+        if self.validation_rules().terminal_statuses.is_empty() {
+            anyhow::bail!("RUNS_TERMINAL_STATUSES must name at least one status");
+        }
+        if self.relay_batch_size == 0 {
+            anyhow::bail!("RELAY_BATCH_SIZE must be at least 1");
+        }
+        self.amqp.topology().map_err(anyhow::Error::msg)?;
+        self.retry.policy().map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+
+    pub fn tokens(&self) -> Vec<String> {
+        self.api_tokens
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
+    pub fn validation_rules(&self) -> ValidationRules {
+        ValidationRules {
+            min_age_hours: self.min_age_hours,
+            terminal_statuses: split_list(&self.runs_terminal_statuses)
+                .into_iter()
+                .collect::<BTreeSet<_>>(),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! API errors, rendered as `application/problem+json` (RFC 9457).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// Every way a request can fail. Each variant names the status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not JSON, or a query parameter or header is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no bearer token, or one that is not configured.
+    #[error("missing or invalid bearer token: send `Authorization: Bearer <token>`")]
+    Unauthorized,
+    /// 404: nothing at this id.
+    #[error("{0}")]
+    NotFound(String),
+    /// 413: the body exceeds the configured limit.
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 415: the body is not declared as JSON.
+    #[error("expected a body with `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    /// 422: well-formed JSON whose fields are missing, unknown, mistyped or out of range.
+    #[error("{detail}")]
+    InvalidParameters {
+        detail: String,
+        field: Option<&'static str>,
+    },
+    /// 422: the idempotency key was already used for a different request.
+    #[error("Idempotency-Key `{key}` was already used for task {task_id} with a different request; use a new key for a new request")]
+    IdempotencyKeyReused { key: String, task_id: Uuid },
+    /// 503: the ledger is unreachable; nothing was stored, the client should retry.
+    #[error("the task ledger is unavailable; nothing was stored, retry later")]
+    LedgerUnavailable(#[source] sqlx::Error),
+    /// 500: a bug or an unexpected failure; details are logged, not shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_unavailable(&error) {
+            ApiError::LedgerUnavailable(error)
+        } else {
+            ApiError::Internal(error.into())
+        }
+    }
+}
+
+/// Connection-level failures (the database is down, restarting or out of connections),
+/// as opposed to a failing statement.
+fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P01..03: shutdown / cannot connect now;
+            // 53300: too many connections.
+            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+        }),
+        _ => false,
+    }
+}
+
+/// The problem document (RFC 9457).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem (see the README's error table).
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    /// What went wrong and what to do about it, for a person.
+    pub detail: String,
+    /// The request field at fault, for invalid parameters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// The task an idempotency key already names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<Uuid>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::InvalidParameters { .. } | ApiError::IdempotencyKeyReused { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::LedgerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad-request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::PayloadTooLarge(_) => "payload-too-large",
+            ApiError::UnsupportedMediaType => "unsupported-media-type",
+            ApiError::InvalidParameters { .. } => "invalid-parameters",
+            ApiError::IdempotencyKeyReused { .. } => "idempotency-key-reused",
+            ApiError::LedgerUnavailable(_) => "ledger-unavailable",
+            ApiError::Internal(_) => "internal-error",
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let status = self.status();
+        Problem {
+            problem_type: format!("urn:cleanup:problem:{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            field: match self {
+                ApiError::InvalidParameters { field, .. } => field.map(String::from),
+                _ => None,
+            },
+            task_id: match self {
+                ApiError::IdempotencyKeyReused { task_id, .. } => Some(*task_id),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(error) => {
+                tracing::error!(error = %format!("{error:#}"), "request failed")
+            }
+            ApiError::LedgerUnavailable(error) => {
+                tracing::warn!(%error, "ledger unavailable")
+            }
+            _ => {}
+        }
+        let status = self.status();
+        let body = serde_json::to_vec(&self.problem()).expect("problem serializes");
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
+        match self {
+            ApiError::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"cleanup\""),
+                );
+            }
+            ApiError::LedgerUnavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

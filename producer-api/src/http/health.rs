@@ -1,0 +1,80 @@
+//! Probes and metrics: `/healthz`, `/readyz`, `/metrics` (no authentication).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use crate::ledger;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "Alive")))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    pub ready: bool,
+    pub database: bool,
+    /// Null when this replica runs no relay and so needs no broker.
+    pub broker: Option<bool>,
+}
+
+/// Ready when the ledger answers and (if this replica relays) RabbitMQ is connected.
+#[utoipa::path(get, path = "/readyz", tag = "probes", responses(
+    (status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let database = tokio::time::timeout(
+        PROBE_TIMEOUT,
+        sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let broker = state.relay_enabled.then(|| state.broker.is_connected());
+    let ready = database && broker.unwrap_or(true);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            ready,
+            database,
+            broker,
+        }),
+    )
+}
+
+/// Prometheus text exposition.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    if let Ok(Ok(backlog)) =
+        tokio::time::timeout(PROBE_TIMEOUT, ledger::outbox_backlog(&state.pool)).await
+    {
+        state.metrics.outbox_backlog.set(backlog);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,49 @@
+//! The OpenAPI document, generated from the handlers and types (`/openapi.json`).
+
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "cleanup-service producer API", description = "Enqueue cleanup tasks and watch them run."),
+    paths(
+        super::tasks::enqueue_cleanup_runs,
+        super::tasks::enqueue_cleanup_temp_files,
+        super::tasks::get_task,
+        super::tasks::list_tasks,
+        super::health::healthz,
+        super::health::readyz,
+    ),
+    components(schemas(
+        shared::tasks::CleanupRunsParams,
+        shared::tasks::CleanupTempFilesParams,
+        shared::tasks::TaskKind,
+        crate::ledger::TaskStatus,
+        super::tasks::TaskView,
+        super::tasks::TaskPage,
+        super::error::Problem,
+        super::health::Readiness,
+    )),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+}

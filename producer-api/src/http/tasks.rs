@@ -1,0 +1,315 @@
+//! Enqueue and inspect tasks: `POST /maintenance/*`, `GET /tasks`, `GET /tasks/{id}`.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::envelope::TaskEnvelope;
+use shared::tasks::{CleanupRunsParams, CleanupTempFilesParams, TaskKind, TaskSpec};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::error::{ApiError, Problem};
+use super::json::ApiJson;
+use super::AppState;
+use crate::ledger::{self, Enqueued, ListQuery, TaskRow, TaskStatus};
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/maintenance/cleanup-runs", post(enqueue_cleanup_runs))
+        .route(
+            "/maintenance/cleanup-temp-files",
+            post(enqueue_cleanup_temp_files),
+        )
+        .route("/tasks", get(list_tasks))
+        .route("/tasks/{id}", get(get_task))
+}
+
+/// A task as the API shows it: the status monitor.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskView {
+    pub task_id: Uuid,
+    pub kind: TaskKind,
+    /// queued, running, retrying, succeeded, failed or dead.
+    pub status: TaskStatus,
+    /// The parameters as accepted.
+    pub params: serde_json::Value,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub max_attempts: u32,
+    /// Nothing younger than this instant is deleted (enqueue time minus `max_age_hours`).
+    pub cutoff: DateTime<Utc>,
+    /// The executor's result, once succeeded.
+    pub result: Option<serde_json::Value>,
+    /// The last error (`{"class", "message"}`), once an attempt failed.
+    pub error: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When the next attempt is due, while `retrying`.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the relay last handed an attempt to RabbitMQ.
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<TaskRow> for TaskView {
+    type Error = ApiError;
+
+    fn try_from(row: TaskRow) -> Result<Self, ApiError> {
+        let corrupt = |what: String| {
+            ApiError::Internal(anyhow::anyhow!("task {} has {what} in the ledger", row.id))
+        };
+        Ok(TaskView {
+            task_id: row.id,
+            kind: row.kind.parse().map_err(corrupt)?,
+            status: row.status.parse().map_err(corrupt)?,
+            params: row.params,
+            attempts: row.attempts.max(0) as u32,
+            max_attempts: row.max_attempts.max(0) as u32,
+            cutoff: row.cutoff,
+            result: row.result,
+            error: row.error,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            next_attempt_at: row.next_attempt_at,
+            published_at: row.published_at,
+        })
+    }
+}
+
+/// Enqueue a cleanup of old rows of the runs table.
+#[utoipa::path(
+    post,
+    path = "/maintenance/cleanup-runs",
+    tag = "tasks",
+    request_body = CleanupRunsParams,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same task")),
+    responses(
+        (status = 202, description = "Accepted: durable in the ledger", body = TaskView,
+            headers(("Location" = String, description = "/tasks/{id}"))),
+        (status = 200, description = "Replay of an earlier request with the same Idempotency-Key", body = TaskView),
+        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid parameters, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Ledger unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn enqueue_cleanup_runs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(params): ApiJson<CleanupRunsParams>,
+) -> Result<Response, ApiError> {
+    enqueue(&state, &headers, TaskSpec::CleanupRuns(params)).await
+}
+
+/// Enqueue a cleanup of old files under the workers' configured temp roots.
+#[utoipa::path(
+    post,
+    path = "/maintenance/cleanup-temp-files",
+    tag = "tasks",
+    request_body = CleanupTempFilesParams,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same task")),
+    responses(
+        (status = 202, description = "Accepted: durable in the ledger", body = TaskView,
+            headers(("Location" = String, description = "/tasks/{id}"))),
+        (status = 200, description = "Replay of an earlier request with the same Idempotency-Key", body = TaskView),
+        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid parameters, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Ledger unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn enqueue_cleanup_temp_files(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(params): ApiJson<CleanupTempFilesParams>,
+) -> Result<Response, ApiError> {
+    enqueue(&state, &headers, TaskSpec::CleanupTempFiles(params)).await
+}
+
+async fn enqueue(
+    state: &AppState,
+    headers: &HeaderMap,
+    task: TaskSpec,
+) -> Result<Response, ApiError> {
+    task.validate(&state.rules)
+        .map_err(|e| ApiError::InvalidParameters {
+            detail: format!("invalid parameters: {e}"),
+            field: Some(e.field),
+        })?;
+    let key = idempotency_key(headers)?;
+    let envelope = TaskEnvelope::new(Uuid::now_v7(), task, state.max_attempts, Utc::now());
+    let kind = envelope.task.kind();
+    let (status, row) = match ledger::enqueue(&state.pool, &envelope, key.as_deref()).await? {
+        Enqueued::Created(row) => {
+            state
+                .metrics
+                .tasks_enqueued
+                .with_label_values(&[kind.as_str()])
+                .inc();
+            tracing::info!(task_id = %row.id, %kind, "task enqueued");
+            (StatusCode::ACCEPTED, row)
+        }
+        Enqueued::Replayed(row) => (StatusCode::OK, row),
+        Enqueued::KeyConflict(row) => {
+            return Err(ApiError::IdempotencyKeyReused {
+                key: key.unwrap_or_default(),
+                task_id: row.id,
+            })
+        }
+    };
+    let location = format!("/tasks/{}", row.id);
+    let view = TaskView::try_from(row)?;
+    let mut response = (status, Json(view)).into_response();
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("a path is a valid header"),
+    );
+    if status == StatusCode::OK {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+        ))
+    };
+    let key = value.to_str().map_err(|_| bad())?.trim();
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(bad());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// The status monitor of one task.
+#[utoipa::path(
+    get,
+    path = "/tasks/{id}",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "Task id")),
+    responses(
+        (status = 200, body = TaskView),
+        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown task", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a task id (a UUID)")))?;
+    let row = ledger::get_task(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no task with id {id}")))?;
+    Ok(Json(TaskView::try_from(row)?))
+}
+
+/// Filters and cursor of `GET /tasks`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only tasks of this kind.
+    pub kind: Option<String>,
+    /// Only tasks in this status.
+    pub status: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of tasks, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskPage {
+    pub items: Vec<TaskView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List tasks, newest first, filtered by kind and status, with cursor pagination.
+#[utoipa::path(
+    get,
+    path = "/tasks",
+    tag = "tasks",
+    params(ListParams),
+    responses(
+        (status = 200, body = TaskPage),
+        (status = 400, description = "Bad filter or cursor", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<TaskPage>, ApiError> {
+    let Query(params) =
+        query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}, got {limit}"
+        )));
+    }
+    let query = ListQuery {
+        kind: params
+            .kind
+            .map(|k| k.parse::<TaskKind>())
+            .transpose()
+            .map_err(ApiError::BadRequest)?,
+        status: params
+            .status
+            .map(|s| s.parse::<TaskStatus>())
+            .transpose()
+            .map_err(ApiError::BadRequest)?,
+        before: params
+            .cursor
+            .map(|c| {
+                Uuid::parse_str(&c).map_err(|_| {
+                    ApiError::BadRequest(format!("`{c}` is not a cursor from this API"))
+                })
+            })
+            .transpose()?,
+        limit,
+    };
+    let (rows, more) = ledger::list_tasks(&state.pool, &query).await?;
+    let next_cursor = more
+        .then(|| rows.last().map(|r| r.id.to_string()))
+        .flatten();
+    let items = rows
+        .into_iter()
+        .map(TaskView::try_from)
+        .collect::<Result<_, _>>()?;
+    Ok(Json(TaskPage { items, next_cursor }))
+}

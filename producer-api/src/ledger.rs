@@ -1,0 +1,220 @@
+//! The task ledger in PostgreSQL: the one writer of `cleanup_tasks` and `cleanup_outbox`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared::envelope::TaskEnvelope;
+use shared::tasks::{TaskKind, TaskSpec};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// The migrations of the ledger, run at start-up by every replica (sqlx takes a lock).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Lifecycle of a task (contract): `queued → running → succeeded | failed | dead`, with
+/// `retrying` between attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Dead,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 6] = [
+        TaskStatus::Queued,
+        TaskStatus::Running,
+        TaskStatus::Retrying,
+        TaskStatus::Succeeded,
+        TaskStatus::Failed,
+        TaskStatus::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Retrying => "retrying",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Dead => "dead",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown status `{s}`; expected one of queued, running, retrying, \
+                     succeeded, failed, dead"
+                )
+            })
+    }
+}
+
+/// One row of `cleanup_tasks`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TaskRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub status: String,
+    pub params: serde_json::Value,
+    pub cutoff: DateTime<Utc>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<serde_json::Value>,
+    pub idempotency_key: Option<String>,
+    pub worker_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+const TASK_COLUMNS: &str = "id, kind, status, params, cutoff, attempts, max_attempts, result, \
+     error, idempotency_key, worker_id, created_at, updated_at, started_at, finished_at, \
+     next_attempt_at, published_at";
+
+impl TaskRow {
+    /// The task's kind and parameters as stored.
+    pub fn spec(&self) -> Option<TaskSpec> {
+        let kind = self.kind.parse::<TaskKind>().ok()?;
+        TaskSpec::from_parts(kind, self.params.clone()).ok()
+    }
+}
+
+/// What an enqueue did.
+#[derive(Debug)]
+pub enum Enqueued {
+    /// A new task (and its outbox message) was stored.
+    Created(TaskRow),
+    /// The idempotency key was used before with the same request: the earlier task.
+    Replayed(TaskRow),
+    /// The idempotency key was used before with a different request.
+    KeyConflict(TaskRow),
+}
+
+/// Store a new task and its first outbox message in one statement (so one transaction),
+/// or find the task an idempotency key already names.
+pub async fn enqueue(
+    pool: &PgPool,
+    envelope: &TaskEnvelope,
+    idempotency_key: Option<&str>,
+) -> Result<Enqueued, sqlx::Error> {
+    let kind = envelope.task.kind().as_str();
+    let params = envelope.task.params_json();
+    let envelope_json = serde_json::to_value(envelope).expect("envelope serializes");
+    let sql = format!(
+        "WITH inserted AS (
+             INSERT INTO cleanup_tasks
+                 (id, kind, params, cutoff, max_attempts, idempotency_key, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING {TASK_COLUMNS}
+         ), outbox AS (
+             INSERT INTO cleanup_outbox (task_id, attempt, kind, envelope, due_at)
+             SELECT id, 1, kind, $8, created_at FROM inserted
+         )
+         SELECT {TASK_COLUMNS} FROM inserted"
+    );
+    let inserted: Option<TaskRow> = sqlx::query_as(&sql)
+        .bind(envelope.task_id)
+        .bind(kind)
+        .bind(&params)
+        .bind(envelope.cutoff)
+        .bind(envelope.max_attempts as i32)
+        .bind(idempotency_key)
+        .bind(envelope.enqueued_at)
+        .bind(&envelope_json)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(row) = inserted {
+        return Ok(Enqueued::Created(row));
+    }
+    // ON CONFLICT DO NOTHING waited for any concurrent insert of the same key to commit,
+    // so the earlier task is visible now.
+    let key = idempotency_key.expect("only a keyed insert can conflict");
+    let existing: TaskRow = sqlx::query_as(&format!(
+        "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE idempotency_key = $1"
+    ))
+    .bind(key)
+    .fetch_one(pool)
+    .await?;
+    if existing.spec().as_ref() == Some(&envelope.task) {
+        Ok(Enqueued::Replayed(existing))
+    } else {
+        Ok(Enqueued::KeyConflict(existing))
+    }
+}
+
+pub async fn get_task(pool: &PgPool, id: Uuid) -> Result<Option<TaskRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Filters and page of `GET /tasks`: newest first, `before` is the cursor (a task id).
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub kind: Option<TaskKind>,
+    pub status: Option<TaskStatus>,
+    pub before: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// One page of tasks, newest first, and whether more follow.
+pub async fn list_tasks(
+    pool: &PgPool,
+    query: &ListQuery,
+) -> Result<(Vec<TaskRow>, bool), sqlx::Error> {
+    let mut sql: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE true"
+    ));
+    if let Some(kind) = query.kind {
+        sql.push(" AND kind = ").push_bind(kind.as_str());
+    }
+    if let Some(status) = query.status {
+        sql.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(before) = query.before {
+        sql.push(" AND id < ").push_bind(before);
+    }
+    sql.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(query.limit) + 1);
+    let mut rows: Vec<TaskRow> = sql.build_query_as().fetch_all(pool).await?;
+    let more = rows.len() > query.limit as usize;
+    rows.truncate(query.limit as usize);
+    Ok((rows, more))
+}
+
+/// Messages waiting in the outbox (due or not): the relay's backlog.
+pub async fn outbox_backlog(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM cleanup_outbox")
+        .fetch_one(pool)
+        .await
+}

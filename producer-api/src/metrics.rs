@@ -1,0 +1,130 @@
+//! Prometheus metrics of producer-api; names come from `shared::metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use shared::metrics as names;
+
+/// Every metric the API exports, registered in its own registry (tests build many apps).
+pub struct Metrics {
+    registry: Registry,
+    pub tasks_enqueued: IntCounterVec,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub outbox_backlog: IntGauge,
+    pub outbox_published: IntCounter,
+    pub outbox_publish_errors: IntCounter,
+    pub outbox_publish_duration: Histogram,
+    pub amqp_connected: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                names::BUILD_INFO,
+                "Build information; the value is always 1.",
+            ),
+            &["version", "component"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[shared::VERSION, "producer-api"])
+            .set(1);
+        let tasks_enqueued = IntCounterVec::new(
+            Opts::new(names::TASKS_ENQUEUED_TOTAL, "Tasks accepted (202) by kind."),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                names::HTTP_REQUESTS_TOTAL,
+                "HTTP requests by route, method and status.",
+            ),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                names::HTTP_REQUEST_DURATION_SECONDS,
+                "HTTP request latency by route and method.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route", "method"],
+        )
+        .expect("valid metric");
+        let outbox_backlog = IntGauge::new(
+            names::OUTBOX_BACKLOG,
+            "Task messages in the outbox not yet confirmed by RabbitMQ (sampled on scrape).",
+        )
+        .expect("valid metric");
+        let outbox_published = IntCounter::new(
+            names::OUTBOX_PUBLISHED_TOTAL,
+            "Task messages published and confirmed by RabbitMQ.",
+        )
+        .expect("valid metric");
+        let outbox_publish_errors = IntCounter::new(
+            names::OUTBOX_PUBLISH_ERRORS_TOTAL,
+            "Task messages the broker refused (nack or unroutable); they are retried.",
+        )
+        .expect("valid metric");
+        let outbox_publish_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                names::OUTBOX_PUBLISH_DURATION_SECONDS,
+                "Time to publish and confirm one outbox batch.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        let amqp_connected = IntGauge::new(
+            names::AMQP_CONNECTED,
+            "1 while the relay holds a RabbitMQ connection.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(tasks_enqueued.clone()),
+            Box::new(http_requests.clone()),
+            Box::new(http_duration.clone()),
+            Box::new(outbox_backlog.clone()),
+            Box::new(outbox_published.clone()),
+            Box::new(outbox_publish_errors.clone()),
+            Box::new(outbox_publish_duration.clone()),
+            Box::new(amqp_connected.clone()),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        Self {
+            registry,
+            tasks_enqueued,
+            http_requests,
+            http_duration,
+            outbox_backlog,
+            outbox_published,
+            outbox_publish_errors,
+            outbox_publish_duration,
+            amqp_connected,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("metrics are UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,298 @@
+//! The outbox relay: moves due messages from `cleanup_outbox` to RabbitMQ.
+//!
+//! Each batch is claimed with `FOR UPDATE SKIP LOCKED` inside a transaction, published
+//! with `mandatory` and publisher confirms (pipelined), and deleted in the same
+//! transaction once every confirm arrived, so several replicas can relay at once and each
+//! message is published once (at least once if a relay dies between confirm and commit).
+//! A `LISTEN cleanup_outbox` wakes the relay at once; polling covers missed notifications
+//! and retries that fall due later. While RabbitMQ is down, messages simply wait.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use lapin::{Channel, Connection, ConnectionStatus};
+use shared::amqp::{self, OutgoingMessage, PublishError};
+use shared::envelope::TASK_MESSAGE_TYPE;
+use shared::retry::RetryPolicy;
+use shared::topology::Topology;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+/// The notification channel the outbox trigger signals.
+pub const NOTIFY_CHANNEL: &str = "cleanup_outbox";
+/// A message the broker refused is tried again after this long.
+const REFUSED_RETRY_DELAY_SECS: i64 = 5;
+
+/// Whether the process currently holds a usable broker connection (for `/readyz`).
+#[derive(Clone, Default)]
+pub struct BrokerHealth {
+    status: Arc<Mutex<Option<ConnectionStatus>>>,
+}
+
+impl BrokerHealth {
+    fn set(&self, status: Option<ConnectionStatus>) {
+        *self.status.lock().expect("broker health lock") = status;
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.status
+            .lock()
+            .expect("broker health lock")
+            .as_ref()
+            .is_some_and(|s| s.connected())
+    }
+}
+
+#[derive(Clone)]
+pub struct RelayConfig {
+    pub amqp_url: String,
+    pub topology: Topology,
+    pub batch_size: u32,
+    pub poll_interval: Duration,
+}
+
+pub struct Relay {
+    pool: PgPool,
+    config: RelayConfig,
+    health: BrokerHealth,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a relay round stopped: the broker needs a new connection, or the ledger failed.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error(transparent)]
+    Broker(#[from] lapin::Error),
+    #[error("ledger error: {0}")]
+    Ledger(#[from] sqlx::Error),
+}
+
+impl Relay {
+    pub fn new(
+        pool: PgPool,
+        config: RelayConfig,
+        health: BrokerHealth,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            pool,
+            config,
+            health,
+            metrics,
+        }
+    }
+
+    /// The supervisor: connect, relay until the connection is lost for good, reconnect
+    /// with backoff; return when `shutdown` fires.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let reconnect = RetryPolicy {
+            max_delay: Duration::from_secs(30),
+            ..RetryPolicy::in_attempt()
+        };
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match self.connect().await {
+                Ok((connection, channel)) => {
+                    failures = 0;
+                    self.health.set(Some(connection.status().clone()));
+                    self.metrics.amqp_connected.set(1);
+                    tracing::info!(url = %shared::config::redact_url(&self.config.amqp_url), "relay connected to RabbitMQ");
+                    let outcome = self.pump(&channel, &shutdown).await;
+                    self.metrics.amqp_connected.set(0);
+                    self.health.set(None);
+                    let _ = connection.close(200, "relay stopping".into()).await;
+                    match outcome {
+                        Ok(()) => return,
+                        Err(error) => {
+                            tracing::warn!(error = %error, "relay lost its broker connection; reconnecting")
+                        }
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(error = %format!("{error:#}"), failures, "relay cannot reach RabbitMQ; tasks stay in the outbox");
+                }
+            }
+            let delay = reconnect.delay_after(failures.max(1));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<(Connection, Channel)> {
+        let connection = amqp::connect(&self.config.amqp_url, "producer-api relay").await?;
+        let channel = amqp::confirm_channel(&connection).await?;
+        self.config.topology.declare(&channel).await?;
+        Ok((connection, channel))
+    }
+
+    /// Relay until shutdown (`Ok`) or until the channel is unusable and auto-recovery
+    /// could not restore it (`Err`).
+    async fn pump(
+        &self,
+        channel: &Channel,
+        shutdown: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
+        let mut listener = self.listen().await;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            match self.relay_batch(channel).await {
+                Ok(sent) if sent as u32 >= self.config.batch_size => continue,
+                Ok(_) => {}
+                Err(RoundError::Broker(error)) => {
+                    tracing::warn!(%error, "publish failed; waiting for the connection to recover");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        recovered = channel.wait_for_recovery(error) => recovered?,
+                    }
+                    continue;
+                }
+                Err(RoundError::Ledger(error)) => {
+                    tracing::warn!(%error, "relay cannot read the outbox; retrying");
+                }
+            }
+            self.wait_for_work(&mut listener, shutdown).await;
+        }
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "cannot LISTEN for outbox notifications; polling only");
+                return None;
+            }
+        };
+        match listener.listen(NOTIFY_CHANNEL).await {
+            Ok(()) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "cannot LISTEN for outbox notifications; polling only");
+                None
+            }
+        }
+    }
+
+    async fn wait_for_work(&self, listener: &mut Option<PgListener>, shutdown: &CancellationToken) {
+        let poll = tokio::time::sleep(self.config.poll_interval);
+        match listener {
+            Some(l) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = poll => {}
+                    notification = l.recv() => {
+                        if let Err(error) = notification {
+                            // recv() reconnects on the next call; poll meanwhile.
+                            tracing::debug!(%error, "outbox listener interrupted");
+                            tokio::time::sleep(self.config.poll_interval).await;
+                        }
+                    }
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = poll => {}
+                }
+                *listener = self.listen().await;
+            }
+        }
+    }
+
+    /// Publish one batch of due messages; returns how many were confirmed.
+    async fn relay_batch(&self, channel: &Channel) -> Result<usize, RoundError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(i64, Uuid, String, String)> = sqlx::query_as(
+            "SELECT id, task_id, kind, envelope::text FROM cleanup_outbox
+             WHERE due_at <= now() ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(i64::from(self.config.batch_size))
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let exchange = self.config.topology.tasks_exchange();
+        let mut pending = Vec::with_capacity(rows.len());
+        for (_, task_id, kind, envelope) in &rows {
+            let message = OutgoingMessage {
+                exchange: &exchange,
+                routing_key: kind,
+                message_type: TASK_MESSAGE_TYPE,
+                message_id: task_id.to_string(),
+                body: envelope.clone().into_bytes(),
+            };
+            match amqp::start_publish(channel, &message).await {
+                Ok(confirm) => pending.push(confirm),
+                Err(PublishError::Amqp(error)) => return Err(error.into()),
+                Err(other) => unreachable!("start_publish only fails with AMQP errors: {other}"),
+            }
+        }
+        let outcomes = join_all(pending).await;
+
+        let mut published_ids = Vec::new();
+        let mut published_tasks = Vec::new();
+        let mut refused_ids = Vec::new();
+        let mut refused_error = None;
+        for ((id, task_id, _, _), outcome) in rows.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {
+                    published_ids.push(*id);
+                    published_tasks.push(*task_id);
+                }
+                Err(PublishError::Amqp(error)) => return Err(error.into()),
+                Err(refused) => {
+                    tracing::error!(%task_id, error = %refused, "broker refused a task message; will retry");
+                    refused_ids.push(*id);
+                    refused_error = Some(refused.to_string());
+                }
+            }
+        }
+        sqlx::query("DELETE FROM cleanup_outbox WHERE id = ANY($1)")
+            .bind(&published_ids)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE cleanup_tasks SET published_at = now() WHERE id = ANY($1)")
+            .bind(&published_tasks)
+            .execute(&mut *tx)
+            .await?;
+        if !refused_ids.is_empty() {
+            sqlx::query(
+                "UPDATE cleanup_outbox SET publish_tries = publish_tries + 1, last_error = $2,
+                 due_at = now() + make_interval(secs => $3) WHERE id = ANY($1)",
+            )
+            .bind(&refused_ids)
+            .bind(refused_error)
+            .bind(REFUSED_RETRY_DELAY_SECS as f64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+
+        self.metrics
+            .outbox_published
+            .inc_by(published_ids.len() as u64);
+        self.metrics
+            .outbox_publish_errors
+            .inc_by(refused_ids.len() as u64);
+        self.metrics
+            .outbox_publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            published = published_ids.len(),
+            refused = refused_ids.len(),
+            "relayed outbox batch"
+        );
+        Ok(published_ids.len() + refused_ids.len())
+    }
+}

@@ -1,0 +1,144 @@
+//! Building and running the application: the ledger pool, the HTTP server and the relay.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::http::{self, auth::Tokens, AppState};
+use crate::ledger::MIGRATOR;
+use crate::metrics::Metrics;
+use crate::relay::{BrokerHealth, Relay, RelayConfig};
+
+/// A built application: listening, migrated, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+    relay: Option<Relay>,
+}
+
+impl Application {
+    /// Validate the config, connect to and migrate the ledger, bind the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.database_max_connections)
+            .acquire_timeout(config.database_acquire_timeout)
+            .connect(&config.database_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to connect to the ledger database at {}",
+                    shared::config::redact_url(&config.database_url)
+                )
+            })?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("failed to migrate the ledger database")?;
+        Self::build_with_pool(config, pool).await
+    }
+
+    /// Like [`build`](Self::build) with a pool the caller made (and migrated).
+    pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<Self> {
+        config.validate()?;
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.listen_addr))?;
+        let port = listener.local_addr()?.port();
+        let metrics = Arc::new(Metrics::new());
+        let broker = BrokerHealth::default();
+        let topology = config.amqp.topology().map_err(anyhow::Error::msg)?;
+        let relay = config.relay_enabled.then(|| {
+            Relay::new(
+                pool.clone(),
+                RelayConfig {
+                    amqp_url: config.amqp.amqp_url.clone(),
+                    topology,
+                    batch_size: config.relay_batch_size,
+                    poll_interval: config.relay_poll_interval,
+                },
+                broker.clone(),
+                metrics.clone(),
+            )
+        });
+        let state = AppState {
+            pool,
+            rules: Arc::new(config.validation_rules()),
+            max_attempts: config.retry.max_attempts,
+            max_body_bytes: config.max_body_bytes,
+            tokens: Tokens::new(&config.tokens(), config.auth_disabled),
+            metrics,
+            broker,
+            relay_enabled: config.relay_enabled,
+        };
+        if config.auth_disabled {
+            tracing::warn!(
+                "authentication is disabled: anyone who reaches the API can enqueue tasks"
+            );
+        }
+        Ok(Self {
+            listener,
+            port,
+            state,
+            relay,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.state.pool
+    }
+
+    /// Serve until `shutdown` is cancelled, then drain requests and stop the relay.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tracker = TaskTracker::new();
+        if let Some(relay) = self.relay {
+            tracker.spawn(relay.run(shutdown.clone()));
+        }
+        tracing::info!(port = self.port, "producer-api listening");
+        let pool = self.state.pool.clone();
+        let app = http::router(self.state);
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await
+            .context("HTTP server failed");
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+        pool.close().await;
+        tracing::info!("producer-api stopped");
+        result
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received; shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+}
