@@ -1,56 +1,89 @@
 //! A JSON body extractor whose rejections are problem documents with a useful `detail`.
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::AppState;
 
-/// Like `axum::Json`, but malformed JSON is a 400, wrong types and unknown or missing
-/// fields are a 422 naming the field, and an oversized body is a 413.
+/// Like `axum::Json`, but: a body not declared as JSON is a 415, an oversized one a 413,
+/// malformed JSON a 400, and anything but an object, wrong types, unknown or missing
+/// fields a 422 naming the field.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !is_json(&req) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(state.max_body_bytes)
+            } else {
+                ApiError::BadRequest(e.body_text())
+            }
+        })?;
+        // serde also accepts a struct written as an array; a request must be an object.
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            Some(b'[') | Some(b'"') | Some(b'0'..=b'9') | Some(b'-') | Some(b't') | Some(b'f')
+            | Some(b'n')
+                if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() =>
+            {
+                return Err(ApiError::InvalidParameters {
+                    detail: "invalid parameters: the body must be a JSON object".into(),
+                    field: None,
+                })
+            }
+            _ => {}
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(rejection_to_error(rejection, state.max_body_bytes)),
+            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::InvalidParameters {
+                detail: format!("invalid parameters: {}", innermost(&e)),
+                field: None,
+            }),
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(format!(
+                "malformed JSON body: {}",
+                innermost(&e)
+            ))),
+            Err(other) => Err(ApiError::BadRequest(other.body_text())),
         }
     }
 }
 
-fn rejection_to_error(rejection: JsonRejection, limit: usize) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(e) => ApiError::InvalidParameters {
-            detail: format!("invalid parameters: {}", source_text(&e)),
-            field: None,
-        },
-        JsonRejection::JsonSyntaxError(e) => {
-            ApiError::BadRequest(format!("malformed JSON body: {}", source_text(&e)))
-        }
-        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::PayloadTooLarge(limit)
-        }
-        other => ApiError::BadRequest(other.body_text()),
-    }
+/// `application/json` or any `application/*+json`.
+fn is_json(req: &Request) -> bool {
+    let Some(value) = req.headers().get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// The innermost serde message (with the JSON path when axum recorded one).
-fn source_text(error: &dyn std::error::Error) -> String {
+/// The serde message with its JSON path (axum wraps serde_path_to_error).
+fn innermost(error: &dyn std::error::Error) -> String {
     let mut current: &dyn std::error::Error = error;
     while let Some(source) = current.source() {
+        // serde_path_to_error's Display is "path: message"; its source is the bare message.
+        if source.source().is_none() {
+            return current.to_string();
+        }
         current = source;
     }
-    let inner = current.to_string();
-    // axum wraps serde_path_to_error, whose Display is "path: message".
-    let mut outer = error.source().map(|s| s.to_string()).unwrap_or_default();
-    if outer.is_empty() || !outer.ends_with(&inner) {
-        outer = inner;
-    }
-    outer
+    current.to_string()
 }

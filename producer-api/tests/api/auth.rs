@@ -1,0 +1,76 @@
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_valid_token_get_401_and_store_nothing() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let url = format!("{}/maintenance/cleanup-runs", app.address);
+
+    let cases = [
+        None,
+        Some("Bearer wrong-token-0123456789abc".to_owned()),
+        Some(format!("Basic {TOKEN}")),
+        Some("Bearer".to_owned()),
+    ];
+    for authorization in cases {
+        let mut request = app.client.post(&url).json(&runs_body());
+        if let Some(value) = &authorization {
+            request = request.header("Authorization", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{authorization:?}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert!(response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer"));
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], 401);
+    }
+    let response = app
+        .client
+        .get(format!("{}/tasks", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(app.task_count().await, 0);
+
+    // The right token, in any case of the scheme, works.
+    let response = app
+        .client
+        .post(&url)
+        .header("Authorization", format!("bearer {TOKEN}"))
+        .json(&runs_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_api_refuses_to_start_without_tokens_unless_auth_is_disabled() {
+    use clap::Parser;
+    let args = ["producer-api", "--api-tokens="];
+    let config = producer_api::Config::try_parse_from(args).unwrap();
+    let error = config.validate().unwrap_err().to_string();
+    assert!(error.contains("no API tokens configured"), "{error}");
+
+    let config = producer_api::Config::try_parse_from(["producer-api", "--auth-disabled"]).unwrap();
+    assert!(config.validate().is_ok());
+
+    let config =
+        producer_api::Config::try_parse_from(["producer-api", "--api-tokens=short"]).unwrap();
+    assert!(config
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("too short"));
+}

@@ -1,0 +1,9 @@
+//! Integration tests of producer-api against the real PostgreSQL and RabbitMQ.
+
+mod auth;
+mod enqueue;
+mod helpers;
+mod idempotency;
+mod outages;
+mod relay;
+mod validation;

@@ -1,0 +1,144 @@
+use std::time::Duration;
+
+use serde_json::Value;
+use shared::tasks::TaskKind;
+
+use crate::helpers::*;
+
+fn amqp_via(addr: std::net::SocketAddr) -> String {
+    format!("amqp://guest:guest@{addr}/%2f")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_accepted_while_rabbitmq_is_unreachable_are_published_when_it_is_back() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    // Start with the broker unreachable.
+    let proxy = TcpProxy::start("127.0.0.1:5672", false).await;
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            amqp_url: Some(amqp_via(proxy.addr)),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
+    assert_eq!(
+        response.status(),
+        202,
+        "the ledger alone makes a task durable"
+    );
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["broker"], false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(broker.queue_len(TaskKind::CleanupRuns).await, 0);
+    assert_eq!(app.outbox_len().await, 1);
+
+    proxy.restore();
+    app.wait_outbox_empty(Duration::from_secs(30)).await;
+    assert_eq!(broker.drain(TaskKind::CleanupRuns).await.len(), 1);
+
+    // Now lose the connection of a running relay, enqueue during the outage, restore.
+    proxy.cut();
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        accepted.push(body["task_id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(broker.queue_len(TaskKind::CleanupRuns).await, 0);
+    proxy.restore();
+    app.wait_outbox_empty(Duration::from_secs(60)).await;
+    let mut published: Vec<String> = broker
+        .drain(TaskKind::CleanupRuns)
+        .await
+        .iter()
+        .map(|m| {
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    published.sort();
+    accepted.sort();
+    assert_eq!(
+        published, accepted,
+        "every task accepted during the outage, once"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_answers_503_while_the_database_is_unreachable() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            database_url: Some(db.url_via(proxy.addr)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        app.post("/maintenance/cleanup-runs", runs_body())
+            .await
+            .status(),
+        202
+    );
+
+    proxy.cut();
+    for _ in 0..3 {
+        let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
+        assert_eq!(response.status(), 503);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert!(response.headers().contains_key("retry-after"));
+        let problem: Value = response.json().await.unwrap();
+        assert!(problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was stored"));
+    }
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+
+    proxy.restore();
+    eventually(Duration::from_secs(10), "enqueue works again", || async {
+        app.post("/maintenance/cleanup-runs", runs_body())
+            .await
+            .status()
+            == 202
+    })
+    .await;
+    assert_eq!(
+        app.task_count().await,
+        2,
+        "the refused requests stored nothing"
+    );
+    app.stop().await;
+}
