@@ -12,3 +12,18 @@ pub const OUTBOX_PUBLISHED_TOTAL: &str = "cleanup_outbox_published_total";
 pub const OUTBOX_PUBLISH_ERRORS_TOTAL: &str = "cleanup_outbox_publish_errors_total";
 pub const OUTBOX_PUBLISH_DURATION_SECONDS: &str = "cleanup_outbox_publish_duration_seconds";
 pub const AMQP_CONNECTED: &str = "cleanup_amqp_connected";
+pub const RECORDER_EVENTS_TOTAL: &str = "cleanup_recorder_events_total";
+pub const RECORDER_LAG_SECONDS: &str = "cleanup_recorder_lag_seconds";
+
+// worker
+pub const WORKER_TASKS_STARTED_TOTAL: &str = "cleanup_worker_tasks_started_total";
+pub const WORKER_TASKS_FINISHED_TOTAL: &str = "cleanup_worker_tasks_finished_total";
+pub const WORKER_TASK_DURATION_SECONDS: &str = "cleanup_worker_task_duration_seconds";
+pub const WORKER_TASKS_IN_FLIGHT: &str = "cleanup_worker_tasks_in_flight";
+pub const WORKER_ERRORS_TOTAL: &str = "cleanup_worker_errors_total";
+pub const WORKER_POISON_MESSAGES_TOTAL: &str = "cleanup_worker_poison_messages_total";
+pub const RUNS_DELETED_TOTAL: &str = "cleanup_runs_deleted_total";
+pub const FILES_DELETED_TOTAL: &str = "cleanup_files_deleted_total";
+pub const BYTES_FREED_TOTAL: &str = "cleanup_bytes_freed_total";
+pub const LAST_SUCCESS_TIMESTAMP_SECONDS: &str = "cleanup_last_success_timestamp_seconds";
+pub const OLDEST_ELIGIBLE_AGE_SECONDS: &str = "cleanup_oldest_eligible_age_seconds";

@@ -1,0 +1,195 @@
+//! Worker settings: every flag is also an environment variable, listed by `--help`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shared::config::{split_list, AmqpArgs, RetryArgs};
+use shared::tasks::{validate_root_name, TaskKind};
+use shared::telemetry::LogArgs;
+
+use crate::executor::runs::RunsTable;
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "worker",
+    version,
+    about = "Stateless executor of cleanup tasks: consumes RabbitMQ, deletes old runs rows and temp files"
+)]
+pub struct Config {
+    /// PostgreSQL URL of the database holding the runs table. Needed to serve cleanup_runs.
+    #[arg(long, env = "RUNS_DATABASE_URL", hide_env_values = true)]
+    pub runs_database_url: Option<String>,
+
+    /// The runs table, optionally schema-qualified (`schema.table`).
+    #[arg(long, env = "RUNS_TABLE", default_value = "runs")]
+    pub runs_table: String,
+
+    /// Primary-key column of the runs table.
+    #[arg(long, env = "RUNS_ID_COLUMN", default_value = "id")]
+    pub runs_id_column: String,
+
+    /// Status column of the runs table (text or enum).
+    #[arg(long, env = "RUNS_STATUS_COLUMN", default_value = "status")]
+    pub runs_status_column: String,
+
+    /// Timestamp column compared with the cutoff (when the run finished).
+    #[arg(long, env = "RUNS_TIMESTAMP_COLUMN", default_value = "finished_at")]
+    pub runs_timestamp_column: String,
+
+    /// Statuses that mean a run is finished; only such runs are ever deleted.
+    #[arg(long, env = "RUNS_TERMINAL_STATUSES", default_value = "succeeded,failed,cancelled")]
+    pub runs_terminal_statuses: String,
+
+    /// Connections to the runs database.
+    #[arg(long, env = "RUNS_DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
+    pub runs_database_max_connections: u32,
+
+    /// Temp roots this worker may clean, as `name=/path,...`. Tasks name a root, never a path.
+    #[arg(long, env = "TEMP_ROOTS", default_value = "")]
+    pub temp_roots: String,
+
+    /// Threads that walk directory trees in parallel (per worker).
+    #[arg(long, env = "TEMP_WALK_THREADS", default_value_t = 4)]
+    pub temp_walk_threads: usize,
+
+    /// Task kinds to consume, comma-separated. Default: every kind this worker is
+    /// configured for (cleanup_runs with RUNS_DATABASE_URL, cleanup_temp_files with TEMP_ROOTS).
+    #[arg(long, env = "WORKER_KINDS")]
+    pub worker_kinds: Option<String>,
+
+    /// Tasks run at once; also the prefetch of each queue.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 2)]
+    pub worker_concurrency: u16,
+
+    /// Hard limit of one task's execution; past it the attempt fails as transient.
+    #[arg(long, env = "TASK_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub task_timeout: Duration,
+
+    /// The youngest data any task may delete, in hours; checked again here, whatever the API let through.
+    #[arg(long, env = "MIN_AGE_HOURS", default_value_t = 1.0)]
+    pub min_age_hours: f64,
+
+    /// Address of the metrics and probe server (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+
+    /// Identity of this worker in events and the registry (default: host name and a random suffix).
+    #[arg(long, env = "WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+
+    #[command(flatten)]
+    pub retry: RetryArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// A named directory that temp-file tasks may clean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TempRoot {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl Config {
+    /// Parse `TEMP_ROOTS`: `name=/abs/path` pairs, names unique and valid, paths absolute.
+    pub fn temp_roots(&self) -> anyhow::Result<BTreeMap<String, TempRoot>> {
+        let mut roots = BTreeMap::new();
+        for item in split_list(&self.temp_roots) {
+            let Some((name, path)) = item.split_once('=') else {
+                anyhow::bail!("TEMP_ROOTS entry `{item}` must look like name=/absolute/path");
+            };
+            let (name, path) = (name.trim(), PathBuf::from(path.trim()));
+            validate_root_name(name).map_err(|e| anyhow::anyhow!("TEMP_ROOTS: {e}"))?;
+            if !path.is_absolute() {
+                anyhow::bail!("TEMP_ROOTS: the path of `{name}` must be absolute, got {}", path.display());
+            }
+            if path.parent().is_none() {
+                anyhow::bail!("TEMP_ROOTS: `{name}` may not be the filesystem root");
+            }
+            let root = TempRoot { name: name.to_owned(), path };
+            if roots.insert(name.to_owned(), root).is_some() {
+                anyhow::bail!("TEMP_ROOTS names `{name}` twice");
+            }
+        }
+        Ok(roots)
+    }
+
+    pub fn runs_table(&self) -> anyhow::Result<RunsTable> {
+        RunsTable::new(
+            &self.runs_table,
+            &self.runs_id_column,
+            &self.runs_status_column,
+            &self.runs_timestamp_column,
+            split_list(&self.runs_terminal_statuses),
+        )
+    }
+
+    /// The kinds to consume, checked against what is configured.
+    pub fn kinds(&self) -> anyhow::Result<Vec<TaskKind>> {
+        let roots = self.temp_roots()?;
+        let kinds: Vec<TaskKind> = match &self.worker_kinds {
+            Some(list) => split_list(list)
+                .iter()
+                .map(|k| k.parse::<TaskKind>().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()?,
+            None => TaskKind::ALL
+                .into_iter()
+                .filter(|k| match k {
+                    TaskKind::CleanupRuns => self.runs_database_url.is_some(),
+                    TaskKind::CleanupTempFiles => !roots.is_empty(),
+                })
+                .collect(),
+        };
+        if kinds.is_empty() {
+            anyhow::bail!(
+                "nothing to do: set RUNS_DATABASE_URL to serve cleanup_runs and/or TEMP_ROOTS \
+                 to serve cleanup_temp_files"
+            );
+        }
+        if kinds.contains(&TaskKind::CleanupRuns) && self.runs_database_url.is_none() {
+            anyhow::bail!("WORKER_KINDS includes cleanup_runs but RUNS_DATABASE_URL is not set");
+        }
+        if kinds.contains(&TaskKind::CleanupTempFiles) && roots.is_empty() {
+            anyhow::bail!("WORKER_KINDS includes cleanup_temp_files but TEMP_ROOTS is empty");
+        }
+        Ok(kinds)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.kinds()?;
+        self.runs_table()?;
+        self.amqp.topology().map_err(anyhow::Error::msg)?;
+        self.retry.policy().map_err(anyhow::Error::msg)?;
+        if self.worker_concurrency == 0 {
+            anyhow::bail!("WORKER_CONCURRENCY must be at least 1");
+        }
+        if self.temp_walk_threads == 0 {
+            anyhow::bail!("TEMP_WALK_THREADS must be at least 1");
+        }
+        if !(self.min_age_hours.is_finite() && self.min_age_hours > 0.0) {
+            anyhow::bail!("MIN_AGE_HOURS must be a number greater than 0");
+        }
+        Ok(())
+    }
+
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = host_name();
+            let suffix = uuid::Uuid::new_v4().simple().to_string();
+            format!("{host}-{}", &suffix[..6])
+        })
+    }
+}
+
+pub fn host_name() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}

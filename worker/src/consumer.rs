@@ -1,0 +1,222 @@
+//! The consume loop and its supervisor.
+//!
+//! The supervisor connects (auto-recovery on, heartbeat set), declares the topology,
+//! opens one consuming channel per kind with prefetch = concurrency and one confirm
+//! channel for events, and runs deliveries concurrently up to the concurrency limit.
+//! When the connection is lost for good it rebuilds everything with backoff. On shutdown
+//! it stops consuming, lets in-flight tasks finish, publishes `worker.stopped` and closes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::stream::{SelectAll, StreamExt};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use shared::amqp;
+use shared::events::{Event, WorkerHeartbeat, WorkerStopped};
+use shared::retry::RetryPolicy;
+use shared::tasks::TaskKind;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::process::{handle_delivery, publish_event, Outcome, WorkerContext};
+
+/// How the supervisor reaches the broker and how much it runs at once.
+#[derive(Clone)]
+pub struct ConsumerConfig {
+    pub amqp_url: String,
+    pub kinds: Vec<TaskKind>,
+    pub concurrency: u16,
+    pub heartbeat_interval: Duration,
+    pub host: String,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Consume until `shutdown`; reconnect whenever the connection is lost for good.
+pub async fn run(
+    ctx: Arc<WorkerContext>,
+    config: ConsumerConfig,
+    connected: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let reconnect = RetryPolicy {
+        max_delay: Duration::from_secs(30),
+        ..RetryPolicy::in_attempt()
+    };
+    let mut failures = 0u32;
+    let tasks = TaskTracker::new();
+    while !shutdown.is_cancelled() {
+        match connect(&ctx, &config).await {
+            Ok(session) => {
+                failures = 0;
+                let _ = connected.send(true);
+                ctx.metrics.amqp_connected.set(1);
+                tracing::info!(kinds = ?config.kinds, concurrency = config.concurrency, "worker consuming");
+                let lost = session.consume(&ctx, &config, &tasks, &shutdown).await;
+                let _ = connected.send(false);
+                ctx.metrics.amqp_connected.set(0);
+                if !lost {
+                    session.finish(&ctx, &tasks).await;
+                    return;
+                }
+                tracing::warn!("lost the broker connection; reconnecting");
+                // Deliveries of the old channels are void: let in-flight work end first
+                // (its acks fail harmlessly; RabbitMQ redelivers those tasks).
+                tasks.close();
+                tasks.wait().await;
+                tasks.reopen();
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(error = %format!("{error:#}"), failures, "cannot reach RabbitMQ");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(reconnect.delay_after(failures.max(1))) => {}
+        }
+    }
+}
+
+struct Session {
+    connection: Connection,
+    events: Channel,
+    consumers: Vec<(Channel, Consumer, TaskKind)>,
+}
+
+async fn connect(ctx: &WorkerContext, config: &ConsumerConfig) -> anyhow::Result<Session> {
+    let connection = amqp::connect(&config.amqp_url, &format!("worker {}", ctx.worker_id)).await?;
+    let events = amqp::confirm_channel(&connection).await?;
+    ctx.topology.declare(&events).await?;
+    let mut consumers = Vec::new();
+    for kind in &config.kinds {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(config.concurrency, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                ctx.topology.task_queue(*kind).into(),
+                format!("{}-{}", ctx.worker_id, kind).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        consumers.push((channel, consumer, *kind));
+    }
+    Ok(Session {
+        connection,
+        events,
+        consumers,
+    })
+}
+
+impl Session {
+    /// Run deliveries until shutdown (returns false) or until the connection is lost
+    /// and auto-recovery gave up (returns true).
+    async fn consume(
+        &self,
+        ctx: &Arc<WorkerContext>,
+        config: &ConsumerConfig,
+        tasks: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let limit = Arc::new(Semaphore::new(usize::from(config.concurrency)));
+        let mut streams: SelectAll<_> = SelectAll::new();
+        for (channel, consumer, kind) in &self.consumers {
+            let channel = channel.clone();
+            let kind = *kind;
+            streams.push(consumer.clone().map(move |d| (d, kind, channel.clone())).boxed());
+        }
+        let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            };
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = heartbeat.tick() => {
+                    drop(permit);
+                    self.heartbeat(ctx, config, &limit).await;
+                    continue;
+                }
+                next = streams.next() => next,
+            };
+            let (delivery, kind, channel) = match next {
+                Some((Ok(delivery), kind, channel)) => (delivery, kind, channel),
+                Some((Err(error), _, channel)) => {
+                    tracing::warn!(%error, "consumer error; waiting for recovery");
+                    match channel.wait_for_recovery(error).await {
+                        Ok(()) => continue,
+                        Err(error) => {
+                            tracing::warn!(%error, "recovery gave up");
+                            return true;
+                        }
+                    }
+                }
+                None => return true,
+            };
+            let ctx = ctx.clone();
+            let events = self.events.clone();
+            // Tasks run to completion on shutdown for now: stopping at a batch boundary
+            // needs continuations, so that no progress is reported twice or lost.
+            let cancel = CancellationToken::new();
+            drop(channel);
+            tasks.spawn(async move {
+                let _permit = permit;
+                match handle_delivery(&ctx, &events, kind, &delivery, &cancel).await {
+                    Ok(Outcome::Poison { .. }) | Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "could not report a result; returning the task to the queue");
+                        let _ = delivery
+                            .nack(BasicNackOptions { requeue: true, multiple: false })
+                            .await;
+                    }
+                }
+            });
+        }
+    }
+
+    async fn heartbeat(&self, ctx: &WorkerContext, config: &ConsumerConfig, limit: &Semaphore) {
+        let in_flight = usize::from(config.concurrency).saturating_sub(limit.available_permits());
+        let event = Event::WorkerHeartbeat(WorkerHeartbeat {
+            worker_id: ctx.worker_id.clone(),
+            host: config.host.clone(),
+            version: shared::VERSION.to_owned(),
+            kinds: config.kinds.clone(),
+            started_at: config.started_at,
+            at: Utc::now(),
+            in_flight: in_flight as u32,
+            processed: ctx.processed.load(Ordering::Relaxed),
+        });
+        if let Err(error) = publish_event(ctx, &self.events, &event).await {
+            tracing::warn!(%error, "heartbeat not published");
+        }
+    }
+
+    /// Graceful end: stop taking deliveries, let in-flight tasks finish, say goodbye.
+    async fn finish(self, ctx: &WorkerContext, tasks: &TaskTracker) {
+        for (channel, consumer, _) in &self.consumers {
+            let _ = channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+        }
+        tasks.close();
+        tasks.wait().await;
+        let event = Event::WorkerStopped(WorkerStopped {
+            worker_id: ctx.worker_id.clone(),
+            at: Utc::now(),
+            processed: ctx.processed.load(Ordering::Relaxed),
+        });
+        if let Err(error) = publish_event(ctx, &self.events, &event).await {
+            tracing::warn!(%error, "worker.stopped not published");
+        }
+        let _ = self.connection.close(200, "worker stopping".into()).await;
+        tracing::info!("worker stopped consuming");
+    }
+}

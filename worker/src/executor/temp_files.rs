@@ -1,0 +1,477 @@
+//! `cleanup_temp_files`: delete old files under the configured temp roots, safely.
+//!
+//! Safety rules (contract):
+//! - a task names a root from `TEMP_ROOTS`, never a path;
+//! - the walk works relative to open directory handles (`openat`, `fstatat`, `unlinkat`),
+//!   opening each subdirectory with `O_NOFOLLOW | O_DIRECTORY` and checking that the
+//!   opened directory is the one it examined (same device and inode), so a directory
+//!   swapped for a symlink mid-walk is never followed;
+//! - symlinks are never followed: a symlink is judged by its own age and unlinked, its
+//!   target is never touched;
+//! - the walk never leaves the root's filesystem and never removes the root itself;
+//! - the age of each entry is read (`fstatat`, no follow) immediately before its
+//!   `unlinkat`, with nothing queued in between.
+//!
+//! Best effort: an unreadable directory or a vanished file is recorded in `errors`
+//! (capped) and the walk goes on. Subdirectories are walked in parallel on a bounded
+//! thread pool.
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use rayon::prelude::*;
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
+use serde::Serialize;
+use serde_json::Value;
+use shared::envelope::TaskEnvelope;
+use shared::tasks::CleanupTempFilesParams;
+use tokio_util::sync::CancellationToken;
+
+use super::ExecError;
+use crate::config::TempRoot;
+
+/// Errors kept in a result; the rest are only counted.
+const MAX_ERRORS: usize = 20;
+/// Deeper trees are not descended (and reported): bounds open descriptors per walk.
+const MAX_DEPTH: usize = 128;
+
+/// One recorded problem: where (relative to its root) and what.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FileError {
+    pub root: String,
+    pub path: String,
+    pub error: String,
+}
+
+/// The result of a `cleanup_temp_files` task (contract; see README).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TempFilesResult {
+    pub dry_run: bool,
+    pub roots: Vec<String>,
+    pub cutoff: DateTime<Utc>,
+    /// Files (and symlinks) old enough and matching: in a dry run, what a real run
+    /// would delete now.
+    pub files_matched: u64,
+    pub files_deleted: u64,
+    pub bytes_matched: u64,
+    pub bytes_freed: u64,
+    /// Directories left empty that were (or, in a dry run, would be) removed.
+    pub dirs_matched: u64,
+    pub dirs_removed: u64,
+    /// Entries not judged for safety: other filesystems, special files, entries that
+    /// changed under the walk.
+    pub skipped: u64,
+    /// True when `max_files` stopped the run before every eligible file was gone.
+    pub capped: bool,
+    /// Age in seconds of the oldest eligible file still present after the run.
+    pub oldest_remaining_age_seconds: Option<f64>,
+    pub errors_total: u64,
+    pub errors: Vec<FileError>,
+    pub duration_ms: u64,
+}
+
+pub struct TempFilesExecutor {
+    roots: BTreeMap<String, TempRoot>,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl TempFilesExecutor {
+    pub fn new(roots: BTreeMap<String, TempRoot>, threads: usize) -> anyhow::Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("temp-walk-{i}"))
+            .build()?;
+        Ok(Self {
+            roots,
+            pool: Arc::new(pool),
+        })
+    }
+
+    pub async fn execute(
+        &self,
+        envelope: &TaskEnvelope,
+        params: &CleanupTempFilesParams,
+        cancel: &CancellationToken,
+    ) -> Result<Value, ExecError> {
+        let roots: Vec<TempRoot> = match &params.root {
+            Some(name) => match self.roots.get(name) {
+                Some(root) => vec![root.clone()],
+                None => {
+                    let known: Vec<&str> = self.roots.keys().map(String::as_str).collect();
+                    return Err(ExecError::permanent(format!(
+                        "unknown temp root `{name}`; this worker knows: {}",
+                        known.join(", ")
+                    )));
+                }
+            },
+            None => self.roots.values().cloned().collect(),
+        };
+        let patterns = match &params.patterns {
+            Some(patterns) => Some(build_globset(patterns).map_err(ExecError::permanent)?),
+            None => None,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let walk = Arc::new(Walk {
+            cutoff: envelope.cutoff,
+            patterns,
+            dry_run: params.dry_run,
+            remove_empty_dirs: params.remove_empty_dirs,
+            max_files: params.max_files,
+            stop: stop.clone(),
+            counters: Counters::default(),
+            errors: Mutex::new(Vec::new()),
+        });
+        let pool = self.pool.clone();
+        let started = Instant::now();
+        let job = {
+            let walk = walk.clone();
+            let roots = roots.clone();
+            tokio::task::spawn_blocking(move || pool.install(|| walk.run(&roots)))
+        };
+        // Stop the walk at the next entry when the task is cancelled.
+        let watcher = {
+            let cancel = cancel.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                stop.store(true, Ordering::SeqCst);
+            })
+        };
+        let outcome = job.await;
+        watcher.abort();
+        let outcome = outcome.map_err(|e| ExecError::transient(format!("temp-file walk panicked: {e}")))?;
+        outcome?;
+        let mut result = walk.result(&roots);
+        result.duration_ms = started.elapsed().as_millis() as u64;
+        Ok(serde_json::to_value(result).expect("result serializes"))
+    }
+}
+
+/// Globs are matched against the path relative to the root; `*` also crosses `/`.
+pub fn build_globset(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        shared::tasks::validate_pattern(pattern)?;
+        builder.add(Glob::new(pattern).map_err(|e| format!("`{pattern}`: {e}"))?);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+#[derive(Default)]
+struct Counters {
+    files_matched: AtomicU64,
+    files_deleted: AtomicU64,
+    bytes_matched: AtomicU64,
+    bytes_freed: AtomicU64,
+    dirs_matched: AtomicU64,
+    dirs_removed: AtomicU64,
+    skipped: AtomicU64,
+    errors_total: AtomicU64,
+    /// Files claimed against `max_files`.
+    claimed: AtomicU64,
+    capped: AtomicBool,
+    /// Oldest mtime (seconds) of an eligible file still present; i64::MAX when none.
+    oldest_remaining: AtomicI64,
+}
+
+struct Walk {
+    cutoff: DateTime<Utc>,
+    patterns: Option<GlobSet>,
+    dry_run: bool,
+    remove_empty_dirs: bool,
+    max_files: Option<u64>,
+    stop: Arc<AtomicBool>,
+    counters: Counters,
+    errors: Mutex<Vec<FileError>>,
+}
+
+/// Where the walk is: which root, the directory's path relative to it, and its device.
+struct Position<'a> {
+    root: &'a str,
+    rel: PathBuf,
+    dev: u64,
+    depth: usize,
+}
+
+/// What a directory looks like after the walk: entries left, and whether anything in it
+/// (or below) was removed.
+#[derive(Default, Clone, Copy)]
+struct DirOutcome {
+    remaining: u64,
+    removed_any: bool,
+}
+
+impl Walk {
+    fn run(&self, roots: &[TempRoot]) -> Result<(), ExecError> {
+        self.counters.oldest_remaining.store(i64::MAX, Ordering::Relaxed);
+        for root in roots {
+            let fd = rustix::fs::open(
+                &root.path,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| {
+                // A missing mount or volume may appear later: worth another attempt.
+                ExecError::transient(format!(
+                    "temp root `{}` ({}) cannot be opened: {}",
+                    root.name,
+                    root.path.display(),
+                    std::io::Error::from(e)
+                ))
+            })?;
+            let stat = rustix::fs::fstat(&fd).map_err(|e| {
+                ExecError::transient(format!("temp root `{}` cannot be examined: {e}", root.name))
+            })?;
+            let position = Position {
+                root: &root.name,
+                rel: PathBuf::new(),
+                dev: stat.st_dev,
+                depth: 0,
+            };
+            self.walk_dir(&fd, &position);
+        }
+        Ok(())
+    }
+
+    fn walk_dir(&self, dir: &OwnedFd, at: &Position<'_>) -> DirOutcome {
+        let mut outcome = DirOutcome::default();
+        let entries = match read_entries(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.record(at.root, &at.rel, format!("cannot read directory: {e}"));
+                outcome.remaining = 1; // unknown content: never treat it as empty
+                return outcome;
+            }
+        };
+        let mut subdirs = Vec::new();
+        for name in entries {
+            let rel = at.rel.join(OsStr::from_bytes(name.as_bytes()));
+            if self.stop.load(Ordering::Relaxed) {
+                outcome.remaining += 1;
+                continue;
+            }
+            let stat = match rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => stat,
+                Err(Errno::NOENT) => {
+                    self.record(at.root, &rel, "vanished during the walk".into());
+                    continue;
+                }
+                Err(e) => {
+                    self.record(at.root, &rel, format!("cannot examine: {e}"));
+                    outcome.remaining += 1;
+                    continue;
+                }
+            };
+            match FileType::from_raw_mode(stat.st_mode) {
+                FileType::Directory if stat.st_dev != at.dev => {
+                    // A mount point: another filesystem is never entered.
+                    self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    outcome.remaining += 1;
+                }
+                FileType::Directory => subdirs.push((name, stat, rel)),
+                FileType::RegularFile | FileType::Symlink => {
+                    if self.judge_file(dir, &name, &stat, at.root, &rel) {
+                        outcome.removed_any = true;
+                    } else {
+                        outcome.remaining += 1;
+                    }
+                }
+                _ => {
+                    self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    outcome.remaining += 1;
+                }
+            }
+        }
+        let children: Vec<DirOutcome> = subdirs
+            .into_par_iter()
+            .map(|(name, stat, rel)| self.visit_subdir(dir, &name, &stat, at, rel))
+            .collect();
+        for child in children {
+            outcome.remaining += child.remaining;
+            outcome.removed_any |= child.removed_any;
+        }
+        outcome
+    }
+
+    /// Walk one subdirectory and, if asked, remove it when the cleanup left it empty.
+    /// Returns the parent's view: `remaining` is 0 when the subdirectory is (or would be) gone.
+    fn visit_subdir(&self, parent: &OwnedFd, name: &CStr, seen: &Stat, at: &Position<'_>, rel: PathBuf) -> DirOutcome {
+        if at.depth + 1 > MAX_DEPTH {
+            self.record(at.root, &rel, format!("deeper than {MAX_DEPTH} levels; not descended"));
+            return DirOutcome { remaining: 1, removed_any: false };
+        }
+        let fd = match rustix::fs::openat(
+            parent,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                // It was a directory when examined and is not any more: swapped mid-walk.
+                self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                self.record(at.root, &rel, "replaced during the walk; not followed".into());
+                return DirOutcome { remaining: 1, removed_any: false };
+            }
+            Err(Errno::NOENT) => {
+                self.record(at.root, &rel, "vanished during the walk".into());
+                return DirOutcome::default();
+            }
+            Err(e) => {
+                self.record(at.root, &rel, format!("cannot open directory: {e}"));
+                return DirOutcome { remaining: 1, removed_any: false };
+            }
+        };
+        match rustix::fs::fstat(&fd) {
+            Ok(now) if now.st_dev == seen.st_dev && now.st_ino == seen.st_ino => {}
+            _ => {
+                self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                self.record(at.root, &rel, "replaced during the walk; not followed".into());
+                return DirOutcome { remaining: 1, removed_any: false };
+            }
+        }
+        let position = Position {
+            root: at.root,
+            rel,
+            dev: at.dev,
+            depth: at.depth + 1,
+        };
+        let inner = self.walk_dir(&fd, &position);
+        drop(fd);
+        let empty = inner.remaining == 0 && !self.stop.load(Ordering::Relaxed);
+        let left_by_us = inner.removed_any || self.is_old(seen);
+        if !(self.remove_empty_dirs && empty && left_by_us) {
+            return DirOutcome { remaining: 1, removed_any: inner.removed_any };
+        }
+        self.counters.dirs_matched.fetch_add(1, Ordering::Relaxed);
+        if self.dry_run {
+            return DirOutcome { remaining: 0, removed_any: true };
+        }
+        match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+            Ok(()) => {
+                self.counters.dirs_removed.fetch_add(1, Ordering::Relaxed);
+                DirOutcome { remaining: 0, removed_any: true }
+            }
+            // Something appeared in it meanwhile: leave it.
+            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => DirOutcome { remaining: 1, removed_any: true },
+            Err(e) => {
+                self.record(position.root, &position.rel, format!("cannot remove empty directory: {e}"));
+                DirOutcome { remaining: 1, removed_any: true }
+            }
+        }
+    }
+
+    fn is_old(&self, stat: &Stat) -> bool {
+        let (secs, nanos) = (self.cutoff.timestamp(), i64::from(self.cutoff.timestamp_subsec_nanos()));
+        (stat.st_mtime as i64, stat.st_mtime_nsec as i64) < (secs, nanos)
+    }
+
+    /// Decide on one file or symlink, examined just now; delete it when eligible.
+    /// Returns true when it is (or, in a dry run, would be) gone.
+    fn judge_file(&self, dir: &OwnedFd, name: &CStr, stat: &Stat, root: &str, rel: &Path) -> bool {
+        if !self.is_old(stat) {
+            return false;
+        }
+        if let Some(patterns) = &self.patterns {
+            if !patterns.is_match(rel) {
+                return false;
+            }
+        }
+        if let Some(cap) = self.max_files {
+            if self.counters.claimed.fetch_add(1, Ordering::Relaxed) >= cap {
+                self.counters.capped.store(true, Ordering::Relaxed);
+                self.remember_remaining(stat);
+                return false;
+            }
+        }
+        let size = stat.st_size.max(0) as u64;
+        self.counters.files_matched.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_matched.fetch_add(size, Ordering::Relaxed);
+        if self.dry_run {
+            self.remember_remaining(stat);
+            return true;
+        }
+        // The age was read by the fstatat just above, with nothing in between: unlink now.
+        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) => {
+                self.counters.files_deleted.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes_freed.fetch_add(size, Ordering::Relaxed);
+                true
+            }
+            Err(Errno::NOENT) => {
+                self.record(root, rel, "vanished before it could be deleted".into());
+                true
+            }
+            Err(e) => {
+                self.record(root, rel, format!("cannot delete: {e}"));
+                self.remember_remaining(stat);
+                false
+            }
+        }
+    }
+
+    fn remember_remaining(&self, stat: &Stat) {
+        self.counters
+            .oldest_remaining
+            .fetch_min(stat.st_mtime as i64, Ordering::Relaxed);
+    }
+
+    fn record(&self, root: &str, rel: &Path, error: String) {
+        self.counters.errors_total.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().expect("errors lock");
+        if errors.len() < MAX_ERRORS {
+            errors.push(FileError {
+                root: root.to_owned(),
+                path: rel.display().to_string(),
+                error,
+            });
+        }
+    }
+
+    fn result(&self, roots: &[TempRoot]) -> TempFilesResult {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let oldest = c.oldest_remaining.load(Ordering::Relaxed);
+        TempFilesResult {
+            dry_run: self.dry_run,
+            roots: roots.iter().map(|r| r.name.clone()).collect(),
+            cutoff: self.cutoff,
+            files_matched: load(&c.files_matched),
+            files_deleted: load(&c.files_deleted),
+            bytes_matched: load(&c.bytes_matched),
+            bytes_freed: load(&c.bytes_freed),
+            dirs_matched: load(&c.dirs_matched),
+            dirs_removed: load(&c.dirs_removed),
+            skipped: load(&c.skipped),
+            capped: c.capped.load(Ordering::Relaxed),
+            oldest_remaining_age_seconds: (oldest != i64::MAX)
+                .then(|| (Utc::now().timestamp() - oldest).max(0) as f64),
+            errors_total: load(&c.errors_total),
+            errors: self.errors.lock().expect("errors lock").clone(),
+            duration_ms: 0,
+        }
+    }
+}
+
+/// The names in a directory, without `.` and `..`.
+fn read_entries(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
+    let mut names = Vec::new();
+    for entry in Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
+}

@@ -1,0 +1,254 @@
+//! One delivery, start to finish: the worker's step. Tests call it directly.
+//!
+//! Parse the envelope (an unprocessable message is poison: reported as `task.dead` and
+//! rejected to the dead-letter exchange), publish `task.started`, execute within the
+//! time limit, publish `task.succeeded` or `task.failed` (with the next attempt's time for
+//! transient errors), and only then ack: an ack always follows a confirmed result event.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::Channel;
+use serde_json::Value;
+use shared::amqp::{self, OutgoingMessage, PublishError};
+use shared::envelope::TaskEnvelope;
+use shared::events::{Event, TaskDead, TaskFailed, TaskStarted, TaskSucceeded};
+use shared::retry::RetryPolicy;
+use shared::tasks::TaskKind;
+use shared::topology::Topology;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::executor::{ExecError, Executors};
+use crate::metrics::Metrics;
+
+/// Everything a step needs, shared by all in-flight tasks.
+pub struct WorkerContext {
+    pub worker_id: String,
+    pub topology: Topology,
+    pub executors: Executors,
+    pub retry: RetryPolicy,
+    pub task_timeout: Duration,
+    pub metrics: Metrics,
+    pub processed: AtomicU64,
+    pub runs_table_label: String,
+}
+
+/// How a delivery ended; the delivery has been acked or rejected accordingly.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded { task_id: Uuid },
+    /// The attempt failed; `retryable` when the ledger will schedule another attempt.
+    Failed { task_id: Uuid, retryable: bool },
+    /// Not a task this worker can run; rejected to the dead-letter exchange.
+    Poison { task_id: Option<Uuid>, reason: String },
+}
+
+/// The step failed before the delivery could be settled (the broker is unreachable for
+/// events); the caller leaves the delivery to be redelivered.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot settle the delivery: {0}")]
+pub struct StepError(#[from] pub PublishError);
+
+impl From<lapin::Error> for StepError {
+    fn from(error: lapin::Error) -> Self {
+        StepError(PublishError::Amqp(error))
+    }
+}
+
+/// Process one delivery of the queue of `queue_kind`.
+pub async fn handle_delivery(
+    ctx: &WorkerContext,
+    events: &Channel,
+    queue_kind: TaskKind,
+    delivery: &Delivery,
+    cancel: &CancellationToken,
+) -> Result<Outcome, StepError> {
+    let envelope = match parse(queue_kind, delivery) {
+        Ok(envelope) => envelope,
+        Err(reason) => return reject_poison(ctx, events, queue_kind, delivery, reason).await,
+    };
+    let task_id = envelope.task_id;
+    let kind = envelope.task.kind();
+    publish_event(
+        ctx,
+        events,
+        &Event::TaskStarted(TaskStarted {
+            task_id,
+            kind,
+            attempt: envelope.attempt,
+            worker_id: ctx.worker_id.clone(),
+            at: Utc::now(),
+        }),
+    )
+    .await?;
+    ctx.metrics.tasks_started.with_label_values(&[kind.as_str()]).inc();
+    ctx.metrics.in_flight.inc();
+    let started = Instant::now();
+    let result = match tokio::time::timeout(ctx.task_timeout, ctx.executors.execute(&envelope, cancel)).await {
+        Ok(result) => result,
+        Err(_) => Err(ExecError::transient(format!(
+            "the attempt exceeded the task time limit of {}",
+            humantime::format_duration(ctx.task_timeout)
+        ))),
+    };
+    ctx.metrics.in_flight.dec();
+    ctx.metrics
+        .task_duration
+        .with_label_values(&[kind.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+
+    let outcome = match result {
+        Ok(result) => {
+            record_result_metrics(ctx, kind, &envelope, &result);
+            tracing::info!(%task_id, %kind, attempt = envelope.attempt, elapsed = ?started.elapsed(), "task succeeded");
+            publish_event(
+                ctx,
+                events,
+                &Event::TaskSucceeded(TaskSucceeded {
+                    task_id,
+                    kind,
+                    attempt: envelope.attempt,
+                    worker_id: ctx.worker_id.clone(),
+                    at: Utc::now(),
+                    result,
+                }),
+            )
+            .await?;
+            ctx.metrics.tasks_finished.with_label_values(&[kind.as_str(), "succeeded"]).inc();
+            Outcome::Succeeded { task_id }
+        }
+        Err(error) => {
+            let next_attempt_at = if error.is_transient() {
+                ctx.retry.next_attempt_at(envelope.attempt, envelope.max_attempts, Utc::now())
+            } else {
+                None
+            };
+            let retryable = next_attempt_at.is_some();
+            tracing::warn!(%task_id, %kind, attempt = envelope.attempt, class = ?error.class, retryable, error = %error, "task attempt failed");
+            publish_event(
+                ctx,
+                events,
+                &Event::TaskFailed(TaskFailed {
+                    task_id,
+                    kind,
+                    attempt: envelope.attempt,
+                    worker_id: ctx.worker_id.clone(),
+                    at: Utc::now(),
+                    error: error.to_task_error(),
+                    retryable,
+                    next_attempt_at,
+                }),
+            )
+            .await?;
+            let class = serde_json::to_value(error.class).expect("class serializes");
+            ctx.metrics
+                .errors
+                .with_label_values(&[kind.as_str(), class.as_str().unwrap_or("unknown")])
+                .inc();
+            let label = if retryable { "retried" } else { "failed" };
+            ctx.metrics.tasks_finished.with_label_values(&[kind.as_str(), label]).inc();
+            Outcome::Failed { task_id, retryable }
+        }
+    };
+    delivery.ack(BasicAckOptions::default()).await?;
+    ctx.processed.fetch_add(1, Ordering::Relaxed);
+    Ok(outcome)
+}
+
+/// Read the envelope, refusing anything this worker cannot run.
+fn parse(queue_kind: TaskKind, delivery: &Delivery) -> Result<TaskEnvelope, String> {
+    let envelope = TaskEnvelope::from_json(&delivery.data).map_err(|e| e.to_string())?;
+    if envelope.task.kind() != queue_kind {
+        return Err(format!(
+            "a {} task arrived on the {queue_kind} queue",
+            envelope.task.kind()
+        ));
+    }
+    if envelope.attempt == 0 || envelope.max_attempts == 0 {
+        return Err("attempt and max_attempts must be at least 1".into());
+    }
+    Ok(envelope)
+}
+
+/// Report a poison message as `task.dead` (when its id is readable), then reject it
+/// without requeue so the dead-letter exchange keeps it in `<prefix>.dead`.
+async fn reject_poison(
+    ctx: &WorkerContext,
+    events: &Channel,
+    queue_kind: TaskKind,
+    delivery: &Delivery,
+    reason: String,
+) -> Result<Outcome, StepError> {
+    let task_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .and_then(|id| Uuid::parse_str(id.as_str()).ok());
+    tracing::error!(task_id = ?task_id, queue = %queue_kind, %reason, "rejecting an unprocessable message to the dead-letter queue");
+    publish_event(
+        ctx,
+        events,
+        &Event::TaskDead(TaskDead {
+            task_id,
+            attempt: None,
+            reason: format!("unprocessable task message: {reason}"),
+            at: Utc::now(),
+        }),
+    )
+    .await?;
+    delivery.reject(BasicRejectOptions { requeue: false }).await?;
+    ctx.metrics.poison.with_label_values(&[queue_kind.as_str()]).inc();
+    ctx.processed.fetch_add(1, Ordering::Relaxed);
+    Ok(Outcome::Poison { task_id, reason })
+}
+
+/// Publish an event on the events exchange and wait for the broker's confirmation.
+pub async fn publish_event(ctx: &WorkerContext, events: &Channel, event: &Event) -> Result<(), PublishError> {
+    let exchange = ctx.topology.events_exchange();
+    let message = OutgoingMessage {
+        exchange: &exchange,
+        routing_key: event.routing_key(),
+        message_type: event.routing_key(),
+        message_id: Uuid::now_v7().to_string(),
+        body: event.to_json(),
+    };
+    amqp::publish(events, &message).await
+}
+
+fn record_result_metrics(ctx: &WorkerContext, kind: TaskKind, envelope: &TaskEnvelope, result: &Value) {
+    let dry_run = envelope.task.dry_run();
+    let number = |field: &str| result.get(field).and_then(Value::as_u64).unwrap_or(0);
+    let oldest = result
+        .get("oldest_remaining_age_seconds")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0);
+    match kind {
+        TaskKind::CleanupRuns => {
+            let table = ctx.runs_table_label.as_str();
+            ctx.metrics.runs_deleted.with_label_values(&[table]).inc_by(number("runs_deleted"));
+            ctx.metrics.oldest_eligible_age.with_label_values(&[kind.as_str(), table]).set(oldest);
+        }
+        TaskKind::CleanupTempFiles => {
+            let roots: Vec<String> = result
+                .get("roots")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .unwrap_or_default();
+            // Totals are per task; with one root they are that root's.
+            let label = if roots.len() == 1 { roots[0].clone() } else { "all".to_owned() };
+            ctx.metrics.files_deleted.with_label_values(&[&label]).inc_by(number("files_deleted"));
+            ctx.metrics.bytes_freed.with_label_values(&[&label]).inc_by(number("bytes_freed"));
+            ctx.metrics.oldest_eligible_age.with_label_values(&[kind.as_str(), &label]).set(oldest);
+        }
+    }
+    if !dry_run {
+        ctx.metrics
+            .last_success
+            .with_label_values(&[kind.as_str()])
+            .set(Utc::now().timestamp() as f64);
+    }
+}

@@ -1,0 +1,155 @@
+//! Building and running a worker: executors, the probe server and the consume loop.
+
+use std::future::IntoFuture;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use shared::tasks::{TaskKind, ValidationRules};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{host_name, Config};
+use crate::consumer::{self, ConsumerConfig};
+use crate::executor::runs::RunsExecutor;
+use crate::executor::temp_files::TempFilesExecutor;
+use crate::executor::Executors;
+use crate::http::{self, ProbeState};
+use crate::metrics::Metrics;
+use crate::process::WorkerContext;
+
+/// How often a worker announces itself on `worker.heartbeat`.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+pub struct Application {
+    ctx: Arc<WorkerContext>,
+    consumer: ConsumerConfig,
+    listener: TcpListener,
+    port: u16,
+    runs_pool: Option<PgPool>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let kinds = config.kinds()?;
+        let table = config.runs_table()?;
+        let runs_pool = match (&config.runs_database_url, kinds.contains(&TaskKind::CleanupRuns)) {
+            (Some(url), true) => Some(
+                PgPoolOptions::new()
+                    .max_connections(config.runs_database_max_connections)
+                    .acquire_timeout(Duration::from_secs(5))
+                    // Connect on first use: the worker starts (and reports not ready)
+                    // while the runs database is down.
+                    .connect_lazy(url)
+                    .with_context(|| {
+                        format!(
+                            "invalid RUNS_DATABASE_URL {}",
+                            shared::config::redact_url(url)
+                        )
+                    })?,
+            ),
+            _ => None,
+        };
+        let temp_files = if kinds.contains(&TaskKind::CleanupTempFiles) {
+            Some(TempFilesExecutor::new(config.temp_roots()?, config.temp_walk_threads)?)
+        } else {
+            None
+        };
+        let executors = Executors {
+            runs: runs_pool.clone().map(|pool| RunsExecutor::new(pool, table.clone())),
+            temp_files,
+            rules: ValidationRules {
+                min_age_hours: config.min_age_hours,
+                terminal_statuses: table.terminal_statuses().iter().cloned().collect(),
+            },
+        };
+        let worker_id = config.worker_id();
+        let ctx = Arc::new(WorkerContext {
+            worker_id: worker_id.clone(),
+            topology: config.amqp.topology().map_err(anyhow::Error::msg)?,
+            executors,
+            retry: config.retry.policy().map_err(anyhow::Error::msg)?,
+            task_timeout: config.task_timeout,
+            metrics: Metrics::new(),
+            processed: AtomicU64::new(0),
+            runs_table_label: config.runs_table.clone(),
+        });
+        let listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| format!("failed to listen on METRICS_ADDR {}", config.metrics_addr))?;
+        let port = listener.local_addr()?.port();
+        tracing::info!(%worker_id, ?kinds, amqp = %config.amqp.redacted_url(), "worker configured");
+        Ok(Self {
+            ctx,
+            consumer: ConsumerConfig {
+                amqp_url: config.amqp.amqp_url.clone(),
+                kinds,
+                concurrency: config.worker_concurrency,
+                heartbeat_interval: HEARTBEAT_INTERVAL,
+                host: host_name(),
+                started_at: Utc::now(),
+            },
+            listener,
+            port,
+            runs_pool,
+        })
+    }
+
+    /// Port of the metrics and probe server.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.ctx.worker_id
+    }
+
+    /// Consume until `shutdown` fires, then finish in-flight tasks and stop.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (connected_tx, connected_rx) = watch::channel(false);
+        let probes = http::router(ProbeState {
+            ctx: self.ctx.clone(),
+            connected: connected_rx,
+            runs_pool: self.runs_pool.clone(),
+        });
+        let server_stop = CancellationToken::new();
+        let server = tokio::spawn(
+            axum::serve(self.listener, probes)
+                .with_graceful_shutdown(server_stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        consumer::run(self.ctx.clone(), self.consumer, connected_tx, shutdown).await;
+        server_stop.cancel();
+        let _ = server.await;
+        if let Some(pool) = self.runs_pool {
+            pool.close().await;
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received; finishing in-flight tasks"),
+        _ = terminate => tracing::info!("SIGTERM received; finishing in-flight tasks"),
+    }
+}
