@@ -78,6 +78,10 @@ pub struct Config {
     #[arg(long, env = "RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay_enabled: bool,
 
+    /// Run the ledger recorder (applies worker events) in this process.
+    #[arg(long, env = "RECORDER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub recorder_enabled: bool,
+
     #[command(flatten)]
     pub amqp: AmqpArgs,
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod http;
 pub mod ledger;
 pub mod metrics;
+pub mod recorder;
 pub mod relay;
 pub mod startup;
 

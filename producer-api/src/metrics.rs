@@ -17,6 +17,8 @@ pub struct Metrics {
     pub outbox_publish_errors: IntCounter,
     pub outbox_publish_duration: Histogram,
     pub amqp_connected: IntGauge,
+    pub recorder_events: IntCounterVec,
+    pub recorder_lag: Histogram,
 }
 
 impl Metrics {
@@ -87,8 +89,23 @@ impl Metrics {
             "1 while the relay holds a RabbitMQ connection.",
         )
         .expect("valid metric");
+        let recorder_events = IntCounterVec::new(
+            Opts::new(names::RECORDER_EVENTS_TOTAL, "Worker events applied to the ledger, by type."),
+            &["type"],
+        )
+        .expect("valid metric");
+        let recorder_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                names::RECORDER_LAG_SECONDS,
+                "Time from a worker publishing an event to the ledger applying it.",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )
+        .expect("valid metric");
         for collector in [
-            Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(recorder_events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(recorder_lag.clone()),
+            Box::new(build_info),
             Box::new(tasks_enqueued.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
@@ -110,6 +127,8 @@ impl Metrics {
             outbox_publish_errors,
             outbox_publish_duration,
             amqp_connected,
+            recorder_events,
+            recorder_lag,
         }
     }
 

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::http::{self, auth::Tokens, AppState};
 use crate::ledger::MIGRATOR;
 use crate::metrics::Metrics;
+use crate::recorder::Recorder;
 use crate::relay::{BrokerHealth, Relay, RelayConfig};
 
 /// A built application: listening, migrated, ready to run.
@@ -21,6 +22,7 @@ pub struct Application {
     port: u16,
     state: AppState,
     relay: Option<Relay>,
+    recorder: Option<Recorder>,
 }
 
 impl Application {
@@ -55,6 +57,14 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let broker = BrokerHealth::default();
         let topology = config.amqp.topology().map_err(anyhow::Error::msg)?;
+        let recorder = config.recorder_enabled.then(|| {
+            Recorder::new(
+                pool.clone(),
+                config.amqp.amqp_url.clone(),
+                topology.clone(),
+                metrics.clone(),
+            )
+        });
         let relay = config.relay_enabled.then(|| {
             Relay::new(
                 pool.clone(),
@@ -88,6 +98,7 @@ impl Application {
             port,
             state,
             relay,
+            recorder,
         })
     }
 
@@ -104,6 +115,9 @@ impl Application {
         let tracker = TaskTracker::new();
         if let Some(relay) = self.relay {
             tracker.spawn(relay.run(shutdown.clone()));
+        }
+        if let Some(recorder) = self.recorder {
+            tracker.spawn(recorder.run(shutdown.clone()));
         }
         tracing::info!(port = self.port, "producer-api listening");
         let pool = self.state.pool.clone();

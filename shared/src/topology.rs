@@ -79,6 +79,12 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// The recorder's copy of every dead-lettered message, so the ledger can mark the
+    /// task `dead` while `<prefix>.dead` keeps the message for an operator.
+    pub fn dead_ledger_queue(&self) -> String {
+        format!("{}.ledger.dead", self.prefix)
+    }
+
     fn quorum_args(&self, dead_letter: bool) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), long_string("quorum"));
@@ -120,18 +126,20 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        channel
-            .queue_declare(self.dead_queue().into(), queue, self.quorum_args(false))
-            .await?;
-        channel
-            .queue_bind(
-                self.dead_queue().into(),
-                self.dead_exchange().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for dead in [self.dead_queue(), self.dead_ledger_queue()] {
+            channel
+                .queue_declare(dead.as_str().into(), queue, self.quorum_args(false))
+                .await?;
+            channel
+                .queue_bind(
+                    dead.into(),
+                    self.dead_exchange().into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
 
         channel
             .exchange_declare(
@@ -187,6 +195,7 @@ impl Topology {
         let mut queues: Vec<String> = TaskKind::ALL.iter().map(|k| self.task_queue(*k)).collect();
         queues.push(self.ledger_queue());
         queues.push(self.dead_queue());
+        queues.push(self.dead_ledger_queue());
         for name in queues {
             channel
                 .queue_delete(name.into(), QueueDeleteOptions::default())
@@ -229,6 +238,7 @@ mod tests {
         assert_eq!(t.ledger_queue(), "cleanup.ledger");
         assert_eq!(t.dead_exchange(), "cleanup.dead");
         assert_eq!(t.dead_queue(), "cleanup.dead");
+        assert_eq!(t.dead_ledger_queue(), "cleanup.ledger.dead");
     }
 
     #[test]
