@@ -90,7 +90,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let recorder_events = IntCounterVec::new(
-            Opts::new(names::RECORDER_EVENTS_TOTAL, "Worker events applied to the ledger, by type."),
+            Opts::new(
+                names::RECORDER_EVENTS_TOTAL,
+                "Worker events applied to the ledger, by type.",
+            ),
             &["type"],
         )
         .expect("valid metric");
@@ -99,7 +102,9 @@ impl Metrics {
                 names::RECORDER_LAG_SECONDS,
                 "Time from a worker publishing an event to the ledger applying it.",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
         )
         .expect("valid metric");
         for collector in [

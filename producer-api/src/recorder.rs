@@ -45,7 +45,10 @@ pub struct Recorder {
 enum Item {
     Event(Event),
     /// A task message dead-lettered by RabbitMQ: its id and a readable reason.
-    DeadLettered { task_id: Uuid, reason: String },
+    DeadLettered {
+        task_id: Uuid,
+        reason: String,
+    },
     /// Nothing for the ledger (an unreadable event, or a dead-lettered event).
     Ignore,
     /// An unreadable event: rejected so it rests in the dead-letter queue.
@@ -281,7 +284,9 @@ fn lock_order(item: &Item) -> (u8, String) {
         Item::Event(Event::TaskStarted(e)) => (0, e.task_id.to_string()),
         Item::Event(Event::TaskSucceeded(e)) => (0, e.task_id.to_string()),
         Item::Event(Event::TaskFailed(e)) => (0, e.task_id.to_string()),
-        Item::Event(Event::TaskDead(e)) => (0, e.task_id.map(|i| i.to_string()).unwrap_or_default()),
+        Item::Event(Event::TaskDead(e)) => {
+            (0, e.task_id.map(|i| i.to_string()).unwrap_or_default())
+        }
         Item::DeadLettered { task_id, .. } => (0, task_id.to_string()),
         Item::Event(Event::WorkerHeartbeat(e)) => (1, e.worker_id.clone()),
         Item::Event(Event::WorkerStopped(e)) => (1, e.worker_id.clone()),
@@ -301,7 +306,9 @@ async fn apply_batch(pool: &PgPool, items: &[Item]) -> Result<(), sqlx::Error> {
             Item::Event(Event::TaskSucceeded(e)) => succeeded(&mut tx, e).await?,
             Item::Event(Event::TaskFailed(e)) => failed(&mut tx, e).await?,
             Item::Event(Event::TaskDead(e)) => dead(&mut tx, e).await?,
-            Item::DeadLettered { task_id, reason } => dead_lettered(&mut tx, *task_id, reason).await?,
+            Item::DeadLettered { task_id, reason } => {
+                dead_lettered(&mut tx, *task_id, reason).await?
+            }
             Item::Event(Event::WorkerHeartbeat(e)) => {
                 let kinds: Vec<&str> = e.kinds.iter().map(|k| k.as_str()).collect();
                 sqlx::query(
@@ -360,7 +367,10 @@ async fn started(tx: &mut Transaction<'_, Postgres>, e: &TaskStarted) -> Result<
     Ok(())
 }
 
-async fn succeeded(tx: &mut Transaction<'_, Postgres>, e: &TaskSucceeded) -> Result<(), sqlx::Error> {
+async fn succeeded(
+    tx: &mut Transaction<'_, Postgres>,
+    e: &TaskSucceeded,
+) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "UPDATE cleanup_tasks SET status = 'succeeded', attempts = $2, worker_id = $3,
              result = $4, error = NULL, started_at = COALESCE(started_at, $5), finished_at = $5,
@@ -378,14 +388,23 @@ async fn succeeded(tx: &mut Transaction<'_, Postgres>, e: &TaskSucceeded) -> Res
     Ok(())
 }
 
+#[derive(sqlx::FromRow)]
+struct FailedRow {
+    status: String,
+    kind: String,
+    params: serde_json::Value,
+    cutoff: chrono::DateTime<Utc>,
+    created_at: chrono::DateTime<Utc>,
+    max_attempts: i32,
+}
+
 /// A failed attempt: schedule the next one (status `retrying`, a delayed outbox message)
 /// when the error is transient and attempts remain, else the task has `failed`.
 async fn failed(tx: &mut Transaction<'_, Postgres>, e: &TaskFailed) -> Result<(), sqlx::Error> {
     let next_at = e.next_attempt_at.unwrap_or(e.at);
     let error = serde_json::to_value(&e.error).expect("error serializes");
-    let row: Option<(String, String, serde_json::Value, chrono::DateTime<Utc>, chrono::DateTime<Utc>, i32)> =
-        sqlx::query_as(&format!(
-            "UPDATE cleanup_tasks SET
+    let row: Option<FailedRow> = sqlx::query_as(&format!(
+        "UPDATE cleanup_tasks SET
                  status = CASE WHEN $4 AND $2 < max_attempts THEN 'retrying' ELSE 'failed' END,
                  next_attempt_at = CASE WHEN $4 AND $2 < max_attempts THEN $5 ELSE NULL END,
                  finished_at = CASE WHEN $4 AND $2 < max_attempts THEN NULL ELSE $6 END,
@@ -394,17 +413,25 @@ async fn failed(tx: &mut Transaction<'_, Postgres>, e: &TaskFailed) -> Result<()
              WHERE id = $1 AND {NOT_FINISHED}
                AND (attempts < $2 OR (attempts = $2 AND status IN ('queued', 'running')))
              RETURNING status, kind, params, cutoff, created_at, max_attempts"
-        ))
-        .bind(e.task_id)
-        .bind(e.attempt as i32)
-        .bind(&e.worker_id)
-        .bind(e.retryable)
-        .bind(next_at)
-        .bind(e.at)
-        .bind(&error)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some((status, kind, params, cutoff, created_at, max_attempts)) = row else {
+    ))
+    .bind(e.task_id)
+    .bind(e.attempt as i32)
+    .bind(&e.worker_id)
+    .bind(e.retryable)
+    .bind(next_at)
+    .bind(e.at)
+    .bind(&error)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(FailedRow {
+        status,
+        kind,
+        params,
+        cutoff,
+        created_at,
+        max_attempts,
+    }) = row
+    else {
         return Ok(());
     };
     if status != "retrying" {
@@ -459,7 +486,11 @@ async fn dead(tx: &mut Transaction<'_, Postgres>, e: &TaskDead) -> Result<(), sq
     Ok(())
 }
 
-async fn dead_lettered(tx: &mut Transaction<'_, Postgres>, task_id: Uuid, reason: &str) -> Result<(), sqlx::Error> {
+async fn dead_lettered(
+    tx: &mut Transaction<'_, Postgres>,
+    task_id: Uuid,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "UPDATE cleanup_tasks SET status = 'dead', error = $2, finished_at = now(),
              next_attempt_at = NULL, updated_at = now()

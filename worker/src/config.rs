@@ -39,7 +39,11 @@ pub struct Config {
     pub runs_timestamp_column: String,
 
     /// Statuses that mean a run is finished; only such runs are ever deleted.
-    #[arg(long, env = "RUNS_TERMINAL_STATUSES", default_value = "succeeded,failed,cancelled")]
+    #[arg(
+        long,
+        env = "RUNS_TERMINAL_STATUSES",
+        default_value = "succeeded,failed,cancelled"
+    )]
     pub runs_terminal_statuses: String,
 
     /// Connections to the runs database.
@@ -107,12 +111,18 @@ impl Config {
             let (name, path) = (name.trim(), PathBuf::from(path.trim()));
             validate_root_name(name).map_err(|e| anyhow::anyhow!("TEMP_ROOTS: {e}"))?;
             if !path.is_absolute() {
-                anyhow::bail!("TEMP_ROOTS: the path of `{name}` must be absolute, got {}", path.display());
+                anyhow::bail!(
+                    "TEMP_ROOTS: the path of `{name}` must be absolute, got {}",
+                    path.display()
+                );
             }
             if path.parent().is_none() {
                 anyhow::bail!("TEMP_ROOTS: `{name}` may not be the filesystem root");
             }
-            let root = TempRoot { name: name.to_owned(), path };
+            let root = TempRoot {
+                name: name.to_owned(),
+                path,
+            };
             if roots.insert(name.to_owned(), root).is_some() {
                 anyhow::bail!("TEMP_ROOTS names `{name}` twice");
             }

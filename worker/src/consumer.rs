@@ -130,7 +130,12 @@ impl Session {
         for (channel, consumer, kind) in &self.consumers {
             let channel = channel.clone();
             let kind = *kind;
-            streams.push(consumer.clone().map(move |d| (d, kind, channel.clone())).boxed());
+            streams.push(
+                consumer
+                    .clone()
+                    .map(move |d| (d, kind, channel.clone()))
+                    .boxed(),
+            );
         }
         let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
         loop {

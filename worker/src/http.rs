@@ -34,20 +34,33 @@ async fn readyz(State(state): State<ProbeState>) -> impl IntoResponse {
     let broker = *state.connected.borrow();
     let database = match &state.runs_pool {
         Some(pool) => Some(
-            tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(pool))
-                .await
-                .is_ok_and(|r| r.is_ok()),
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                sqlx::query("SELECT 1").execute(pool),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok()),
         ),
         None => None,
     };
     let ready = broker && database.unwrap_or(true);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({"ready": ready, "broker": broker, "database": database})))
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"ready": ready, "broker": broker, "database": database})),
+    )
 }
 
 async fn metrics(State(state): State<ProbeState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.ctx.metrics.render(),
     )
 }

@@ -29,36 +29,67 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let build_info = IntGaugeVec::new(
-            Opts::new(names::BUILD_INFO, "Build information; the value is always 1."),
+            Opts::new(
+                names::BUILD_INFO,
+                "Build information; the value is always 1.",
+            ),
             &["version", "component"],
         )
         .expect("valid metric");
-        build_info.with_label_values(&[shared::VERSION, "worker"]).set(1);
+        build_info
+            .with_label_values(&[shared::VERSION, "worker"])
+            .set(1);
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
         };
-        let tasks_started = counter(names::WORKER_TASKS_STARTED_TOTAL, "Task attempts started, by kind.", &["kind"]);
+        let tasks_started = counter(
+            names::WORKER_TASKS_STARTED_TOTAL,
+            "Task attempts started, by kind.",
+            &["kind"],
+        );
         let tasks_finished = counter(
             names::WORKER_TASKS_FINISHED_TOTAL,
             "Task attempts finished, by kind and outcome (succeeded, failed, retried, poison).",
             &["kind", "outcome"],
         );
         let task_duration = HistogramVec::new(
-            HistogramOpts::new(names::WORKER_TASK_DURATION_SECONDS, "Duration of task attempts, by kind.")
-                .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0]),
+            HistogramOpts::new(
+                names::WORKER_TASK_DURATION_SECONDS,
+                "Duration of task attempts, by kind.",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0,
+            ]),
             &["kind"],
         )
         .expect("valid metric");
-        let in_flight = IntGauge::new(names::WORKER_TASKS_IN_FLIGHT, "Tasks executing now.").expect("valid metric");
-        let errors = counter(names::WORKER_ERRORS_TOTAL, "Failed attempts, by kind and error class.", &["kind", "class"]);
+        let in_flight = IntGauge::new(names::WORKER_TASKS_IN_FLIGHT, "Tasks executing now.")
+            .expect("valid metric");
+        let errors = counter(
+            names::WORKER_ERRORS_TOTAL,
+            "Failed attempts, by kind and error class.",
+            &["kind", "class"],
+        );
         let poison = counter(
             names::WORKER_POISON_MESSAGES_TOTAL,
             "Unprocessable messages rejected to the dead-letter queue, by queue kind.",
             &["kind"],
         );
-        let runs_deleted = counter(names::RUNS_DELETED_TOTAL, "Rows of the runs table deleted.", &["table"]);
-        let files_deleted = counter(names::FILES_DELETED_TOTAL, "Temp files deleted, by root.", &["root"]);
-        let bytes_freed = counter(names::BYTES_FREED_TOTAL, "Bytes of temp files deleted, by root.", &["root"]);
+        let runs_deleted = counter(
+            names::RUNS_DELETED_TOTAL,
+            "Rows of the runs table deleted.",
+            &["table"],
+        );
+        let files_deleted = counter(
+            names::FILES_DELETED_TOTAL,
+            "Temp files deleted, by root.",
+            &["root"],
+        );
+        let bytes_freed = counter(
+            names::BYTES_FREED_TOTAL,
+            "Bytes of temp files deleted, by root.",
+            &["root"],
+        );
         let last_success = GaugeVec::new(
             Opts::new(
                 names::LAST_SUCCESS_TIMESTAMP_SECONDS,
@@ -75,8 +106,11 @@ impl Metrics {
             &["kind", "target"],
         )
         .expect("valid metric");
-        let amqp_connected = IntGauge::new(names::AMQP_CONNECTED, "1 while the worker holds a RabbitMQ connection.")
-            .expect("valid metric");
+        let amqp_connected = IntGauge::new(
+            names::AMQP_CONNECTED,
+            "1 while the worker holds a RabbitMQ connection.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
             Box::new(tasks_started.clone()),

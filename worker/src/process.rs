@@ -40,11 +40,19 @@ pub struct WorkerContext {
 /// How a delivery ended; the delivery has been acked or rejected accordingly.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Succeeded { task_id: Uuid },
+    Succeeded {
+        task_id: Uuid,
+    },
     /// The attempt failed; `retryable` when the ledger will schedule another attempt.
-    Failed { task_id: Uuid, retryable: bool },
+    Failed {
+        task_id: Uuid,
+        retryable: bool,
+    },
     /// Not a task this worker can run; rejected to the dead-letter exchange.
-    Poison { task_id: Option<Uuid>, reason: String },
+    Poison {
+        task_id: Option<Uuid>,
+        reason: String,
+    },
 }
 
 /// The step failed before the delivery could be settled (the broker is unreachable for
@@ -85,10 +93,18 @@ pub async fn handle_delivery(
         }),
     )
     .await?;
-    ctx.metrics.tasks_started.with_label_values(&[kind.as_str()]).inc();
+    ctx.metrics
+        .tasks_started
+        .with_label_values(&[kind.as_str()])
+        .inc();
     ctx.metrics.in_flight.inc();
     let started = Instant::now();
-    let result = match tokio::time::timeout(ctx.task_timeout, ctx.executors.execute(&envelope, cancel)).await {
+    let result = match tokio::time::timeout(
+        ctx.task_timeout,
+        ctx.executors.execute(&envelope, cancel),
+    )
+    .await
+    {
         Ok(result) => result,
         Err(_) => Err(ExecError::transient(format!(
             "the attempt exceeded the task time limit of {}",
@@ -118,12 +134,16 @@ pub async fn handle_delivery(
                 }),
             )
             .await?;
-            ctx.metrics.tasks_finished.with_label_values(&[kind.as_str(), "succeeded"]).inc();
+            ctx.metrics
+                .tasks_finished
+                .with_label_values(&[kind.as_str(), "succeeded"])
+                .inc();
             Outcome::Succeeded { task_id }
         }
         Err(error) => {
             let next_attempt_at = if error.is_transient() {
-                ctx.retry.next_attempt_at(envelope.attempt, envelope.max_attempts, Utc::now())
+                ctx.retry
+                    .next_attempt_at(envelope.attempt, envelope.max_attempts, Utc::now())
             } else {
                 None
             };
@@ -150,7 +170,10 @@ pub async fn handle_delivery(
                 .with_label_values(&[kind.as_str(), class.as_str().unwrap_or("unknown")])
                 .inc();
             let label = if retryable { "retried" } else { "failed" };
-            ctx.metrics.tasks_finished.with_label_values(&[kind.as_str(), label]).inc();
+            ctx.metrics
+                .tasks_finished
+                .with_label_values(&[kind.as_str(), label])
+                .inc();
             Outcome::Failed { task_id, retryable }
         }
     };
@@ -200,14 +223,23 @@ async fn reject_poison(
         }),
     )
     .await?;
-    delivery.reject(BasicRejectOptions { requeue: false }).await?;
-    ctx.metrics.poison.with_label_values(&[queue_kind.as_str()]).inc();
+    delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await?;
+    ctx.metrics
+        .poison
+        .with_label_values(&[queue_kind.as_str()])
+        .inc();
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(Outcome::Poison { task_id, reason })
 }
 
 /// Publish an event on the events exchange and wait for the broker's confirmation.
-pub async fn publish_event(ctx: &WorkerContext, events: &Channel, event: &Event) -> Result<(), PublishError> {
+pub async fn publish_event(
+    ctx: &WorkerContext,
+    events: &Channel,
+    event: &Event,
+) -> Result<(), PublishError> {
     let exchange = ctx.topology.events_exchange();
     let message = OutgoingMessage {
         exchange: &exchange,
@@ -219,7 +251,12 @@ pub async fn publish_event(ctx: &WorkerContext, events: &Channel, event: &Event)
     amqp::publish(events, &message).await
 }
 
-fn record_result_metrics(ctx: &WorkerContext, kind: TaskKind, envelope: &TaskEnvelope, result: &Value) {
+fn record_result_metrics(
+    ctx: &WorkerContext,
+    kind: TaskKind,
+    envelope: &TaskEnvelope,
+    result: &Value,
+) {
     let dry_run = envelope.task.dry_run();
     let number = |field: &str| result.get(field).and_then(Value::as_u64).unwrap_or(0);
     let oldest = result
@@ -229,20 +266,43 @@ fn record_result_metrics(ctx: &WorkerContext, kind: TaskKind, envelope: &TaskEnv
     match kind {
         TaskKind::CleanupRuns => {
             let table = ctx.runs_table_label.as_str();
-            ctx.metrics.runs_deleted.with_label_values(&[table]).inc_by(number("runs_deleted"));
-            ctx.metrics.oldest_eligible_age.with_label_values(&[kind.as_str(), table]).set(oldest);
+            ctx.metrics
+                .runs_deleted
+                .with_label_values(&[table])
+                .inc_by(number("runs_deleted"));
+            ctx.metrics
+                .oldest_eligible_age
+                .with_label_values(&[kind.as_str(), table])
+                .set(oldest);
         }
         TaskKind::CleanupTempFiles => {
             let roots: Vec<String> = result
                 .get("roots")
                 .and_then(Value::as_array)
-                .map(|r| r.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default();
             // Totals are per task; with one root they are that root's.
-            let label = if roots.len() == 1 { roots[0].clone() } else { "all".to_owned() };
-            ctx.metrics.files_deleted.with_label_values(&[&label]).inc_by(number("files_deleted"));
-            ctx.metrics.bytes_freed.with_label_values(&[&label]).inc_by(number("bytes_freed"));
-            ctx.metrics.oldest_eligible_age.with_label_values(&[kind.as_str(), &label]).set(oldest);
+            let label = if roots.len() == 1 {
+                roots[0].clone()
+            } else {
+                "all".to_owned()
+            };
+            ctx.metrics
+                .files_deleted
+                .with_label_values(&[&label])
+                .inc_by(number("files_deleted"));
+            ctx.metrics
+                .bytes_freed
+                .with_label_values(&[&label])
+                .inc_by(number("bytes_freed"));
+            ctx.metrics
+                .oldest_eligible_age
+                .with_label_values(&[kind.as_str(), &label])
+                .set(oldest);
         }
     }
     if !dry_run {

@@ -39,7 +39,10 @@ impl Application {
         config.validate()?;
         let kinds = config.kinds()?;
         let table = config.runs_table()?;
-        let runs_pool = match (&config.runs_database_url, kinds.contains(&TaskKind::CleanupRuns)) {
+        let runs_pool = match (
+            &config.runs_database_url,
+            kinds.contains(&TaskKind::CleanupRuns),
+        ) {
             (Some(url), true) => Some(
                 PgPoolOptions::new()
                     .max_connections(config.runs_database_max_connections)
@@ -57,12 +60,17 @@ impl Application {
             _ => None,
         };
         let temp_files = if kinds.contains(&TaskKind::CleanupTempFiles) {
-            Some(TempFilesExecutor::new(config.temp_roots()?, config.temp_walk_threads)?)
+            Some(TempFilesExecutor::new(
+                config.temp_roots()?,
+                config.temp_walk_threads,
+            )?)
         } else {
             None
         };
         let executors = Executors {
-            runs: runs_pool.clone().map(|pool| RunsExecutor::new(pool, table.clone())),
+            runs: runs_pool
+                .clone()
+                .map(|pool| RunsExecutor::new(pool, table.clone())),
             temp_files,
             rules: ValidationRules {
                 min_age_hours: config.min_age_hours,

@@ -79,7 +79,8 @@ pub fn classify_sqlx(error: &sqlx::Error) -> ErrorClass {
                     || code.starts_with("53") // insufficient resources
                     || code.starts_with("40") // serialization failure, deadlock
                     || code == "55P03" // lock not available
-                    || code == "57014" => // statement timeout / query canceled
+                    || code == "57014" =>
+            // statement timeout / query canceled
             {
                 ErrorClass::Transient
             }
@@ -113,7 +114,11 @@ pub struct Executors {
 impl Executors {
     /// Run one attempt of `envelope`. Parameters are validated again with this worker's
     /// own rules: the worker never trusts the producer for safety.
-    pub async fn execute(&self, envelope: &TaskEnvelope, cancel: &CancellationToken) -> Result<Value, ExecError> {
+    pub async fn execute(
+        &self,
+        envelope: &TaskEnvelope,
+        cancel: &CancellationToken,
+    ) -> Result<Value, ExecError> {
         envelope
             .task
             .validate(&self.rules)
@@ -121,11 +126,15 @@ impl Executors {
         match &envelope.task {
             TaskSpec::CleanupRuns(params) => match &self.runs {
                 Some(executor) => executor.execute(envelope, params, cancel).await,
-                None => Err(ExecError::permanent("this worker has no runs database configured")),
+                None => Err(ExecError::permanent(
+                    "this worker has no runs database configured",
+                )),
             },
             TaskSpec::CleanupTempFiles(params) => match &self.temp_files {
                 Some(executor) => executor.execute(envelope, params, cancel).await,
-                None => Err(ExecError::permanent("this worker has no temp roots configured")),
+                None => Err(ExecError::permanent(
+                    "this worker has no temp roots configured",
+                )),
             },
         }
     }
@@ -147,7 +156,13 @@ mod tests {
 
     #[test]
     fn pool_timeouts_are_transient() {
-        assert_eq!(classify_sqlx(&sqlx::Error::PoolTimedOut), ErrorClass::Transient);
-        assert_eq!(classify_sqlx(&sqlx::Error::RowNotFound), ErrorClass::Permanent);
+        assert_eq!(
+            classify_sqlx(&sqlx::Error::PoolTimedOut),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            classify_sqlx(&sqlx::Error::RowNotFound),
+            ErrorClass::Permanent
+        );
     }
 }

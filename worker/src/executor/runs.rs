@@ -133,7 +133,10 @@ impl RunsExecutor {
         let started = Instant::now();
         let statuses = match &params.statuses {
             Some(asked) => {
-                if let Some(bad) = asked.iter().find(|s| !self.table.terminal_statuses.contains(s)) {
+                if let Some(bad) = asked
+                    .iter()
+                    .find(|s| !self.table.terminal_statuses.contains(s))
+                {
                     return Err(ExecError::permanent(format!(
                         "status `{bad}` is not terminal for this worker (RUNS_TERMINAL_STATUSES: {})",
                         self.table.terminal_statuses.join(", ")
@@ -157,9 +160,8 @@ impl RunsExecutor {
                 .await?;
             result.runs_matched = result.runs_deleted;
         }
-        result.oldest_remaining_age_seconds = self
-            .oldest_remaining(&statuses, envelope.cutoff)
-            .await?;
+        result.oldest_remaining_age_seconds =
+            self.oldest_remaining(&statuses, envelope.cutoff).await?;
         result.duration_ms = started.elapsed().as_millis() as u64;
         Ok(serde_json::to_value(result).expect("result serializes"))
     }
@@ -253,7 +255,11 @@ impl RunsExecutor {
                 let room = SAMPLE_SIZE - result.sample_ids.len();
                 result.sample_ids.extend(deleted.into_iter().take(room));
             }
-            tracing::debug!(batch = result.batches, deleted = n, "deleted a batch of runs");
+            tracing::debug!(
+                batch = result.batches,
+                deleted = n,
+                "deleted a batch of runs"
+            );
             if n < limit {
                 // Fewer than asked: nothing else eligible, or the rest is locked by
                 // another worker, which will delete it.
@@ -309,10 +315,24 @@ mod tests {
     #[test]
     fn identifiers_are_validated_and_quoted() {
         assert_eq!(quote_ident("finished_at", "X").unwrap(), "\"finished_at\"");
-        for bad in ["", "1abc", "a-b", "a\"b", "runs; DROP TABLE x", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a\"b",
+            "runs; DROP TABLE x",
+            &"a".repeat(64),
+        ] {
             assert!(quote_ident(bad, "X").is_err(), "{bad}");
         }
-        let t = RunsTable::new("app.runs", "id", "status", "finished_at", vec!["done".into()]).unwrap();
+        let t = RunsTable::new(
+            "app.runs",
+            "id",
+            "status",
+            "finished_at",
+            vec!["done".into()],
+        )
+        .unwrap();
         assert_eq!(t.table, "\"app\".\"runs\"");
         assert!(RunsTable::new("a.b.c", "id", "s", "t", vec!["x".into()]).is_err());
         assert!(RunsTable::new("runs", "id", "s", "t", vec![]).is_err());

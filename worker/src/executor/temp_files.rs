@@ -148,7 +148,8 @@ impl TempFilesExecutor {
         };
         let outcome = job.await;
         watcher.abort();
-        let outcome = outcome.map_err(|e| ExecError::transient(format!("temp-file walk panicked: {e}")))?;
+        let outcome =
+            outcome.map_err(|e| ExecError::transient(format!("temp-file walk panicked: {e}")))?;
         outcome?;
         let mut result = walk.result(&roots);
         result.duration_ms = started.elapsed().as_millis() as u64;
@@ -212,7 +213,9 @@ struct DirOutcome {
 
 impl Walk {
     fn run(&self, roots: &[TempRoot]) -> Result<(), ExecError> {
-        self.counters.oldest_remaining.store(i64::MAX, Ordering::Relaxed);
+        self.counters
+            .oldest_remaining
+            .store(i64::MAX, Ordering::Relaxed);
         for root in roots {
             let fd = rustix::fs::open(
                 &root.path,
@@ -304,10 +307,24 @@ impl Walk {
 
     /// Walk one subdirectory and, if asked, remove it when the cleanup left it empty.
     /// Returns the parent's view: `remaining` is 0 when the subdirectory is (or would be) gone.
-    fn visit_subdir(&self, parent: &OwnedFd, name: &CStr, seen: &Stat, at: &Position<'_>, rel: PathBuf) -> DirOutcome {
+    fn visit_subdir(
+        &self,
+        parent: &OwnedFd,
+        name: &CStr,
+        seen: &Stat,
+        at: &Position<'_>,
+        rel: PathBuf,
+    ) -> DirOutcome {
         if at.depth + 1 > MAX_DEPTH {
-            self.record(at.root, &rel, format!("deeper than {MAX_DEPTH} levels; not descended"));
-            return DirOutcome { remaining: 1, removed_any: false };
+            self.record(
+                at.root,
+                &rel,
+                format!("deeper than {MAX_DEPTH} levels; not descended"),
+            );
+            return DirOutcome {
+                remaining: 1,
+                removed_any: false,
+            };
         }
         let fd = match rustix::fs::openat(
             parent,
@@ -319,8 +336,15 @@ impl Walk {
             Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
                 // It was a directory when examined and is not any more: swapped mid-walk.
                 self.counters.skipped.fetch_add(1, Ordering::Relaxed);
-                self.record(at.root, &rel, "replaced during the walk; not followed".into());
-                return DirOutcome { remaining: 1, removed_any: false };
+                self.record(
+                    at.root,
+                    &rel,
+                    "replaced during the walk; not followed".into(),
+                );
+                return DirOutcome {
+                    remaining: 1,
+                    removed_any: false,
+                };
             }
             Err(Errno::NOENT) => {
                 self.record(at.root, &rel, "vanished during the walk".into());
@@ -328,15 +352,25 @@ impl Walk {
             }
             Err(e) => {
                 self.record(at.root, &rel, format!("cannot open directory: {e}"));
-                return DirOutcome { remaining: 1, removed_any: false };
+                return DirOutcome {
+                    remaining: 1,
+                    removed_any: false,
+                };
             }
         };
         match rustix::fs::fstat(&fd) {
             Ok(now) if now.st_dev == seen.st_dev && now.st_ino == seen.st_ino => {}
             _ => {
                 self.counters.skipped.fetch_add(1, Ordering::Relaxed);
-                self.record(at.root, &rel, "replaced during the walk; not followed".into());
-                return DirOutcome { remaining: 1, removed_any: false };
+                self.record(
+                    at.root,
+                    &rel,
+                    "replaced during the walk; not followed".into(),
+                );
+                return DirOutcome {
+                    remaining: 1,
+                    removed_any: false,
+                };
             }
         }
         let position = Position {
@@ -350,28 +384,52 @@ impl Walk {
         let empty = inner.remaining == 0 && !self.stop.load(Ordering::Relaxed);
         let left_by_us = inner.removed_any || self.is_old(seen);
         if !(self.remove_empty_dirs && empty && left_by_us) {
-            return DirOutcome { remaining: 1, removed_any: inner.removed_any };
+            return DirOutcome {
+                remaining: 1,
+                removed_any: inner.removed_any,
+            };
         }
         self.counters.dirs_matched.fetch_add(1, Ordering::Relaxed);
         if self.dry_run {
-            return DirOutcome { remaining: 0, removed_any: true };
+            return DirOutcome {
+                remaining: 0,
+                removed_any: true,
+            };
         }
         match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
             Ok(()) => {
                 self.counters.dirs_removed.fetch_add(1, Ordering::Relaxed);
-                DirOutcome { remaining: 0, removed_any: true }
+                DirOutcome {
+                    remaining: 0,
+                    removed_any: true,
+                }
             }
             // Something appeared in it meanwhile: leave it.
-            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => DirOutcome { remaining: 1, removed_any: true },
+            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => DirOutcome {
+                remaining: 1,
+                removed_any: true,
+            },
             Err(e) => {
-                self.record(position.root, &position.rel, format!("cannot remove empty directory: {e}"));
-                DirOutcome { remaining: 1, removed_any: true }
+                self.record(
+                    position.root,
+                    &position.rel,
+                    format!("cannot remove empty directory: {e}"),
+                );
+                DirOutcome {
+                    remaining: 1,
+                    removed_any: true,
+                }
             }
         }
     }
 
+    // `st_mtime`'s integer type differs between platforms.
+    #[allow(clippy::unnecessary_cast)]
     fn is_old(&self, stat: &Stat) -> bool {
-        let (secs, nanos) = (self.cutoff.timestamp(), i64::from(self.cutoff.timestamp_subsec_nanos()));
+        let (secs, nanos) = (
+            self.cutoff.timestamp(),
+            i64::from(self.cutoff.timestamp_subsec_nanos()),
+        );
         (stat.st_mtime as i64, stat.st_mtime_nsec as i64) < (secs, nanos)
     }
 
@@ -395,7 +453,9 @@ impl Walk {
         }
         let size = stat.st_size.max(0) as u64;
         self.counters.files_matched.fetch_add(1, Ordering::Relaxed);
-        self.counters.bytes_matched.fetch_add(size, Ordering::Relaxed);
+        self.counters
+            .bytes_matched
+            .fetch_add(size, Ordering::Relaxed);
         if self.dry_run {
             self.remember_remaining(stat);
             return true;
@@ -419,6 +479,7 @@ impl Walk {
         }
     }
 
+    #[allow(clippy::unnecessary_cast)]
     fn remember_remaining(&self, stat: &Stat) {
         self.counters
             .oldest_remaining

@@ -1,0 +1,11 @@
+//! End-to-end tests: producer-api, workers, real RabbitMQ, PostgreSQL and temp directories.
+
+#[path = "../../../producer-api/tests/api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+mod support;
+
+mod poison;
+mod runs;
+mod temp_files;

@@ -1,0 +1,162 @@
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::support::*;
+
+const RUNS: &str = "/maintenance/cleanup-runs";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_predicts_exactly_what_the_real_run_deletes() {
+    let db = TestDb::create().await;
+    let runs = RunsDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let worker =
+        TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.db.url())]).await;
+
+    // Eligible: finished (terminal) and older than 48 h.
+    let old_succeeded = runs.insert(10, "succeeded", Some(100.0), 3).await;
+    runs.insert(5, "failed", Some(72.0), 3).await;
+    runs.insert(3, "cancelled", Some(49.0), 0).await;
+    // Never eligible: not terminal, too young, or never finished.
+    let running = runs.insert(4, "running", Some(100.0), 2).await;
+    let young = runs.insert(6, "succeeded", Some(47.0), 2).await;
+    runs.insert(2, "queued", None, 0).await;
+
+    let dry = enqueue(
+        &app,
+        RUNS,
+        json!({"max_age_hours": 48, "dry_run": true, "batch_size": 4}),
+    )
+    .await;
+    let task = wait_for(&app, &dry, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let result = &task["result"];
+    assert_eq!(result["dry_run"], true);
+    assert_eq!(result["runs_matched"], 18);
+    assert_eq!(result["runs_deleted"], 0);
+    assert_eq!(
+        result["sample_ids"][0],
+        old_succeeded[0].to_string(),
+        "oldest first"
+    );
+    assert!(result["oldest_remaining_age_seconds"].as_f64().unwrap() > 99.0 * 3600.0);
+    assert_eq!(task["attempts"], 1);
+    assert_eq!(
+        runs.count("SELECT count(*) FROM runs").await,
+        30,
+        "a dry run deletes nothing"
+    );
+
+    let real = enqueue(&app, RUNS, json!({"max_age_hours": 48, "batch_size": 4})).await;
+    let task = wait_for(&app, &real, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let result = &task["result"];
+    assert_eq!(
+        result["runs_deleted"], 18,
+        "exactly what the dry run predicted"
+    );
+    assert_eq!(result["runs_matched"], 18);
+    assert_eq!(result["batches"], 5, "18 rows in batches of 4");
+    assert!(result["oldest_remaining_age_seconds"].is_null());
+
+    // Survivors: exactly the non-terminal, young and unfinished runs, with their logs.
+    assert_eq!(runs.count("SELECT count(*) FROM runs").await, 12);
+    let survivors: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM runs WHERE status IN ('running', 'succeeded') ORDER BY id",
+    )
+    .fetch_all(&runs.pool)
+    .await
+    .unwrap();
+    let mut expected = running.clone();
+    expected.extend(&young);
+    expected.sort();
+    assert_eq!(survivors, expected);
+    assert_eq!(
+        runs.count("SELECT count(*) FROM run_logs").await,
+        4 * 2 + 6 * 2,
+        "children went with their runs"
+    );
+
+    let metrics = worker.metrics().await;
+    assert!(
+        metrics.contains("cleanup_runs_deleted_total{table=\"runs\"} 18"),
+        "{metrics}"
+    );
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_filters_and_max_rows_narrow_what_is_deleted() {
+    let db = TestDb::create().await;
+    let runs = RunsDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let worker =
+        TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.db.url())]).await;
+
+    runs.insert(7, "failed", Some(100.0), 1).await;
+    runs.insert(5, "succeeded", Some(100.0), 1).await;
+
+    let id = enqueue(
+        &app,
+        RUNS,
+        json!({"max_age_hours": 24, "statuses": ["failed"], "max_rows": 4}),
+    )
+    .await;
+    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["result"]["runs_deleted"], 4);
+    assert_eq!(task["result"]["capped"], true);
+    assert!(
+        task["result"]["oldest_remaining_age_seconds"]
+            .as_f64()
+            .unwrap()
+            > 99.0 * 3600.0
+    );
+    assert_eq!(
+        runs.count("SELECT count(*) FROM runs WHERE status = 'failed'")
+            .await,
+        3
+    );
+    assert_eq!(
+        runs.count("SELECT count(*) FROM runs WHERE status = 'succeeded'")
+            .await,
+        5
+    );
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_runs_table_fails_the_task_permanently_at_once() {
+    let db = TestDb::create().await;
+    let runs = RunsDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let worker = TestWorker::spawn(
+        &broker,
+        &[
+            format!("--runs-database-url={}", runs.db.url()),
+            "--runs-table=no_such_table".into(),
+        ],
+    )
+    .await;
+    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24})).await;
+    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["attempts"], 1, "permanent errors are not retried");
+    assert_eq!(task["error"]["class"], "permanent");
+    assert!(
+        task["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_table"),
+        "{task}"
+    );
+    worker.stop().await;
+    app.stop().await;
+}
