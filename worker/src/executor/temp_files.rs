@@ -536,3 +536,129 @@ fn read_entries(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
     }
     Ok(names)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn walk(dry_run: bool) -> Walk {
+        Walk {
+            // Everything older than one hour.
+            cutoff: Utc::now() - chrono::Duration::hours(1),
+            patterns: None,
+            dry_run,
+            remove_empty_dirs: false,
+            max_files: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            counters: Counters::default(),
+            errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn old_file(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"data").unwrap();
+        let when = SystemTime::now() - Duration::from_secs(48 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    }
+
+    fn open_dir(path: &Path) -> OwnedFd {
+        rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap()
+    }
+
+    /// Examine `root/a`, then let `swap` replace it, then visit it as the walk would.
+    fn visit_after_swap(swap: impl FnOnce(&Path)) -> (Walk, tempfile::TempDir) {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("root");
+        old_file(&root.join("a/inside.tmp"));
+        let root_fd = open_dir(&root);
+        let seen = rustix::fs::statat(&root_fd, c"a", AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        swap(&root);
+        let walk = walk(false);
+        let at = Position {
+            root: "root",
+            rel: PathBuf::new(),
+            dev: seen.st_dev,
+            depth: 0,
+        };
+        walk.visit_subdir(&root_fd, c"a", &seen, &at, PathBuf::from("a"));
+        (walk, scratch)
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_walk_is_not_followed() {
+        let outside = tempfile::tempdir().unwrap();
+        old_file(&outside.path().join("precious.tmp"));
+        let target = outside.path().to_path_buf();
+        let (walk, _scratch) = visit_after_swap(|root| {
+            std::fs::rename(root.join("a"), root.join("a-moved")).unwrap();
+            std::os::unix::fs::symlink(&target, root.join("a")).unwrap();
+        });
+        assert!(
+            outside.path().join("precious.tmp").exists(),
+            "the symlink's target was walked"
+        );
+        assert_eq!(walk.counters.files_deleted.load(Ordering::Relaxed), 0);
+        assert_eq!(walk.counters.skipped.load(Ordering::Relaxed), 1);
+        let errors = walk.errors.lock().unwrap();
+        assert_eq!(errors[0].error, "replaced during the walk; not followed");
+    }
+
+    #[test]
+    fn a_directory_swapped_for_another_directory_mid_walk_is_not_entered() {
+        let (walk, scratch) = visit_after_swap(|root| {
+            std::fs::rename(root.join("a"), root.join("a-moved")).unwrap();
+            old_file(&root.join("a/other.tmp"));
+        });
+        assert!(scratch.path().join("root/a/other.tmp").exists());
+        assert!(scratch.path().join("root/a-moved/inside.tmp").exists());
+        assert_eq!(walk.counters.files_deleted.load(Ordering::Relaxed), 0);
+        assert_eq!(walk.counters.skipped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_unswapped_directory_is_walked() {
+        let (walk, scratch) = visit_after_swap(|_| {});
+        assert!(!scratch.path().join("root/a/inside.tmp").exists());
+        assert_eq!(walk.counters.files_deleted.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn max_files_caps_the_run_and_reports_what_remains() {
+        let scratch = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            old_file(&scratch.path().join(format!("d{i}/f.tmp")));
+        }
+        let mut walk = walk(false);
+        walk.max_files = Some(3);
+        let root = TempRoot {
+            name: "s".into(),
+            path: scratch.path().to_path_buf(),
+        };
+        walk.run(std::slice::from_ref(&root)).unwrap();
+        let result = walk.result(&[root]);
+        assert_eq!(result.files_deleted, 3);
+        assert!(result.capped);
+        assert!(result.oldest_remaining_age_seconds.unwrap() >= 47.0 * 3600.0);
+    }
+
+    #[test]
+    fn globs_match_relative_paths_and_refuse_escapes() {
+        let set = build_globset(&["*.tmp".into(), "cache/**".into()]).unwrap();
+        assert!(set.is_match("a/b/c.tmp"));
+        assert!(set.is_match("cache/x/y.bin"));
+        assert!(!set.is_match("a/b/c.log"));
+        assert!(build_globset(&["../*.tmp".into()]).is_err());
+    }
+}
