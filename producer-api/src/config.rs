@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::config::{split_list, AmqpArgs, RetryArgs};
+use shared::config::{split_list, AmqpArgs};
 use shared::tasks::ValidationRules;
 use shared::telemetry::LogArgs;
 
@@ -85,8 +85,9 @@ pub struct Config {
     #[command(flatten)]
     pub amqp: AmqpArgs,
 
-    #[command(flatten)]
-    pub retry: RetryArgs,
+    /// Attempts per task, the first included; transient failures are retried until then.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
 
     #[command(flatten)]
     pub log: LogArgs,
@@ -117,7 +118,9 @@ impl Config {
             anyhow::bail!("RELAY_BATCH_SIZE must be at least 1");
         }
         self.amqp.topology().map_err(anyhow::Error::msg)?;
-        self.retry.policy().map_err(anyhow::Error::msg)?;
+        if !(1..=100).contains(&self.max_attempts) {
+            anyhow::bail!("MAX_ATTEMPTS must be between 1 and 100");
+        }
         Ok(())
     }
 

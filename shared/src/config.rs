@@ -37,13 +37,10 @@ impl AmqpArgs {
     }
 }
 
-/// The exponential policy between attempts of a task.
+/// The exponential delays between attempts of a task (the worker computes them; the
+/// number of attempts is the producer's `MAX_ATTEMPTS`, carried in each task).
 #[derive(clap::Args, Debug, Clone)]
 pub struct RetryArgs {
-    /// Attempts per task, the first included, unless a request asks for fewer.
-    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
-    pub max_attempts: u32,
-
     /// Delay before the second attempt (e.g. `2s`, `500ms`).
     #[arg(long, env = "RETRY_INITIAL_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
     pub retry_initial_delay: std::time::Duration,
@@ -62,13 +59,14 @@ pub struct RetryArgs {
 }
 
 impl RetryArgs {
-    pub fn policy(&self) -> Result<RetryPolicy, String> {
+    /// The policy with these delays and `max_attempts` attempts.
+    pub fn policy(&self, max_attempts: u32) -> Result<RetryPolicy, String> {
         let policy = RetryPolicy {
             initial_delay: self.retry_initial_delay,
             multiplier: self.retry_multiplier,
             max_delay: self.retry_max_delay,
             jitter: self.retry_jitter,
-            max_attempts: self.max_attempts,
+            max_attempts,
         };
         policy.validate()?;
         Ok(policy)

@@ -175,7 +175,7 @@ impl Config {
         self.kinds()?;
         self.runs_table()?;
         self.amqp.topology().map_err(anyhow::Error::msg)?;
-        self.retry.policy().map_err(anyhow::Error::msg)?;
+        self.retry.policy(1).map_err(anyhow::Error::msg)?;
         if self.worker_concurrency == 0 {
             anyhow::bail!("WORKER_CONCURRENCY must be at least 1");
         }

@@ -82,7 +82,8 @@ impl Application {
             worker_id: worker_id.clone(),
             topology: config.amqp.topology().map_err(anyhow::Error::msg)?,
             executors,
-            retry: config.retry.policy().map_err(anyhow::Error::msg)?,
+            // Only the delays matter here: each task carries its own max_attempts.
+            retry: config.retry.policy(1).map_err(anyhow::Error::msg)?,
             task_timeout: config.task_timeout,
             metrics: Metrics::new(),
             processed: AtomicU64::new(0),

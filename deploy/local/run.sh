@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Run the whole stack locally (PostgreSQL, RabbitMQ, producer-api, one worker), seed a
+# demo runs table and a demo temp directory, and show cleanups happening through the API.
+# Leaves the stack running until Ctrl-C; pass --exit to stop after the demo.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+API_PORT=${API_PORT:-8080}
+WORKER_METRICS_PORT=${WORKER_METRICS_PORT:-9090}
+TOKEN=${DEMO_TOKEN:-local-demo-token-change-me}
+STATE=${DEMO_STATE:-/tmp/cleanup-demo}
+PG=${DEMO_PG:-postgres://postgres@127.0.0.1:5432}
+API="http://127.0.0.1:${API_PORT}"
+EXIT_AFTER=false
+[ "${1:-}" = "--exit" ] && EXIT_AFTER=true
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+pretty() { python3 -m json.tool; }
+
+deploy/local/services.sh
+
+say "building producer-api and worker"
+cargo build --locked -p producer-api -p worker
+
+say "preparing the ledger database, a demo runs table and a demo temp directory"
+psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS cleanup_demo_runs WITH (FORCE)" \
+  -c "CREATE DATABASE cleanup_demo_runs"
+psql -q "$PG/postgres" -tc "SELECT 1 FROM pg_database WHERE datname = 'cleanup'" | grep -q 1 \
+  || psql -q "$PG/postgres" -c "CREATE DATABASE cleanup"
+psql -q "$PG/cleanup_demo_runs" -f deploy/sql/runs-schema.sql
+psql -q "$PG/cleanup_demo_runs" <<'SQL'
+-- 1000 old finished runs (eligible), 200 old running ones and 300 recent ones (never eligible).
+INSERT INTO runs (name, status, finished_at)
+SELECT 'nightly-' || g, (ARRAY['succeeded', 'failed', 'cancelled'])[1 + g % 3], now() - interval '40 days' + g * interval '1 minute'
+FROM generate_series(1, 1000) g;
+INSERT INTO runs (name, status, finished_at) SELECT 'stuck-' || g, 'running', now() - interval '40 days' FROM generate_series(1, 200) g;
+INSERT INTO runs (name, status, finished_at) SELECT 'recent-' || g, 'succeeded', now() - interval '2 days' FROM generate_series(1, 300) g;
+INSERT INTO run_logs (run_id, line) SELECT id, 'log line' FROM runs, generate_series(1, 3);
+SQL
+rm -rf "$STATE" && mkdir -p "$STATE/scratch/cache" "$STATE/run"
+for i in $(seq 1 50); do
+  head -c 4096 /dev/zero > "$STATE/scratch/cache/old-$i.tmp"
+  touch -d '3 days ago' "$STATE/scratch/cache/old-$i.tmp"
+  head -c 1024 /dev/zero > "$STATE/scratch/fresh-$i.tmp"
+done
+
+say "starting producer-api on $API and a worker (metrics on :$WORKER_METRICS_PORT)"
+export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f} AMQP_PREFIX=${AMQP_PREFIX:-cleanup}
+DATABASE_URL="$PG/cleanup" API_TOKENS="$TOKEN" LISTEN_ADDR="127.0.0.1:$API_PORT" \
+  target/debug/producer-api > "$STATE/run/producer-api.log" 2>&1 &
+API_PID=$!
+RUNS_DATABASE_URL="$PG/cleanup_demo_runs" TEMP_ROOTS="scratch=$STATE/scratch" \
+  METRICS_ADDR="127.0.0.1:$WORKER_METRICS_PORT" \
+  target/debug/worker > "$STATE/run/worker.log" 2>&1 &
+WORKER_PID=$!
+cleanup() { kill "$API_PID" "$WORKER_PID" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+for _ in $(seq 1 60); do
+  curl -fsS "$API/readyz" >/dev/null 2>&1 && curl -fsS "http://127.0.0.1:$WORKER_METRICS_PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.5
+done
+curl -fsS "$API/readyz" >/dev/null || { echo "producer-api did not become ready; see $STATE/run/producer-api.log"; exit 1; }
+
+# POST a task, then poll it until it finishes; print the final task.
+run_task() {
+  local path=$1 body=$2 id status task
+  echo "\$ curl -X POST $API$path -H 'Authorization: Bearer …' -d '$body'"
+  id=$(curl -fsS -X POST "$API$path" -H "Authorization: Bearer $TOKEN" \
+    -H 'Content-Type: application/json' -d "$body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["task_id"])')
+  echo "accepted: task $id; polling GET /tasks/$id"
+  for _ in $(seq 1 120); do
+    task=$(curl -fsS "$API/tasks/$id" -H "Authorization: Bearer $TOKEN")
+    status=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["status"])' "$task")
+    case $status in succeeded|failed|dead) break ;; esac
+    sleep 0.25
+  done
+  python3 -c 'import json,sys; t=json.loads(sys.argv[1]); print(json.dumps({k: t[k] for k in ("status","attempts","result","error")}, indent=2))' "$task"
+}
+
+say "dry run: which runs older than 30 days would go?"
+run_task /maintenance/cleanup-runs '{"max_age_hours": 720, "dry_run": true}'
+say "real run, in batches of 200"
+run_task /maintenance/cleanup-runs '{"max_age_hours": 720, "batch_size": 200}'
+echo "runs left: $(psql -tA "$PG/cleanup_demo_runs" -c 'SELECT count(*) FROM runs') (the 200 running and 300 recent ones)"
+
+say "temp files older than a day under root 'scratch' (dry run, then real)"
+run_task /maintenance/cleanup-temp-files '{"max_age_hours": 24, "root": "scratch", "remove_empty_dirs": true, "dry_run": true}'
+run_task /maintenance/cleanup-temp-files '{"max_age_hours": 24, "root": "scratch", "remove_empty_dirs": true}'
+echo "files left in $STATE/scratch: $(find "$STATE/scratch" -type f | wc -l)"
+
+say "worker metrics (excerpt)"
+curl -fsS "http://127.0.0.1:$WORKER_METRICS_PORT/metrics" | grep -E '^cleanup_(runs_deleted|files_deleted|bytes_freed|worker_tasks_finished)' || true
+
+if $EXIT_AFTER; then exit 0; fi
+say "the stack is running: API $API (token: $TOKEN), logs in $STATE/run. Ctrl-C stops it."
+wait
