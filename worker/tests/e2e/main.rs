@@ -4,6 +4,7 @@
 #[allow(dead_code)]
 mod helpers;
 
+mod config;
 mod support;
 
 mod poison;
