@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Compare the cleanup_temp_files executor with `find ROOT -type f -mmin +N -delete` on the
+# same tree (default 200,000 files in 2,000 directories, 3/4 of them old), on fresh copies,
+# alternating the two tools. Run by hand, not in CI.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DIRS=${DIRS:-2000}
+FILES_PER_DIR=${FILES_PER_DIR:-100}
+ROUNDS=${ROUNDS:-3}
+THREADS=${THREADS:-4}
+WORK=${BENCH_DIR:-/var/tmp/cleanup-bench}
+cargo build --release --locked --example temp_walk -p worker
+rm -rf "$WORK" && mkdir -p "$WORK"
+echo "== building the template tree: $DIRS dirs x $FILES_PER_DIR files"
+python3 - "$WORK/template" "$DIRS" "$FILES_PER_DIR" <<'PY'
+import os, sys, time
+root, dirs, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+old = time.time() - 3 * 86400
+for d in range(dirs):
+    path = os.path.join(root, f"d{d // 100:02}", f"sub{d:04}")
+    os.makedirs(path, exist_ok=True)
+    for f in range(per):
+        name = os.path.join(path, f"f{f:03}.tmp")
+        with open(name, "wb") as fh:
+            fh.write(b"x" * 64)
+        if f % 4 != 0:   # three files in four are old
+            os.utime(name, (old, old))
+PY
+EXAMPLE=$(ls -t target/release/examples/temp_walk | head -1)
+for round in $(seq 1 "$ROUNDS"); do
+  rm -rf "$WORK/a" "$WORK/b"; cp -a "$WORK/template" "$WORK/a"; cp -a "$WORK/template" "$WORK/b"; sync
+  t0=$(date +%s.%N); find "$WORK/a" -type f -mmin +1440 -delete; t1=$(date +%s.%N)
+  left_find=$(find "$WORK/a" -type f | wc -l)
+  t2=$(date +%s.%N); "$EXAMPLE" "$WORK/b" 24 "$THREADS" > "$WORK/result.json"; t3=$(date +%s.%N)
+  left_walk=$(find "$WORK/b" -type f | wc -l)
+  python3 -c "
+import json
+r = json.load(open('$WORK/result.json'))
+print(f'round $round: find {$t1-$t0:.2f}s (left $left_find) | executor {$t3-$t2:.2f}s, {r[\"files_deleted\"]} deleted (left $left_walk, errors {r[\"errors_total\"]})')"
+done
+rm -rf "$WORK"
