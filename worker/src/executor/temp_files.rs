@@ -653,6 +653,42 @@ mod tests {
         assert!(result.oldest_remaining_age_seconds.unwrap() >= 47.0 * 3600.0);
     }
 
+    /// Needs the privilege to mount a tmpfs (CI runs as root); says so and passes otherwise.
+    #[test]
+    fn another_filesystem_below_a_root_is_never_entered() {
+        let scratch = tempfile::tempdir().unwrap();
+        let mount_point = scratch.path().join("mnt");
+        std::fs::create_dir(&mount_point).unwrap();
+        old_file(&scratch.path().join("old.tmp"));
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "cleanup-test", mount_point.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: mounting a tmpfs needs privileges this run does not have");
+            return;
+        }
+        old_file(&mount_point.join("on-other-fs.tmp"));
+        let mut walk = walk(false);
+        walk.remove_empty_dirs = true;
+        let root = TempRoot {
+            name: "s".into(),
+            path: scratch.path().to_path_buf(),
+        };
+        let outcome = walk.run(std::slice::from_ref(&root));
+        let survived = mount_point.join("on-other-fs.tmp").exists();
+        let _ = std::process::Command::new("umount")
+            .arg(&mount_point)
+            .status();
+        outcome.unwrap();
+        assert!(survived, "a file on another filesystem was deleted");
+        assert!(!scratch.path().join("old.tmp").exists());
+        let result = walk.result(&[root]);
+        assert_eq!(result.files_deleted, 1);
+        assert_eq!(result.skipped, 1, "the mount point is skipped");
+    }
+
     #[test]
     fn globs_match_relative_paths_and_refuse_escapes() {
         let set = build_globset(&["*.tmp".into(), "cache/**".into()]).unwrap();
