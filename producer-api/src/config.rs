@@ -89,6 +89,10 @@ pub struct Config {
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
 
+    /// The most attempts a request may ask for with `max_attempts`.
+    #[arg(long, env = "MAX_ATTEMPTS_LIMIT", default_value_t = 10)]
+    pub max_attempts_limit: u32,
+
     #[command(flatten)]
     pub log: LogArgs,
 }
@@ -118,8 +122,11 @@ impl Config {
             anyhow::bail!("RELAY_BATCH_SIZE must be at least 1");
         }
         self.amqp.topology().map_err(anyhow::Error::msg)?;
-        if !(1..=100).contains(&self.max_attempts) {
-            anyhow::bail!("MAX_ATTEMPTS must be between 1 and 100");
+        if !(1..=100).contains(&self.max_attempts_limit) {
+            anyhow::bail!("MAX_ATTEMPTS_LIMIT must be between 1 and 100");
+        }
+        if !(1..=self.max_attempts_limit).contains(&self.max_attempts) {
+            anyhow::bail!("MAX_ATTEMPTS must be between 1 and MAX_ATTEMPTS_LIMIT");
         }
         Ok(())
     }
@@ -138,6 +145,7 @@ impl Config {
             terminal_statuses: split_list(&self.runs_terminal_statuses)
                 .into_iter()
                 .collect::<BTreeSet<_>>(),
+            max_attempts_limit: self.max_attempts_limit,
         }
     }
 }

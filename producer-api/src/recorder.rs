@@ -312,11 +312,12 @@ async fn apply_batch(pool: &PgPool, items: &[Item]) -> Result<(), sqlx::Error> {
             Item::Event(Event::WorkerHeartbeat(e)) => {
                 let kinds: Vec<&str> = e.kinds.iter().map(|k| k.as_str()).collect();
                 sqlx::query(
-                    "INSERT INTO workers (id, host, version, kinds, status, started_at, last_seen_at, in_flight, processed)
-                     VALUES ($1, $2, $3, $4, 'up', $5, $6, $7, $8)
+                    "INSERT INTO workers (id, host, version, kinds, status, started_at, last_seen_at, in_flight, processed, heartbeat_interval_ms)
+                     VALUES ($1, $2, $3, $4, 'up', $5, $6, $7, $8, $9)
                      ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, version = EXCLUDED.version,
                          kinds = EXCLUDED.kinds, status = 'up', last_seen_at = EXCLUDED.last_seen_at,
-                         in_flight = EXCLUDED.in_flight, processed = EXCLUDED.processed
+                         in_flight = EXCLUDED.in_flight, processed = EXCLUDED.processed,
+                         heartbeat_interval_ms = EXCLUDED.heartbeat_interval_ms
                      WHERE workers.status <> 'stopped' AND workers.last_seen_at < EXCLUDED.last_seen_at",
                 )
                 .bind(&e.worker_id)
@@ -327,6 +328,7 @@ async fn apply_batch(pool: &PgPool, items: &[Item]) -> Result<(), sqlx::Error> {
                 .bind(e.at)
                 .bind(e.in_flight as i32)
                 .bind(e.processed as i64)
+                .bind(e.interval_ms.min(i32::MAX as u64) as i32)
                 .execute(&mut *tx)
                 .await?;
             }

@@ -118,6 +118,10 @@ impl Application {
         }
         if let Some(recorder) = self.recorder {
             tracker.spawn(recorder.run(shutdown.clone()));
+            tracker.spawn(crate::registry::run_sweeper(
+                self.state.pool.clone(),
+                shutdown.clone(),
+            ));
         }
         tracing::info!(port = self.port, "producer-api listening");
         let pool = self.state.pool.clone();

@@ -95,6 +95,7 @@ mod tests {
             statuses: Some(vec!["failed".into()]),
             batch_size: Some(500),
             max_rows: None,
+            max_attempts: None,
         });
         TaskEnvelope::new(Uuid::now_v7(), task, 3, Utc::now())
     }

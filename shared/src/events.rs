@@ -83,6 +83,13 @@ pub struct WorkerHeartbeat {
     pub at: DateTime<Utc>,
     pub in_flight: u32,
     pub processed: u64,
+    /// Heartbeat period: the ledger marks the worker `lost` after three silent periods.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_interval_ms() -> u64 {
+    5_000
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,6 +201,7 @@ mod tests {
                 at,
                 in_flight: 2,
                 processed: 10,
+                interval_ms: 5000,
             }),
             Event::WorkerStopped(WorkerStopped {
                 worker_id: "w1".into(),

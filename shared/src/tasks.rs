@@ -85,6 +85,10 @@ pub struct CleanupRunsParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub max_rows: Option<u64>,
+    /// Attempts for this task (default: the deployment's `MAX_ATTEMPTS`), up to its limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_attempts: Option<u32>,
 }
 
 /// Parameters of a `cleanup_temp_files` task.
@@ -113,6 +117,10 @@ pub struct CleanupTempFilesParams {
     /// Also remove directories that the cleanup left empty (never the root itself).
     #[serde(default)]
     pub remove_empty_dirs: bool,
+    /// Attempts for this task (default: the deployment's `MAX_ATTEMPTS`), up to its limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub max_attempts: Option<u32>,
 }
 
 /// A task: its kind and parameters, as carried by the envelope and stored in the ledger.
@@ -145,6 +153,14 @@ impl TaskSpec {
         }
     }
 
+    /// Attempts the request asked for, if any.
+    pub fn max_attempts(&self) -> Option<u32> {
+        match self {
+            TaskSpec::CleanupRuns(p) => p.max_attempts,
+            TaskSpec::CleanupTempFiles(p) => p.max_attempts,
+        }
+    }
+
     /// The parameters alone, as JSON (what the ledger stores and the API shows).
     pub fn params_json(&self) -> serde_json::Value {
         let value = match self {
@@ -167,6 +183,17 @@ impl TaskSpec {
     /// Check the parameters against the deployment's rules. The error names the field.
     pub fn validate(&self, rules: &ValidationRules) -> Result<(), ValidationError> {
         validate_age(self.max_age_hours(), rules)?;
+        if let Some(n) = self.max_attempts() {
+            if n == 0 || n > rules.max_attempts_limit {
+                return Err(ValidationError::new(
+                    "max_attempts",
+                    format!(
+                        "must be between 1 and {}, got {n}",
+                        rules.max_attempts_limit
+                    ),
+                ));
+            }
+        }
         match self {
             TaskSpec::CleanupRuns(p) => validate_runs(p, rules),
             TaskSpec::CleanupTempFiles(p) => validate_temp_files(p),
@@ -181,6 +208,8 @@ pub struct ValidationRules {
     pub min_age_hours: f64,
     /// Statuses of the runs table that mean "finished"; a task may only narrow this list.
     pub terminal_statuses: BTreeSet<String>,
+    /// The most attempts a request may ask for.
+    pub max_attempts_limit: u32,
 }
 
 impl Default for ValidationRules {
@@ -191,6 +220,7 @@ impl Default for ValidationRules {
                 .into_iter()
                 .map(String::from)
                 .collect(),
+            max_attempts_limit: 10,
         }
     }
 }
@@ -429,6 +459,14 @@ mod tests {
         assert!(runs(json!({"max_age_hours": 2, "batch_size": -1}))
             .unwrap_err()
             .contains("invalid value"));
+    }
+
+    #[test]
+    fn per_task_attempts_stay_within_the_limit() {
+        assert!(runs(json!({"max_age_hours": 2, "max_attempts": 5})).is_ok());
+        assert!(runs(json!({"max_age_hours": 2, "max_attempts": 0})).is_err());
+        let err = temp(json!({"max_age_hours": 2, "max_attempts": 11})).unwrap_err();
+        assert!(err.contains("between 1 and 10"), "{err}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
         patterns: None,
         max_files: None,
         remove_empty_dirs: false,
+        max_attempts: None,
     };
     let envelope = TaskEnvelope::new(
         uuid::Uuid::now_v7(),
@@ -44,6 +45,11 @@ async fn main() -> anyhow::Result<()> {
         .execute(&envelope, &params, &CancellationToken::new())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("{result}");
+    match result {
+        worker::executor::Execution::Done(result) => println!("{result}"),
+        worker::executor::Execution::Interrupted { progress } => {
+            anyhow::bail!("interrupted: {progress}")
+        }
+    }
     Ok(())
 }

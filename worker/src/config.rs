@@ -50,6 +50,11 @@ pub struct Config {
     #[arg(long, env = "RUNS_DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
     pub runs_database_max_connections: u32,
 
+    /// How long a statement waits for a runs-database connection; past it the attempt's
+    /// statement fails as transient (and is retried briefly).
+    #[arg(long, env = "RUNS_DATABASE_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub runs_database_acquire_timeout: Duration,
+
     /// Temp roots this worker may clean, as `name=/path,...`. Tasks name a root, never a path.
     #[arg(long, env = "TEMP_ROOTS", default_value = "")]
     pub temp_roots: String,
@@ -67,8 +72,15 @@ pub struct Config {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 2)]
     pub worker_concurrency: u16,
 
-    /// Hard limit of one task's execution; past it the attempt fails as transient.
-    #[arg(long, env = "TASK_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    /// Working time of one turn of a task. Past it the task stops at its next batch
+    /// boundary and continues in a new message (a continuation), so no delivery comes near
+    /// RabbitMQ's consumer timeout (30 min by default).
+    #[arg(long, env = "TURN_BUDGET", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub turn_budget: Duration,
+
+    /// Hard limit of one turn (a batch that hangs); past it the attempt fails as transient.
+    /// Must exceed TURN_BUDGET.
+    #[arg(long, env = "TASK_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]
     pub task_timeout: Duration,
 
     /// The youngest data any task may delete, in hours; checked again here, whatever the API let through.
@@ -78,6 +90,11 @@ pub struct Config {
     /// Address of the metrics and probe server (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: SocketAddr,
+
+    /// How often the worker announces itself (`worker.heartbeat`); the ledger marks a
+    /// worker `lost` after three silent intervals.
+    #[arg(long, env = "WORKER_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub worker_heartbeat_interval: Duration,
 
     /// Identity of this worker in events and the registry (default: host name and a random suffix).
     #[arg(long, env = "WORKER_ID")]
@@ -176,6 +193,9 @@ impl Config {
         self.runs_table()?;
         self.amqp.topology().map_err(anyhow::Error::msg)?;
         self.retry.policy(1).map_err(anyhow::Error::msg)?;
+        if self.task_timeout <= self.turn_budget {
+            anyhow::bail!("TASK_TIMEOUT must be longer than TURN_BUDGET");
+        }
         if self.worker_concurrency == 0 {
             anyhow::bail!("WORKER_CONCURRENCY must be at least 1");
         }

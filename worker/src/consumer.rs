@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::{SelectAll, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, Consumer};
+use lapin::{Channel, Connection, ConnectionStatus, Consumer};
 use shared::amqp;
 use shared::events::{Event, WorkerHeartbeat, WorkerStopped};
 use shared::retry::RetryPolicy;
@@ -40,7 +40,7 @@ pub struct ConsumerConfig {
 pub async fn run(
     ctx: Arc<WorkerContext>,
     config: ConsumerConfig,
-    connected: watch::Sender<bool>,
+    connected: watch::Sender<Option<ConnectionStatus>>,
     shutdown: CancellationToken,
 ) {
     let reconnect = RetryPolicy {
@@ -53,11 +53,11 @@ pub async fn run(
         match connect(&ctx, &config).await {
             Ok(session) => {
                 failures = 0;
-                let _ = connected.send(true);
+                let _ = connected.send(Some(session.connection.status().clone()));
                 ctx.metrics.amqp_connected.set(1);
                 tracing::info!(kinds = ?config.kinds, concurrency = config.concurrency, "worker consuming");
                 let lost = session.consume(&ctx, &config, &tasks, &shutdown).await;
-                let _ = connected.send(false);
+                let _ = connected.send(None);
                 ctx.metrics.amqp_connected.set(0);
                 if !lost {
                     session.finish(&ctx, &tasks).await;
@@ -168,9 +168,8 @@ impl Session {
             };
             let ctx = ctx.clone();
             let events = self.events.clone();
-            // Tasks run to completion on shutdown for now: stopping at a batch boundary
-            // needs continuations, so that no progress is reported twice or lost.
-            let cancel = CancellationToken::new();
+            // On shutdown a task stops at its next batch boundary and continues elsewhere.
+            let cancel = shutdown.child_token();
             drop(channel);
             tasks.spawn(async move {
                 let _permit = permit;
@@ -198,6 +197,7 @@ impl Session {
             at: Utc::now(),
             in_flight: in_flight as u32,
             processed: ctx.processed.load(Ordering::Relaxed),
+            interval_ms: config.heartbeat_interval.as_millis() as u64,
         });
         if let Err(error) = publish_event(ctx, &self.events, &event).await {
             tracing::warn!(%error, "heartbeat not published");

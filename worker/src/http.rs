@@ -8,6 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use lapin::ConnectionStatus;
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -17,7 +18,8 @@ use crate::process::WorkerContext;
 #[derive(Clone)]
 pub struct ProbeState {
     pub ctx: Arc<WorkerContext>,
-    pub connected: watch::Receiver<bool>,
+    /// The broker connection's live status (None while reconnecting).
+    pub connected: watch::Receiver<Option<ConnectionStatus>>,
     pub runs_pool: Option<PgPool>,
 }
 
@@ -31,7 +33,11 @@ pub fn router(state: ProbeState) -> Router {
 
 /// Ready when consuming from RabbitMQ and, for cleanup_runs, the runs database answers.
 async fn readyz(State(state): State<ProbeState>) -> impl IntoResponse {
-    let broker = *state.connected.borrow();
+    let broker = state
+        .connected
+        .borrow()
+        .as_ref()
+        .is_some_and(|status| status.connected());
     let database = match &state.runs_pool {
         Some(pool) => Some(
             tokio::time::timeout(

@@ -22,7 +22,7 @@ use shared::topology::Topology;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::executor::{ExecError, Executors};
+use crate::executor::{ExecError, Execution, Executors};
 use crate::metrics::Metrics;
 
 /// Everything a step needs, shared by all in-flight tasks.
@@ -32,6 +32,8 @@ pub struct WorkerContext {
     pub executors: Executors,
     pub retry: RetryPolicy,
     pub task_timeout: Duration,
+    /// Working time of one turn before the task is handed on in a continuation.
+    pub turn_budget: Duration,
     pub metrics: Metrics,
     pub processed: AtomicU64,
     pub runs_table_label: String,
@@ -41,6 +43,10 @@ pub struct WorkerContext {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     Succeeded {
+        task_id: Uuid,
+    },
+    /// The turn stopped early; a continuation with its progress is on the queue.
+    Continued {
         task_id: Uuid,
     },
     /// The attempt failed; `retryable` when the ledger will schedule another attempt.
@@ -99,12 +105,21 @@ pub async fn handle_delivery(
         .inc();
     ctx.metrics.in_flight.inc();
     let started = Instant::now();
-    let result = match tokio::time::timeout(
-        ctx.task_timeout,
-        ctx.executors.execute(&envelope, cancel),
-    )
-    .await
-    {
+    // The turn stops at its next batch boundary on shutdown or when its budget is spent,
+    // and hands the rest over in a continuation.
+    let turn = cancel.child_token();
+    let budget = {
+        let turn = turn.clone();
+        let limit = ctx.turn_budget;
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            turn.cancel();
+        })
+    };
+    let result =
+        tokio::time::timeout(ctx.task_timeout, ctx.executors.execute(&envelope, &turn)).await;
+    budget.abort();
+    let result = match result {
         Ok(result) => result,
         Err(_) => Err(ExecError::transient(format!(
             "the attempt exceeded the task time limit of {}",
@@ -118,7 +133,18 @@ pub async fn handle_delivery(
         .observe(started.elapsed().as_secs_f64());
 
     let outcome = match result {
-        Ok(result) => {
+        Ok(Execution::Interrupted { progress }) => {
+            let mut continuation = envelope.clone();
+            continuation.progress = Some(progress);
+            publish_continuation(ctx, events, &continuation).await?;
+            tracing::info!(%task_id, %kind, attempt = envelope.attempt, elapsed = ?started.elapsed(), "turn ended early; continuation published");
+            ctx.metrics
+                .tasks_finished
+                .with_label_values(&[kind.as_str(), "continued"])
+                .inc();
+            Outcome::Continued { task_id }
+        }
+        Ok(Execution::Done(result)) => {
             record_result_metrics(ctx, kind, &envelope, &result);
             tracing::info!(%task_id, %kind, attempt = envelope.attempt, elapsed = ?started.elapsed(), "task succeeded");
             publish_event(
@@ -232,6 +258,24 @@ async fn reject_poison(
         .inc();
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(Outcome::Poison { task_id, reason })
+}
+
+/// Put the rest of a task back on its queue: same task id and attempt, with the progress
+/// so far. Confirmed before the original delivery is acked, so no work is lost or repeated.
+async fn publish_continuation(
+    ctx: &WorkerContext,
+    events: &Channel,
+    continuation: &TaskEnvelope,
+) -> Result<(), PublishError> {
+    let exchange = ctx.topology.tasks_exchange();
+    let message = OutgoingMessage {
+        exchange: &exchange,
+        routing_key: continuation.task.kind().as_str(),
+        message_type: shared::envelope::TASK_MESSAGE_TYPE,
+        message_id: continuation.task_id.to_string(),
+        body: continuation.to_json(),
+    };
+    amqp::publish(events, &message).await
 }
 
 /// Publish an event on the events exchange and wait for the broker's confirmation.

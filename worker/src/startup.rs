@@ -3,7 +3,6 @@
 use std::future::IntoFuture;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
@@ -22,9 +21,6 @@ use crate::executor::Executors;
 use crate::http::{self, ProbeState};
 use crate::metrics::Metrics;
 use crate::process::WorkerContext;
-
-/// How often a worker announces itself on `worker.heartbeat`.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
 pub struct Application {
     ctx: Arc<WorkerContext>,
@@ -46,7 +42,7 @@ impl Application {
             (Some(url), true) => Some(
                 PgPoolOptions::new()
                     .max_connections(config.runs_database_max_connections)
-                    .acquire_timeout(Duration::from_secs(5))
+                    .acquire_timeout(config.runs_database_acquire_timeout)
                     // Connect on first use: the worker starts (and reports not ready)
                     // while the runs database is down.
                     .connect_lazy(url)
@@ -75,6 +71,8 @@ impl Application {
             rules: ValidationRules {
                 min_age_hours: config.min_age_hours,
                 terminal_statuses: table.terminal_statuses().iter().cloned().collect(),
+                // The producer bounds attempts; the envelope carries the number.
+                max_attempts_limit: u32::MAX,
             },
         };
         let worker_id = config.worker_id();
@@ -85,6 +83,7 @@ impl Application {
             // Only the delays matter here: each task carries its own max_attempts.
             retry: config.retry.policy(1).map_err(anyhow::Error::msg)?,
             task_timeout: config.task_timeout,
+            turn_budget: config.turn_budget,
             metrics: Metrics::new(),
             processed: AtomicU64::new(0),
             runs_table_label: config.runs_table.clone(),
@@ -100,7 +99,7 @@ impl Application {
                 amqp_url: config.amqp.amqp_url.clone(),
                 kinds,
                 concurrency: config.worker_concurrency,
-                heartbeat_interval: HEARTBEAT_INTERVAL,
+                heartbeat_interval: config.worker_heartbeat_interval,
                 host: host_name(),
                 started_at: Utc::now(),
             },
@@ -121,7 +120,7 @@ impl Application {
 
     /// Consume until `shutdown` fires, then finish in-flight tasks and stop.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let (connected_tx, connected_rx) = watch::channel(false);
+        let (connected_tx, connected_rx) = watch::channel(None);
         let probes = http::router(ProbeState {
             ctx: self.ctx.clone(),
             connected: connected_rx,

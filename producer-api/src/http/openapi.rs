@@ -15,6 +15,8 @@ use super::AppState;
         super::tasks::enqueue_cleanup_temp_files,
         super::tasks::get_task,
         super::tasks::list_tasks,
+        super::workers::list_workers,
+        super::workers::prune_workers,
         super::health::healthz,
         super::health::readyz,
     ),
@@ -27,6 +29,10 @@ use super::AppState;
         super::tasks::TaskPage,
         super::error::Problem,
         super::health::Readiness,
+        super::workers::WorkerList,
+        super::workers::PruneRequest,
+        super::workers::PruneResponse,
+        crate::registry::WorkerView,
     )),
     modifiers(&BearerAuth)
 )]

@@ -156,7 +156,8 @@ async fn enqueue(
             field: Some(e.field),
         })?;
     let key = idempotency_key(headers)?;
-    let envelope = TaskEnvelope::new(Uuid::now_v7(), task, state.max_attempts, Utc::now());
+    let max_attempts = task.max_attempts().unwrap_or(state.max_attempts);
+    let envelope = TaskEnvelope::new(Uuid::now_v7(), task, max_attempts, Utc::now());
     let kind = envelope.task.kind();
     let (status, row) = match ledger::enqueue(&state.pool, &envelope, key.as_deref()).await? {
         Enqueued::Created(row) => {

@@ -104,6 +104,16 @@ pub fn classify_io(error: &io::Error) -> ErrorClass {
     }
 }
 
+/// How a turn of a task ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Execution {
+    /// The task is complete; the result counts the work of every turn.
+    Done(Value),
+    /// The turn stopped early (shutdown or turn budget): `progress` is what was done so
+    /// far, carried by a continuation so that the next turn adds to it.
+    Interrupted { progress: Value },
+}
+
 /// The executors this worker is configured with.
 pub struct Executors {
     pub runs: Option<runs::RunsExecutor>,
@@ -118,7 +128,7 @@ impl Executors {
         &self,
         envelope: &TaskEnvelope,
         cancel: &CancellationToken,
-    ) -> Result<Value, ExecError> {
+    ) -> Result<Execution, ExecError> {
         envelope
             .task
             .validate(&self.rules)

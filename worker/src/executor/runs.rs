@@ -10,15 +10,14 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use shared::envelope::TaskEnvelope;
 use shared::retry::RetryPolicy;
 use shared::tasks::{CleanupRunsParams, DEFAULT_BATCH_SIZE};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::ExecError;
+use super::{ExecError, Execution};
 
 /// Ids shown in a result, as a sample of what was (or would be) deleted.
 const SAMPLE_SIZE: usize = 10;
@@ -95,8 +94,9 @@ pub fn quote_ident(name: &str, setting: &str) -> anyhow::Result<String> {
     Ok(format!("\"{name}\""))
 }
 
-/// The result of a `cleanup_runs` task (contract; see README).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+/// The result of a `cleanup_runs` task (contract; see README). It is also the progress a
+/// continuation carries from one turn to the next.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunsResult {
     pub dry_run: bool,
     /// Rows that matched: in a dry run, what a real run would delete now; else = deleted.
@@ -111,7 +111,11 @@ pub struct RunsResult {
     pub capped: bool,
     /// Age in seconds of the oldest row still eligible after the run (null when none).
     pub oldest_remaining_age_seconds: Option<f64>,
+    /// Working time over every turn.
     pub duration_ms: u64,
+    /// Turns the task took: more than one when a shutdown or the turn budget handed it on.
+    #[serde(default)]
+    pub turns: u32,
 }
 
 pub struct RunsExecutor {
@@ -129,7 +133,7 @@ impl RunsExecutor {
         envelope: &TaskEnvelope,
         params: &CleanupRunsParams,
         cancel: &CancellationToken,
-    ) -> Result<Value, ExecError> {
+    ) -> Result<Execution, ExecError> {
         let started = Instant::now();
         let statuses = match &params.statuses {
             Some(asked) => {
@@ -146,24 +150,39 @@ impl RunsExecutor {
             }
             None => self.table.terminal_statuses.clone(),
         };
-        let mut result = RunsResult {
-            dry_run: params.dry_run,
-            cutoff: envelope.cutoff,
-            statuses: statuses.clone(),
-            ..Default::default()
+        // A continuation resumes the counts of the earlier turns (real runs only: a dry
+        // run is one statement and never interrupted).
+        let mut result = match (&envelope.progress, params.dry_run) {
+            (Some(progress), false) => serde_json::from_value::<RunsResult>(progress.clone())
+                .map_err(|e| {
+                    ExecError::permanent(format!("unreadable continuation progress: {e}"))
+                })?,
+            _ => RunsResult::default(),
         };
+        result.dry_run = params.dry_run;
+        result.cutoff = envelope.cutoff;
+        result.statuses = statuses.clone();
+        result.turns += 1;
         if params.dry_run {
             self.dry_run(&statuses, envelope.cutoff, params.max_rows, &mut result)
                 .await?;
         } else {
-            self.delete(&statuses, envelope.cutoff, params, &mut result, cancel)
+            let finished = self
+                .delete(&statuses, envelope.cutoff, params, &mut result, cancel)
                 .await?;
             result.runs_matched = result.runs_deleted;
+            if !finished {
+                result.duration_ms += started.elapsed().as_millis() as u64;
+                let progress = serde_json::to_value(&result).expect("progress serializes");
+                return Ok(Execution::Interrupted { progress });
+            }
         }
         result.oldest_remaining_age_seconds =
             self.oldest_remaining(&statuses, envelope.cutoff).await?;
-        result.duration_ms = started.elapsed().as_millis() as u64;
-        Ok(serde_json::to_value(result).expect("result serializes"))
+        result.duration_ms += started.elapsed().as_millis() as u64;
+        Ok(Execution::Done(
+            serde_json::to_value(result).expect("result serializes"),
+        ))
     }
 
     async fn dry_run(
@@ -212,7 +231,7 @@ impl RunsExecutor {
         params: &CleanupRunsParams,
         result: &mut RunsResult,
         cancel: &CancellationToken,
-    ) -> Result<(), ExecError> {
+    ) -> Result<bool, ExecError> {
         let t = &self.table;
         let batch_size = u64::from(params.batch_size.unwrap_or(DEFAULT_BATCH_SIZE));
         // Oldest first, so a capped run removes the oldest rows.
@@ -233,7 +252,8 @@ impl RunsExecutor {
                 break;
             }
             if cancel.is_cancelled() {
-                break;
+                // At a batch boundary: everything deleted so far is committed and counted.
+                return Ok(false);
             }
             let limit = remaining.map_or(batch_size, |r| r.min(batch_size));
             let deleted: Vec<String> = retry(|| {
@@ -266,7 +286,7 @@ impl RunsExecutor {
                 break;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Age of the oldest eligible row still present (in a dry run: all of them are).

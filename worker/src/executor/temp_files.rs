@@ -30,13 +30,12 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use shared::envelope::TaskEnvelope;
 use shared::tasks::CleanupTempFilesParams;
 use tokio_util::sync::CancellationToken;
 
-use super::ExecError;
+use super::{ExecError, Execution};
 use crate::config::TempRoot;
 
 /// Errors kept in a result; the rest are only counted.
@@ -45,15 +44,16 @@ const MAX_ERRORS: usize = 20;
 const MAX_DEPTH: usize = 128;
 
 /// One recorded problem: where (relative to its root) and what.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FileError {
     pub root: String,
     pub path: String,
     pub error: String,
 }
 
-/// The result of a `cleanup_temp_files` task (contract; see README).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+/// The result of a `cleanup_temp_files` task (contract; see README). It is also the
+/// progress a continuation carries from one turn to the next.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct TempFilesResult {
     pub dry_run: bool,
     pub roots: Vec<String>,
@@ -76,7 +76,31 @@ pub struct TempFilesResult {
     pub oldest_remaining_age_seconds: Option<f64>,
     pub errors_total: u64,
     pub errors: Vec<FileError>,
+    /// Working time over every turn.
     pub duration_ms: u64,
+    /// Turns the task took: more than one when a shutdown or the turn budget handed it on.
+    #[serde(default)]
+    pub turns: u32,
+}
+
+impl TempFilesResult {
+    /// Add the work of earlier turns. A new turn walks again from the top: what earlier
+    /// turns deleted is gone, so adding their counts counts every file once.
+    fn absorb(&mut self, earlier: &TempFilesResult) {
+        self.files_matched += earlier.files_matched;
+        self.files_deleted += earlier.files_deleted;
+        self.bytes_matched += earlier.bytes_matched;
+        self.bytes_freed += earlier.bytes_freed;
+        self.dirs_matched += earlier.dirs_matched;
+        self.dirs_removed += earlier.dirs_removed;
+        self.errors_total += earlier.errors_total;
+        let mut errors = earlier.errors.clone();
+        errors.extend(self.errors.drain(..));
+        errors.truncate(MAX_ERRORS);
+        self.errors = errors;
+        self.duration_ms += earlier.duration_ms;
+        self.turns += earlier.turns;
+    }
 }
 
 pub struct TempFilesExecutor {
@@ -101,7 +125,16 @@ impl TempFilesExecutor {
         envelope: &TaskEnvelope,
         params: &CleanupTempFilesParams,
         cancel: &CancellationToken,
-    ) -> Result<Value, ExecError> {
+    ) -> Result<Execution, ExecError> {
+        // A dry run deletes nothing, so an interrupted one simply starts over.
+        let earlier = match (&envelope.progress, params.dry_run) {
+            (Some(progress), false) => Some(
+                serde_json::from_value::<TempFilesResult>(progress.clone()).map_err(|e| {
+                    ExecError::permanent(format!("unreadable continuation progress: {e}"))
+                })?,
+            ),
+            _ => None,
+        };
         let roots: Vec<TempRoot> = match &params.root {
             Some(name) => match self.roots.get(name) {
                 Some(root) => vec![root.clone()],
@@ -129,6 +162,7 @@ impl TempFilesExecutor {
             stop: stop.clone(),
             counters: Counters::default(),
             errors: Mutex::new(Vec::new()),
+            interrupted: AtomicBool::new(false),
         });
         let pool = self.pool.clone();
         let started = Instant::now();
@@ -153,7 +187,15 @@ impl TempFilesExecutor {
         outcome?;
         let mut result = walk.result(&roots);
         result.duration_ms = started.elapsed().as_millis() as u64;
-        Ok(serde_json::to_value(result).expect("result serializes"))
+        result.turns = 1;
+        if let Some(earlier) = &earlier {
+            result.absorb(earlier);
+        }
+        let value = serde_json::to_value(&result).expect("result serializes");
+        if walk.interrupted.load(Ordering::SeqCst) {
+            return Ok(Execution::Interrupted { progress: value });
+        }
+        Ok(Execution::Done(value))
     }
 }
 
@@ -193,6 +235,8 @@ struct Walk {
     stop: Arc<AtomicBool>,
     counters: Counters,
     errors: Mutex<Vec<FileError>>,
+    /// Set when `stop` made the walk pass over entries: the task is not complete.
+    interrupted: AtomicBool,
 }
 
 /// Where the walk is: which root, the directory's path relative to it, and its device.
@@ -259,6 +303,7 @@ impl Walk {
         for name in entries {
             let rel = at.rel.join(OsStr::from_bytes(name.as_bytes()));
             if self.stop.load(Ordering::Relaxed) {
+                self.interrupted.store(true, Ordering::Relaxed);
                 outcome.remaining += 1;
                 continue;
             }
@@ -519,6 +564,7 @@ impl Walk {
             errors_total: load(&c.errors_total),
             errors: self.errors.lock().expect("errors lock").clone(),
             duration_ms: 0,
+            turns: 0,
         }
     }
 }
@@ -553,6 +599,7 @@ mod tests {
             stop: Arc::new(AtomicBool::new(false)),
             counters: Counters::default(),
             errors: Mutex::new(Vec::new()),
+            interrupted: AtomicBool::new(false),
         }
     }
 
