@@ -95,7 +95,7 @@ impl TempFilesResult {
         self.dirs_removed += earlier.dirs_removed;
         self.errors_total += earlier.errors_total;
         let mut errors = earlier.errors.clone();
-        errors.extend(self.errors.drain(..));
+        errors.append(&mut self.errors);
         errors.truncate(MAX_ERRORS);
         self.errors = errors;
         self.duration_ms += earlier.duration_ms;
