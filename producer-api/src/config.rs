@@ -12,7 +12,8 @@ use shared::telemetry::LogArgs;
 #[command(
     name = "producer-api",
     version,
-    about = "Control plane of the cleanup service: HTTP API, task ledger and outbox relay"
+    about = "Control plane of the cleanup service: HTTP API, task ledger and outbox relay",
+    args_override_self = true
 )]
 pub struct Config {
     /// PostgreSQL URL of the task ledger; migrations run at start-up.

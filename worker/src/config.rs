@@ -15,7 +15,8 @@ use crate::executor::runs::RunsTable;
 #[command(
     name = "worker",
     version,
-    about = "Stateless executor of cleanup tasks: consumes RabbitMQ, deletes old runs rows and temp files"
+    about = "Stateless executor of cleanup tasks: consumes RabbitMQ, deletes old runs rows and temp files",
+    args_override_self = true
 )]
 pub struct Config {
     /// PostgreSQL URL of the database holding the runs table. Needed to serve cleanup_runs.

@@ -91,8 +91,13 @@ pub struct TestBroker {
 
 impl TestBroker {
     pub async fn create() -> Self {
+        Self::with_delivery_limit(5).await
+    }
+
+    /// Every component on this prefix must then use `--amqp-delivery-limit=<limit>`.
+    pub async fn with_delivery_limit(limit: u32) -> Self {
         let prefix = format!("test-{}", Uuid::new_v4().simple());
-        let topology = Topology::new(&prefix, 5).unwrap();
+        let topology = Topology::new(&prefix, limit).unwrap();
         let connection = Connection::connect(&amqp_base(), ConnectionProperties::default())
             .await
             .expect("RabbitMQ must run on 127.0.0.1:5672 (see README)");

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod config;
+mod lifecycle;
 mod support;
 
 mod poison;

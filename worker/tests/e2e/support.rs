@@ -108,6 +108,13 @@ impl TestWorker {
             .unwrap()
     }
 
+    /// Drop the worker without a goodbye, as a crash would (no `worker.stopped`).
+    pub fn abandon(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {

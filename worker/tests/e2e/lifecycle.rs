@@ -1,0 +1,201 @@
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::support::*;
+
+const RUNS: &str = "/maintenance/cleanup-runs";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_longer_than_its_turn_budget_continues_and_counts_every_row_once() {
+    let db = TestDb::create().await;
+    let runs = RunsDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    runs.insert(20_000, "succeeded", Some(100.0), 0).await;
+    let worker = TestWorker::spawn(
+        &broker,
+        &[
+            format!("--runs-database-url={}", runs.db.url()),
+            "--turn-budget=150ms".into(),
+            "--task-timeout=30s".into(),
+        ],
+    )
+    .await;
+    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24, "batch_size": 200})).await;
+    let task = wait_for(&app, &id, DONE, Duration::from_secs(60)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let result = &task["result"];
+    assert!(
+        result["turns"].as_u64().unwrap() > 1,
+        "the budget split the task: {result}"
+    );
+    assert_eq!(result["runs_deleted"], 20_000);
+    assert_eq!(result["batches"], 100);
+    assert_eq!(runs.count("SELECT count(*) FROM runs").await, 0);
+    assert_eq!(task["attempts"], 1, "continuations are not new attempts");
+    let metrics = worker.metrics().await;
+    assert!(metrics.contains("outcome=\"continued\""), "{metrics}");
+    worker.stop().await;
+    app.stop().await;
+}
+
+/// Fault scenario "transient failure": the runs database becomes unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_with_growing_delays_then_succeed_or_fail() {
+    let db = TestDb::create().await;
+    let runs = RunsDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            extra_args: vec!["--max-attempts=4".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    runs.insert(50, "failed", Some(100.0), 1).await;
+    let proxy = TcpProxy::start("127.0.0.1:5432", false).await;
+    let worker = TestWorker::spawn(
+        &broker,
+        &[
+            format!("--runs-database-url={}", runs.db.url_via(proxy.addr)),
+            "--runs-database-acquire-timeout=200ms".into(),
+            "--retry-initial-delay=1s".into(),
+            "--retry-multiplier=2".into(),
+        ],
+    )
+    .await;
+
+    // The database comes back during the third attempt's wait: the task succeeds.
+    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24})).await;
+    let mut delays = Vec::new();
+    let mut seen_attempt = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let task = loop {
+        let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+        let attempts = task["attempts"].as_u64().unwrap();
+        if task["status"] == "retrying" && attempts > seen_attempt {
+            seen_attempt = attempts;
+            let next: chrono::DateTime<chrono::Utc> =
+                task["next_attempt_at"].as_str().unwrap().parse().unwrap();
+            let failed_at: chrono::DateTime<chrono::Utc> =
+                task["updated_at"].as_str().unwrap().parse().unwrap();
+            delays.push((next - failed_at).num_milliseconds());
+            assert_eq!(task["error"]["class"], "transient", "{task}");
+            if attempts == 2 {
+                proxy.restore();
+            }
+        }
+        if DONE.contains(&task["status"].as_str().unwrap()) {
+            break task;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stuck: {task}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("retry delays seen in the ledger (ms): {delays:?}");
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["attempts"], 3);
+    assert_eq!(task["result"]["runs_deleted"], 50);
+    assert_eq!(delays.len(), 2, "{delays:?}");
+    assert!(
+        (800..1300).contains(&delays[0]),
+        "first delay ≈ 1 s: {delays:?}"
+    );
+    assert!(
+        (1800..2300).contains(&delays[1]),
+        "second delay ≈ 2 s: {delays:?}"
+    );
+
+    // Down for longer than every attempt: the task fails with the last error.
+    proxy.cut();
+    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24, "max_attempts": 2})).await;
+    let task = wait_for(&app, &id, DONE, Duration::from_secs(60)).await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["attempts"], 2);
+    assert_eq!(task["error"]["class"], "transient");
+    assert!(task["next_attempt_at"].is_null());
+    assert!(!task["error"]["message"].as_str().unwrap().is_empty());
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_register_by_heartbeat_are_marked_lost_when_silent_and_can_be_pruned() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let roots = format!("--temp-roots=s={}", scratch.path().display());
+    let beat = "--worker-heartbeat-interval=200ms".to_owned();
+    let stays = TestWorker::spawn(
+        &broker,
+        &[roots.clone(), beat.clone(), "--worker-id=stays".into()],
+    )
+    .await;
+    let leaves = TestWorker::spawn(
+        &broker,
+        &[roots.clone(), beat.clone(), "--worker-id=leaves".into()],
+    )
+    .await;
+    let vanishes = TestWorker::spawn(&broker, &[roots, beat, "--worker-id=vanishes".into()]).await;
+
+    let status_of = |items: &Value, id: &str| -> String {
+        items["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["worker_id"] == id)
+            .map(|w| w["status"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    eventually(Duration::from_secs(10), "three workers up", || async {
+        let list: Value = app.get("/workers?status=up").await.json().await.unwrap();
+        list["items"].as_array().unwrap().len() == 3
+    })
+    .await;
+
+    leaves.stop().await; // says goodbye
+    vanishes.abandon(); // goes silent without a word
+    eventually(Duration::from_secs(10), "one stopped, one lost", || async {
+        let list: Value = app.get("/workers").await.json().await.unwrap();
+        status_of(&list, "leaves") == "stopped"
+            && status_of(&list, "vanishes") == "lost"
+            && status_of(&list, "stays") == "up"
+    })
+    .await;
+
+    let dry: Value = app
+        .post("/workers/prune", json!({"dry_run": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        dry,
+        json!({"pruned": ["leaves", "vanishes"], "skipped": 1, "dry_run": true})
+    );
+    let list: Value = app.get("/workers").await.json().await.unwrap();
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        3,
+        "a dry run removes nothing"
+    );
+    let real: Value = app
+        .post("/workers/prune", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        real,
+        json!({"pruned": ["leaves", "vanishes"], "skipped": 1, "dry_run": false})
+    );
+    let list: Value = app.get("/workers").await.json().await.unwrap();
+    assert_eq!(status_of(&list, "stays"), "up");
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    stays.stop().await;
+    app.stop().await;
+}
