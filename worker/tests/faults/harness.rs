@@ -17,7 +17,11 @@ pub struct WorkerProcess {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl WorkerProcess {
@@ -59,7 +63,10 @@ impl WorkerProcess {
     pub async fn terminate(&mut self) -> (Duration, std::process::ExitStatus) {
         let pid = self.child.id().expect("running").to_string();
         let started = Instant::now();
-        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
         assert!(sent.success());
         let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
@@ -129,7 +136,17 @@ pub struct PostgresOutage;
 
 impl PostgresOutage {
     pub fn begin() -> Self {
-        run("pg_ctlcluster", &["--skip-systemctl-redirect", &pg_version(), "main", "stop", "-m", "fast"]);
+        run(
+            "pg_ctlcluster",
+            &[
+                "--skip-systemctl-redirect",
+                &pg_version(),
+                "main",
+                "stop",
+                "-m",
+                "fast",
+            ],
+        );
         PostgresOutage
     }
 
@@ -140,7 +157,10 @@ impl PostgresOutage {
 
 impl Drop for PostgresOutage {
     fn drop(&mut self) {
-        run("pg_ctlcluster", &["--skip-systemctl-redirect", &pg_version(), "main", "start"]);
+        run(
+            "pg_ctlcluster",
+            &["--skip-systemctl-redirect", &pg_version(), "main", "start"],
+        );
     }
 }
 
@@ -217,7 +237,10 @@ pub async fn enqueue_retrying(app: &TestApp, path: &str, body: serde_json::Value
             }
             assert_eq!(response.status(), 503, "only an outage may refuse a task");
         }
-        assert!(tokio::time::Instant::now() < deadline, "the API never accepted the task");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the API never accepted the task"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -21,7 +21,12 @@ fn scratch(files: usize) -> tempfile::TempDir {
     dir
 }
 
-async fn enqueue_many(app: &TestApp, count: usize, path: &str, body: serde_json::Value) -> Vec<Uuid> {
+async fn enqueue_many(
+    app: &TestApp,
+    count: usize,
+    path: &str,
+    body: serde_json::Value,
+) -> Vec<Uuid> {
     let mut ids = Vec::with_capacity(count);
     while ids.len() < count {
         let chunk = (count - ids.len()).min(25);
@@ -44,7 +49,13 @@ async fn workers_killed_at_random_moments_lose_no_task() {
         WorkerProcess::spawn(&broker, "kill-a-0", &env),
         WorkerProcess::spawn(&broker, "kill-b-0", &env),
     ];
-    let ids = enqueue_many(&app, 600, TEMP, json!({"max_age_hours": 24, "root": "scratch"})).await;
+    let ids = enqueue_many(
+        &app,
+        600,
+        TEMP,
+        json!({"max_age_hours": 24, "root": "scratch"}),
+    )
+    .await;
 
     let mut kills = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
@@ -76,7 +87,7 @@ async fn workers_killed_at_random_moments_lose_no_task() {
 async fn a_rabbitmq_restart_mid_run_loses_no_task() {
     let db = TestDb::create().await;
     let broker = TestBroker::create().await;
-    let root = scratch(500);
+    let root = scratch(20_000);
     let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
     let env = [("TEMP_ROOTS", format!("scratch={}", root.path().display()))];
     let mut workers = [
@@ -85,18 +96,56 @@ async fn a_rabbitmq_restart_mid_run_loses_no_task() {
     ];
     let body = json!({"max_age_hours": 24, "root": "scratch"});
     let mut ids = enqueue_many(&app, 150, TEMP, body.clone()).await;
+    eventually(Duration::from_secs(30), "the run is under way", || async {
+        Census::take(&app.pool, &ids).await.finished() >= 5
+    })
+    .await;
 
+    let before = Census::take(&app.pool, &ids).await;
+    assert!(
+        before.finished() < ids.len(),
+        "the outage must hit a run in progress"
+    );
+    eprintln!(
+        "[RabbitMQ] at stop_app: {} of {} tasks finished",
+        before.finished(),
+        ids.len()
+    );
     let outage = RabbitOutage::begin();
     let during = enqueue_many(&app, 100, TEMP, body.clone()).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let readyz = format!("http://127.0.0.1:{}/readyz", workers[0].port);
+    eventually(
+        Duration::from_secs(10),
+        "a disconnected worker is not ready",
+        || async { reqwest::get(&readyz).await.is_ok_and(|r| r.status() == 503) },
+    )
+    .await;
+    let api_ready = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api_ready.status(), 503, "nor is the API");
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let stuck = Census::take(&app.pool, &during).await;
-    assert_eq!(stuck.count("queued"), during.len(), "nothing runs while the broker is down");
+    assert_eq!(
+        stuck.count("queued"),
+        during.len(),
+        "nothing runs while the broker is down"
+    );
     outage.end();
     ids.extend(&during);
     ids.extend(enqueue_many(&app, 50, TEMP, body).await);
 
     let census = settle(&app.pool, &ids, Duration::from_secs(240)).await;
     census.report("RabbitMQ stop_app/start_app", ids.len());
+    eventually(
+        Duration::from_secs(30),
+        "the worker is ready again",
+        || async { reqwest::get(&readyz).await.is_ok_and(|r| r.status() == 200) },
+    )
+    .await;
     assert_eq!(census.lost, 0);
     assert_eq!(census.count("succeeded"), ids.len(), "{census:?}");
     for worker in &mut workers {
@@ -111,9 +160,17 @@ async fn a_postgresql_restart_mid_run_loses_no_event() {
     let db = TestDb::create().await;
     let runs = RunsDb::create().await;
     let broker = TestBroker::create().await;
-    let root = scratch(500);
+    let root = scratch(20_000);
     runs.insert(3000, "succeeded", Some(100.0), 0).await;
-    let app = TestApp::spawn(&db, &broker, AppOptions { extra_args: vec!["--max-attempts=6".into()], ..Default::default() }).await;
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            extra_args: vec!["--max-attempts=6".into()],
+            ..Default::default()
+        },
+    )
+    .await;
     let env = [
         ("TEMP_ROOTS", format!("scratch={}", root.path().display())),
         ("RUNS_DATABASE_URL", runs.db.url()),
@@ -123,13 +180,45 @@ async fn a_postgresql_restart_mid_run_loses_no_event() {
         WorkerProcess::spawn(&broker, "pg-a", &env),
         WorkerProcess::spawn(&broker, "pg-b", &env),
     ];
-    let mut ids = enqueue_many(&app, 80, TEMP, json!({"max_age_hours": 24, "root": "scratch"})).await;
-    ids.extend(enqueue_many(&app, 60, RUNS, json!({"max_age_hours": 24, "max_rows": 50, "batch_size": 10})).await);
+    let mut ids = enqueue_many(
+        &app,
+        80,
+        TEMP,
+        json!({"max_age_hours": 24, "root": "scratch"}),
+    )
+    .await;
+    ids.extend(
+        enqueue_many(
+            &app,
+            60,
+            RUNS,
+            json!({"max_age_hours": 24, "max_rows": 50, "batch_size": 10}),
+        )
+        .await,
+    );
 
+    let before = Census::take(&app.pool, &ids).await;
+    assert!(
+        before.finished() < ids.len(),
+        "the outage must hit a run in progress"
+    );
+    eprintln!(
+        "[PostgreSQL] at stop: {} of {} tasks finished",
+        before.finished(),
+        ids.len()
+    );
     let outage = PostgresOutage::begin();
     tokio::time::sleep(Duration::from_secs(4)).await;
     outage.end();
-    ids.extend(enqueue_many(&app, 40, RUNS, json!({"max_age_hours": 24, "dry_run": true})).await);
+    ids.extend(
+        enqueue_many(
+            &app,
+            40,
+            RUNS,
+            json!({"max_age_hours": 24, "dry_run": true}),
+        )
+        .await,
+    );
 
     let census = settle(&app.pool, &ids, Duration::from_secs(240)).await;
     census.report("PostgreSQL stop 4 s/start", ids.len());
@@ -143,8 +232,15 @@ async fn a_postgresql_restart_mid_run_loses_no_event() {
     .await
     .unwrap();
     let left = runs.count("SELECT count(*) FROM runs").await;
-    eprintln!("[PostgreSQL restart] runs deleted per results: {reported}, rows gone: {}", 3000 - left);
-    assert_eq!(reported, 3000 - left, "every deleted row is reported exactly once");
+    eprintln!(
+        "[PostgreSQL restart] runs deleted per results: {reported}, rows gone: {}",
+        3000 - left
+    );
+    assert_eq!(
+        reported,
+        3000 - left,
+        "every deleted row is reported exactly once"
+    );
     for worker in &mut workers {
         worker.kill().await;
     }
@@ -164,16 +260,21 @@ async fn sigterm_during_a_long_cleanup_hands_the_rest_to_another_worker() {
     let mut first = WorkerProcess::spawn(&broker, "long-a", &env);
     let id = enqueue_retrying(&app, RUNS, json!({"max_age_hours": 24, "batch_size": 1000})).await;
 
-    eventually(Duration::from_secs(60), "the first worker deleted some rows", || async {
-        runs.count("SELECT count(*) FROM runs").await < ROWS - 50_000
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the first worker deleted some rows",
+        || async { runs.count("SELECT count(*) FROM runs").await < ROWS - 50_000 },
+    )
     .await;
     let (took, status) = first.terminate().await;
     let at_stop = ROWS - runs.count("SELECT count(*) FROM runs").await;
     eprintln!("[SIGTERM] worker exited in {took:?} ({status}) after deleting {at_stop} rows");
     assert!(status.success(), "a clean exit");
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
-    assert!(at_stop < ROWS, "the first worker did not finish the task by itself");
+    assert!(
+        at_stop < ROWS,
+        "the first worker did not finish the task by itself"
+    );
 
     let mut second = WorkerProcess::spawn(&broker, "long-b", &env);
     let task = wait_for(&app, &id.to_string(), DONE, Duration::from_secs(300)).await;
@@ -181,7 +282,10 @@ async fn sigterm_during_a_long_cleanup_hands_the_rest_to_another_worker() {
     eprintln!("[SIGTERM] result: {}", task["result"]);
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(deleted, ROWS);
-    assert_eq!(task["result"]["runs_deleted"], deleted, "every row counted exactly once");
+    assert_eq!(
+        task["result"]["runs_deleted"], deleted,
+        "every row counted exactly once"
+    );
     assert!(task["result"]["turns"].as_u64().unwrap() >= 2);
     assert_eq!(task["attempts"], 1);
     second.kill().await;
@@ -198,14 +302,23 @@ async fn a_task_that_crashes_every_worker_ends_dead() {
     let app = TestApp::spawn(
         &db,
         &broker,
-        AppOptions { extra_args: vec!["--amqp-delivery-limit=2".into()], ..Default::default() },
+        AppOptions {
+            extra_args: vec!["--amqp-delivery-limit=2".into()],
+            ..Default::default()
+        },
     )
     .await;
     // Hold the table: the task hangs in every worker, which the test then kills.
     let mut lock = runs.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    sqlx::query("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
     let id = enqueue_retrying(&app, RUNS, json!({"max_age_hours": 24})).await;
-    let env = [("RUNS_DATABASE_URL", runs.db.url()), ("AMQP_DELIVERY_LIMIT", "2".to_owned())];
+    let env = [
+        ("RUNS_DATABASE_URL", runs.db.url()),
+        ("AMQP_DELIVERY_LIMIT", "2".to_owned()),
+    ];
 
     let started = Instant::now();
     let mut crashes = 0;
@@ -216,7 +329,9 @@ async fn a_task_that_crashes_every_worker_ends_dead() {
         }
         let mut worker = WorkerProcess::spawn(&broker, &format!("crash-{round}"), &env);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        while worker.metric("cleanup_worker_tasks_in_flight").await != Some(1.0) && tokio::time::Instant::now() < deadline {
+        while worker.metric("cleanup_worker_tasks_in_flight").await != Some(1.0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         worker.kill().await;
@@ -224,12 +339,27 @@ async fn a_task_that_crashes_every_worker_ends_dead() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let task = wait_for(&app, &id.to_string(), DONE, Duration::from_secs(30)).await;
-    eprintln!("[crash loop] {crashes} crashes in {:?}; task: {} / {}", started.elapsed(), task["status"], task["error"]["message"]);
+    eprintln!(
+        "[crash loop] {crashes} crashes in {:?}; task: {} / {}",
+        started.elapsed(),
+        task["status"],
+        task["error"]["message"]
+    );
     assert_eq!(task["status"], "dead", "{task}");
-    assert!(task["error"]["message"].as_str().unwrap().contains("delivered too many times"), "{task}");
+    assert!(
+        task["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("delivered too many times"),
+        "{task}"
+    );
     assert!(crashes <= 4, "the delivery limit stopped the loop");
     lock.rollback().await.unwrap();
-    assert_eq!(broker.queue_len_named(&broker.topology.dead_queue()).await, 1, "the message is kept");
+    assert_eq!(
+        broker.queue_len_named(&broker.topology.dead_queue()).await,
+        1,
+        "the message is kept"
+    );
     assert_eq!(runs.count("SELECT count(*) FROM runs").await, 10);
     app.stop().await;
 }
