@@ -137,7 +137,14 @@ impl Session {
                     .boxed(),
             );
         }
-        let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
+        // Heartbeats go on while every slot is busy with long tasks.
+        let heartbeats = tokio::spawn(heartbeat_loop(
+            ctx.clone(),
+            config.clone(),
+            self.events.clone(),
+            limit.clone(),
+        ));
+        let _stop_heartbeats = AbortOnDrop(heartbeats);
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return false,
@@ -145,11 +152,6 @@ impl Session {
             };
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return false,
-                _ = heartbeat.tick() => {
-                    drop(permit);
-                    self.heartbeat(ctx, config, &limit).await;
-                    continue;
-                }
                 next = streams.next() => next,
             };
             let (delivery, kind, channel) = match next {
@@ -185,8 +187,27 @@ impl Session {
             });
         }
     }
+}
 
-    async fn heartbeat(&self, ctx: &WorkerContext, config: &ConsumerConfig, limit: &Semaphore) {
+/// Aborts a background task when the session that started it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Publish `worker.heartbeat` every interval for as long as the session lives.
+async fn heartbeat_loop(
+    ctx: Arc<WorkerContext>,
+    config: ConsumerConfig,
+    events: Channel,
+    limit: Arc<Semaphore>,
+) {
+    let mut ticks = tokio::time::interval(config.heartbeat_interval);
+    loop {
+        ticks.tick().await;
         let in_flight = usize::from(config.concurrency).saturating_sub(limit.available_permits());
         let event = Event::WorkerHeartbeat(WorkerHeartbeat {
             worker_id: ctx.worker_id.clone(),
@@ -199,11 +220,13 @@ impl Session {
             processed: ctx.processed.load(Ordering::Relaxed),
             interval_ms: config.heartbeat_interval.as_millis() as u64,
         });
-        if let Err(error) = publish_event(ctx, &self.events, &event).await {
+        if let Err(error) = publish_event(&ctx, &events, &event).await {
             tracing::warn!(%error, "heartbeat not published");
         }
     }
+}
 
+impl Session {
     /// Graceful end: stop taking deliveries, let in-flight tasks finish, say goodbye.
     async fn finish(self, ctx: &WorkerContext, tasks: &TaskTracker) {
         for (channel, consumer, _) in &self.consumers {
