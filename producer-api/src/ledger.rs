@@ -212,6 +212,25 @@ pub async fn list_tasks(
     Ok((rows, more))
 }
 
+/// Per kind, when the last real (not dry-run) task succeeded.
+pub async fn last_successes(pool: &PgPool) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT kind, max(finished_at) FROM cleanup_tasks
+         WHERE status = 'succeeded' AND NOT coalesce((params->>'dry_run')::boolean, false)
+           AND finished_at IS NOT NULL
+         GROUP BY kind",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Tasks by kind and status.
+pub async fn task_counts(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT kind, status, count(*) FROM cleanup_tasks GROUP BY kind, status")
+        .fetch_all(pool)
+        .await
+}
+
 /// Messages waiting in the outbox (due or not): the relay's backlog.
 pub async fn outbox_backlog(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM cleanup_outbox")

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub outbox_publish_errors: IntCounter,
     pub outbox_publish_duration: Histogram,
     pub amqp_connected: IntGauge,
+    pub queue_messages: IntGaugeVec,
+    pub ledger_last_success: prometheus::GaugeVec,
+    pub ledger_tasks: IntGaugeVec,
     pub recorder_events: IntCounterVec,
     pub recorder_lag: Histogram,
 }
@@ -107,8 +110,32 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let queue_messages = IntGaugeVec::new(
+            Opts::new(
+                names::QUEUE_MESSAGES,
+                "Messages ready in RabbitMQ, by queue (task kinds and `dead`); sampled on scrape.",
+            ),
+            &["queue"],
+        )
+        .expect("valid metric");
+        let ledger_last_success = prometheus::GaugeVec::new(
+            Opts::new(
+                names::LEDGER_LAST_SUCCESS_TIMESTAMP_SECONDS,
+                "Unix time of the last real (not dry-run) task that succeeded, by kind, from the ledger.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let ledger_tasks = IntGaugeVec::new(
+            Opts::new(names::LEDGER_TASKS, "Tasks in the ledger by kind and status (sampled on scrape)."),
+            &["kind", "status"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(recorder_events.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(ledger_last_success.clone()),
+            Box::new(ledger_tasks.clone()),
+            Box::new(queue_messages.clone()),
             Box::new(recorder_lag.clone()),
             Box::new(build_info),
             Box::new(tasks_enqueued.clone()),
@@ -132,6 +159,9 @@ impl Metrics {
             outbox_publish_errors,
             outbox_publish_duration,
             amqp_connected,
+            queue_messages,
+            ledger_last_success,
+            ledger_tasks,
             recorder_events,
             recorder_lag,
         }

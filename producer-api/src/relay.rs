@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionStatus};
 use shared::amqp::{self, OutgoingMessage, PublishError};
 use shared::envelope::TASK_MESSAGE_TYPE;
@@ -31,20 +33,41 @@ const REFUSED_RETRY_DELAY_SECS: i64 = 5;
 /// Whether the process currently holds a usable broker connection (for `/readyz`).
 #[derive(Clone, Default)]
 pub struct BrokerHealth {
-    status: Arc<Mutex<Option<ConnectionStatus>>>,
+    /// The live connection status, and a channel for passive queue inspection.
+    state: Arc<Mutex<Option<(ConnectionStatus, Channel)>>>,
 }
 
 impl BrokerHealth {
-    fn set(&self, status: Option<ConnectionStatus>) {
-        *self.status.lock().expect("broker health lock") = status;
+    fn set(&self, state: Option<(ConnectionStatus, Channel)>) {
+        *self.state.lock().expect("broker health lock") = state;
     }
 
     pub fn is_connected(&self) -> bool {
-        self.status
+        self.state
             .lock()
             .expect("broker health lock")
             .as_ref()
-            .is_some_and(|s| s.connected())
+            .is_some_and(|(s, _)| s.connected())
+    }
+
+    /// Messages ready in a queue (passive declare), when connected.
+    pub async fn queue_depth(&self, queue: &str) -> Option<u32> {
+        let channel = self
+            .state
+            .lock()
+            .expect("broker health lock")
+            .as_ref()
+            .filter(|(s, _)| s.connected())
+            .map(|(_, c)| c.clone())?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let declared = channel.queue_declare(queue.into(), options, FieldTable::default());
+        match tokio::time::timeout(Duration::from_secs(1), declared).await {
+            Ok(Ok(queue)) => Some(queue.message_count()),
+            _ => None,
+        }
     }
 }
 
@@ -99,7 +122,13 @@ impl Relay {
             match self.connect().await {
                 Ok((connection, channel)) => {
                     failures = 0;
-                    self.health.set(Some(connection.status().clone()));
+                    match connection.create_channel().await {
+                        Ok(inspect) => self.health.set(Some((connection.status().clone(), inspect))),
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot open an inspection channel");
+                            continue;
+                        }
+                    }
                     self.metrics.amqp_connected.set(1);
                     tracing::info!(url = %shared::config::redact_url(&self.config.amqp_url), "relay connected to RabbitMQ");
                     let outcome = self.pump(&channel, &shutdown).await;

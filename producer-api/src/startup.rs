@@ -87,6 +87,7 @@ impl Application {
             metrics,
             broker,
             relay_enabled: config.relay_enabled,
+            topology: config.amqp.topology().map_err(anyhow::Error::msg)?,
         };
         if config.auth_disabled {
             tracing::warn!(

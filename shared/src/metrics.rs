@@ -12,6 +12,10 @@ pub const OUTBOX_PUBLISHED_TOTAL: &str = "cleanup_outbox_published_total";
 pub const OUTBOX_PUBLISH_ERRORS_TOTAL: &str = "cleanup_outbox_publish_errors_total";
 pub const OUTBOX_PUBLISH_DURATION_SECONDS: &str = "cleanup_outbox_publish_duration_seconds";
 pub const AMQP_CONNECTED: &str = "cleanup_amqp_connected";
+pub const QUEUE_MESSAGES: &str = "cleanup_queue_messages";
+pub const LEDGER_LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "cleanup_ledger_last_success_timestamp_seconds";
+pub const LEDGER_TASKS: &str = "cleanup_ledger_tasks";
 pub const RECORDER_EVENTS_TOTAL: &str = "cleanup_recorder_events_total";
 pub const RECORDER_LAG_SECONDS: &str = "cleanup_recorder_lag_seconds";
 

@@ -70,6 +70,36 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     {
         state.metrics.outbox_backlog.set(backlog);
     }
+    if let Ok(Ok(rows)) = tokio::time::timeout(PROBE_TIMEOUT, ledger::last_successes(&state.pool)).await {
+        for (kind, at) in rows {
+            state
+                .metrics
+                .ledger_last_success
+                .with_label_values(&[&kind])
+                .set(at.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+    if let Ok(Ok(rows)) = tokio::time::timeout(PROBE_TIMEOUT, ledger::task_counts(&state.pool)).await {
+        state.metrics.ledger_tasks.reset();
+        for (kind, status, count) in rows {
+            state.metrics.ledger_tasks.with_label_values(&[&kind, &status]).set(count);
+        }
+    }
+    let topology = &state.topology;
+    let mut queues: Vec<(String, String)> = shared::tasks::TaskKind::ALL
+        .iter()
+        .map(|k| (k.as_str().to_owned(), topology.task_queue(*k)))
+        .collect();
+    queues.push(("dead".to_owned(), topology.dead_queue()));
+    for (label, queue) in queues {
+        if let Some(depth) = state.broker.queue_depth(&queue).await {
+            state
+                .metrics
+                .queue_messages
+                .with_label_values(&[&label])
+                .set(i64::from(depth));
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -34,6 +34,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub broker: BrokerHealth,
     pub relay_enabled: bool,
+    pub topology: shared::topology::Topology,
 }
 
 /// Requests that take longer are answered 408; the body and the ledger are bounded well below.
