@@ -22,12 +22,12 @@ RUN cargo build --release --locked -p producer-api -p worker \
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS producer-api
 COPY --from=builder /src/target/release/producer-api /usr/local/bin/producer-api
-USER nonroot:nonroot
+USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/producer-api"]
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS worker
 COPY --from=builder /src/target/release/worker /usr/local/bin/worker
-USER nonroot:nonroot
+USER 65532:65532
 EXPOSE 9090
 ENTRYPOINT ["/usr/local/bin/worker"]

@@ -1,0 +1,4 @@
+-- The demo application database holding the runs table.
+CREATE DATABASE app;
+\connect app
+\i /schema/runs-schema.sql
