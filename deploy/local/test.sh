@@ -16,6 +16,7 @@ if [ "$status" -eq 0 ] && [ "${FAULTS:-1}" != 0 ]; then
   deploy/local/services.sh   # whatever happened, leave the services running
 fi
 # One closing line for the whole run (cargo prints one per test binary).
+mkdir -p target
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
-     END { printf "\nworkspace: %d passed, %d failed\n", p, f }' "$log"
+     END { printf "workspace: %d passed, %d failed\n", p, f }' "$log" | tee target/test-summary.txt
 exit $status
