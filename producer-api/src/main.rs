@@ -1,5 +1,5 @@
 use clap::Parser;
-use producer_api::{startup, Application, Config};
+use producer_api::{Application, Config};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -17,7 +17,7 @@ async fn main() -> std::process::ExitCode {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
-        startup::shutdown_signal().await;
+        shared::shutdown::signal().await;
         trigger.cancel();
     });
     match app.run_until_stopped(shutdown).await {

@@ -1,8 +1,8 @@
 //! Prometheus metrics of producer-api; names come from `shared::metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use shared::metrics as names;
 
@@ -127,7 +127,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let ledger_tasks = IntGaugeVec::new(
-            Opts::new(names::LEDGER_TASKS, "Tasks in the ledger by kind and status (sampled on scrape)."),
+            Opts::new(
+                names::LEDGER_TASKS,
+                "Tasks in the ledger by kind and status (sampled on scrape).",
+            ),
             &["kind", "status"],
         )
         .expect("valid metric");
@@ -169,11 +172,7 @@ impl Metrics {
 
     /// The text exposition format.
     pub fn render(&self) -> String {
-        let mut buffer = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("text encoding cannot fail");
-        String::from_utf8(buffer).expect("metrics are UTF-8")
+        names::render(&self.registry)
     }
 }
 

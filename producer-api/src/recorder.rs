@@ -18,7 +18,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Basi
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 use serde_json::json;
-use shared::amqp;
+use shared::amqp::{self, SessionEnd};
 use shared::envelope::TaskEnvelope;
 use shared::events::{Event, TaskDead, TaskFailed, TaskStarted, TaskSucceeded};
 use shared::retry::RetryPolicy;
@@ -68,33 +68,22 @@ impl Recorder {
     /// The supervisor: consume, reconnect with backoff when the connection is lost for
     /// good, stop on `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let reconnect = RetryPolicy {
-            max_delay: Duration::from_secs(30),
-            ..RetryPolicy::in_attempt()
+        let this = &self;
+        let connect = || this.connect();
+        let session = |(connection, channel): (Connection, Channel)| {
+            let shutdown = &shutdown;
+            async move {
+                tracing::info!("recorder consuming events");
+                let lost = this.consume(&channel, shutdown).await;
+                let _ = connection.close(200, "recorder stopping".into()).await;
+                if lost {
+                    SessionEnd::Lost
+                } else {
+                    SessionEnd::Shutdown
+                }
+            }
         };
-        let mut failures = 0u32;
-        while !shutdown.is_cancelled() {
-            match self.connect().await {
-                Ok((connection, channel)) => {
-                    failures = 0;
-                    tracing::info!("recorder consuming events");
-                    let lost = self.consume(&channel, &shutdown).await;
-                    let _ = connection.close(200, "recorder stopping".into()).await;
-                    if !lost {
-                        return;
-                    }
-                    tracing::warn!("recorder lost its broker connection; reconnecting");
-                }
-                Err(error) => {
-                    failures += 1;
-                    tracing::warn!(error = %format!("{error:#}"), failures, "recorder cannot reach RabbitMQ");
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(reconnect.delay_after(failures.max(1))) => {}
-            }
-        }
+        amqp::supervise("recorder", &shutdown, connect, session).await;
     }
 
     async fn connect(&self) -> anyhow::Result<(Connection, Channel)> {

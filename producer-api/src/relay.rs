@@ -14,9 +14,8 @@ use futures::future::join_all;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionStatus};
-use shared::amqp::{self, OutgoingMessage, PublishError};
+use shared::amqp::{self, OutgoingMessage, PublishError, SessionEnd};
 use shared::envelope::TASK_MESSAGE_TYPE;
-use shared::retry::RetryPolicy;
 use shared::topology::Topology;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -113,53 +112,39 @@ impl Relay {
     /// The supervisor: connect, relay until the connection is lost for good, reconnect
     /// with backoff; return when `shutdown` fires.
     pub async fn run(self, shutdown: CancellationToken) {
-        let reconnect = RetryPolicy {
-            max_delay: Duration::from_secs(30),
-            ..RetryPolicy::in_attempt()
+        let this = &self;
+        let connect = || this.connect();
+        let session = |(connection, channel, inspect): (Connection, Channel, Channel)| {
+            let shutdown = &shutdown;
+            async move {
+                this.health
+                    .set(Some((connection.status().clone(), inspect)));
+                this.metrics.amqp_connected.set(1);
+                tracing::info!(url = %shared::config::redact_url(&this.config.amqp_url), "relay connected to RabbitMQ");
+                let outcome = this.pump(&channel, shutdown).await;
+                this.metrics.amqp_connected.set(0);
+                this.health.set(None);
+                let _ = connection.close(200, "relay stopping".into()).await;
+                match outcome {
+                    Ok(()) => SessionEnd::Shutdown,
+                    Err(error) => {
+                        tracing::warn!(%error, "relay channel unusable");
+                        SessionEnd::Lost
+                    }
+                }
+            }
         };
-        let mut failures = 0u32;
-        while !shutdown.is_cancelled() {
-            match self.connect().await {
-                Ok((connection, channel)) => {
-                    failures = 0;
-                    match connection.create_channel().await {
-                        Ok(inspect) => self.health.set(Some((connection.status().clone(), inspect))),
-                        Err(error) => {
-                            tracing::warn!(%error, "cannot open an inspection channel");
-                            continue;
-                        }
-                    }
-                    self.metrics.amqp_connected.set(1);
-                    tracing::info!(url = %shared::config::redact_url(&self.config.amqp_url), "relay connected to RabbitMQ");
-                    let outcome = self.pump(&channel, &shutdown).await;
-                    self.metrics.amqp_connected.set(0);
-                    self.health.set(None);
-                    let _ = connection.close(200, "relay stopping".into()).await;
-                    match outcome {
-                        Ok(()) => return,
-                        Err(error) => {
-                            tracing::warn!(error = %error, "relay lost its broker connection; reconnecting")
-                        }
-                    }
-                }
-                Err(error) => {
-                    failures += 1;
-                    tracing::warn!(error = %format!("{error:#}"), failures, "relay cannot reach RabbitMQ; tasks stay in the outbox");
-                }
-            }
-            let delay = reconnect.delay_after(failures.max(1));
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
+        amqp::supervise("relay", &shutdown, connect, session).await;
     }
 
-    async fn connect(&self) -> anyhow::Result<(Connection, Channel)> {
+    /// A connection, a confirm channel for publishing (topology declared) and a plain
+    /// channel for passive queue inspection (a failed inspection closes only that one).
+    async fn connect(&self) -> anyhow::Result<(Connection, Channel, Channel)> {
         let connection = amqp::connect(&self.config.amqp_url, "producer-api relay").await?;
         let channel = amqp::confirm_channel(&connection).await?;
         self.config.topology.declare(&channel).await?;
-        Ok((connection, channel))
+        let inspect = connection.create_channel().await?;
+        Ok((connection, channel, inspect))
     }
 
     /// Relay until shutdown (`Ok`) or until the channel is unusable and auto-recovery

@@ -12,7 +12,10 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::envelope::{CONTENT_TYPE, SCHEMA_VERSION};
+use crate::retry::RetryPolicy;
 
 /// AMQP heartbeat in seconds, used unless the URL sets `heartbeat`.
 pub const HEARTBEAT_SECS: u16 = 15;
@@ -48,6 +51,58 @@ pub async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> 
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok(channel)
+}
+
+/// How a session on one connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Shutdown was requested: the supervisor returns.
+    Shutdown,
+    /// The connection is gone and auto-recovery gave up: the supervisor reconnects.
+    Lost,
+}
+
+/// The supervisor every long-lived AMQP user runs: `connect`, run `session` on the
+/// connection until it ends, and reconnect with capped exponential backoff when the
+/// connection is lost for good (lapin's auto-recovery handles the short blips). Returns
+/// when `shutdown` fires or a session ends with [`SessionEnd::Shutdown`].
+pub async fn supervise<T, C, CF, S, SF>(
+    name: &str,
+    shutdown: &CancellationToken,
+    mut connect: C,
+    mut session: S,
+) where
+    C: FnMut() -> CF,
+    CF: std::future::Future<Output = anyhow::Result<T>>,
+    S: FnMut(T) -> SF,
+    SF: std::future::Future<Output = SessionEnd>,
+{
+    let reconnect = RetryPolicy {
+        max_delay: Duration::from_secs(30),
+        ..RetryPolicy::in_attempt()
+    };
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        match connect().await {
+            Ok(connected) => {
+                failures = 0;
+                match session(connected).await {
+                    SessionEnd::Shutdown => return,
+                    SessionEnd::Lost => {
+                        tracing::warn!("{name} lost its broker connection; reconnecting")
+                    }
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                tracing::warn!(error = %format!("{error:#}"), failures, "{name} cannot reach RabbitMQ");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(reconnect.delay_after(failures.max(1))) => {}
+        }
+    }
 }
 
 /// Why a message was not accepted by the broker.

@@ -8,6 +8,7 @@ pub mod envelope;
 pub mod events;
 pub mod metrics;
 pub mod retry;
+pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;
 pub mod topology;

@@ -1,6 +1,16 @@
 //! Every metric name, in one place, following Prometheus conventions: the `cleanup_`
 //! prefix, base units (seconds, bytes), `_total` on counters, and labels with few values.
 
+/// The text exposition format of a registry.
+pub fn render(registry: &prometheus::Registry) -> String {
+    use prometheus::Encoder;
+    let mut buffer = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut buffer)
+        .expect("text encoding cannot fail");
+    String::from_utf8(buffer).expect("metrics are UTF-8")
+}
+
 pub const BUILD_INFO: &str = "cleanup_build_info";
 
 // producer-api

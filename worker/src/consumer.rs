@@ -15,9 +15,8 @@ use futures::stream::{SelectAll, StreamExt};
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionStatus, Consumer};
-use shared::amqp;
+use shared::amqp::{self, SessionEnd};
 use shared::events::{Event, WorkerHeartbeat, WorkerStopped};
-use shared::retry::RetryPolicy;
 use shared::tasks::TaskKind;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -43,43 +42,31 @@ pub async fn run(
     connected: watch::Sender<Option<ConnectionStatus>>,
     shutdown: CancellationToken,
 ) {
-    let reconnect = RetryPolicy {
-        max_delay: Duration::from_secs(30),
-        ..RetryPolicy::in_attempt()
-    };
-    let mut failures = 0u32;
     let tasks = TaskTracker::new();
-    while !shutdown.is_cancelled() {
-        match connect(&ctx, &config).await {
-            Ok(session) => {
-                failures = 0;
-                let _ = connected.send(Some(session.connection.status().clone()));
-                ctx.metrics.amqp_connected.set(1);
-                tracing::info!(kinds = ?config.kinds, concurrency = config.concurrency, "worker consuming");
-                let lost = session.consume(&ctx, &config, &tasks, &shutdown).await;
-                let _ = connected.send(None);
-                ctx.metrics.amqp_connected.set(0);
-                if !lost {
-                    session.finish(&ctx, &tasks).await;
-                    return;
-                }
-                tracing::warn!("lost the broker connection; reconnecting");
-                // Deliveries of the old channels are void: let in-flight work end first
-                // (its acks fail harmlessly; RabbitMQ redelivers those tasks).
-                tasks.close();
-                tasks.wait().await;
-                tasks.reopen();
+    let connect = || connect(&ctx, &config);
+    let session = |session: Session| {
+        let (ctx, config, tasks, shutdown, connected) =
+            (&ctx, &config, &tasks, &shutdown, &connected);
+        async move {
+            let _ = connected.send(Some(session.connection.status().clone()));
+            ctx.metrics.amqp_connected.set(1);
+            tracing::info!(kinds = ?config.kinds, concurrency = config.concurrency, "worker consuming");
+            let lost = session.consume(ctx, config, tasks, shutdown).await;
+            let _ = connected.send(None);
+            ctx.metrics.amqp_connected.set(0);
+            if !lost {
+                session.finish(ctx, tasks).await;
+                return SessionEnd::Shutdown;
             }
-            Err(error) => {
-                failures += 1;
-                tracing::warn!(error = %format!("{error:#}"), failures, "cannot reach RabbitMQ");
-            }
+            // Deliveries of the old channels are void: let in-flight work end first
+            // (its acks fail harmlessly; RabbitMQ redelivers those tasks).
+            tasks.close();
+            tasks.wait().await;
+            tasks.reopen();
+            SessionEnd::Lost
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(reconnect.delay_after(failures.max(1))) => {}
-        }
-    }
+    };
+    amqp::supervise("worker", &shutdown, connect, session).await;
 }
 
 struct Session {

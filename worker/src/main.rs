@@ -1,6 +1,6 @@
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use worker::{startup, Application, Config};
+use worker::{Application, Config};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -17,7 +17,7 @@ async fn main() -> std::process::ExitCode {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
-        startup::shutdown_signal().await;
+        shared::shutdown::signal().await;
         trigger.cancel();
     });
     match app.run_until_stopped(shutdown).await {

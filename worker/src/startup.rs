@@ -142,22 +142,3 @@ impl Application {
         Ok(())
     }
 }
-
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received; finishing in-flight tasks"),
-        _ = terminate => tracing::info!("SIGTERM received; finishing in-flight tasks"),
-    }
-}

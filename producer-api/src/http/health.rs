@@ -70,7 +70,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     {
         state.metrics.outbox_backlog.set(backlog);
     }
-    if let Ok(Ok(rows)) = tokio::time::timeout(PROBE_TIMEOUT, ledger::last_successes(&state.pool)).await {
+    if let Ok(Ok(rows)) =
+        tokio::time::timeout(PROBE_TIMEOUT, ledger::last_successes(&state.pool)).await
+    {
         for (kind, at) in rows {
             state
                 .metrics
@@ -79,10 +81,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 .set(at.timestamp_millis() as f64 / 1000.0);
         }
     }
-    if let Ok(Ok(rows)) = tokio::time::timeout(PROBE_TIMEOUT, ledger::task_counts(&state.pool)).await {
+    if let Ok(Ok(rows)) =
+        tokio::time::timeout(PROBE_TIMEOUT, ledger::task_counts(&state.pool)).await
+    {
         state.metrics.ledger_tasks.reset();
         for (kind, status, count) in rows {
-            state.metrics.ledger_tasks.with_label_values(&[&kind, &status]).set(count);
+            state
+                .metrics
+                .ledger_tasks
+                .with_label_values(&[&kind, &status])
+                .set(count);
         }
     }
     let topology = &state.topology;
