@@ -16,3 +16,21 @@ fn every_setting_is_documented_in_the_readme() {
     }
     assert!(missing.is_empty(), "README lacks: {missing:?}");
 }
+
+/// Every metric name of `shared::metrics` has a row in the README's metrics table.
+#[test]
+fn every_metric_is_documented_in_the_readme() {
+    let readme = include_str!("../../../README.md");
+    let source = include_str!("../../../shared/src/metrics.rs");
+    let names: Vec<&str> = source
+        .lines()
+        .filter_map(|line| line.split('"').nth(1))
+        .filter(|name| name.starts_with("cleanup_"))
+        .collect();
+    assert!(names.len() > 20, "found {names:?}");
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|name| !readme.contains(&format!("| `{name}` |")))
+        .collect();
+    assert!(missing.is_empty(), "README lacks metrics: {missing:?}");
+}
