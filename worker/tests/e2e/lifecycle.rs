@@ -199,3 +199,37 @@ async fn workers_register_by_heartbeat_are_marked_lost_when_silent_and_can_be_pr
     stays.stop().await;
     app.stop().await;
 }
+
+/// Retry state lives in PostgreSQL: a task waiting for its next attempt survives a
+/// restart of the API and of every worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_retry_survives_a_restart_of_every_process() {
+    let db = TestDb::create().await;
+    let runs = RunsDb::create().await;
+    let broker = TestBroker::create().await;
+    runs.insert(5, "failed", Some(100.0), 0).await;
+    let proxy = TcpProxy::start("127.0.0.1:5432", false).await;
+    let worker_args = [
+        format!("--runs-database-url={}", runs.db.url_via(proxy.addr)),
+        "--runs-database-acquire-timeout=200ms".into(),
+        "--retry-initial-delay=3s".into(),
+    ];
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let worker = TestWorker::spawn(&broker, &worker_args).await;
+    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24})).await;
+    let task = wait_for(&app, &id, &["retrying"], Duration::from_secs(30)).await;
+    assert_eq!(task["attempts"], 1);
+
+    // Everything stops while the retry waits; the database comes back meanwhile.
+    worker.stop().await;
+    app.stop().await;
+    proxy.restore();
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let worker = TestWorker::spawn(&broker, &worker_args).await;
+    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["attempts"], 2);
+    assert_eq!(task["result"]["runs_deleted"], 5);
+    worker.stop().await;
+    app.stop().await;
+}
