@@ -26,18 +26,6 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                names::BUILD_INFO,
-                "Build information; the value is always 1.",
-            ),
-            &["version", "component"],
-        )
-        .expect("valid metric");
-        build_info
-            .with_label_values(&[shared::VERSION, "producer-api"])
-            .set(1);
         let tasks_enqueued = IntCounterVec::new(
             Opts::new(names::TASKS_ENQUEUED_TOTAL, "Tasks accepted (202) by kind."),
             &["kind"],
@@ -134,24 +122,24 @@ impl Metrics {
             &["kind", "status"],
         )
         .expect("valid metric");
-        for collector in [
-            Box::new(recorder_events.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(ledger_last_success.clone()),
-            Box::new(ledger_tasks.clone()),
-            Box::new(queue_messages.clone()),
-            Box::new(recorder_lag.clone()),
-            Box::new(build_info),
-            Box::new(tasks_enqueued.clone()),
-            Box::new(http_requests.clone()),
-            Box::new(http_duration.clone()),
-            Box::new(outbox_backlog.clone()),
-            Box::new(outbox_published.clone()),
-            Box::new(outbox_publish_errors.clone()),
-            Box::new(outbox_publish_duration.clone()),
-            Box::new(amqp_connected.clone()),
-        ] {
-            registry.register(collector).expect("unique metric names");
-        }
+        let registry = names::registry_with(
+            "producer-api",
+            vec![
+                Box::new(recorder_events.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(ledger_last_success.clone()),
+                Box::new(ledger_tasks.clone()),
+                Box::new(queue_messages.clone()),
+                Box::new(recorder_lag.clone()),
+                Box::new(tasks_enqueued.clone()),
+                Box::new(http_requests.clone()),
+                Box::new(http_duration.clone()),
+                Box::new(outbox_backlog.clone()),
+                Box::new(outbox_published.clone()),
+                Box::new(outbox_publish_errors.clone()),
+                Box::new(outbox_publish_duration.clone()),
+                Box::new(amqp_connected.clone()),
+            ],
+        );
         Self {
             registry,
             tasks_enqueued,

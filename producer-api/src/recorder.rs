@@ -393,7 +393,9 @@ struct FailedRow {
 /// when the error is transient and attempts remain, else the task has `failed`.
 async fn failed(tx: &mut Transaction<'_, Postgres>, e: &TaskFailed) -> Result<(), sqlx::Error> {
     let next_at = e.next_attempt_at.unwrap_or(e.at);
-    let error = serde_json::to_value(&e.error).expect("error serializes");
+    // The error as the worker classified it, and when the attempt failed.
+    let mut error = serde_json::to_value(&e.error).expect("error serializes");
+    error["at"] = json!(e.at);
     let row: Option<FailedRow> = sqlx::query_as(&format!(
         "UPDATE cleanup_tasks SET
                  status = CASE WHEN $4 AND $2 < max_attempts THEN 'retrying' ELSE 'failed' END,

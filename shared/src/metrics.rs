@@ -11,6 +11,29 @@ pub fn render(registry: &prometheus::Registry) -> String {
     String::from_utf8(buffer).expect("metrics are UTF-8")
 }
 
+/// A registry holding `cleanup_build_info{version, component}` = 1 and `collectors`.
+pub fn registry_with(
+    component: &str,
+    collectors: Vec<Box<dyn prometheus::core::Collector>>,
+) -> prometheus::Registry {
+    let registry = prometheus::Registry::new();
+    let build_info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(BUILD_INFO, "Build information; the value is always 1."),
+        &["version", "component"],
+    )
+    .expect("valid metric");
+    build_info
+        .with_label_values(&[crate::VERSION, component])
+        .set(1);
+    registry
+        .register(Box::new(build_info))
+        .expect("unique metric names");
+    for collector in collectors {
+        registry.register(collector).expect("unique metric names");
+    }
+    registry
+}
+
 pub const BUILD_INFO: &str = "cleanup_build_info";
 
 // producer-api

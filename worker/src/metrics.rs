@@ -1,8 +1,6 @@
 //! Prometheus metrics of the worker; names come from `shared::metrics`.
 
-use prometheus::{
-    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 use shared::metrics as names;
 
 pub struct Metrics {
@@ -26,18 +24,6 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                names::BUILD_INFO,
-                "Build information; the value is always 1.",
-            ),
-            &["version", "component"],
-        )
-        .expect("valid metric");
-        build_info
-            .with_label_values(&[shared::VERSION, "worker"])
-            .set(1);
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
         };
@@ -110,23 +96,23 @@ impl Metrics {
             "1 while the worker holds a RabbitMQ connection.",
         )
         .expect("valid metric");
-        for collector in [
-            Box::new(build_info) as Box<dyn prometheus::core::Collector>,
-            Box::new(tasks_started.clone()),
-            Box::new(tasks_finished.clone()),
-            Box::new(task_duration.clone()),
-            Box::new(in_flight.clone()),
-            Box::new(errors.clone()),
-            Box::new(poison.clone()),
-            Box::new(runs_deleted.clone()),
-            Box::new(files_deleted.clone()),
-            Box::new(bytes_freed.clone()),
-            Box::new(last_success.clone()),
-            Box::new(oldest_eligible_age.clone()),
-            Box::new(amqp_connected.clone()),
-        ] {
-            registry.register(collector).expect("unique metric names");
-        }
+        let registry = names::registry_with(
+            "worker",
+            vec![
+                Box::new(tasks_started.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(tasks_finished.clone()),
+                Box::new(task_duration.clone()),
+                Box::new(in_flight.clone()),
+                Box::new(errors.clone()),
+                Box::new(poison.clone()),
+                Box::new(runs_deleted.clone()),
+                Box::new(files_deleted.clone()),
+                Box::new(bytes_freed.clone()),
+                Box::new(last_success.clone()),
+                Box::new(oldest_eligible_age.clone()),
+                Box::new(amqp_connected.clone()),
+            ],
+        );
         Self {
             registry,
             tasks_started,

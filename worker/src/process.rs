@@ -167,9 +167,10 @@ pub async fn handle_delivery(
             Outcome::Succeeded { task_id }
         }
         Err(error) => {
+            let failed_at = Utc::now();
             let next_attempt_at = if error.is_transient() {
                 ctx.retry
-                    .next_attempt_at(envelope.attempt, envelope.max_attempts, Utc::now())
+                    .next_attempt_at(envelope.attempt, envelope.max_attempts, failed_at)
             } else {
                 None
             };
@@ -183,7 +184,7 @@ pub async fn handle_delivery(
                     kind,
                     attempt: envelope.attempt,
                     worker_id: ctx.worker_id.clone(),
-                    at: Utc::now(),
+                    at: failed_at,
                     error: error.to_task_error(),
                     retryable,
                     next_attempt_at,

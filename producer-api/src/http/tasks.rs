@@ -50,7 +50,7 @@ pub struct TaskView {
     pub cutoff: DateTime<Utc>,
     /// The executor's result, once succeeded.
     pub result: Option<serde_json::Value>,
-    /// The last error (`{"class", "message"}`), once an attempt failed.
+    /// The last error (`{"class", "message", "at"}`), once an attempt failed.
     pub error: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
