@@ -113,6 +113,14 @@ impl Session {
         shutdown: &CancellationToken,
     ) -> bool {
         let limit = Arc::new(Semaphore::new(usize::from(config.concurrency)));
+        // Cancelled when this session ends for any reason: shutdown stops tasks at a batch
+        // boundary (continuation); a lost connection stops them too, since their deliveries
+        // are void and will be redelivered.
+        let session = shutdown.child_token();
+        let _end_session = session.clone().drop_guard();
+        // Deliveries received before an auto-recovery are void after it: their tasks are
+        // stopped with this token, renewed at each recovery.
+        let mut generation = session.child_token();
         let mut streams: SelectAll<_> = SelectAll::new();
         for (channel, consumer, kind) in &self.consumers {
             let channel = channel.clone();
@@ -129,7 +137,7 @@ impl Session {
             ctx.clone(),
             config.clone(),
             self.events.clone(),
-            limit.clone(),
+            tasks.clone(),
         ));
         let _stop_heartbeats = AbortOnDrop(heartbeats);
         loop {
@@ -146,7 +154,11 @@ impl Session {
                 Some((Err(error), _, channel)) => {
                     tracing::warn!(%error, "consumer error; waiting for recovery");
                     match channel.wait_for_recovery(error).await {
-                        Ok(()) => continue,
+                        Ok(()) => {
+                            generation.cancel();
+                            generation = session.child_token();
+                            continue;
+                        }
                         Err(error) => {
                             tracing::warn!(%error, "recovery gave up");
                             return true;
@@ -158,7 +170,7 @@ impl Session {
             let ctx = ctx.clone();
             let events = self.events.clone();
             // On shutdown a task stops at its next batch boundary and continues elsewhere.
-            let cancel = shutdown.child_token();
+            let cancel = generation.child_token();
             drop(channel);
             tasks.spawn(async move {
                 let _permit = permit;
@@ -190,12 +202,12 @@ async fn heartbeat_loop(
     ctx: Arc<WorkerContext>,
     config: ConsumerConfig,
     events: Channel,
-    limit: Arc<Semaphore>,
+    tasks: TaskTracker,
 ) {
     let mut ticks = tokio::time::interval(config.heartbeat_interval);
     loop {
         ticks.tick().await;
-        let in_flight = usize::from(config.concurrency).saturating_sub(limit.available_permits());
+        let in_flight = tasks.len();
         let event = Event::WorkerHeartbeat(WorkerHeartbeat {
             worker_id: ctx.worker_id.clone(),
             host: config.host.clone(),

@@ -25,6 +25,9 @@ use uuid::Uuid;
 use crate::executor::{ExecError, Execution, Executors};
 use crate::metrics::Metrics;
 
+/// How long an executor may take to stop once its hard time limit is reached.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Everything a step needs, shared by all in-flight tasks.
 pub struct WorkerContext {
     pub worker_id: String,
@@ -53,6 +56,11 @@ pub enum Outcome {
     Failed {
         task_id: Uuid,
         retryable: bool,
+    },
+    /// The delivery died with the broker connection mid-task: nothing reported, the
+    /// broker redelivers the task.
+    Abandoned {
+        task_id: Uuid,
     },
     /// Not a task this worker can run; rejected to the dead-letter exchange.
     Poison {
@@ -116,22 +124,37 @@ pub async fn handle_delivery(
             turn.cancel();
         })
     };
-    let result =
-        tokio::time::timeout(ctx.task_timeout, ctx.executors.execute(&envelope, &turn)).await;
-    budget.abort();
-    let result = match result {
+    let execution = ctx.executors.execute(&envelope, &turn);
+    tokio::pin!(execution);
+    let result = match tokio::time::timeout(ctx.task_timeout, &mut execution).await {
         Ok(result) => result,
-        Err(_) => Err(ExecError::transient(format!(
-            "the attempt exceeded the task time limit of {}",
-            humantime::format_duration(ctx.task_timeout)
-        ))),
+        Err(_) => {
+            // Past the hard limit: ask the executor to stop and give it a moment to reach
+            // a boundary, so nothing keeps deleting after the attempt is reported.
+            turn.cancel();
+            match tokio::time::timeout(STOP_GRACE, &mut execution).await {
+                Ok(result) => result,
+                Err(_) => Err(ExecError::transient(format!(
+                    "the attempt exceeded the task time limit of {}",
+                    humantime::format_duration(ctx.task_timeout)
+                ))),
+            }
+        }
     };
+    budget.abort();
     ctx.metrics.in_flight.dec();
     ctx.metrics
         .task_duration
         .with_label_values(&[kind.as_str()])
         .observe(started.elapsed().as_secs_f64());
 
+    if !delivery.acker.usable() {
+        // The channel this delivery came on is gone: RabbitMQ has already put the task back
+        // on its queue and will deliver it again. Reporting a result or a continuation now
+        // would run the task twice; the work done stays done (cleanup is idempotent).
+        tracing::warn!(%task_id, %kind, "delivery lost with the broker connection; the task will be redelivered");
+        return Ok(Outcome::Abandoned { task_id });
+    }
     let outcome = match result {
         Ok(Execution::Interrupted { progress }) => {
             let mut continuation = envelope.clone();

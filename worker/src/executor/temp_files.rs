@@ -16,7 +16,7 @@
 //! (capped) and the walk goes on. Subdirectories are walked in parallel on a bounded
 //! thread pool.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -103,6 +103,46 @@ impl TempFilesResult {
     }
 }
 
+/// How far earlier turns got in one root: a later turn skips what is done, so every
+/// file is judged (and counted) once however many turns a task takes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RootProgress {
+    /// The whole root was walked.
+    #[serde(default)]
+    pub complete: bool,
+    /// The files directly in the root were judged.
+    #[serde(default)]
+    pub files_done: bool,
+    /// Top-level subdirectories walked completely (names; `hex:` prefix when not UTF-8).
+    #[serde(default)]
+    pub subdirs_done: BTreeSet<String>,
+}
+
+/// What a continuation of a temp-file task carries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TempFilesProgress {
+    /// Counts so far.
+    pub result: TempFilesResult,
+    /// Per root name.
+    pub done: BTreeMap<String, RootProgress>,
+    /// Consecutive turns that finished nothing new.
+    #[serde(default)]
+    pub stalled_turns: u32,
+}
+
+/// Turns in a row without progress before the task fails instead of looping.
+const MAX_STALLED_TURNS: u32 = 3;
+
+fn encode_name(name: &CStr) -> String {
+    match name.to_str() {
+        Ok(text) if !text.starts_with("hex:") => text.to_owned(),
+        _ => {
+            let hex: String = name.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            format!("hex:{hex}")
+        }
+    }
+}
+
 pub struct TempFilesExecutor {
     roots: BTreeMap<String, TempRoot>,
     pool: Arc<rayon::ThreadPool>,
@@ -126,15 +166,15 @@ impl TempFilesExecutor {
         params: &CleanupTempFilesParams,
         cancel: &CancellationToken,
     ) -> Result<Execution, ExecError> {
-        // A dry run deletes nothing, so an interrupted one simply starts over.
-        let earlier = match (&envelope.progress, params.dry_run) {
-            (Some(progress), false) => Some(
-                serde_json::from_value::<TempFilesResult>(progress.clone()).map_err(|e| {
+        let earlier = match &envelope.progress {
+            Some(progress) => Some(
+                serde_json::from_value::<TempFilesProgress>(progress.clone()).map_err(|e| {
                     ExecError::permanent(format!("unreadable continuation progress: {e}"))
                 })?,
             ),
-            _ => None,
+            None => None,
         };
+        let resume = earlier.as_ref().map(|p| p.done.clone()).unwrap_or_default();
         let roots: Vec<TempRoot> = match &params.root {
             Some(name) => match self.roots.get(name) {
                 Some(root) => vec![root.clone()],
@@ -163,7 +203,15 @@ impl TempFilesExecutor {
             counters: Counters::default(),
             errors: Mutex::new(Vec::new()),
             interrupted: AtomicBool::new(false),
+            done: Mutex::new(resume.clone()),
+            resume,
         });
+        // `max_files` counts over every turn.
+        if let Some(earlier) = &earlier {
+            walk.counters
+                .claimed
+                .store(earlier.result.files_matched, Ordering::Relaxed);
+        }
         let pool = self.pool.clone();
         let started = Instant::now();
         let job = {
@@ -189,13 +237,37 @@ impl TempFilesExecutor {
         result.duration_ms = started.elapsed().as_millis() as u64;
         result.turns = 1;
         if let Some(earlier) = &earlier {
-            result.absorb(earlier);
+            result.absorb(&earlier.result);
         }
-        let value = serde_json::to_value(&result).expect("result serializes");
-        if walk.interrupted.load(Ordering::SeqCst) {
-            return Ok(Execution::Interrupted { progress: value });
+        if !walk.interrupted.load(Ordering::SeqCst) {
+            return Ok(Execution::Done(
+                serde_json::to_value(&result).expect("result serializes"),
+            ));
         }
-        Ok(Execution::Done(value))
+        let done = walk.done.lock().expect("done lock").clone();
+        // Progress: a part of the tree finished, or (real runs) files deleted.
+        let deleted_now = walk.counters.files_deleted.load(Ordering::Relaxed) > 0;
+        let progressed =
+            (!params.dry_run && deleted_now) || earlier.as_ref().is_none_or(|e| e.done != done);
+        let stalled_turns = match (&earlier, progressed) {
+            (_, true) => 0,
+            (Some(e), false) => e.stalled_turns + 1,
+            (None, false) => 1,
+        };
+        if stalled_turns >= MAX_STALLED_TURNS {
+            return Err(ExecError::permanent(format!(
+                "the walk finished no directory in {stalled_turns} turns in a row: one \
+                 top-level directory takes longer than TURN_BUDGET to walk; raise TURN_BUDGET"
+            )));
+        }
+        let progress = TempFilesProgress {
+            result,
+            done,
+            stalled_turns,
+        };
+        Ok(Execution::Interrupted {
+            progress: serde_json::to_value(progress).expect("progress serializes"),
+        })
     }
 }
 
@@ -237,6 +309,10 @@ struct Walk {
     errors: Mutex<Vec<FileError>>,
     /// Set when `stop` made the walk pass over entries: the task is not complete.
     interrupted: AtomicBool,
+    /// What earlier turns finished (skipped now).
+    resume: BTreeMap<String, RootProgress>,
+    /// What is finished, earlier turns included.
+    done: Mutex<BTreeMap<String, RootProgress>>,
 }
 
 /// Where the walk is: which root, the directory's path relative to it, and its device.
@@ -253,6 +329,8 @@ struct Position<'a> {
 struct DirOutcome {
     remaining: u64,
     removed_any: bool,
+    /// Entries were passed over because the walk was told to stop.
+    incomplete: bool,
 }
 
 impl Walk {
@@ -261,6 +339,10 @@ impl Walk {
             .oldest_remaining
             .store(i64::MAX, Ordering::Relaxed);
         for root in roots {
+            let prior = self.resume.get(&root.name).cloned().unwrap_or_default();
+            if prior.complete {
+                continue;
+            }
             let fd = rustix::fs::open(
                 &root.path,
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -284,12 +366,42 @@ impl Walk {
                 dev: stat.st_dev,
                 depth: 0,
             };
-            self.walk_dir(&fd, &position);
+            let outcome = self.walk_top(&fd, &position, &prior);
+            if !outcome.incomplete {
+                self.mark(&root.name, |p| p.complete = true);
+            }
         }
         Ok(())
     }
 
+    /// An entry passed over because the walk was told to stop.
+    fn stopped(&self, outcome: &mut DirOutcome) {
+        self.interrupted.store(true, Ordering::Relaxed);
+        outcome.incomplete = true;
+        outcome.remaining += 1;
+    }
+
+    fn mark(&self, root: &str, change: impl FnOnce(&mut RootProgress)) {
+        let mut done = self.done.lock().expect("done lock");
+        change(done.entry(root.to_owned()).or_default());
+    }
+
+    /// A root's own directory: like any other, but it records which parts are finished
+    /// and skips what earlier turns finished.
+    fn walk_top(&self, dir: &OwnedFd, at: &Position<'_>, prior: &RootProgress) -> DirOutcome {
+        self.walk_entries(dir, at, Some(prior))
+    }
+
     fn walk_dir(&self, dir: &OwnedFd, at: &Position<'_>) -> DirOutcome {
+        self.walk_entries(dir, at, None)
+    }
+
+    fn walk_entries(
+        &self,
+        dir: &OwnedFd,
+        at: &Position<'_>,
+        top: Option<&RootProgress>,
+    ) -> DirOutcome {
         let mut outcome = DirOutcome::default();
         let entries = match read_entries(dir) {
             Ok(entries) => entries,
@@ -302,9 +414,17 @@ impl Walk {
         let mut subdirs = Vec::new();
         for name in entries {
             let rel = at.rel.join(OsStr::from_bytes(name.as_bytes()));
-            if self.stop.load(Ordering::Relaxed) {
-                self.interrupted.store(true, Ordering::Relaxed);
-                outcome.remaining += 1;
+            if let Some(prior) = top {
+                if prior.subdirs_done.contains(&encode_name(&name)) {
+                    outcome.remaining += 1;
+                    continue;
+                }
+            }
+            // A real run may stop at any entry: what it deleted is gone and counted. A dry
+            // run stops only between the root's top-level parts, so that a part is counted
+            // whole or not at all (a later turn counts it again from the start).
+            if !self.dry_run && self.stop.load(Ordering::Relaxed) {
+                self.stopped(&mut outcome);
                 continue;
             }
             let stat = match rustix::fs::statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
@@ -326,6 +446,12 @@ impl Walk {
                     outcome.remaining += 1;
                 }
                 FileType::Directory => subdirs.push((name, stat, rel)),
+                FileType::RegularFile | FileType::Symlink
+                    if top.is_some_and(|prior| prior.files_done) =>
+                {
+                    // Judged by an earlier turn.
+                    outcome.remaining += 1;
+                }
                 FileType::RegularFile | FileType::Symlink => {
                     if self.judge_file(dir, &name, &stat, at.root, &rel) {
                         outcome.removed_any = true;
@@ -339,13 +465,30 @@ impl Walk {
                 }
             }
         }
+        if top.is_some() && !outcome.incomplete {
+            self.mark(at.root, |p| p.files_done = true);
+        }
         let children: Vec<DirOutcome> = subdirs
             .into_par_iter()
-            .map(|(name, stat, rel)| self.visit_subdir(dir, &name, &stat, at, rel))
+            .map(|(name, stat, rel)| {
+                if top.is_some() && self.stop.load(Ordering::Relaxed) {
+                    let mut skipped = DirOutcome::default();
+                    self.stopped(&mut skipped);
+                    return skipped;
+                }
+                let child = self.visit_subdir(dir, &name, &stat, at, rel);
+                if top.is_some() && !child.incomplete {
+                    self.mark(at.root, |p| {
+                        p.subdirs_done.insert(encode_name(&name));
+                    });
+                }
+                child
+            })
             .collect();
         for child in children {
             outcome.remaining += child.remaining;
             outcome.removed_any |= child.removed_any;
+            outcome.incomplete |= child.incomplete;
         }
         outcome
     }
@@ -369,6 +512,7 @@ impl Walk {
             return DirOutcome {
                 remaining: 1,
                 removed_any: false,
+                incomplete: false,
             };
         }
         let fd = match rustix::fs::openat(
@@ -389,6 +533,7 @@ impl Walk {
                 return DirOutcome {
                     remaining: 1,
                     removed_any: false,
+                    incomplete: false,
                 };
             }
             Err(Errno::NOENT) => {
@@ -400,6 +545,7 @@ impl Walk {
                 return DirOutcome {
                     remaining: 1,
                     removed_any: false,
+                    incomplete: false,
                 };
             }
         };
@@ -415,6 +561,7 @@ impl Walk {
                 return DirOutcome {
                     remaining: 1,
                     removed_any: false,
+                    incomplete: false,
                 };
             }
         }
@@ -426,12 +573,13 @@ impl Walk {
         };
         let inner = self.walk_dir(&fd, &position);
         drop(fd);
-        let empty = inner.remaining == 0 && !self.stop.load(Ordering::Relaxed);
+        let empty = inner.remaining == 0 && !inner.incomplete;
         let left_by_us = inner.removed_any || self.is_old(seen);
         if !(self.remove_empty_dirs && empty && left_by_us) {
             return DirOutcome {
                 remaining: 1,
                 removed_any: inner.removed_any,
+                incomplete: inner.incomplete,
             };
         }
         self.counters.dirs_matched.fetch_add(1, Ordering::Relaxed);
@@ -439,6 +587,7 @@ impl Walk {
             return DirOutcome {
                 remaining: 0,
                 removed_any: true,
+                incomplete: false,
             };
         }
         match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
@@ -447,12 +596,14 @@ impl Walk {
                 DirOutcome {
                     remaining: 0,
                     removed_any: true,
+                    incomplete: false,
                 }
             }
             // Something appeared in it meanwhile: leave it.
             Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => DirOutcome {
                 remaining: 1,
                 removed_any: true,
+                incomplete: false,
             },
             Err(e) => {
                 self.record(
@@ -463,6 +614,7 @@ impl Walk {
                 DirOutcome {
                     remaining: 1,
                     removed_any: true,
+                    incomplete: false,
                 }
             }
         }
@@ -600,6 +752,8 @@ mod tests {
             counters: Counters::default(),
             errors: Mutex::new(Vec::new()),
             interrupted: AtomicBool::new(false),
+            resume: BTreeMap::new(),
+            done: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -734,6 +888,124 @@ mod tests {
         let result = walk.result(&[root]);
         assert_eq!(result.files_deleted, 1);
         assert_eq!(result.skipped, 1, "the mount point is skipped");
+    }
+
+    fn envelope(
+        params: &CleanupTempFilesParams,
+        progress: Option<serde_json::Value>,
+    ) -> TaskEnvelope {
+        let mut envelope = TaskEnvelope::new(
+            uuid::Uuid::now_v7(),
+            shared::tasks::TaskSpec::CleanupTempFiles(params.clone()),
+            1,
+            Utc::now(),
+        );
+        envelope.progress = progress;
+        envelope
+    }
+
+    fn params(max_files: Option<u64>) -> CleanupTempFilesParams {
+        CleanupTempFilesParams {
+            max_age_hours: 1.0,
+            dry_run: false,
+            root: None,
+            patterns: None,
+            max_files,
+            remove_empty_dirs: false,
+            max_attempts: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_continuation_skips_what_earlier_turns_finished_and_adds_their_counts() {
+        let scratch = tempfile::tempdir().unwrap();
+        for d in 0..3 {
+            for f in 0..4 {
+                old_file(&scratch.path().join(format!("d{d}/f{f}")));
+            }
+        }
+        old_file(&scratch.path().join("top.tmp"));
+        let root = TempRoot {
+            name: "s".into(),
+            path: scratch.path().to_path_buf(),
+        };
+        let executor = TempFilesExecutor::new(BTreeMap::from([("s".into(), root)]), 2).unwrap();
+        // An earlier turn finished d0 (deleting 4 files there, which this test keeps so
+        // that skipping shows) and the top-level files.
+        let progress = TempFilesProgress {
+            result: TempFilesResult {
+                files_matched: 5,
+                files_deleted: 5,
+                bytes_matched: 20,
+                bytes_freed: 20,
+                turns: 1,
+                ..Default::default()
+            },
+            done: BTreeMap::from([(
+                "s".into(),
+                RootProgress {
+                    complete: false,
+                    files_done: true,
+                    subdirs_done: BTreeSet::from(["d0".into()]),
+                },
+            )]),
+            stalled_turns: 0,
+        };
+        let p = params(None);
+        let env = envelope(&p, Some(serde_json::to_value(&progress).unwrap()));
+        let Execution::Done(result) = executor
+            .execute(&env, &p, &CancellationToken::new())
+            .await
+            .unwrap()
+        else {
+            panic!("not interrupted")
+        };
+        assert_eq!(result["files_deleted"], 5 + 8, "{result}");
+        assert_eq!(result["turns"], 2);
+        assert!(
+            scratch.path().join("d0/f0").exists(),
+            "d0 was finished earlier"
+        );
+        assert!(
+            scratch.path().join("top.tmp").exists(),
+            "top-level files were finished earlier"
+        );
+        assert!(!scratch.path().join("d1/f0").exists());
+    }
+
+    #[tokio::test]
+    async fn max_files_counts_over_every_turn() {
+        let scratch = tempfile::tempdir().unwrap();
+        for f in 0..6 {
+            old_file(&scratch.path().join(format!("d/f{f}")));
+        }
+        let root = TempRoot {
+            name: "s".into(),
+            path: scratch.path().to_path_buf(),
+        };
+        let executor = TempFilesExecutor::new(BTreeMap::from([("s".into(), root)]), 2).unwrap();
+        let progress = TempFilesProgress {
+            result: TempFilesResult {
+                files_matched: 3,
+                files_deleted: 3,
+                turns: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = params(Some(4));
+        let env = envelope(&p, Some(serde_json::to_value(&progress).unwrap()));
+        let Execution::Done(result) = executor
+            .execute(&env, &p, &CancellationToken::new())
+            .await
+            .unwrap()
+        else {
+            panic!("not interrupted")
+        };
+        assert_eq!(result["files_deleted"], 4, "{result}");
+        assert_eq!(result["capped"], true);
+        let left = std::fs::read_dir(scratch.path().join("d")).unwrap().count();
+        assert_eq!(left, 5, "only one more file in this turn");
     }
 
     #[test]

@@ -233,3 +233,61 @@ async fn a_scheduled_retry_survives_a_restart_of_every_process() {
     worker.stop().await;
     app.stop().await;
 }
+
+/// A walk longer than its turn budget resumes where it stopped: dry and real runs count
+/// every file once over several turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temp_walk_longer_than_its_turn_budget_resumes_and_counts_every_file_once() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(48 * 3600);
+    for d in 0..60 {
+        let dir = scratch.path().join(format!("d{d:02}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..150 {
+            let path = dir.join(format!("f{f}"));
+            std::fs::write(&path, b"xy").unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+    }
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let worker = TestWorker::spawn(
+        &broker,
+        &[
+            format!("--temp-roots=s={}", scratch.path().display()),
+            "--turn-budget=8ms".into(),
+            "--temp-walk-threads=1".into(),
+        ],
+    )
+    .await;
+    for dry_run in [true, false] {
+        let id = enqueue(
+            &app,
+            "/maintenance/cleanup-temp-files",
+            json!({"max_age_hours": 24, "dry_run": dry_run}),
+        )
+        .await;
+        let task = wait_for(&app, &id, DONE, Duration::from_secs(120)).await;
+        assert_eq!(task["status"], "succeeded", "{task}");
+        let result = &task["result"];
+        eprintln!("dry_run={dry_run}: {} turns", result["turns"]);
+        assert!(result["turns"].as_u64().unwrap() > 1, "{result}");
+        assert_eq!(result["files_matched"], 9000, "{result}");
+        assert_eq!(result["bytes_matched"], 18000);
+        let expected = if dry_run { 0 } else { 9000 };
+        assert_eq!(result["files_deleted"], expected);
+    }
+    let left: usize = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|d| std::fs::read_dir(d.unwrap().path()).unwrap().count())
+        .sum();
+    assert_eq!(left, 0);
+    worker.stop().await;
+    app.stop().await;
+}
