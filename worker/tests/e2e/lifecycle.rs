@@ -82,7 +82,7 @@ async fn transient_failures_are_retried_with_growing_delays_then_succeed_or_fail
             let next: chrono::DateTime<chrono::Utc> =
                 task["next_attempt_at"].as_str().unwrap().parse().unwrap();
             let failed_at: chrono::DateTime<chrono::Utc> =
-                task["updated_at"].as_str().unwrap().parse().unwrap();
+                task["error"]["at"].as_str().unwrap().parse().unwrap();
             delays.push((next - failed_at).num_milliseconds());
             assert_eq!(task["error"]["class"], "transient", "{task}");
             if attempts == 2 {
