@@ -160,7 +160,7 @@ impl Recorder {
     /// Apply a batch (retrying while the ledger is unavailable), then ack it.
     /// Returns false if shutdown came first (nothing acked: RabbitMQ redelivers).
     async fn settle(&self, batch: Vec<(Delivery, bool)>, shutdown: &CancellationToken) -> bool {
-        let items: Vec<Item> = batch
+        let mut items: Vec<Item> = batch
             .iter()
             .map(|(delivery, dead)| self.classify(delivery, *dead))
             .collect();
@@ -172,6 +172,22 @@ impl Recorder {
         loop {
             match apply_batch(&self.pool, &items).await {
                 Ok(()) => break,
+                // One item the ledger refuses must not hold back the others: apply them one
+                // by one and reject the refused ones to the dead-letter queue.
+                Err(error) if !is_transient(&error) => {
+                    tracing::error!(%error, "the ledger refused a batch of events; applying them one by one");
+                    match self.isolate(&mut items).await {
+                        Ok(()) => break,
+                        Err(error) => {
+                            failures += 1;
+                            tracing::warn!(%error, failures, "cannot apply events to the ledger; retrying");
+                        }
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(policy.delay_after(failures.max(1))) => {}
+                    }
+                }
                 Err(error) => {
                     failures += 1;
                     tracing::warn!(%error, failures, "cannot apply events to the ledger; retrying");
@@ -206,6 +222,21 @@ impl Recorder {
             }
         }
         true
+    }
+
+    /// Apply each item alone; an item the ledger refuses becomes a rejection. Stops at the
+    /// first transient error (the caller retries; applied items are idempotent).
+    async fn isolate(&self, items: &mut [Item]) -> Result<(), sqlx::Error> {
+        for item in items.iter_mut() {
+            match apply_batch(&self.pool, std::slice::from_ref(item)).await {
+                Ok(()) => {}
+                Err(error) if !is_transient(&error) => {
+                    *item = Item::Reject(format!("the ledger refused this event: {error}"));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     fn classify(&self, delivery: &Delivery, dead_lettered: bool) -> Item {
@@ -244,6 +275,27 @@ impl Recorder {
             ),
         };
         Item::DeadLettered { task_id, reason }
+    }
+}
+
+/// Connection trouble, restarts, serialization failures and deadlocks pass; anything else
+/// (a value the ledger cannot store) will fail again.
+fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code.starts_with("40")
+                || code == "55P03"
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
     }
 }
 
@@ -304,10 +356,12 @@ async fn apply_batch(pool: &PgPool, items: &[Item]) -> Result<(), sqlx::Error> {
                     "INSERT INTO workers (id, host, version, kinds, status, started_at, last_seen_at, in_flight, processed, heartbeat_interval_ms)
                      VALUES ($1, $2, $3, $4, 'up', $5, $6, $7, $8, $9)
                      ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, version = EXCLUDED.version,
-                         kinds = EXCLUDED.kinds, status = 'up', last_seen_at = EXCLUDED.last_seen_at,
+                         kinds = EXCLUDED.kinds, status = 'up', started_at = EXCLUDED.started_at,
+                         last_seen_at = EXCLUDED.last_seen_at,
                          in_flight = EXCLUDED.in_flight, processed = EXCLUDED.processed,
                          heartbeat_interval_ms = EXCLUDED.heartbeat_interval_ms
-                     WHERE workers.status <> 'stopped' AND workers.last_seen_at < EXCLUDED.last_seen_at",
+                     WHERE workers.last_seen_at < EXCLUDED.last_seen_at
+                       AND (workers.status <> 'stopped' OR workers.started_at < EXCLUDED.started_at)",
                 )
                 .bind(&e.worker_id)
                 .bind(&e.host)

@@ -258,13 +258,18 @@ impl Relay {
         let mut published_tasks = Vec::new();
         let mut refused_ids = Vec::new();
         let mut refused_error = None;
+        let mut broker_error = None;
         for ((id, task_id, _, _), outcome) in rows.iter().zip(outcomes) {
             match outcome {
                 Ok(()) => {
                     published_ids.push(*id);
                     published_tasks.push(*task_id);
                 }
-                Err(PublishError::Amqp(error)) => return Err(error.into()),
+                // Unconfirmed: the row stays and is published again after reconnecting.
+                // The confirmed ones are still recorded below, so they are not repeated.
+                Err(PublishError::Amqp(error)) => {
+                    broker_error.get_or_insert(error);
+                }
                 Err(refused) => {
                     tracing::error!(%task_id, error = %refused, "broker refused a task message; will retry");
                     refused_ids.push(*id);

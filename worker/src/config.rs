@@ -137,13 +137,28 @@ impl Config {
             if path.parent().is_none() {
                 anyhow::bail!("TEMP_ROOTS: `{name}` may not be the filesystem root");
             }
+            if roots.contains_key(name) {
+                anyhow::bail!("TEMP_ROOTS names `{name}` twice");
+            }
+            // Resolve symlinks in the configured path once, at start-up; the walk then
+            // opens the root itself without following a symlink.
+            let path = std::fs::canonicalize(&path).unwrap_or(path);
+            if let Some(other) = roots
+                .values()
+                .find(|r: &&TempRoot| r.path.starts_with(&path) || path.starts_with(&r.path))
+            {
+                anyhow::bail!(
+                    "TEMP_ROOTS: `{name}` ({}) and `{}` ({}) overlap; roots must be disjoint",
+                    path.display(),
+                    other.name,
+                    other.path.display()
+                );
+            }
             let root = TempRoot {
                 name: name.to_owned(),
                 path,
             };
-            if roots.insert(name.to_owned(), root).is_some() {
-                anyhow::bail!("TEMP_ROOTS names `{name}` twice");
-            }
+            roots.insert(name.to_owned(), root);
         }
         Ok(roots)
     }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use chrono::Utc;
 use shared::tasks::{TaskKind, ValidationRules};
-use sqlx::postgres::PgPoolOptions;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -39,20 +41,26 @@ impl Application {
             &config.runs_database_url,
             kinds.contains(&TaskKind::CleanupRuns),
         ) {
-            (Some(url), true) => Some(
-                PgPoolOptions::new()
-                    .max_connections(config.runs_database_max_connections)
-                    .acquire_timeout(config.runs_database_acquire_timeout)
-                    // Connect on first use: the worker starts (and reports not ready)
-                    // while the runs database is down.
-                    .connect_lazy(url)
+            (Some(url), true) => {
+                let options = PgConnectOptions::from_str(url)
                     .with_context(|| {
                         format!(
                             "invalid RUNS_DATABASE_URL {}",
                             shared::config::redact_url(url)
                         )
-                    })?,
-            ),
+                    })?
+                    // A `timestamp without time zone` column is then compared with the
+                    // cutoff in UTC, whatever the server's default zone.
+                    .options([("timezone", "UTC")]);
+                Some(
+                    PgPoolOptions::new()
+                        .max_connections(config.runs_database_max_connections)
+                        .acquire_timeout(config.runs_database_acquire_timeout)
+                        // Connect on first use: the worker starts (and reports not ready)
+                        // while the runs database is down.
+                        .connect_lazy_with(options),
+                )
+            }
             _ => None,
         };
         let temp_files = if kinds.contains(&TaskKind::CleanupTempFiles) {

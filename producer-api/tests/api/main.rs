@@ -6,5 +6,6 @@ mod enqueue;
 mod helpers;
 mod idempotency;
 mod outages;
+mod recorder;
 mod relay;
 mod validation;

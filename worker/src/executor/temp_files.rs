@@ -343,9 +343,11 @@ impl Walk {
             if prior.complete {
                 continue;
             }
+            // The configured path was resolved at start-up: a symlink here now means the
+            // root was swapped, and it is not followed.
             let fd = rustix::fs::open(
                 &root.path,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
             .map_err(|e| {

@@ -25,6 +25,14 @@ fn a_worker_with_nothing_to_do_refuses_to_start() {
         .unwrap_err()
         .to_string()
         .contains("must be absolute"));
+    let config =
+        worker::Config::try_parse_from(["worker", "--temp-roots=a=/srv/tmp,b=/srv/tmp/inner"])
+            .unwrap();
+    assert!(config
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("overlap"));
     let config = worker::Config::try_parse_from(["worker", "--temp-roots=a=/x,a=/y"]).unwrap();
     assert!(config.validate().unwrap_err().to_string().contains("twice"));
     let config = worker::Config::try_parse_from([

@@ -1,0 +1,191 @@
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::Value;
+use shared::amqp::{self, OutgoingMessage};
+use shared::events::{ErrorClass, Event, TaskError, TaskFailed, TaskStarted, TaskSucceeded};
+use shared::tasks::TaskKind;
+
+use crate::helpers::*;
+
+async fn publish(broker: &TestBroker, event: &Event) {
+    let channel = amqp::confirm_channel(&broker_connection().await)
+        .await
+        .unwrap();
+    let exchange = broker.topology.events_exchange();
+    amqp::publish(
+        &channel,
+        &OutgoingMessage {
+            exchange: &exchange,
+            routing_key: event.routing_key(),
+            message_type: event.routing_key(),
+            message_id: uuid::Uuid::now_v7().to_string(),
+            body: event.to_json(),
+        },
+    )
+    .await
+    .unwrap();
+}
+
+async fn broker_connection() -> lapin::Connection {
+    lapin::Connection::connect(&amqp_base(), lapin::ConnectionProperties::default())
+        .await
+        .unwrap()
+}
+
+fn started(task_id: &str, worker_id: &str, attempt: u32) -> Event {
+    Event::TaskStarted(TaskStarted {
+        task_id: task_id.parse().unwrap(),
+        kind: TaskKind::CleanupRuns,
+        attempt,
+        worker_id: worker_id.into(),
+        at: Utc::now(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_ledger_refuses_is_dead_lettered_and_does_not_block_the_others() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            relay_enabled: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            app.post("/maintenance/cleanup-runs", runs_body())
+                .await
+                .status(),
+            202
+        );
+    }
+    let page: Value = app.get("/tasks").await.json().await.unwrap();
+    let items = page["items"].as_array().unwrap();
+    let (a, b) = (
+        items[0]["task_id"].as_str().unwrap(),
+        items[1]["task_id"].as_str().unwrap(),
+    );
+
+    // PostgreSQL text cannot hold a NUL character: this event can never be stored.
+    publish(&broker, &started(a, "bad\u{0}worker", 1)).await;
+    publish(&broker, &started(b, "good-worker", 1)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the good event is applied",
+        || async {
+            let task: Value = app.get(&format!("/tasks/{b}")).await.json().await.unwrap();
+            task["status"] == "running"
+        },
+    )
+    .await;
+    let dead = broker.topology.dead_queue();
+    eventually(
+        Duration::from_secs(10),
+        "the refused event rests in the dead queue",
+        || async { broker.queue_len_named(&dead).await == 1 },
+    )
+    .await;
+    let task: Value = app.get(&format!("/tasks/{a}")).await.json().await.unwrap();
+    assert_eq!(task["status"], "queued");
+
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_and_duplicate_events_never_move_a_task_backwards() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            relay_enabled: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let body: Value = app
+        .post("/maintenance/cleanup-runs", runs_body())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = body["task_id"].as_str().unwrap().to_owned();
+    let task_id = id.parse().unwrap();
+    let failed = |attempt: u32| {
+        Event::TaskFailed(TaskFailed {
+            task_id,
+            kind: TaskKind::CleanupRuns,
+            attempt,
+            worker_id: "w".into(),
+            at: Utc::now(),
+            error: TaskError {
+                class: ErrorClass::Transient,
+                message: "late".into(),
+            },
+            retryable: true,
+            next_attempt_at: Some(Utc::now()),
+        })
+    };
+    let succeeded = Event::TaskSucceeded(TaskSucceeded {
+        task_id,
+        kind: TaskKind::CleanupRuns,
+        attempt: 2,
+        worker_id: "w".into(),
+        at: Utc::now(),
+        result: serde_json::json!({"runs_deleted": 7}),
+    });
+    let status = |app: &TestApp| {
+        let path = format!("/tasks/{id}");
+        let client = app.client.clone();
+        let url = format!("{}{path}", app.address);
+        async move {
+            let task: Value = client
+                .get(url)
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (
+                task["status"].as_str().unwrap().to_owned(),
+                task["attempts"].as_u64().unwrap(),
+            )
+        }
+    };
+
+    // Attempt 2 succeeds; then attempt 1's events arrive late, and attempt 2's again.
+    publish(&broker, &started(&id, "w", 2)).await;
+    publish(&broker, &succeeded).await;
+    eventually(Duration::from_secs(10), "succeeded", || async {
+        status(&app).await == ("succeeded".into(), 2)
+    })
+    .await;
+    for late in [
+        started(&id, "w", 1),
+        failed(1),
+        started(&id, "w", 2),
+        failed(2),
+        succeeded.clone(),
+    ] {
+        publish(&broker, &late).await;
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(status(&app).await, ("succeeded".into(), 2));
+    let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+    assert_eq!(task["result"]["runs_deleted"], 7);
+    assert!(task["error"].is_null());
+    assert_eq!(
+        app.outbox_len().await,
+        1,
+        "no retry was scheduled by a late failure"
+    );
+    app.stop().await;
+}
