@@ -1,12 +1,53 @@
 use std::collections::BTreeSet;
+use std::process::Stdio;
 use std::time::Duration;
 
 use shared::tasks::TaskKind;
+use tokio::process::{Child, Command};
 
 use crate::helpers::*;
 
+/// A real `producer-api` process that only relays (no recorder), on a port of its own.
+fn relay_process(db: &TestDb, broker: &TestBroker) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_producer-api"))
+        .env("DATABASE_URL", db.url())
+        .env("API_TOKENS", TOKEN)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("AMQP_URL", amqp_base())
+        .env("AMQP_PREFIX", broker.prefix())
+        .env("RELAY_ENABLED", "true")
+        .env("RELAY_BATCH_SIZE", "10")
+        .env("RECORDER_ENABLED", "false")
+        .env("LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("producer-api binary runs");
+    (child, port)
+}
+
+async fn published(port: u16) -> u64 {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    body.lines()
+        .find(|l| l.starts_with("cleanup_outbox_published_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays_at_once_publish_each_task_exactly_once() {
+async fn two_relay_processes_at_once_publish_each_task_exactly_once() {
     const TASKS: usize = 600;
     let db = TestDb::create().await;
     let broker = TestBroker::create().await;
@@ -32,16 +73,10 @@ async fn two_relays_at_once_publish_each_task_exactly_once() {
     }
     assert_eq!(writer.outbox_len().await, TASKS as i64);
 
-    // Two relaying replicas race over the same backlog in small batches.
-    let options = AppOptions {
-        relay_batch_size: 10,
-        ..Default::default()
-    };
-    let (a, b) = tokio::join!(
-        TestApp::spawn(&db, &broker, options.clone()),
-        TestApp::spawn(&db, &broker, options)
-    );
-    a.wait_outbox_empty(Duration::from_secs(60)).await;
+    // Two producer-api processes race over the same backlog in batches of 10.
+    let (mut a, port_a) = relay_process(&db, &broker);
+    let (mut b, port_b) = relay_process(&db, &broker);
+    writer.wait_outbox_empty(Duration::from_secs(60)).await;
 
     let messages = broker.drain(TaskKind::CleanupRuns).await;
     let ids: Vec<String> = messages
@@ -58,36 +93,10 @@ async fn two_relays_at_once_publish_each_task_exactly_once() {
     let unique: BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!(ids.len(), TASKS, "no duplicates, nothing missing");
     assert_eq!(unique, accepted);
-
-    let published = |body: &str| -> u64 {
-        body.lines()
-            .find(|l| l.starts_with("cleanup_outbox_published_total "))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let metrics_a = a
-        .client
-        .get(format!("{}/metrics", a.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metrics_b = b
-        .client
-        .get(format!("{}/metrics", b.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let (from_a, from_b) = (published(&metrics_a), published(&metrics_b));
-    eprintln!("relay A published {from_a}, relay B published {from_b}");
+    let (from_a, from_b) = (published(port_a).await, published(port_b).await);
+    eprintln!("relay process A published {from_a}, B published {from_b}");
     assert_eq!(from_a + from_b, TASKS as u64);
+    a.kill().await.unwrap();
+    b.kill().await.unwrap();
     writer.stop().await;
-    a.stop().await;
-    b.stop().await;
 }
