@@ -47,6 +47,8 @@ enum Item {
     /// A task message dead-lettered by RabbitMQ: its id and a readable reason.
     DeadLettered {
         task_id: Uuid,
+        /// The attempt the message carried, when its body is readable.
+        attempt: Option<u32>,
         reason: String,
     },
     /// Nothing for the ledger (an unreadable event, or a dead-lettered event).
@@ -274,7 +276,15 @@ impl Recorder {
                 "dead-lettered by RabbitMQ ({other}); the message is kept in `{dead_queue}`"
             ),
         };
-        Item::DeadLettered { task_id, reason }
+        // A stale copy of an earlier attempt must not kill a later one.
+        let attempt = TaskEnvelope::from_json(&delivery.data)
+            .ok()
+            .map(|e| e.attempt);
+        Item::DeadLettered {
+            task_id,
+            attempt,
+            reason,
+        }
     }
 }
 
@@ -347,9 +357,11 @@ async fn apply_batch(pool: &PgPool, items: &[Item]) -> Result<(), sqlx::Error> {
             Item::Event(Event::TaskSucceeded(e)) => succeeded(&mut tx, e).await?,
             Item::Event(Event::TaskFailed(e)) => failed(&mut tx, e).await?,
             Item::Event(Event::TaskDead(e)) => dead(&mut tx, e).await?,
-            Item::DeadLettered { task_id, reason } => {
-                dead_lettered(&mut tx, *task_id, reason).await?
-            }
+            Item::DeadLettered {
+                task_id,
+                attempt,
+                reason,
+            } => dead_lettered(&mut tx, *task_id, *attempt, reason).await?,
             Item::Event(Event::WorkerHeartbeat(e)) => {
                 let kinds: Vec<&str> = e.kinds.iter().map(|k| k.as_str()).collect();
                 sqlx::query(
@@ -536,15 +548,17 @@ async fn dead(tx: &mut Transaction<'_, Postgres>, e: &TaskDead) -> Result<(), sq
 async fn dead_lettered(
     tx: &mut Transaction<'_, Postgres>,
     task_id: Uuid,
+    attempt: Option<u32>,
     reason: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "UPDATE cleanup_tasks SET status = 'dead', error = $2, finished_at = now(),
              next_attempt_at = NULL, updated_at = now()
-         WHERE id = $1 AND {NOT_FINISHED}"
+         WHERE id = $1 AND {NOT_FINISHED} AND ($3::int IS NULL OR attempts <= $3)"
     ))
     .bind(task_id)
     .bind(json!({"class": "permanent", "message": reason}))
+    .bind(attempt.map(|a| a as i32))
     .execute(&mut **tx)
     .await?;
     Ok(())
