@@ -512,7 +512,8 @@ async fn failed(tx: &mut Transaction<'_, Postgres>, e: &TaskFailed) -> Result<()
         max_attempts: max_attempts as u32,
         enqueued_at: created_at,
         cutoff,
-        progress: None,
+        // What earlier attempts did, so counts and caps span every attempt.
+        progress: e.progress.clone(),
     };
     sqlx::query(
         "INSERT INTO cleanup_outbox (task_id, attempt, kind, envelope, due_at) VALUES ($1, $2, $3, $4, $5)",

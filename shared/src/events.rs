@@ -59,6 +59,9 @@ pub struct TaskFailed {
     pub retryable: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Work done before the failure (executor-specific), carried into the next attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<serde_json::Value>,
 }
 
 /// A message that can never be processed: unparseable, unknown kind, or dead-lettered.
@@ -185,6 +188,7 @@ mod tests {
                 },
                 retryable: true,
                 next_attempt_at: Some(at),
+                progress: Some(serde_json::json!({"runs_deleted": 10})),
             }),
             Event::TaskDead(TaskDead {
                 task_id: None,

@@ -211,6 +211,7 @@ pub async fn handle_delivery(
                     error: error.to_task_error(),
                     retryable,
                     next_attempt_at,
+                    progress: error.progress.clone().filter(|_| retryable),
                 }),
             )
             .await?;

@@ -130,6 +130,7 @@ async fn late_and_duplicate_events_never_move_a_task_backwards() {
             },
             retryable: true,
             next_attempt_at: Some(Utc::now()),
+            progress: None,
         })
     };
     let succeeded = Event::TaskSucceeded(TaskSucceeded {
@@ -187,5 +188,64 @@ async fn late_and_duplicate_events_never_move_a_task_backwards() {
         1,
         "no retry was scheduled by a late failure"
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_carries_the_progress_of_the_failed_attempt() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            relay_enabled: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let body: Value = app
+        .post(
+            "/maintenance/cleanup-runs",
+            serde_json::json!({"max_age_hours": 48, "max_rows": 100}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = body["task_id"].as_str().unwrap().to_owned();
+    let progress = serde_json::json!({"runs_deleted": 40, "batches": 4});
+    publish(&broker, &started(&id, "w", 1)).await;
+    publish(
+        &broker,
+        &Event::TaskFailed(TaskFailed {
+            task_id: id.parse().unwrap(),
+            kind: TaskKind::CleanupRuns,
+            attempt: 1,
+            worker_id: "w".into(),
+            at: Utc::now(),
+            error: TaskError {
+                class: ErrorClass::Transient,
+                message: "connection reset".into(),
+            },
+            retryable: true,
+            next_attempt_at: Some(Utc::now()),
+            progress: Some(progress.clone()),
+        }),
+    )
+    .await;
+    eventually(Duration::from_secs(10), "a retry is scheduled", || async {
+        app.outbox_len().await == 2
+    })
+    .await;
+    let envelope: Value =
+        sqlx::query_scalar("SELECT envelope FROM cleanup_outbox WHERE attempt = 2")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(envelope["attempt"], 2);
+    assert_eq!(envelope["progress"], progress);
+    let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+    assert_eq!(task["status"], "retrying");
     app.stop().await;
 }

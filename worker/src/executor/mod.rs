@@ -18,6 +18,9 @@ pub mod temp_files;
 pub struct ExecError {
     pub class: ErrorClass,
     pub message: String,
+    /// Work the attempt completed before failing, handed to the next attempt so that the
+    /// task's counts and caps span every attempt.
+    pub progress: Option<serde_json::Value>,
 }
 
 impl ExecError {
@@ -25,6 +28,7 @@ impl ExecError {
         Self {
             class: ErrorClass::Permanent,
             message: message.into(),
+            progress: None,
         }
     }
 
@@ -32,7 +36,14 @@ impl ExecError {
         Self {
             class: ErrorClass::Transient,
             message: message.into(),
+            progress: None,
         }
+    }
+
+    /// Attach the progress made before the failure.
+    pub fn with_progress(mut self, progress: serde_json::Value) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     pub fn is_transient(&self) -> bool {
@@ -44,6 +55,7 @@ impl ExecError {
         Self {
             class: classify_sqlx(error),
             message: format!("{context}: {error}"),
+            progress: None,
         }
     }
 
@@ -51,6 +63,7 @@ impl ExecError {
         Self {
             class: classify_io(error),
             message: format!("{context}: {error}"),
+            progress: None,
         }
     }
 

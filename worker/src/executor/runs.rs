@@ -167,9 +167,18 @@ impl RunsExecutor {
             self.dry_run(&statuses, envelope.cutoff, params.max_rows, &mut result)
                 .await?;
         } else {
-            let finished = self
+            let deleted = self
                 .delete(&statuses, envelope.cutoff, params, &mut result, cancel)
-                .await?;
+                .await;
+            let finished = match deleted {
+                Ok(finished) => finished,
+                // Rows deleted before the failure are gone: the next attempt counts on.
+                Err(error) => {
+                    result.duration_ms += started.elapsed().as_millis() as u64;
+                    let progress = serde_json::to_value(&result).expect("progress serializes");
+                    return Err(error.with_progress(progress));
+                }
+            };
             result.runs_matched = result.runs_deleted;
             if !finished {
                 result.duration_ms += started.elapsed().as_millis() as u64;
