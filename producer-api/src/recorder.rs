@@ -30,6 +30,18 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 
+/// How long an ack may take before the channel is given up.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How settling a batch ended.
+enum Settled {
+    Done,
+    /// Shutdown came first; nothing was acked and RabbitMQ redelivers.
+    Shutdown,
+    /// The channel failed while acking; the session must be rebuilt.
+    ChannelLost,
+}
+
 /// Deliveries applied in one transaction at most.
 const MAX_BATCH: usize = 200;
 
@@ -77,7 +89,7 @@ impl Recorder {
             async move {
                 tracing::info!("recorder consuming events");
                 let lost = this.consume(&channel, shutdown).await;
-                let _ = connection.close(200, "recorder stopping".into()).await;
+                amqp::close(&connection, "recorder stopping").await;
                 if lost {
                     SessionEnd::Lost
                 } else {
@@ -108,7 +120,13 @@ impl Recorder {
             let consumer = match channel
                 .basic_consume(
                     queue.as_str().into(),
-                    "".into(),
+                    // An explicit tag: lapin re-registers it on recovery.
+                    format!(
+                        "recorder-{}-{}",
+                        std::process::id(),
+                        uuid::Uuid::new_v4().simple()
+                    )
+                    .into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
@@ -122,22 +140,35 @@ impl Recorder {
             };
             streams.push(consumer.map(move |d| (d, dead)).boxed());
         }
+        let mut watchdog = amqp::RecoveryWatchdog::default();
+        let mut watch = tokio::time::interval(Duration::from_secs(2));
+        let mut last_delivery = std::time::Instant::now();
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return false,
+                _ = watch.tick() => {
+                    if !watchdog.check(&[channel]) || self.stalled(channel, last_delivery).await {
+                        return true;
+                    }
+                    continue;
+                }
                 next = streams.next() => next,
             };
+            last_delivery = std::time::Instant::now();
             let mut batch = Vec::new();
             let mut next = first;
             loop {
                 match next {
                     Some((Ok(delivery), dead)) => batch.push((delivery, dead)),
+                    // A consumer is not trusted to lapin's recovery (it has been seen to
+                    // resume without deliveries after a broker restart): start afresh.
+                    // Unacked events are redelivered to the new consumer.
                     Some((Err(error), _)) => {
-                        if let Err(error) = channel.wait_for_recovery(error).await {
-                            tracing::warn!(%error, "recorder channel not recoverable");
-                            return true;
+                        tracing::warn!(%error, "recorder consumer failed; rebuilding the connection");
+                        if !batch.is_empty() {
+                            break;
                         }
-                        break;
+                        return true;
                     }
                     None => return true,
                 }
@@ -153,15 +184,45 @@ impl Recorder {
             if batch.is_empty() {
                 continue;
             }
-            if !self.settle(batch, shutdown).await {
-                return false;
+            match self.settle(batch, shutdown).await {
+                Settled::Done => {}
+                Settled::Shutdown => return false,
+                Settled::ChannelLost => return true,
             }
+        }
+    }
+
+    /// Events wait in the ledger queue but none has arrived for a while: the consumer did
+    /// not survive a recovery. (Checked with a passive declare on the same channel.)
+    async fn stalled(&self, channel: &Channel, last_delivery: std::time::Instant) -> bool {
+        if last_delivery.elapsed() < amqp::RECOVERY_GRACE {
+            return false;
+        }
+        let options = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let queue = self.topology.ledger_queue();
+        match channel
+            .queue_declare(queue.as_str().into(), options, FieldTable::default())
+            .await
+        {
+            Ok(queue) if queue.message_count() > 0 => {
+                tracing::warn!(
+                    waiting = queue.message_count(),
+                    "events wait but none arrives; rebuilding the recorder's connection"
+                );
+                true
+            }
+            Ok(_) => false,
+            Err(_) => true,
         }
     }
 
     /// Apply a batch (retrying while the ledger is unavailable), then ack it.
     /// Returns false if shutdown came first (nothing acked: RabbitMQ redelivers).
-    async fn settle(&self, batch: Vec<(Delivery, bool)>, shutdown: &CancellationToken) -> bool {
+    async fn settle(&self, batch: Vec<(Delivery, bool)>, shutdown: &CancellationToken) -> Settled {
+        let mut lost = false;
         let mut items: Vec<Item> = batch
             .iter()
             .map(|(delivery, dead)| self.classify(delivery, *dead))
@@ -186,7 +247,7 @@ impl Recorder {
                         }
                     }
                     tokio::select! {
-                        _ = shutdown.cancelled() => return false,
+                        _ = shutdown.cancelled() => return Settled::Shutdown,
                         _ = tokio::time::sleep(policy.delay_after(failures.max(1))) => {}
                     }
                 }
@@ -194,7 +255,7 @@ impl Recorder {
                     failures += 1;
                     tracing::warn!(%error, failures, "cannot apply events to the ledger; retrying");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return false,
+                        _ = shutdown.cancelled() => return Settled::Shutdown,
                         _ = tokio::time::sleep(policy.delay_after(failures)) => {}
                     }
                 }
@@ -202,15 +263,27 @@ impl Recorder {
         }
         let now = Utc::now();
         for ((delivery, _), item) in batch.iter().zip(&items) {
-            let settled = match item {
-                Item::Reject(reason) => {
-                    tracing::error!(%reason, "rejecting an unreadable event to the dead-letter queue");
-                    delivery.reject(BasicRejectOptions { requeue: false }).await
+            let settle = async {
+                match item {
+                    Item::Reject(reason) => {
+                        tracing::error!(%reason, "rejecting an unreadable event to the dead-letter queue");
+                        delivery.reject(BasicRejectOptions { requeue: false }).await
+                    }
+                    _ => delivery.ack(BasicAckOptions::default()).await,
                 }
-                _ => delivery.ack(BasicAckOptions::default()).await,
             };
-            if let Err(error) = settled {
-                tracing::warn!(%error, "ack failed; the event will be redelivered and ignored");
+            // An ack on a channel caught in a broker restart may never complete: give up on
+            // the channel (the events are applied; their redelivery is ignored).
+            match tokio::time::timeout(ACK_TIMEOUT, settle).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "ack failed; rebuilding the connection (the event will be redelivered and ignored)");
+                    lost = true;
+                }
+                Err(_) => {
+                    tracing::warn!("ack timed out; rebuilding the connection");
+                    return Settled::ChannelLost;
+                }
             }
             if let Item::Event(event) = item {
                 self.metrics
@@ -223,7 +296,11 @@ impl Recorder {
                 }
             }
         }
-        true
+        if lost {
+            Settled::ChannelLost
+        } else {
+            Settled::Done
+        }
     }
 
     /// Apply each item alone; an item the ledger refuses becomes a rejection. Stops at the

@@ -124,14 +124,8 @@ impl Relay {
                 let outcome = this.pump(&channel, shutdown).await;
                 this.metrics.amqp_connected.set(0);
                 this.health.set(None);
-                let _ = connection.close(200, "relay stopping".into()).await;
-                match outcome {
-                    Ok(()) => SessionEnd::Shutdown,
-                    Err(error) => {
-                        tracing::warn!(%error, "relay channel unusable");
-                        SessionEnd::Lost
-                    }
-                }
+                amqp::close(&connection, "relay stopping").await;
+                outcome
             }
         };
         amqp::supervise("relay", &shutdown, connect, session).await;
@@ -149,15 +143,15 @@ impl Relay {
 
     /// Relay until shutdown (`Ok`) or until the channel is unusable and auto-recovery
     /// could not restore it (`Err`).
-    async fn pump(
-        &self,
-        channel: &Channel,
-        shutdown: &CancellationToken,
-    ) -> Result<(), lapin::Error> {
+    async fn pump(&self, channel: &Channel, shutdown: &CancellationToken) -> SessionEnd {
         let mut listener = self.listen().await;
+        let mut watchdog = amqp::RecoveryWatchdog::default();
         loop {
             if shutdown.is_cancelled() {
-                return Ok(());
+                return SessionEnd::Shutdown;
+            }
+            if !watchdog.check(&[channel]) {
+                return SessionEnd::Lost;
             }
             match self.relay_batch(channel).await {
                 Ok(sent) if sent as u32 >= self.config.batch_size => continue,
@@ -165,8 +159,10 @@ impl Relay {
                 Err(RoundError::Broker(error)) => {
                     tracing::warn!(%error, "publish failed; waiting for the connection to recover");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        recovered = channel.wait_for_recovery(error) => recovered?,
+                        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                        recovered = amqp::recover(channel, error) => if !recovered {
+                            return SessionEnd::Lost;
+                        },
                     }
                     continue;
                 }

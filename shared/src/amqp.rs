@@ -53,6 +53,62 @@ pub async fn confirm_channel(connection: &Connection) -> lapin::Result<Channel> 
     Ok(channel)
 }
 
+/// How long lapin's auto-recovery may take before the supervisor gives up on it and
+/// rebuilds the connection itself (recovery has been seen to hang after a broker restart).
+pub const RECOVERY_GRACE: Duration = Duration::from_secs(20);
+
+/// Wait for lapin's auto-recovery after `error`, at most [`RECOVERY_GRACE`]. `false` means
+/// the session should be rebuilt from scratch.
+pub async fn recover(channel: &Channel, error: lapin::Error) -> bool {
+    match tokio::time::timeout(RECOVERY_GRACE, channel.wait_for_recovery(error)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "auto-recovery gave up");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(grace = ?RECOVERY_GRACE, "auto-recovery is taking too long");
+            false
+        }
+    }
+}
+
+/// Watches channels for a recovery that never completes: `check` returns `false` once
+/// any of them has not been connected for [`RECOVERY_GRACE`].
+#[derive(Debug, Default)]
+pub struct RecoveryWatchdog {
+    unhealthy_since: Option<std::time::Instant>,
+}
+
+impl RecoveryWatchdog {
+    pub fn check(&mut self, channels: &[&Channel]) -> bool {
+        if channels.iter().all(|c| c.status().connected()) {
+            self.unhealthy_since = None;
+            return true;
+        }
+        let since = *self
+            .unhealthy_since
+            .get_or_insert_with(std::time::Instant::now);
+        if since.elapsed() > RECOVERY_GRACE {
+            tracing::warn!(grace = ?RECOVERY_GRACE, "channels still not recovered; rebuilding the connection");
+            return false;
+        }
+        true
+    }
+}
+
+/// Close a connection, giving up after a few seconds: closing a connection caught in a
+/// broker restart may otherwise never return.
+pub async fn close(connection: &Connection, reason: &str) {
+    let closing = connection.close(200, reason.into());
+    if tokio::time::timeout(Duration::from_secs(3), closing)
+        .await
+        .is_err()
+    {
+        tracing::debug!("connection close timed out");
+    }
+}
+
 /// How a session on one connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {

@@ -59,10 +59,12 @@ pub async fn run(
                 return SessionEnd::Shutdown;
             }
             // Deliveries of the old channels are void: let in-flight work end first
-            // (its acks fail harmlessly; RabbitMQ redelivers those tasks).
+            // (its acks fail harmlessly; RabbitMQ redelivers those tasks), and close the
+            // old connection so that it does not recover consumers of its own.
             tasks.close();
             tasks.wait().await;
             tasks.reopen();
+            amqp::close(&session.connection, "rebuilding").await;
             SessionEnd::Lost
         }
     };
@@ -118,9 +120,8 @@ impl Session {
         // are void and will be redelivered.
         let session = shutdown.child_token();
         let _end_session = session.clone().drop_guard();
-        // Deliveries received before an auto-recovery are void after it: their tasks are
-        // stopped with this token, renewed at each recovery.
-        let mut generation = session.child_token();
+        let mut watchdog = amqp::RecoveryWatchdog::default();
+        let mut watch = tokio::time::interval(Duration::from_secs(2));
         let mut streams: SelectAll<_> = SelectAll::new();
         for (channel, consumer, kind) in &self.consumers {
             let channel = channel.clone();
@@ -145,32 +146,34 @@ impl Session {
                 _ = shutdown.cancelled() => return false,
                 permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
             };
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return false,
-                next = streams.next() => next,
-            };
-            let (delivery, kind, channel) = match next {
-                Some((Ok(delivery), kind, channel)) => (delivery, kind, channel),
-                Some((Err(error), _, channel)) => {
-                    tracing::warn!(%error, "consumer error; waiting for recovery");
-                    match channel.wait_for_recovery(error).await {
-                        Ok(()) => {
-                            generation.cancel();
-                            generation = session.child_token();
-                            continue;
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "recovery gave up");
+            let next = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return false,
+                    _ = watch.tick() => {
+                        let mut channels: Vec<&Channel> = self.consumers.iter().map(|(c, _, _)| c).collect();
+                        channels.push(&self.events);
+                        if !watchdog.check(&channels) {
                             return true;
                         }
                     }
+                    next = streams.next() => break next,
+                }
+            };
+            let (delivery, kind, channel) = match next {
+                Some((Ok(delivery), kind, channel)) => (delivery, kind, channel),
+                // A consumer is not trusted to lapin's recovery (it has been seen to resume
+                // without deliveries after a broker restart): rebuild the session. The
+                // broker redelivers every unacked task to the new consumers.
+                Some((Err(error), _, _)) => {
+                    tracing::warn!(%error, "consumer failed; rebuilding the connection");
+                    return true;
                 }
                 None => return true,
             };
             let ctx = ctx.clone();
             let events = self.events.clone();
             // On shutdown a task stops at its next batch boundary and continues elsewhere.
-            let cancel = generation.child_token();
+            let cancel = session.child_token();
             drop(channel);
             tasks.spawn(async move {
                 let _permit = permit;
@@ -243,7 +246,7 @@ impl Session {
         if let Err(error) = publish_event(ctx, &self.events, &event).await {
             tracing::warn!(%error, "worker.stopped not published");
         }
-        let _ = self.connection.close(200, "worker stopping".into()).await;
+        amqp::close(&self.connection, "worker stopping").await;
         tracing::info!("worker stopped consuming");
     }
 }

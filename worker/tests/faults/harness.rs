@@ -41,7 +41,7 @@ impl WorkerProcess {
             .env("LOG_LEVEL", "info")
             .env_remove("RUNS_DATABASE_URL")
             .env_remove("TEMP_ROOTS")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true);
         for (key, value) in env {
