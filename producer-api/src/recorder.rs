@@ -237,7 +237,7 @@ impl Recorder {
                 Ok(()) => break,
                 // One item the ledger refuses must not hold back the others: apply them one
                 // by one and reject the refused ones to the dead-letter queue.
-                Err(error) if !is_transient(&error) => {
+                Err(error) if !shared::db::is_transient(&error) => {
                     tracing::error!(%error, "the ledger refused a batch of events; applying them one by one");
                     match self.isolate(&mut items).await {
                         Ok(()) => break,
@@ -309,7 +309,7 @@ impl Recorder {
         for item in items.iter_mut() {
             match apply_batch(&self.pool, std::slice::from_ref(item)).await {
                 Ok(()) => {}
-                Err(error) if !is_transient(&error) => {
+                Err(error) if !shared::db::is_transient(&error) => {
                     *item = Item::Reject(format!("the ledger refused this event: {error}"));
                 }
                 Err(error) => return Err(error),
@@ -362,27 +362,6 @@ impl Recorder {
             attempt,
             reason,
         }
-    }
-}
-
-/// Connection trouble, restarts, serialization failures and deadlocks pass; anything else
-/// (a value the ledger cannot store) will fail again.
-fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08")
-                || code.starts_with("57P")
-                || code.starts_with("53")
-                || code.starts_with("40")
-                || code == "55P03"
-        }),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        _ => false,
     }
 }
 

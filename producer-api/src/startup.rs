@@ -107,10 +107,6 @@ impl Application {
         self.port
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.state.pool
-    }
-
     /// Serve until `shutdown` is cancelled, then drain requests and stop the relay.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();

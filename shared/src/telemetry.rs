@@ -41,8 +41,3 @@ pub fn init(args: &LogArgs) {
     // A second init (tests) keeps the first subscriber.
     let _ = result;
 }
-
-/// Log an error with its whole cause chain on one line.
-pub fn chain(error: &anyhow::Error) -> String {
-    format!("{error:#}")
-}

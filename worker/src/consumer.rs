@@ -22,7 +22,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::process::{handle_delivery, publish_event, Outcome, WorkerContext};
+use crate::process::{handle_delivery, publish_event, WorkerContext};
 
 /// How the supervisor reaches the broker and how much it runs at once.
 #[derive(Clone)]
@@ -178,7 +178,7 @@ impl Session {
             tasks.spawn(async move {
                 let _permit = permit;
                 match handle_delivery(&ctx, &events, kind, &delivery, &cancel).await {
-                    Ok(Outcome::Poison { .. }) | Ok(_) => {}
+                    Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(%error, "could not report a result; returning the task to the queue");
                         let _ = delivery

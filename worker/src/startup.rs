@@ -122,10 +122,6 @@ impl Application {
         self.port
     }
 
-    pub fn worker_id(&self) -> &str {
-        &self.ctx.worker_id
-    }
-
     /// Consume until `shutdown` fires, then finish in-flight tasks and stop.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (connected_tx, connected_rx) = watch::channel(None);

@@ -75,31 +75,12 @@ impl ExecError {
     }
 }
 
-/// Connection trouble, timeouts, serialization failures and lock timeouts are transient;
-/// a missing table or column, a type mismatch or a constraint is permanent.
+/// A database error's class (see [`shared::db::is_transient`]).
 pub fn classify_sqlx(error: &sqlx::Error) -> ErrorClass {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => ErrorClass::Transient,
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some(code)
-                if code.starts_with("08") // connection exception
-                    || code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
-                    || code.starts_with("53") // insufficient resources
-                    || code.starts_with("40") // serialization failure, deadlock
-                    || code == "55P03" // lock not available
-                    || code == "57014" =>
-            // statement timeout / query canceled
-            {
-                ErrorClass::Transient
-            }
-            _ => ErrorClass::Permanent,
-        },
-        _ => ErrorClass::Permanent,
+    if shared::db::is_transient(error) {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Permanent
     }
 }
 

@@ -330,10 +330,7 @@ where
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
     RetryPolicy::in_attempt()
-        .retry(
-            |e: &sqlx::Error| super::classify_sqlx(e) == shared::events::ErrorClass::Transient,
-            op,
-        )
+        .retry(shared::db::is_transient, op)
         .await
 }
 
