@@ -1,10 +1,9 @@
 //! Run the `cleanup_temp_files` executor once on a directory, without RabbitMQ, and print
 //! its result: used by `deploy/bench/temp_files.sh` to compare with `find -delete`.
 //!
-//! `cargo run --release --example temp_walk -- <dir> <max_age_hours> [threads] [--dry-run]`
+//! `cargo run --release --example temp_walk -- <dir> <max_age_hours> [threads] [--dry-run] [--no-locks]`
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use chrono::Utc;
 use shared::envelope::TaskEnvelope;
@@ -17,15 +16,17 @@ use worker::executor::temp_files::TempFilesExecutor;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (Some(dir), Some(hours)) = (args.get(1), args.get(2)) else {
-        anyhow::bail!("usage: temp_walk <dir> <max_age_hours> [threads] [--dry-run]");
+        anyhow::bail!("usage: temp_walk <dir> <max_age_hours> [threads] [--dry-run] [--no-locks]");
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(4);
     let dry_run = args.iter().any(|a| a == "--dry-run");
-    let root = TempRoot {
-        name: "bench".into(),
-        path: PathBuf::from(dir),
-    };
-    let executor = TempFilesExecutor::new(BTreeMap::from([(root.name.clone(), root)]), threads)?;
+    let check_locks = !args.iter().any(|a| a == "--no-locks");
+    let root = TempRoot::parse(&format!("bench={dir}"))?;
+    let executor = TempFilesExecutor::new(
+        BTreeMap::from([(root.name.clone(), root)]),
+        threads,
+        check_locks,
+    )?;
     let params = CleanupTempFilesParams {
         max_age_hours: hours.parse()?,
         dry_run,
@@ -42,7 +43,12 @@ async fn main() -> anyhow::Result<()> {
         Utc::now(),
     );
     let result = executor
-        .execute(&envelope, &params, &CancellationToken::new())
+        .execute(
+            &envelope,
+            &params,
+            &CancellationToken::new(),
+            &worker::executor::Checkpoint::default(),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     match result {

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use shared::config::{split_list, AmqpArgs, RetryArgs};
-use shared::tasks::{validate_root_name, TaskKind};
+use shared::tasks::TaskKind;
 use shared::telemetry::LogArgs;
 
 use crate::executor::runs::RunsTable;
+pub use crate::executor::temp_files::TempRoot;
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
@@ -35,9 +35,26 @@ pub struct Config {
     #[arg(long, env = "RUNS_STATUS_COLUMN", default_value = "status")]
     pub runs_status_column: String,
 
-    /// Timestamp column compared with the cutoff (when the run finished).
+    /// Timestamp column compared with the cutoff (when the run finished):
+    /// `timestamptz`, or `timestamp` read in RUNS_TIMESTAMP_TIMEZONE.
     #[arg(long, env = "RUNS_TIMESTAMP_COLUMN", default_value = "finished_at")]
     pub runs_timestamp_column: String,
+
+    /// IANA zone in which a `timestamp without time zone` column's values are wall-clock
+    /// times (default: the database's `TimeZone` setting). Ignored for `timestamptz`.
+    #[arg(long, env = "RUNS_TIMESTAMP_TIMEZONE")]
+    pub runs_timestamp_timezone: Option<String>,
+
+    /// Longest a statement on the runs database may run (PostgreSQL `statement_timeout`);
+    /// a batch past it fails as transient. It also bounds how long a turn past its hard
+    /// TASK_TIMEOUT may take to stop, so no DELETE commits after its attempt is reported.
+    #[arg(long, env = "RUNS_STATEMENT_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub runs_statement_timeout: Duration,
+
+    /// Longest a statement waits for a lock on the runs table (PostgreSQL `lock_timeout`),
+    /// so a cleanup never queues behind (and in front of) the application's own locks.
+    #[arg(long, env = "RUNS_LOCK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub runs_lock_timeout: Duration,
 
     /// Statuses that mean a run is finished; only such runs are ever deleted.
     #[arg(
@@ -56,9 +73,17 @@ pub struct Config {
     #[arg(long, env = "RUNS_DATABASE_ACQUIRE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub runs_database_acquire_timeout: Duration,
 
-    /// Temp roots this worker may clean, as `name=/path,...`. Tasks name a root, never a path.
+    /// Temp roots this worker may clean, as `name=/path,...`; per root, options after `;`:
+    /// `age_by=mtime` (or `atime`, `ctime`, joined with `+`: a file is young if any is
+    /// recent) and `allow_system_path` (permit a root in or above /etc, /usr, /var/lib,
+    /// /home/<user>, ...). Tasks name a root, never a path.
     #[arg(long, env = "TEMP_ROOTS", default_value = "")]
     pub temp_roots: String,
+
+    /// Keep files another process holds a `flock` on (checked without blocking, as
+    /// systemd-tmpfiles does). Costs an open per old file.
+    #[arg(long, env = "TEMP_CHECK_LOCKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub temp_check_locks: bool,
 
     /// Threads that walk directory trees in parallel (per worker).
     #[arg(long, env = "TEMP_WALK_THREADS", default_value_t = 4)]
@@ -111,54 +136,29 @@ pub struct Config {
     pub log: LogArgs,
 }
 
-/// A named directory that temp-file tasks may clean.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TempRoot {
-    pub name: String,
-    pub path: PathBuf,
-}
-
 impl Config {
-    /// Parse `TEMP_ROOTS`: `name=/abs/path` pairs, names unique and valid, paths absolute.
+    /// Parse `TEMP_ROOTS`: names unique and valid, paths absolute, resolved and safe
+    /// (see [`TempRoot::parse`]), roots disjoint.
     pub fn temp_roots(&self) -> anyhow::Result<BTreeMap<String, TempRoot>> {
-        let mut roots = BTreeMap::new();
+        let mut roots: BTreeMap<String, TempRoot> = BTreeMap::new();
         for item in split_list(&self.temp_roots) {
-            let Some((name, path)) = item.split_once('=') else {
-                anyhow::bail!("TEMP_ROOTS entry `{item}` must look like name=/absolute/path");
-            };
-            let (name, path) = (name.trim(), PathBuf::from(path.trim()));
-            validate_root_name(name).map_err(|e| anyhow::anyhow!("TEMP_ROOTS: {e}"))?;
-            if !path.is_absolute() {
-                anyhow::bail!(
-                    "TEMP_ROOTS: the path of `{name}` must be absolute, got {}",
-                    path.display()
-                );
+            let root = TempRoot::parse(&item)?;
+            if roots.contains_key(&root.name) {
+                anyhow::bail!("TEMP_ROOTS names `{}` twice", root.name);
             }
-            if path.parent().is_none() {
-                anyhow::bail!("TEMP_ROOTS: `{name}` may not be the filesystem root");
-            }
-            if roots.contains_key(name) {
-                anyhow::bail!("TEMP_ROOTS names `{name}` twice");
-            }
-            // Resolve symlinks in the configured path once, at start-up; the walk then
-            // opens the root itself without following a symlink.
-            let path = std::fs::canonicalize(&path).unwrap_or(path);
             if let Some(other) = roots
                 .values()
-                .find(|r: &&TempRoot| r.path.starts_with(&path) || path.starts_with(&r.path))
+                .find(|r| r.path.starts_with(&root.path) || root.path.starts_with(&r.path))
             {
                 anyhow::bail!(
-                    "TEMP_ROOTS: `{name}` ({}) and `{}` ({}) overlap; roots must be disjoint",
-                    path.display(),
+                    "TEMP_ROOTS: `{}` ({}) and `{}` ({}) overlap; roots must be disjoint",
+                    root.name,
+                    root.path.display(),
                     other.name,
                     other.path.display()
                 );
             }
-            let root = TempRoot {
-                name: name.to_owned(),
-                path,
-            };
-            roots.insert(name.to_owned(), root);
+            roots.insert(root.name.clone(), root);
         }
         Ok(roots)
     }
@@ -211,6 +211,9 @@ impl Config {
         self.retry.policy(1).map_err(anyhow::Error::msg)?;
         if self.task_timeout <= self.turn_budget {
             anyhow::bail!("TASK_TIMEOUT must be longer than TURN_BUDGET");
+        }
+        if self.runs_statement_timeout.is_zero() || self.runs_lock_timeout.is_zero() {
+            anyhow::bail!("RUNS_STATEMENT_TIMEOUT and RUNS_LOCK_TIMEOUT must be longer than 0");
         }
         if self.worker_concurrency == 0 {
             anyhow::bail!("WORKER_CONCURRENCY must be at least 1");

@@ -5,10 +5,12 @@
 //! time limit, publish `task.succeeded` or `task.failed` (with the next attempt's time for
 //! transient errors), and only then ack: an ack always follows a confirmed result event.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::Channel;
@@ -22,11 +24,8 @@ use shared::topology::Topology;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::executor::{ExecError, Execution, Executors};
+use crate::executor::{Checkpoint, ExecError, Execution, Executors};
 use crate::metrics::Metrics;
-
-/// How long an executor may take to stop once its hard time limit is reached.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything a step needs, shared by all in-flight tasks.
 pub struct WorkerContext {
@@ -37,6 +36,10 @@ pub struct WorkerContext {
     pub task_timeout: Duration,
     /// Working time of one turn before the task is handed on in a continuation.
     pub turn_budget: Duration,
+    /// How long an executor may take to stop once its hard time limit is reached: longer
+    /// than any one statement may run (RUNS_STATEMENT_TIMEOUT), so that nothing an attempt
+    /// started can still commit after the attempt is reported.
+    pub stop_grace: Duration,
     pub metrics: Metrics,
     pub processed: AtomicU64,
     pub runs_table_label: String,
@@ -124,23 +127,18 @@ pub async fn handle_delivery(
             turn.cancel();
         })
     };
-    let execution = ctx.executors.execute(&envelope, &turn);
-    tokio::pin!(execution);
-    let result = match tokio::time::timeout(ctx.task_timeout, &mut execution).await {
-        Ok(result) => result,
-        Err(_) => {
-            // Past the hard limit: ask the executor to stop and give it a moment to reach
-            // a boundary, so nothing keeps deleting after the attempt is reported.
-            turn.cancel();
-            match tokio::time::timeout(STOP_GRACE, &mut execution).await {
-                Ok(result) => result,
-                Err(_) => Err(ExecError::transient(format!(
-                    "the attempt exceeded the task time limit of {}",
-                    humantime::format_duration(ctx.task_timeout)
-                ))),
-            }
-        }
+    let checkpoint = Checkpoint::default();
+    let limits = Limits {
+        task_timeout: ctx.task_timeout,
+        stop_grace: ctx.stop_grace,
     };
+    let result = run_attempt(
+        ctx.executors.execute(&envelope, &turn, &checkpoint),
+        &turn,
+        &checkpoint,
+        limits,
+    )
+    .await;
     budget.abort();
     ctx.metrics.in_flight.dec();
     ctx.metrics
@@ -211,7 +209,8 @@ pub async fn handle_delivery(
                     error: error.to_task_error(),
                     retryable,
                     next_attempt_at,
-                    progress: error.progress.clone().filter(|_| retryable),
+                    // A retry continues from it; a final failure reports it as the result.
+                    progress: error.progress.clone(),
                 }),
             )
             .await?;
@@ -231,6 +230,64 @@ pub async fn handle_delivery(
     delivery.ack(BasicAckOptions::default()).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(outcome)
+}
+
+/// The time limits of one turn.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub task_timeout: Duration,
+    pub stop_grace: Duration,
+}
+
+/// Run one turn's execution under the hard time limit, turning a panic or an executor
+/// that will not stop into a transient failure. Every failure carries what was deleted
+/// before it (from the checkpoint when the executor could not say), so counts and caps
+/// span attempts however the attempt ended.
+pub async fn run_attempt(
+    execution: impl std::future::Future<Output = Result<Execution, ExecError>>,
+    turn: &CancellationToken,
+    checkpoint: &Checkpoint,
+    limits: Limits,
+) -> Result<Execution, ExecError> {
+    let execution = AssertUnwindSafe(execution).catch_unwind();
+    tokio::pin!(execution);
+    let result = match tokio::time::timeout(limits.task_timeout, &mut execution).await {
+        Ok(result) => result,
+        Err(_) => {
+            // Past the hard limit: ask the executor to stop and give it time to reach a
+            // boundary, so nothing keeps deleting after the attempt is reported. What it
+            // returns then (a continuation, or the result) is reported as usual.
+            turn.cancel();
+            match tokio::time::timeout(limits.stop_grace, &mut execution).await {
+                Ok(result) => result,
+                Err(_) => Ok(Err(ExecError::transient(format!(
+                    "the attempt exceeded the task time limit of {} and did not stop within {}",
+                    humantime::format_duration(limits.task_timeout),
+                    humantime::format_duration(limits.stop_grace)
+                )))),
+            }
+        }
+    };
+    let result = match result {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            tracing::error!(%message, "executor panicked");
+            Err(ExecError::transient(format!(
+                "the executor panicked: {message}"
+            )))
+        }
+    };
+    result.map_err(|mut error| {
+        if error.progress.is_none() {
+            error.progress = checkpoint.snapshot();
+        }
+        error
+    })
 }
 
 /// Read the envelope, refusing anything this worker cannot run.
@@ -379,5 +436,82 @@ fn record_result_metrics(
             .last_success
             .with_label_values(&[kind.as_str()])
             .set(Utc::now().timestamp() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: Limits = Limits {
+        task_timeout: Duration::from_secs(60),
+        stop_grace: Duration::from_secs(10),
+    };
+
+    #[tokio::test]
+    async fn a_panicking_executor_fails_transiently_with_its_progress() {
+        let checkpoint = Checkpoint::default();
+        let turn = CancellationToken::new();
+        let execution = async {
+            checkpoint.record(json!({"runs_deleted": 700}));
+            panic!("index out of bounds");
+        };
+        let error = run_attempt(execution, &turn, &checkpoint, LIMITS)
+            .await
+            .unwrap_err();
+        assert!(error.is_transient());
+        assert!(error.message.contains("index out of bounds"), "{error}");
+        assert_eq!(error.progress, Some(json!({"runs_deleted": 700})));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_executor_that_ignores_the_hard_limit_fails_with_its_progress() {
+        let checkpoint = Checkpoint::default();
+        let turn = CancellationToken::new();
+        let execution = async {
+            checkpoint.record(json!({"runs_deleted": 3000}));
+            std::future::pending::<()>().await;
+            unreachable!()
+        };
+        let error = run_attempt(execution, &turn, &checkpoint, LIMITS)
+            .await
+            .unwrap_err();
+        assert!(turn.is_cancelled(), "the executor was asked to stop");
+        assert!(error.message.contains("did not stop within 10s"), "{error}");
+        assert_eq!(error.progress, Some(json!({"runs_deleted": 3000})));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_executor_that_stops_after_the_hard_limit_hands_on_its_progress() {
+        let checkpoint = Checkpoint::default();
+        let turn = CancellationToken::new();
+        let execution = async {
+            turn.cancelled().await;
+            Ok(Execution::Interrupted {
+                progress: json!({"runs_deleted": 5}),
+            })
+        };
+        let result = run_attempt(execution, &turn, &checkpoint, LIMITS).await;
+        assert_eq!(
+            result,
+            Ok(Execution::Interrupted {
+                progress: json!({"runs_deleted": 5})
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn an_executor_error_without_progress_takes_the_checkpoints() {
+        let checkpoint = Checkpoint::default();
+        let turn = CancellationToken::new();
+        let execution = async {
+            checkpoint.record(json!({"runs_deleted": 2}));
+            Err(ExecError::permanent("foreign key violation"))
+        };
+        let error = run_attempt(execution, &turn, &checkpoint, LIMITS)
+            .await
+            .unwrap_err();
+        assert_eq!(error.progress, Some(json!({"runs_deleted": 2})));
     }
 }

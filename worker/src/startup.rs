@@ -49,9 +49,18 @@ impl Application {
                             shared::config::redact_url(url)
                         )
                     })?
-                    // A `timestamp without time zone` column is then compared with the
-                    // cutoff in UTC, whatever the server's default zone.
-                    .options([("timezone", "UTC")]);
+                    // No statement outlives its attempt, and none queues behind the
+                    // application's locks for long.
+                    .options([
+                        (
+                            "statement_timeout",
+                            config.runs_statement_timeout.as_millis().to_string(),
+                        ),
+                        (
+                            "lock_timeout",
+                            config.runs_lock_timeout.as_millis().to_string(),
+                        ),
+                    ]);
                 Some(
                     PgPoolOptions::new()
                         .max_connections(config.runs_database_max_connections)
@@ -64,17 +73,27 @@ impl Application {
             _ => None,
         };
         let temp_files = if kinds.contains(&TaskKind::CleanupTempFiles) {
+            let roots = config.temp_roots()?;
+            for root in roots.values() {
+                tracing::info!(root = %root.name, path = %root.path.display(), age_by = %root.age_by, check_locks = config.temp_check_locks, "temp root");
+            }
             Some(TempFilesExecutor::new(
-                config.temp_roots()?,
+                roots,
                 config.temp_walk_threads,
+                config.temp_check_locks,
             )?)
         } else {
             None
         };
+        let runs = runs_pool.clone().map(|pool| {
+            RunsExecutor::new(pool, table.clone(), config.runs_timestamp_timezone.clone())
+        });
+        if let Some(runs) = &runs {
+            // A table that exists but is unsafe to clean as configured stops the worker here.
+            runs.check_at_start_up().await?;
+        }
         let executors = Executors {
-            runs: runs_pool
-                .clone()
-                .map(|pool| RunsExecutor::new(pool, table.clone())),
+            runs,
             temp_files,
             rules: ValidationRules {
                 min_age_hours: config.min_age_hours,
@@ -92,6 +111,8 @@ impl Application {
             retry: config.retry.policy(1).map_err(anyhow::Error::msg)?,
             task_timeout: config.task_timeout,
             turn_budget: config.turn_budget,
+            stop_grace: std::time::Duration::from_secs(10)
+                .max(config.runs_statement_timeout + std::time::Duration::from_secs(5)),
             metrics: Metrics::new(),
             processed: AtomicU64::new(0),
             runs_table_label: config.runs_table.clone(),

@@ -2,7 +2,9 @@
 //! transient or permanent where it arises.
 
 use std::io;
+use std::sync::Mutex;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::envelope::TaskEnvelope;
 use shared::events::{ErrorClass, TaskError};
@@ -108,6 +110,47 @@ pub enum Execution {
     Interrupted { progress: Value },
 }
 
+/// The latest progress of a running turn, readable from outside the executor: when an
+/// attempt must be reported before its executor returns (it panicked, or it ignored the
+/// hard time limit), the report still carries what was deleted so far, so counts and caps
+/// span attempts on every path.
+#[derive(Default)]
+pub struct Checkpoint(Mutex<Snapshot>);
+
+#[derive(Default)]
+enum Snapshot {
+    #[default]
+    Nothing,
+    /// Progress as of the last batch.
+    Value(Value),
+    /// Computes the progress on demand (the temp walk's live counters).
+    Source(Box<dyn Fn() -> Value + Send + Sync>),
+}
+
+impl Checkpoint {
+    /// Progress as of now (runs: after each committed batch).
+    pub fn record(&self, progress: Value) {
+        *self.0.lock().expect("checkpoint lock") = Snapshot::Value(progress);
+    }
+
+    /// Progress computed when asked.
+    pub fn source(&self, source: impl Fn() -> Value + Send + Sync + 'static) {
+        *self.0.lock().expect("checkpoint lock") = Snapshot::Source(Box::new(source));
+    }
+
+    pub fn snapshot(&self) -> Option<Value> {
+        match &*self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        {
+            Snapshot::Nothing => None,
+            Snapshot::Value(value) => Some(value.clone()),
+            Snapshot::Source(source) => Some(source()),
+        }
+    }
+}
+
 /// The executors this worker is configured with.
 pub struct Executors {
     pub runs: Option<runs::RunsExecutor>,
@@ -116,26 +159,29 @@ pub struct Executors {
 }
 
 impl Executors {
-    /// Run one attempt of `envelope`. Parameters are validated again with this worker's
-    /// own rules: the worker never trusts the producer for safety.
+    /// Run one attempt of `envelope`. Parameters and the cutoff are checked again with
+    /// this worker's own rules: the worker never trusts the producer for safety.
     pub async fn execute(
         &self,
         envelope: &TaskEnvelope,
         cancel: &CancellationToken,
+        checkpoint: &Checkpoint,
     ) -> Result<Execution, ExecError> {
         envelope
             .task
             .validate(&self.rules)
             .map_err(|e| ExecError::permanent(format!("invalid parameters: {e}")))?;
+        check_cutoff(envelope, self.rules.min_age_hours, Utc::now())
+            .map_err(|e| ExecError::permanent(format!("refused: {e}")))?;
         match &envelope.task {
             TaskSpec::CleanupRuns(params) => match &self.runs {
-                Some(executor) => executor.execute(envelope, params, cancel).await,
+                Some(executor) => executor.execute(envelope, params, cancel, checkpoint).await,
                 None => Err(ExecError::permanent(
                     "this worker has no runs database configured",
                 )),
             },
             TaskSpec::CleanupTempFiles(params) => match &self.temp_files {
-                Some(executor) => executor.execute(envelope, params, cancel).await,
+                Some(executor) => executor.execute(envelope, params, cancel, checkpoint).await,
                 None => Err(ExecError::permanent(
                     "this worker has no temp roots configured",
                 )),
@@ -144,9 +190,72 @@ impl Executors {
     }
 }
 
+/// The cutoff must be at least as old as the task's own `max_age_hours` from when it was
+/// enqueued, and at least `min_age_hours` old now: a message whose cutoff is younger
+/// (forged, or from a buggy producer) would delete young data. `cutoff_for` rounds to the
+/// millisecond, hence the one-millisecond allowance.
+pub fn check_cutoff(
+    envelope: &TaskEnvelope,
+    min_age_hours: f64,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let slack = chrono::Duration::milliseconds(1);
+    let by_request =
+        shared::envelope::cutoff_for(envelope.enqueued_at, envelope.task.max_age_hours());
+    if envelope.cutoff > by_request + slack {
+        return Err(format!(
+            "the cutoff {} is younger than max_age_hours ({}) allows from enqueued_at {} (at most {})",
+            envelope.cutoff,
+            envelope.task.max_age_hours(),
+            envelope.enqueued_at,
+            by_request
+        ));
+    }
+    let floor = shared::envelope::cutoff_for(now, min_age_hours);
+    if envelope.cutoff > floor + slack {
+        return Err(format!(
+            "the cutoff {} is younger than this worker's MIN_AGE_HOURS ({min_age_hours}) allows (at most {floor})",
+            envelope.cutoff
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::tasks::CleanupRunsParams;
+
+    fn envelope(max_age_hours: f64, enqueued_at: DateTime<Utc>) -> TaskEnvelope {
+        let task = TaskSpec::CleanupRuns(CleanupRunsParams {
+            max_age_hours,
+            dry_run: false,
+            statuses: None,
+            batch_size: None,
+            max_rows: None,
+            max_attempts: None,
+        });
+        TaskEnvelope::new(uuid::Uuid::now_v7(), task, 3, enqueued_at)
+    }
+
+    #[test]
+    fn a_cutoff_younger_than_the_request_or_the_floor_is_refused() {
+        let now = Utc::now();
+        let honest = envelope(24.0, now - chrono::Duration::hours(2));
+        assert_eq!(check_cutoff(&honest, 1.0, now), Ok(()));
+        // Forged: max_age_hours says 24 h, the cutoff says 10 minutes.
+        let mut forged = honest.clone();
+        forged.cutoff = now - chrono::Duration::minutes(10);
+        let refusal = check_cutoff(&forged, 1.0, now).unwrap_err();
+        assert!(refusal.contains("max_age_hours"), "{refusal}");
+        // Consistent with itself (enqueued "in the future") but younger than the floor.
+        let future = envelope(2.0, now + chrono::Duration::hours(5));
+        let refusal = check_cutoff(&future, 1.0, now).unwrap_err();
+        assert!(refusal.contains("MIN_AGE_HOURS"), "{refusal}");
+        // Exactly at the bounds is fine.
+        let edge = envelope(1.0, now);
+        assert_eq!(check_cutoff(&edge, 1.0, now), Ok(()));
+    }
 
     #[test]
     fn io_errors_are_classified_by_kind() {

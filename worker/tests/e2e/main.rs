@@ -10,4 +10,5 @@ mod support;
 
 mod poison;
 mod runs;
+mod runs_safety;
 mod temp_files;

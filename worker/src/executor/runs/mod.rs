@@ -3,9 +3,14 @@
 //! Only rows whose status is one of the terminal statuses and whose timestamp is older
 //! than the cutoff fixed at enqueue time are deleted. Table and column names come from
 //! configuration, are validated as identifiers and quoted; every value is a bound
-//! parameter. Each batch locks its rows with `FOR UPDATE SKIP LOCKED`, so workers running
-//! at once never wait on each other's rows. Child rows go with their run through the
-//! schema's `ON DELETE CASCADE` foreign keys (see `deploy/sql/runs-schema.sql`).
+//! parameter. Before the first task the catalog is read ([`schema`]): the id column must
+//! identify one row, and the timestamp column's type decides how the cutoff is compared.
+//! Each batch locks its rows with `FOR UPDATE SKIP LOCKED`, so workers running at once
+//! never wait on each other's rows, and the `DELETE` checks the eligibility condition
+//! again on the rows it removes. Every statement runs under the pool's `statement_timeout`
+//! and `lock_timeout`, so none outlives the attempt that issued it. Child rows go with
+//! their run through the schema's `ON DELETE CASCADE` foreign keys (see
+//! `deploy/sql/runs-schema.sql`).
 
 use std::time::Instant;
 
@@ -15,12 +20,25 @@ use shared::envelope::TaskEnvelope;
 use shared::retry::RetryPolicy;
 use shared::tasks::{CleanupRunsParams, DEFAULT_BATCH_SIZE};
 use sqlx::PgPool;
+use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::{ExecError, Execution};
+use super::{Checkpoint, ExecError, Execution};
+
+pub mod schema;
+
+use schema::{Schema, SchemaError};
 
 /// Ids shown in a result, as a sample of what was (or would be) deleted.
 const SAMPLE_SIZE: usize = 10;
+
+/// The configured names, unquoted, as the catalog spells them.
+#[derive(Debug, Clone)]
+pub struct ColumnNames {
+    pub id: String,
+    pub status: String,
+    pub timestamp: String,
+}
 
 /// The runs table as configured, with every identifier validated and quoted.
 #[derive(Debug, Clone)]
@@ -29,6 +47,7 @@ pub struct RunsTable {
     id: String,
     status: String,
     timestamp: String,
+    names: ColumnNames,
     terminal_statuses: Vec<String>,
 }
 
@@ -57,21 +76,17 @@ impl RunsTable {
             id: quote_ident(id, "RUNS_ID_COLUMN")?,
             status: quote_ident(status, "RUNS_STATUS_COLUMN")?,
             timestamp: quote_ident(timestamp, "RUNS_TIMESTAMP_COLUMN")?,
+            names: ColumnNames {
+                id: id.to_owned(),
+                status: status.to_owned(),
+                timestamp: timestamp.to_owned(),
+            },
             terminal_statuses,
         })
     }
 
     pub fn terminal_statuses(&self) -> &[String] {
         &self.terminal_statuses
-    }
-
-    /// The eligibility condition; `$1` = statuses (text[]), `$2` = cutoff.
-    fn eligible(&self) -> String {
-        format!(
-            "{status}::text = ANY($1) AND {ts} < $2",
-            status = self.status,
-            ts = self.timestamp
-        )
     }
 }
 
@@ -94,8 +109,50 @@ pub fn quote_ident(name: &str, setting: &str) -> anyhow::Result<String> {
     Ok(format!("\"{name}\""))
 }
 
+/// The statements of a checked table. `$1` = statuses (text[]), `$2` = cutoff
+/// (timestamptz), `$3` = a row limit.
+#[derive(Debug)]
+struct Statements {
+    count: String,
+    sample: String,
+    delete: String,
+    oldest: String,
+}
+
+impl Statements {
+    fn new(t: &RunsTable, schema: &Schema) -> Self {
+        let eligible = format!(
+            "{status}::text = ANY($1) AND {ts} < {cutoff}",
+            status = t.status,
+            ts = t.timestamp,
+            cutoff = schema.cutoff_expr()
+        );
+        let (key, columns) = (schema.key_expr(), schema.key.join(", "));
+        let (table, id, ts) = (&t.table, &t.id, &t.timestamp);
+        Self {
+            count: format!("SELECT count(*) FROM {table} WHERE {eligible}"),
+            sample: format!(
+                "SELECT {id}::text FROM {table} WHERE {eligible} ORDER BY {ts}, {id} LIMIT $3"
+            ),
+            // Oldest first, so a capped run removes the oldest rows. The outer condition
+            // repeats the eligibility test: only rows that are eligible themselves go,
+            // whatever the key matched.
+            delete: format!(
+                "DELETE FROM {table} WHERE {key} IN (
+                     SELECT {columns} FROM {table} WHERE {eligible}
+                     ORDER BY {ts}, {id} LIMIT $3 FOR UPDATE SKIP LOCKED
+                 ) AND {eligible} RETURNING {id}::text"
+            ),
+            oldest: format!(
+                "SELECT EXTRACT(EPOCH FROM (now() - {oldest}))::float8 FROM {table} WHERE {eligible}",
+                oldest = schema.instant(&format!("min({ts})"))
+            ),
+        }
+    }
+}
+
 /// The result of a `cleanup_runs` task (contract; see README). It is also the progress a
-/// continuation carries from one turn to the next.
+/// continuation or a retry carries from one turn to the next.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RunsResult {
     pub dry_run: bool,
@@ -121,11 +178,53 @@ pub struct RunsResult {
 pub struct RunsExecutor {
     pool: PgPool,
     table: RunsTable,
+    /// RUNS_TIMESTAMP_TIMEZONE, when set.
+    zone: Option<String>,
+    statements: OnceCell<Statements>,
 }
 
 impl RunsExecutor {
-    pub fn new(pool: PgPool, table: RunsTable) -> Self {
-        Self { pool, table }
+    pub fn new(pool: PgPool, table: RunsTable, zone: Option<String>) -> Self {
+        Self {
+            pool,
+            table,
+            zone,
+            statements: OnceCell::new(),
+        }
+    }
+
+    /// Read the table's shape now. A table that exists but is unsafe to clean as
+    /// configured is an error; an unreachable database or a missing table is logged
+    /// and checked again before the first task.
+    pub async fn check_at_start_up(&self) -> anyhow::Result<()> {
+        let inspect = self.statements();
+        match tokio::time::timeout(std::time::Duration::from_secs(10), inspect).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(SchemaError::Unsafe(message))) => Err(anyhow::anyhow!(message)),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "runs table not checked at start-up; checking before the first task");
+                Ok(())
+            }
+            Err(_) => {
+                tracing::warn!("runs database did not answer at start-up; checking the table before the first task");
+                Ok(())
+            }
+        }
+    }
+
+    async fn statements(&self) -> Result<&Statements, SchemaError> {
+        self.statements
+            .get_or_try_init(|| async {
+                let schema = schema::inspect(&self.pool, &self.table, self.zone.as_deref()).await?;
+                tracing::info!(
+                    table = %self.table.table,
+                    key = %schema.key_expr(),
+                    timestamp = %schema.describe(),
+                    "runs table checked"
+                );
+                Ok(Statements::new(&self.table, &schema))
+            })
+            .await
     }
 
     pub async fn execute(
@@ -133,8 +232,13 @@ impl RunsExecutor {
         envelope: &TaskEnvelope,
         params: &CleanupRunsParams,
         cancel: &CancellationToken,
+        checkpoint: &Checkpoint,
     ) -> Result<Execution, ExecError> {
         let started = Instant::now();
+        let statements = self.statements().await.map_err(|e| match e {
+            SchemaError::Database(db) => ExecError::from_sqlx("cannot check the runs table", &db),
+            other => ExecError::permanent(other.to_string()),
+        })?;
         let statuses = match &params.statuses {
             Some(asked) => {
                 if let Some(bad) = asked
@@ -150,8 +254,8 @@ impl RunsExecutor {
             }
             None => self.table.terminal_statuses.clone(),
         };
-        // A continuation resumes the counts of the earlier turns (real runs only: a dry
-        // run is one statement and never interrupted).
+        // A continuation or a retry resumes the counts of the earlier turns (real runs
+        // only: a dry run is two statements and starts over).
         let mut result = match (&envelope.progress, params.dry_run) {
             (Some(progress), false) => serde_json::from_value::<RunsResult>(progress.clone())
                 .map_err(|e| {
@@ -163,16 +267,21 @@ impl RunsExecutor {
         result.cutoff = envelope.cutoff;
         result.statuses = statuses.clone();
         result.turns += 1;
+        let run = Run {
+            executor: self,
+            statements,
+            statuses: &statuses,
+            cutoff: envelope.cutoff,
+            cancel,
+        };
         if params.dry_run {
-            self.dry_run(&statuses, envelope.cutoff, params.max_rows, &mut result)
-                .await?;
+            run.dry_run(params.max_rows, &mut result).await?;
         } else {
-            let deleted = self
-                .delete(&statuses, envelope.cutoff, params, &mut result, cancel)
-                .await;
+            let deleted = run.delete(params, &mut result, checkpoint).await;
             let finished = match deleted {
                 Ok(finished) => finished,
-                // Rows deleted before the failure are gone: the next attempt counts on.
+                // Rows deleted before the failure are gone: they are reported, and the
+                // next attempt (if any) counts on from them.
                 Err(error) => {
                     result.duration_ms += started.elapsed().as_millis() as u64;
                     let progress = serde_json::to_value(&result).expect("progress serializes");
@@ -186,94 +295,92 @@ impl RunsExecutor {
                 return Ok(Execution::Interrupted { progress });
             }
         }
-        result.oldest_remaining_age_seconds =
-            self.oldest_remaining(&statuses, envelope.cutoff).await?;
+        let oldest = run.oldest_remaining().await;
         result.duration_ms += started.elapsed().as_millis() as u64;
+        result.oldest_remaining_age_seconds = match oldest {
+            Ok(oldest) => oldest,
+            Err(error) => {
+                let progress = serde_json::to_value(&result).expect("progress serializes");
+                return Err(error.with_progress(progress));
+            }
+        };
         Ok(Execution::Done(
             serde_json::to_value(result).expect("result serializes"),
         ))
     }
+}
 
+/// One turn of one task.
+struct Run<'a> {
+    executor: &'a RunsExecutor,
+    statements: &'a Statements,
+    statuses: &'a [String],
+    cutoff: DateTime<Utc>,
+    cancel: &'a CancellationToken,
+}
+
+impl Run<'_> {
     async fn dry_run(
         &self,
-        statuses: &[String],
-        cutoff: DateTime<Utc>,
         max_rows: Option<u64>,
         result: &mut RunsResult,
     ) -> Result<(), ExecError> {
-        let t = &self.table;
-        let count_sql = format!("SELECT count(*) FROM {} WHERE {}", t.table, t.eligible());
-        let count: i64 = retry(|| {
-            sqlx::query_scalar(&count_sql)
-                .bind(statuses)
-                .bind(cutoff)
-                .fetch_one(&self.pool)
-        })
-        .await
-        .map_err(|e| ExecError::from_sqlx("failed to count eligible runs", &e))?;
+        let count: i64 = self
+            .retry(|| {
+                sqlx::query_scalar(&self.statements.count)
+                    .bind(self.statuses)
+                    .bind(self.cutoff)
+                    .fetch_one(&self.executor.pool)
+            })
+            .await
+            .map_err(|e| ExecError::from_sqlx("failed to count eligible runs", &e))?;
         let count = count.max(0) as u64;
         result.runs_matched = max_rows.map_or(count, |cap| count.min(cap));
         result.capped = max_rows.is_some_and(|cap| count > cap);
-        let sample_sql = format!(
-            "SELECT {id}::text FROM {table} WHERE {cond} ORDER BY {ts}, {id} LIMIT $3",
-            id = t.id,
-            table = t.table,
-            cond = t.eligible(),
-            ts = t.timestamp
-        );
-        result.sample_ids = retry(|| {
-            sqlx::query_scalar(&sample_sql)
-                .bind(statuses)
-                .bind(cutoff)
-                .bind(SAMPLE_SIZE as i64)
-                .fetch_all(&self.pool)
-        })
-        .await
-        .map_err(|e| ExecError::from_sqlx("failed to sample eligible runs", &e))?;
+        result.sample_ids = self
+            .retry(|| {
+                sqlx::query_scalar(&self.statements.sample)
+                    .bind(self.statuses)
+                    .bind(self.cutoff)
+                    .bind(SAMPLE_SIZE as i64)
+                    .fetch_all(&self.executor.pool)
+            })
+            .await
+            .map_err(|e| ExecError::from_sqlx("failed to sample eligible runs", &e))?;
         Ok(())
     }
 
     async fn delete(
         &self,
-        statuses: &[String],
-        cutoff: DateTime<Utc>,
         params: &CleanupRunsParams,
         result: &mut RunsResult,
-        cancel: &CancellationToken,
+        checkpoint: &Checkpoint,
     ) -> Result<bool, ExecError> {
-        let t = &self.table;
         let batch_size = u64::from(params.batch_size.unwrap_or(DEFAULT_BATCH_SIZE));
-        // Oldest first, so a capped run removes the oldest rows.
-        let sql = format!(
-            "DELETE FROM {table} WHERE {id} IN (
-                 SELECT {id} FROM {table} WHERE {cond}
-                 ORDER BY {ts} LIMIT $3 FOR UPDATE SKIP LOCKED
-             ) RETURNING {id}::text",
-            table = t.table,
-            id = t.id,
-            cond = t.eligible(),
-            ts = t.timestamp
-        );
         loop {
-            let remaining = params.max_rows.map(|cap| cap - result.runs_deleted);
+            // Saturating: progress that claims more than the cap leaves nothing to delete.
+            let remaining = params
+                .max_rows
+                .map(|cap| cap.saturating_sub(result.runs_deleted));
             if remaining == Some(0) {
                 result.capped = true;
                 break;
             }
-            if cancel.is_cancelled() {
+            if self.cancel.is_cancelled() {
                 // At a batch boundary: everything deleted so far is committed and counted.
                 return Ok(false);
             }
             let limit = remaining.map_or(batch_size, |r| r.min(batch_size));
-            let deleted: Vec<String> = retry(|| {
-                sqlx::query_scalar(&sql)
-                    .bind(statuses)
-                    .bind(cutoff)
-                    .bind(limit as i64)
-                    .fetch_all(&self.pool)
-            })
-            .await
-            .map_err(|e| ExecError::from_sqlx("failed to delete a batch of runs", &e))?;
+            let deleted: Vec<String> = self
+                .retry(|| {
+                    sqlx::query_scalar(&self.statements.delete)
+                        .bind(self.statuses)
+                        .bind(self.cutoff)
+                        .bind(limit as i64)
+                        .fetch_all(&self.executor.pool)
+                })
+                .await
+                .map_err(|e| ExecError::from_sqlx("failed to delete a batch of runs", &e))?;
             let n = deleted.len() as u64;
             if n == 0 {
                 break;
@@ -284,6 +391,7 @@ impl RunsExecutor {
                 let room = SAMPLE_SIZE - result.sample_ids.len();
                 result.sample_ids.extend(deleted.into_iter().take(room));
             }
+            checkpoint.record(serde_json::to_value(&*result).expect("progress serializes"));
             tracing::debug!(
                 batch = result.batches,
                 deleted = n,
@@ -299,39 +407,33 @@ impl RunsExecutor {
     }
 
     /// Age of the oldest eligible row still present (in a dry run: all of them are).
-    async fn oldest_remaining(
-        &self,
-        statuses: &[String],
-        cutoff: DateTime<Utc>,
-    ) -> Result<Option<f64>, ExecError> {
-        let t = &self.table;
-        let sql = format!(
-            "SELECT EXTRACT(EPOCH FROM (now() - min({ts})))::float8 FROM {table} WHERE {cond}",
-            ts = t.timestamp,
-            table = t.table,
-            cond = t.eligible()
-        );
-        retry(|| {
-            sqlx::query_scalar::<_, Option<f64>>(&sql)
-                .bind(statuses)
-                .bind(cutoff)
-                .fetch_one(&self.pool)
+    async fn oldest_remaining(&self) -> Result<Option<f64>, ExecError> {
+        self.retry(|| {
+            sqlx::query_scalar::<_, Option<f64>>(&self.statements.oldest)
+                .bind(self.statuses)
+                .bind(self.cutoff)
+                .fetch_one(&self.executor.pool)
         })
         .await
         .map_err(|e| ExecError::from_sqlx("failed to measure remaining runs", &e))
     }
-}
 
-/// Retry a statement briefly while its error is transient (connection blips, lock
-/// timeouts, serialization failures); a permanent error returns at once.
-async fn retry<T, F, Fut>(op: F) -> Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-{
-    RetryPolicy::in_attempt()
-        .retry(shared::db::is_transient, op)
-        .await
+    /// Retry a statement briefly while its error is transient (connection blips, lock
+    /// timeouts, serialization failures) and the turn goes on; a permanent error, or any
+    /// error once the turn is stopped, returns at once.
+    async fn retry<T, F, Fut>(&self, op: F) -> Result<T, sqlx::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let cancel = self.cancel;
+        RetryPolicy::in_attempt()
+            .retry(
+                |e| shared::db::is_transient(e) && !cancel.is_cancelled(),
+                op,
+            )
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,197 @@
+//! What the runs table really is, read from the catalog before anything is deleted.
+//!
+//! The settings name a table and three columns; the catalog says whether the id column
+//! identifies one row (a primary key or a unique index, alone or together with the
+//! timestamp column), and whether the timestamp column carries a time zone. A
+//! `timestamp without time zone` holds wall-clock times of some zone: the cutoff is
+//! converted to that zone (`RUNS_TIMESTAMP_TIMEZONE`, default the database's `TimeZone`)
+//! before it is compared, so a database that is not on UTC never makes young rows look old.
+
+use sqlx::PgPool;
+
+use super::RunsTable;
+
+/// How the timestamp column is compared with the cutoff (a `timestamptz` bound as `$2`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timestamps {
+    /// `timestamp with time zone`: instants, compared as they are.
+    Instants,
+    /// `timestamp without time zone`: wall-clock times in this IANA zone.
+    WallClock { zone: String },
+}
+
+/// The checked shape of the runs table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schema {
+    /// Quoted columns that identify one row: the id column, or id and timestamp
+    /// (a partitioned table's unique key must include its partition key).
+    pub key: Vec<String>,
+    pub timestamps: Timestamps,
+}
+
+/// Why the runs table cannot be cleaned as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The table does not exist (yet): tasks fail, the worker still starts.
+    #[error("the runs table {0} does not exist (RUNS_TABLE)")]
+    MissingTable(String),
+    /// The table exists but cannot be cleaned safely as configured: refuse to start.
+    #[error("{0}")]
+    Unsafe(String),
+    #[error("cannot read the runs table's schema: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(sqlx::FromRow)]
+struct Column {
+    name: String,
+    type_name: String,
+}
+
+/// Read the table's shape from the catalog. `zone`: RUNS_TIMESTAMP_TIMEZONE, if set.
+pub async fn inspect(
+    pool: &PgPool,
+    table: &RunsTable,
+    zone: Option<&str>,
+) -> Result<Schema, SchemaError> {
+    let oid: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::int8")
+        .bind(&table.table)
+        .fetch_one(pool)
+        .await?;
+    let Some(oid) = oid else {
+        return Err(SchemaError::MissingTable(table.table.clone()));
+    };
+    let columns: Vec<Column> = sqlx::query_as(
+        "SELECT attname::text AS name, format_type(atttypid, atttypmod) AS type_name
+         FROM pg_attribute WHERE attrelid = $1::int8::oid AND attnum > 0 AND NOT attisdropped",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?;
+    let type_of = |name: &str, setting: &str| {
+        columns
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.type_name.clone())
+            .ok_or_else(|| {
+                SchemaError::Unsafe(format!(
+                    "{setting} `{name}` is not a column of the runs table {}",
+                    table.table
+                ))
+            })
+    };
+    type_of(&table.names.id, "RUNS_ID_COLUMN")?;
+    type_of(&table.names.status, "RUNS_STATUS_COLUMN")?;
+    let timestamps = match type_of(&table.names.timestamp, "RUNS_TIMESTAMP_COLUMN")?.as_str() {
+        "timestamp with time zone" => Timestamps::Instants,
+        "timestamp without time zone" => {
+            let zone = match zone {
+                Some(zone) => zone.to_owned(),
+                None => {
+                    sqlx::query_scalar("SELECT current_setting('TimeZone')")
+                        .fetch_one(pool)
+                        .await?
+                }
+            };
+            check_zone(pool, &zone).await?;
+            Timestamps::WallClock { zone }
+        }
+        other => {
+            return Err(SchemaError::Unsafe(format!(
+                "RUNS_TIMESTAMP_COLUMN `{}` is of type {other}; it must be `timestamp with time \
+                 zone` or `timestamp without time zone`",
+                table.names.timestamp
+            )))
+        }
+    };
+    // Unique, complete (not partial, no expressions) indexes, by their column names.
+    let unique: Vec<Vec<String>> = sqlx::query_scalar(
+        "SELECT array(SELECT a.attname::text FROM unnest(i.indkey) k
+                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k)
+         FROM pg_index i
+         WHERE i.indrelid = $1::int8::oid AND i.indisunique AND i.indpred IS NULL
+           AND i.indexprs IS NULL",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?;
+    let id = &table.names.id;
+    let ts = &table.names.timestamp;
+    let key = if unique.iter().any(|cols| cols.len() == 1 && &cols[0] == id) {
+        vec![table.id.clone()]
+    } else if unique
+        .iter()
+        .any(|cols| cols.len() == 2 && cols.contains(id) && cols.contains(ts))
+    {
+        vec![table.id.clone(), table.timestamp.clone()]
+    } else {
+        return Err(SchemaError::Unsafe(format!(
+            "RUNS_ID_COLUMN `{id}` does not identify one row of {}: it needs a primary key or \
+             a unique index on ({id}) or ({id}, {ts}); deleting by a non-unique id could delete \
+             rows that are not eligible",
+            table.table
+        )));
+    };
+    Ok(Schema { key, timestamps })
+}
+
+/// A zone PostgreSQL knows, or a clear refusal.
+async fn check_zone(pool: &PgPool, zone: &str) -> Result<(), SchemaError> {
+    let known: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)
+             OR EXISTS (SELECT 1 FROM pg_timezone_abbrevs WHERE abbrev = $1)",
+    )
+    .bind(zone)
+    .fetch_one(pool)
+    .await?;
+    if known {
+        Ok(())
+    } else {
+        Err(SchemaError::Unsafe(format!(
+            "RUNS_TIMESTAMP_TIMEZONE `{zone}` is not a time zone PostgreSQL knows"
+        )))
+    }
+}
+
+impl Schema {
+    /// The cutoff (`$2`, timestamptz) as a value of the timestamp column's type.
+    pub fn cutoff_expr(&self) -> String {
+        match &self.timestamps {
+            Timestamps::Instants => "$2".to_owned(),
+            Timestamps::WallClock { zone } => {
+                format!("($2::timestamptz AT TIME ZONE {})", literal(zone))
+            }
+        }
+    }
+
+    /// An expression turning a value of the timestamp column into an instant.
+    pub fn instant(&self, value: &str) -> String {
+        match &self.timestamps {
+            Timestamps::Instants => value.to_owned(),
+            Timestamps::WallClock { zone } => format!("({value} AT TIME ZONE {})", literal(zone)),
+        }
+    }
+
+    /// The row key as a SQL expression: `"id"` or `("id", "finished_at")`.
+    pub fn key_expr(&self) -> String {
+        match self.key.as_slice() {
+            [one] => one.clone(),
+            many => format!("({})", many.join(", ")),
+        }
+    }
+
+    /// What the logs say about how rows are compared.
+    pub fn describe(&self) -> String {
+        match &self.timestamps {
+            Timestamps::Instants => "timestamp with time zone: compared as instants".to_owned(),
+            Timestamps::WallClock { zone } => format!(
+                "timestamp without time zone: values are read as wall-clock times in {zone}"
+            ),
+        }
+    }
+}
+
+/// A SQL string literal (the zone was checked against PostgreSQL's own list).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}

@@ -1,0 +1,590 @@
+//! `cleanup_temp_files`: delete old files under the configured temp roots, safely.
+//!
+//! A task names a root from `TEMP_ROOTS`, never a path ([`roots`] resolves and checks
+//! them); [`walk`] holds every syscall that decides what is deleted, and its module
+//! documentation lists the safety rules. This module runs a walk for one turn of a task
+//! and carries its progress between turns and attempts, so that every file is judged (and
+//! counted) once and `max_files` holds over the whole task.
+//!
+//! Best effort: an unreadable directory or a vanished file is recorded in `errors`
+//! (capped) and the walk goes on. Subdirectories are walked in parallel on a bounded
+//! thread pool, except under `max_files`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::{Deserialize, Serialize};
+use shared::envelope::TaskEnvelope;
+use shared::tasks::CleanupTempFilesParams;
+use tokio_util::sync::CancellationToken;
+
+use super::{Checkpoint, ExecError, Execution};
+
+pub mod roots;
+pub mod walk;
+
+pub use roots::TempRoot;
+use walk::{Counters, Privileges, Walk, MAX_ERRORS};
+
+/// One recorded problem: where (relative to its root) and what.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileError {
+    pub root: String,
+    pub path: String,
+    pub error: String,
+}
+
+/// The result of a `cleanup_temp_files` task (contract; see README).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TempFilesResult {
+    pub dry_run: bool,
+    pub roots: Vec<String>,
+    pub cutoff: DateTime<Utc>,
+    /// Files (and symlinks) old enough, matching, and deletable: in a dry run, what a real
+    /// run would delete now.
+    pub files_matched: u64,
+    pub files_deleted: u64,
+    pub bytes_matched: u64,
+    pub bytes_freed: u64,
+    /// Directories this task emptied that were (or, in a dry run, would be) removed.
+    pub dirs_matched: u64,
+    pub dirs_removed: u64,
+    /// Entries left alone for safety: other mounts, special files, entries that changed
+    /// under the walk, files in use, immutable or not deletable by this worker.
+    pub skipped: u64,
+    /// Matching files (and directories) kept, by reason: `young`, `capped`, `in_use`,
+    /// `immutable`, `not_permitted`, `unreadable`, `other_mount`, `special_file`,
+    /// `replaced`. Reasons with no entry are left out.
+    #[serde(default)]
+    pub kept: BTreeMap<String, u64>,
+    /// True when `max_files` stopped the run before every eligible file was gone.
+    pub capped: bool,
+    /// Age in seconds of the oldest eligible file still present after the run.
+    pub oldest_remaining_age_seconds: Option<f64>,
+    pub errors_total: u64,
+    pub errors: Vec<FileError>,
+    /// Working time over every turn.
+    pub duration_ms: u64,
+    /// Turns the task took: more than one when a shutdown, the turn budget or a failed
+    /// attempt handed it on.
+    #[serde(default)]
+    pub turns: u32,
+}
+
+impl TempFilesResult {
+    /// Add the work of earlier turns. A later turn skips what earlier turns finished, and
+    /// what they deleted is gone, so adding their counts counts every file once.
+    fn absorb(&mut self, earlier: &TempFilesResult) {
+        self.files_matched += earlier.files_matched;
+        self.files_deleted += earlier.files_deleted;
+        self.bytes_matched += earlier.bytes_matched;
+        self.bytes_freed += earlier.bytes_freed;
+        self.dirs_matched += earlier.dirs_matched;
+        self.dirs_removed += earlier.dirs_removed;
+        self.skipped += earlier.skipped;
+        for (reason, n) in &earlier.kept {
+            *self.kept.entry(reason.clone()).or_default() += n;
+        }
+        self.capped |= earlier.capped;
+        self.errors_total += earlier.errors_total;
+        let mut errors = earlier.errors.clone();
+        errors.append(&mut self.errors);
+        errors.truncate(MAX_ERRORS);
+        self.errors = errors;
+        self.duration_ms += earlier.duration_ms;
+        self.turns += earlier.turns;
+    }
+}
+
+/// How far earlier turns got in one root: a later turn skips what is done, so every
+/// file is judged (and counted) once however many turns a task takes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RootProgress {
+    /// The whole root was walked.
+    #[serde(default)]
+    pub complete: bool,
+    /// The files directly in the root were judged.
+    #[serde(default)]
+    pub files_done: bool,
+    /// Top-level subdirectories walked completely (names; `hex:` prefix when not UTF-8).
+    #[serde(default)]
+    pub subdirs_done: BTreeSet<String>,
+    /// Directories (paths relative to the root) where a turn deleted something without
+    /// finishing them: when a later turn finds them empty, this task emptied them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub touched: BTreeSet<String>,
+}
+
+/// What a continuation (or a retry) of a temp-file task carries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TempFilesProgress {
+    /// Counts so far.
+    pub result: TempFilesResult,
+    /// Per root name.
+    pub done: BTreeMap<String, RootProgress>,
+    /// Consecutive turns that finished nothing new.
+    #[serde(default)]
+    pub stalled_turns: u32,
+    /// Modification time (Unix seconds) of the oldest eligible file left by any turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_remaining_mtime: Option<i64>,
+}
+
+/// Turns in a row without progress before the task fails instead of looping.
+const MAX_STALLED_TURNS: u32 = 3;
+
+pub struct TempFilesExecutor {
+    roots: BTreeMap<String, TempRoot>,
+    pool: Arc<rayon::ThreadPool>,
+    check_locks: bool,
+    privileges: Privileges,
+}
+
+impl TempFilesExecutor {
+    pub fn new(
+        roots: BTreeMap<String, TempRoot>,
+        threads: usize,
+        check_locks: bool,
+    ) -> anyhow::Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("temp-walk-{i}"))
+            .build()?;
+        Ok(Self {
+            roots,
+            pool: Arc::new(pool),
+            check_locks,
+            privileges: Privileges::of_this_process(),
+        })
+    }
+
+    pub async fn execute(
+        &self,
+        envelope: &TaskEnvelope,
+        params: &CleanupTempFilesParams,
+        cancel: &CancellationToken,
+        checkpoint: &Checkpoint,
+    ) -> Result<Execution, ExecError> {
+        let earlier = match &envelope.progress {
+            Some(progress) => Some(
+                serde_json::from_value::<TempFilesProgress>(progress.clone()).map_err(|e| {
+                    ExecError::permanent(format!("unreadable continuation progress: {e}"))
+                })?,
+            ),
+            None => None,
+        };
+        let resume = earlier.as_ref().map(|p| p.done.clone()).unwrap_or_default();
+        let roots: Vec<TempRoot> = match &params.root {
+            Some(name) => match self.roots.get(name) {
+                Some(root) => vec![root.clone()],
+                None => {
+                    let known: Vec<&str> = self.roots.keys().map(String::as_str).collect();
+                    return Err(ExecError::permanent(format!(
+                        "unknown temp root `{name}`; this worker knows: {}",
+                        known.join(", ")
+                    )));
+                }
+            },
+            None => self.roots.values().cloned().collect(),
+        };
+        let patterns = match &params.patterns {
+            Some(patterns) => Some(build_globset(patterns).map_err(ExecError::permanent)?),
+            None => None,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let walk = Arc::new(Walk {
+            cutoff: envelope.cutoff,
+            patterns,
+            dry_run: params.dry_run,
+            remove_empty_dirs: params.remove_empty_dirs,
+            max_files: params.max_files,
+            check_locks: self.check_locks,
+            privileges: self.privileges,
+            stop: stop.clone(),
+            counters: Counters::default(),
+            errors: Mutex::new(Vec::new()),
+            interrupted: AtomicBool::new(false),
+            done: Mutex::new(resume.clone()),
+            resume,
+        });
+        // `max_files` counts over every turn and every attempt.
+        if let Some(earlier) = &earlier {
+            walk.counters
+                .claimed
+                .store(earlier.result.files_matched, Ordering::Relaxed);
+        }
+        let started = Instant::now();
+        let turn = Turn {
+            walk: walk.clone(),
+            roots: roots.clone(),
+            earlier: earlier.clone(),
+            started,
+        };
+        // Whatever happens to this turn, its progress so far can be reported.
+        checkpoint.source({
+            let turn = turn.clone();
+            move || serde_json::to_value(turn.progress()).expect("progress serializes")
+        });
+        let pool = self.pool.clone();
+        let job = {
+            let walk = walk.clone();
+            let roots = roots.clone();
+            tokio::task::spawn_blocking(move || pool.install(|| walk.run(&roots)))
+        };
+        // Stop the walk at the next entry when the task is cancelled.
+        let watcher = {
+            let cancel = cancel.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                cancel.cancelled().await;
+                stop.store(true, Ordering::SeqCst);
+            })
+        };
+        let outcome = job.await;
+        watcher.abort();
+        let failed = |error: ExecError| {
+            let progress = serde_json::to_value(turn.progress()).expect("progress serializes");
+            error.with_progress(progress)
+        };
+        match outcome {
+            Err(panic) => {
+                return Err(failed(ExecError::transient(format!(
+                    "temp-file walk panicked: {panic}"
+                ))))
+            }
+            Ok(Err(error)) => return Err(failed(error)),
+            Ok(Ok(())) => {}
+        }
+        let mut progress = turn.progress();
+        if !walk.interrupted.load(Ordering::SeqCst) {
+            return Ok(Execution::Done(
+                serde_json::to_value(&progress.result).expect("result serializes"),
+            ));
+        }
+        // Progress: a part of the tree finished, or (real runs) files deleted.
+        let deleted_now = walk.counters.files_deleted.load(Ordering::Relaxed) > 0;
+        let progressed = (!params.dry_run && deleted_now)
+            || earlier.as_ref().is_none_or(|e| e.done != progress.done);
+        progress.stalled_turns = match (&earlier, progressed) {
+            (_, true) => 0,
+            (Some(e), false) => e.stalled_turns + 1,
+            (None, false) => 1,
+        };
+        if progress.stalled_turns >= MAX_STALLED_TURNS {
+            return Err(failed(ExecError::permanent(format!(
+                "the walk finished no directory in {} turns in a row: one top-level directory \
+                 takes longer than TURN_BUDGET to walk; raise TURN_BUDGET",
+                progress.stalled_turns
+            ))));
+        }
+        Ok(Execution::Interrupted {
+            progress: serde_json::to_value(progress).expect("progress serializes"),
+        })
+    }
+}
+
+/// One turn's walk and what came before it: enough to say how far the task got.
+#[derive(Clone)]
+struct Turn {
+    walk: Arc<Walk>,
+    roots: Vec<TempRoot>,
+    earlier: Option<TempFilesProgress>,
+    started: Instant,
+}
+
+impl Turn {
+    /// The task's progress as of now: this turn's counts added to the earlier ones.
+    fn progress(&self) -> TempFilesProgress {
+        let mut result = self.walk.result(&self.roots);
+        result.duration_ms = self.started.elapsed().as_millis() as u64;
+        result.turns = 1;
+        let oldest = self.walk.counters.oldest_remaining.load(Ordering::Relaxed);
+        let mut oldest = (oldest != i64::MAX).then_some(oldest);
+        if let Some(earlier) = &self.earlier {
+            result.absorb(&earlier.result);
+            oldest = match (oldest, earlier.oldest_remaining_mtime) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        result.oldest_remaining_age_seconds =
+            oldest.map(|mtime| (Utc::now().timestamp() - mtime).max(0) as f64);
+        TempFilesProgress {
+            result,
+            done: self.walk.done.lock().expect("done lock").clone(),
+            stalled_turns: self.earlier.as_ref().map_or(0, |e| e.stalled_turns),
+            oldest_remaining_mtime: oldest,
+        }
+    }
+}
+
+/// Globs are matched against the path relative to the root; `*` also crosses `/`.
+pub fn build_globset(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        shared::tasks::validate_pattern(pattern)?;
+        builder.add(Glob::new(pattern).map_err(|e| format!("`{pattern}`: {e}"))?);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use walk::tests::old_file;
+
+    fn executor(roots: &[(&str, &Path)]) -> TempFilesExecutor {
+        let roots = roots
+            .iter()
+            .map(|(name, path)| (name.to_string(), TempRoot::new(*name, *path)))
+            .collect();
+        TempFilesExecutor::new(roots, 2, true).unwrap()
+    }
+
+    fn envelope(
+        params: &CleanupTempFilesParams,
+        progress: Option<serde_json::Value>,
+    ) -> TaskEnvelope {
+        let mut envelope = TaskEnvelope::new(
+            uuid::Uuid::now_v7(),
+            shared::tasks::TaskSpec::CleanupTempFiles(params.clone()),
+            1,
+            Utc::now(),
+        );
+        envelope.progress = progress;
+        envelope
+    }
+
+    fn params(max_files: Option<u64>) -> CleanupTempFilesParams {
+        CleanupTempFilesParams {
+            max_age_hours: 1.0,
+            dry_run: false,
+            root: None,
+            patterns: None,
+            max_files,
+            remove_empty_dirs: false,
+            max_attempts: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_continuation_skips_what_earlier_turns_finished_and_adds_their_counts() {
+        let scratch = tempfile::tempdir().unwrap();
+        for d in 0..3 {
+            for f in 0..4 {
+                old_file(&scratch.path().join(format!("d{d}/f{f}")));
+            }
+        }
+        old_file(&scratch.path().join("top.tmp"));
+        let executor = executor(&[("s", scratch.path())]);
+        // An earlier turn finished d0 (deleting 4 files there, which this test keeps so
+        // that skipping shows) and the top-level files.
+        let progress = TempFilesProgress {
+            result: TempFilesResult {
+                files_matched: 5,
+                files_deleted: 5,
+                bytes_matched: 20,
+                bytes_freed: 20,
+                turns: 1,
+                ..Default::default()
+            },
+            done: BTreeMap::from([(
+                "s".into(),
+                RootProgress {
+                    complete: false,
+                    files_done: true,
+                    subdirs_done: BTreeSet::from(["d0".into()]),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        let p = params(None);
+        let env = envelope(&p, Some(serde_json::to_value(&progress).unwrap()));
+        let Execution::Done(result) = executor
+            .execute(&env, &p, &CancellationToken::new(), &Checkpoint::default())
+            .await
+            .unwrap()
+        else {
+            panic!("not interrupted")
+        };
+        assert_eq!(result["files_deleted"], 5 + 8, "{result}");
+        assert_eq!(result["turns"], 2);
+        assert!(
+            scratch.path().join("d0/f0").exists(),
+            "d0 was finished earlier"
+        );
+        assert!(
+            scratch.path().join("top.tmp").exists(),
+            "top-level files were finished earlier"
+        );
+        assert!(!scratch.path().join("d1/f0").exists());
+    }
+
+    #[tokio::test]
+    async fn max_files_counts_over_every_turn() {
+        let scratch = tempfile::tempdir().unwrap();
+        for f in 0..6 {
+            old_file(&scratch.path().join(format!("d/f{f}")));
+        }
+        let executor = executor(&[("s", scratch.path())]);
+        let progress = TempFilesProgress {
+            result: TempFilesResult {
+                files_matched: 3,
+                files_deleted: 3,
+                turns: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let p = params(Some(4));
+        let env = envelope(&p, Some(serde_json::to_value(&progress).unwrap()));
+        let Execution::Done(result) = executor
+            .execute(&env, &p, &CancellationToken::new(), &Checkpoint::default())
+            .await
+            .unwrap()
+        else {
+            panic!("not interrupted")
+        };
+        assert_eq!(result["files_deleted"], 4, "{result}");
+        assert_eq!(result["capped"], true);
+        let left = std::fs::read_dir(scratch.path().join("d")).unwrap().count();
+        assert_eq!(left, 5, "only one more file in this turn");
+    }
+
+    async fn run_once(
+        executor: &TempFilesExecutor,
+        p: &CleanupTempFilesParams,
+        progress: Option<serde_json::Value>,
+    ) -> Result<Execution, ExecError> {
+        let env = envelope(p, progress);
+        executor
+            .execute(&env, p, &CancellationToken::new(), &Checkpoint::default())
+            .await
+    }
+
+    /// Two roots; the second cannot be opened, so each attempt fails as transient after
+    /// the first root. Three attempts must still delete `max_files` in all, and the
+    /// final result must count what every attempt deleted.
+    #[tokio::test]
+    async fn max_files_holds_across_attempts_that_fail_on_another_root() {
+        let scratch = tempfile::tempdir().unwrap();
+        let a = scratch.path().join("a");
+        let b = scratch.path().join("b");
+        for f in 0..10 {
+            old_file(&a.join(format!("d/f{f}")));
+        }
+        std::fs::create_dir(&b).unwrap();
+        let executor = executor(&[("a", &a), ("b", &b)]);
+        std::fs::rename(&b, scratch.path().join("b-away")).unwrap();
+        let p = params(Some(4));
+        let mut progress = None;
+        for attempt in 1..=3 {
+            let error = match run_once(&executor, &p, progress.clone()).await {
+                Err(error) => error,
+                Ok(other) => panic!("attempt {attempt} did not fail: {other:?}"),
+            };
+            assert!(error.is_transient(), "{error}");
+            assert!(error.message.contains("cannot be opened"), "{error}");
+            progress = error.progress.clone();
+            assert!(progress.is_some(), "attempt {attempt} carried no progress");
+        }
+        let left = std::fs::read_dir(a.join("d")).unwrap().count();
+        assert_eq!(left, 6, "3 attempts deleted more than max_files");
+        // The root is back: the last attempt finishes, counting every file once.
+        std::fs::rename(scratch.path().join("b-away"), &b).unwrap();
+        let Execution::Done(result) = run_once(&executor, &p, progress).await.unwrap() else {
+            panic!("not done")
+        };
+        assert_eq!(result["files_deleted"], 4, "{result}");
+        assert_eq!(result["turns"], 4, "{result}");
+    }
+
+    #[tokio::test]
+    async fn counts_merged_across_turns_keep_skips_and_the_oldest_remaining_file() {
+        let scratch = tempfile::tempdir().unwrap();
+        old_file(&scratch.path().join("d/f.tmp"));
+        let executor = executor(&[("s", scratch.path())]);
+        let two_days_ago = Utc::now().timestamp() - 10 * 24 * 3600;
+        let progress = TempFilesProgress {
+            result: TempFilesResult {
+                skipped: 2,
+                kept: BTreeMap::from([("in_use".into(), 2)]),
+                turns: 1,
+                ..Default::default()
+            },
+            oldest_remaining_mtime: Some(two_days_ago),
+            ..Default::default()
+        };
+        let p = params(None);
+        let Execution::Done(result) = run_once(
+            &executor,
+            &p,
+            Some(serde_json::to_value(&progress).unwrap()),
+        )
+        .await
+        .unwrap() else {
+            panic!("not done")
+        };
+        assert_eq!(result["skipped"], 2, "{result}");
+        assert_eq!(result["kept"]["in_use"], 2, "{result}");
+        let oldest = result["oldest_remaining_age_seconds"].as_f64().unwrap();
+        assert!(oldest >= 10.0 * 24.0 * 3600.0 - 5.0, "{result}");
+    }
+
+    /// A turn deletes in `jobs/1` and is stopped before finishing it; the next turn finds
+    /// it empty and removes it, because this task emptied it.
+    #[tokio::test]
+    async fn a_directory_emptied_over_two_turns_is_removed_by_the_second() {
+        let scratch = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(scratch.path().join("jobs/1")).unwrap();
+        std::fs::create_dir_all(scratch.path().join("spool")).unwrap();
+        let executor = executor(&[("s", scratch.path())]);
+        let mut p = params(None);
+        p.remove_empty_dirs = true;
+        let progress = TempFilesProgress {
+            result: TempFilesResult {
+                files_matched: 3,
+                files_deleted: 3,
+                turns: 1,
+                ..Default::default()
+            },
+            done: BTreeMap::from([(
+                "s".into(),
+                RootProgress {
+                    files_done: true,
+                    touched: BTreeSet::from(["jobs/1".into(), "jobs".into()]),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        let Execution::Done(result) = run_once(
+            &executor,
+            &p,
+            Some(serde_json::to_value(&progress).unwrap()),
+        )
+        .await
+        .unwrap() else {
+            panic!("not done")
+        };
+        assert_eq!(result["dirs_removed"], 2, "{result}");
+        assert!(!scratch.path().join("jobs").exists());
+        assert!(scratch.path().join("spool").is_dir(), "never touched: kept");
+    }
+
+    #[test]
+    fn globs_match_relative_paths_and_refuse_escapes() {
+        let set = build_globset(&["*.tmp".into(), "cache/**".into()]).unwrap();
+        assert!(set.is_match("a/b/c.tmp"));
+        assert!(set.is_match("cache/x/y.bin"));
+        assert!(!set.is_match("a/b/c.log"));
+        assert!(build_globset(&["../*.tmp".into()]).is_err());
+    }
+}

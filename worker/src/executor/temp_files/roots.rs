@@ -1,0 +1,450 @@
+//! Temp roots: parsing `TEMP_ROOTS`, refusing roots that are not safe to clean, and
+//! opening a root so that nothing but the configured directory can be reached.
+//!
+//! A root is resolved once, at start-up (symlinks in the configured path are followed
+//! then, and only then), and the resolved path is checked: never `/`, and not one of the
+//! system trees (or a directory holding one) unless that root says `allow_system_path`.
+//! Every walk opens the resolved path again with `openat2(RESOLVE_NO_SYMLINKS)`, so a
+//! component swapped for a symlink after start-up is refused, and checks that the opened
+//! directory is the one seen at start-up (device, inode and mount), so a directory
+//! renamed away and replaced, or a mount placed over the path, is refused too.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags, CWD};
+use std::os::fd::OwnedFd;
+
+/// Which timestamps decide that a file is old: all chosen ones must be older than the
+/// cutoff (a file is young if any chosen time is recent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgeBy {
+    pub atime: bool,
+    pub mtime: bool,
+    pub ctime: bool,
+}
+
+impl Default for AgeBy {
+    fn default() -> Self {
+        Self {
+            atime: false,
+            mtime: true,
+            ctime: false,
+        }
+    }
+}
+
+impl std::str::FromStr for AgeBy {
+    type Err = String;
+
+    /// `mtime`, `atime+mtime`, `atime+mtime+ctime`, ...
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut age_by = AgeBy {
+            atime: false,
+            mtime: false,
+            ctime: false,
+        };
+        for part in text.split('+').map(str::trim) {
+            match part {
+                "atime" => age_by.atime = true,
+                "mtime" => age_by.mtime = true,
+                "ctime" => age_by.ctime = true,
+                other => {
+                    return Err(format!(
+                        "age_by `{other}` is not one of atime, mtime, ctime (join several with `+`)"
+                    ))
+                }
+            }
+        }
+        Ok(age_by)
+    }
+}
+
+impl std::fmt::Display for AgeBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = [
+            (self.atime, "atime"),
+            (self.mtime, "mtime"),
+            (self.ctime, "ctime"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        f.write_str(&names.join("+"))
+    }
+}
+
+/// Which directory an open root must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub dev: u64,
+    pub ino: u64,
+    pub mnt_id: Option<u64>,
+}
+
+/// A named directory that temp-file tasks may clean.
+#[derive(Debug)]
+pub struct TempRoot {
+    pub name: String,
+    /// Resolved at start-up; opened later without following any symlink.
+    pub path: PathBuf,
+    pub age_by: AgeBy,
+    /// Set explicitly per root: the path may be (or hold) a system tree.
+    pub allow_system_path: bool,
+    /// The directory seen at start-up (or at the first walk, when it did not exist yet).
+    identity: OnceLock<Identity>,
+}
+
+impl Clone for TempRoot {
+    fn clone(&self) -> Self {
+        let identity = OnceLock::new();
+        if let Some(seen) = self.identity.get() {
+            let _ = identity.set(*seen);
+        }
+        Self {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            age_by: self.age_by,
+            allow_system_path: self.allow_system_path,
+            identity,
+        }
+    }
+}
+
+impl PartialEq for TempRoot {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.name, &self.path, self.age_by, self.allow_system_path)
+            == (
+                &other.name,
+                &other.path,
+                other.age_by,
+                other.allow_system_path,
+            )
+    }
+}
+
+/// Trees no cleanup should reach by accident; `/lib*` covers lib32, lib64, libx32...
+const SYSTEM_TREES: &[&str] = &[
+    "/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/boot", "/var/lib", "/root",
+];
+
+/// Why `path` (absolute, resolved) is a system path, if it is one.
+pub fn system_path(path: &Path) -> Option<String> {
+    let text = path.to_string_lossy();
+    let names: Vec<&str> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => n.to_str(),
+            _ => None,
+        })
+        .collect();
+    let is_lib = names.first().is_some_and(|n| n.starts_with("lib"));
+    let tree = SYSTEM_TREES
+        .iter()
+        .map(Path::new)
+        .find(|tree| path.starts_with(tree));
+    if let Some(tree) = tree {
+        return Some(format!(
+            "{text} is inside the system tree {}",
+            tree.display()
+        ));
+    }
+    if is_lib {
+        return Some(format!("{text} is inside the system tree /{}", names[0]));
+    }
+    if let Some(tree) = SYSTEM_TREES
+        .iter()
+        .map(Path::new)
+        .find(|t| t.starts_with(path))
+    {
+        return Some(format!("{text} holds the system tree {}", tree.display()));
+    }
+    match names.as_slice() {
+        ["home"] => Some(format!("{text} holds the users' home directories")),
+        ["home", _] => Some(format!("{text} is a user's home directory")),
+        _ => None,
+    }
+}
+
+impl TempRoot {
+    /// Parse one `TEMP_ROOTS` entry: `name=/path[;age_by=atime+mtime][;allow_system_path]`,
+    /// resolve the path and check it.
+    pub fn parse(item: &str) -> anyhow::Result<Self> {
+        let mut parts = item.split(';');
+        let spec = parts.next().unwrap_or_default();
+        let Some((name, path)) = spec.split_once('=') else {
+            anyhow::bail!("TEMP_ROOTS entry `{item}` must look like name=/absolute/path");
+        };
+        let (name, configured) = (name.trim(), PathBuf::from(path.trim()));
+        shared::tasks::validate_root_name(name).map_err(|e| anyhow::anyhow!("TEMP_ROOTS: {e}"))?;
+        let mut age_by = AgeBy::default();
+        let mut allow_system_path = false;
+        for option in parts.map(str::trim).filter(|o| !o.is_empty()) {
+            match option.split_once('=') {
+                Some(("age_by", value)) => {
+                    age_by = value
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("TEMP_ROOTS: root `{name}`: {e}"))?;
+                }
+                None if option == "allow_system_path" => allow_system_path = true,
+                _ => anyhow::bail!(
+                    "TEMP_ROOTS: root `{name}`: unknown option `{option}` (known: age_by=..., \
+                     allow_system_path)"
+                ),
+            }
+        }
+        if !configured.is_absolute() {
+            anyhow::bail!(
+                "TEMP_ROOTS: the path of `{name}` must be absolute, got {}",
+                configured.display()
+            );
+        }
+        // Symlinks in the configured path are resolved here, once; later walks follow none.
+        let path = match std::fs::canonicalize(&configured) {
+            Ok(path) => path,
+            Err(_) if configured.components().any(|c| c == Component::ParentDir) => anyhow::bail!(
+                "TEMP_ROOTS: the path of `{name}` ({}) does not exist and contains `..`; \
+                 name the directory itself",
+                configured.display()
+            ),
+            // Not there yet (a volume mounted later): it will be opened without symlinks.
+            Err(_) => configured.components().collect(),
+        };
+        if path.parent().is_none() {
+            anyhow::bail!(
+                "TEMP_ROOTS: `{name}` ({}) resolves to the filesystem root `/`; refused",
+                configured.display()
+            );
+        }
+        if let Some(why) = system_path(&path) {
+            if !allow_system_path {
+                anyhow::bail!(
+                    "TEMP_ROOTS: `{name}` ({}) is refused: {why}. If this is really meant, add \
+                     `;allow_system_path` to that root",
+                    configured.display()
+                );
+            }
+            tracing::warn!(root = name, path = %path.display(), %why, "temp root allowed on a system path");
+        }
+        let root = TempRoot {
+            name: name.to_owned(),
+            path,
+            age_by,
+            allow_system_path,
+            identity: OnceLock::new(),
+        };
+        // Remember which directory this is; a root that is not there yet is remembered
+        // at its first walk.
+        if let Ok(fd) = root.open_path() {
+            let identity = identity_of(&fd)?;
+            let _ = root.identity.set(identity);
+        }
+        Ok(root)
+    }
+
+    /// A root for tests and tools: the path taken as it is, default options.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        Self {
+            name: name.into(),
+            path: path.into(),
+            age_by: AgeBy::default(),
+            allow_system_path: false,
+            identity: OnceLock::new(),
+        }
+    }
+
+    pub fn with_age_by(mut self, age_by: AgeBy) -> Self {
+        self.age_by = age_by;
+        self
+    }
+
+    fn open_path(&self) -> rustix::io::Result<OwnedFd> {
+        rustix::fs::openat2(
+            CWD,
+            &self.path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+    }
+
+    /// Open the root for a walk: no symlink anywhere in the path, and the same directory
+    /// (device, inode, mount) as at start-up.
+    pub fn open(&self) -> Result<(OwnedFd, Identity), RootError> {
+        let fd = self.open_path().map_err(|e| match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => RootError::Refused(format!(
+                "temp root `{}` ({}): a component of the path is now a symlink; not followed",
+                self.name,
+                self.path.display()
+            )),
+            other => RootError::Unavailable(format!(
+                "temp root `{}` ({}) cannot be opened: {}",
+                self.name,
+                self.path.display(),
+                std::io::Error::from(other)
+            )),
+        })?;
+        let now = identity_of(&fd).map_err(|e| RootError::Unavailable(e.to_string()))?;
+        let expected = *self.identity.get_or_init(|| now);
+        if !same_directory(&expected, &now) {
+            return Err(RootError::Refused(format!(
+                "temp root `{}` ({}) is no longer the directory it was at start-up (device, \
+                 inode or mount changed); not cleaned. Restart the worker if the change is meant",
+                self.name,
+                self.path.display()
+            )));
+        }
+        Ok((fd, now))
+    }
+}
+
+fn same_directory(a: &Identity, b: &Identity) -> bool {
+    a.dev == b.dev
+        && a.ino == b.ino
+        && match (a.mnt_id, b.mnt_id) {
+            (Some(x), Some(y)) => x == y,
+            _ => true,
+        }
+}
+
+/// Device, inode and mount of an open directory.
+pub fn identity_of(fd: &OwnedFd) -> anyhow::Result<Identity> {
+    let stx = rustix::fs::statx(
+        fd,
+        c"",
+        AtFlags::EMPTY_PATH,
+        StatxFlags::INO | StatxFlags::MNT_ID | StatxFlags::TYPE,
+    )?;
+    Ok(Identity {
+        dev: rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        mnt_id: (stx.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(stx.stx_mnt_id),
+    })
+}
+
+/// Why a root cannot be walked now.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    /// Missing or unreadable: a volume may appear later (transient).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Not the directory that was configured (permanent).
+    #[error("{0}")]
+    Refused(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_paths_are_recognized() {
+        for refused in [
+            "/etc",
+            "/etc/x",
+            "/usr/lib",
+            "/lib64",
+            "/libx32/a",
+            "/var/lib/postgresql",
+            "/var",
+            "/home",
+            "/home/alice",
+            "/root",
+            "/proc/1",
+            "/sys",
+            "/dev/shm",
+            "/boot",
+        ] {
+            assert!(system_path(Path::new(refused)).is_some(), "{refused}");
+        }
+        for allowed in [
+            "/tmp",
+            "/var/tmp/app",
+            "/home/alice/tmp",
+            "/data/scratch",
+            "/srv/x",
+        ] {
+            assert_eq!(system_path(Path::new(allowed)), None, "{allowed}");
+        }
+    }
+
+    #[test]
+    fn a_root_that_resolves_to_the_filesystem_root_is_refused() {
+        let error = TempRoot::parse("x=/tmp/..").unwrap_err().to_string();
+        assert!(error.contains("resolves to the filesystem root"), "{error}");
+        let scratch = tempfile::tempdir().unwrap();
+        let link = scratch.path().join("to-root");
+        std::os::unix::fs::symlink("/", &link).unwrap();
+        let error = TempRoot::parse(&format!("x={}", link.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("resolves to the filesystem root"), "{error}");
+    }
+
+    #[test]
+    fn a_root_on_a_system_tree_needs_an_explicit_allowance() {
+        let scratch = tempfile::tempdir().unwrap();
+        let link = scratch.path().join("etc-link");
+        std::os::unix::fs::symlink("/etc", &link).unwrap();
+        let error = TempRoot::parse(&format!("x={}", link.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("system tree /etc"), "{error}");
+        assert!(error.contains("allow_system_path"), "{error}");
+        let root = TempRoot::parse(&format!("x={};allow_system_path", link.display())).unwrap();
+        assert_eq!(root.path, Path::new("/etc"));
+        assert!(TempRoot::parse("x=/var/lib/app").is_err());
+        assert!(TempRoot::parse("x=/home/alice").is_err());
+    }
+
+    #[test]
+    fn root_options_are_parsed_and_unknown_ones_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        let p = scratch.path().display();
+        let root = TempRoot::parse(&format!("x={p};age_by=atime+mtime")).unwrap();
+        assert_eq!(
+            root.age_by,
+            AgeBy {
+                atime: true,
+                mtime: true,
+                ctime: false
+            }
+        );
+        assert_eq!(root.age_by.to_string(), "atime+mtime");
+        assert!(TempRoot::parse(&format!("x={p};age_by=btime")).is_err());
+        assert!(TempRoot::parse(&format!("x={p};follow_symlinks")).is_err());
+    }
+
+    #[test]
+    fn a_parent_swapped_for_a_symlink_after_start_up_is_not_followed() {
+        let scratch = tempfile::tempdir().unwrap();
+        let parent = scratch.path().join("app");
+        std::fs::create_dir_all(parent.join("scratch")).unwrap();
+        let root = TempRoot::parse(&format!("x={}", parent.join("scratch").display())).unwrap();
+        root.open().unwrap();
+        // The parent is moved away and replaced by a symlink to a directory that also has
+        // a `scratch` inside.
+        let elsewhere = scratch.path().join("elsewhere");
+        std::fs::create_dir_all(elsewhere.join("scratch")).unwrap();
+        std::fs::rename(&parent, scratch.path().join("app-moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &parent).unwrap();
+        let error = root.open().unwrap_err();
+        assert!(matches!(error, RootError::Refused(_)), "{error}");
+        assert!(error.to_string().contains("symlink"), "{error}");
+    }
+
+    #[test]
+    fn a_root_replaced_by_another_directory_after_start_up_is_refused() {
+        let scratch = tempfile::tempdir().unwrap();
+        let path = scratch.path().join("scratch");
+        std::fs::create_dir(&path).unwrap();
+        let root = TempRoot::parse(&format!("x={}", path.display())).unwrap();
+        std::fs::rename(&path, scratch.path().join("moved")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let error = root.open().unwrap_err();
+        assert!(
+            error.to_string().contains("no longer the directory"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,821 @@
+//! The walk of one task over its roots: every syscall that decides what is deleted.
+//!
+//! - It works relative to open directory handles (`openat`, `statx`, `unlinkat`), opening
+//!   each subdirectory with `O_NOFOLLOW | O_DIRECTORY` and checking that the opened
+//!   directory is the one it examined (device and inode), so a directory swapped for a
+//!   symlink mid-walk is never followed.
+//! - Symlinks are never followed: a symlink is judged by its own age and unlinked.
+//! - It never crosses a mount point: an entry on another mount (another filesystem, or a
+//!   bind mount of the same one: `statx` mount id and `STATX_ATTR_MOUNT_ROOT`) is skipped.
+//! - A file is deleted only when the real run can delete it: not immutable or append-only
+//!   (itself or its directory), in a directory the worker may write (sticky bit included),
+//!   and, with lock checks on, not held by another process's `flock`: the file is opened
+//!   without following symlinks, locked without blocking, and unlinked while the lock is
+//!   held. A dry run makes the same checks, so it predicts the real run.
+//! - The age is read (`statx`, no follow) just before the file is judged, and again on the
+//!   opened file when locks are checked, right before `unlinkat`.
+//! - `remove_empty_dirs` removes a directory only when this task deleted something in it
+//!   (in any turn) and it is now empty, and so on upwards: never a directory that was
+//!   empty before, or that no pattern reached.
+//! - With `max_files`, the walk is sequential in name order, so which files a capped run
+//!   takes is the same in the dry run and in the real run.
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use globset::GlobSet;
+use rayon::prelude::*;
+use rustix::fs::{
+    Access, AtFlags, Dir, FileType, FlockOperation, Mode, OFlags, Statx, StatxAttributes,
+    StatxFlags,
+};
+use rustix::io::Errno;
+
+use super::roots::{AgeBy, RootError, TempRoot};
+use super::{FileError, RootProgress, TempFilesResult};
+use crate::executor::ExecError;
+
+/// Errors kept in a result; the rest are only counted.
+pub const MAX_ERRORS: usize = 20;
+/// Deeper trees are not descended (and reported): bounds open descriptors per walk.
+const MAX_DEPTH: usize = 128;
+
+/// Why an old, matching file (or a directory) was kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// One of the root's `age_by` times is younger than the cutoff.
+    Young,
+    /// `max_files` was reached.
+    Capped,
+    /// Another process holds a `flock` on it.
+    InUse,
+    /// Immutable or append-only (the file or its directory).
+    Immutable,
+    /// The worker may not unlink it (directory not writable, sticky bit).
+    NotPermitted,
+    /// Its lock could not be checked (the worker may not open it).
+    Unreadable,
+    /// On another mount (another filesystem or a bind mount).
+    OtherMount,
+    /// A device, socket or FIFO.
+    SpecialFile,
+    /// Changed between being examined and being acted on.
+    Replaced,
+}
+
+impl Kept {
+    pub const ALL: [Kept; 9] = [
+        Kept::Young,
+        Kept::Capped,
+        Kept::InUse,
+        Kept::Immutable,
+        Kept::NotPermitted,
+        Kept::Unreadable,
+        Kept::OtherMount,
+        Kept::SpecialFile,
+        Kept::Replaced,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kept::Young => "young",
+            Kept::Capped => "capped",
+            Kept::InUse => "in_use",
+            Kept::Immutable => "immutable",
+            Kept::NotPermitted => "not_permitted",
+            Kept::Unreadable => "unreadable",
+            Kept::OtherMount => "other_mount",
+            Kept::SpecialFile => "special_file",
+            Kept::Replaced => "replaced",
+        }
+    }
+
+    /// Counted in `skipped`: entries left alone for safety, not by the request's rules.
+    pub fn is_skip(self) -> bool {
+        !matches!(self, Kept::Young | Kept::Capped)
+    }
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub files_matched: AtomicU64,
+    pub files_deleted: AtomicU64,
+    pub bytes_matched: AtomicU64,
+    pub bytes_freed: AtomicU64,
+    pub dirs_matched: AtomicU64,
+    pub dirs_removed: AtomicU64,
+    pub kept: [AtomicU64; Kept::ALL.len()],
+    pub errors_total: AtomicU64,
+    /// Files claimed against `max_files`, earlier turns included.
+    pub claimed: AtomicU64,
+    pub capped: AtomicBool,
+    /// Oldest mtime (seconds) of an eligible file still present; i64::MAX when none.
+    pub oldest_remaining: AtomicI64,
+}
+
+/// Who the worker is, for predicting whether an unlink will be allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Privileges {
+    pub euid: u32,
+    /// CAP_FOWNER: the sticky bit does not stop this process.
+    pub fowner: bool,
+}
+
+impl Privileges {
+    pub fn of_this_process() -> Self {
+        let fowner = rustix::thread::capabilities(None)
+            .map(|caps| {
+                caps.effective
+                    .contains(rustix::thread::CapabilitySet::FOWNER)
+            })
+            .unwrap_or(false);
+        Self {
+            euid: rustix::process::geteuid().as_raw(),
+            fowner,
+        }
+    }
+}
+
+pub struct Walk {
+    pub cutoff: DateTime<Utc>,
+    pub patterns: Option<GlobSet>,
+    pub dry_run: bool,
+    pub remove_empty_dirs: bool,
+    pub max_files: Option<u64>,
+    pub check_locks: bool,
+    pub privileges: Privileges,
+    pub stop: Arc<AtomicBool>,
+    pub counters: Counters,
+    pub errors: Mutex<Vec<FileError>>,
+    /// Set when `stop` made the walk pass over entries: the task is not complete.
+    pub interrupted: AtomicBool,
+    /// What earlier turns finished (skipped now), and where they deleted.
+    pub resume: BTreeMap<String, RootProgress>,
+    /// What is finished, earlier turns included.
+    pub done: Mutex<BTreeMap<String, RootProgress>>,
+}
+
+/// What the walk knows of an entry, from one `statx`.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    pub kind: FileType,
+    pub mode: u32,
+    pub uid: u32,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub atime: (i64, u32),
+    pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
+    pub mnt_id: Option<u64>,
+    pub mount_root: bool,
+    /// Immutable or append-only: nothing in it (or it) can be unlinked.
+    pub sealed: bool,
+}
+
+const STATX_MASK: StatxFlags = StatxFlags::TYPE
+    .union(StatxFlags::MODE)
+    .union(StatxFlags::UID)
+    .union(StatxFlags::INO)
+    .union(StatxFlags::SIZE)
+    .union(StatxFlags::ATIME)
+    .union(StatxFlags::MTIME)
+    .union(StatxFlags::CTIME)
+    .union(StatxFlags::MNT_ID);
+
+impl Meta {
+    fn from_statx(stx: &Statx) -> Self {
+        let time = |t: &rustix::fs::StatxTimestamp| (t.tv_sec, t.tv_nsec);
+        let known = stx.stx_attributes_mask;
+        let has = |attr: StatxAttributes| known.contains(attr) && stx.stx_attributes.contains(attr);
+        Self {
+            kind: FileType::from_raw_mode(u32::from(stx.stx_mode)),
+            mode: u32::from(stx.stx_mode),
+            uid: stx.stx_uid,
+            dev: rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+            ino: stx.stx_ino,
+            size: stx.stx_size,
+            atime: time(&stx.stx_atime),
+            mtime: time(&stx.stx_mtime),
+            ctime: time(&stx.stx_ctime),
+            mnt_id: (stx.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(stx.stx_mnt_id),
+            mount_root: has(StatxAttributes::MOUNT_ROOT),
+            sealed: has(StatxAttributes::IMMUTABLE) || has(StatxAttributes::APPEND),
+        }
+    }
+
+    /// `name` in `dir`, without following a symlink.
+    pub fn at(dir: &OwnedFd, name: &CStr) -> rustix::io::Result<Self> {
+        rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, STATX_MASK)
+            .map(|s| Self::from_statx(&s))
+    }
+
+    /// An open file or directory.
+    pub fn of(fd: &OwnedFd) -> rustix::io::Result<Self> {
+        rustix::fs::statx(fd, c"", AtFlags::EMPTY_PATH, STATX_MASK).map(|s| Self::from_statx(&s))
+    }
+
+    /// On a mount other than the directory `at` it is in.
+    fn other_mount(&self, at: &Position<'_>) -> bool {
+        self.dev != at.dev || self.mount_root || (self.mnt_id.is_some() && self.mnt_id != at.mnt_id)
+    }
+}
+
+/// Where the walk is: which root, the directory's path relative to it, its mount, and
+/// whether entries in it can be unlinked.
+pub struct Position<'a> {
+    pub root: &'a TempRoot,
+    pub rel: PathBuf,
+    pub dev: u64,
+    pub mnt_id: Option<u64>,
+    pub depth: usize,
+}
+
+/// Whether the directory being walked lets this worker unlink its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlink {
+    Allowed,
+    /// Sticky: only entries owned by the worker (or the directory's owner) may go.
+    Sticky,
+    Refused(Kept),
+}
+
+/// What a directory looks like after the walk: entries left, and whether anything in it
+/// (or below) was removed.
+#[derive(Default, Clone, Copy)]
+pub struct DirOutcome {
+    pub remaining: u64,
+    pub removed_any: bool,
+    /// Entries were passed over because the walk was told to stop.
+    pub incomplete: bool,
+}
+
+impl DirOutcome {
+    fn kept() -> Self {
+        DirOutcome {
+            remaining: 1,
+            ..Default::default()
+        }
+    }
+}
+
+/// Names of directories and parts kept in a continuation (`hex:` when not UTF-8).
+pub fn encode(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.starts_with("hex:") => text.to_owned(),
+        _ => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!("hex:{hex}")
+        }
+    }
+}
+
+impl Walk {
+    pub fn run(&self, roots: &[TempRoot]) -> Result<(), ExecError> {
+        self.counters
+            .oldest_remaining
+            .store(i64::MAX, Ordering::Relaxed);
+        for root in roots {
+            let prior = self.resume.get(&root.name).cloned().unwrap_or_default();
+            if prior.complete {
+                continue;
+            }
+            let (fd, identity) = root.open().map_err(|e| match e {
+                // A missing mount or volume may appear later: worth another attempt.
+                RootError::Unavailable(message) => ExecError::transient(message),
+                RootError::Refused(message) => ExecError::permanent(message),
+            })?;
+            let position = Position {
+                root,
+                rel: PathBuf::new(),
+                dev: identity.dev,
+                mnt_id: identity.mnt_id,
+                depth: 0,
+            };
+            let meta = Meta::of(&fd).map_err(|e| {
+                ExecError::transient(format!("temp root `{}` cannot be examined: {e}", root.name))
+            })?;
+            let outcome = self.walk_entries(&fd, &meta, &position, Some(&prior));
+            if !outcome.incomplete {
+                self.mark(&root.name, |p| p.complete = true);
+            }
+        }
+        Ok(())
+    }
+
+    fn keep(&self, why: Kept) {
+        self.counters.kept[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An entry passed over because the walk was told to stop.
+    fn stopped(&self, outcome: &mut DirOutcome) {
+        self.interrupted.store(true, Ordering::Relaxed);
+        outcome.incomplete = true;
+        outcome.remaining += 1;
+    }
+
+    fn mark(&self, root: &str, change: impl FnOnce(&mut RootProgress)) {
+        let mut done = self.done.lock().expect("done lock");
+        change(done.entry(root.to_owned()).or_default());
+    }
+
+    /// Whether this worker will be allowed to unlink entries of `dir`.
+    fn unlink_rule(&self, dir: &OwnedFd, meta: &Meta) -> Unlink {
+        if meta.sealed {
+            return Unlink::Refused(Kept::Immutable);
+        }
+        // Effective ids and capabilities, as unlink(2) will judge them.
+        if rustix::fs::accessat(
+            dir,
+            c".",
+            Access::WRITE_OK | Access::EXEC_OK,
+            AtFlags::EACCESS,
+        )
+        .is_err()
+        {
+            return Unlink::Refused(Kept::NotPermitted);
+        }
+        let sticky = meta.mode & 0o1000 != 0;
+        if sticky && !self.privileges.fowner && meta.uid != self.privileges.euid {
+            Unlink::Sticky
+        } else {
+            Unlink::Allowed
+        }
+    }
+
+    /// Why an entry of a directory under `rule` cannot be unlinked, if it cannot.
+    fn refusal(&self, rule: Unlink, entry: &Meta) -> Option<Kept> {
+        if entry.sealed {
+            return Some(Kept::Immutable);
+        }
+        match rule {
+            Unlink::Allowed => None,
+            Unlink::Sticky if entry.uid == self.privileges.euid => None,
+            Unlink::Sticky => Some(Kept::NotPermitted),
+            Unlink::Refused(why) => Some(why),
+        }
+    }
+
+    /// Walk the entries of `dir`. `top`: what earlier turns did in this root, when `dir`
+    /// is the root itself (its finished parts are skipped).
+    fn walk_entries(
+        &self,
+        dir: &OwnedFd,
+        meta: &Meta,
+        at: &Position<'_>,
+        top: Option<&RootProgress>,
+    ) -> DirOutcome {
+        let mut outcome = DirOutcome::default();
+        // A directory an earlier turn deleted in but did not finish counts as emptied by
+        // this task.
+        if let Some(prior) = self.resume.get(&at.root.name) {
+            if prior
+                .touched
+                .contains(&encode(at.rel.as_os_str().as_bytes()))
+            {
+                outcome.removed_any = true;
+            }
+        }
+        let mut entries = match read_entries(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.record(
+                    &at.root.name,
+                    &at.rel,
+                    format!("cannot read directory: {e}"),
+                );
+                outcome.remaining = 1; // unknown content: never treat it as empty
+                return outcome;
+            }
+        };
+        let capped_walk = self.max_files.is_some();
+        if capped_walk {
+            entries.sort();
+        }
+        let rule = self.unlink_rule(dir, meta);
+        let mut subdirs = Vec::new();
+        for name in entries {
+            let rel = at.rel.join(OsStr::from_bytes(name.as_bytes()));
+            if let Some(prior) = top {
+                if prior.subdirs_done.contains(&encode(name.as_bytes())) {
+                    outcome.remaining += 1;
+                    continue;
+                }
+            }
+            // A real run may stop at any entry: what it deleted is gone and counted. A dry
+            // run stops only between the root's top-level parts, so that a part is counted
+            // whole or not at all (a later turn counts it again from the start).
+            if !self.dry_run && self.stop.load(Ordering::Relaxed) {
+                self.stopped(&mut outcome);
+                continue;
+            }
+            let entry = match Meta::at(dir, &name) {
+                Ok(entry) => entry,
+                Err(Errno::NOENT) => {
+                    self.record(&at.root.name, &rel, "vanished during the walk".into());
+                    continue;
+                }
+                Err(e) => {
+                    self.record(&at.root.name, &rel, format!("cannot examine: {e}"));
+                    outcome.remaining += 1;
+                    continue;
+                }
+            };
+            if entry.other_mount(at) {
+                // A mount point (or a file bind-mounted here): never entered, never removed.
+                self.keep(Kept::OtherMount);
+                outcome.remaining += 1;
+                continue;
+            }
+            match entry.kind {
+                FileType::Directory => subdirs.push((name, entry, rel)),
+                FileType::RegularFile | FileType::Symlink
+                    if top.is_some_and(|prior| prior.files_done) =>
+                {
+                    // Judged by an earlier turn.
+                    outcome.remaining += 1;
+                }
+                FileType::RegularFile | FileType::Symlink => {
+                    if self.judge_file(dir, &name, &entry, rule, at, &rel) {
+                        outcome.removed_any = true;
+                    } else {
+                        outcome.remaining += 1;
+                    }
+                }
+                _ => {
+                    self.keep(Kept::SpecialFile);
+                    outcome.remaining += 1;
+                }
+            }
+        }
+        if top.is_some() && !outcome.incomplete {
+            self.mark(&at.root.name, |p| p.files_done = true);
+        }
+        let visit = |(name, entry, rel): (CString, Meta, PathBuf)| {
+            if top.is_some() && self.stop.load(Ordering::Relaxed) {
+                let mut skipped = DirOutcome::default();
+                self.stopped(&mut skipped);
+                return skipped;
+            }
+            let child = self.visit_subdir(dir, &name, &entry, rule, at, rel);
+            if top.is_some() && !child.incomplete {
+                self.mark(&at.root.name, |p| {
+                    p.subdirs_done.insert(encode(name.as_bytes()));
+                });
+            }
+            child
+        };
+        // Capped: one directory after the other, in name order, so the same files are
+        // taken every time.
+        let children: Vec<DirOutcome> = if capped_walk {
+            subdirs.into_iter().map(visit).collect()
+        } else {
+            subdirs.into_par_iter().map(visit).collect()
+        };
+        for child in children {
+            outcome.remaining += child.remaining;
+            outcome.removed_any |= child.removed_any;
+            outcome.incomplete |= child.incomplete;
+        }
+        outcome
+    }
+
+    /// Walk one subdirectory and, if asked, remove it when this task emptied it.
+    /// Returns the parent's view: `remaining` is 0 when the subdirectory is (or would be) gone.
+    pub fn visit_subdir(
+        &self,
+        parent: &OwnedFd,
+        name: &CStr,
+        seen: &Meta,
+        rule: Unlink,
+        at: &Position<'_>,
+        rel: PathBuf,
+    ) -> DirOutcome {
+        let root = &at.root.name;
+        if at.depth + 1 > MAX_DEPTH {
+            self.record(
+                root,
+                &rel,
+                format!("deeper than {MAX_DEPTH} levels; not descended"),
+            );
+            return DirOutcome::kept();
+        }
+        let fd = match rustix::fs::openat(
+            parent,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                // It was a directory when examined and is not any more: swapped mid-walk.
+                self.keep(Kept::Replaced);
+                self.record(root, &rel, "replaced during the walk; not followed".into());
+                return DirOutcome::kept();
+            }
+            Err(Errno::NOENT) => {
+                self.record(root, &rel, "vanished during the walk".into());
+                return DirOutcome::default();
+            }
+            Err(e) => {
+                self.record(root, &rel, format!("cannot open directory: {e}"));
+                return DirOutcome::kept();
+            }
+        };
+        let meta = match Meta::of(&fd) {
+            Ok(now) if now.dev == seen.dev && now.ino == seen.ino && !now.other_mount(at) => now,
+            _ => {
+                self.keep(Kept::Replaced);
+                self.record(root, &rel, "replaced during the walk; not followed".into());
+                return DirOutcome::kept();
+            }
+        };
+        let position = Position {
+            root: at.root,
+            rel,
+            dev: at.dev,
+            mnt_id: at.mnt_id,
+            depth: at.depth + 1,
+        };
+        let inner = self.walk_entries(&fd, &meta, &position, None);
+        drop(fd);
+        if inner.incomplete && inner.removed_any {
+            // A later turn finishes this directory: it must know the task deleted here.
+            self.mark(root, |p| {
+                p.touched
+                    .insert(encode(position.rel.as_os_str().as_bytes()));
+            });
+        }
+        let empty = inner.remaining == 0 && !inner.incomplete;
+        // Only a directory this task emptied: never one that was empty before, or that
+        // held only what no pattern matched.
+        if !(self.remove_empty_dirs && empty && inner.removed_any) {
+            return DirOutcome {
+                remaining: 1,
+                removed_any: inner.removed_any,
+                incomplete: inner.incomplete,
+            };
+        }
+        if let Some(why) = self.refusal(rule, seen) {
+            self.keep(why);
+            return DirOutcome {
+                remaining: 1,
+                removed_any: true,
+                incomplete: false,
+            };
+        }
+        self.counters.dirs_matched.fetch_add(1, Ordering::Relaxed);
+        if self.dry_run {
+            return DirOutcome {
+                remaining: 0,
+                removed_any: true,
+                incomplete: false,
+            };
+        }
+        match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+            Ok(()) => {
+                self.counters.dirs_removed.fetch_add(1, Ordering::Relaxed);
+                DirOutcome {
+                    remaining: 0,
+                    removed_any: true,
+                    incomplete: false,
+                }
+            }
+            // Something appeared in it meanwhile: leave it.
+            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => DirOutcome {
+                remaining: 1,
+                removed_any: true,
+                incomplete: false,
+            },
+            Err(e) => {
+                self.record(
+                    root,
+                    &position.rel,
+                    format!("cannot remove empty directory: {e}"),
+                );
+                DirOutcome {
+                    remaining: 1,
+                    removed_any: true,
+                    incomplete: false,
+                }
+            }
+        }
+    }
+
+    fn is_old(&self, meta: &Meta, age_by: AgeBy) -> bool {
+        let cutoff = (
+            self.cutoff.timestamp(),
+            self.cutoff.timestamp_subsec_nanos(),
+        );
+        (!age_by.mtime || meta.mtime < cutoff)
+            && (!age_by.atime || meta.atime < cutoff)
+            && (!age_by.ctime || meta.ctime < cutoff)
+    }
+
+    fn capped(&self) -> bool {
+        self.max_files
+            .is_some_and(|cap| self.counters.claimed.load(Ordering::Relaxed) >= cap)
+    }
+
+    /// Decide on one file or symlink, examined just now; delete it when eligible.
+    /// Returns true when it is (or, in a dry run, would be) gone.
+    fn judge_file(
+        &self,
+        dir: &OwnedFd,
+        name: &CStr,
+        meta: &Meta,
+        rule: Unlink,
+        at: &Position<'_>,
+        rel: &Path,
+    ) -> bool {
+        if let Some(patterns) = &self.patterns {
+            if !patterns.is_match(rel) {
+                return false;
+            }
+        }
+        if !self.is_old(meta, at.root.age_by) {
+            self.keep(Kept::Young);
+            return false;
+        }
+        if let Some(why) = self.refusal(rule, meta) {
+            self.keep(why);
+            self.remember_remaining(meta);
+            return false;
+        }
+        if self.capped() {
+            self.counters.capped.store(true, Ordering::Relaxed);
+            self.keep(Kept::Capped);
+            self.remember_remaining(meta);
+            return false;
+        }
+        // Held open (and locked) until the unlink, when locks are checked.
+        let _lock = if self.check_locks && meta.kind == FileType::RegularFile {
+            match self.lock(dir, name, meta, at.root.age_by) {
+                Ok(lock) => Some(lock),
+                Err(why) => {
+                    self.keep(why);
+                    if why != Kept::Young {
+                        self.remember_remaining(meta);
+                    }
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
+        if let Some(cap) = self.max_files {
+            // Sequential when capped: the check above and this claim cannot interleave.
+            if self.counters.claimed.fetch_add(1, Ordering::Relaxed) >= cap {
+                self.counters.capped.store(true, Ordering::Relaxed);
+                self.keep(Kept::Capped);
+                return false;
+            }
+        }
+        let size = meta.size;
+        self.counters.files_matched.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_matched
+            .fetch_add(size, Ordering::Relaxed);
+        if self.dry_run {
+            self.remember_remaining(meta);
+            return true;
+        }
+        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+            Ok(()) => {
+                self.counters.files_deleted.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes_freed.fetch_add(size, Ordering::Relaxed);
+                true
+            }
+            Err(Errno::NOENT) => {
+                self.record(
+                    &at.root.name,
+                    rel,
+                    "vanished before it could be deleted".into(),
+                );
+                true
+            }
+            Err(e) => {
+                self.record(&at.root.name, rel, format!("cannot delete: {e}"));
+                self.remember_remaining(meta);
+                false
+            }
+        }
+    }
+
+    /// Open the file without following symlinks and take its `flock` without waiting.
+    /// Refuses a file another process holds, one that is not the file examined, and one
+    /// that became young meanwhile.
+    fn lock(
+        &self,
+        dir: &OwnedFd,
+        name: &CStr,
+        seen: &Meta,
+        age_by: AgeBy,
+    ) -> Result<OwnedFd, Kept> {
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::ACCESS | Errno::PERM => Kept::Unreadable,
+            // A write lease held by another process.
+            Errno::WOULDBLOCK => Kept::InUse,
+            _ => Kept::Replaced,
+        })?;
+        let now = Meta::of(&fd).map_err(|_| Kept::Replaced)?;
+        if now.dev != seen.dev || now.ino != seen.ino || now.kind != FileType::RegularFile {
+            return Err(Kept::Replaced);
+        }
+        if !self.is_old(&now, age_by) {
+            return Err(Kept::Young);
+        }
+        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(fd),
+            Err(Errno::WOULDBLOCK) => Err(Kept::InUse),
+            // A filesystem without flock: the file cannot be held by another process.
+            Err(Errno::NOLCK) | Err(Errno::OPNOTSUPP) => Ok(fd),
+            Err(_) => Err(Kept::Unreadable),
+        }
+    }
+
+    fn remember_remaining(&self, meta: &Meta) {
+        self.counters
+            .oldest_remaining
+            .fetch_min(meta.mtime.0, Ordering::Relaxed);
+    }
+
+    pub fn record(&self, root: &str, rel: &Path, error: String) {
+        self.counters.errors_total.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().expect("errors lock");
+        if errors.len() < MAX_ERRORS {
+            errors.push(FileError {
+                root: root.to_owned(),
+                path: rel.display().to_string(),
+                error,
+            });
+        }
+    }
+
+    /// The counts of this turn.
+    pub fn result(&self, roots: &[TempRoot]) -> TempFilesResult {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let oldest = c.oldest_remaining.load(Ordering::Relaxed);
+        let kept: BTreeMap<String, u64> = Kept::ALL
+            .iter()
+            .map(|k| (k.as_str().to_owned(), load(&c.kept[*k as usize])))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let skipped = Kept::ALL
+            .iter()
+            .filter(|k| k.is_skip())
+            .map(|k| load(&c.kept[*k as usize]))
+            .sum();
+        TempFilesResult {
+            dry_run: self.dry_run,
+            roots: roots.iter().map(|r| r.name.clone()).collect(),
+            cutoff: self.cutoff,
+            files_matched: load(&c.files_matched),
+            files_deleted: load(&c.files_deleted),
+            bytes_matched: load(&c.bytes_matched),
+            bytes_freed: load(&c.bytes_freed),
+            dirs_matched: load(&c.dirs_matched),
+            dirs_removed: load(&c.dirs_removed),
+            skipped,
+            kept,
+            capped: c.capped.load(Ordering::Relaxed),
+            oldest_remaining_age_seconds: (oldest != i64::MAX)
+                .then(|| (Utc::now().timestamp() - oldest).max(0) as f64),
+            errors_total: load(&c.errors_total),
+            errors: self.errors.lock().expect("errors lock").clone(),
+            duration_ms: 0,
+            turns: 0,
+        }
+    }
+}
+
+/// The names in a directory, without `.` and `..`.
+fn read_entries(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
+    let mut names = Vec::new();
+    for entry in Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        names.push(name.to_owned());
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+#[path = "walk_tests.rs"]
+pub mod tests;
