@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Compare the cleanup_temp_files executor with `find ROOT -type f -mmin +N -delete` on the
 # same tree (default 200,000 files in 2,000 directories, 3/4 of them old), on fresh copies,
-# alternating the two tools. Run by hand, not in CI.
+# alternating the tools: find, the executor with lock checks (the default: an open and a
+# non-blocking flock per old file), and the executor without them (TEMP_CHECK_LOCKS=false).
+# Run by hand, not in CI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIRS=${DIRS:-2000}
@@ -27,15 +29,21 @@ for d in range(dirs):
             os.utime(name, (old, old))
 PY
 EXAMPLE=$(ls -t target/release/examples/temp_walk | head -1)
-for round in $(seq 1 "$ROUNDS"); do
-  rm -rf "$WORK/a" "$WORK/b"; cp -a "$WORK/template" "$WORK/a"; cp -a "$WORK/template" "$WORK/b"; sync
-  t0=$(date +%s.%N); find "$WORK/a" -type f -mmin +1440 -delete; t1=$(date +%s.%N)
-  left_find=$(find "$WORK/a" -type f | wc -l)
-  t2=$(date +%s.%N); "$EXAMPLE" "$WORK/b" 24 "$THREADS" > "$WORK/result.json"; t3=$(date +%s.%N)
-  left_walk=$(find "$WORK/b" -type f | wc -l)
+walk() { # dir, result file, extra flags
+  local t0 t1
+  t0=$(date +%s.%N); "$EXAMPLE" "$1" 24 "$THREADS" ${3:-} > "$2"; t1=$(date +%s.%N)
   python3 -c "
 import json
-r = json.load(open('$WORK/result.json'))
-print(f'round $round: find {$t1-$t0:.2f}s (left $left_find) | executor {$t3-$t2:.2f}s, {r[\"files_deleted\"]} deleted (left $left_walk, errors {r[\"errors_total\"]})')"
+r = json.load(open('$2'))
+print(f'{$t1-$t0:.2f}s, {r[\"files_deleted\"]} deleted, left $(find "$1" -type f | wc -l), errors {r[\"errors_total\"]}, kept {r[\"kept\"]}')"
+}
+for round in $(seq 1 "$ROUNDS"); do
+  rm -rf "$WORK/a" "$WORK/b" "$WORK/c"
+  for copy in a b c; do cp -a "$WORK/template" "$WORK/$copy"; done
+  sync
+  t0=$(date +%s.%N); find "$WORK/a" -type f -mmin +1440 -delete; t1=$(date +%s.%N)
+  echo "round $round: find -delete          $(python3 -c "print(f'{$t1-$t0:.2f}s')"), left $(find "$WORK/a" -type f | wc -l)"
+  echo "round $round: executor, lock checks $(walk "$WORK/b" "$WORK/result-b.json")"
+  echo "round $round: executor, no locks    $(walk "$WORK/c" "$WORK/result-c.json" --no-locks)"
 done
 rm -rf "$WORK"

@@ -47,3 +47,46 @@ fn a_worker_with_nothing_to_do_refuses_to_start() {
         .to_string()
         .contains("not a valid SQL identifier"));
 }
+
+/// A root that resolves to `/` or to a system tree is refused at start-up, whatever the
+/// configured path looks like; `allow_system_path` is the explicit way to permit a tree.
+#[test]
+fn roots_that_resolve_to_the_filesystem_root_or_a_system_tree_are_refused() {
+    use clap::Parser;
+    let scratch = tempfile::tempdir().unwrap();
+    let to_root = scratch.path().join("to-root");
+    std::os::unix::fs::symlink("/", &to_root).unwrap();
+    let to_usr = scratch.path().join("to-usr");
+    std::os::unix::fs::symlink("/usr/share", &to_usr).unwrap();
+    for (roots, expected) in [
+        ("x=/tmp/..".to_owned(), "resolves to the filesystem root"),
+        (
+            format!("x={}", to_root.display()),
+            "resolves to the filesystem root",
+        ),
+        (
+            format!("x={}/..", to_root.display()),
+            "resolves to the filesystem root",
+        ),
+        (format!("x={}", to_usr.display()), "system tree /usr"),
+        ("x=/var".to_owned(), "holds the system tree /var/lib"),
+        ("x=/home".to_owned(), "home directories"),
+        (
+            format!("x={};allow_system_path", to_root.display()),
+            "resolves to the filesystem root",
+        ),
+    ] {
+        let config =
+            worker::Config::try_parse_from(["worker".to_owned(), format!("--temp-roots={roots}")])
+                .unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains(expected), "{roots}: {error}");
+    }
+    let allowed = format!("--temp-roots=x={};allow_system_path", to_usr.display());
+    let config = worker::Config::try_parse_from(["worker".to_owned(), allowed]).unwrap();
+    config.validate().unwrap();
+    assert_eq!(
+        config.temp_roots().unwrap()["x"].path,
+        std::path::Path::new("/usr/share")
+    );
+}

@@ -212,3 +212,68 @@ async fn an_unknown_root_fails_the_task_permanently_with_a_clear_error() {
     worker.stop().await;
     app.stop().await;
 }
+
+/// `max_files` over two roots, one of which cannot be opened, so attempts fail as
+/// transient and are retried through the ledger. However many attempts run, no more than
+/// `max_files` go, and the result of the attempt that finally succeeds counts them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_files_holds_over_every_attempt_and_the_result_counts_them_all() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let (a, b) = (scratch.path().join("a"), scratch.path().join("b"));
+    for i in 0..10 {
+        file(&a.join(format!("jobs/{i:02}.tmp")), 10, 100.0);
+    }
+    std::fs::create_dir(&b).unwrap();
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let worker = TestWorker::spawn(
+        &broker,
+        &[format!("--temp-roots=a={},b={}", a.display(), b.display())],
+    )
+    .await;
+    // The volume of root `b` goes away after start-up.
+    let away = scratch.path().join("b-away");
+    std::fs::rename(&b, &away).unwrap();
+    let id = enqueue(
+        &app,
+        TEMP,
+        json!({"max_age_hours": 24, "max_files": 4, "max_attempts": 3}),
+    )
+    .await;
+    // Two attempts fail on `b`; then `b` is back for the third.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let task: serde_json::Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+        if task["status"] == "retrying" && task["attempts"] == 2 {
+            assert_eq!(task["error"]["class"], "transient", "{task}");
+            assert!(
+                task["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cannot be opened"),
+                "{task}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no second failed attempt: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::rename(&away, &b).unwrap();
+    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["attempts"], 3, "{task}");
+    let left = std::fs::read_dir(a.join("jobs")).unwrap().count();
+    assert_eq!(
+        left, 6,
+        "more than max_files were deleted over the attempts: {task}"
+    );
+    assert_eq!(task["result"]["files_deleted"], 4, "{task}");
+    assert_eq!(task["result"]["capped"], true, "{task}");
+    assert_eq!(task["result"]["turns"], 3, "{task}");
+    worker.stop().await;
+    app.stop().await;
+}
