@@ -171,8 +171,16 @@ impl Executors {
             .task
             .validate(&self.rules)
             .map_err(|e| ExecError::permanent(format!("invalid parameters: {e}")))?;
-        check_cutoff(envelope, self.rules.min_age_hours, Utc::now())
-            .map_err(|e| ExecError::permanent(format!("refused: {e}")))?;
+        check_cutoff(envelope, self.rules.min_age_hours, Utc::now()).map_err(|refusal| {
+            match refusal {
+                // A few minutes short of the floor: the clocks of the producer and this
+                // worker disagree; later the same cutoff is fine.
+                CutoffRefusal::BelowFloor { by, message } if by <= MAX_CLOCK_SKEW => {
+                    ExecError::transient(format!("not yet: {message}"))
+                }
+                other => ExecError::permanent(format!("refused: {other}")),
+            }
+        })?;
         match &envelope.task {
             TaskSpec::CleanupRuns(params) => match &self.runs {
                 Some(executor) => executor.execute(envelope, params, cancel, checkpoint).await,
@@ -190,6 +198,24 @@ impl Executors {
     }
 }
 
+/// Clock difference between producer and worker tolerated as "not yet" rather than
+/// refused: a task cut off this little short of the worker's floor is retried later.
+const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Why a task's cutoff is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CutoffRefusal {
+    /// The cutoff does not follow from the task's own `enqueued_at` and `max_age_hours`.
+    #[error("{0}")]
+    Inconsistent(String),
+    /// The cutoff is younger than this worker's `MIN_AGE_HOURS` allows now, `by` this much.
+    #[error("{message}")]
+    BelowFloor {
+        by: chrono::Duration,
+        message: String,
+    },
+}
+
 /// The cutoff must be at least as old as the task's own `max_age_hours` from when it was
 /// enqueued, and at least `min_age_hours` old now: a message whose cutoff is younger
 /// (forged, or from a buggy producer) would delete young data. `cutoff_for` rounds to the
@@ -198,25 +224,29 @@ pub fn check_cutoff(
     envelope: &TaskEnvelope,
     min_age_hours: f64,
     now: DateTime<Utc>,
-) -> Result<(), String> {
+) -> Result<(), CutoffRefusal> {
     let slack = chrono::Duration::milliseconds(1);
     let by_request =
         shared::envelope::cutoff_for(envelope.enqueued_at, envelope.task.max_age_hours());
     if envelope.cutoff > by_request + slack {
-        return Err(format!(
+        return Err(CutoffRefusal::Inconsistent(format!(
             "the cutoff {} is younger than max_age_hours ({}) allows from enqueued_at {} (at most {})",
             envelope.cutoff,
             envelope.task.max_age_hours(),
             envelope.enqueued_at,
             by_request
-        ));
+        )));
     }
     let floor = shared::envelope::cutoff_for(now, min_age_hours);
     if envelope.cutoff > floor + slack {
-        return Err(format!(
-            "the cutoff {} is younger than this worker's MIN_AGE_HOURS ({min_age_hours}) allows (at most {floor})",
-            envelope.cutoff
-        ));
+        return Err(CutoffRefusal::BelowFloor {
+            by: envelope.cutoff - floor,
+            message: format!(
+                "the cutoff {} is younger than this worker's MIN_AGE_HOURS ({min_age_hours}) \
+                 allows now (at most {floor})",
+                envelope.cutoff
+            ),
+        });
     }
     Ok(())
 }
@@ -247,11 +277,19 @@ mod tests {
         let mut forged = honest.clone();
         forged.cutoff = now - chrono::Duration::minutes(10);
         let refusal = check_cutoff(&forged, 1.0, now).unwrap_err();
-        assert!(refusal.contains("max_age_hours"), "{refusal}");
+        assert!(
+            matches!(refusal, CutoffRefusal::Inconsistent(_)),
+            "{refusal}"
+        );
+        assert!(refusal.to_string().contains("max_age_hours"), "{refusal}");
         // Consistent with itself (enqueued "in the future") but younger than the floor.
         let future = envelope(2.0, now + chrono::Duration::hours(5));
         let refusal = check_cutoff(&future, 1.0, now).unwrap_err();
-        assert!(refusal.contains("MIN_AGE_HOURS"), "{refusal}");
+        assert!(refusal.to_string().contains("MIN_AGE_HOURS"), "{refusal}");
+        assert!(
+            matches!(refusal, CutoffRefusal::BelowFloor { by, .. } if by == chrono::Duration::hours(4)),
+            "{refusal:?}"
+        );
         // Exactly at the bounds is fine.
         let edge = envelope(1.0, now);
         assert_eq!(check_cutoff(&edge, 1.0, now), Ok(()));
