@@ -249,3 +249,51 @@ async fn no_delete_commits_after_its_attempt_was_reported_failed() {
     worker.stop().await;
     app.stop().await;
 }
+
+/// Around a daylight-saving fall-back, one wall time names two instants an hour apart.
+/// The wall-clock cutoff must be safe for both.
+#[tokio::test]
+async fn a_wall_clock_cutoff_is_safe_in_the_hour_a_clock_change_repeats() {
+    use worker::executor::runs::schema::{Schema, Timestamps};
+    let (_db, pool) = database("SELECT 1").await;
+    let schema = Schema {
+        key: vec!["\"id\"".into()],
+        timestamps: Timestamps::WallClock {
+            zone: "America/New_York".into(),
+        },
+    };
+    let cutoff_wall = |instant: &'static str| {
+        let sql = format!("SELECT ({})::text", schema.cutoff_expr());
+        let pool = pool.clone();
+        async move {
+            let at: chrono::DateTime<chrono::Utc> = instant.parse().unwrap();
+            sqlx::query_scalar::<_, String>(&sql)
+                .bind(Vec::<String>::new())
+                .bind(at)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    // An ordinary day: the wall time of the cutoff.
+    assert_eq!(
+        cutoff_wall("2026-07-01T12:00:00Z").await,
+        "2026-07-01 08:00:00"
+    );
+    // 2026-11-01: 01:00-02:00 happens twice (EDT, then EST). A cutoff at 01:30 EDT must
+    // not take a row written at 01:10 EST (40 minutes later) as older.
+    assert_eq!(
+        cutoff_wall("2026-11-01T05:30:00Z").await,
+        "2026-11-01 00:30:00"
+    );
+    // A cutoff at 01:30 EST (second pass): every 01:xx row is older.
+    assert_eq!(
+        cutoff_wall("2026-11-01T06:30:00Z").await,
+        "2026-11-01 01:30:00"
+    );
+    // Spring forward (02:00-03:00 does not exist): the wall time of the cutoff.
+    assert_eq!(
+        cutoff_wall("2026-03-08T06:30:00Z").await,
+        "2026-03-08 01:30:00"
+    );
+}

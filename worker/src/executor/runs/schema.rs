@@ -155,12 +155,20 @@ async fn check_zone(pool: &PgPool, zone: &str) -> Result<(), SchemaError> {
 
 impl Schema {
     /// The cutoff (`$2`, timestamptz) as a value of the timestamp column's type.
+    ///
+    /// For wall-clock values the bound must hold for every instant a wall time can stand
+    /// for: in the hour a daylight-saving change repeats, one wall time names two instants
+    /// an hour apart. `least(wall(c), wall(c + 1 h) - 1 h)` is the wall time of `c` except
+    /// when `c` falls in the first pass of a repeated hour; then it steps back before that
+    /// hour, so a row written in the second pass (younger than `c`) is never taken as older.
     pub fn cutoff_expr(&self) -> String {
         match &self.timestamps {
             Timestamps::Instants => "$2".to_owned(),
-            Timestamps::WallClock { zone } => {
-                format!("($2::timestamptz AT TIME ZONE {})", literal(zone))
-            }
+            Timestamps::WallClock { zone } => format!(
+                "least($2::timestamptz AT TIME ZONE {zone}, \
+                 ($2::timestamptz + interval '1 hour') AT TIME ZONE {zone} - interval '1 hour')",
+                zone = literal(zone)
+            ),
         }
     }
 
