@@ -107,10 +107,17 @@ impl Config {
                  --auth-disabled to serve without authentication"
             );
         }
-        if let Some(short) = self.tokens().iter().find(|t| t.len() < 16) {
+        // Named by position only: no part of a secret goes to the logs.
+        if let Some((position, short)) = self
+            .tokens()
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.chars().count() < 16)
+        {
             anyhow::bail!(
-                "API token `{}…` is too short: use at least 16 characters",
-                &short[..short.len().min(3)]
+                "API token #{} of API_TOKENS is too short ({} characters): use at least 16 characters",
+                position + 1,
+                short.chars().count()
             );
         }
         if !(self.min_age_hours.is_finite() && self.min_age_hours > 0.0) {

@@ -74,3 +74,19 @@ async fn the_api_refuses_to_start_without_tokens_unless_auth_is_disabled() {
         .to_string()
         .contains("too short"));
 }
+
+#[test]
+fn a_short_token_with_multibyte_characters_is_refused_without_a_panic_or_a_leak() {
+    use clap::Parser;
+    // The message used to slice the token at byte 3, inside the second `é`: a panic.
+    // The last one is 15 characters in 30 bytes: long enough in bytes, not in characters.
+    for token in ["éé", "€€", "é", "ééééééééééééééé"] {
+        let tokens = format!("--api-tokens=a-good-token-0123456789,{token}");
+        let config = producer_api::Config::try_parse_from(["producer-api", &tokens]).unwrap();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("too short"), "{error}");
+        assert!(error.contains("#2"), "names the token by position: {error}");
+        let first: String = token.chars().take(1).collect();
+        assert!(!error.contains(&first), "shows no part of it: {error}");
+    }
+}
