@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::config::{split_list, AmqpArgs};
+use shared::config::{split_list, AmqpArgs, SigningArgs};
 use shared::tasks::ValidationRules;
 use shared::telemetry::LogArgs;
 
@@ -86,6 +86,9 @@ pub struct Config {
     #[command(flatten)]
     pub amqp: AmqpArgs,
 
+    #[command(flatten)]
+    pub signing: SigningArgs,
+
     /// Attempts per task, the first included; transient failures are retried until then.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
@@ -129,6 +132,7 @@ impl Config {
         if self.relay_batch_size == 0 {
             anyhow::bail!("RELAY_BATCH_SIZE must be at least 1");
         }
+        self.signing.trust().map_err(anyhow::Error::msg)?;
         self.amqp.topology().map_err(anyhow::Error::msg)?;
         if !(1..=100).contains(&self.max_attempts_limit) {
             anyhow::bail!("MAX_ATTEMPTS_LIMIT must be between 1 and 100");

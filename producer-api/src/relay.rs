@@ -16,6 +16,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionStatus};
 use shared::amqp::{self, OutgoingMessage, PublishError, SessionEnd};
 use shared::envelope::TASK_MESSAGE_TYPE;
+use shared::signing::KeyRing;
 use shared::topology::Topology;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -76,6 +77,8 @@ pub struct RelayConfig {
     pub topology: Topology,
     pub batch_size: u32,
     pub poll_interval: Duration,
+    /// Signs every task message (the first key); `None` only with ALLOW_UNSIGNED_TASKS.
+    pub signing: Option<KeyRing>,
 }
 
 pub struct Relay {
@@ -242,7 +245,12 @@ impl Relay {
                 message_id: task_id.to_string(),
                 body: envelope.clone().into_bytes(),
             };
-            match amqp::start_publish(channel, &message).await {
+            // The signature covers the exact bytes published.
+            let headers = match &self.config.signing {
+                Some(keys) => keys.sign(&message.body).headers().to_vec(),
+                None => Vec::new(),
+            };
+            match amqp::start_publish_with_headers(channel, &message, &headers).await {
                 Ok(confirm) => pending.push(confirm),
                 Err(PublishError::Amqp(error)) => return Err(error.into()),
                 Err(other) => unreachable!("start_publish only fails with AMQP errors: {other}"),

@@ -39,6 +39,7 @@ impl WorkerProcess {
             .env("WORKER_HEARTBEAT_INTERVAL", "1s")
             .env("RETRY_INITIAL_DELAY", "1s")
             .env("LOG_LEVEL", "info")
+            .env("TASK_SIGNING_KEYS", SIGNING_KEYS)
             .env_remove("RUNS_DATABASE_URL")
             .env_remove("TEMP_ROOTS")
             .stdout(log.try_clone().unwrap())
