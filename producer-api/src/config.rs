@@ -75,6 +75,12 @@ pub struct Config {
     #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub relay_poll_interval: Duration,
 
+    /// Longest wait for one relay batch to be published and confirmed (e.g. while RabbitMQ
+    /// blocks publishers on a memory or disk alarm); past it the batch is rolled back, to be
+    /// published again later, and the relay reconnects.
+    #[arg(long, env = "RELAY_PUBLISH_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub relay_publish_timeout: Duration,
+
     /// Run the outbox relay in this process (turn off to run API-only replicas).
     #[arg(long, env = "RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay_enabled: bool,
@@ -131,6 +137,9 @@ impl Config {
         }
         if self.relay_batch_size == 0 {
             anyhow::bail!("RELAY_BATCH_SIZE must be at least 1");
+        }
+        if self.relay_publish_timeout.is_zero() {
+            anyhow::bail!("RELAY_PUBLISH_TIMEOUT must be longer than 0");
         }
         self.signing.trust().map_err(anyhow::Error::msg)?;
         self.amqp.topology().map_err(anyhow::Error::msg)?;

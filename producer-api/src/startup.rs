@@ -74,6 +74,7 @@ impl Application {
                     topology,
                     batch_size: config.relay_batch_size,
                     poll_interval: config.relay_poll_interval,
+                    publish_timeout: config.relay_publish_timeout,
                     signing: trust.keys.clone(),
                 },
                 broker.clone(),

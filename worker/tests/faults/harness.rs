@@ -124,6 +124,30 @@ impl Drop for RabbitOutage {
     }
 }
 
+/// Raises RabbitMQ's memory alarm (a tiny watermark): the broker blocks every publishing
+/// connection. Restores the default watermark when dropped, whatever happened.
+pub struct MemoryAlarm;
+
+impl MemoryAlarm {
+    pub fn begin() -> Self {
+        run(
+            "rabbitmqctl",
+            &["set_vm_memory_high_watermark", "0.0000001"],
+        );
+        MemoryAlarm
+    }
+
+    pub fn end(self) {
+        drop(self);
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        run("rabbitmqctl", &["set_vm_memory_high_watermark", "0.4"]);
+    }
+}
+
 fn pg_version() -> String {
     std::fs::read_dir("/etc/postgresql")
         .expect("a Debian PostgreSQL cluster")
