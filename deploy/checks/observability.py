@@ -31,6 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 PG = os.environ.get("CHECK_PG", "postgres://postgres@127.0.0.1:5432")
 AMQP = os.environ.get("CHECK_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2f")
 TOKEN = "observability-check-token-0123456789"
+SIGNING_KEYS = "obs-check:observability-check-signing-secret-0123456789"
 # Panels that must show data after a short run with a few tasks.
 MAIN_PANELS = [
     "Tasks finished by outcome",
@@ -100,7 +101,7 @@ def main():
             os.utime(f, (old, old))
 
         api_port, worker_port, prom_port = free_port(), free_port(), free_port()
-        env = dict(os.environ, AMQP_URL=AMQP, AMQP_PREFIX=prefix, LOG_LEVEL="warn")
+        env = dict(os.environ, AMQP_URL=AMQP, AMQP_PREFIX=prefix, LOG_LEVEL="warn", TASK_SIGNING_KEYS=SIGNING_KEYS)
         logs = open(work / "services.log", "w")
         processes.append(subprocess.Popen(
             [str(ROOT / "target/debug/producer-api")],

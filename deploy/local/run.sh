@@ -8,6 +8,8 @@ cd "$(dirname "$0")/../.."
 API_PORT=${API_PORT:-8080}
 WORKER_METRICS_PORT=${WORKER_METRICS_PORT:-9090}
 TOKEN=${DEMO_TOKEN:-local-demo-token-change-me}
+# One key ring for producer-api and the worker: task messages are signed with it.
+SIGNING_KEYS=${DEMO_SIGNING_KEYS:-local-demo:local-demo-signing-secret-change-me-0123456789}
 STATE=${DEMO_STATE:-/tmp/cleanup-demo}
 PG=${DEMO_PG:-postgres://postgres@127.0.0.1:5432}
 API="http://127.0.0.1:${API_PORT}"
@@ -46,6 +48,7 @@ done
 
 say "starting producer-api on $API and a worker (metrics on :$WORKER_METRICS_PORT)"
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f} AMQP_PREFIX=${AMQP_PREFIX:-cleanup}
+export TASK_SIGNING_KEYS="$SIGNING_KEYS"
 DATABASE_URL="$PG/cleanup" API_TOKENS="$TOKEN" LISTEN_ADDR="127.0.0.1:$API_PORT" \
   target/debug/producer-api > "$STATE/run/producer-api.log" 2>&1 &
 API_PID=$!

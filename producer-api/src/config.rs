@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::config::{split_list, AmqpArgs};
+use shared::config::{split_list, AmqpArgs, SigningArgs};
 use shared::tasks::ValidationRules;
 use shared::telemetry::LogArgs;
 
@@ -75,6 +75,12 @@ pub struct Config {
     #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub relay_poll_interval: Duration,
 
+    /// Longest wait for one relay batch to be published and confirmed (e.g. while RabbitMQ
+    /// blocks publishers on a memory or disk alarm); past it the batch is rolled back, to be
+    /// published again later, and the relay reconnects.
+    #[arg(long, env = "RELAY_PUBLISH_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub relay_publish_timeout: Duration,
+
     /// Run the outbox relay in this process (turn off to run API-only replicas).
     #[arg(long, env = "RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay_enabled: bool,
@@ -85,6 +91,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub amqp: AmqpArgs,
+
+    #[command(flatten)]
+    pub signing: SigningArgs,
 
     /// Attempts per task, the first included; transient failures are retried until then.
     #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
@@ -107,10 +116,17 @@ impl Config {
                  --auth-disabled to serve without authentication"
             );
         }
-        if let Some(short) = self.tokens().iter().find(|t| t.len() < 16) {
+        // Named by position only: no part of a secret goes to the logs.
+        if let Some((position, short)) = self
+            .tokens()
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.chars().count() < 16)
+        {
             anyhow::bail!(
-                "API token `{}…` is too short: use at least 16 characters",
-                &short[..short.len().min(3)]
+                "API token #{} of API_TOKENS is too short ({} characters): use at least 16 characters",
+                position + 1,
+                short.chars().count()
             );
         }
         if !(self.min_age_hours.is_finite() && self.min_age_hours > 0.0) {
@@ -122,6 +138,10 @@ impl Config {
         if self.relay_batch_size == 0 {
             anyhow::bail!("RELAY_BATCH_SIZE must be at least 1");
         }
+        if self.relay_publish_timeout.is_zero() {
+            anyhow::bail!("RELAY_PUBLISH_TIMEOUT must be longer than 0");
+        }
+        self.signing.trust().map_err(anyhow::Error::msg)?;
         self.amqp.topology().map_err(anyhow::Error::msg)?;
         if !(1..=100).contains(&self.max_attempts_limit) {
             anyhow::bail!("MAX_ATTEMPTS_LIMIT must be between 1 and 100");

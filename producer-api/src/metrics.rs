@@ -16,7 +16,9 @@ pub struct Metrics {
     pub outbox_published: IntCounter,
     pub outbox_publish_errors: IntCounter,
     pub outbox_publish_duration: Histogram,
+    pub outbox_publish_timeouts: IntCounter,
     pub amqp_connected: IntGauge,
+    pub amqp_blocked: IntGauge,
     pub queue_messages: IntGaugeVec,
     pub ledger_last_success: prometheus::GaugeVec,
     pub ledger_tasks: IntGaugeVec,
@@ -80,6 +82,16 @@ impl Metrics {
             "1 while the relay holds a RabbitMQ connection.",
         )
         .expect("valid metric");
+        let outbox_publish_timeouts = IntCounter::new(
+            names::OUTBOX_PUBLISH_TIMEOUTS_TOTAL,
+            "Relay batches not confirmed within RELAY_PUBLISH_TIMEOUT (rolled back, published again later).",
+        )
+        .expect("valid metric");
+        let amqp_blocked = IntGauge::new(
+            names::AMQP_BLOCKED,
+            "1 while RabbitMQ blocks the relay's connection from publishing (memory or disk alarm).",
+        )
+        .expect("valid metric");
         let recorder_events = IntCounterVec::new(
             Opts::new(
                 names::RECORDER_EVENTS_TOTAL,
@@ -138,6 +150,8 @@ impl Metrics {
                 Box::new(outbox_publish_errors.clone()),
                 Box::new(outbox_publish_duration.clone()),
                 Box::new(amqp_connected.clone()),
+                Box::new(outbox_publish_timeouts.clone()),
+                Box::new(amqp_blocked.clone()),
             ],
         );
         Self {
@@ -150,6 +164,8 @@ impl Metrics {
             outbox_publish_errors,
             outbox_publish_duration,
             amqp_connected,
+            outbox_publish_timeouts,
+            amqp_blocked,
             queue_messages,
             ledger_last_success,
             ledger_tasks,

@@ -511,18 +511,31 @@ struct FailedRow {
     max_attempts: i32,
 }
 
+/// The partial result a failure's progress holds: a temp-file walk's progress wraps its
+/// result (`{"result": {...}, "done": ...}`); a runs cleanup's progress is its result.
+fn partial_result(progress: &serde_json::Value) -> serde_json::Value {
+    match progress.get("result") {
+        Some(result) if result.is_object() => result.clone(),
+        _ => progress.clone(),
+    }
+}
+
 /// A failed attempt: schedule the next one (status `retrying`, a delayed outbox message)
-/// when the error is transient and attempts remain, else the task has `failed`.
+/// when the error is transient and attempts remain, else the task has `failed`, and the
+/// work done before the failure (the event's progress) becomes its `result`.
 async fn failed(tx: &mut Transaction<'_, Postgres>, e: &TaskFailed) -> Result<(), sqlx::Error> {
     let next_at = e.next_attempt_at.unwrap_or(e.at);
     // The error as the worker classified it, and when the attempt failed.
     let mut error = serde_json::to_value(&e.error).expect("error serializes");
     error["at"] = json!(e.at);
+    let partial = e.progress.as_ref().map(partial_result);
     let row: Option<FailedRow> = sqlx::query_as(&format!(
         "UPDATE cleanup_tasks SET
                  status = CASE WHEN $4 AND $2 < max_attempts THEN 'retrying' ELSE 'failed' END,
                  next_attempt_at = CASE WHEN $4 AND $2 < max_attempts THEN $5 ELSE NULL END,
                  finished_at = CASE WHEN $4 AND $2 < max_attempts THEN NULL ELSE $6 END,
+                 result = CASE WHEN $4 AND $2 < max_attempts THEN result
+                               ELSE COALESCE($8::jsonb, result) END,
                  attempts = $2, worker_id = $3, error = $7, started_at = COALESCE(started_at, $6),
                  updated_at = now()
              WHERE id = $1 AND {NOT_FINISHED}
@@ -536,6 +549,7 @@ async fn failed(tx: &mut Transaction<'_, Postgres>, e: &TaskFailed) -> Result<()
     .bind(next_at)
     .bind(e.at)
     .bind(&error)
+    .bind(&partial)
     .fetch_optional(&mut **tx)
     .await?;
     let Some(FailedRow {

@@ -16,6 +16,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionStatus};
 use shared::amqp::{self, OutgoingMessage, PublishError, SessionEnd};
 use shared::envelope::TASK_MESSAGE_TYPE;
+use shared::signing::KeyRing;
 use shared::topology::Topology;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
@@ -34,11 +35,18 @@ const REFUSED_RETRY_DELAY_SECS: i64 = 5;
 pub struct BrokerHealth {
     /// The live connection status, and a channel for passive queue inspection.
     state: Arc<Mutex<Option<(ConnectionStatus, Channel)>>>,
+    /// The reason RabbitMQ gave in its last `connection.blocked`, until `unblocked`.
+    blocked_reason: Arc<Mutex<Option<String>>>,
 }
 
 impl BrokerHealth {
     fn set(&self, state: Option<(ConnectionStatus, Channel)>) {
         *self.state.lock().expect("broker health lock") = state;
+        *self.blocked_reason.lock().expect("broker health lock") = None;
+    }
+
+    fn set_blocked(&self, reason: Option<String>) {
+        *self.blocked_reason.lock().expect("broker health lock") = reason;
     }
 
     pub fn is_connected(&self) -> bool {
@@ -47,6 +55,26 @@ impl BrokerHealth {
             .expect("broker health lock")
             .as_ref()
             .is_some_and(|(s, _)| s.connected())
+    }
+
+    /// While RabbitMQ blocks the connection from publishing (a memory or disk alarm): why.
+    pub fn blocked(&self) -> Option<String> {
+        let flagged = self
+            .state
+            .lock()
+            .expect("broker health lock")
+            .as_ref()
+            .is_some_and(|(s, _)| s.blocked());
+        let reason = self
+            .blocked_reason
+            .lock()
+            .expect("broker health lock")
+            .clone();
+        match (flagged, reason) {
+            (_, Some(reason)) => Some(reason),
+            (true, None) => Some("no reason given".to_owned()),
+            (false, None) => None,
+        }
     }
 
     /// Messages ready in a queue (passive declare), when connected.
@@ -76,6 +104,10 @@ pub struct RelayConfig {
     pub topology: Topology,
     pub batch_size: u32,
     pub poll_interval: Duration,
+    /// Longest wait for a batch to be published and confirmed.
+    pub publish_timeout: Duration,
+    /// Signs every task message (the first key); `None` only with ALLOW_UNSIGNED_TASKS.
+    pub signing: Option<KeyRing>,
 }
 
 pub struct Relay {
@@ -92,6 +124,10 @@ enum RoundError {
     Broker(#[from] lapin::Error),
     #[error("ledger error: {0}")]
     Ledger(#[from] sqlx::Error),
+    /// Publishing and confirming the batch took longer than the publish timeout (the broker
+    /// blocks publishers, or does not answer): the batch was rolled back.
+    #[error("the batch was not confirmed within {0:?}")]
+    Timeout(Duration),
 }
 
 impl Relay {
@@ -120,9 +156,16 @@ impl Relay {
                 this.health
                     .set(Some((connection.status().clone(), inspect)));
                 this.metrics.amqp_connected.set(1);
+                let watch_blocked = tokio::spawn(watch_blocked(
+                    connection.events_listener(),
+                    this.health.clone(),
+                    this.metrics.clone(),
+                ));
                 tracing::info!(url = %shared::config::redact_url(&this.config.amqp_url), "relay connected to RabbitMQ");
                 let outcome = this.pump(&channel, shutdown).await;
+                watch_blocked.abort();
                 this.metrics.amqp_connected.set(0);
+                this.metrics.amqp_blocked.set(0);
                 this.health.set(None);
                 amqp::close(&connection, "relay stopping").await;
                 outcome
@@ -153,6 +196,14 @@ impl Relay {
             if !watchdog.check(&[channel]) {
                 return SessionEnd::Lost;
             }
+            // While the broker blocks publishers a batch would only hang: claim nothing.
+            if self.health.blocked().is_some() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                    _ = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+                continue;
+            }
             match self.relay_batch(channel).await {
                 Ok(sent) if sent as u32 >= self.config.batch_size => continue,
                 Ok(_) => {}
@@ -168,6 +219,14 @@ impl Relay {
                 }
                 Err(RoundError::Ledger(error)) => {
                     tracing::warn!(%error, "relay cannot read the outbox; retrying");
+                }
+                // Publishes left pending on this channel may still go out when the broker
+                // unblocks: drop the connection and start afresh, after the supervisor's
+                // backoff. The rolled-back messages are published again (at least once).
+                Err(error @ RoundError::Timeout(_)) => {
+                    self.metrics.outbox_publish_timeouts.inc();
+                    tracing::warn!(%error, blocked = ?self.health.blocked(), "relay batch timed out and was rolled back; reconnecting");
+                    return SessionEnd::Lost;
                 }
             }
             self.wait_for_work(&mut listener, shutdown).await;
@@ -232,23 +291,17 @@ impl Relay {
             return Ok(0);
         }
         let started = Instant::now();
-        let exchange = self.config.topology.tasks_exchange();
-        let mut pending = Vec::with_capacity(rows.len());
-        for (_, task_id, kind, envelope) in &rows {
-            let message = OutgoingMessage {
-                exchange: &exchange,
-                routing_key: kind,
-                message_type: TASK_MESSAGE_TYPE,
-                message_id: task_id.to_string(),
-                body: envelope.clone().into_bytes(),
+        let publish_timeout = self.config.publish_timeout;
+        let outcomes =
+            match tokio::time::timeout(publish_timeout, self.publish(channel, &rows)).await {
+                Ok(Ok(outcomes)) => outcomes,
+                Ok(Err(error)) => return Err(error.into()),
+                Err(_) => {
+                    // Nothing is marked published: the rows stay, and go out again later.
+                    tx.rollback().await?;
+                    return Err(RoundError::Timeout(publish_timeout));
+                }
             };
-            match amqp::start_publish(channel, &message).await {
-                Ok(confirm) => pending.push(confirm),
-                Err(PublishError::Amqp(error)) => return Err(error.into()),
-                Err(other) => unreachable!("start_publish only fails with AMQP errors: {other}"),
-            }
-        }
-        let outcomes = join_all(pending).await;
 
         let mut published_ids = Vec::new();
         let mut published_tasks = Vec::new();
@@ -309,5 +362,61 @@ impl Relay {
             "relayed outbox batch"
         );
         Ok(published_ids.len() + refused_ids.len())
+    }
+
+    /// Publish every row (signed), pipelined, and wait for each confirmation.
+    async fn publish(
+        &self,
+        channel: &Channel,
+        rows: &[(i64, Uuid, String, String)],
+    ) -> Result<Vec<Result<(), PublishError>>, lapin::Error> {
+        let exchange = self.config.topology.tasks_exchange();
+        let mut pending = Vec::with_capacity(rows.len());
+        for (_, task_id, kind, envelope) in rows {
+            let message = OutgoingMessage {
+                exchange: &exchange,
+                routing_key: kind,
+                message_type: TASK_MESSAGE_TYPE,
+                message_id: task_id.to_string(),
+                body: envelope.clone().into_bytes(),
+            };
+            // The signature covers the exact bytes published.
+            let headers = match &self.config.signing {
+                Some(keys) => keys.sign(&message.body).headers().to_vec(),
+                None => Vec::new(),
+            };
+            match amqp::start_publish_with_headers(channel, &message, &headers).await {
+                Ok(confirm) => pending.push(confirm),
+                Err(PublishError::Amqp(error)) => return Err(error),
+                Err(other) => unreachable!("start_publish only fails with AMQP errors: {other}"),
+            }
+        }
+        Ok(join_all(pending).await)
+    }
+}
+
+/// Follow `connection.blocked` / `connection.unblocked` (RabbitMQ's memory and disk alarms
+/// stop publishers): logged, exported as `cleanup_amqp_blocked`, reported by `/readyz`.
+async fn watch_blocked(
+    events: impl futures::Stream<Item = lapin::Event>,
+    health: BrokerHealth,
+    metrics: Arc<Metrics>,
+) {
+    use futures::StreamExt;
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            lapin::Event::ConnectionBlocked(reason) => {
+                tracing::warn!(%reason, "RabbitMQ blocks publishing on the relay's connection (memory or disk alarm); tasks wait in the outbox");
+                metrics.amqp_blocked.set(1);
+                health.set_blocked(Some(reason));
+            }
+            lapin::Event::ConnectionUnblocked => {
+                tracing::info!("RabbitMQ unblocked the relay's connection; publishing resumes");
+                metrics.amqp_blocked.set(0);
+                health.set_blocked(None);
+            }
+            _ => {}
+        }
     }
 }

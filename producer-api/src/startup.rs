@@ -57,6 +57,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let broker = BrokerHealth::default();
         let topology = config.amqp.topology().map_err(anyhow::Error::msg)?;
+        let trust = config.signing.trust().map_err(anyhow::Error::msg)?;
         let recorder = config.recorder_enabled.then(|| {
             Recorder::new(
                 pool.clone(),
@@ -73,6 +74,8 @@ impl Application {
                     topology,
                     batch_size: config.relay_batch_size,
                     poll_interval: config.relay_poll_interval,
+                    publish_timeout: config.relay_publish_timeout,
+                    signing: trust.keys.clone(),
                 },
                 broker.clone(),
                 metrics.clone(),
@@ -89,6 +92,16 @@ impl Application {
             relay_enabled: config.relay_enabled,
             topology: config.amqp.topology().map_err(anyhow::Error::msg)?,
         };
+        match &trust.keys {
+            Some(keys) => tracing::info!(
+                signing_key_id = keys.signing_key_id(),
+                "task messages are signed"
+            ),
+            None => tracing::warn!(
+                "ALLOW_UNSIGNED_TASKS without TASK_SIGNING_KEYS: task messages are published \
+                 unsigned, and workers that require signatures will refuse them"
+            ),
+        }
         if config.auth_disabled {
             tracing::warn!(
                 "authentication is disabled: anyone who reaches the API can enqueue tasks"

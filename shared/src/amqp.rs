@@ -190,9 +190,12 @@ pub struct OutgoingMessage<'a> {
 }
 
 impl OutgoingMessage<'_> {
-    fn properties(&self) -> BasicProperties {
+    fn properties(&self, extra_headers: &[(&str, String)]) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert("schema_version".into(), AMQPValue::LongUInt(SCHEMA_VERSION));
+        for (key, value) in extra_headers {
+            headers.insert((*key).into(), AMQPValue::LongString(value.as_str().into()));
+        }
         BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(CONTENT_TYPE.into())
@@ -210,6 +213,16 @@ pub async fn start_publish(
     channel: &Channel,
     message: &OutgoingMessage<'_>,
 ) -> Result<impl std::future::Future<Output = Result<(), PublishError>> + use<>, PublishError> {
+    start_publish_with_headers(channel, message, &[]).await
+}
+
+/// [`start_publish`] with extra text headers on the message (a task's signature:
+/// [`crate::signing::Signature::headers`]).
+pub async fn start_publish_with_headers(
+    channel: &Channel,
+    message: &OutgoingMessage<'_>,
+    extra_headers: &[(&str, String)],
+) -> Result<impl std::future::Future<Output = Result<(), PublishError>> + use<>, PublishError> {
     let confirm = channel
         .basic_publish(
             message.exchange.into(),
@@ -219,7 +232,7 @@ pub async fn start_publish(
                 immediate: false,
             },
             &message.body,
-            message.properties(),
+            message.properties(extra_headers),
         )
         .await?;
     let exchange = message.exchange.to_owned();
@@ -242,6 +255,17 @@ pub async fn start_publish(
 /// Publish one message and wait for the broker's confirmation.
 pub async fn publish(channel: &Channel, message: &OutgoingMessage<'_>) -> Result<(), PublishError> {
     start_publish(channel, message).await?.await
+}
+
+/// [`publish`] with extra text headers on the message.
+pub async fn publish_with_headers(
+    channel: &Channel,
+    message: &OutgoingMessage<'_>,
+    extra_headers: &[(&str, String)],
+) -> Result<(), PublishError> {
+    start_publish_with_headers(channel, message, extra_headers)
+        .await?
+        .await
 }
 
 #[cfg(test)]

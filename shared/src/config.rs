@@ -1,6 +1,7 @@
 //! Settings both binaries share, as `clap` argument groups (each flag also an env var).
 
 use crate::retry::RetryPolicy;
+use crate::signing::{KeyRing, TaskTrust};
 use crate::topology::{Topology, DEFAULT_DELIVERY_LIMIT};
 
 /// How to reach RabbitMQ and which names to use there.
@@ -73,6 +74,59 @@ impl RetryArgs {
     }
 }
 
+/// The key ring that authenticates task messages (see [`crate::signing`]), the same on
+/// producer-api and every worker. `Debug` shows key ids, never secrets.
+#[derive(clap::Args, Clone)]
+pub struct SigningArgs {
+    /// Keys that sign and verify task messages, `key_id:secret,...` (ids of A-Z a-z 0-9 _ . -,
+    /// secrets of 32+ bytes). The first key signs, every key verifies. Required unless
+    /// --allow-unsigned-tasks.
+    #[arg(long, env = "TASK_SIGNING_KEYS", hide_env_values = true)]
+    pub task_signing_keys: Option<String>,
+
+    /// Run without requiring signed task messages: a worker then accepts unsigned ones (a
+    /// bad signature is still refused), producer-api may run without keys. Anyone who can
+    /// publish to the broker can then order deletions.
+    #[arg(long, env = "ALLOW_UNSIGNED_TASKS", default_value_t = false)]
+    pub allow_unsigned_tasks: bool,
+}
+
+impl std::fmt::Debug for SigningArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningArgs")
+            .field("task_signing_keys", &self.key_ring().ok().flatten())
+            .field("allow_unsigned_tasks", &self.allow_unsigned_tasks)
+            .finish()
+    }
+}
+
+impl SigningArgs {
+    /// The configured key ring; `None` when `TASK_SIGNING_KEYS` is unset or blank.
+    pub fn key_ring(&self) -> Result<Option<KeyRing>, String> {
+        match self.task_signing_keys.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(value) => KeyRing::parse(value).map(Some),
+        }
+    }
+
+    /// What a consumer of task messages accepts; refuses to run without keys unless
+    /// unsigned tasks are explicitly allowed.
+    pub fn trust(&self) -> Result<TaskTrust, String> {
+        let keys = self.key_ring()?;
+        if keys.is_none() && !self.allow_unsigned_tasks {
+            return Err("no task signing keys configured: set TASK_SIGNING_KEYS (`key_id:secret`, \
+                 the same on producer-api and every worker; a secret of 32+ bytes, e.g. from \
+                 `openssl rand -hex 32`), or pass --allow-unsigned-tasks (ALLOW_UNSIGNED_TASKS=true) \
+                 to run without authenticating task messages"
+                .into());
+        }
+        Ok(TaskTrust {
+            keys,
+            allow_unsigned: self.allow_unsigned_tasks,
+        })
+    }
+}
+
 /// Replace the password of a URL (`scheme://user:secret@host`) with `***`.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
@@ -118,6 +172,29 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
         assert_eq!(redact_url("not a url"), "not a url");
+    }
+
+    #[test]
+    fn signing_keys_are_required_unless_unsigned_tasks_are_allowed() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let args = |keys: Option<&str>, allow: bool| SigningArgs {
+            task_signing_keys: keys.map(String::from),
+            allow_unsigned_tasks: allow,
+        };
+        for keys in [None, Some(""), Some("  ")] {
+            let error = args(keys, false).trust().unwrap_err();
+            assert!(error.contains("TASK_SIGNING_KEYS"), "{error}");
+            assert!(error.contains("--allow-unsigned-tasks"), "{error}");
+            let trust = args(keys, true).trust().unwrap();
+            assert!(trust.keys.is_none() && trust.allow_unsigned);
+        }
+        let ok = args(Some(&format!("k1:{secret}")), false);
+        let trust = ok.trust().unwrap();
+        assert_eq!(trust.keys.unwrap().signing_key_id(), "k1");
+        assert!(!trust.allow_unsigned);
+        let shown = format!("{ok:?}");
+        assert!(shown.contains("k1") && !shown.contains(secret), "{shown}");
+        assert!(args(Some("k1:short"), true).trust().is_err());
     }
 
     #[test]

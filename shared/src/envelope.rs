@@ -68,6 +68,28 @@ impl TaskEnvelope {
     }
 }
 
+/// What any schema version of a task message is expected to keep readable: enough for a
+/// worker that does not know the version to report the task (a rolling upgrade).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct EnvelopeHead {
+    pub schema_version: u32,
+    pub task_id: Uuid,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// The kind as written; it may name a kind this build does not know.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub progress: Option<serde_json::Value>,
+}
+
+impl EnvelopeHead {
+    /// Read the head of a message body of any schema version, ignoring everything else.
+    pub fn from_json(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok()
+    }
+}
+
 /// Why a message body is not a task this build can run: such a message is poison.
 #[derive(Debug, thiserror::Error)]
 pub enum EnvelopeError {
@@ -124,6 +146,21 @@ mod tests {
     fn cutoff_is_fixed_from_enqueue_time() {
         let e = envelope();
         assert_eq!(e.enqueued_at - e.cutoff, Duration::hours(24));
+    }
+
+    #[test]
+    fn the_head_of_a_newer_version_is_readable() {
+        let e = envelope();
+        let mut v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        v["schema_version"] = 2.into();
+        v["params"] = serde_json::json!({"something": "new"});
+        v["extra"] = true.into();
+        let head = EnvelopeHead::from_json(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(head.schema_version, 2);
+        assert_eq!(head.task_id, e.task_id);
+        assert_eq!((head.attempt, head.max_attempts), (1, 3));
+        assert_eq!(head.kind.as_deref(), Some("cleanup_runs"));
+        assert!(EnvelopeHead::from_json(br#"{"schema_version": 2}"#).is_none());
     }
 
     #[test]

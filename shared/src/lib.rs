@@ -10,6 +10,7 @@ pub mod events;
 pub mod metrics;
 pub mod retry;
 pub mod shutdown;
+pub mod signing;
 pub mod tasks;
 pub mod telemetry;
 pub mod topology;

@@ -133,6 +133,9 @@ pub struct Config {
     pub retry: RetryArgs,
 
     #[command(flatten)]
+    pub signing: shared::config::SigningArgs,
+
+    #[command(flatten)]
     pub log: LogArgs,
 }
 

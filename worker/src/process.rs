@@ -43,6 +43,8 @@ pub struct WorkerContext {
     pub metrics: Metrics,
     pub processed: AtomicU64,
     pub runs_table_label: String,
+    /// Verifies task messages and signs continuations (`TASK_SIGNING_KEYS`).
+    pub trust: shared::signing::TaskTrust,
 }
 
 /// How a delivery ended; the delivery has been acked or rejected accordingly.
@@ -92,7 +94,7 @@ pub async fn handle_delivery(
     delivery: &Delivery,
     cancel: &CancellationToken,
 ) -> Result<Outcome, StepError> {
-    let envelope = match parse(queue_kind, delivery) {
+    let envelope = match parse(ctx, queue_kind, delivery) {
         Ok(envelope) => envelope,
         Err(reason) => return reject_poison(ctx, events, queue_kind, delivery, reason).await,
     };
@@ -290,30 +292,88 @@ pub async fn run_attempt(
     })
 }
 
-/// Read the envelope, refusing anything this worker cannot run.
-fn parse(queue_kind: TaskKind, delivery: &Delivery) -> Result<TaskEnvelope, String> {
-    let envelope = TaskEnvelope::from_json(&delivery.data).map_err(|e| e.to_string())?;
+/// Why a delivery is not run.
+#[derive(Debug)]
+enum Refusal {
+    /// Not a task this worker can run (unauthenticated, corrupt, wrong queue): poison.
+    Poison(String),
+    /// A schema version newer than this worker knows (producer-api upgraded first): a
+    /// transient failure, so the ledger retries the task later, by when upgraded workers
+    /// may take it.
+    NewerSchema(shared::envelope::EnvelopeHead),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Poison(reason) => f.write_str(reason),
+            Refusal::NewerSchema(head) => write!(
+                f,
+                "task schema version {} is newer than this worker (knows {}): \
+                 upgrade workers before producer-api",
+                head.schema_version,
+                shared::envelope::SCHEMA_VERSION
+            ),
+        }
+    }
+}
+
+/// Read the envelope, refusing anything this worker cannot run. The signature is checked
+/// first: nothing in the body is trusted before.
+fn parse(
+    ctx: &WorkerContext,
+    queue_kind: TaskKind,
+    delivery: &Delivery,
+) -> Result<TaskEnvelope, Refusal> {
+    use shared::envelope::{EnvelopeError, EnvelopeHead, SCHEMA_VERSION};
+    ctx.trust
+        .check(&delivery.data, delivery.properties.headers().as_ref())
+        .map_err(|e| Refusal::Poison(e.to_string()))?;
+    let envelope = match TaskEnvelope::from_json(&delivery.data) {
+        Ok(envelope) => envelope,
+        Err(EnvelopeError::UnsupportedVersion(version)) if version > SCHEMA_VERSION => {
+            return Err(match EnvelopeHead::from_json(&delivery.data) {
+                Some(head) if head.attempt >= 1 && head.max_attempts >= 1 => {
+                    Refusal::NewerSchema(head)
+                }
+                _ => Refusal::Poison(format!(
+                    "task schema version {version} is newer than this worker (knows \
+                     {SCHEMA_VERSION}) and its task_id, attempt and max_attempts are unreadable"
+                )),
+            });
+        }
+        Err(error) => return Err(Refusal::Poison(error.to_string())),
+    };
     if envelope.task.kind() != queue_kind {
-        return Err(format!(
+        return Err(Refusal::Poison(format!(
             "a {} task arrived on the {queue_kind} queue",
             envelope.task.kind()
-        ));
+        )));
     }
     if envelope.attempt == 0 || envelope.max_attempts == 0 {
-        return Err("attempt and max_attempts must be at least 1".into());
+        return Err(Refusal::Poison(
+            "attempt and max_attempts must be at least 1".into(),
+        ));
     }
     Ok(envelope)
 }
 
 /// Report a poison message as `task.dead` (when its id is readable), then reject it
-/// without requeue so the dead-letter exchange keeps it in `<prefix>.dead`.
+/// without requeue so the dead-letter exchange keeps it in `<prefix>.dead`. A message of a
+/// newer schema version is not poison: see [`report_newer_schema`].
 async fn reject_poison(
     ctx: &WorkerContext,
     events: &Channel,
     queue_kind: TaskKind,
     delivery: &Delivery,
-    reason: String,
+    refusal: Refusal,
 ) -> Result<Outcome, StepError> {
+    let reason = match refusal {
+        Refusal::Poison(reason) => reason,
+        Refusal::NewerSchema(head) => {
+            return report_newer_schema(ctx, events, queue_kind, delivery, head).await
+        }
+    };
     let task_id = delivery
         .properties
         .message_id()
@@ -342,6 +402,66 @@ async fn reject_poison(
     Ok(Outcome::Poison { task_id, reason })
 }
 
+/// A task message of a newer schema version (producer-api upgraded before the workers):
+/// report a transient `task.failed`, retryable per the retry policy, so the ledger
+/// publishes the task again later, when upgraded workers may take it; then ack.
+async fn report_newer_schema(
+    ctx: &WorkerContext,
+    events: &Channel,
+    queue_kind: TaskKind,
+    delivery: &Delivery,
+    head: shared::envelope::EnvelopeHead,
+) -> Result<Outcome, StepError> {
+    use shared::events::{ErrorClass, TaskError};
+    let message = Refusal::NewerSchema(head.clone()).to_string();
+    let kind = head
+        .kind
+        .as_deref()
+        .and_then(|k| k.parse::<TaskKind>().ok())
+        .unwrap_or(queue_kind);
+    let failed_at = Utc::now();
+    let next_attempt_at = ctx
+        .retry
+        .next_attempt_at(head.attempt, head.max_attempts, failed_at);
+    let retryable = next_attempt_at.is_some();
+    tracing::warn!(task_id = %head.task_id, %kind, attempt = head.attempt, retryable, %message, "task message of a newer schema version");
+    publish_event(
+        ctx,
+        events,
+        &Event::TaskFailed(TaskFailed {
+            task_id: head.task_id,
+            kind,
+            attempt: head.attempt,
+            worker_id: ctx.worker_id.clone(),
+            at: failed_at,
+            error: TaskError {
+                class: ErrorClass::Transient,
+                message,
+            },
+            retryable,
+            next_attempt_at,
+            // Carried back untouched, so the retry keeps the work done so far.
+            progress: head.progress,
+        }),
+    )
+    .await?;
+    ctx.metrics
+        .errors
+        .with_label_values(&[kind.as_str(), "transient"])
+        .inc();
+    let label = if retryable { "retried" } else { "failed" };
+    ctx.metrics
+        .tasks_finished
+        .with_label_values(&[kind.as_str(), label])
+        .inc();
+    delivery.ack(BasicAckOptions::default()).await?;
+    ctx.processed.fetch_add(1, Ordering::Relaxed);
+    Ok(Outcome::Failed {
+        task_id: head.task_id,
+        retryable,
+    })
+}
+
 /// Put the rest of a task back on its queue: same task id and attempt, with the progress
 /// so far. Confirmed before the original delivery is acked, so no work is lost or repeated.
 async fn publish_continuation(
@@ -357,7 +477,13 @@ async fn publish_continuation(
         message_id: continuation.task_id.to_string(),
         body: continuation.to_json(),
     };
-    amqp::publish(events, &message).await
+    // Signed like the producer's messages, with the first key of the ring.
+    let headers = ctx
+        .trust
+        .sign(&message.body)
+        .map(|s| s.headers().to_vec())
+        .unwrap_or_default();
+    amqp::publish_with_headers(events, &message, &headers).await
 }
 
 /// Publish an event on the events exchange and wait for the broker's confirmation.

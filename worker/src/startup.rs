@@ -35,6 +35,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        let trust = config.signing.trust().map_err(anyhow::Error::msg)?;
         let kinds = config.kinds()?;
         let table = config.runs_table()?;
         let runs_pool = match (
@@ -116,12 +117,24 @@ impl Application {
             metrics: Metrics::new(),
             processed: AtomicU64::new(0),
             runs_table_label: config.runs_table.clone(),
+            trust: trust.clone(),
         });
         let listener = TcpListener::bind(config.metrics_addr)
             .await
             .with_context(|| format!("failed to listen on METRICS_ADDR {}", config.metrics_addr))?;
         let port = listener.local_addr()?.port();
         tracing::info!(%worker_id, ?kinds, amqp = %config.amqp.redacted_url(), "worker configured");
+        match (&trust.keys, trust.allow_unsigned) {
+            (Some(keys), false) => {
+                tracing::info!(key_ids = ?keys.key_ids(), "task messages must be signed")
+            }
+            (keys, _) => tracing::warn!(
+                key_ids = ?keys.as_ref().map(|k| k.key_ids()),
+                "ALLOW_UNSIGNED_TASKS: this worker accepts UNSIGNED task messages, so anyone \
+                 who can publish to the broker can order deletions; set TASK_SIGNING_KEYS and \
+                 drop ALLOW_UNSIGNED_TASKS"
+            ),
+        }
         Ok(Self {
             ctx,
             consumer: ConsumerConfig {

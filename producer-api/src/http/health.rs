@@ -32,11 +32,16 @@ pub async fn healthz() -> &'static str {
 pub struct Readiness {
     pub ready: bool,
     pub database: bool,
-    /// Null when this replica runs no relay and so needs no broker.
+    /// Null when this replica runs no relay and so needs no broker. False while the relay
+    /// has no connection, or while RabbitMQ blocks it from publishing.
     pub broker: Option<bool>,
+    /// Why the replica is not ready; absent when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
-/// Ready when the ledger answers and (if this replica relays) RabbitMQ is connected.
+/// Ready when the ledger answers and (if this replica relays) RabbitMQ is connected and
+/// does not block publishing (`connection.blocked`: a memory or disk alarm).
 #[utoipa::path(get, path = "/readyz", tag = "probes", responses(
     (status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -46,7 +51,23 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     )
     .await
     .is_ok_and(|r| r.is_ok());
-    let broker = state.relay_enabled.then(|| state.broker.is_connected());
+    let mut reasons = Vec::new();
+    if !database {
+        reasons.push("the ledger database does not answer".to_owned());
+    }
+    let broker = state.relay_enabled.then(|| {
+        if !state.broker.is_connected() {
+            reasons.push("the relay has no RabbitMQ connection".to_owned());
+            false
+        } else if let Some(reason) = state.broker.blocked() {
+            reasons.push(format!(
+                "RabbitMQ blocks publishing (connection.blocked: {reason}); tasks wait in the outbox"
+            ));
+            false
+        } else {
+            true
+        }
+    });
     let ready = database && broker.unwrap_or(true);
     let status = if ready {
         StatusCode::OK
@@ -59,6 +80,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             ready,
             database,
             broker,
+            reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
         }),
     )
 }

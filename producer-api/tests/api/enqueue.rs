@@ -42,6 +42,17 @@ async fn enqueue_returns_202_and_publishes_exactly_one_persistent_message() {
     assert_eq!(props.kind().as_ref().unwrap().as_str(), "cleanup.task");
     assert_eq!(props.message_id().as_ref().unwrap().as_str(), task_id);
     assert_eq!(message.routing_key.as_str(), "cleanup_runs");
+    // Signed with the first key of the ring, over the exact body.
+    let trust = shared::signing::TaskTrust {
+        keys: Some(key_ring()),
+        allow_unsigned: false,
+    };
+    assert_eq!(
+        trust.check(&message.data, props.headers().as_ref()),
+        Ok(shared::signing::Verified::Signed {
+            key_id: "test-new".into()
+        })
+    );
 
     let envelope = TaskEnvelope::from_json(&message.data).unwrap();
     assert_eq!(envelope.task_id.to_string(), task_id);

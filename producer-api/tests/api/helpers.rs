@@ -22,6 +22,16 @@ use uuid::Uuid;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
 
+/// The task-signing key ring every test component shares (`TASK_SIGNING_KEYS`): `test-new`
+/// signs, both verify (as in the middle of a key rotation).
+pub const SIGNING_KEYS: &str = "test-new:new-secret-0123456789abcdef0123456789,\
+                                test-old:old-secret-0123456789abcdef0123456789";
+
+/// [`SIGNING_KEYS`] parsed.
+pub fn key_ring() -> shared::signing::KeyRing {
+    shared::signing::KeyRing::parse(SIGNING_KEYS).unwrap()
+}
+
 pub fn pg_base() -> String {
     std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
@@ -227,6 +237,7 @@ impl TestApp {
             format!("--relay-batch-size={}", options.relay_batch_size),
             "--relay-poll-interval=200ms".into(),
             "--max-body-bytes=2048".into(),
+            format!("--task-signing-keys={SIGNING_KEYS}"),
         ];
         args.extend(options.extra_args.iter().cloned());
         let config = Config::try_parse_from(args).expect("valid test config");

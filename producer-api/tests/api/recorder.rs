@@ -249,3 +249,115 @@ async fn a_retry_carries_the_progress_of_the_failed_attempt() {
     assert_eq!(task["status"], "retrying");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partial_result_of_a_final_failure_is_recorded() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            relay_enabled: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let enqueue = |path: &'static str| {
+        let app = &app;
+        async move {
+            let body: Value = app
+                .post(path, serde_json::json!({"max_age_hours": 48}))
+                .await
+                .json()
+                .await
+                .unwrap();
+            body["task_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let failed = |id: &str, kind: TaskKind, retryable: bool, progress: Value| {
+        Event::TaskFailed(TaskFailed {
+            task_id: id.parse().unwrap(),
+            kind,
+            attempt: 1,
+            worker_id: "w".into(),
+            at: Utc::now(),
+            error: TaskError {
+                class: if retryable {
+                    ErrorClass::Transient
+                } else {
+                    ErrorClass::Permanent
+                },
+                message: "boom".into(),
+            },
+            retryable,
+            next_attempt_at: retryable.then(Utc::now),
+            progress: Some(progress),
+        })
+    };
+    // A runs cleanup that deleted rows before a permanent error: its progress is the result.
+    let runs = enqueue("/maintenance/cleanup-runs").await;
+    let runs_progress = serde_json::json!({"runs_deleted": 40, "batches": 4, "dry_run": false});
+    publish(&broker, &started(&runs, "w", 1)).await;
+    publish(
+        &broker,
+        &failed(&runs, TaskKind::CleanupRuns, false, runs_progress.clone()),
+    )
+    .await;
+    // A temp-file walk: its progress wraps the result.
+    let temp = enqueue("/maintenance/cleanup-temp-files").await;
+    let temp_result = serde_json::json!({"files_deleted": 3, "bytes_freed": 300});
+    publish(
+        &broker,
+        &failed(
+            &temp,
+            TaskKind::CleanupTempFiles,
+            false,
+            serde_json::json!({"result": temp_result, "done": ["a", "b"]}),
+        ),
+    )
+    .await;
+    // A failure that is retried keeps no result: the next attempt carries the progress.
+    let retried = enqueue("/maintenance/cleanup-runs").await;
+    publish(
+        &broker,
+        &failed(&retried, TaskKind::CleanupRuns, true, runs_progress.clone()),
+    )
+    .await;
+
+    for (id, status) in [(&runs, "failed"), (&temp, "failed"), (&retried, "retrying")] {
+        eventually(
+            Duration::from_secs(10),
+            "the failure is applied",
+            || async {
+                let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+                task["status"] == status
+            },
+        )
+        .await;
+    }
+    let task: Value = app
+        .get(&format!("/tasks/{runs}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["result"], runs_progress, "{task}");
+    assert_eq!(task["result"]["runs_deleted"], 40);
+    assert_eq!(task["error"]["message"], "boom");
+    let task: Value = app
+        .get(&format!("/tasks/{temp}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["result"], temp_result, "{task}");
+    let task: Value = app
+        .get(&format!("/tasks/{retried}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(task["result"].is_null(), "{task}");
+    app.stop().await;
+}

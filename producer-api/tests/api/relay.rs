@@ -17,6 +17,7 @@ fn relay_process(db: &TestDb, broker: &TestBroker) -> (Child, u16) {
     let child = Command::new(env!("CARGO_BIN_EXE_producer-api"))
         .env("DATABASE_URL", db.url())
         .env("API_TOKENS", TOKEN)
+        .env("TASK_SIGNING_KEYS", SIGNING_KEYS)
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("AMQP_URL", amqp_base())
         .env("AMQP_PREFIX", broker.prefix())

@@ -90,3 +90,29 @@ fn roots_that_resolve_to_the_filesystem_root_or_a_system_tree_are_refused() {
         std::path::Path::new("/usr/share")
     );
 }
+
+#[tokio::test]
+async fn a_worker_refuses_to_start_without_task_signing_keys_unless_unsigned_tasks_are_allowed() {
+    use clap::Parser;
+    let scratch = tempfile::tempdir().unwrap();
+    let roots = format!("--temp-roots=scratch={}", scratch.path().display());
+    let args = ["worker", roots.as_str(), "--metrics-addr=127.0.0.1:0"];
+    let config = worker::Config::try_parse_from(args).unwrap();
+    let Err(error) = worker::Application::build(config).await else {
+        panic!("a worker without TASK_SIGNING_KEYS started");
+    };
+    let error = error.to_string();
+    assert!(error.contains("TASK_SIGNING_KEYS"), "{error}");
+    assert!(error.contains("--allow-unsigned-tasks"), "{error}");
+
+    let unsigned = [&args[..], &["--allow-unsigned-tasks"]].concat();
+    let config = worker::Config::try_parse_from(unsigned).unwrap();
+    assert!(worker::Application::build(config).await.is_ok());
+
+    let keys = "--task-signing-keys=k1:short";
+    let config = worker::Config::try_parse_from([&args[..], &[keys]].concat()).unwrap();
+    let Err(error) = worker::Application::build(config).await else {
+        panic!("a worker with a short secret started");
+    };
+    assert!(error.to_string().contains("too short"), "{error}");
+}

@@ -1,9 +1,10 @@
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
-use serde_json::json;
+use serde_json::{json, Value};
+use shared::signing::{KeyRing, Signature};
 use shared::tasks::TaskKind;
 
 use crate::helpers::*;
@@ -44,7 +45,10 @@ async fn poison_messages_end_dead_and_the_worker_keeps_going() {
             br#"{"schema_version": 1, "kind": "cleanup_users"}"#.to_vec(),
         ),
     ] {
-        let mut properties = BasicProperties::default().with_delivery_mode(2);
+        // Signed: these messages are authentic but unprocessable.
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(signature_headers(Some(key_ring().sign(&body))));
         if let Some(id) = message_id {
             properties = properties.with_message_id(ShortString::from(id));
         }
@@ -94,5 +98,313 @@ async fn poison_messages_end_dead_and_the_worker_keeps_going() {
     );
     worker.stop().await;
     relay.stop().await;
+    app.stop().await;
+}
+
+/// The AMQP headers of a signature (none for an unsigned message).
+fn signature_headers(signature: Option<Signature>) -> FieldTable {
+    let mut headers = FieldTable::default();
+    for (key, value) in signature.iter().flat_map(|s| s.headers()) {
+        headers.insert(key.into(), AMQPValue::LongString(value.as_str().into()));
+    }
+    headers
+}
+
+/// Publish `body` straight to the tasks exchange, as anyone with broker access could.
+async fn publish_task(
+    broker: &TestBroker,
+    kind: TaskKind,
+    task_id: &str,
+    body: &[u8],
+    signature: Option<Signature>,
+) {
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_type(shared::envelope::TASK_MESSAGE_TYPE.into())
+        .with_message_id(ShortString::from(task_id))
+        .with_headers(signature_headers(signature));
+    broker
+        .channel
+        .basic_publish(
+            broker.topology.tasks_exchange().as_str().into(),
+            kind.as_str().into(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// The envelope the ledger holds for `task_id` (the API runs no relay, so it stays there).
+async fn outbox_envelope(app: &TestApp, task_id: &str) -> Value {
+    sqlx::query_scalar("SELECT envelope FROM cleanup_outbox WHERE task_id = $1::uuid")
+        .bind(task_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn no_relay(db: &TestDb, broker: &TestBroker) -> TestApp {
+    TestApp::spawn(
+        db,
+        broker,
+        AppOptions {
+            relay_enabled: false,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+const SIGNED_RUNS: usize = 30;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_forged_and_unknown_key_messages_end_dead_and_delete_nothing() {
+    let db = TestDb::create().await;
+    let runs = RunsDb::create().await;
+    let broker = TestBroker::create().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let old_file = scratch.path().join("old.tmp");
+    std::fs::write(&old_file, b"x").unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(100 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&old_file)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(100.0), 1)
+        .await;
+    let app = no_relay(&db, &broker).await;
+    let worker = TestWorker::spawn(
+        &broker,
+        &[
+            format!("--runs-database-url={}", runs.db.url()),
+            format!("--temp-roots=scratch={}", scratch.path().display()),
+        ],
+    )
+    .await;
+
+    let forged = KeyRing::parse("test-new:not-the-real-secret-0123456789abcdef").unwrap();
+    let intruder = KeyRing::parse("intruder:an-intruders-own-secret-0123456789abcdef").unwrap();
+    let mut cases = Vec::new();
+    for (name, path, kind) in [
+        (
+            "unsigned",
+            "/maintenance/cleanup-runs",
+            TaskKind::CleanupRuns,
+        ),
+        ("forged", "/maintenance/cleanup-runs", TaskKind::CleanupRuns),
+        (
+            "unknown key",
+            "/maintenance/cleanup-runs",
+            TaskKind::CleanupRuns,
+        ),
+        (
+            "unsigned",
+            "/maintenance/cleanup-temp-files",
+            TaskKind::CleanupTempFiles,
+        ),
+    ] {
+        let id = enqueue(&app, path, json!({"max_age_hours": 24})).await;
+        let body = outbox_envelope(&app, &id).await.to_string().into_bytes();
+        let signature = match name {
+            "unsigned" => None,
+            "forged" => Some(forged.sign(&body)),
+            _ => Some(intruder.sign(&body)),
+        };
+        publish_task(&broker, kind, &id, &body, signature).await;
+        cases.push((name, id));
+    }
+
+    for (name, id) in &cases {
+        let task = wait_for(&app, id, DONE, Duration::from_secs(30)).await;
+        assert_eq!(task["status"], "dead", "{name}: {task}");
+        let expected = match *name {
+            "unsigned" => "unsigned task message refused: TASK_SIGNING_KEYS requires a signature",
+            "forged" => "bad signature (key id `test-new`)",
+            _ => "signed with unknown key id `intruder`",
+        };
+        // The worker's reason (it may follow the broker's dead-letter note).
+        eventually(Duration::from_secs(10), expected, || async {
+            let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+            task["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(expected))
+        })
+        .await;
+        assert_eq!(task["attempts"], 0, "{name}: never started: {task}");
+    }
+    let dead_queue = broker.topology.dead_queue();
+    eventually(
+        Duration::from_secs(10),
+        "every refused message rests in the dead queue",
+        || async { broker.queue_len_named(&dead_queue).await == cases.len() as u32 },
+    )
+    .await;
+    assert_eq!(
+        runs.count("SELECT count(*) FROM runs").await,
+        SIGNED_RUNS as i64,
+        "nothing deleted"
+    );
+    assert!(old_file.exists(), "nothing deleted");
+    let metrics = worker.metrics().await;
+    assert!(
+        metrics.contains("cleanup_worker_poison_messages_total{kind=\"cleanup_runs\"} 3"),
+        "{metrics}"
+    );
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_signed_with_the_older_key_of_the_ring_is_accepted() {
+    let db = TestDb::create().await;
+    let runs = RunsDb::create().await;
+    let broker = TestBroker::create().await;
+    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(100.0), 1)
+        .await;
+    let app = no_relay(&db, &broker).await;
+    let worker =
+        TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.db.url())]).await;
+
+    // Only the second key of the workers' ring, as a producer not yet rotated holds it.
+    let old_key = SIGNING_KEYS.split(',').nth(1).unwrap().trim();
+    assert!(old_key.starts_with("test-old:"));
+    let old = KeyRing::parse(old_key).unwrap();
+    let id = enqueue(
+        &app,
+        "/maintenance/cleanup-runs",
+        json!({"max_age_hours": 24}),
+    )
+    .await;
+    let body = outbox_envelope(&app, &id).await.to_string().into_bytes();
+    publish_task(
+        &broker,
+        TaskKind::CleanupRuns,
+        &id,
+        &body,
+        Some(old.sign(&body)),
+    )
+    .await;
+
+    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["result"]["runs_deleted"], SIGNED_RUNS);
+    assert_eq!(runs.count("SELECT count(*) FROM runs").await, 0);
+    worker.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_poison() {
+    let db = TestDb::create().await;
+    let runs = RunsDb::create().await;
+    let broker = TestBroker::create().await;
+    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(100.0), 1)
+        .await;
+    let app = no_relay(&db, &broker).await;
+    let worker =
+        TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.db.url())]).await;
+    let keys = key_ring();
+
+    // What a producer-api upgraded before the workers would send: a version this worker
+    // does not know, with fields it has never seen.
+    let newer = enqueue(
+        &app,
+        "/maintenance/cleanup-runs",
+        json!({"max_age_hours": 24}),
+    )
+    .await;
+    let mut envelope = outbox_envelope(&app, &newer).await;
+    envelope["schema_version"] = 2.into();
+    envelope["params"]["added_in_v2"] = true.into();
+    envelope["priority"] = "high".into();
+    let body = envelope.to_string().into_bytes();
+    publish_task(
+        &broker,
+        TaskKind::CleanupRuns,
+        &newer,
+        &body,
+        Some(keys.sign(&body)),
+    )
+    .await;
+
+    let task = wait_for(
+        &app,
+        &newer,
+        &["retrying", "succeeded", "failed", "dead"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(task["status"], "retrying", "{task}");
+    assert_eq!(task["error"]["class"], "transient");
+    assert_eq!(
+        task["error"]["message"],
+        "task schema version 2 is newer than this worker (knows 1): upgrade workers before producer-api"
+    );
+    assert!(task["next_attempt_at"].is_string(), "{task}");
+    // The ledger scheduled attempt 2 (published again once a relay runs).
+    let attempts: Vec<i32> = sqlx::query_scalar(
+        "SELECT attempt FROM cleanup_outbox WHERE task_id = $1::uuid ORDER BY attempt",
+    )
+    .bind(&newer)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, vec![1, 2]);
+
+    // An older version is poison.
+    let older = enqueue(
+        &app,
+        "/maintenance/cleanup-runs",
+        json!({"max_age_hours": 24}),
+    )
+    .await;
+    let mut envelope = outbox_envelope(&app, &older).await;
+    envelope["schema_version"] = 0.into();
+    let body = envelope.to_string().into_bytes();
+    publish_task(
+        &broker,
+        TaskKind::CleanupRuns,
+        &older,
+        &body,
+        Some(keys.sign(&body)),
+    )
+    .await;
+    let task = wait_for(&app, &older, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "dead", "{task}");
+    assert!(
+        task["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported task schema version 0"),
+        "{task}"
+    );
+
+    let dead_queue = broker.topology.dead_queue();
+    eventually(
+        Duration::from_secs(10),
+        "only the older one is dead",
+        || async { broker.queue_len_named(&dead_queue).await == 1 },
+    )
+    .await;
+    let task: Value = app
+        .get(&format!("/tasks/{newer}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["status"], "retrying", "{task}");
+    assert_eq!(
+        runs.count("SELECT count(*) FROM runs").await,
+        SIGNED_RUNS as i64,
+        "nothing deleted"
+    );
+    worker.stop().await;
     app.stop().await;
 }

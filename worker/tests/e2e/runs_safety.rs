@@ -105,6 +105,7 @@ async fn build_worker(
         format!("--amqp-url={}", amqp_base()),
         format!("--amqp-prefix={}", broker.prefix()),
         "--metrics-addr=127.0.0.1:0".to_owned(),
+        format!("--task-signing-keys={SIGNING_KEYS}"),
     ];
     args.extend(extra.iter().cloned());
     worker::Application::build(worker::Config::try_parse_from(args).unwrap()).await

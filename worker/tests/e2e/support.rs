@@ -83,6 +83,7 @@ impl TestWorker {
             "--worker-concurrency=2".to_owned(),
             "--retry-initial-delay=300ms".to_owned(),
             "--retry-jitter=0".to_owned(),
+            format!("--task-signing-keys={SIGNING_KEYS}"),
         ];
         args.extend(extra.iter().cloned());
         let config = worker::Config::try_parse_from(args).expect("valid worker config");

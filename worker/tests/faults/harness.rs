@@ -39,6 +39,7 @@ impl WorkerProcess {
             .env("WORKER_HEARTBEAT_INTERVAL", "1s")
             .env("RETRY_INITIAL_DELAY", "1s")
             .env("LOG_LEVEL", "info")
+            .env("TASK_SIGNING_KEYS", SIGNING_KEYS)
             .env_remove("RUNS_DATABASE_URL")
             .env_remove("TEMP_ROOTS")
             .stdout(log.try_clone().unwrap())
@@ -120,6 +121,30 @@ impl Drop for RabbitOutage {
     fn drop(&mut self) {
         run("rabbitmqctl", &["start_app"]);
         run("rabbitmqctl", &["await_startup"]);
+    }
+}
+
+/// Raises RabbitMQ's memory alarm (a tiny watermark): the broker blocks every publishing
+/// connection. Restores the default watermark when dropped, whatever happened.
+pub struct MemoryAlarm;
+
+impl MemoryAlarm {
+    pub fn begin() -> Self {
+        run(
+            "rabbitmqctl",
+            &["set_vm_memory_high_watermark", "0.0000001"],
+        );
+        MemoryAlarm
+    }
+
+    pub fn end(self) {
+        drop(self);
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        run("rabbitmqctl", &["set_vm_memory_high_watermark", "0.4"]);
     }
 }
 

@@ -369,3 +369,94 @@ async fn a_task_that_crashes_every_worker_ends_dead() {
     assert_eq!(runs.count("SELECT count(*) FROM runs").await, 10);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fault injection: raises RabbitMQ's memory alarm; run by deploy/local/test.sh, serially"]
+async fn a_rabbitmq_memory_alarm_makes_the_api_unready_and_holds_tasks_until_it_clears() {
+    shared::telemetry::init(&shared::telemetry::LogArgs {
+        log_format: shared::telemetry::LogFormat::Pretty,
+        log_level: "warn,producer_api::relay=info".into(),
+    });
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let root = scratch(10);
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            extra_args: vec!["--relay-publish-timeout=3s".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let env = [("TEMP_ROOTS", format!("scratch={}", root.path().display()))];
+    let mut worker = WorkerProcess::spawn(&broker, "alarm-a", &env);
+    let body = json!({"max_age_hours": 24, "root": "scratch"});
+    let before = enqueue_retrying(&app, TEMP, body.clone()).await;
+    wait_for(&app, &before.to_string(), DONE, Duration::from_secs(30)).await;
+    let readyz = format!("{}/readyz", app.address);
+    let metrics = format!("{}/metrics", app.address);
+    let ready = |url: String| async move {
+        let response = reqwest::get(&url).await.unwrap();
+        let status = response.status();
+        (status, response.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(ready(readyz.clone()).await.0, 200);
+
+    let alarm = MemoryAlarm::begin();
+    let started = Instant::now();
+    // Accepted (the ledger alone makes it durable), but not published while blocked.
+    let during = enqueue_retrying(&app, TEMP, body.clone()).await;
+    eventually(
+        Duration::from_secs(30),
+        "readyz reports the broker blocking publishers",
+        || async {
+            let (status, body) = ready(readyz.clone()).await;
+            status == 503
+                && body["broker"] == false
+                && body["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("blocks publishing"))
+        },
+    )
+    .await;
+    let (_, body_when_blocked) = ready(readyz.clone()).await;
+    eprintln!(
+        "[memory alarm] /readyz after {:?}: {body_when_blocked}",
+        started.elapsed()
+    );
+    let scrape = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    assert!(scrape.contains("cleanup_amqp_blocked 1"), "{scrape}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let task: serde_json::Value = app
+        .get(&format!("/tasks/{during}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["status"], "queued", "{task}");
+    assert!(task["published_at"].is_null(), "{task}");
+    assert_eq!(app.outbox_len().await, 1, "the task waits in the outbox");
+
+    alarm.end();
+    let task = wait_for(&app, &during.to_string(), DONE, Duration::from_secs(60)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    eventually(Duration::from_secs(30), "readyz is ready again", || async {
+        ready(readyz.clone()).await.0 == 200
+    })
+    .await;
+    let scrape = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    assert!(scrape.contains("cleanup_amqp_blocked 0"), "{scrape}");
+    // RabbitMQ blocks a connection when it first publishes under the alarm: the batch of
+    // `during` hung, timed out, was rolled back and published again after the alarm.
+    let timeouts: u64 = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("cleanup_outbox_publish_timeouts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    eprintln!("[memory alarm] relay batches timed out: {timeouts}");
+    assert!(timeouts >= 1, "{scrape}");
+    assert_eq!(task["attempts"], 1, "{task}");
+    worker.kill().await;
+    app.stop().await;
+}
