@@ -43,7 +43,8 @@ async fn wall_clock_timestamps_are_read_in_the_databases_time_zone() {
     pool.close().await;
     let pool = PgPool::connect(&runs.url()).await.unwrap();
     sqlx::raw_sql(
-        "INSERT INTO runs (status, finished_at)
+        "SET timezone TO 'Etc/GMT+5';
+         INSERT INTO runs (status, finished_at)
          SELECT 'succeeded', localtimestamp - interval '1 hour' FROM generate_series(1, 7);
          INSERT INTO runs (status, finished_at)
          SELECT 'succeeded', localtimestamp - interval '4 hours' FROM generate_series(1, 3);",
@@ -54,7 +55,14 @@ async fn wall_clock_timestamps_are_read_in_the_databases_time_zone() {
     let db = TestDb::create().await;
     let broker = TestBroker::create().await;
     let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.url())]).await;
+    let worker = TestWorker::spawn(
+        &broker,
+        &[
+            format!("--runs-database-url={}", runs.url()),
+            "--runs-timestamp-timezone=Etc/GMT+5".into(),
+        ],
+    )
+    .await;
 
     for dry_run in [true, false] {
         let id = enqueue(&app, RUNS, json!({"max_age_hours": 3, "dry_run": dry_run})).await;

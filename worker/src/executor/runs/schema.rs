@@ -85,13 +85,14 @@ pub async fn inspect(
     let timestamps = match type_of(&table.names.timestamp, "RUNS_TIMESTAMP_COLUMN")?.as_str() {
         "timestamp with time zone" => Timestamps::Instants,
         "timestamp without time zone" => {
-            let zone = match zone {
-                Some(zone) => zone.to_owned(),
-                None => {
-                    sqlx::query_scalar("SELECT current_setting('TimeZone')")
-                        .fetch_one(pool)
-                        .await?
-                }
+            // The worker cannot learn which zone the application writes in (its own
+            // sessions are always UTC): the operator must say.
+            let Some(zone) = zone.map(str::to_owned) else {
+                return Err(SchemaError::Unsafe(format!(
+                    "RUNS_TIMESTAMP_COLUMN `{}` is `timestamp without time zone`: set \
+                     RUNS_TIMESTAMP_TIMEZONE to the zone the application writes its values in",
+                    table.names.timestamp
+                )));
             };
             check_zone(pool, &zone).await?;
             Timestamps::WallClock { zone }
