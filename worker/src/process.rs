@@ -5,12 +5,10 @@
 //! time limit, publish `task.succeeded` or `task.failed` (with the next attempt's time for
 //! transient errors), and only then ack: an ack always follows a confirmed result event.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::Channel;
@@ -24,7 +22,8 @@ use shared::topology::Topology;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::executor::{Checkpoint, ExecError, Execution, Executors};
+use crate::attempt::{run_attempt, Limits};
+use crate::executor::{Checkpoint, Execution, Executors};
 use crate::metrics::Metrics;
 
 /// Everything a step needs, shared by all in-flight tasks.
@@ -232,64 +231,6 @@ pub async fn handle_delivery(
     delivery.ack(BasicAckOptions::default()).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(outcome)
-}
-
-/// The time limits of one turn.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub task_timeout: Duration,
-    pub stop_grace: Duration,
-}
-
-/// Run one turn's execution under the hard time limit, turning a panic or an executor
-/// that will not stop into a transient failure. Every failure carries what was deleted
-/// before it (from the checkpoint when the executor could not say), so counts and caps
-/// span attempts however the attempt ended.
-pub async fn run_attempt(
-    execution: impl std::future::Future<Output = Result<Execution, ExecError>>,
-    turn: &CancellationToken,
-    checkpoint: &Checkpoint,
-    limits: Limits,
-) -> Result<Execution, ExecError> {
-    let execution = AssertUnwindSafe(execution).catch_unwind();
-    tokio::pin!(execution);
-    let result = match tokio::time::timeout(limits.task_timeout, &mut execution).await {
-        Ok(result) => result,
-        Err(_) => {
-            // Past the hard limit: ask the executor to stop and give it time to reach a
-            // boundary, so nothing keeps deleting after the attempt is reported. What it
-            // returns then (a continuation, or the result) is reported as usual.
-            turn.cancel();
-            match tokio::time::timeout(limits.stop_grace, &mut execution).await {
-                Ok(result) => result,
-                Err(_) => Ok(Err(ExecError::transient(format!(
-                    "the attempt exceeded the task time limit of {} and did not stop within {}",
-                    humantime::format_duration(limits.task_timeout),
-                    humantime::format_duration(limits.stop_grace)
-                )))),
-            }
-        }
-    };
-    let result = match result {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".to_owned());
-            tracing::error!(%message, "executor panicked");
-            Err(ExecError::transient(format!(
-                "the executor panicked: {message}"
-            )))
-        }
-    };
-    result.map_err(|mut error| {
-        if error.progress.is_none() {
-            error.progress = checkpoint.snapshot();
-        }
-        error
-    })
 }
 
 /// Why a delivery is not run.
@@ -562,82 +503,5 @@ fn record_result_metrics(
             .last_success
             .with_label_values(&[kind.as_str()])
             .set(Utc::now().timestamp() as f64);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    const LIMITS: Limits = Limits {
-        task_timeout: Duration::from_secs(60),
-        stop_grace: Duration::from_secs(10),
-    };
-
-    #[tokio::test]
-    async fn a_panicking_executor_fails_transiently_with_its_progress() {
-        let checkpoint = Checkpoint::default();
-        let turn = CancellationToken::new();
-        let execution = async {
-            checkpoint.record(json!({"runs_deleted": 700}));
-            panic!("index out of bounds");
-        };
-        let error = run_attempt(execution, &turn, &checkpoint, LIMITS)
-            .await
-            .unwrap_err();
-        assert!(error.is_transient());
-        assert!(error.message.contains("index out of bounds"), "{error}");
-        assert_eq!(error.progress, Some(json!({"runs_deleted": 700})));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_executor_that_ignores_the_hard_limit_fails_with_its_progress() {
-        let checkpoint = Checkpoint::default();
-        let turn = CancellationToken::new();
-        let execution = async {
-            checkpoint.record(json!({"runs_deleted": 3000}));
-            std::future::pending::<()>().await;
-            unreachable!()
-        };
-        let error = run_attempt(execution, &turn, &checkpoint, LIMITS)
-            .await
-            .unwrap_err();
-        assert!(turn.is_cancelled(), "the executor was asked to stop");
-        assert!(error.message.contains("did not stop within 10s"), "{error}");
-        assert_eq!(error.progress, Some(json!({"runs_deleted": 3000})));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_executor_that_stops_after_the_hard_limit_hands_on_its_progress() {
-        let checkpoint = Checkpoint::default();
-        let turn = CancellationToken::new();
-        let execution = async {
-            turn.cancelled().await;
-            Ok(Execution::Interrupted {
-                progress: json!({"runs_deleted": 5}),
-            })
-        };
-        let result = run_attempt(execution, &turn, &checkpoint, LIMITS).await;
-        assert_eq!(
-            result,
-            Ok(Execution::Interrupted {
-                progress: json!({"runs_deleted": 5})
-            })
-        );
-    }
-
-    #[tokio::test]
-    async fn an_executor_error_without_progress_takes_the_checkpoints() {
-        let checkpoint = Checkpoint::default();
-        let turn = CancellationToken::new();
-        let execution = async {
-            checkpoint.record(json!({"runs_deleted": 2}));
-            Err(ExecError::permanent("foreign key violation"))
-        };
-        let error = run_attempt(execution, &turn, &checkpoint, LIMITS)
-            .await
-            .unwrap_err();
-        assert_eq!(error.progress, Some(json!({"runs_deleted": 2})));
     }
 }
