@@ -119,6 +119,22 @@ impl RetryPolicy {
     pub async fn retry<T, E, F, Fut>(
         &self,
         is_transient: impl Fn(&E) -> bool,
+        op: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        self.retry_until(|| false, is_transient, op).await
+    }
+
+    /// [`retry`](Self::retry), except that no new try starts once `stopped()` says so:
+    /// it is asked after every delay, and the last error is returned instead of trying
+    /// again. A try already running is never interrupted.
+    pub async fn retry_until<T, E, F, Fut>(
+        &self,
+        stopped: impl Fn() -> bool,
+        is_transient: impl Fn(&E) -> bool,
         mut op: F,
     ) -> Result<T, E>
     where
@@ -134,6 +150,9 @@ impl RetryPolicy {
                     let delay = backoff.next_backoff().unwrap_or(self.max_delay);
                     tracing::debug!(attempt, ?delay, "transient error; retrying");
                     tokio::time::sleep(delay).await;
+                    if stopped() {
+                        return Err(error);
+                    }
                     attempt += 1;
                 }
                 Err(error) => return Err(error),
@@ -269,5 +288,27 @@ mod tests {
             .await;
         assert_eq!(result, Err("transient"));
         assert_eq!(calls.load(Ordering::SeqCst), 5);
+    }
+
+    /// A stop that arrives while the policy sleeps between tries means no further try:
+    /// nothing starts after a cancelled attempt.
+    #[tokio::test(start_paused = true)]
+    async fn no_try_starts_after_a_stop() {
+        let calls = AtomicU32::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let result: Result<(), &str> = RetryPolicy::in_attempt()
+            .retry_until(
+                || stop.load(Ordering::SeqCst),
+                |_| true,
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    // The stop arrives during the first try; the try itself finishes.
+                    stop.store(true, Ordering::SeqCst);
+                    Err("transient")
+                },
+            )
+            .await;
+        assert_eq!(result, Err("transient"));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{host_name, Config};
 use crate::consumer::{self, ConsumerConfig};
-use crate::executor::runs::RunsExecutor;
+use crate::executor::runs::{RunsExecutor, Timeouts};
 use crate::executor::temp_files::TempFilesExecutor;
 use crate::executor::Executors;
 use crate::http::{self, ProbeState};
@@ -87,7 +87,15 @@ impl Application {
             None
         };
         let runs = runs_pool.clone().map(|pool| {
-            RunsExecutor::new(pool, table.clone(), config.runs_timestamp_timezone.clone())
+            RunsExecutor::new(
+                pool,
+                table.clone(),
+                config.runs_timestamp_timezone.clone(),
+                Timeouts {
+                    statement: config.runs_statement_timeout,
+                    lock: config.runs_lock_timeout,
+                },
+            )
         });
         if let Some(runs) = &runs {
             // A table that exists but is unsafe to clean as configured stops the worker here.

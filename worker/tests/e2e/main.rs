@@ -11,4 +11,5 @@ mod support;
 mod poison;
 mod runs;
 mod runs_safety;
+mod runs_schema;
 mod temp_files;

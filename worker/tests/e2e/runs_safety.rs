@@ -12,14 +12,14 @@ use crate::support::*;
 
 const RUNS: &str = "/maintenance/cleanup-runs";
 
-async fn database(setup: &str) -> (TestDb, PgPool) {
+pub(crate) async fn database(setup: &str) -> (TestDb, PgPool) {
     let db = TestDb::create().await;
     let pool = PgPool::connect(&db.url()).await.unwrap();
     sqlx::raw_sql(setup).execute(&pool).await.unwrap();
     (db, pool)
 }
 
-async fn count(pool: &PgPool, sql: &str) -> i64 {
+pub(crate) async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
@@ -104,7 +104,7 @@ async fn wall_clock_timestamps_are_read_in_the_databases_time_zone() {
     app.stop().await;
 }
 
-async fn build_worker(
+pub(crate) async fn build_worker(
     broker: &TestBroker,
     extra: &[String],
 ) -> anyhow::Result<worker::Application> {
@@ -299,6 +299,31 @@ async fn a_wall_clock_cutoff_is_safe_in_the_hour_a_clock_change_repeats() {
     assert_eq!(
         cutoff_wall("2026-11-01T06:30:00Z").await,
         "2026-11-01 01:30:00"
+    );
+    // Antarctica/Troll moves two hours: on 2026-10-25 at 01:00 UTC, 03:00 (+02) becomes
+    // 01:00 (+00), so 01:00-03:00 happens twice. A cutoff at 01:30 (+02) must not take a
+    // row written at 01:10 (+00), 1 h 40 min later, as older.
+    let (_db2, troll) = database("SET timezone TO 'UTC'").await;
+    let troll_schema = Schema {
+        key: vec!["\"id\"".into()],
+        timestamps: Timestamps::WallClock {
+            zone: "Antarctica/Troll".into(),
+        },
+    };
+    let bound: String =
+        sqlx::query_scalar(&format!("SELECT ({})::text", troll_schema.cutoff_expr()))
+            .bind(Vec::<String>::new())
+            .bind(
+                "2026-10-24T23:30:00Z"
+                    .parse::<chrono::DateTime<chrono::Utc>>()
+                    .unwrap(),
+            )
+            .fetch_one(&troll)
+            .await
+            .unwrap();
+    assert!(
+        bound.as_str() <= "2026-10-25 01:00:00",
+        "the bound {bound} lets a younger row written at 01:10 (+00) pass as older"
     );
     // Spring forward (02:00-03:00 does not exist): the wall time of the cutoff.
     assert_eq!(

@@ -3,16 +3,19 @@
 //! Only rows whose status is one of the terminal statuses and whose timestamp is older
 //! than the cutoff fixed at enqueue time are deleted. Table and column names come from
 //! configuration, are validated as identifiers and quoted; every value is a bound
-//! parameter. Before the first task the catalog is read ([`schema`]): the id column must
-//! identify one row, and the timestamp column's type decides how the cutoff is compared.
-//! Each batch locks its rows with `FOR UPDATE SKIP LOCKED`, so workers running at once
-//! never wait on each other's rows, and the `DELETE` checks the eligibility condition
-//! again on the rows it removes. Every statement runs under the pool's `statement_timeout`
-//! and `lock_timeout`, so none outlives the attempt that issued it. Child rows go with
-//! their run through the schema's `ON DELETE CASCADE` foreign keys (see
-//! `deploy/sql/runs-schema.sql`).
+//! parameter. Before every task the catalog is read again ([`schema`]): the id column
+//! must identify one row, no cascade may lead back into the table, and the timestamp
+//! column's type decides how the cutoff is compared. Each batch locks its rows with
+//! `FOR UPDATE SKIP LOCKED`, so workers running at once never wait on each other's rows,
+//! and the `DELETE` checks the eligibility condition again on the rows it removes. Each
+//! batch is its own transaction with `statement_timeout` and `lock_timeout` set locally
+//! (so a connection pooler that drops session settings cannot lift them), and it starts
+//! only if the turn has not been stopped once its connection is in hand: no batch
+//! outlives the attempt that issued it. Child rows go with their run through the schema's
+//! `ON DELETE CASCADE` foreign keys (see `deploy/sql/runs-schema.sql`).
 
-use std::time::Instant;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -20,7 +23,6 @@ use shared::envelope::TaskEnvelope;
 use shared::retry::RetryPolicy;
 use shared::tasks::{CleanupRunsParams, DEFAULT_BATCH_SIZE};
 use sqlx::PgPool;
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
 use super::{Checkpoint, ExecError, Execution};
@@ -175,21 +177,31 @@ pub struct RunsResult {
     pub turns: u32,
 }
 
+/// How long one statement on the runs database may run, and wait for a lock.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub statement: Duration,
+    pub lock: Duration,
+}
+
 pub struct RunsExecutor {
     pool: PgPool,
     table: RunsTable,
     /// RUNS_TIMESTAMP_TIMEZONE, when set.
     zone: Option<String>,
-    statements: OnceCell<Statements>,
+    timeouts: Timeouts,
+    /// The shape seen by the last inspection, to log it when it changes.
+    seen: Mutex<Option<Schema>>,
 }
 
 impl RunsExecutor {
-    pub fn new(pool: PgPool, table: RunsTable, zone: Option<String>) -> Self {
+    pub fn new(pool: PgPool, table: RunsTable, zone: Option<String>, timeouts: Timeouts) -> Self {
         Self {
             pool,
             table,
             zone,
-            statements: OnceCell::new(),
+            timeouts,
+            seen: Mutex::new(None),
         }
     }
 
@@ -212,19 +224,21 @@ impl RunsExecutor {
         }
     }
 
-    async fn statements(&self) -> Result<&Statements, SchemaError> {
-        self.statements
-            .get_or_try_init(|| async {
-                let schema = schema::inspect(&self.pool, &self.table, self.zone.as_deref()).await?;
-                tracing::info!(
-                    table = %self.table.table,
-                    key = %schema.key_expr(),
-                    timestamp = %schema.describe(),
-                    "runs table checked"
-                );
-                Ok(Statements::new(&self.table, &schema))
-            })
-            .await
+    /// Read the table's shape and build its statements. Done before every task: a
+    /// foreign key, an index or a column type changed since the last task counts.
+    async fn statements(&self) -> Result<Statements, SchemaError> {
+        let schema = schema::inspect(&self.pool, &self.table, self.zone.as_deref()).await?;
+        let mut seen = self.seen.lock().expect("not poisoned");
+        if seen.as_ref() != Some(&schema) {
+            tracing::info!(
+                table = %self.table.table,
+                key = %schema.key_expr(),
+                timestamp = %schema.describe(),
+                "runs table checked"
+            );
+            *seen = Some(schema.clone());
+        }
+        Ok(Statements::new(&self.table, &schema))
     }
 
     pub async fn execute(
@@ -269,7 +283,7 @@ impl RunsExecutor {
         result.turns += 1;
         let run = Run {
             executor: self,
-            statements,
+            statements: &statements,
             statuses: &statuses,
             cutoff: envelope.cutoff,
             cancel,
@@ -371,16 +385,12 @@ impl Run<'_> {
                 return Ok(false);
             }
             let limit = remaining.map_or(batch_size, |r| r.min(batch_size));
-            let deleted: Vec<String> = self
-                .retry(|| {
-                    sqlx::query_scalar(&self.statements.delete)
-                        .bind(self.statuses)
-                        .bind(self.cutoff)
-                        .bind(limit as i64)
-                        .fetch_all(&self.executor.pool)
-                })
-                .await
-                .map_err(|e| ExecError::from_sqlx("failed to delete a batch of runs", &e))?;
+            let deleted = match self.retry(|| self.delete_batch(limit)).await {
+                Ok(Some(deleted)) => deleted,
+                // Stopped before the batch began: nothing of it ran.
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(ExecError::from_sqlx("failed to delete a batch of runs", &e)),
+            };
             let n = deleted.len() as u64;
             if n == 0 {
                 break;
@@ -406,6 +416,32 @@ impl Run<'_> {
         Ok(true)
     }
 
+    /// One batch, in its own transaction with the time limits set locally. `None` when
+    /// the turn was stopped before the batch began (checked once a connection is in
+    /// hand, so a batch that waited for the pool never starts after its attempt ended).
+    async fn delete_batch(&self, limit: u64) -> Result<Option<Vec<String>>, sqlx::Error> {
+        let mut tx = self.executor.pool.begin().await?;
+        if self.cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let timeouts = self.executor.timeouts;
+        sqlx::query(
+            "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
+        )
+        .bind(format!("{}ms", timeouts.statement.as_millis()))
+        .bind(format!("{}ms", timeouts.lock.as_millis()))
+        .execute(&mut *tx)
+        .await?;
+        let deleted = sqlx::query_scalar(&self.statements.delete)
+            .bind(self.statuses)
+            .bind(self.cutoff)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(deleted))
+    }
+
     /// Age of the oldest eligible row still present (in a dry run: all of them are).
     async fn oldest_remaining(&self) -> Result<Option<f64>, ExecError> {
         self.retry(|| {
@@ -420,7 +456,7 @@ impl Run<'_> {
 
     /// Retry a statement briefly while its error is transient (connection blips, lock
     /// timeouts, serialization failures) and the turn goes on; a permanent error, or any
-    /// error once the turn is stopped, returns at once.
+    /// error once the turn is stopped, returns at once, and no try starts after a stop.
     async fn retry<T, F, Fut>(&self, op: F) -> Result<T, sqlx::Error>
     where
         F: FnMut() -> Fut,
@@ -428,7 +464,8 @@ impl Run<'_> {
     {
         let cancel = self.cancel;
         RetryPolicy::in_attempt()
-            .retry(
+            .retry_until(
+                || cancel.is_cancelled(),
                 |e| shared::db::is_transient(e) && !cancel.is_cancelled(),
                 op,
             )

@@ -11,6 +11,10 @@ use sqlx::PgPool;
 
 use super::RunsTable;
 
+/// The clock shifts zones make (Lord Howe Island moves 30 minutes, most zones an hour,
+/// Antarctica/Troll two hours).
+const CLOCK_SHIFTS: [&str; 3] = ["30 minutes", "1 hour", "2 hours"];
+
 /// How the timestamp column is compared with the cutoff (a `timestamptz` bound as `$2`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Timestamps {
@@ -61,8 +65,9 @@ pub async fn inspect(
     let Some(oid) = oid else {
         return Err(SchemaError::MissingTable(table.table.clone()));
     };
+    check_relation(pool, oid, &table.table).await?;
     let columns: Vec<Column> = sqlx::query_as(
-        "SELECT attname::text AS name, format_type(atttypid, atttypmod) AS type_name
+        "SELECT attname::text AS name, format_type(atttypid, NULL) AS type_name
          FROM pg_attribute WHERE attrelid = $1::int8::oid AND attnum > 0 AND NOT attisdropped",
     )
     .bind(oid)
@@ -111,7 +116,7 @@ pub async fn inspect(
                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k)
          FROM pg_index i
          WHERE i.indrelid = $1::int8::oid AND i.indisunique AND i.indpred IS NULL
-           AND i.indexprs IS NULL",
+           AND i.indexprs IS NULL AND i.indisvalid AND i.indisready AND i.indislive",
     )
     .bind(oid)
     .fetch_all(pool)
@@ -134,6 +139,83 @@ pub async fn inspect(
         )));
     };
     Ok(Schema { key, timestamps })
+}
+
+/// The table is a plain or partitioned table whose `DELETE` removes the rows it names
+/// and nothing the cleanup did not choose: no rule rewrites it, and no chain of
+/// `ON DELETE CASCADE` foreign keys leads back to the runs table (a run referencing
+/// another run, directly or through other tables, would take young or running runs
+/// with an old one).
+async fn check_relation(pool: &PgPool, oid: i64, table: &str) -> Result<(), SchemaError> {
+    let kind: String =
+        sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE oid = $1::int8::oid")
+            .bind(oid)
+            .fetch_one(pool)
+            .await?;
+    if kind != "r" && kind != "p" {
+        let what = match kind.as_str() {
+            "v" => "a view",
+            "m" => "a materialized view",
+            "f" => "a foreign table",
+            _ => "not a table",
+        };
+        return Err(SchemaError::Unsafe(format!(
+            "RUNS_TABLE {table} is {what}; the worker deletes only from a table whose \
+             DELETE it can reason about"
+        )));
+    }
+    let rules: Vec<String> = sqlx::query_scalar(
+        "SELECT rulename::text FROM pg_rewrite WHERE ev_class = $1::int8::oid AND ev_type = '4'
+         ORDER BY rulename",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?;
+    if !rules.is_empty() {
+        return Err(SchemaError::Unsafe(format!(
+            "RUNS_TABLE {table} has a rule on DELETE ({}): the worker's DELETE would be \
+             rewritten into something it did not choose",
+            rules.join(", ")
+        )));
+    }
+    // Follow ON DELETE CASCADE foreign keys from the runs table (and its partitions or
+    // inheritance children, which its DELETE reaches too) outwards (catalog reads only:
+    // no lock is taken, so a table locked by the application does not stall this); a path that arrives back at one of them is a cascade that deletes runs
+    // the cleanup did not select.
+    let cycle: Option<String> = sqlx::query_scalar(
+        "WITH RECURSIVE runs AS (
+             SELECT $1::int8::oid AS relid
+             UNION SELECT i.inhrelid FROM pg_inherits i JOIN runs r ON i.inhparent = r.relid
+         ), reach(relid, seen, path) AS (
+             SELECT c.conrelid, ARRAY[c.conrelid],
+                    ARRAY[format('%s (%I)', c.conrelid::regclass, c.conname)]
+             FROM pg_constraint c
+             WHERE c.contype = 'f' AND c.confdeltype = 'c'
+               AND c.confrelid IN (SELECT relid FROM runs)
+           UNION ALL
+             SELECT c.conrelid, r.seen || c.conrelid,
+                    r.path || format('%s (%I)', c.conrelid::regclass, c.conname)
+             FROM reach r
+             JOIN pg_constraint c ON c.contype = 'f' AND c.confdeltype = 'c'
+                                  AND c.confrelid = r.relid
+             WHERE r.relid NOT IN (SELECT relid FROM runs) AND c.conrelid <> ALL (r.seen)
+         )
+         SELECT array_to_string(path, ' -> ') FROM reach
+         WHERE relid IN (SELECT relid FROM runs)
+         ORDER BY cardinality(path) LIMIT 1",
+    )
+    .bind(oid)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(path) = cycle {
+        return Err(SchemaError::Unsafe(format!(
+            "deleting a row of {table} cascades back into {table} (ON DELETE CASCADE: \
+             {table} -> {path}): an old finished run would take the runs that reference it \
+             with it, young or running ones included; make that foreign key ON DELETE \
+             SET NULL or NO ACTION, or clean this table another way"
+        )));
+    }
+    Ok(())
 }
 
 /// A zone PostgreSQL knows, or a clear refusal.
@@ -159,17 +241,27 @@ impl Schema {
     ///
     /// For wall-clock values the bound must hold for every instant a wall time can stand
     /// for: in the hour a daylight-saving change repeats, one wall time names two instants
-    /// an hour apart. `least(wall(c), wall(c + 1 h) - 1 h)` is the wall time of `c` except
-    /// when `c` falls in the first pass of a repeated hour; then it steps back before that
-    /// hour, so a row written in the second pass (younger than `c`) is never taken as older.
+    /// an hour apart. `least(wall(c), wall(c + d) - d)` over every shift `d` a zone uses
+    /// is the wall time of `c` except when `c` falls in the first pass of a repeated
+    /// period; then it steps back before that period, so a row written in the second pass
+    /// (younger than `c`) is never taken as older.
     pub fn cutoff_expr(&self) -> String {
         match &self.timestamps {
             Timestamps::Instants => "$2".to_owned(),
-            Timestamps::WallClock { zone } => format!(
-                "least($2::timestamptz AT TIME ZONE {zone}, \
-                 ($2::timestamptz + interval '1 hour') AT TIME ZONE {zone} - interval '1 hour')",
-                zone = literal(zone)
-            ),
+            Timestamps::WallClock { zone } => {
+                let zone = literal(zone);
+                let shifted = CLOCK_SHIFTS
+                    .iter()
+                    .map(|shift| {
+                        format!(
+                            "($2::timestamptz + interval '{shift}') AT TIME ZONE {zone} \
+                             - interval '{shift}'"
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!("least($2::timestamptz AT TIME ZONE {zone}, {shifted})")
+            }
         }
     }
 

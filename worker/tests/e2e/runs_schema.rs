@@ -1,0 +1,151 @@
+//! The runs table's shape, read from the catalog before every task: schemas on which a
+//! plain `DELETE` of the eligible rows would take other rows with it are refused, with a
+//! message that says why; harmless variations are accepted.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+use crate::runs_safety::{build_worker, count, database};
+use crate::support::*;
+
+const RUNS: &str = "/maintenance/cleanup-runs";
+
+async fn refusal(setup: &str) -> String {
+    let (runs, _pool) = database(setup).await;
+    let broker = TestBroker::create().await;
+    build_worker(&broker, &[format!("--runs-database-url={}", runs.url())])
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("the worker must refuse this table: {setup}"))
+        .to_string()
+}
+
+/// A run that references another run with `ON DELETE CASCADE` (retries pointing at the
+/// run they retry, say): deleting an old finished run deletes its young or running
+/// children. Directly, or through other tables, the worker refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascade_that_leads_back_into_the_runs_table_is_refused() {
+    let direct = refusal(
+        "CREATE TABLE runs (id bigint PRIMARY KEY, status text, finished_at timestamptz,
+                            retry_of bigint REFERENCES runs (id) ON DELETE CASCADE)",
+    )
+    .await;
+    assert!(direct.contains("cascades back into"), "{direct}");
+    assert!(direct.contains("runs_retry_of_fkey"), "{direct}");
+
+    let indirect = refusal(
+        "CREATE TABLE runs (id bigint PRIMARY KEY, status text, finished_at timestamptz);
+         CREATE TABLE pipelines (id bigint PRIMARY KEY,
+                                 first_run bigint REFERENCES runs (id) ON DELETE CASCADE);
+         ALTER TABLE runs ADD COLUMN pipeline bigint
+             REFERENCES pipelines (id) ON DELETE CASCADE;",
+    )
+    .await;
+    assert!(
+        indirect.contains("pipelines (pipelines_first_run_fkey) -> runs (runs_pipeline_fkey)"),
+        "{indirect}"
+    );
+
+    // ON DELETE SET NULL on the same reference deletes nothing else: accepted.
+    let (runs, _pool) = database(
+        "CREATE TABLE runs (id bigint PRIMARY KEY, status text, finished_at timestamptz,
+                            retry_of bigint REFERENCES runs (id) ON DELETE SET NULL)",
+    )
+    .await;
+    let broker = TestBroker::create().await;
+    let worker = build_worker(&broker, &[format!("--runs-database-url={}", runs.url())]).await;
+    assert!(worker.is_ok(), "{:?}", worker.err());
+}
+
+/// Rules that rewrite the `DELETE`, and relations that are not tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_rule_or_a_view_is_refused() {
+    let rule = refusal(
+        "CREATE TABLE runs (id bigint PRIMARY KEY, status text, finished_at timestamptz);
+         CREATE TABLE audit (id bigint);
+         CREATE RULE keep_audit AS ON DELETE TO runs DO ALSO DELETE FROM audit;",
+    )
+    .await;
+    assert!(rule.contains("rule on DELETE (keep_audit)"), "{rule}");
+
+    let view = refusal(
+        "CREATE TABLE all_runs (id bigint PRIMARY KEY, status text, finished_at timestamptz);
+         CREATE VIEW runs AS SELECT * FROM all_runs;",
+    )
+    .await;
+    assert!(view.contains("is a view"), "{view}");
+}
+
+/// A unique index that failed to build (`CREATE UNIQUE INDEX CONCURRENTLY` over duplicate
+/// ids leaves it invalid) guarantees nothing; a timestamp column with a precision is
+/// still a timestamp column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_unique_index_is_no_key_and_a_precision_is_no_obstacle() {
+    let (runs, pool) = database(
+        "CREATE TABLE runs (id bigint NOT NULL, status text, finished_at timestamptz(3));
+         INSERT INTO runs VALUES (1, 'succeeded', now() - interval '10 days'), (1, 'running', now());",
+    )
+    .await;
+    let failed = sqlx::query("CREATE UNIQUE INDEX CONCURRENTLY runs_id ON runs (id)")
+        .execute(&pool)
+        .await;
+    assert!(failed.is_err(), "duplicate ids must make the index fail");
+    let broker = TestBroker::create().await;
+    let error = build_worker(&broker, &[format!("--runs-database-url={}", runs.url())])
+        .await
+        .err()
+        .expect("an invalid index is not a key");
+    assert!(
+        error.to_string().contains("does not identify one row"),
+        "{error}"
+    );
+
+    let (precise, _pool) = database(
+        "CREATE TABLE runs (id bigint PRIMARY KEY, status text, finished_at timestamptz(3))",
+    )
+    .await;
+    let worker = build_worker(&broker, &[format!("--runs-database-url={}", precise.url())]).await;
+    assert!(worker.is_ok(), "{:?}", worker.err());
+}
+
+/// The table is read again before every task: a cascade added after the worker started
+/// is refused before it can take a running run with an old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_after_start_up_is_seen_by_the_next_task() {
+    let (runs, pool) = database(
+        "CREATE TABLE runs (id bigint PRIMARY KEY, status text NOT NULL,
+                            finished_at timestamptz, retry_of bigint);
+         INSERT INTO runs VALUES (1, 'failed', now() - interval '10 days', NULL),
+                                 (2, 'running', now(), 1);",
+    )
+    .await;
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let worker = TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.url())]).await;
+    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24, "dry_run": true})).await;
+    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["result"]["runs_matched"], 1, "{task}");
+
+    sqlx::query(
+        "ALTER TABLE runs ADD FOREIGN KEY (retry_of) REFERENCES runs (id) ON DELETE CASCADE",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24})).await;
+    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["error"]["class"], "permanent", "{task}");
+    let message = task["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("cascades back into"), "{task}");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM runs").await,
+        2,
+        "the running run went with the old one"
+    );
+    worker.stop().await;
+    app.stop().await;
+}
