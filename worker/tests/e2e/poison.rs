@@ -408,3 +408,73 @@ async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_po
     worker.stop().await;
     app.stop().await;
 }
+
+/// A message signed with the real key (a producer bug, a leaked key) whose cutoff is
+/// younger than its own `max_age_hours` allows, or younger than the worker's
+/// MIN_AGE_HOURS floor: the worker refuses it and deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_message_with_a_cutoff_younger_than_allowed_deletes_nothing() {
+    let db = TestDb::create().await;
+    let runs = RunsDb::create().await;
+    let broker = TestBroker::create().await;
+    // Two hours old: older than the worker's floor of one hour, younger than a day.
+    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(2.0), 1)
+        .await;
+    let app = no_relay(&db, &broker).await;
+    let worker =
+        TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.db.url())]).await;
+    let keys = key_ring();
+    let now = chrono::Utc::now();
+
+    // The request said a day; the cutoff says 90 minutes.
+    let moved = enqueue(
+        &app,
+        "/maintenance/cleanup-runs",
+        json!({"max_age_hours": 24}),
+    )
+    .await;
+    let mut envelope = outbox_envelope(&app, &moved).await;
+    envelope["cutoff"] = json!(now - chrono::Duration::minutes(90));
+    // Below the floor, consistently: a day before an `enqueued_at` in the future. (A
+    // `max_age_hours` below the floor is refused earlier, as invalid parameters.)
+    let below = enqueue(
+        &app,
+        "/maintenance/cleanup-runs",
+        json!({"max_age_hours": 24}),
+    )
+    .await;
+    let mut floor = outbox_envelope(&app, &below).await;
+    floor["enqueued_at"] = json!(now + chrono::Duration::minutes(23 * 60 + 30));
+    floor["cutoff"] = json!(now - chrono::Duration::minutes(30));
+
+    for (id, envelope) in [(&moved, &envelope), (&below, &floor)] {
+        let body = envelope.to_string().into_bytes();
+        publish_task(
+            &broker,
+            TaskKind::CleanupRuns,
+            id,
+            &body,
+            Some(keys.sign(&body)),
+        )
+        .await;
+    }
+    for (id, expected) in [
+        (&moved, "is younger than max_age_hours (24) allows"),
+        (
+            &below,
+            "is younger than this worker's MIN_AGE_HOURS (1) allows",
+        ),
+    ] {
+        let task = wait_for(&app, id, DONE, Duration::from_secs(30)).await;
+        assert_ne!(task["status"], "succeeded", "{task}");
+        let message = task["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{task}");
+    }
+    assert_eq!(
+        runs.count("SELECT count(*) FROM runs").await,
+        SIGNED_RUNS as i64,
+        "nothing deleted"
+    );
+    worker.stop().await;
+    app.stop().await;
+}
