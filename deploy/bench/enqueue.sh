@@ -6,7 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION=${DURATION:-20s}
 CONNECTIONS=${CONNECTIONS:-32}
-PG=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 PORT=${BENCH_PORT:-18080}
 TOKEN=bench-token-0123456789abcdef
 SIGNING_KEYS=bench:bench-signing-secret-0123456789abcdef
@@ -14,12 +13,14 @@ PREFIX=bench-$$
 DB=cleanup_bench
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk"; exit 1; }
 deploy/local/services.sh
+. deploy/local/env.sh
+PG=$BENCH_PG
 cargo build --release --locked -p producer-api
 psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
 
 start_api() {  # $1 = relay enabled
   DATABASE_URL="$PG/$DB" API_TOKENS=$TOKEN TASK_SIGNING_KEYS=$SIGNING_KEYS LISTEN_ADDR=127.0.0.1:$PORT AMQP_PREFIX=$PREFIX \
-    RELAY_ENABLED=$1 RECORDER_ENABLED=false LOG_LEVEL=warn target/release/producer-api &
+    RELAY_ENABLED=$1 RECORDER_ENABLED=false LOG_LEVEL=warn "$TARGET_DIR/release/producer-api" &
   API_PID=$!
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "API did not start"; exit 1

@@ -6,6 +6,7 @@
 # Run by hand, not in CI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. deploy/local/env.sh
 DIRS=${DIRS:-2000}
 FILES_PER_DIR=${FILES_PER_DIR:-100}
 ROUNDS=${ROUNDS:-3}
@@ -28,7 +29,7 @@ for d in range(dirs):
         if f % 4 != 0:   # three files in four are old
             os.utime(name, (old, old))
 PY
-EXAMPLE=$(ls -t target/release/examples/temp_walk | head -1)
+EXAMPLE="$TARGET_DIR/release/examples/temp_walk"
 walk() { # dir, result file, extra flags
   local t0 t1
   t0=$(date +%s.%N); "$EXAMPLE" "$1" 24 "$THREADS" ${3:-} > "$2"; t1=$(date +%s.%N)

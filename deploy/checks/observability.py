@@ -28,6 +28,7 @@ import uuid
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+TARGET = pathlib.Path(os.environ.get("TARGET_DIR") or ROOT / "target")
 PG = os.environ.get("CHECK_PG", "postgres://postgres@127.0.0.1:5432")
 AMQP = os.environ.get("CHECK_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2f")
 TOKEN = "observability-check-token-0123456789"
@@ -104,11 +105,11 @@ def main():
         env = dict(os.environ, AMQP_URL=AMQP, AMQP_PREFIX=prefix, LOG_LEVEL="warn", TASK_SIGNING_KEYS=SIGNING_KEYS)
         logs = open(work / "services.log", "w")
         processes.append(subprocess.Popen(
-            [str(ROOT / "target/debug/producer-api")],
+            [str(TARGET / "debug/producer-api")],
             env=dict(env, DATABASE_URL=f"{PG}/{ledger}", API_TOKENS=TOKEN, LISTEN_ADDR=f"127.0.0.1:{api_port}"),
             stdout=logs, stderr=logs))
         processes.append(subprocess.Popen(
-            [str(ROOT / "target/debug/worker")],
+            [str(TARGET / "debug/worker")],
             env=dict(env, RUNS_DATABASE_URL=f"{PG}/{runs_db}", TEMP_ROOTS=f"scratch={scratch}",
                      METRICS_ADDR=f"127.0.0.1:{worker_port}", WORKER_HEARTBEAT_INTERVAL="1s"),
             stdout=logs, stderr=logs))

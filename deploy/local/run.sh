@@ -5,21 +5,42 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-API_PORT=${API_PORT:-8080}
-WORKER_METRICS_PORT=${WORKER_METRICS_PORT:-9090}
+deploy/local/services.sh
+. deploy/local/env.sh
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A port given by hand must be free; a default that is taken is replaced by a free one.
+pick_port() { # variable name, default
+  local name=$1 default=$2 port
+  if [ -n "${!name:-}" ]; then
+    port=${!name}
+    if port_busy "$port"; then
+      echo "$name=$port: something already listens on 127.0.0.1:$port; choose another port" >&2
+      exit 1
+    fi
+  else
+    port=$default
+    if port_busy "$port"; then
+      port=$(free_port)
+      echo "port $default is taken; using $port for $name" >&2
+    fi
+  fi
+  printf '%s' "$port"
+}
+API_PORT=$(pick_port API_PORT 8080)
+WORKER_METRICS_PORT=$(pick_port WORKER_METRICS_PORT 9090)
 TOKEN=${DEMO_TOKEN:-local-demo-token-change-me}
 # One key ring for producer-api and the worker: task messages are signed with it.
 SIGNING_KEYS=${DEMO_SIGNING_KEYS:-local-demo:local-demo-signing-secret-change-me-0123456789}
 STATE=${DEMO_STATE:-/tmp/cleanup-demo}
-PG=${DEMO_PG:-postgres://postgres@127.0.0.1:5432}
+PG=$DEMO_PG
 API="http://127.0.0.1:${API_PORT}"
 EXIT_AFTER=false
 [ "${1:-}" = "--exit" ] && EXIT_AFTER=true
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 pretty() { python3 -m json.tool; }
-
-deploy/local/services.sh
 
 say "building producer-api and worker"
 cargo build --locked -p producer-api -p worker
@@ -50,11 +71,11 @@ say "starting producer-api on $API and a worker (metrics on :$WORKER_METRICS_POR
 export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f} AMQP_PREFIX=${AMQP_PREFIX:-cleanup}
 export TASK_SIGNING_KEYS="$SIGNING_KEYS"
 DATABASE_URL="$PG/cleanup" API_TOKENS="$TOKEN" LISTEN_ADDR="127.0.0.1:$API_PORT" \
-  target/debug/producer-api > "$STATE/run/producer-api.log" 2>&1 &
+  "$TARGET_DIR/debug/producer-api" > "$STATE/run/producer-api.log" 2>&1 &
 API_PID=$!
 RUNS_DATABASE_URL="$PG/cleanup_demo_runs" TEMP_ROOTS="scratch=$STATE/scratch" \
   METRICS_ADDR="127.0.0.1:$WORKER_METRICS_PORT" \
-  target/debug/worker > "$STATE/run/worker.log" 2>&1 &
+  "$TARGET_DIR/debug/worker" > "$STATE/run/worker.log" 2>&1 &
 WORKER_PID=$!
 cleanup() { kill "$API_PID" "$WORKER_PID" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM

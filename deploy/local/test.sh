@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/local/services.sh
+. deploy/local/env.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

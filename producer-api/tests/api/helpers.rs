@@ -63,8 +63,14 @@ impl TestDb {
         format!("{}/{}", pg_base(), self.name)
     }
 
+    /// The same database through another address (a proxy), with the same login.
     pub fn url_via(&self, addr: SocketAddr) -> String {
-        format!("postgres://postgres@{addr}/{}", self.name)
+        let base = pg_base();
+        let login = match base.rsplit_once('@') {
+            Some((login, _host)) => format!("{login}@"),
+            None => "postgres://".to_owned(),
+        };
+        format!("{login}{addr}/{}", self.name)
     }
 }
 
