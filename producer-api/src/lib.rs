@@ -6,7 +6,6 @@ pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod recorder;
-pub mod registry;
 pub mod relay;
 pub mod startup;
 

@@ -1,12 +1,11 @@
 //! The ledger recorder: applies worker events (`<prefix>.ledger`) and dead-lettered task
 //! messages (`<prefix>.ledger.dead`) to `cleanup_tasks` and `workers`.
 //!
-//! Events are applied idempotently and monotonically, ordered by (attempt, phase) where
-//! `started` < `succeeded | failed`: a duplicate or late event matches no row and changes
-//! nothing, and a finished task never moves again. Deliveries are applied in batches, one
-//! transaction per batch, rows locked in task-id order so that replicas never deadlock;
-//! they are acked only after the commit. While the ledger is down the batch is retried and
-//! nothing is acked, so no event is lost.
+//! Each delivery becomes a ledger change ([`crate::ledger::transitions`], where the guard
+//! rule lives: a duplicate or late event changes nothing, a finished task never moves
+//! again). Deliveries are applied in batches, one transaction per batch, and acked only
+//! after the commit. While the ledger is down the batch is retried and nothing is acked,
+//! so no event is lost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,17 +16,16 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
-use serde_json::json;
 use shared::amqp::{self, SessionEnd};
 use shared::envelope::TaskEnvelope;
-use shared::events::{Event, TaskDead, TaskFailed, TaskStarted, TaskSucceeded};
+use shared::events::Event;
 use shared::retry::RetryPolicy;
-use shared::tasks::{TaskKind, TaskSpec};
 use shared::topology::Topology;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::ledger::transitions::{self, Change};
 use crate::metrics::Metrics;
 
 /// How long an ack may take before the channel is given up.
@@ -384,253 +382,32 @@ fn event_time(event: &Event) -> Option<chrono::DateTime<Utc>> {
     })
 }
 
-/// Sort key: task rows first in id order, then worker rows in id order, so concurrent
-/// recorders lock rows in the same order.
-fn lock_order(item: &Item) -> (u8, String) {
-    match item {
-        Item::Event(Event::TaskStarted(e)) => (0, e.task_id.to_string()),
-        Item::Event(Event::TaskSucceeded(e)) => (0, e.task_id.to_string()),
-        Item::Event(Event::TaskFailed(e)) => (0, e.task_id.to_string()),
-        Item::Event(Event::TaskDead(e)) => {
-            (0, e.task_id.map(|i| i.to_string()).unwrap_or_default())
-        }
-        Item::DeadLettered { task_id, .. } => (0, task_id.to_string()),
-        Item::Event(Event::WorkerHeartbeat(e)) => (1, e.worker_id.clone()),
-        Item::Event(Event::WorkerStopped(e)) => (1, e.worker_id.clone()),
-        Item::Ignore | Item::Reject(_) => (2, String::new()),
+impl Item {
+    /// The ledger change this delivery stands for, if any.
+    fn change(&self) -> Option<Change<'_>> {
+        Some(match self {
+            Item::Event(Event::TaskStarted(e)) => Change::Started(e),
+            Item::Event(Event::TaskSucceeded(e)) => Change::Succeeded(e),
+            Item::Event(Event::TaskFailed(e)) => Change::Failed(e),
+            Item::Event(Event::TaskDead(e)) => Change::Dead(e),
+            Item::Event(Event::WorkerHeartbeat(e)) => Change::Heartbeat(e),
+            Item::Event(Event::WorkerStopped(e)) => Change::WorkerStopped(e),
+            Item::DeadLettered {
+                task_id,
+                attempt,
+                reason,
+            } => Change::DeadLettered {
+                task_id: *task_id,
+                attempt: *attempt,
+                reason,
+            },
+            Item::Ignore | Item::Reject(_) => return None,
+        })
     }
 }
 
 /// Apply every item in one transaction.
 async fn apply_batch(pool: &PgPool, items: &[Item]) -> Result<(), sqlx::Error> {
-    let mut ordered: Vec<&Item> = items.iter().collect();
-    // Stable: events of one task keep their arrival order.
-    ordered.sort_by_key(|item| lock_order(item));
-    let mut tx = pool.begin().await?;
-    for item in ordered {
-        match item {
-            Item::Event(Event::TaskStarted(e)) => started(&mut tx, e).await?,
-            Item::Event(Event::TaskSucceeded(e)) => succeeded(&mut tx, e).await?,
-            Item::Event(Event::TaskFailed(e)) => failed(&mut tx, e).await?,
-            Item::Event(Event::TaskDead(e)) => dead(&mut tx, e).await?,
-            Item::DeadLettered {
-                task_id,
-                attempt,
-                reason,
-            } => dead_lettered(&mut tx, *task_id, *attempt, reason).await?,
-            Item::Event(Event::WorkerHeartbeat(e)) => {
-                let kinds: Vec<&str> = e.kinds.iter().map(|k| k.as_str()).collect();
-                sqlx::query(
-                    "INSERT INTO workers (id, host, version, kinds, status, started_at, last_seen_at, in_flight, processed, heartbeat_interval_ms)
-                     VALUES ($1, $2, $3, $4, 'up', $5, $6, $7, $8, $9)
-                     ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, version = EXCLUDED.version,
-                         kinds = EXCLUDED.kinds, status = 'up', started_at = EXCLUDED.started_at,
-                         last_seen_at = EXCLUDED.last_seen_at,
-                         in_flight = EXCLUDED.in_flight, processed = EXCLUDED.processed,
-                         heartbeat_interval_ms = EXCLUDED.heartbeat_interval_ms
-                     WHERE workers.last_seen_at < EXCLUDED.last_seen_at
-                       AND (workers.status <> 'stopped' OR workers.started_at < EXCLUDED.started_at)",
-                )
-                .bind(&e.worker_id)
-                .bind(&e.host)
-                .bind(&e.version)
-                .bind(&kinds)
-                .bind(e.started_at)
-                .bind(e.at)
-                .bind(e.in_flight as i32)
-                .bind(e.processed as i64)
-                .bind(e.interval_ms.min(i32::MAX as u64) as i32)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Item::Event(Event::WorkerStopped(e)) => {
-                sqlx::query(
-                    "UPDATE workers SET status = 'stopped', last_seen_at = GREATEST(last_seen_at, $2),
-                         in_flight = 0, processed = $3 WHERE id = $1",
-                )
-                .bind(&e.worker_id)
-                .bind(e.at)
-                .bind(e.processed as i64)
-                .execute(&mut *tx)
-                .await?;
-            }
-            Item::Ignore | Item::Reject(_) => {}
-        }
-    }
-    tx.commit().await
-}
-
-/// A task may move only forward: (attempt, phase) must exceed what the ledger has, and a
-/// finished task (succeeded, failed, dead) never moves again.
-const NOT_FINISHED: &str = "status NOT IN ('succeeded', 'failed', 'dead')";
-
-async fn started(tx: &mut Transaction<'_, Postgres>, e: &TaskStarted) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "UPDATE cleanup_tasks SET status = 'running', attempts = $2, worker_id = $3,
-             started_at = COALESCE(started_at, $4), next_attempt_at = NULL, updated_at = now()
-         WHERE id = $1 AND {NOT_FINISHED}
-           AND (attempts < $2 OR (attempts = $2 AND status = 'queued'))"
-    ))
-    .bind(e.task_id)
-    .bind(e.attempt as i32)
-    .bind(&e.worker_id)
-    .bind(e.at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn succeeded(
-    tx: &mut Transaction<'_, Postgres>,
-    e: &TaskSucceeded,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "UPDATE cleanup_tasks SET status = 'succeeded', attempts = $2, worker_id = $3,
-             result = $4, error = NULL, started_at = COALESCE(started_at, $5), finished_at = $5,
-             next_attempt_at = NULL, updated_at = now()
-         WHERE id = $1 AND {NOT_FINISHED}
-           AND (attempts < $2 OR (attempts = $2 AND status IN ('queued', 'running')))"
-    ))
-    .bind(e.task_id)
-    .bind(e.attempt as i32)
-    .bind(&e.worker_id)
-    .bind(&e.result)
-    .bind(e.at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-#[derive(sqlx::FromRow)]
-struct FailedRow {
-    status: String,
-    kind: String,
-    params: serde_json::Value,
-    cutoff: chrono::DateTime<Utc>,
-    created_at: chrono::DateTime<Utc>,
-    max_attempts: i32,
-}
-
-/// The partial result a failure's progress holds: a temp-file walk's progress wraps its
-/// result (`{"result": {...}, "done": ...}`); a runs cleanup's progress is its result.
-fn partial_result(progress: &serde_json::Value) -> serde_json::Value {
-    match progress.get("result") {
-        Some(result) if result.is_object() => result.clone(),
-        _ => progress.clone(),
-    }
-}
-
-/// A failed attempt: schedule the next one (status `retrying`, a delayed outbox message)
-/// when the error is transient and attempts remain, else the task has `failed`, and the
-/// work done before the failure (the event's progress) becomes its `result`.
-async fn failed(tx: &mut Transaction<'_, Postgres>, e: &TaskFailed) -> Result<(), sqlx::Error> {
-    let next_at = e.next_attempt_at.unwrap_or(e.at);
-    // The error as the worker classified it, and when the attempt failed.
-    let mut error = serde_json::to_value(&e.error).expect("error serializes");
-    error["at"] = json!(e.at);
-    let partial = e.progress.as_ref().map(partial_result);
-    let row: Option<FailedRow> = sqlx::query_as(&format!(
-        "UPDATE cleanup_tasks SET
-                 status = CASE WHEN $4 AND $2 < max_attempts THEN 'retrying' ELSE 'failed' END,
-                 next_attempt_at = CASE WHEN $4 AND $2 < max_attempts THEN $5 ELSE NULL END,
-                 finished_at = CASE WHEN $4 AND $2 < max_attempts THEN NULL ELSE $6 END,
-                 result = CASE WHEN $4 AND $2 < max_attempts THEN result
-                               ELSE COALESCE($8::jsonb, result) END,
-                 attempts = $2, worker_id = $3, error = $7, started_at = COALESCE(started_at, $6),
-                 updated_at = now()
-             WHERE id = $1 AND {NOT_FINISHED}
-               AND (attempts < $2 OR (attempts = $2 AND status IN ('queued', 'running')))
-             RETURNING status, kind, params, cutoff, created_at, max_attempts"
-    ))
-    .bind(e.task_id)
-    .bind(e.attempt as i32)
-    .bind(&e.worker_id)
-    .bind(e.retryable)
-    .bind(next_at)
-    .bind(e.at)
-    .bind(&error)
-    .bind(&partial)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some(FailedRow {
-        status,
-        kind,
-        params,
-        cutoff,
-        created_at,
-        max_attempts,
-    }) = row
-    else {
-        return Ok(());
-    };
-    if status != "retrying" {
-        return Ok(());
-    }
-    let Some(task) = kind
-        .parse::<TaskKind>()
-        .ok()
-        .and_then(|k| TaskSpec::from_parts(k, params).ok())
-    else {
-        tracing::error!(task_id = %e.task_id, "stored parameters no longer parse; not retrying");
-        return Ok(());
-    };
-    let envelope = TaskEnvelope {
-        schema_version: shared::envelope::SCHEMA_VERSION,
-        task_id: e.task_id,
-        task,
-        attempt: e.attempt + 1,
-        max_attempts: max_attempts as u32,
-        enqueued_at: created_at,
-        cutoff,
-        // What earlier attempts did, so counts and caps span every attempt.
-        progress: e.progress.clone(),
-    };
-    sqlx::query(
-        "INSERT INTO cleanup_outbox (task_id, attempt, kind, envelope, due_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(e.task_id)
-    .bind((e.attempt + 1) as i32)
-    .bind(&kind)
-    .bind(serde_json::to_value(&envelope).expect("envelope serializes"))
-    .bind(next_at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn dead(tx: &mut Transaction<'_, Postgres>, e: &TaskDead) -> Result<(), sqlx::Error> {
-    let Some(task_id) = e.task_id else {
-        return Ok(());
-    };
-    // A worker's own reason is the most precise: it replaces a broker's dead-letter note.
-    sqlx::query(
-        "UPDATE cleanup_tasks SET status = 'dead', error = $2, finished_at = COALESCE(finished_at, $3),
-             next_attempt_at = NULL, updated_at = now()
-         WHERE id = $1 AND status NOT IN ('succeeded', 'failed')",
-    )
-    .bind(task_id)
-    .bind(json!({"class": "permanent", "message": e.reason}))
-    .bind(e.at)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn dead_lettered(
-    tx: &mut Transaction<'_, Postgres>,
-    task_id: Uuid,
-    attempt: Option<u32>,
-    reason: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "UPDATE cleanup_tasks SET status = 'dead', error = $2, finished_at = now(),
-             next_attempt_at = NULL, updated_at = now()
-         WHERE id = $1 AND {NOT_FINISHED} AND ($3::int IS NULL OR attempts <= $3)"
-    ))
-    .bind(task_id)
-    .bind(json!({"class": "permanent", "message": reason}))
-    .bind(attempt.map(|a| a as i32))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    let changes: Vec<Change> = items.iter().filter_map(Item::change).collect();
+    transitions::apply(pool, &changes).await
 }

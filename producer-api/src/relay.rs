@@ -21,14 +21,14 @@ use shared::topology::Topology;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
+use crate::ledger::outbox::{self, OutboxRow};
 use crate::metrics::Metrics;
 
 /// The notification channel the outbox trigger signals.
 pub const NOTIFY_CHANNEL: &str = "cleanup_outbox";
 /// A message the broker refused is tried again after this long.
-const REFUSED_RETRY_DELAY_SECS: i64 = 5;
+const REFUSED_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// Whether the process currently holds a usable broker connection (for `/readyz`).
 #[derive(Clone, Default)]
@@ -279,13 +279,7 @@ impl Relay {
     /// Publish one batch of due messages; returns how many were confirmed.
     async fn relay_batch(&self, channel: &Channel) -> Result<usize, RoundError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(i64, Uuid, String, String)> = sqlx::query_as(
-            "SELECT id, task_id, kind, envelope::text FROM cleanup_outbox
-             WHERE due_at <= now() ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(i64::from(self.config.batch_size))
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows = outbox::claim_due(&mut tx, self.config.batch_size).await?;
         if rows.is_empty() {
             tx.rollback().await?;
             return Ok(0);
@@ -308,11 +302,12 @@ impl Relay {
         let mut refused_ids = Vec::new();
         let mut refused_error = None;
         let mut broker_error = None;
-        for ((id, task_id, _, _), outcome) in rows.iter().zip(outcomes) {
+        for (row, outcome) in rows.iter().zip(outcomes) {
+            let task_id = row.task_id;
             match outcome {
                 Ok(()) => {
-                    published_ids.push(*id);
-                    published_tasks.push(*task_id);
+                    published_ids.push(row.id);
+                    published_tasks.push(task_id);
                 }
                 // Unconfirmed: the row stays and is published again after reconnecting.
                 // The confirmed ones are still recorded below, so they are not repeated.
@@ -321,28 +316,19 @@ impl Relay {
                 }
                 Err(refused) => {
                     tracing::error!(%task_id, error = %refused, "broker refused a task message; will retry");
-                    refused_ids.push(*id);
+                    refused_ids.push(row.id);
                     refused_error = Some(refused.to_string());
                 }
             }
         }
-        sqlx::query("DELETE FROM cleanup_outbox WHERE id = ANY($1)")
-            .bind(&published_ids)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE cleanup_tasks SET published_at = now() WHERE id = ANY($1)")
-            .bind(&published_tasks)
-            .execute(&mut *tx)
-            .await?;
+        outbox::record_published(&mut tx, &published_ids, &published_tasks).await?;
         if !refused_ids.is_empty() {
-            sqlx::query(
-                "UPDATE cleanup_outbox SET publish_tries = publish_tries + 1, last_error = $2,
-                 due_at = now() + make_interval(secs => $3) WHERE id = ANY($1)",
+            outbox::record_refused(
+                &mut tx,
+                &refused_ids,
+                refused_error.as_deref(),
+                REFUSED_RETRY_DELAY,
             )
-            .bind(&refused_ids)
-            .bind(refused_error)
-            .bind(REFUSED_RETRY_DELAY_SECS as f64)
-            .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
@@ -368,17 +354,17 @@ impl Relay {
     async fn publish(
         &self,
         channel: &Channel,
-        rows: &[(i64, Uuid, String, String)],
+        rows: &[OutboxRow],
     ) -> Result<Vec<Result<(), PublishError>>, lapin::Error> {
         let exchange = self.config.topology.tasks_exchange();
         let mut pending = Vec::with_capacity(rows.len());
-        for (_, task_id, kind, envelope) in rows {
+        for row in rows {
             let message = OutgoingMessage {
                 exchange: &exchange,
-                routing_key: kind,
+                routing_key: &row.kind,
                 message_type: TASK_MESSAGE_TYPE,
-                message_id: task_id.to_string(),
-                body: envelope.clone().into_bytes(),
+                message_id: row.task_id.to_string(),
+                body: row.envelope.clone().into_bytes(),
             };
             // The signature covers the exact bytes published.
             let headers = match &self.config.signing {

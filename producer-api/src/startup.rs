@@ -128,7 +128,7 @@ impl Application {
         }
         if let Some(recorder) = self.recorder {
             tracker.spawn(recorder.run(shutdown.clone()));
-            tracker.spawn(crate::registry::run_sweeper(
+            tracker.spawn(crate::ledger::workers::run_sweeper(
                 self.state.pool.clone(),
                 shutdown.clone(),
             ));

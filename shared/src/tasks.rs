@@ -51,6 +51,14 @@ impl fmt::Display for TaskKind {
     }
 }
 
+impl TryFrom<String> for TaskKind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 impl FromStr for TaskKind {
     type Err = String;
 

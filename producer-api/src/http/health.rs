@@ -88,7 +88,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 /// Prometheus text exposition.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok(Ok(backlog)) =
-        tokio::time::timeout(PROBE_TIMEOUT, ledger::outbox_backlog(&state.pool)).await
+        tokio::time::timeout(PROBE_TIMEOUT, ledger::outbox::backlog(&state.pool)).await
     {
         state.metrics.outbox_backlog.set(backlog);
     }

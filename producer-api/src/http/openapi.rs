@@ -32,7 +32,7 @@ use super::AppState;
         super::workers::WorkerList,
         super::workers::PruneRequest,
         super::workers::PruneResponse,
-        crate::registry::WorkerView,
+        crate::ledger::workers::WorkerView,
     )),
     modifiers(&BearerAuth)
 )]

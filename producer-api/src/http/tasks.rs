@@ -62,17 +62,12 @@ pub struct TaskView {
     pub published_at: Option<DateTime<Utc>>,
 }
 
-impl TryFrom<TaskRow> for TaskView {
-    type Error = ApiError;
-
-    fn try_from(row: TaskRow) -> Result<Self, ApiError> {
-        let corrupt = |what: String| {
-            ApiError::Internal(anyhow::anyhow!("task {} has {what} in the ledger", row.id))
-        };
-        Ok(TaskView {
+impl From<TaskRow> for TaskView {
+    fn from(row: TaskRow) -> Self {
+        TaskView {
             task_id: row.id,
-            kind: row.kind.parse().map_err(corrupt)?,
-            status: row.status.parse().map_err(corrupt)?,
+            kind: row.kind,
+            status: row.status,
             params: row.params,
             attempts: row.attempts.max(0) as u32,
             max_attempts: row.max_attempts.max(0) as u32,
@@ -85,7 +80,7 @@ impl TryFrom<TaskRow> for TaskView {
             finished_at: row.finished_at,
             next_attempt_at: row.next_attempt_at,
             published_at: row.published_at,
-        })
+        }
     }
 }
 
@@ -178,7 +173,7 @@ async fn enqueue(
         }
     };
     let location = format!("/tasks/{}", row.id);
-    let view = TaskView::try_from(row)?;
+    let view = TaskView::from(row);
     let mut response = (status, Json(view)).into_response();
     response.headers_mut().insert(
         header::LOCATION,
@@ -233,7 +228,7 @@ pub async fn get_task(
     let row = ledger::get_task(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no task with id {id}")))?;
-    Ok(Json(TaskView::try_from(row)?))
+    Ok(Json(TaskView::from(row)))
 }
 
 /// Filters and cursor of `GET /tasks`.
@@ -308,9 +303,6 @@ pub async fn list_tasks(
     let next_cursor = more
         .then(|| rows.last().map(|r| r.id.to_string()))
         .flatten();
-    let items = rows
-        .into_iter()
-        .map(TaskView::try_from)
-        .collect::<Result<_, _>>()?;
+    let items = rows.into_iter().map(TaskView::from).collect();
     Ok(Json(TaskPage { items, next_cursor }))
 }

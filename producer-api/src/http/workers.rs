@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, Problem};
 use super::json::ApiJson;
 use super::AppState;
-use crate::registry::{self, WorkerView};
+use crate::ledger::workers::{self as registry, WorkerView};
 
 pub fn router() -> Router<AppState> {
     Router::new()

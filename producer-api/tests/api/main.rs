@@ -8,4 +8,5 @@ mod idempotency;
 mod outages;
 mod recorder;
 mod relay;
+mod transitions;
 mod validation;

@@ -1,11 +1,12 @@
-//! The worker registry (`workers`), kept by the recorder from heartbeats: listing,
-//! marking silent workers `lost`, pruning.
+//! The worker registry (`workers`), kept by the recorder from heartbeats: recording
+//! heartbeats and goodbyes, listing, marking silent workers `lost`, pruning.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use shared::events::{WorkerHeartbeat, WorkerStopped};
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
@@ -26,6 +27,50 @@ pub struct WorkerView {
     pub last_seen_at: DateTime<Utc>,
     pub in_flight: i32,
     pub processed: i64,
+}
+
+/// A heartbeat: the worker is `up`. Older heartbeats than the one stored change nothing,
+/// and a worker that said goodbye comes back only as a new process (a later start).
+pub async fn heartbeat(conn: &mut PgConnection, e: &WorkerHeartbeat) -> Result<(), sqlx::Error> {
+    let kinds: Vec<&str> = e.kinds.iter().map(|k| k.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO workers (id, host, version, kinds, status, started_at, last_seen_at,
+                              in_flight, processed, heartbeat_interval_ms)
+         VALUES ($1, $2, $3, $4, 'up', $5, $6, $7, $8, $9)
+         ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, version = EXCLUDED.version,
+             kinds = EXCLUDED.kinds, status = 'up', started_at = EXCLUDED.started_at,
+             last_seen_at = EXCLUDED.last_seen_at,
+             in_flight = EXCLUDED.in_flight, processed = EXCLUDED.processed,
+             heartbeat_interval_ms = EXCLUDED.heartbeat_interval_ms
+         WHERE workers.last_seen_at < EXCLUDED.last_seen_at
+           AND (workers.status <> 'stopped' OR workers.started_at < EXCLUDED.started_at)",
+    )
+    .bind(&e.worker_id)
+    .bind(&e.host)
+    .bind(&e.version)
+    .bind(&kinds)
+    .bind(e.started_at)
+    .bind(e.at)
+    .bind(e.in_flight as i32)
+    .bind(e.processed as i64)
+    .bind(e.interval_ms.min(i32::MAX as u64) as i32)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A goodbye: the worker is `stopped`.
+pub async fn stopped(conn: &mut PgConnection, e: &WorkerStopped) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE workers SET status = 'stopped', last_seen_at = GREATEST(last_seen_at, $2),
+             in_flight = 0, processed = $3 WHERE id = $1",
+    )
+    .bind(&e.worker_id)
+    .bind(e.at)
+    .bind(e.processed as i64)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Mark workers silent for three heartbeat periods as `lost`; returns how many.

@@ -1,4 +1,4 @@
-//! The task ledger in PostgreSQL: the one writer of `cleanup_tasks` and `cleanup_outbox`.
+//! Tasks: the `cleanup_tasks` row, its status, enqueueing and reading.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,9 +10,6 @@ use shared::tasks::{TaskKind, TaskSpec};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
-
-/// The migrations of the ledger, run at start-up by every replica (sqlx takes a lock).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Lifecycle of a task (contract): `queued → running → succeeded | failed | dead`, with
 /// `retrying` between attempts.
@@ -49,6 +46,14 @@ impl TaskStatus {
     }
 }
 
+impl TryFrom<String> for TaskStatus {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
 impl fmt::Display for TaskStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -75,8 +80,10 @@ impl FromStr for TaskStatus {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TaskRow {
     pub id: Uuid,
-    pub kind: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub kind: TaskKind,
+    #[sqlx(try_from = "String")]
+    pub status: TaskStatus,
     pub params: serde_json::Value,
     pub cutoff: DateTime<Utc>,
     pub attempts: i32,
@@ -100,8 +107,7 @@ const TASK_COLUMNS: &str = "id, kind, status, params, cutoff, attempts, max_atte
 impl TaskRow {
     /// The task's kind and parameters as stored.
     pub fn spec(&self) -> Option<TaskSpec> {
-        let kind = self.kind.parse::<TaskKind>().ok()?;
-        TaskSpec::from_parts(kind, self.params.clone()).ok()
+        TaskSpec::from_parts(self.kind, self.params.clone()).ok()
     }
 }
 
@@ -228,12 +234,5 @@ pub async fn last_successes(pool: &PgPool) -> Result<Vec<(String, DateTime<Utc>)
 pub async fn task_counts(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
     sqlx::query_as("SELECT kind, status, count(*) FROM cleanup_tasks GROUP BY kind, status")
         .fetch_all(pool)
-        .await
-}
-
-/// Messages waiting in the outbox (due or not): the relay's backlog.
-pub async fn outbox_backlog(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM cleanup_outbox")
-        .fetch_one(pool)
         .await
 }

@@ -1,0 +1,25 @@
+//! The task ledger in PostgreSQL. Every statement that reads or writes `cleanup_tasks`,
+//! `cleanup_outbox` or `workers` lives in this module:
+//!
+//! - [`tasks`]: the task row with its typed status and kind, enqueue (task and first
+//!   outbox message in one statement), reads and the counts health and metrics show;
+//! - [`transitions`]: how worker events and dead-lettered messages move a task, every
+//!   move under one guard rule, applied in batches by the recorder;
+//! - [`outbox`]: what the relay claims, and what it records once RabbitMQ confirmed;
+//! - [`workers`]: the worker registry, fed by heartbeats.
+//!
+//! The HTTP handlers, the relay and the recorder call these functions; none of them
+//! writes SQL of its own.
+
+pub mod outbox;
+pub mod tasks;
+pub mod transitions;
+pub mod workers;
+
+pub use tasks::{
+    enqueue, get_task, last_successes, list_tasks, task_counts, Enqueued, ListQuery, TaskRow,
+    TaskStatus,
+};
+
+/// The migrations of the ledger, run at start-up by every replica (sqlx takes a lock).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

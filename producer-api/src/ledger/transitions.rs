@@ -1,0 +1,257 @@
+//! How a task moves. Every change of a task's status is a [`Change`]; the recorder
+//! applies them with [`apply`], one transaction per batch, rows locked in one order so
+//! that recorders running at once never deadlock.
+//!
+//! One guard rule decides whether a change applies. A task stands at a position
+//! (attempts, phase): phase 0 waiting (`queued`), 1 running, 2 an attempt ended
+//! (`retrying`, or finished). A change leads to a position, and applies only if that
+//! position is later than the task's and the task is not finished (`succeeded`,
+//! `failed`, `dead`). So a duplicate or late event changes nothing, and a finished task
+//! never moves again. Two refinements: a dead-lettered message ends its attempt for good
+//! (position (attempt, 3)), and a worker's own `task.dead` reason, which is more precise,
+//! may replace the broker's note on a task that is already dead.
+//!
+//! The retry decision is the worker's (its retry policy, sent as `retryable` with
+//! `next_attempt_at`); the ledger only holds the invariant that no attempt is scheduled
+//! past `max_attempts`.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use shared::envelope::TaskEnvelope;
+use shared::events::{
+    TaskDead, TaskFailed, TaskStarted, TaskSucceeded, WorkerHeartbeat, WorkerStopped,
+};
+use shared::tasks::{TaskKind, TaskSpec};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{outbox, workers, TaskStatus};
+
+/// One change to the ledger.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    Started(&'a TaskStarted),
+    Succeeded(&'a TaskSucceeded),
+    /// Retrying, or failed for good (with what was deleted before the failure).
+    Failed(&'a TaskFailed),
+    /// A worker refused the task's message as poison.
+    Dead(&'a TaskDead),
+    /// RabbitMQ dead-lettered the task's message; `attempt` is the one it carried.
+    DeadLettered {
+        task_id: Uuid,
+        attempt: Option<u32>,
+        reason: &'a str,
+    },
+    Heartbeat(&'a WorkerHeartbeat),
+    WorkerStopped(&'a WorkerStopped),
+}
+
+impl Change<'_> {
+    /// Task rows first in id order, then worker rows in id order.
+    fn lock_order(&self) -> (u8, String) {
+        match self {
+            Change::Started(e) => (0, e.task_id.to_string()),
+            Change::Succeeded(e) => (0, e.task_id.to_string()),
+            Change::Failed(e) => (0, e.task_id.to_string()),
+            Change::Dead(e) => (0, e.task_id.map(|i| i.to_string()).unwrap_or_default()),
+            Change::DeadLettered { task_id, .. } => (0, task_id.to_string()),
+            Change::Heartbeat(e) => (1, e.worker_id.clone()),
+            Change::WorkerStopped(e) => (1, e.worker_id.clone()),
+        }
+    }
+}
+
+/// Apply every change in one transaction (events of one task keep their order).
+pub async fn apply(pool: &PgPool, changes: &[Change<'_>]) -> Result<(), sqlx::Error> {
+    let mut ordered: Vec<&Change> = changes.iter().collect();
+    ordered.sort_by_key(|change| change.lock_order());
+    let mut tx = pool.begin().await?;
+    for change in ordered {
+        match *change {
+            Change::Started(e) => started(&mut tx, e).await?,
+            Change::Succeeded(e) => succeeded(&mut tx, e).await?,
+            Change::Failed(e) => failed(&mut tx, e).await?,
+            Change::Dead(e) => dead(&mut tx, e).await?,
+            Change::DeadLettered {
+                task_id,
+                attempt,
+                reason,
+            } => dead_lettered(&mut tx, task_id, attempt, reason).await?,
+            Change::Heartbeat(e) => workers::heartbeat(&mut tx, e).await?,
+            Change::WorkerStopped(e) => workers::stopped(&mut tx, e).await?,
+        }
+    }
+    tx.commit().await
+}
+
+/// Where a task stands: (attempts, phase).
+const POSITION: &str =
+    "(attempts, CASE status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 ELSE 2 END)";
+/// Statuses no change leaves.
+const FINISHED: &str = "('succeeded', 'failed', 'dead')";
+/// A worker's `task.dead` may refine a `dead` task's reason.
+const FINISHED_BUT_DEAD: &str = "('succeeded', 'failed')";
+
+/// The one guard: the task is not finished (`finished` lists what counts), and the change
+/// leads past its position. `$1` is the task id, `$2` the change's attempt (NULL when
+/// unknown: any position).
+fn guard(phase: u8, finished: &str) -> String {
+    format!("id = $1 AND status NOT IN {finished} AND ($2::int IS NULL OR {POSITION} < ($2::int, {phase}))")
+}
+
+async fn started(conn: &mut PgConnection, e: &TaskStarted) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE cleanup_tasks SET status = 'running', attempts = $2, worker_id = $3,
+             started_at = COALESCE(started_at, $4), next_attempt_at = NULL, updated_at = now()
+         WHERE {}",
+        guard(1, FINISHED)
+    ))
+    .bind(e.task_id)
+    .bind(e.attempt as i32)
+    .bind(&e.worker_id)
+    .bind(e.at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn succeeded(conn: &mut PgConnection, e: &TaskSucceeded) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "UPDATE cleanup_tasks SET status = 'succeeded', attempts = $2, worker_id = $3,
+             result = $4, error = NULL, started_at = COALESCE(started_at, $5), finished_at = $5,
+             next_attempt_at = NULL, updated_at = now()
+         WHERE {}",
+        guard(2, FINISHED)
+    ))
+    .bind(e.task_id)
+    .bind(e.attempt as i32)
+    .bind(&e.worker_id)
+    .bind(&e.result)
+    .bind(e.at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct FailedRow {
+    #[sqlx(try_from = "String")]
+    status: TaskStatus,
+    kind: String,
+    params: serde_json::Value,
+    cutoff: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    max_attempts: i32,
+}
+
+/// The partial result a failure's progress holds: a temp-file walk's progress wraps its
+/// result (`{"result": {...}, "done": ...}`); a runs cleanup's progress is its result.
+fn partial_result(progress: &serde_json::Value) -> serde_json::Value {
+    match progress.get("result") {
+        Some(result) if result.is_object() => result.clone(),
+        _ => progress.clone(),
+    }
+}
+
+/// A failed attempt: when the worker says another is due (and `max_attempts` allows it)
+/// the task is `retrying` and the next attempt's message waits in the outbox until then;
+/// else the task has `failed`, and the work done before the failure (the event's
+/// progress) becomes its `result`.
+async fn failed(conn: &mut PgConnection, e: &TaskFailed) -> Result<(), sqlx::Error> {
+    let next_at = e.next_attempt_at.unwrap_or(e.at);
+    // The error as the worker classified it, and when the attempt failed.
+    let mut error = serde_json::to_value(&e.error).expect("error serializes");
+    error["at"] = json!(e.at);
+    let partial = e.progress.as_ref().map(partial_result);
+    let row: Option<FailedRow> = sqlx::query_as(&format!(
+        "UPDATE cleanup_tasks SET
+                 status = CASE WHEN $4 AND $2 < max_attempts THEN 'retrying' ELSE 'failed' END,
+                 next_attempt_at = CASE WHEN $4 AND $2 < max_attempts THEN $5 ELSE NULL END,
+                 finished_at = CASE WHEN $4 AND $2 < max_attempts THEN NULL ELSE $6 END,
+                 result = CASE WHEN $4 AND $2 < max_attempts THEN result
+                               ELSE COALESCE($8::jsonb, result) END,
+                 attempts = $2, worker_id = $3, error = $7, started_at = COALESCE(started_at, $6),
+                 updated_at = now()
+             WHERE {}
+             RETURNING status, kind, params, cutoff, created_at, max_attempts",
+        guard(2, FINISHED)
+    ))
+    .bind(e.task_id)
+    .bind(e.attempt as i32)
+    .bind(&e.worker_id)
+    .bind(e.retryable)
+    .bind(next_at)
+    .bind(e.at)
+    .bind(&error)
+    .bind(&partial)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    if row.status != TaskStatus::Retrying {
+        return Ok(());
+    }
+    let Some(task) = row
+        .kind
+        .parse::<TaskKind>()
+        .ok()
+        .and_then(|k| TaskSpec::from_parts(k, row.params).ok())
+    else {
+        tracing::error!(task_id = %e.task_id, "stored parameters no longer parse; not retrying");
+        return Ok(());
+    };
+    let envelope = TaskEnvelope {
+        schema_version: shared::envelope::SCHEMA_VERSION,
+        task_id: e.task_id,
+        task,
+        attempt: e.attempt + 1,
+        max_attempts: row.max_attempts as u32,
+        enqueued_at: row.created_at,
+        cutoff: row.cutoff,
+        // What earlier attempts did, so counts and caps span every attempt.
+        progress: e.progress.clone(),
+    };
+    outbox::insert_attempt(conn, &envelope, next_at).await
+}
+
+async fn dead(conn: &mut PgConnection, e: &TaskDead) -> Result<(), sqlx::Error> {
+    let Some(task_id) = e.task_id else {
+        return Ok(());
+    };
+    sqlx::query(&format!(
+        "UPDATE cleanup_tasks SET status = 'dead', error = $3, finished_at = COALESCE(finished_at, $4),
+             next_attempt_at = NULL, updated_at = now()
+         WHERE {}",
+        guard(3, FINISHED_BUT_DEAD)
+    ))
+    .bind(task_id)
+    // Whatever attempt it names: a poison message ends the task.
+    .bind(None::<i32>)
+    .bind(json!({"class": "permanent", "message": e.reason}))
+    .bind(e.at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn dead_lettered(
+    conn: &mut PgConnection,
+    task_id: Uuid,
+    attempt: Option<u32>,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    // A stale copy of an earlier attempt must not kill a later one.
+    sqlx::query(&format!(
+        "UPDATE cleanup_tasks SET status = 'dead', error = $3, finished_at = now(),
+             next_attempt_at = NULL, updated_at = now()
+         WHERE {}",
+        guard(3, FINISHED)
+    ))
+    .bind(task_id)
+    .bind(attempt.map(|a| a as i32))
+    .bind(json!({"class": "permanent", "message": reason}))
+    .execute(conn)
+    .await?;
+    Ok(())
+}

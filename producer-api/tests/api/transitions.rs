@@ -1,0 +1,214 @@
+//! The task state machine, pair by pair: every (state, change) the ledger can meet, and
+//! what it must become, including the pairs that must change nothing (duplicates, late
+//! and stale events, anything after a task finished).
+
+use chrono::{DateTime, Utc};
+use producer_api::ledger::transitions::{self, Change};
+use producer_api::ledger::MIGRATOR;
+use shared::events::{ErrorClass, TaskDead, TaskError, TaskFailed, TaskStarted, TaskSucceeded};
+use shared::tasks::TaskKind;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::TestDb;
+
+#[derive(Debug, Clone, Copy)]
+enum Ev {
+    Started(u32),
+    Succeeded(u32),
+    /// Transient, and the worker says another attempt is due.
+    Retry(u32),
+    /// Permanent.
+    Fail(u32),
+    /// A worker refused the message as poison.
+    Dead,
+    DeadLettered(Option<u32>),
+}
+
+/// A task's status and attempts.
+type State = (&'static str, i32);
+
+/// (status, attempts) before; the change; (status, attempts) after; whether it applied.
+const CASES: &[(State, Ev, State, bool)] = &[
+    (("queued", 0), Ev::Started(1), ("running", 1), true),
+    (("queued", 0), Ev::Succeeded(1), ("succeeded", 1), true),
+    (("queued", 0), Ev::Retry(1), ("retrying", 1), true),
+    (("queued", 0), Ev::Fail(1), ("failed", 1), true),
+    (("queued", 0), Ev::Dead, ("dead", 0), true),
+    (("queued", 0), Ev::DeadLettered(Some(1)), ("dead", 0), true),
+    (("queued", 0), Ev::DeadLettered(None), ("dead", 0), true),
+    (("running", 1), Ev::Started(1), ("running", 1), false),
+    (("running", 1), Ev::Started(2), ("running", 2), true),
+    (("running", 1), Ev::Succeeded(1), ("succeeded", 1), true),
+    (("running", 1), Ev::Retry(1), ("retrying", 1), true),
+    (("running", 1), Ev::Fail(1), ("failed", 1), true),
+    (("running", 1), Ev::DeadLettered(Some(1)), ("dead", 1), true),
+    (("running", 2), Ev::Succeeded(1), ("running", 2), false),
+    (("running", 2), Ev::Retry(1), ("running", 2), false),
+    (
+        ("running", 2),
+        Ev::DeadLettered(Some(1)),
+        ("running", 2),
+        false,
+    ),
+    (("retrying", 1), Ev::Started(1), ("retrying", 1), false),
+    (("retrying", 1), Ev::Retry(1), ("retrying", 1), false),
+    (("retrying", 1), Ev::Succeeded(1), ("retrying", 1), false),
+    (("retrying", 1), Ev::Started(2), ("running", 2), true),
+    (("retrying", 1), Ev::Succeeded(2), ("succeeded", 2), true),
+    (
+        ("retrying", 1),
+        Ev::DeadLettered(Some(1)),
+        ("dead", 1),
+        true,
+    ),
+    // The last attempt: a worker that asks for another gets a failed task.
+    (("running", 3), Ev::Retry(3), ("failed", 3), true),
+    (("succeeded", 1), Ev::Started(2), ("succeeded", 1), false),
+    (("succeeded", 1), Ev::Fail(1), ("succeeded", 1), false),
+    (("succeeded", 1), Ev::Retry(2), ("succeeded", 1), false),
+    (("succeeded", 1), Ev::Dead, ("succeeded", 1), false),
+    (
+        ("succeeded", 1),
+        Ev::DeadLettered(None),
+        ("succeeded", 1),
+        false,
+    ),
+    (("failed", 1), Ev::Started(2), ("failed", 1), false),
+    (("failed", 1), Ev::Succeeded(2), ("failed", 1), false),
+    (("failed", 1), Ev::Dead, ("failed", 1), false),
+    // A worker's own reason replaces the broker's note on a dead task.
+    (("dead", 0), Ev::Dead, ("dead", 0), true),
+    (("dead", 0), Ev::Started(1), ("dead", 0), false),
+    (("dead", 0), Ev::Succeeded(1), ("dead", 0), false),
+    (("dead", 0), Ev::DeadLettered(None), ("dead", 0), false),
+];
+
+const MAX_ATTEMPTS: i32 = 3;
+const OLD: &str = "2000-01-01T00:00:00Z";
+
+async fn task_in(pool: &PgPool, status: &str, attempts: i32) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO cleanup_tasks (id, kind, status, params, cutoff, attempts, max_attempts,
+                                    created_at, updated_at)
+         VALUES ($1, 'cleanup_runs', $2, '{\"max_age_hours\": 24}', now() - interval '1 day',
+                 $3, $4, $5::timestamptz, $5::timestamptz)",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(attempts)
+    .bind(MAX_ATTEMPTS)
+    .bind(OLD)
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
+
+async fn apply(pool: &PgPool, task_id: Uuid, ev: Ev) {
+    let at = Utc::now();
+    let worker_id = "w-1".to_owned();
+    let kind = TaskKind::CleanupRuns;
+    let failed = |attempt: u32, class: ErrorClass, retry: bool| TaskFailed {
+        task_id,
+        kind,
+        attempt,
+        worker_id: worker_id.clone(),
+        at,
+        error: TaskError {
+            class,
+            message: "boom".into(),
+        },
+        retryable: retry,
+        next_attempt_at: retry.then(|| at + chrono::Duration::seconds(2)),
+        progress: None,
+    };
+    let (started, succeeded, failed_event, dead);
+    let change = match ev {
+        Ev::Started(attempt) => {
+            started = TaskStarted {
+                task_id,
+                kind,
+                attempt,
+                worker_id: worker_id.clone(),
+                at,
+            };
+            Change::Started(&started)
+        }
+        Ev::Succeeded(attempt) => {
+            succeeded = TaskSucceeded {
+                task_id,
+                kind,
+                attempt,
+                worker_id: worker_id.clone(),
+                at,
+                result: serde_json::json!({"runs_deleted": 0}),
+            };
+            Change::Succeeded(&succeeded)
+        }
+        Ev::Retry(attempt) => {
+            failed_event = failed(attempt, ErrorClass::Transient, true);
+            Change::Failed(&failed_event)
+        }
+        Ev::Fail(attempt) => {
+            failed_event = failed(attempt, ErrorClass::Permanent, false);
+            Change::Failed(&failed_event)
+        }
+        Ev::Dead => {
+            dead = TaskDead {
+                task_id: Some(task_id),
+                attempt: None,
+                reason: "poison".into(),
+                at,
+            };
+            Change::Dead(&dead)
+        }
+        Ev::DeadLettered(attempt) => Change::DeadLettered {
+            task_id,
+            attempt,
+            reason: "dead-lettered",
+        },
+    };
+    transitions::apply(pool, &[change]).await.unwrap();
+}
+
+#[tokio::test]
+async fn every_state_and_change_of_the_task_state_machine() {
+    let db = TestDb::create().await;
+    let pool = PgPool::connect(&db.url()).await.unwrap();
+    MIGRATOR.run(&pool).await.unwrap();
+    let old: DateTime<Utc> = OLD.parse().unwrap();
+    let mut wrong = Vec::new();
+    for &((status, attempts), ev, (to_status, to_attempts), applies) in CASES {
+        let id = task_in(&pool, status, attempts).await;
+        apply(&pool, id, ev).await;
+        let (now_status, now_attempts, updated_at): (String, i32, DateTime<Utc>) =
+            sqlx::query_as("SELECT status, attempts, updated_at FROM cleanup_tasks WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let applied = updated_at > old;
+        let retries: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM cleanup_outbox WHERE task_id = $1 AND attempt = $2",
+        )
+        .bind(id)
+        .bind(to_attempts + 1)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let scheduled = to_status == "retrying" && applies;
+        if (now_status.as_str(), now_attempts, applied, retries == 1)
+            != (to_status, to_attempts, applies, scheduled)
+        {
+            wrong.push(format!(
+                "({status}, {attempts}) + {ev:?}: got ({now_status}, {now_attempts}, applied \
+                 {applied}, next attempt queued {}), want ({to_status}, {to_attempts}, \
+                 applied {applies}, next attempt queued {scheduled})",
+                retries == 1
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
