@@ -51,10 +51,10 @@ pub async fn run(
             let _ = connected.send(Some(session.connection.status().clone()));
             ctx.metrics.amqp_connected.set(1);
             tracing::info!(kinds = ?config.kinds, concurrency = config.concurrency, "worker consuming");
-            let lost = session.consume(ctx, config, tasks, shutdown).await;
+            let end = session.consume(ctx, config, tasks, shutdown).await;
             let _ = connected.send(None);
             ctx.metrics.amqp_connected.set(0);
-            if !lost {
+            if end == SessionEnd::Shutdown {
                 session.finish(ctx, tasks).await;
                 return SessionEnd::Shutdown;
             }
@@ -105,15 +105,15 @@ async fn connect(ctx: &WorkerContext, config: &ConsumerConfig) -> anyhow::Result
 }
 
 impl Session {
-    /// Run deliveries until shutdown (returns false) or until the connection is lost
-    /// and auto-recovery gave up (returns true).
+    /// Run deliveries until shutdown, or until the connection is lost and auto-recovery
+    /// gave up.
     async fn consume(
         &self,
         ctx: &Arc<WorkerContext>,
         config: &ConsumerConfig,
         tasks: &TaskTracker,
         shutdown: &CancellationToken,
-    ) -> bool {
+    ) -> SessionEnd {
         let limit = Arc::new(Semaphore::new(usize::from(config.concurrency)));
         // Cancelled when this session ends for any reason: shutdown stops tasks at a batch
         // boundary (continuation); a lost connection stops them too, since their deliveries
@@ -143,17 +143,17 @@ impl Session {
         let _stop_heartbeats = AbortOnDrop(heartbeats);
         loop {
             let permit = tokio::select! {
-                _ = shutdown.cancelled() => return false,
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                 permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
             };
             let next = loop {
                 tokio::select! {
-                    _ = shutdown.cancelled() => return false,
+                    _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                     _ = watch.tick() => {
                         let mut channels: Vec<&Channel> = self.consumers.iter().map(|(c, _, _)| c).collect();
                         channels.push(&self.events);
                         if !watchdog.check(&channels) {
-                            return true;
+                            return SessionEnd::Lost;
                         }
                     }
                     next = streams.next() => break next,
@@ -166,9 +166,9 @@ impl Session {
                 // broker redelivers every unacked task to the new consumers.
                 Some((Err(error), _, _)) => {
                     tracing::warn!(%error, "consumer failed; rebuilding the connection");
-                    return true;
+                    return SessionEnd::Lost;
                 }
-                None => return true,
+                None => return SessionEnd::Lost,
             };
             let ctx = ctx.clone();
             let events = self.events.clone();

@@ -7,6 +7,7 @@
 //! after the commit. While the ledger is down the batch is retried and nothing is acked,
 //! so no event is lost.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,31 +15,22 @@ use chrono::Utc;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use shared::amqp::{self, SessionEnd};
-use shared::envelope::TaskEnvelope;
-use shared::events::Event;
 use shared::retry::RetryPolicy;
 use shared::topology::Topology;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use crate::ledger::transitions::{self, Change};
 use crate::metrics::Metrics;
+
+mod items;
+
+use items::{event_time, Item};
 
 /// How long an ack may take before the channel is given up.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How settling a batch ended.
-enum Settled {
-    Done,
-    /// Shutdown came first; nothing was acked and RabbitMQ redelivers.
-    Shutdown,
-    /// The channel failed while acking; the session must be rebuilt.
-    ChannelLost,
-}
 
 /// Deliveries applied in one transaction at most.
 const MAX_BATCH: usize = 200;
@@ -48,23 +40,6 @@ pub struct Recorder {
     amqp_url: String,
     topology: Topology,
     metrics: Arc<Metrics>,
-}
-
-/// What a delivery turned out to be.
-#[derive(Debug)]
-enum Item {
-    Event(Event),
-    /// A task message dead-lettered by RabbitMQ: its id and a readable reason.
-    DeadLettered {
-        task_id: Uuid,
-        /// The attempt the message carried, when its body is readable.
-        attempt: Option<u32>,
-        reason: String,
-    },
-    /// Nothing for the ledger (an unreadable event, or a dead-lettered event).
-    Ignore,
-    /// An unreadable event: rejected so it rests in the dead-letter queue.
-    Reject(String),
 }
 
 impl Recorder {
@@ -86,13 +61,9 @@ impl Recorder {
             let shutdown = &shutdown;
             async move {
                 tracing::info!("recorder consuming events");
-                let lost = this.consume(&channel, shutdown).await;
+                let end = this.consume(&channel, shutdown).await;
                 amqp::close(&connection, "recorder stopping").await;
-                if lost {
-                    SessionEnd::Lost
-                } else {
-                    SessionEnd::Shutdown
-                }
+                end
             }
         };
         amqp::supervise("recorder", &shutdown, connect, session).await;
@@ -108,8 +79,8 @@ impl Recorder {
         Ok((connection, channel))
     }
 
-    /// Returns true when the connection was lost, false on shutdown.
-    async fn consume(&self, channel: &Channel, shutdown: &CancellationToken) -> bool {
+    /// Apply deliveries until shutdown or until the connection is lost.
+    async fn consume(&self, channel: &Channel, shutdown: &CancellationToken) -> SessionEnd {
         let mut streams = futures::stream::SelectAll::new();
         for (queue, dead) in [
             (self.topology.ledger_queue(), false),
@@ -133,7 +104,7 @@ impl Recorder {
                 Ok(consumer) => consumer,
                 Err(error) => {
                     tracing::warn!(%error, %queue, "cannot consume");
-                    return true;
+                    return SessionEnd::Lost;
                 }
             };
             streams.push(consumer.map(move |d| (d, dead)).boxed());
@@ -143,10 +114,10 @@ impl Recorder {
         let mut last_delivery = std::time::Instant::now();
         loop {
             let first = tokio::select! {
-                _ = shutdown.cancelled() => return false,
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                 _ = watch.tick() => {
                     if !watchdog.check(&[channel]) || self.stalled(channel, last_delivery).await {
-                        return true;
+                        return SessionEnd::Lost;
                     }
                     continue;
                 }
@@ -166,9 +137,9 @@ impl Recorder {
                         if !batch.is_empty() {
                             break;
                         }
-                        return true;
+                        return SessionEnd::Lost;
                     }
-                    None => return true,
+                    None => return SessionEnd::Lost,
                 }
                 if batch.len() >= MAX_BATCH {
                     break;
@@ -182,10 +153,8 @@ impl Recorder {
             if batch.is_empty() {
                 continue;
             }
-            match self.settle(batch, shutdown).await {
-                Settled::Done => {}
-                Settled::Shutdown => return false,
-                Settled::ChannelLost => return true,
+            if let ControlFlow::Break(end) = self.settle(batch, shutdown).await {
+                return end;
             }
         }
     }
@@ -217,13 +186,18 @@ impl Recorder {
         }
     }
 
-    /// Apply a batch (retrying while the ledger is unavailable), then ack it.
-    /// Returns false if shutdown came first (nothing acked: RabbitMQ redelivers).
-    async fn settle(&self, batch: Vec<(Delivery, bool)>, shutdown: &CancellationToken) -> Settled {
+    /// Apply a batch (retrying while the ledger is unavailable), then ack it. Breaks with
+    /// `Shutdown` if shutdown came first (nothing acked: RabbitMQ redelivers), or `Lost`
+    /// when the channel failed while acking (the session must be rebuilt).
+    async fn settle(
+        &self,
+        batch: Vec<(Delivery, bool)>,
+        shutdown: &CancellationToken,
+    ) -> ControlFlow<SessionEnd> {
         let mut lost = false;
         let mut items: Vec<Item> = batch
             .iter()
-            .map(|(delivery, dead)| self.classify(delivery, *dead))
+            .map(|(delivery, dead)| items::classify(delivery, *dead, &self.topology))
             .collect();
         let policy = RetryPolicy {
             max_delay: Duration::from_secs(10),
@@ -231,7 +205,7 @@ impl Recorder {
         };
         let mut failures = 0;
         loop {
-            match apply_batch(&self.pool, &items).await {
+            match items::apply(&self.pool, &items).await {
                 Ok(()) => break,
                 // One item the ledger refuses must not hold back the others: apply them one
                 // by one and reject the refused ones to the dead-letter queue.
@@ -245,7 +219,7 @@ impl Recorder {
                         }
                     }
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Settled::Shutdown,
+                        _ = shutdown.cancelled() => return ControlFlow::Break(SessionEnd::Shutdown),
                         _ = tokio::time::sleep(policy.delay_after(failures.max(1))) => {}
                     }
                 }
@@ -253,7 +227,7 @@ impl Recorder {
                     failures += 1;
                     tracing::warn!(%error, failures, "cannot apply events to the ledger; retrying");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Settled::Shutdown,
+                        _ = shutdown.cancelled() => return ControlFlow::Break(SessionEnd::Shutdown),
                         _ = tokio::time::sleep(policy.delay_after(failures)) => {}
                     }
                 }
@@ -280,7 +254,7 @@ impl Recorder {
                 }
                 Err(_) => {
                     tracing::warn!("ack timed out; rebuilding the connection");
-                    return Settled::ChannelLost;
+                    return ControlFlow::Break(SessionEnd::Lost);
                 }
             }
             if let Item::Event(event) = item {
@@ -295,9 +269,9 @@ impl Recorder {
             }
         }
         if lost {
-            Settled::ChannelLost
+            ControlFlow::Break(SessionEnd::Lost)
         } else {
-            Settled::Done
+            ControlFlow::Continue(())
         }
     }
 
@@ -305,7 +279,7 @@ impl Recorder {
     /// first transient error (the caller retries; applied items are idempotent).
     async fn isolate(&self, items: &mut [Item]) -> Result<(), sqlx::Error> {
         for item in items.iter_mut() {
-            match apply_batch(&self.pool, std::slice::from_ref(item)).await {
+            match items::apply(&self.pool, std::slice::from_ref(item)).await {
                 Ok(()) => {}
                 Err(error) if !shared::db::is_transient(&error) => {
                     *item = Item::Reject(format!("the ledger refused this event: {error}"));
@@ -315,99 +289,4 @@ impl Recorder {
         }
         Ok(())
     }
-
-    fn classify(&self, delivery: &Delivery, dead_lettered: bool) -> Item {
-        if !dead_lettered {
-            return match Event::from_json(&delivery.data) {
-                Ok(event) => Item::Event(event),
-                Err(error) => Item::Reject(format!("unreadable event: {error}")),
-            };
-        }
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
-        let queue = header_text(&headers, "x-first-death-queue").unwrap_or_default();
-        let tasks_prefix = format!("{}.", self.topology.tasks_exchange());
-        if !queue.starts_with(&tasks_prefix) {
-            return Item::Ignore;
-        }
-        let Some(task_id) = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .and_then(|id| Uuid::parse_str(id.as_str()).ok())
-        else {
-            return Item::Ignore;
-        };
-        let reason = header_text(&headers, "x-first-death-reason").unwrap_or_default();
-        let dead_queue = self.topology.dead_queue();
-        let reason = match reason.as_str() {
-            "delivery_limit" => format!(
-                "dead-lettered by RabbitMQ: delivered too many times without an ack (a worker \
-                 crashed or was killed on each delivery); the message is kept in `{dead_queue}`"
-            ),
-            "rejected" => format!(
-                "rejected by a worker as unprocessable; the message is kept in `{dead_queue}`"
-            ),
-            other => format!(
-                "dead-lettered by RabbitMQ ({other}); the message is kept in `{dead_queue}`"
-            ),
-        };
-        // A stale copy of an earlier attempt must not kill a later one.
-        let attempt = TaskEnvelope::from_json(&delivery.data)
-            .ok()
-            .map(|e| e.attempt);
-        Item::DeadLettered {
-            task_id,
-            attempt,
-            reason,
-        }
-    }
-}
-
-fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
-    match headers.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-fn event_time(event: &Event) -> Option<chrono::DateTime<Utc>> {
-    Some(match event {
-        Event::TaskStarted(e) => e.at,
-        Event::TaskSucceeded(e) => e.at,
-        Event::TaskFailed(e) => e.at,
-        Event::TaskDead(e) => e.at,
-        Event::WorkerHeartbeat(e) => e.at,
-        Event::WorkerStopped(e) => e.at,
-    })
-}
-
-impl Item {
-    /// The ledger change this delivery stands for, if any.
-    fn change(&self) -> Option<Change<'_>> {
-        Some(match self {
-            Item::Event(Event::TaskStarted(e)) => Change::Started(e),
-            Item::Event(Event::TaskSucceeded(e)) => Change::Succeeded(e),
-            Item::Event(Event::TaskFailed(e)) => Change::Failed(e),
-            Item::Event(Event::TaskDead(e)) => Change::Dead(e),
-            Item::Event(Event::WorkerHeartbeat(e)) => Change::Heartbeat(e),
-            Item::Event(Event::WorkerStopped(e)) => Change::WorkerStopped(e),
-            Item::DeadLettered {
-                task_id,
-                attempt,
-                reason,
-            } => Change::DeadLettered {
-                task_id: *task_id,
-                attempt: *attempt,
-                reason,
-            },
-            Item::Ignore | Item::Reject(_) => return None,
-        })
-    }
-}
-
-/// Apply every item in one transaction.
-async fn apply_batch(pool: &PgPool, items: &[Item]) -> Result<(), sqlx::Error> {
-    let changes: Vec<Change> = items.iter().filter_map(Item::change).collect();
-    transitions::apply(pool, &changes).await
 }
