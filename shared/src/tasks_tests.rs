@@ -1,0 +1,133 @@
+use super::*;
+use serde_json::json;
+
+fn runs(value: serde_json::Value) -> Result<TaskSpec, String> {
+    let params: CleanupRunsParams = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    let spec = TaskSpec::CleanupRuns(params);
+    spec.validate(&ValidationRules::default())
+        .map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+fn temp(value: serde_json::Value) -> Result<TaskSpec, String> {
+    let params: CleanupTempFilesParams =
+        serde_json::from_value(value).map_err(|e| e.to_string())?;
+    let spec = TaskSpec::CleanupTempFiles(params);
+    spec.validate(&ValidationRules::default())
+        .map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+#[test]
+fn minimal_runs_params_take_defaults() {
+    let spec = runs(json!({"max_age_hours": 48})).unwrap();
+    let TaskSpec::CleanupRuns(p) = spec else {
+        panic!("wrong kind")
+    };
+    assert!(!p.dry_run);
+    assert_eq!(p.statuses, None);
+    assert_eq!(p.batch_size, None);
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_name() {
+    let err = runs(json!({"max_age_hours": 48, "table": "users"})).unwrap_err();
+    assert!(err.contains("unknown field `table`"), "{err}");
+    let err = temp(json!({"max_age_hours": 48, "path": "/etc"})).unwrap_err();
+    assert!(err.contains("unknown field `path`"), "{err}");
+}
+
+#[test]
+fn age_must_be_positive_and_above_the_floor() {
+    assert!(runs(json!({"max_age_hours": 0}))
+        .unwrap_err()
+        .contains("greater than 0"));
+    assert!(runs(json!({"max_age_hours": -3}))
+        .unwrap_err()
+        .contains("greater than 0"));
+    assert!(runs(json!({"max_age_hours": 0.5}))
+        .unwrap_err()
+        .contains("floor"));
+    assert!(runs(json!({"max_age_hours": 1e9}))
+        .unwrap_err()
+        .contains("at most"));
+    assert!(runs(json!({"max_age_hours": "48"}))
+        .unwrap_err()
+        .contains("invalid type"));
+    assert!(runs(json!({}))
+        .unwrap_err()
+        .contains("missing field `max_age_hours`"));
+}
+
+#[test]
+fn statuses_must_be_a_subset_of_the_terminal_statuses() {
+    assert!(runs(json!({"max_age_hours": 2, "statuses": ["failed"]})).is_ok());
+    let err = runs(json!({"max_age_hours": 2, "statuses": ["running"]})).unwrap_err();
+    assert!(err.contains("`running` is not a terminal status"), "{err}");
+    let err = runs(json!({"max_age_hours": 2, "statuses": []})).unwrap_err();
+    assert!(err.contains("must not be empty"), "{err}");
+    let err = runs(json!({"max_age_hours": 2, "statuses": ["failed", "failed"]})).unwrap_err();
+    assert!(err.contains("twice"), "{err}");
+}
+
+#[test]
+fn batch_size_and_caps_are_bounded() {
+    assert!(runs(json!({"max_age_hours": 2, "batch_size": 0})).is_err());
+    assert!(runs(json!({"max_age_hours": 2, "batch_size": 10001})).is_err());
+    assert!(runs(json!({"max_age_hours": 2, "batch_size": 10000})).is_ok());
+    assert!(runs(json!({"max_age_hours": 2, "max_rows": 0})).is_err());
+    assert!(temp(json!({"max_age_hours": 2, "max_files": 0})).is_err());
+    assert!(runs(json!({"max_age_hours": 2, "batch_size": -1}))
+        .unwrap_err()
+        .contains("invalid value"));
+}
+
+#[test]
+fn per_task_attempts_stay_within_the_limit() {
+    assert!(runs(json!({"max_age_hours": 2, "max_attempts": 5})).is_ok());
+    assert!(runs(json!({"max_age_hours": 2, "max_attempts": 0})).is_err());
+    let err = temp(json!({"max_age_hours": 2, "max_attempts": 11})).unwrap_err();
+    assert!(err.contains("between 1 and 10"), "{err}");
+}
+
+#[test]
+fn roots_are_names_not_paths() {
+    assert!(temp(json!({"max_age_hours": 2, "root": "scratch"})).is_ok());
+    for bad in ["/tmp", "../etc", "a/b", ""] {
+        let err = temp(json!({"max_age_hours": 2, "root": bad})).unwrap_err();
+        assert!(err.contains("not a root name"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn patterns_must_be_relative_valid_globs() {
+    assert!(temp(json!({"max_age_hours": 2, "patterns": ["*.tmp", "cache/**"]})).is_ok());
+    assert!(temp(json!({"max_age_hours": 2, "patterns": ["/etc/*"]}))
+        .unwrap_err()
+        .contains("absolute"));
+    assert!(temp(json!({"max_age_hours": 2, "patterns": ["../*"]}))
+        .unwrap_err()
+        .contains("`..`"));
+    assert!(temp(json!({"max_age_hours": 2, "patterns": ["a[b"]}))
+        .unwrap_err()
+        .contains("not a valid glob"));
+    assert!(temp(json!({"max_age_hours": 2, "patterns": []})).is_err());
+}
+
+#[test]
+fn spec_round_trips_through_kind_and_params() {
+    let spec = temp(json!({"max_age_hours": 3, "root": "a", "dry_run": true})).unwrap();
+    let back = TaskSpec::from_parts(spec.kind(), spec.params_json()).unwrap();
+    assert_eq!(spec, back);
+    let tagged = serde_json::to_value(&spec).unwrap();
+    assert_eq!(tagged["kind"], "cleanup_temp_files");
+    assert_eq!(tagged["params"]["root"], "a");
+}
+
+#[test]
+fn kinds_parse_from_their_names() {
+    for kind in TaskKind::ALL {
+        assert_eq!(kind.as_str().parse::<TaskKind>().unwrap(), kind);
+    }
+    assert!("cleanup_users".parse::<TaskKind>().is_err());
+}
