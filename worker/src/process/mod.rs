@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::BasicAckOptions;
 use lapin::Channel;
 use serde_json::Value;
 use shared::amqp::{self, OutgoingMessage, PublishError};
 use shared::envelope::TaskEnvelope;
-use shared::events::{Event, TaskDead, TaskFailed, TaskStarted, TaskSucceeded};
+use shared::events::{Event, TaskFailed, TaskStarted, TaskSucceeded};
 use shared::retry::RetryPolicy;
 use shared::tasks::TaskKind;
 use shared::topology::Topology;
@@ -25,6 +25,10 @@ use uuid::Uuid;
 use crate::attempt::{run_attempt, Limits};
 use crate::executor::{Checkpoint, Execution, Executors};
 use crate::metrics::Metrics;
+
+mod refuse;
+
+use refuse::{parse, reject_poison};
 
 /// Everything a step needs, shared by all in-flight tasks.
 pub struct WorkerContext {
@@ -231,176 +235,6 @@ pub async fn handle_delivery(
     delivery.ack(BasicAckOptions::default()).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(outcome)
-}
-
-/// Why a delivery is not run.
-#[derive(Debug)]
-enum Refusal {
-    /// Not a task this worker can run (unauthenticated, corrupt, wrong queue): poison.
-    Poison(String),
-    /// A schema version newer than this worker knows (producer-api upgraded first): a
-    /// transient failure, so the ledger retries the task later, by when upgraded workers
-    /// may take it.
-    NewerSchema(shared::envelope::EnvelopeHead),
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::Poison(reason) => f.write_str(reason),
-            Refusal::NewerSchema(head) => write!(
-                f,
-                "task schema version {} is newer than this worker (knows {}): \
-                 upgrade workers before producer-api",
-                head.schema_version,
-                shared::envelope::SCHEMA_VERSION
-            ),
-        }
-    }
-}
-
-/// Read the envelope, refusing anything this worker cannot run. The signature is checked
-/// first: nothing in the body is trusted before.
-fn parse(
-    ctx: &WorkerContext,
-    queue_kind: TaskKind,
-    delivery: &Delivery,
-) -> Result<TaskEnvelope, Refusal> {
-    use shared::envelope::{EnvelopeError, EnvelopeHead, SCHEMA_VERSION};
-    ctx.trust
-        .check(&delivery.data, delivery.properties.headers().as_ref())
-        .map_err(|e| Refusal::Poison(e.to_string()))?;
-    let envelope = match TaskEnvelope::from_json(&delivery.data) {
-        Ok(envelope) => envelope,
-        Err(EnvelopeError::UnsupportedVersion(version)) if version > SCHEMA_VERSION => {
-            return Err(match EnvelopeHead::from_json(&delivery.data) {
-                Some(head) if head.attempt >= 1 && head.max_attempts >= 1 => {
-                    Refusal::NewerSchema(head)
-                }
-                _ => Refusal::Poison(format!(
-                    "task schema version {version} is newer than this worker (knows \
-                     {SCHEMA_VERSION}) and its task_id, attempt and max_attempts are unreadable"
-                )),
-            });
-        }
-        Err(error) => return Err(Refusal::Poison(error.to_string())),
-    };
-    if envelope.task.kind() != queue_kind {
-        return Err(Refusal::Poison(format!(
-            "a {} task arrived on the {queue_kind} queue",
-            envelope.task.kind()
-        )));
-    }
-    if envelope.attempt == 0 || envelope.max_attempts == 0 {
-        return Err(Refusal::Poison(
-            "attempt and max_attempts must be at least 1".into(),
-        ));
-    }
-    Ok(envelope)
-}
-
-/// Report a poison message as `task.dead` (when its id is readable), then reject it
-/// without requeue so the dead-letter exchange keeps it in `<prefix>.dead`. A message of a
-/// newer schema version is not poison: see [`report_newer_schema`].
-async fn reject_poison(
-    ctx: &WorkerContext,
-    events: &Channel,
-    queue_kind: TaskKind,
-    delivery: &Delivery,
-    refusal: Refusal,
-) -> Result<Outcome, StepError> {
-    let reason = match refusal {
-        Refusal::Poison(reason) => reason,
-        Refusal::NewerSchema(head) => {
-            return report_newer_schema(ctx, events, queue_kind, delivery, head).await
-        }
-    };
-    let task_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .and_then(|id| Uuid::parse_str(id.as_str()).ok());
-    tracing::error!(task_id = ?task_id, queue = %queue_kind, %reason, "rejecting an unprocessable message to the dead-letter queue");
-    publish_event(
-        ctx,
-        events,
-        &Event::TaskDead(TaskDead {
-            task_id,
-            attempt: None,
-            reason: format!("unprocessable task message: {reason}"),
-            at: Utc::now(),
-        }),
-    )
-    .await?;
-    delivery
-        .reject(BasicRejectOptions { requeue: false })
-        .await?;
-    ctx.metrics
-        .poison
-        .with_label_values(&[queue_kind.as_str()])
-        .inc();
-    ctx.processed.fetch_add(1, Ordering::Relaxed);
-    Ok(Outcome::Poison { task_id, reason })
-}
-
-/// A task message of a newer schema version (producer-api upgraded before the workers):
-/// report a transient `task.failed`, retryable per the retry policy, so the ledger
-/// publishes the task again later, when upgraded workers may take it; then ack.
-async fn report_newer_schema(
-    ctx: &WorkerContext,
-    events: &Channel,
-    queue_kind: TaskKind,
-    delivery: &Delivery,
-    head: shared::envelope::EnvelopeHead,
-) -> Result<Outcome, StepError> {
-    use shared::events::{ErrorClass, TaskError};
-    let message = Refusal::NewerSchema(head.clone()).to_string();
-    let kind = head
-        .kind
-        .as_deref()
-        .and_then(|k| k.parse::<TaskKind>().ok())
-        .unwrap_or(queue_kind);
-    let failed_at = Utc::now();
-    let next_attempt_at = ctx
-        .retry
-        .next_attempt_at(head.attempt, head.max_attempts, failed_at);
-    let retryable = next_attempt_at.is_some();
-    tracing::warn!(task_id = %head.task_id, %kind, attempt = head.attempt, retryable, %message, "task message of a newer schema version");
-    publish_event(
-        ctx,
-        events,
-        &Event::TaskFailed(TaskFailed {
-            task_id: head.task_id,
-            kind,
-            attempt: head.attempt,
-            worker_id: ctx.worker_id.clone(),
-            at: failed_at,
-            error: TaskError {
-                class: ErrorClass::Transient,
-                message,
-            },
-            retryable,
-            next_attempt_at,
-            // Carried back untouched, so the retry keeps the work done so far.
-            progress: head.progress,
-        }),
-    )
-    .await?;
-    ctx.metrics
-        .errors
-        .with_label_values(&[kind.as_str(), "transient"])
-        .inc();
-    let label = if retryable { "retried" } else { "failed" };
-    ctx.metrics
-        .tasks_finished
-        .with_label_values(&[kind.as_str(), label])
-        .inc();
-    delivery.ack(BasicAckOptions::default()).await?;
-    ctx.processed.fetch_add(1, Ordering::Relaxed);
-    Ok(Outcome::Failed {
-        task_id: head.task_id,
-        retryable,
-    })
 }
 
 /// Put the rest of a task back on its queue: same task id and attempt, with the progress
