@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::config::{split_list, AmqpArgs, SigningArgs};
+use shared::runtime::config::{split_list, AmqpArgs, SigningArgs};
+use shared::runtime::telemetry::LogArgs;
 use shared::tasks::ValidationRules;
-use shared::telemetry::LogArgs;
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(

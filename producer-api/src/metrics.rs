@@ -1,10 +1,10 @@
-//! Prometheus metrics of producer-api; names come from `shared::metrics`.
+//! Prometheus metrics of producer-api; names come from `shared::runtime::metrics`.
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
-use shared::metrics as names;
+use shared::runtime::metrics as names;
 
 /// Every metric the API exports, registered in its own registry (tests build many apps).
 pub struct Metrics {

@@ -14,8 +14,8 @@ use futures::future::join_all;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionStatus};
-use shared::amqp::{self, OutgoingMessage, PublishError, SessionEnd};
 use shared::envelope::TASK_MESSAGE_TYPE;
+use shared::runtime::amqp::{self, OutgoingMessage, PublishError, SessionEnd};
 use shared::signing::KeyRing;
 use shared::topology::Topology;
 use sqlx::postgres::PgListener;
@@ -161,7 +161,7 @@ impl Relay {
                     this.health.clone(),
                     this.metrics.clone(),
                 ));
-                tracing::info!(url = %shared::config::redact_url(&this.config.amqp_url), "relay connected to RabbitMQ");
+                tracing::info!(url = %shared::runtime::config::redact_url(&this.config.amqp_url), "relay connected to RabbitMQ");
                 let outcome = this.pump(&channel, shutdown).await;
                 watch_blocked.abort();
                 this.metrics.amqp_connected.set(0);

@@ -37,7 +37,7 @@ impl Application {
             .with_context(|| {
                 format!(
                     "failed to connect to the ledger database at {}",
-                    shared::config::redact_url(&config.database_url)
+                    shared::runtime::config::redact_url(&config.database_url)
                 )
             })?;
         MIGRATOR

@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::config::{split_list, AmqpArgs, RetryArgs};
+use shared::runtime::config::{split_list, AmqpArgs, RetryArgs};
+use shared::runtime::telemetry::LogArgs;
 use shared::tasks::TaskKind;
-use shared::telemetry::LogArgs;
 
 use crate::executor::runs::RunsTable;
 pub use crate::executor::temp_files::TempRoot;
@@ -133,7 +133,7 @@ pub struct Config {
     pub retry: RetryArgs,
 
     #[command(flatten)]
-    pub signing: shared::config::SigningArgs,
+    pub signing: shared::runtime::config::SigningArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

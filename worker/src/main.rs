@@ -4,8 +4,8 @@ use worker::{Application, Config};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
-    shared::telemetry::init(&config.log);
-    shared::shutdown::run_service(
+    shared::runtime::telemetry::init(&config.log);
+    shared::runtime::shutdown::run_service(
         "worker",
         Application::build(config),
         Application::run_until_stopped,

@@ -1,12 +1,13 @@
-//! Prometheus metrics of the worker; names come from `shared::metrics`.
+//! Prometheus metrics of the worker; names come from `shared::runtime::metrics`.
 
 use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
-use shared::metrics as names;
+use shared::runtime::metrics as names;
 
 pub struct Metrics {
     registry: Registry,
     pub tasks_started: IntCounterVec,
-    /// Labels: kind, outcome (succeeded, failed, retried, poison).
+    /// Labels: kind, outcome (succeeded, failed, retried, continued). Poison messages are
+    /// counted apart, in `poison`.
     pub tasks_finished: IntCounterVec,
     pub task_duration: HistogramVec,
     pub in_flight: IntGauge,
@@ -34,7 +35,7 @@ impl Metrics {
         );
         let tasks_finished = counter(
             names::WORKER_TASKS_FINISHED_TOTAL,
-            "Task attempts finished, by kind and outcome (succeeded, failed, retried, poison).",
+            "Task attempts finished, by kind and outcome (succeeded, failed, retried, continued).",
             &["kind", "outcome"],
         );
         let task_duration = HistogramVec::new(

@@ -47,7 +47,7 @@ impl Application {
                     .with_context(|| {
                         format!(
                             "invalid RUNS_DATABASE_URL {}",
-                            shared::config::redact_url(url)
+                            shared::runtime::config::redact_url(url)
                         )
                     })?
                     // No statement outlives its attempt, and none queues behind the

@@ -17,8 +17,8 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use shared::amqp::{self, SessionEnd};
 use shared::retry::RetryPolicy;
+use shared::runtime::amqp::{self, SessionEnd};
 use shared::topology::Topology;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -209,7 +209,7 @@ impl Recorder {
                 Ok(()) => break,
                 // One item the ledger refuses must not hold back the others: apply them one
                 // by one and reject the refused ones to the dead-letter queue.
-                Err(error) if !shared::db::is_transient(&error) => {
+                Err(error) if !shared::runtime::db::is_transient(&error) => {
                     tracing::error!(%error, "the ledger refused a batch of events; applying them one by one");
                     match self.isolate(&mut items).await {
                         Ok(()) => break,
@@ -281,7 +281,7 @@ impl Recorder {
         for item in items.iter_mut() {
             match items::apply(&self.pool, std::slice::from_ref(item)).await {
                 Ok(()) => {}
-                Err(error) if !shared::db::is_transient(&error) => {
+                Err(error) if !shared::runtime::db::is_transient(&error) => {
                     *item = Item::Reject(format!("the ledger refused this event: {error}"));
                 }
                 Err(error) => return Err(error),

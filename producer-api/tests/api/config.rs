@@ -17,11 +17,11 @@ fn every_setting_is_documented_in_the_readme() {
     assert!(missing.is_empty(), "README lacks: {missing:?}");
 }
 
-/// Every metric name of `shared::metrics` has a row in the README's metrics table.
+/// Every metric name of `shared::runtime::metrics` has a row in the README's metrics table.
 #[test]
 fn every_metric_is_documented_in_the_readme() {
     let readme = include_str!("../../../README.md");
-    let source = include_str!("../../../shared/src/metrics.rs");
+    let source = include_str!("../../../shared/src/runtime/metrics.rs");
     let names: Vec<&str> = source
         .lines()
         .filter_map(|line| line.split('"').nth(1))

@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::Value;
-use shared::amqp::{self, OutgoingMessage};
 use shared::events::{ErrorClass, Event, TaskError, TaskFailed, TaskStarted, TaskSucceeded};
+use shared::runtime::amqp::{self, OutgoingMessage};
 use shared::tasks::TaskKind;
 
 use crate::helpers::*;

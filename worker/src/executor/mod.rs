@@ -77,9 +77,9 @@ impl ExecError {
     }
 }
 
-/// A database error's class (see [`shared::db::is_transient`]).
+/// A database error's class (see [`shared::runtime::db::is_transient`]).
 pub fn classify_sqlx(error: &sqlx::Error) -> ErrorClass {
-    if shared::db::is_transient(error) {
+    if shared::runtime::db::is_transient(error) {
         ErrorClass::Transient
     } else {
         ErrorClass::Permanent

@@ -86,8 +86,8 @@ async fn workers_killed_at_random_moments_lose_no_task() {
 #[ignore = "fault injection: stops shared services; run by deploy/local/test.sh, serially"]
 async fn a_rabbitmq_restart_mid_run_loses_no_task() {
     // The in-process API's warnings (relay, recorder) show with --nocapture.
-    shared::telemetry::init(&shared::telemetry::LogArgs {
-        log_format: shared::telemetry::LogFormat::Pretty,
+    shared::runtime::telemetry::init(&shared::runtime::telemetry::LogArgs {
+        log_format: shared::runtime::telemetry::LogFormat::Pretty,
         log_level: "warn".into(),
     });
     let db = TestDb::create().await;
@@ -373,8 +373,8 @@ async fn a_task_that_crashes_every_worker_ends_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault injection: raises RabbitMQ's memory alarm; run by deploy/local/test.sh, serially"]
 async fn a_rabbitmq_memory_alarm_makes_the_api_unready_and_holds_tasks_until_it_clears() {
-    shared::telemetry::init(&shared::telemetry::LogArgs {
-        log_format: shared::telemetry::LogFormat::Pretty,
+    shared::runtime::telemetry::init(&shared::runtime::telemetry::LogArgs {
+        log_format: shared::runtime::telemetry::LogFormat::Pretty,
         log_level: "warn,producer_api::relay=info".into(),
     });
     let db = TestDb::create().await;

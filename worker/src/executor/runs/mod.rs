@@ -466,7 +466,7 @@ impl Run<'_> {
         RetryPolicy::in_attempt()
             .retry_until(
                 || cancel.is_cancelled(),
-                |e| shared::db::is_transient(e) && !cancel.is_cancelled(),
+                |e| shared::runtime::db::is_transient(e) && !cancel.is_cancelled(),
                 op,
             )
             .await
