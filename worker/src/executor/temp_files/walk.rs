@@ -25,122 +25,29 @@ use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use globset::GlobSet;
 use rayon::prelude::*;
-use rustix::fs::{
-    Access, AtFlags, Dir, FileType, FlockOperation, Mode, OFlags, Statx, StatxAttributes,
-    StatxFlags,
-};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::roots::{AgeBy, RootError, TempRoot};
 use super::{FileError, RootProgress, TempFilesResult};
 use crate::executor::ExecError;
 
+mod guard;
+mod meta;
+
+use meta::read_entries;
+pub use meta::{encode, Counters, DirOutcome, Kept, Meta, Privileges, Unlink};
+
 /// Errors kept in a result; the rest are only counted.
 pub const MAX_ERRORS: usize = 20;
 /// Deeper trees are not descended (and reported): bounds open descriptors per walk.
 const MAX_DEPTH: usize = 128;
-
-/// Why an old, matching file (or a directory) was kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kept {
-    /// One of the root's `age_by` times is younger than the cutoff.
-    Young,
-    /// `max_files` was reached.
-    Capped,
-    /// Another process holds a `flock` on it.
-    InUse,
-    /// Immutable or append-only (the file or its directory).
-    Immutable,
-    /// The worker may not unlink it (directory not writable, sticky bit).
-    NotPermitted,
-    /// Its lock could not be checked (the worker may not open it).
-    Unreadable,
-    /// On another mount (another filesystem or a bind mount).
-    OtherMount,
-    /// A device, socket or FIFO.
-    SpecialFile,
-    /// Changed between being examined and being acted on.
-    Replaced,
-}
-
-impl Kept {
-    pub const ALL: [Kept; 9] = [
-        Kept::Young,
-        Kept::Capped,
-        Kept::InUse,
-        Kept::Immutable,
-        Kept::NotPermitted,
-        Kept::Unreadable,
-        Kept::OtherMount,
-        Kept::SpecialFile,
-        Kept::Replaced,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kept::Young => "young",
-            Kept::Capped => "capped",
-            Kept::InUse => "in_use",
-            Kept::Immutable => "immutable",
-            Kept::NotPermitted => "not_permitted",
-            Kept::Unreadable => "unreadable",
-            Kept::OtherMount => "other_mount",
-            Kept::SpecialFile => "special_file",
-            Kept::Replaced => "replaced",
-        }
-    }
-
-    /// Counted in `skipped`: entries left alone for safety, not by the request's rules.
-    pub fn is_skip(self) -> bool {
-        !matches!(self, Kept::Young | Kept::Capped)
-    }
-}
-
-#[derive(Default)]
-pub struct Counters {
-    pub files_matched: AtomicU64,
-    pub files_deleted: AtomicU64,
-    pub bytes_matched: AtomicU64,
-    pub bytes_freed: AtomicU64,
-    pub dirs_matched: AtomicU64,
-    pub dirs_removed: AtomicU64,
-    pub kept: [AtomicU64; Kept::ALL.len()],
-    pub errors_total: AtomicU64,
-    /// Files claimed against `max_files`, earlier turns included.
-    pub claimed: AtomicU64,
-    pub capped: AtomicBool,
-    /// Oldest mtime (seconds) of an eligible file still present; i64::MAX when none.
-    pub oldest_remaining: AtomicI64,
-}
-
-/// Who the worker is, for predicting whether an unlink will be allowed.
-#[derive(Debug, Clone, Copy)]
-pub struct Privileges {
-    pub euid: u32,
-    /// CAP_FOWNER: the sticky bit does not stop this process.
-    pub fowner: bool,
-}
-
-impl Privileges {
-    pub fn of_this_process() -> Self {
-        let fowner = rustix::thread::capabilities(None)
-            .map(|caps| {
-                caps.effective
-                    .contains(rustix::thread::CapabilitySet::FOWNER)
-            })
-            .unwrap_or(false);
-        Self {
-            euid: rustix::process::geteuid().as_raw(),
-            fowner,
-        }
-    }
-}
 
 pub struct Walk {
     pub cutoff: DateTime<Utc>,
@@ -161,72 +68,6 @@ pub struct Walk {
     pub done: Mutex<BTreeMap<String, RootProgress>>,
 }
 
-/// What the walk knows of an entry, from one `statx`.
-#[derive(Debug, Clone, Copy)]
-pub struct Meta {
-    pub kind: FileType,
-    pub mode: u32,
-    pub uid: u32,
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub atime: (i64, u32),
-    pub mtime: (i64, u32),
-    pub ctime: (i64, u32),
-    pub mnt_id: Option<u64>,
-    pub mount_root: bool,
-    /// Immutable or append-only: nothing in it (or it) can be unlinked.
-    pub sealed: bool,
-}
-
-const STATX_MASK: StatxFlags = StatxFlags::TYPE
-    .union(StatxFlags::MODE)
-    .union(StatxFlags::UID)
-    .union(StatxFlags::INO)
-    .union(StatxFlags::SIZE)
-    .union(StatxFlags::ATIME)
-    .union(StatxFlags::MTIME)
-    .union(StatxFlags::CTIME)
-    .union(StatxFlags::MNT_ID);
-
-impl Meta {
-    fn from_statx(stx: &Statx) -> Self {
-        let time = |t: &rustix::fs::StatxTimestamp| (t.tv_sec, t.tv_nsec);
-        let known = stx.stx_attributes_mask;
-        let has = |attr: StatxAttributes| known.contains(attr) && stx.stx_attributes.contains(attr);
-        Self {
-            kind: FileType::from_raw_mode(u32::from(stx.stx_mode)),
-            mode: u32::from(stx.stx_mode),
-            uid: stx.stx_uid,
-            dev: rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor),
-            ino: stx.stx_ino,
-            size: stx.stx_size,
-            atime: time(&stx.stx_atime),
-            mtime: time(&stx.stx_mtime),
-            ctime: time(&stx.stx_ctime),
-            mnt_id: (stx.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(stx.stx_mnt_id),
-            mount_root: has(StatxAttributes::MOUNT_ROOT),
-            sealed: has(StatxAttributes::IMMUTABLE) || has(StatxAttributes::APPEND),
-        }
-    }
-
-    /// `name` in `dir`, without following a symlink.
-    pub fn at(dir: &OwnedFd, name: &CStr) -> rustix::io::Result<Self> {
-        rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, STATX_MASK)
-            .map(|s| Self::from_statx(&s))
-    }
-
-    /// An open file or directory.
-    pub fn of(fd: &OwnedFd) -> rustix::io::Result<Self> {
-        rustix::fs::statx(fd, c"", AtFlags::EMPTY_PATH, STATX_MASK).map(|s| Self::from_statx(&s))
-    }
-
-    /// On a mount other than the directory `at` it is in.
-    fn other_mount(&self, at: &Position<'_>) -> bool {
-        self.dev != at.dev || self.mount_root || (self.mnt_id.is_some() && self.mnt_id != at.mnt_id)
-    }
-}
-
 /// Where the walk is: which root, the directory's path relative to it, its mount, and
 /// whether entries in it can be unlinked.
 pub struct Position<'a> {
@@ -235,45 +76,6 @@ pub struct Position<'a> {
     pub dev: u64,
     pub mnt_id: Option<u64>,
     pub depth: usize,
-}
-
-/// Whether the directory being walked lets this worker unlink its entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unlink {
-    Allowed,
-    /// Sticky: only entries owned by the worker (or the directory's owner) may go.
-    Sticky,
-    Refused(Kept),
-}
-
-/// What a directory looks like after the walk: entries left, and whether anything in it
-/// (or below) was removed.
-#[derive(Default, Clone, Copy)]
-pub struct DirOutcome {
-    pub remaining: u64,
-    pub removed_any: bool,
-    /// Entries were passed over because the walk was told to stop.
-    pub incomplete: bool,
-}
-
-impl DirOutcome {
-    fn kept() -> Self {
-        DirOutcome {
-            remaining: 1,
-            ..Default::default()
-        }
-    }
-}
-
-/// Names of directories and parts kept in a continuation (`hex:` when not UTF-8).
-pub fn encode(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) if !text.starts_with("hex:") => text.to_owned(),
-        _ => {
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            format!("hex:{hex}")
-        }
-    }
 }
 
 impl Walk {
@@ -323,43 +125,6 @@ impl Walk {
     fn mark(&self, root: &str, change: impl FnOnce(&mut RootProgress)) {
         let mut done = self.done.lock().expect("done lock");
         change(done.entry(root.to_owned()).or_default());
-    }
-
-    /// Whether this worker will be allowed to unlink entries of `dir`.
-    fn unlink_rule(&self, dir: &OwnedFd, meta: &Meta) -> Unlink {
-        if meta.sealed {
-            return Unlink::Refused(Kept::Immutable);
-        }
-        // Effective ids and capabilities, as unlink(2) will judge them.
-        if rustix::fs::accessat(
-            dir,
-            c".",
-            Access::WRITE_OK | Access::EXEC_OK,
-            AtFlags::EACCESS,
-        )
-        .is_err()
-        {
-            return Unlink::Refused(Kept::NotPermitted);
-        }
-        let sticky = meta.mode & 0o1000 != 0;
-        if sticky && !self.privileges.fowner && meta.uid != self.privileges.euid {
-            Unlink::Sticky
-        } else {
-            Unlink::Allowed
-        }
-    }
-
-    /// Why an entry of a directory under `rule` cannot be unlinked, if it cannot.
-    fn refusal(&self, rule: Unlink, entry: &Meta) -> Option<Kept> {
-        if entry.sealed {
-            return Some(Kept::Immutable);
-        }
-        match rule {
-            Unlink::Allowed => None,
-            Unlink::Sticky if entry.uid == self.privileges.euid => None,
-            Unlink::Sticky => Some(Kept::NotPermitted),
-            Unlink::Refused(why) => Some(why),
-        }
     }
 
     /// Walk the entries of `dir`. `top`: what earlier turns did in this root, when `dir`
@@ -608,16 +373,6 @@ impl Walk {
         }
     }
 
-    fn is_old(&self, meta: &Meta, age_by: AgeBy) -> bool {
-        let cutoff = (
-            self.cutoff.timestamp(),
-            self.cutoff.timestamp_subsec_nanos(),
-        );
-        (!age_by.mtime || meta.mtime < cutoff)
-            && (!age_by.atime || meta.atime < cutoff)
-            && (!age_by.ctime || meta.ctime < cutoff)
-    }
-
     fn capped(&self) -> bool {
         self.max_files
             .is_some_and(|cap| self.counters.claimed.load(Ordering::Relaxed) >= cap)
@@ -708,44 +463,6 @@ impl Walk {
         }
     }
 
-    /// Open the file without following symlinks and take its `flock` without waiting.
-    /// Refuses a file another process holds, one that is not the file examined, and one
-    /// that became young meanwhile.
-    fn lock(
-        &self,
-        dir: &OwnedFd,
-        name: &CStr,
-        seen: &Meta,
-        age_by: AgeBy,
-    ) -> Result<OwnedFd, Kept> {
-        let fd = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            Errno::ACCESS | Errno::PERM => Kept::Unreadable,
-            // A write lease held by another process.
-            Errno::WOULDBLOCK => Kept::InUse,
-            _ => Kept::Replaced,
-        })?;
-        let now = Meta::of(&fd).map_err(|_| Kept::Replaced)?;
-        if now.dev != seen.dev || now.ino != seen.ino || now.kind != FileType::RegularFile {
-            return Err(Kept::Replaced);
-        }
-        if !self.is_old(&now, age_by) {
-            return Err(Kept::Young);
-        }
-        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(fd),
-            Err(Errno::WOULDBLOCK) => Err(Kept::InUse),
-            // A filesystem without flock: the file cannot be held by another process.
-            Err(Errno::NOLCK) | Err(Errno::OPNOTSUPP) => Ok(fd),
-            Err(_) => Err(Kept::Unreadable),
-        }
-    }
-
     fn remember_remaining(&self, meta: &Meta) {
         self.counters
             .oldest_remaining
@@ -800,20 +517,6 @@ impl Walk {
             turns: 0,
         }
     }
-}
-
-/// The names in a directory, without `.` and `..`.
-fn read_entries(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
-    let mut names = Vec::new();
-    for entry in Dir::read_from(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
-        }
-        names.push(name.to_owned());
-    }
-    Ok(names)
 }
 
 #[cfg(test)]
