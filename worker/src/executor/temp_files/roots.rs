@@ -10,7 +10,7 @@
 //! renamed away and replaced, or a mount placed over the path, is refused too.
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags, CWD};
 use std::os::fd::OwnedFd;
@@ -82,8 +82,10 @@ pub struct Identity {
     pub mnt_id: Option<u64>,
 }
 
-/// A named directory that temp-file tasks may clean.
-#[derive(Debug)]
+/// A named directory that temp-file tasks may clean. Clones share the directory seen at
+/// start-up or learned at the first walk: every task walks a clone, and all of them check
+/// the same directory.
+#[derive(Debug, Clone)]
 pub struct TempRoot {
     pub name: String,
     /// Resolved at start-up; opened later without following any symlink.
@@ -91,24 +93,9 @@ pub struct TempRoot {
     pub age_by: AgeBy,
     /// Set explicitly per root: the path may be (or hold) a system tree.
     pub allow_system_path: bool,
-    /// The directory seen at start-up (or at the first walk, when it did not exist yet).
-    identity: OnceLock<Identity>,
-}
-
-impl Clone for TempRoot {
-    fn clone(&self) -> Self {
-        let identity = OnceLock::new();
-        if let Some(seen) = self.identity.get() {
-            let _ = identity.set(*seen);
-        }
-        Self {
-            name: self.name.clone(),
-            path: self.path.clone(),
-            age_by: self.age_by,
-            allow_system_path: self.allow_system_path,
-            identity,
-        }
-    }
+    /// The directory seen at start-up (or at the first walk, when it did not exist yet),
+    /// shared by every clone.
+    identity: Arc<OnceLock<Identity>>,
 }
 
 impl PartialEq for TempRoot {
@@ -231,7 +218,7 @@ impl TempRoot {
             path,
             age_by,
             allow_system_path,
-            identity: OnceLock::new(),
+            identity: Arc::new(OnceLock::new()),
         };
         // Remember which directory this is; a root that is not there yet is remembered
         // at its first walk.
@@ -249,7 +236,7 @@ impl TempRoot {
             path: path.into(),
             age_by: AgeBy::default(),
             allow_system_path: false,
-            identity: OnceLock::new(),
+            identity: Arc::new(OnceLock::new()),
         }
     }
 

@@ -112,3 +112,30 @@ fn a_root_replaced_by_another_directory_after_start_up_is_refused() {
         "{error}"
     );
 }
+
+/// Every task walks a clone of the configured root: a root that was not there at
+/// start-up learns its directory at the first walk, and every later clone must check
+/// that same directory.
+#[test]
+fn every_clone_checks_the_directory_learned_at_the_first_walk() {
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join("mounted-later");
+    let root = TempRoot::parse(&format!("x={}", path.display())).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    root.clone().open().unwrap();
+    // A clone made after the first walk, then the directory renamed away and replaced.
+    let later = root.clone();
+    std::fs::rename(&path, scratch.path().join("moved")).unwrap();
+    std::fs::create_dir(&path).unwrap();
+    for (which, clone) in [
+        ("clone after the first walk", later),
+        ("new clone", root.clone()),
+    ] {
+        let error = clone.open().unwrap_err();
+        assert!(
+            error.to_string().contains("no longer the directory"),
+            "{which}: {error}"
+        );
+    }
+    assert!(root.open().is_err(), "the configured root itself");
+}
