@@ -9,11 +9,16 @@
 //! directory is the one seen at start-up (device, inode and mount), so a directory
 //! renamed away and replaced, or a mount placed over the path, is refused too.
 
-use std::path::{Component, Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::{Component, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags, CWD};
-use std::os::fd::OwnedFd;
+use rustix::io::Errno;
+
+mod system;
+
+pub use system::{identity_at, in_proc, system_path, SystemDirs, SYSTEM_TREES};
 
 /// Which timestamps decide that a file is old: all chosen ones must be older than the
 /// cutoff (a file is young if any chosen time is recent).
@@ -110,49 +115,6 @@ impl PartialEq for TempRoot {
     }
 }
 
-/// Trees no cleanup should reach by accident; `/lib*` covers lib32, lib64, libx32...
-const SYSTEM_TREES: &[&str] = &[
-    "/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/boot", "/var/lib", "/root",
-];
-
-/// Why `path` (absolute, resolved) is a system path, if it is one.
-pub fn system_path(path: &Path) -> Option<String> {
-    let text = path.to_string_lossy();
-    let names: Vec<&str> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => n.to_str(),
-            _ => None,
-        })
-        .collect();
-    let is_lib = names.first().is_some_and(|n| n.starts_with("lib"));
-    let tree = SYSTEM_TREES
-        .iter()
-        .map(Path::new)
-        .find(|tree| path.starts_with(tree));
-    if let Some(tree) = tree {
-        return Some(format!(
-            "{text} is inside the system tree {}",
-            tree.display()
-        ));
-    }
-    if is_lib {
-        return Some(format!("{text} is inside the system tree /{}", names[0]));
-    }
-    if let Some(tree) = SYSTEM_TREES
-        .iter()
-        .map(Path::new)
-        .find(|t| t.starts_with(path))
-    {
-        return Some(format!("{text} holds the system tree {}", tree.display()));
-    }
-    match names.as_slice() {
-        ["home"] => Some(format!("{text} holds the users' home directories")),
-        ["home", _] => Some(format!("{text} is a user's home directory")),
-        _ => None,
-    }
-}
-
 impl TempRoot {
     /// Parse one `TEMP_ROOTS` entry: `name=/path[;age_by=atime+mtime][;allow_system_path]`,
     /// resolve the path and check it.
@@ -186,6 +148,27 @@ impl TempRoot {
                 configured.display()
             );
         }
+        if in_proc(&configured) {
+            anyhow::bail!(
+                "TEMP_ROOTS: `{name}` ({}) is in /proc, which is never a temp root",
+                configured.display()
+            );
+        }
+        // `/proc/<pid>/cwd`, `root` and `fd/*` (and symlinks to them) lead into another
+        // process's view of the filesystem; `canonicalize` would only return their text.
+        if let Err(Errno::LOOP) = rustix::fs::openat2(
+            CWD,
+            &configured,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::NO_MAGICLINKS,
+        ) {
+            anyhow::bail!(
+                "TEMP_ROOTS: `{name}` ({}) resolves through a /proc magic link (or too many \
+                 symlinks); name the directory itself",
+                configured.display()
+            );
+        }
         // Symlinks in the configured path are resolved here, once; later walks follow none.
         let path = match std::fs::canonicalize(&configured) {
             Ok(path) => path,
@@ -201,6 +184,13 @@ impl TempRoot {
             anyhow::bail!(
                 "TEMP_ROOTS: `{name}` ({}) resolves to the filesystem root `/`; refused",
                 configured.display()
+            );
+        }
+        if in_proc(&path) {
+            anyhow::bail!(
+                "TEMP_ROOTS: `{name}` ({}) resolves to {}, in /proc, which is never a temp root",
+                configured.display(),
+                path.display()
             );
         }
         if let Some(why) = system_path(&path) {
@@ -223,7 +213,9 @@ impl TempRoot {
         // Remember which directory this is; a root that is not there yet is remembered
         // at its first walk.
         if let Ok(fd) = root.open_path() {
-            let identity = identity_of(&fd)?;
+            let identity = root
+                .check_directory(&fd)
+                .map_err(|e| anyhow::anyhow!("TEMP_ROOTS: {e}"))?;
             let _ = root.identity.set(identity);
         }
         Ok(root)
@@ -272,7 +264,14 @@ impl TempRoot {
             )),
         })?;
         let now = identity_of(&fd).map_err(|e| RootError::Unavailable(e.to_string()))?;
-        let expected = *self.identity.get_or_init(|| now);
+        let expected = match self.identity.get() {
+            Some(seen) => *seen,
+            // Not there at start-up: checked now as it would have been then.
+            None => {
+                let checked = self.check_directory(&fd).map_err(RootError::Refused)?;
+                *self.identity.get_or_init(|| checked)
+            }
+        };
         if !same_directory(&expected, &now) {
             return Err(RootError::Refused(format!(
                 "temp root `{}` ({}) is no longer the directory it was at start-up (device, \
@@ -282,6 +281,42 @@ impl TempRoot {
             )));
         }
         Ok((fd, now))
+    }
+}
+
+impl TempRoot {
+    /// The checks a path cannot make, on the opened directory: not on procfs, and not `/`
+    /// or a system directory under another name (a bind mount); its identity when it passes.
+    fn check_directory(&self, fd: &OwnedFd) -> Result<Identity, String> {
+        let identity = identity_of(fd).map_err(|e| e.to_string())?;
+        let refused = |why: String| {
+            format!(
+                "`{}` ({}) is refused: {why}",
+                self.name,
+                self.path.display()
+            )
+        };
+        if rustix::fs::fstatfs(fd).is_ok_and(|fs| fs.f_type == rustix::fs::PROC_SUPER_MAGIC) {
+            return Err(refused(
+                "it is on procfs, which is never a temp root".into(),
+            ));
+        }
+        if let Some(dir) = SystemDirs::of_this_host().same_as(&identity) {
+            let why = format!(
+                "it is the same directory as {} (same device and inode: a bind mount?)",
+                dir.display()
+            );
+            if dir.parent().is_none() || in_proc(dir) {
+                return Err(refused(why));
+            }
+            if !self.allow_system_path {
+                return Err(refused(format!(
+                    "{why}. If this is really meant, add `;allow_system_path` to that root"
+                )));
+            }
+            tracing::warn!(root = %self.name, path = %self.path.display(), %why, "temp root allowed on a system directory");
+        }
+        Ok(identity)
     }
 }
 

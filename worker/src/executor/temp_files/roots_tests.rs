@@ -1,6 +1,7 @@
 //! Roots: parsing, the paths refused, and the directory a walk may open.
 
 use super::*;
+use std::path::{Path, PathBuf};
 
 #[test]
 fn system_paths_are_recognized() {
@@ -19,12 +20,23 @@ fn system_paths_are_recognized() {
         "/sys",
         "/dev/shm",
         "/boot",
+        "/run",
+        "/run/user/1000",
+        "/var/run",
+        "/var/log",
+        "/var/log/app",
+        "/var/spool/cron",
+        "/var/cache",
+        "/var/mail",
     ] {
         assert!(system_path(Path::new(refused)).is_some(), "{refused}");
     }
     for allowed in [
         "/tmp",
+        "/var/tmp",
         "/var/tmp/app",
+        "/var/lib-backup",
+        "/runner",
         "/home/alice/tmp",
         "/data/scratch",
         "/srv/x",
@@ -138,4 +150,117 @@ fn every_clone_checks_the_directory_learned_at_the_first_walk() {
         );
     }
     assert!(root.open().is_err(), "the configured root itself");
+}
+
+/// `/proc` holds other processes' views of the filesystem (`/proc/<pid>/root`, `cwd`,
+/// `fd/*`): never a root, however it is spelt, allowance or not.
+#[test]
+fn roots_in_proc_are_refused_in_any_spelling() {
+    let scratch = tempfile::tempdir().unwrap();
+    let link = scratch.path().join("to-cwd");
+    std::os::unix::fs::symlink("/proc/self/cwd", &link).unwrap();
+    let link = link.display().to_string();
+    for spelling in [
+        "//",
+        "/./",
+        "/proc",
+        "/proc/self/root",
+        "/proc/1/root",
+        "/proc/self/cwd",
+        "/proc/thread-self/cwd",
+        "//proc/self/cwd",
+        "/./proc/self/cwd",
+        "/tmp/../proc/self/cwd",
+        "/proc/self/root/tmp",
+        "/proc/self/fd/0",
+        "/proc/does-not-exist/x",
+        &link,
+    ] {
+        for option in ["", ";allow_system_path"] {
+            let item = format!("x={spelling}{option}");
+            assert!(TempRoot::parse(&item).is_err(), "{item} was accepted");
+        }
+    }
+}
+
+#[test]
+fn tmp_and_var_tmp_are_still_roots() {
+    for parent in ["/tmp", "/var/tmp"] {
+        let scratch = tempfile::tempdir_in(parent).unwrap();
+        TempRoot::parse(&format!("x={}", scratch.path().display())).unwrap();
+    }
+    TempRoot::parse("x=/tmp").unwrap();
+    TempRoot::parse("x=/var/tmp").unwrap();
+}
+
+/// The comparison behind the bind-mount check, on real directories: `/` itself, given
+/// through a spelling the path check does not see, is recognised by device and inode.
+#[test]
+fn a_directory_is_recognised_as_a_system_directory_by_device_and_inode() {
+    let table = SystemDirs::of_this_host();
+    let root_itself = identity_at(Path::new("/proc/self/root")).unwrap();
+    assert_eq!(table.same_as(&root_itself), Some(Path::new("/")));
+    let etc = identity_at(Path::new("/proc/self/root/etc")).unwrap();
+    assert_eq!(table.same_as(&etc), Some(Path::new("/etc")));
+    let scratch = tempfile::tempdir().unwrap();
+    assert!(table
+        .same_as(&identity_at(scratch.path()).unwrap())
+        .is_none());
+}
+
+/// Unmounts (never deletes) when dropped; the mount point is then removed only if empty.
+struct Bind(PathBuf);
+
+impl Bind {
+    fn new(source: &str, at: PathBuf) -> Option<Self> {
+        std::fs::create_dir(&at).unwrap();
+        let bound = crate::executor::temp_files::walk::tests::privileged(
+            "mount",
+            &["--bind", source, at.to_str().unwrap()],
+        );
+        if !bound {
+            std::fs::remove_dir(&at).unwrap();
+        }
+        bound.then_some(Bind(at))
+    }
+}
+
+impl Drop for Bind {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        // Never a recursive removal: if the unmount failed, the mount point holds `/`.
+        if !unmounted || std::fs::remove_dir(&self.0).is_err() {
+            eprintln!("could not unmount {}; left in place", self.0.display());
+        }
+    }
+}
+
+/// A bind mount of `/` or of a system tree has an innocent path; its device and inode
+/// give it away. Needs the privilege to mount; says so and passes otherwise.
+#[test]
+fn a_bind_mount_of_the_filesystem_root_or_of_a_system_tree_is_refused() {
+    // Not a `TempDir`: its drop removes recursively, and a mount of `/` may be inside.
+    let scratch = tempfile::tempdir().unwrap().keep();
+    let Some(root_bind) = Bind::new("/", scratch.join("rootfs")) else {
+        return;
+    };
+    for option in ["", ";allow_system_path"] {
+        let error = TempRoot::parse(&format!("x={}{option}", root_bind.0.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("same directory as /"), "{error}");
+    }
+    drop(root_bind);
+    let etc_bind = Bind::new("/etc", scratch.join("etc")).unwrap();
+    let error = TempRoot::parse(&format!("x={}", etc_bind.0.display()))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("same directory as /etc"), "{error}");
+    assert!(error.contains("allow_system_path"), "{error}");
+    TempRoot::parse(&format!("x={};allow_system_path", etc_bind.0.display())).unwrap();
+    drop(etc_bind);
+    std::fs::remove_dir(&scratch).unwrap();
 }

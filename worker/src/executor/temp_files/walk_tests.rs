@@ -61,7 +61,7 @@ fn kept(result: &TempFilesResult, reason: &str) -> u64 {
 }
 
 /// Run a privileged command; false (and a note) when this run may not.
-fn privileged(program: &str, args: &[&str]) -> bool {
+pub fn privileged(program: &str, args: &[&str]) -> bool {
     let ok = Command::new(program)
         .args(args)
         .stderr(Stdio::null())
