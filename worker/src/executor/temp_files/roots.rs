@@ -296,6 +296,7 @@ impl TempRoot {
                 self.path.display()
             )
         };
+        require_mount_id(identity.mnt_id).map_err(refused)?;
         if rustix::fs::fstatfs(fd).is_ok_and(|fs| fs.f_type == rustix::fs::PROC_SUPER_MAGIC) {
             return Err(refused(
                 "it is on procfs, which is never a temp root".into(),
@@ -318,6 +319,17 @@ impl TempRoot {
         }
         Ok(identity)
     }
+}
+
+/// The walk tells a bind mount of the same filesystem below a root by its mount id
+/// (`statx` `STATX_MNT_ID`, Linux 5.8+). Without one that check would silently be lost,
+/// so a root whose mount id the kernel does not report is refused.
+pub fn require_mount_id(mnt_id: Option<u64>) -> Result<u64, String> {
+    mnt_id.ok_or_else(|| {
+        "this kernel does not report mount ids (statx STATX_MNT_ID): Linux 5.8 or later is \
+         required to detect bind mounts below a root"
+            .to_owned()
+    })
 }
 
 fn same_directory(a: &Identity, b: &Identity) -> bool {

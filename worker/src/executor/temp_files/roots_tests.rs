@@ -264,3 +264,16 @@ fn a_bind_mount_of_the_filesystem_root_or_of_a_system_tree_is_refused() {
     drop(etc_bind);
     std::fs::remove_dir(&scratch).unwrap();
 }
+
+/// Kernels before 5.8 do not report mount ids: a bind mount of the same filesystem below
+/// the root could not be told apart, so such a root is refused at start-up.
+#[test]
+fn a_root_without_a_mount_id_is_refused() {
+    let error = require_mount_id(None).unwrap_err();
+    assert!(error.contains("Linux 5.8"), "{error}");
+    assert_eq!(require_mount_id(Some(42)), Ok(42));
+    // This kernel reports them: a root parses and carries its mount id.
+    let scratch = tempfile::tempdir().unwrap();
+    let root = TempRoot::parse(&format!("x={}", scratch.path().display())).unwrap();
+    assert!(root.open().unwrap().1.mnt_id.is_some());
+}
