@@ -54,11 +54,12 @@ pub struct TempFilesResult {
     pub dirs_matched: u64,
     pub dirs_removed: u64,
     /// Entries left alone for safety: other mounts, special files, entries that changed
-    /// under the walk, files in use, immutable or not deletable by this worker.
+    /// under the walk or were moved out of the root, files in use, immutable or not
+    /// deletable by this worker.
     pub skipped: u64,
     /// Matching files (and directories) kept, by reason: `young`, `capped`, `in_use`,
     /// `immutable`, `not_permitted`, `unreadable`, `other_mount`, `special_file`,
-    /// `replaced`. Reasons with no entry are left out.
+    /// `replaced`, `moved_out_of_root`. Reasons with no entry are left out.
     #[serde(default)]
     pub kept: BTreeMap<String, u64>,
     /// True when `max_files` stopped the run before every eligible file was gone.
@@ -210,6 +211,8 @@ impl TempFilesExecutor {
             interrupted: AtomicBool::new(false),
             done: Mutex::new(resume.clone()),
             resume,
+            #[cfg(test)]
+            after_open: None,
         });
         // `max_files` counts over every turn and every attempt.
         if let Some(earlier) = &earlier {

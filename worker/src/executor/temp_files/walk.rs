@@ -14,6 +14,12 @@
 //!   held. A dry run makes the same checks, so it predicts the real run.
 //! - The age is read (`statx`, no follow) just before the file is judged, and again on the
 //!   opened file when locks are checked, right before `unlinkat`.
+//! - Before the first unlink in a directory, and again every 256 unlinks there, the walk
+//!   checks that the directory is still reachable from the root at its path
+//!   (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)`, same device and
+//!   inode as the held handle). A directory moved out of the root keeps what is left in it
+//!   and is not descended further. A move right after a check can still cost up to 256
+//!   files of that directory: the residual window of the bounded check.
 //! - `remove_empty_dirs` removes a directory only when this task deleted something in it
 //!   (in any turn) and it is now empty, and so on upwards: never a directory that was
 //!   empty before, or that no pattern reached.
@@ -41,6 +47,7 @@ use crate::executor::ExecError;
 mod guard;
 mod meta;
 
+use guard::Reach;
 use meta::read_entries;
 pub use meta::{encode, Counters, DirOutcome, Kept, Meta, Privileges, Unlink};
 
@@ -66,12 +73,21 @@ pub struct Walk {
     pub resume: BTreeMap<String, RootProgress>,
     /// What is finished, earlier turns included.
     pub done: Mutex<BTreeMap<String, RootProgress>>,
+    /// Test seam: called with a directory's path relative to its root right after the
+    /// directory was opened and read, before anything in it is judged.
+    #[cfg(test)]
+    pub after_open: Option<Hook>,
 }
+
+#[cfg(test)]
+pub type Hook = Box<dyn Fn(&Path) + Send + Sync>;
 
 /// Where the walk is: which root, the directory's path relative to it, its mount, and
 /// whether entries in it can be unlinked.
 pub struct Position<'a> {
     pub root: &'a TempRoot,
+    /// The root, open: directories are checked to be still inside it before unlinks.
+    pub root_fd: &'a OwnedFd,
     pub rel: PathBuf,
     pub dev: u64,
     pub mnt_id: Option<u64>,
@@ -95,6 +111,7 @@ impl Walk {
             })?;
             let position = Position {
                 root,
+                root_fd: &fd,
                 rel: PathBuf::new(),
                 dev: identity.dev,
                 mnt_id: identity.mnt_id,
@@ -163,7 +180,12 @@ impl Walk {
         if capped_walk {
             entries.sort();
         }
+        #[cfg(test)]
+        if let Some(hook) = &self.after_open {
+            hook(&at.rel);
+        }
         let rule = self.unlink_rule(dir, meta);
+        let mut reach = Reach::default();
         let mut subdirs = Vec::new();
         for name in entries {
             let rel = at.rel.join(OsStr::from_bytes(name.as_bytes()));
@@ -207,7 +229,7 @@ impl Walk {
                     outcome.remaining += 1;
                 }
                 FileType::RegularFile | FileType::Symlink => {
-                    if self.judge_file(dir, &name, &entry, rule, at, &rel) {
+                    if self.judge_file(dir, &name, &entry, rule, at, &rel, &mut reach) {
                         outcome.removed_any = true;
                     } else {
                         outcome.remaining += 1;
@@ -221,6 +243,14 @@ impl Walk {
         }
         if top.is_some() && !outcome.incomplete {
             self.mark(&at.root.name, |p| p.files_done = true);
+        }
+        if reach.moved_out {
+            // No longer inside the root: nothing below it is the root's business.
+            for _ in &subdirs {
+                self.keep(Kept::MovedOutOfRoot);
+            }
+            outcome.remaining += subdirs.len() as u64;
+            return outcome;
         }
         let visit = |(name, entry, rel): (CString, Meta, PathBuf)| {
             if top.is_some() && self.stop.load(Ordering::Relaxed) {
@@ -303,6 +333,7 @@ impl Walk {
         };
         let position = Position {
             root: at.root,
+            root_fd: at.root_fd,
             rel,
             dev: at.dev,
             mnt_id: at.mnt_id,
@@ -329,6 +360,14 @@ impl Walk {
         }
         if let Some(why) = self.refusal(rule, seen) {
             self.keep(why);
+            return DirOutcome {
+                remaining: 1,
+                removed_any: true,
+                incomplete: false,
+            };
+        }
+        if !self.still_in_root(parent, at, &mut Reach::default()) {
+            self.keep(Kept::MovedOutOfRoot);
             return DirOutcome {
                 remaining: 1,
                 removed_any: true,
@@ -380,6 +419,7 @@ impl Walk {
 
     /// Decide on one file or symlink, examined just now; delete it when eligible.
     /// Returns true when it is (or, in a dry run, would be) gone.
+    #[allow(clippy::too_many_arguments)]
     fn judge_file(
         &self,
         dir: &OwnedFd,
@@ -388,6 +428,7 @@ impl Walk {
         rule: Unlink,
         at: &Position<'_>,
         rel: &Path,
+        reach: &mut Reach,
     ) -> bool {
         if let Some(patterns) = &self.patterns {
             if !patterns.is_match(rel) {
@@ -424,6 +465,11 @@ impl Walk {
         } else {
             None
         };
+        if !self.still_in_root(dir, at, reach) {
+            self.keep(Kept::MovedOutOfRoot);
+            self.remember_remaining(meta);
+            return false;
+        }
         if let Some(cap) = self.max_files {
             // Sequential when capped: the check above and this claim cannot interleave.
             if self.counters.claimed.fetch_add(1, Ordering::Relaxed) >= cap {

@@ -21,6 +21,7 @@ fn walk(dry_run: bool) -> Walk {
         interrupted: AtomicBool::new(false),
         resume: BTreeMap::new(),
         done: Mutex::new(BTreeMap::new()),
+        after_open: None,
     }
 }
 
@@ -90,6 +91,7 @@ fn visit_after_swap(swap: impl FnOnce(&Path)) -> (Walk, tempfile::TempDir) {
     let root = TempRoot::new("root", &root_path);
     let at = Position {
         root: &root,
+        root_fd: &root_fd,
         rel: PathBuf::new(),
         dev: root_meta.dev,
         mnt_id: root_meta.mnt_id,
@@ -413,4 +415,38 @@ fn immutable_files_are_skipped_in_dry_and_real_runs() {
         real.errors
     );
     assert_eq!(kept(&real, "immutable"), 1);
+}
+
+/// An application builds `root/job1/` and renames it to its results while the walk holds
+/// the directory open: nothing is deleted through the held handle once it is outside.
+#[test]
+fn a_directory_moved_out_of_the_root_mid_walk_keeps_its_files() {
+    for dry_run in [true, false] {
+        let scratch = tempfile::tempdir().unwrap();
+        let root = scratch.path().join("root");
+        let results = scratch.path().join("results");
+        std::fs::create_dir(&results).unwrap();
+        for f in 0..3 {
+            old_file(&root.join(format!("job1/f{f}.tmp")));
+        }
+        old_file(&root.join("job1/sub/deep.tmp"));
+        old_file(&root.join("other/x.tmp"));
+        let mut w = walk(dry_run);
+        w.remove_empty_dirs = true;
+        let (from, to) = (root.join("job1"), results.join("job1"));
+        w.after_open = Some(Box::new(move |rel: &Path| {
+            if rel == Path::new("job1") {
+                std::fs::rename(&from, &to).unwrap();
+            }
+        }));
+        let result = run(&w, &root);
+        for f in 0..3 {
+            assert!(results.join(format!("job1/f{f}.tmp")).exists(), "f{f}");
+        }
+        assert!(results.join("job1/sub/deep.tmp").exists());
+        assert_eq!(!root.join("other/x.tmp").exists(), !dry_run);
+        assert_eq!(result.files_matched, 1, "dry run {dry_run}: {result:?}");
+        // Three files, and `sub`, not descended.
+        assert_eq!(kept(&result, "moved_out_of_root"), 4, "{result:?}");
+    }
 }

@@ -3,13 +3,88 @@
 
 use std::ffi::CStr;
 use std::os::fd::OwnedFd;
+use std::path::Path;
 
-use rustix::fs::{Access, AtFlags, FileType, FlockOperation, Mode, OFlags};
+use rustix::fs::{Access, AtFlags, FileType, FlockOperation, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use super::{AgeBy, Kept, Meta, Unlink, Walk};
+use super::{AgeBy, Kept, Meta, Position, Unlink, Walk};
+
+/// Unlinks in one directory between two checks that it is still inside the root.
+pub const RECHECK_EVERY: u64 = 256;
+
+/// Whether a directory being walked is still inside its root, as last checked.
+#[derive(Debug, Default)]
+pub struct Reach {
+    /// Unlinks allowed since the last check; `None` before the first.
+    since_check: Option<u64>,
+    /// Found outside the root: nothing more in it is unlinked, nothing below it walked.
+    pub moved_out: bool,
+}
+
+/// Whether `dir` is still the directory at `rel` beneath the open root: resolved from
+/// the root without leaving it, following no symlink and crossing no mount.
+fn reachable(root: &OwnedFd, rel: &Path, dir: &OwnedFd) -> bool {
+    let Ok(held) = Meta::of(dir) else {
+        return false;
+    };
+    // EAGAIN: a rename elsewhere raced the lookup; worth another try or two.
+    for _ in 0..3 {
+        match rustix::fs::openat2(
+            root,
+            rel,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH
+                | ResolveFlags::NO_SYMLINKS
+                | ResolveFlags::NO_MAGICLINKS
+                | ResolveFlags::NO_XDEV,
+        ) {
+            Ok(fd) => return Meta::of(&fd).is_ok_and(|m| m.dev == held.dev && m.ino == held.ino),
+            Err(Errno::AGAIN) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
 
 impl Walk {
+    /// Whether entries of `dir` (at `at`) may still be unlinked: it must still be reachable
+    /// from the root at its relative path. An application may build `root/job/` and
+    /// rename it elsewhere while the walk holds it open; unlinking through the held handle
+    /// would then delete outside the root. Checked before the first unlink in a directory
+    /// and again every [`RECHECK_EVERY`] unlinks, to bound the cost: a directory moved out
+    /// right after a check can still lose up to that many files (the residual window).
+    pub(super) fn still_in_root(
+        &self,
+        dir: &OwnedFd,
+        at: &Position<'_>,
+        reach: &mut Reach,
+    ) -> bool {
+        if at.rel.as_os_str().is_empty() {
+            // The root itself: checked when it was opened.
+            return true;
+        }
+        if reach.moved_out {
+            return false;
+        }
+        if let Some(n) = reach.since_check.filter(|n| *n < RECHECK_EVERY) {
+            reach.since_check = Some(n + 1);
+            return true;
+        }
+        if reachable(at.root_fd, &at.rel, dir) {
+            reach.since_check = Some(1);
+            return true;
+        }
+        reach.moved_out = true;
+        self.record(
+            &at.root.name,
+            &at.rel,
+            "moved out of the root during the walk; what is left in it is kept".into(),
+        );
+        false
+    }
+
     /// Whether this worker will be allowed to unlink entries of `dir`.
     pub(super) fn unlink_rule(&self, dir: &OwnedFd, meta: &Meta) -> Unlink {
         if meta.sealed {

@@ -30,10 +30,12 @@ pub enum Kept {
     SpecialFile,
     /// Changed between being examined and being acted on.
     Replaced,
+    /// Its directory was moved out of the root during the walk.
+    MovedOutOfRoot,
 }
 
 impl Kept {
-    pub const ALL: [Kept; 9] = [
+    pub const ALL: [Kept; 10] = [
         Kept::Young,
         Kept::Capped,
         Kept::InUse,
@@ -43,6 +45,7 @@ impl Kept {
         Kept::OtherMount,
         Kept::SpecialFile,
         Kept::Replaced,
+        Kept::MovedOutOfRoot,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Kept {
             Kept::OtherMount => "other_mount",
             Kept::SpecialFile => "special_file",
             Kept::Replaced => "replaced",
+            Kept::MovedOutOfRoot => "moved_out_of_root",
         }
     }
 
