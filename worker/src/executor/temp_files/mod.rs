@@ -114,10 +114,33 @@ pub struct RootProgress {
     /// Top-level subdirectories walked completely (names; `hex:` prefix when not UTF-8).
     #[serde(default)]
     pub subdirs_done: BTreeSet<String>,
-    /// Directories (paths relative to the root) where a turn deleted something without
-    /// finishing them: when a later turn finds them empty, this task emptied them.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub touched: BTreeSet<String>,
+    /// Directories (paths relative to the root, with their device and inode) where a turn
+    /// deleted something without finishing them: when a later turn finds the same
+    /// directory there, empty, this task emptied it. A directory replaced at that path
+    /// meanwhile is another one, never touched. Progress written before identities were
+    /// kept (`touched`, paths only) is read as nothing touched: such directories stay.
+    #[serde(
+        default,
+        rename = "touched_dirs",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub touched: BTreeMap<String, DirId>,
+}
+
+/// Which directory: device and inode.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl DirId {
+    pub fn of(meta: &walk::Meta) -> Self {
+        Self {
+            dev: meta.dev,
+            ino: meta.ino,
+        }
+    }
 }
 
 /// What a continuation (or a retry) of a temp-file task carries.

@@ -41,7 +41,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::roots::{AgeBy, RootError, TempRoot};
-use super::{FileError, RootProgress, TempFilesResult};
+use super::{DirId, FileError, RootProgress, TempFilesResult};
 use crate::executor::ExecError;
 
 mod guard;
@@ -155,12 +155,10 @@ impl Walk {
     ) -> DirOutcome {
         let mut outcome = DirOutcome::default();
         // A directory an earlier turn deleted in but did not finish counts as emptied by
-        // this task.
+        // this task: the same directory (device and inode), not just the same path.
         if let Some(prior) = self.resume.get(&at.root.name) {
-            if prior
-                .touched
-                .contains(&encode(at.rel.as_os_str().as_bytes()))
-            {
+            let rel = encode(at.rel.as_os_str().as_bytes());
+            if prior.touched.get(&rel) == Some(&DirId::of(meta)) {
                 outcome.removed_any = true;
             }
         }
@@ -344,8 +342,10 @@ impl Walk {
         if inner.incomplete && inner.removed_any {
             // A later turn finishes this directory: it must know the task deleted here.
             self.mark(root, |p| {
-                p.touched
-                    .insert(encode(position.rel.as_os_str().as_bytes()));
+                p.touched.insert(
+                    encode(position.rel.as_os_str().as_bytes()),
+                    DirId::of(&meta),
+                );
             });
         }
         let empty = inner.remaining == 0 && !inner.incomplete;
