@@ -58,7 +58,7 @@ pub struct TempFilesResult {
     /// deletable by this worker.
     pub skipped: u64,
     /// Matching files (and directories) kept, by reason: `young`, `capped`, `in_use`,
-    /// `immutable`, `not_permitted`, `unreadable`, `other_mount`, `special_file`,
+    /// `locked`, `immutable`, `not_permitted`, `unreadable`, `other_mount`, `special_file`,
     /// `replaced`, `moved_out_of_root`. Reasons with no entry are left out.
     #[serde(default)]
     pub kept: BTreeMap<String, u64>,
@@ -338,7 +338,7 @@ impl Turn {
             };
         }
         result.oldest_remaining_age_seconds =
-            oldest.map(|mtime| (Utc::now().timestamp() - mtime).max(0) as f64);
+            oldest.map(|mtime| walk::age_seconds(Utc::now().timestamp(), mtime));
         TempFilesProgress {
             result,
             done: self.walk.done.lock().expect("done lock").clone(),

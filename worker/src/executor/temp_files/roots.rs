@@ -346,7 +346,7 @@ pub fn identity_of(fd: &OwnedFd) -> anyhow::Result<Identity> {
     let stx = rustix::fs::statx(
         fd,
         c"",
-        AtFlags::EMPTY_PATH,
+        AtFlags::EMPTY_PATH | AtFlags::NO_AUTOMOUNT,
         StatxFlags::INO | StatxFlags::MNT_ID | StatxFlags::TYPE,
     )?;
     Ok(Identity {

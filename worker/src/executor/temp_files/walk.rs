@@ -6,12 +6,16 @@
 //!   symlink mid-walk is never followed.
 //! - Symlinks are never followed: a symlink is judged by its own age and unlinked.
 //! - It never crosses a mount point: an entry on another mount (another filesystem, or a
-//!   bind mount of the same one: `statx` mount id and `STATX_ATTR_MOUNT_ROOT`) is skipped.
+//!   bind mount of the same one: `statx` mount id and `STATX_ATTR_MOUNT_ROOT`) is skipped,
+//!   and so is an automount point (`STATX_ATTR_AUTOMOUNT`; `statx` is called with
+//!   `AT_NO_AUTOMOUNT`, so examining one does not trigger it).
 //! - A file is deleted only when the real run can delete it: not immutable or append-only
 //!   (itself or its directory), in a directory the worker may write (sticky bit included),
-//!   and, with lock checks on, not held by another process's `flock`: the file is opened
-//!   without following symlinks, locked without blocking, and unlinked while the lock is
-//!   held. A dry run makes the same checks, so it predicts the real run.
+//!   and, with lock checks on, not held by another process's `flock` or record lock
+//!   (`fcntl`, POSIX or OFD): the file is opened without following symlinks, `flock`ed
+//!   without blocking, tested for record locks (`F_GETLK`, a test, not a lock), and
+//!   unlinked while the `flock` is held. A dry run makes the same checks, so it predicts
+//!   the real run.
 //! - The age is read (`statx`, no follow) just before the file is judged, and again on the
 //!   opened file when locks are checked, right before `unlinkat`.
 //! - Before the first unlink in a directory, and again every 256 unlinks there, the walk
@@ -49,7 +53,7 @@ mod meta;
 
 use guard::Reach;
 use meta::read_entries;
-pub use meta::{encode, Counters, DirOutcome, Kept, Meta, Privileges, Unlink};
+pub use meta::{age_seconds, encode, Counters, DirOutcome, Kept, Meta, Privileges, Unlink};
 
 /// Errors kept in a result; the rest are only counted.
 pub const MAX_ERRORS: usize = 20;
@@ -556,7 +560,7 @@ impl Walk {
             kept,
             capped: c.capped.load(Ordering::Relaxed),
             oldest_remaining_age_seconds: (oldest != i64::MAX)
-                .then(|| (Utc::now().timestamp() - oldest).max(0) as f64),
+                .then(|| age_seconds(Utc::now().timestamp(), oldest)),
             errors_total: load(&c.errors_total),
             errors: self.errors.lock().expect("errors lock").clone(),
             duration_ms: 0,

@@ -450,3 +450,95 @@ fn a_directory_moved_out_of_the_root_mid_walk_keeps_its_files() {
         assert_eq!(kept(&result, "moved_out_of_root"), 4, "{result:?}");
     }
 }
+
+/// Not a test on its own: the other process of
+/// `a_file_another_process_holds_a_record_lock_on_is_kept`. Holds a POSIX record lock on
+/// the file named by `LOCK_HOLDER_FILE` until its standard input closes.
+#[test]
+#[ignore]
+fn record_lock_holder() {
+    let Ok(path) = std::env::var("LOCK_HOLDER_FILE") else {
+        return;
+    };
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    rustix::fs::fcntl_lock(&file, FlockOperation::NonBlockingLockExclusive).unwrap();
+    println!("locked");
+    let _ = std::io::stdin().read_line(&mut String::new());
+}
+
+/// `fcntl` record locks (POSIX or OFD) are independent of `flock` on Linux: a file
+/// another process holds one on is kept too.
+#[test]
+fn a_file_another_process_holds_a_record_lock_on_is_kept() {
+    use std::io::BufRead;
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join("held.tmp");
+    old_file(&path);
+    let mut holder = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "executor::temp_files::walk::tests::record_lock_holder",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("LOCK_HOLDER_FILE", &path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The harness prints `test <name> ... ` before the test's own output, on that line.
+    let mut lines = std::io::BufReader::new(holder.stdout.take().unwrap()).lines();
+    let locked = lines.any(|line| line.is_ok_and(|l| l.ends_with("locked")));
+    if !locked {
+        let _ = holder.kill();
+    }
+    assert!(locked, "the holder did not lock");
+    let results: Vec<TempFilesResult> = [true, false]
+        .into_iter()
+        .map(|dry_run| run(&walk(dry_run), scratch.path()))
+        .collect();
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    for result in &results {
+        assert_eq!(result.files_matched, 0, "{result:?}");
+        assert_eq!(kept(result, "locked"), 1, "{result:?}");
+    }
+    assert!(path.exists());
+}
+
+/// Timestamps at the ends of the range (set where the filesystem stores them: tmpfs) do
+/// not overflow the age arithmetic.
+#[test]
+fn extreme_timestamps_do_not_overflow_ages() {
+    let Ok(scratch) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("skipped: no /dev/shm");
+        return;
+    };
+    let path = scratch.path().join("ancient.tmp");
+    std::fs::write(&path, b"x").unwrap();
+    let earliest = SystemTime::UNIX_EPOCH
+        .checked_sub(Duration::from_secs(1 << 63))
+        .unwrap_or(SystemTime::UNIX_EPOCH - Duration::from_secs(i64::MAX as u64));
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(earliest)
+        .unwrap();
+    let stored = Meta::at(&open_dir(scratch.path()), c"ancient.tmp")
+        .unwrap()
+        .mtime
+        .0;
+    eprintln!("mtime stored: {stored}");
+    let result = run(&walk(true), scratch.path());
+    assert_eq!(result.files_matched, 1);
+    assert!(result.oldest_remaining_age_seconds.unwrap() > 0.0);
+    assert_eq!(age_seconds(i64::MAX, i64::MIN), i64::MAX as f64);
+    assert_eq!(age_seconds(0, i64::MAX), 0.0);
+    assert_eq!(age_seconds(100, 40), 60.0);
+}

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use rustix::fs::{Access, AtFlags, FileType, FlockOperation, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
+use rustix::process::{Flock, FlockOffsetType, FlockType};
 
 use super::{AgeBy, Kept, Meta, Position, Unlink, Walk};
 
@@ -46,6 +47,30 @@ fn reachable(root: &OwnedFd, rel: &Path, dir: &OwnedFd) -> bool {
         }
     }
     false
+}
+
+/// Refuses a file on which a record lock (`fcntl`, POSIX or OFD) is held, which `flock`
+/// does not see on Linux. Asks `F_GETLK` whether a write lock on the whole file could be
+/// placed: that reports POSIX locks of other processes and OFD locks on any other open
+/// file description, read or write. (`F_OFD_GETLK` would also report this process's own
+/// POSIX locks, which the worker never takes; rustix offers only `F_GETLK`, and the
+/// workspace forbids `unsafe`.) Only a test, not a lock: a process may lock the file after
+/// it, in the moment before the unlink.
+fn record_locked(fd: &OwnedFd) -> Result<(), Kept> {
+    let whole_file = Flock {
+        start: 0,
+        length: 0,
+        pid: None,
+        typ: FlockType::WriteLock,
+        offset_type: FlockOffsetType::Set,
+    };
+    match rustix::process::fcntl_getlk(fd, &whole_file) {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(Kept::Locked),
+        // A filesystem without record locks: none can be held.
+        Err(Errno::NOLCK) | Err(Errno::OPNOTSUPP) => Ok(()),
+        Err(_) => Err(Kept::Unreadable),
+    }
 }
 
 impl Walk {
@@ -162,11 +187,13 @@ impl Walk {
             return Err(Kept::Young);
         }
         match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(fd),
-            Err(Errno::WOULDBLOCK) => Err(Kept::InUse),
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => return Err(Kept::InUse),
             // A filesystem without flock: the file cannot be held by another process.
-            Err(Errno::NOLCK) | Err(Errno::OPNOTSUPP) => Ok(fd),
-            Err(_) => Err(Kept::Unreadable),
+            Err(Errno::NOLCK) | Err(Errno::OPNOTSUPP) => {}
+            Err(_) => return Err(Kept::Unreadable),
         }
+        record_locked(&fd)?;
+        Ok(fd)
     }
 }

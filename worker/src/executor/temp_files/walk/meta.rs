@@ -18,6 +18,8 @@ pub enum Kept {
     Capped,
     /// Another process holds a `flock` on it.
     InUse,
+    /// Another process (or open file description) holds a POSIX or OFD record lock on it.
+    Locked,
     /// Immutable or append-only (the file or its directory).
     Immutable,
     /// The worker may not unlink it (directory not writable, sticky bit).
@@ -35,10 +37,11 @@ pub enum Kept {
 }
 
 impl Kept {
-    pub const ALL: [Kept; 10] = [
+    pub const ALL: [Kept; 11] = [
         Kept::Young,
         Kept::Capped,
         Kept::InUse,
+        Kept::Locked,
         Kept::Immutable,
         Kept::NotPermitted,
         Kept::Unreadable,
@@ -53,6 +56,7 @@ impl Kept {
             Kept::Young => "young",
             Kept::Capped => "capped",
             Kept::InUse => "in_use",
+            Kept::Locked => "locked",
             Kept::Immutable => "immutable",
             Kept::NotPermitted => "not_permitted",
             Kept::Unreadable => "unreadable",
@@ -123,6 +127,8 @@ pub struct Meta {
     pub ctime: (i64, u32),
     pub mnt_id: Option<u64>,
     pub mount_root: bool,
+    /// An automount point (not triggered: the walk passes `AT_NO_AUTOMOUNT`).
+    pub automount: bool,
     /// Immutable or append-only: nothing in it (or it) can be unlinked.
     pub sealed: bool,
 }
@@ -154,24 +160,29 @@ impl Meta {
             ctime: time(&stx.stx_ctime),
             mnt_id: (stx.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(stx.stx_mnt_id),
             mount_root: has(StatxAttributes::MOUNT_ROOT),
+            automount: has(StatxAttributes::AUTOMOUNT),
             sealed: has(StatxAttributes::IMMUTABLE) || has(StatxAttributes::APPEND),
         }
     }
 
     /// `name` in `dir`, without following a symlink.
     pub fn at(dir: &OwnedFd, name: &CStr) -> rustix::io::Result<Self> {
-        rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, STATX_MASK)
-            .map(|s| Self::from_statx(&s))
+        let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT;
+        rustix::fs::statx(dir, name, flags, STATX_MASK).map(|s| Self::from_statx(&s))
     }
 
     /// An open file or directory.
     pub fn of(fd: &OwnedFd) -> rustix::io::Result<Self> {
-        rustix::fs::statx(fd, c"", AtFlags::EMPTY_PATH, STATX_MASK).map(|s| Self::from_statx(&s))
+        let flags = AtFlags::EMPTY_PATH | AtFlags::NO_AUTOMOUNT;
+        rustix::fs::statx(fd, c"", flags, STATX_MASK).map(|s| Self::from_statx(&s))
     }
 
     /// On a mount other than the directory `at` it is in.
     pub(super) fn other_mount(&self, at: &Position<'_>) -> bool {
-        self.dev != at.dev || self.mount_root || (self.mnt_id.is_some() && self.mnt_id != at.mnt_id)
+        self.dev != at.dev
+            || self.mount_root
+            || self.automount
+            || (self.mnt_id.is_some() && self.mnt_id != at.mnt_id)
     }
 }
 
@@ -226,4 +237,10 @@ pub(super) fn read_entries(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
         names.push(name.to_owned());
     }
     Ok(names)
+}
+
+/// Seconds from `then` to `now`, 0 when `then` is later. Never overflows, whatever
+/// timestamp a filesystem stores (tmpfs keeps even `i64::MIN`).
+pub fn age_seconds(now: i64, then: i64) -> f64 {
+    now.saturating_sub(then).max(0) as f64
 }
