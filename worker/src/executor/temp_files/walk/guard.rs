@@ -197,3 +197,7 @@ impl Walk {
         Ok(fd)
     }
 }
+
+#[cfg(test)]
+#[path = "guard_tests.rs"]
+mod tests;
