@@ -81,7 +81,8 @@ pub struct Config {
     pub temp_roots: String,
 
     /// Keep files another process holds a `flock` on (checked without blocking, as
-    /// systemd-tmpfiles does). Costs an open per old file.
+    /// systemd-tmpfiles does) or a record lock (`fcntl`, POSIX or OFD) on. Costs an open
+    /// per old file.
     #[arg(long, env = "TEMP_CHECK_LOCKS", default_value_t = true, action = clap::ArgAction::Set)]
     pub temp_check_locks: bool,
 

@@ -54,11 +54,12 @@ pub struct TempFilesResult {
     pub dirs_matched: u64,
     pub dirs_removed: u64,
     /// Entries left alone for safety: other mounts, special files, entries that changed
-    /// under the walk, files in use, immutable or not deletable by this worker.
+    /// under the walk or were moved out of the root, files in use, immutable or not
+    /// deletable by this worker.
     pub skipped: u64,
     /// Matching files (and directories) kept, by reason: `young`, `capped`, `in_use`,
-    /// `immutable`, `not_permitted`, `unreadable`, `other_mount`, `special_file`,
-    /// `replaced`. Reasons with no entry are left out.
+    /// `locked`, `immutable`, `not_permitted`, `unreadable`, `other_mount`, `special_file`,
+    /// `replaced`, `moved_out_of_root`. Reasons with no entry are left out.
     #[serde(default)]
     pub kept: BTreeMap<String, u64>,
     /// True when `max_files` stopped the run before every eligible file was gone.
@@ -113,10 +114,33 @@ pub struct RootProgress {
     /// Top-level subdirectories walked completely (names; `hex:` prefix when not UTF-8).
     #[serde(default)]
     pub subdirs_done: BTreeSet<String>,
-    /// Directories (paths relative to the root) where a turn deleted something without
-    /// finishing them: when a later turn finds them empty, this task emptied them.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    pub touched: BTreeSet<String>,
+    /// Directories (paths relative to the root, with their device and inode) where a turn
+    /// deleted something without finishing them: when a later turn finds the same
+    /// directory there, empty, this task emptied it. A directory replaced at that path
+    /// meanwhile is another one, never touched. Progress written before identities were
+    /// kept (`touched`, paths only) is read as nothing touched: such directories stay.
+    #[serde(
+        default,
+        rename = "touched_dirs",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub touched: BTreeMap<String, DirId>,
+}
+
+/// Which directory: device and inode.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl DirId {
+    pub fn of(meta: &walk::Meta) -> Self {
+        Self {
+            dev: meta.dev,
+            ino: meta.ino,
+        }
+    }
 }
 
 /// What a continuation (or a retry) of a temp-file task carries.
@@ -210,6 +234,8 @@ impl TempFilesExecutor {
             interrupted: AtomicBool::new(false),
             done: Mutex::new(resume.clone()),
             resume,
+            #[cfg(test)]
+            after_open: None,
         });
         // `max_files` counts over every turn and every attempt.
         if let Some(earlier) = &earlier {
@@ -312,7 +338,7 @@ impl Turn {
             };
         }
         result.oldest_remaining_age_seconds =
-            oldest.map(|mtime| (Utc::now().timestamp() - mtime).max(0) as f64);
+            oldest.map(|mtime| walk::age_seconds(Utc::now().timestamp(), mtime));
         TempFilesProgress {
             result,
             done: self.walk.done.lock().expect("done lock").clone(),

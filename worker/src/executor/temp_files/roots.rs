@@ -9,11 +9,16 @@
 //! directory is the one seen at start-up (device, inode and mount), so a directory
 //! renamed away and replaced, or a mount placed over the path, is refused too.
 
-use std::path::{Component, Path, PathBuf};
-use std::sync::OnceLock;
+use std::os::fd::OwnedFd;
+use std::path::{Component, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags, CWD};
-use std::os::fd::OwnedFd;
+use rustix::io::Errno;
+
+mod system;
+
+pub use system::{identity_at, in_proc, system_path, SystemDirs, SYSTEM_TREES};
 
 /// Which timestamps decide that a file is old: all chosen ones must be older than the
 /// cutoff (a file is young if any chosen time is recent).
@@ -82,8 +87,10 @@ pub struct Identity {
     pub mnt_id: Option<u64>,
 }
 
-/// A named directory that temp-file tasks may clean.
-#[derive(Debug)]
+/// A named directory that temp-file tasks may clean. Clones share the directory seen at
+/// start-up or learned at the first walk: every task walks a clone, and all of them check
+/// the same directory.
+#[derive(Debug, Clone)]
 pub struct TempRoot {
     pub name: String,
     /// Resolved at start-up; opened later without following any symlink.
@@ -91,24 +98,9 @@ pub struct TempRoot {
     pub age_by: AgeBy,
     /// Set explicitly per root: the path may be (or hold) a system tree.
     pub allow_system_path: bool,
-    /// The directory seen at start-up (or at the first walk, when it did not exist yet).
-    identity: OnceLock<Identity>,
-}
-
-impl Clone for TempRoot {
-    fn clone(&self) -> Self {
-        let identity = OnceLock::new();
-        if let Some(seen) = self.identity.get() {
-            let _ = identity.set(*seen);
-        }
-        Self {
-            name: self.name.clone(),
-            path: self.path.clone(),
-            age_by: self.age_by,
-            allow_system_path: self.allow_system_path,
-            identity,
-        }
-    }
+    /// The directory seen at start-up (or at the first walk, when it did not exist yet),
+    /// shared by every clone.
+    identity: Arc<OnceLock<Identity>>,
 }
 
 impl PartialEq for TempRoot {
@@ -120,49 +112,6 @@ impl PartialEq for TempRoot {
                 other.age_by,
                 other.allow_system_path,
             )
-    }
-}
-
-/// Trees no cleanup should reach by accident; `/lib*` covers lib32, lib64, libx32...
-const SYSTEM_TREES: &[&str] = &[
-    "/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/boot", "/var/lib", "/root",
-];
-
-/// Why `path` (absolute, resolved) is a system path, if it is one.
-pub fn system_path(path: &Path) -> Option<String> {
-    let text = path.to_string_lossy();
-    let names: Vec<&str> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => n.to_str(),
-            _ => None,
-        })
-        .collect();
-    let is_lib = names.first().is_some_and(|n| n.starts_with("lib"));
-    let tree = SYSTEM_TREES
-        .iter()
-        .map(Path::new)
-        .find(|tree| path.starts_with(tree));
-    if let Some(tree) = tree {
-        return Some(format!(
-            "{text} is inside the system tree {}",
-            tree.display()
-        ));
-    }
-    if is_lib {
-        return Some(format!("{text} is inside the system tree /{}", names[0]));
-    }
-    if let Some(tree) = SYSTEM_TREES
-        .iter()
-        .map(Path::new)
-        .find(|t| t.starts_with(path))
-    {
-        return Some(format!("{text} holds the system tree {}", tree.display()));
-    }
-    match names.as_slice() {
-        ["home"] => Some(format!("{text} holds the users' home directories")),
-        ["home", _] => Some(format!("{text} is a user's home directory")),
-        _ => None,
     }
 }
 
@@ -199,6 +148,27 @@ impl TempRoot {
                 configured.display()
             );
         }
+        if in_proc(&configured) {
+            anyhow::bail!(
+                "TEMP_ROOTS: `{name}` ({}) is in /proc, which is never a temp root",
+                configured.display()
+            );
+        }
+        // `/proc/<pid>/cwd`, `root` and `fd/*` (and symlinks to them) lead into another
+        // process's view of the filesystem; `canonicalize` would only return their text.
+        if let Err(Errno::LOOP) = rustix::fs::openat2(
+            CWD,
+            &configured,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::NO_MAGICLINKS,
+        ) {
+            anyhow::bail!(
+                "TEMP_ROOTS: `{name}` ({}) resolves through a /proc magic link (or too many \
+                 symlinks); name the directory itself",
+                configured.display()
+            );
+        }
         // Symlinks in the configured path are resolved here, once; later walks follow none.
         let path = match std::fs::canonicalize(&configured) {
             Ok(path) => path,
@@ -216,6 +186,13 @@ impl TempRoot {
                 configured.display()
             );
         }
+        if in_proc(&path) {
+            anyhow::bail!(
+                "TEMP_ROOTS: `{name}` ({}) resolves to {}, in /proc, which is never a temp root",
+                configured.display(),
+                path.display()
+            );
+        }
         if let Some(why) = system_path(&path) {
             if !allow_system_path {
                 anyhow::bail!(
@@ -231,12 +208,14 @@ impl TempRoot {
             path,
             age_by,
             allow_system_path,
-            identity: OnceLock::new(),
+            identity: Arc::new(OnceLock::new()),
         };
         // Remember which directory this is; a root that is not there yet is remembered
         // at its first walk.
         if let Ok(fd) = root.open_path() {
-            let identity = identity_of(&fd)?;
+            let identity = root
+                .check_directory(&fd)
+                .map_err(|e| anyhow::anyhow!("TEMP_ROOTS: {e}"))?;
             let _ = root.identity.set(identity);
         }
         Ok(root)
@@ -249,7 +228,7 @@ impl TempRoot {
             path: path.into(),
             age_by: AgeBy::default(),
             allow_system_path: false,
-            identity: OnceLock::new(),
+            identity: Arc::new(OnceLock::new()),
         }
     }
 
@@ -285,7 +264,14 @@ impl TempRoot {
             )),
         })?;
         let now = identity_of(&fd).map_err(|e| RootError::Unavailable(e.to_string()))?;
-        let expected = *self.identity.get_or_init(|| now);
+        let expected = match self.identity.get() {
+            Some(seen) => *seen,
+            // Not there at start-up: checked now as it would have been then.
+            None => {
+                let checked = self.check_directory(&fd).map_err(RootError::Refused)?;
+                *self.identity.get_or_init(|| checked)
+            }
+        };
         if !same_directory(&expected, &now) {
             return Err(RootError::Refused(format!(
                 "temp root `{}` ({}) is no longer the directory it was at start-up (device, \
@@ -296,6 +282,54 @@ impl TempRoot {
         }
         Ok((fd, now))
     }
+}
+
+impl TempRoot {
+    /// The checks a path cannot make, on the opened directory: not on procfs, and not `/`
+    /// or a system directory under another name (a bind mount); its identity when it passes.
+    fn check_directory(&self, fd: &OwnedFd) -> Result<Identity, String> {
+        let identity = identity_of(fd).map_err(|e| e.to_string())?;
+        let refused = |why: String| {
+            format!(
+                "`{}` ({}) is refused: {why}",
+                self.name,
+                self.path.display()
+            )
+        };
+        require_mount_id(identity.mnt_id).map_err(refused)?;
+        if rustix::fs::fstatfs(fd).is_ok_and(|fs| fs.f_type == rustix::fs::PROC_SUPER_MAGIC) {
+            return Err(refused(
+                "it is on procfs, which is never a temp root".into(),
+            ));
+        }
+        if let Some(dir) = SystemDirs::of_this_host().same_as(&identity) {
+            let why = format!(
+                "it is the same directory as {} (same device and inode: a bind mount?)",
+                dir.display()
+            );
+            if dir.parent().is_none() || in_proc(dir) {
+                return Err(refused(why));
+            }
+            if !self.allow_system_path {
+                return Err(refused(format!(
+                    "{why}. If this is really meant, add `;allow_system_path` to that root"
+                )));
+            }
+            tracing::warn!(root = %self.name, path = %self.path.display(), %why, "temp root allowed on a system directory");
+        }
+        Ok(identity)
+    }
+}
+
+/// The walk tells a bind mount of the same filesystem below a root by its mount id
+/// (`statx` `STATX_MNT_ID`, Linux 5.8+). Without one that check would silently be lost,
+/// so a root whose mount id the kernel does not report is refused.
+pub fn require_mount_id(mnt_id: Option<u64>) -> Result<u64, String> {
+    mnt_id.ok_or_else(|| {
+        "this kernel does not report mount ids (statx STATX_MNT_ID): Linux 5.8 or later is \
+         required to detect bind mounts below a root"
+            .to_owned()
+    })
 }
 
 fn same_directory(a: &Identity, b: &Identity) -> bool {
@@ -312,7 +346,7 @@ pub fn identity_of(fd: &OwnedFd) -> anyhow::Result<Identity> {
     let stx = rustix::fs::statx(
         fd,
         c"",
-        AtFlags::EMPTY_PATH,
+        AtFlags::EMPTY_PATH | AtFlags::NO_AUTOMOUNT,
         StatxFlags::INO | StatxFlags::MNT_ID | StatxFlags::TYPE,
     )?;
     Ok(Identity {
@@ -334,117 +368,5 @@ pub enum RootError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn system_paths_are_recognized() {
-        for refused in [
-            "/etc",
-            "/etc/x",
-            "/usr/lib",
-            "/lib64",
-            "/libx32/a",
-            "/var/lib/postgresql",
-            "/var",
-            "/home",
-            "/home/alice",
-            "/root",
-            "/proc/1",
-            "/sys",
-            "/dev/shm",
-            "/boot",
-        ] {
-            assert!(system_path(Path::new(refused)).is_some(), "{refused}");
-        }
-        for allowed in [
-            "/tmp",
-            "/var/tmp/app",
-            "/home/alice/tmp",
-            "/data/scratch",
-            "/srv/x",
-        ] {
-            assert_eq!(system_path(Path::new(allowed)), None, "{allowed}");
-        }
-    }
-
-    #[test]
-    fn a_root_that_resolves_to_the_filesystem_root_is_refused() {
-        let error = TempRoot::parse("x=/tmp/..").unwrap_err().to_string();
-        assert!(error.contains("resolves to the filesystem root"), "{error}");
-        let scratch = tempfile::tempdir().unwrap();
-        let link = scratch.path().join("to-root");
-        std::os::unix::fs::symlink("/", &link).unwrap();
-        let error = TempRoot::parse(&format!("x={}", link.display()))
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("resolves to the filesystem root"), "{error}");
-    }
-
-    #[test]
-    fn a_root_on_a_system_tree_needs_an_explicit_allowance() {
-        let scratch = tempfile::tempdir().unwrap();
-        let link = scratch.path().join("etc-link");
-        std::os::unix::fs::symlink("/etc", &link).unwrap();
-        let error = TempRoot::parse(&format!("x={}", link.display()))
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("system tree /etc"), "{error}");
-        assert!(error.contains("allow_system_path"), "{error}");
-        let root = TempRoot::parse(&format!("x={};allow_system_path", link.display())).unwrap();
-        assert_eq!(root.path, Path::new("/etc"));
-        assert!(TempRoot::parse("x=/var/lib/app").is_err());
-        assert!(TempRoot::parse("x=/home/alice").is_err());
-    }
-
-    #[test]
-    fn root_options_are_parsed_and_unknown_ones_refused() {
-        let scratch = tempfile::tempdir().unwrap();
-        let p = scratch.path().display();
-        let root = TempRoot::parse(&format!("x={p};age_by=atime+mtime")).unwrap();
-        assert_eq!(
-            root.age_by,
-            AgeBy {
-                atime: true,
-                mtime: true,
-                ctime: false
-            }
-        );
-        assert_eq!(root.age_by.to_string(), "atime+mtime");
-        assert!(TempRoot::parse(&format!("x={p};age_by=btime")).is_err());
-        assert!(TempRoot::parse(&format!("x={p};follow_symlinks")).is_err());
-    }
-
-    #[test]
-    fn a_parent_swapped_for_a_symlink_after_start_up_is_not_followed() {
-        let scratch = tempfile::tempdir().unwrap();
-        let parent = scratch.path().join("app");
-        std::fs::create_dir_all(parent.join("scratch")).unwrap();
-        let root = TempRoot::parse(&format!("x={}", parent.join("scratch").display())).unwrap();
-        root.open().unwrap();
-        // The parent is moved away and replaced by a symlink to a directory that also has
-        // a `scratch` inside.
-        let elsewhere = scratch.path().join("elsewhere");
-        std::fs::create_dir_all(elsewhere.join("scratch")).unwrap();
-        std::fs::rename(&parent, scratch.path().join("app-moved")).unwrap();
-        std::os::unix::fs::symlink(&elsewhere, &parent).unwrap();
-        let error = root.open().unwrap_err();
-        assert!(matches!(error, RootError::Refused(_)), "{error}");
-        assert!(error.to_string().contains("symlink"), "{error}");
-    }
-
-    #[test]
-    fn a_root_replaced_by_another_directory_after_start_up_is_refused() {
-        let scratch = tempfile::tempdir().unwrap();
-        let path = scratch.path().join("scratch");
-        std::fs::create_dir(&path).unwrap();
-        let root = TempRoot::parse(&format!("x={}", path.display())).unwrap();
-        std::fs::rename(&path, scratch.path().join("moved")).unwrap();
-        std::fs::create_dir(&path).unwrap();
-        let error = root.open().unwrap_err();
-        assert!(
-            error.to_string().contains("no longer the directory"),
-            "{error}"
-        );
-    }
-}
+#[path = "roots_tests.rs"]
+mod tests;

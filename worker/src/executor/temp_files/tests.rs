@@ -11,6 +11,16 @@ fn executor(roots: &[(&str, &Path)]) -> TempFilesExecutor {
     TempFilesExecutor::new(roots, 2, true).unwrap()
 }
 
+fn dir_id(path: &Path) -> DirId {
+    let fd = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    DirId::of(&walk::Meta::of(&fd).unwrap())
+}
+
 fn envelope(params: &CleanupTempFilesParams, progress: Option<serde_json::Value>) -> TaskEnvelope {
     let mut envelope = TaskEnvelope::new(
         uuid::Uuid::now_v7(),
@@ -207,6 +217,7 @@ async fn a_directory_emptied_over_two_turns_is_removed_by_the_second() {
     std::fs::create_dir_all(scratch.path().join("jobs/1")).unwrap();
     std::fs::create_dir_all(scratch.path().join("spool")).unwrap();
     let executor = executor(&[("s", scratch.path())]);
+    let id = |rel: &str| (rel.to_owned(), dir_id(&scratch.path().join(rel)));
     let mut p = params(None);
     p.remove_empty_dirs = true;
     let progress = TempFilesProgress {
@@ -220,7 +231,7 @@ async fn a_directory_emptied_over_two_turns_is_removed_by_the_second() {
             "s".into(),
             RootProgress {
                 files_done: true,
-                touched: BTreeSet::from(["jobs/1".into(), "jobs".into()]),
+                touched: BTreeMap::from([id("jobs/1"), id("jobs")]),
                 ..Default::default()
             },
         )]),
@@ -247,4 +258,62 @@ fn globs_match_relative_paths_and_refuse_escapes() {
     assert!(set.is_match("cache/x/y.bin"));
     assert!(!set.is_match("a/b/c.log"));
     assert!(build_globset(&["../*.tmp".into()]).is_err());
+}
+
+/// A turn emptied `jobs/1` partly; before the next turn, the application replaced it by a
+/// new, empty `jobs/1`. That one was never touched by this task: it stays.
+#[tokio::test]
+async fn a_directory_replaced_between_turns_is_not_removed() {
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(scratch.path().join("jobs/1")).unwrap();
+    let executor = executor(&[("s", scratch.path())]);
+    let mut p = params(None);
+    p.remove_empty_dirs = true;
+    // The directory the earlier turn touched stays alive as `old-1`, so the new one
+    // cannot reuse its inode.
+    let touched = dir_id(&scratch.path().join("jobs/1"));
+    std::fs::rename(scratch.path().join("jobs/1"), scratch.path().join("old-1")).unwrap();
+    std::fs::create_dir(scratch.path().join("jobs/1")).unwrap();
+    let progress = TempFilesProgress {
+        done: BTreeMap::from([(
+            "s".into(),
+            RootProgress {
+                files_done: true,
+                touched: BTreeMap::from([("jobs/1".into(), touched)]),
+                ..Default::default()
+            },
+        )]),
+        ..Default::default()
+    };
+    let Execution::Done(result) = run_once(
+        &executor,
+        &p,
+        Some(serde_json::to_value(&progress).unwrap()),
+    )
+    .await
+    .unwrap() else {
+        panic!("not done")
+    };
+    assert_eq!(result["dirs_removed"], 0, "{result}");
+    assert!(scratch.path().join("jobs/1").is_dir());
+}
+
+/// Progress written before directories were kept with their identity (paths only) is
+/// still read, and those directories count as not touched: they are kept.
+#[tokio::test]
+async fn progress_with_paths_only_is_read_and_its_directories_are_kept() {
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(scratch.path().join("jobs/1")).unwrap();
+    let executor = executor(&[("s", scratch.path())]);
+    let mut p = params(None);
+    p.remove_empty_dirs = true;
+    let progress = serde_json::json!({
+        "result": serde_json::to_value(TempFilesResult { turns: 1, ..Default::default() }).unwrap(),
+        "done": {"s": {"files_done": true, "touched": ["jobs/1", "jobs"]}},
+    });
+    let Execution::Done(result) = run_once(&executor, &p, Some(progress)).await.unwrap() else {
+        panic!("not done")
+    };
+    assert_eq!(result["dirs_removed"], 0, "{result}");
+    assert!(scratch.path().join("jobs/1").is_dir());
 }

@@ -6,14 +6,24 @@
 //!   symlink mid-walk is never followed.
 //! - Symlinks are never followed: a symlink is judged by its own age and unlinked.
 //! - It never crosses a mount point: an entry on another mount (another filesystem, or a
-//!   bind mount of the same one: `statx` mount id and `STATX_ATTR_MOUNT_ROOT`) is skipped.
+//!   bind mount of the same one: `statx` mount id and `STATX_ATTR_MOUNT_ROOT`) is skipped,
+//!   and so is an automount point (`STATX_ATTR_AUTOMOUNT`; `statx` is called with
+//!   `AT_NO_AUTOMOUNT`, so examining one does not trigger it).
 //! - A file is deleted only when the real run can delete it: not immutable or append-only
 //!   (itself or its directory), in a directory the worker may write (sticky bit included),
-//!   and, with lock checks on, not held by another process's `flock`: the file is opened
-//!   without following symlinks, locked without blocking, and unlinked while the lock is
-//!   held. A dry run makes the same checks, so it predicts the real run.
+//!   and, with lock checks on, not held by another process's `flock` or record lock
+//!   (`fcntl`, POSIX or OFD): the file is opened without following symlinks, `flock`ed
+//!   without blocking, tested for record locks (`F_GETLK`, a test, not a lock), and
+//!   unlinked while the `flock` is held. A dry run makes the same checks, so it predicts
+//!   the real run.
 //! - The age is read (`statx`, no follow) just before the file is judged, and again on the
 //!   opened file when locks are checked, right before `unlinkat`.
+//! - Before the first unlink in a directory, and again every 256 unlinks there, the walk
+//!   checks that the directory is still reachable from the root at its path
+//!   (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)`, same device and
+//!   inode as the held handle). A directory moved out of the root keeps what is left in it
+//!   and is not descended further. A move right after a check can still cost up to 256
+//!   files of that directory: the residual window of the bounded check.
 //! - `remove_empty_dirs` removes a directory only when this task deleted something in it
 //!   (in any turn) and it is now empty, and so on upwards: never a directory that was
 //!   empty before, or that no pattern reached.
@@ -25,122 +35,31 @@ use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use globset::GlobSet;
 use rayon::prelude::*;
-use rustix::fs::{
-    Access, AtFlags, Dir, FileType, FlockOperation, Mode, OFlags, Statx, StatxAttributes,
-    StatxFlags,
-};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::roots::{AgeBy, RootError, TempRoot};
-use super::{FileError, RootProgress, TempFilesResult};
+use super::{DirId, FileError, RootProgress, TempFilesResult};
 use crate::executor::ExecError;
+
+mod file;
+mod guard;
+mod meta;
+
+use guard::Reach;
+use meta::read_entries;
+pub use meta::{age_seconds, encode, Counters, DirOutcome, Kept, Meta, Privileges, Unlink};
 
 /// Errors kept in a result; the rest are only counted.
 pub const MAX_ERRORS: usize = 20;
 /// Deeper trees are not descended (and reported): bounds open descriptors per walk.
 const MAX_DEPTH: usize = 128;
-
-/// Why an old, matching file (or a directory) was kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kept {
-    /// One of the root's `age_by` times is younger than the cutoff.
-    Young,
-    /// `max_files` was reached.
-    Capped,
-    /// Another process holds a `flock` on it.
-    InUse,
-    /// Immutable or append-only (the file or its directory).
-    Immutable,
-    /// The worker may not unlink it (directory not writable, sticky bit).
-    NotPermitted,
-    /// Its lock could not be checked (the worker may not open it).
-    Unreadable,
-    /// On another mount (another filesystem or a bind mount).
-    OtherMount,
-    /// A device, socket or FIFO.
-    SpecialFile,
-    /// Changed between being examined and being acted on.
-    Replaced,
-}
-
-impl Kept {
-    pub const ALL: [Kept; 9] = [
-        Kept::Young,
-        Kept::Capped,
-        Kept::InUse,
-        Kept::Immutable,
-        Kept::NotPermitted,
-        Kept::Unreadable,
-        Kept::OtherMount,
-        Kept::SpecialFile,
-        Kept::Replaced,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kept::Young => "young",
-            Kept::Capped => "capped",
-            Kept::InUse => "in_use",
-            Kept::Immutable => "immutable",
-            Kept::NotPermitted => "not_permitted",
-            Kept::Unreadable => "unreadable",
-            Kept::OtherMount => "other_mount",
-            Kept::SpecialFile => "special_file",
-            Kept::Replaced => "replaced",
-        }
-    }
-
-    /// Counted in `skipped`: entries left alone for safety, not by the request's rules.
-    pub fn is_skip(self) -> bool {
-        !matches!(self, Kept::Young | Kept::Capped)
-    }
-}
-
-#[derive(Default)]
-pub struct Counters {
-    pub files_matched: AtomicU64,
-    pub files_deleted: AtomicU64,
-    pub bytes_matched: AtomicU64,
-    pub bytes_freed: AtomicU64,
-    pub dirs_matched: AtomicU64,
-    pub dirs_removed: AtomicU64,
-    pub kept: [AtomicU64; Kept::ALL.len()],
-    pub errors_total: AtomicU64,
-    /// Files claimed against `max_files`, earlier turns included.
-    pub claimed: AtomicU64,
-    pub capped: AtomicBool,
-    /// Oldest mtime (seconds) of an eligible file still present; i64::MAX when none.
-    pub oldest_remaining: AtomicI64,
-}
-
-/// Who the worker is, for predicting whether an unlink will be allowed.
-#[derive(Debug, Clone, Copy)]
-pub struct Privileges {
-    pub euid: u32,
-    /// CAP_FOWNER: the sticky bit does not stop this process.
-    pub fowner: bool,
-}
-
-impl Privileges {
-    pub fn of_this_process() -> Self {
-        let fowner = rustix::thread::capabilities(None)
-            .map(|caps| {
-                caps.effective
-                    .contains(rustix::thread::CapabilitySet::FOWNER)
-            })
-            .unwrap_or(false);
-        Self {
-            euid: rustix::process::geteuid().as_raw(),
-            fowner,
-        }
-    }
-}
 
 pub struct Walk {
     pub cutoff: DateTime<Utc>,
@@ -159,121 +78,25 @@ pub struct Walk {
     pub resume: BTreeMap<String, RootProgress>,
     /// What is finished, earlier turns included.
     pub done: Mutex<BTreeMap<String, RootProgress>>,
+    /// Test seam: called with a directory's path relative to its root right after the
+    /// directory was opened and read, before anything in it is judged.
+    #[cfg(test)]
+    pub after_open: Option<Hook>,
 }
 
-/// What the walk knows of an entry, from one `statx`.
-#[derive(Debug, Clone, Copy)]
-pub struct Meta {
-    pub kind: FileType,
-    pub mode: u32,
-    pub uid: u32,
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    pub atime: (i64, u32),
-    pub mtime: (i64, u32),
-    pub ctime: (i64, u32),
-    pub mnt_id: Option<u64>,
-    pub mount_root: bool,
-    /// Immutable or append-only: nothing in it (or it) can be unlinked.
-    pub sealed: bool,
-}
-
-const STATX_MASK: StatxFlags = StatxFlags::TYPE
-    .union(StatxFlags::MODE)
-    .union(StatxFlags::UID)
-    .union(StatxFlags::INO)
-    .union(StatxFlags::SIZE)
-    .union(StatxFlags::ATIME)
-    .union(StatxFlags::MTIME)
-    .union(StatxFlags::CTIME)
-    .union(StatxFlags::MNT_ID);
-
-impl Meta {
-    fn from_statx(stx: &Statx) -> Self {
-        let time = |t: &rustix::fs::StatxTimestamp| (t.tv_sec, t.tv_nsec);
-        let known = stx.stx_attributes_mask;
-        let has = |attr: StatxAttributes| known.contains(attr) && stx.stx_attributes.contains(attr);
-        Self {
-            kind: FileType::from_raw_mode(u32::from(stx.stx_mode)),
-            mode: u32::from(stx.stx_mode),
-            uid: stx.stx_uid,
-            dev: rustix::fs::makedev(stx.stx_dev_major, stx.stx_dev_minor),
-            ino: stx.stx_ino,
-            size: stx.stx_size,
-            atime: time(&stx.stx_atime),
-            mtime: time(&stx.stx_mtime),
-            ctime: time(&stx.stx_ctime),
-            mnt_id: (stx.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(stx.stx_mnt_id),
-            mount_root: has(StatxAttributes::MOUNT_ROOT),
-            sealed: has(StatxAttributes::IMMUTABLE) || has(StatxAttributes::APPEND),
-        }
-    }
-
-    /// `name` in `dir`, without following a symlink.
-    pub fn at(dir: &OwnedFd, name: &CStr) -> rustix::io::Result<Self> {
-        rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, STATX_MASK)
-            .map(|s| Self::from_statx(&s))
-    }
-
-    /// An open file or directory.
-    pub fn of(fd: &OwnedFd) -> rustix::io::Result<Self> {
-        rustix::fs::statx(fd, c"", AtFlags::EMPTY_PATH, STATX_MASK).map(|s| Self::from_statx(&s))
-    }
-
-    /// On a mount other than the directory `at` it is in.
-    fn other_mount(&self, at: &Position<'_>) -> bool {
-        self.dev != at.dev || self.mount_root || (self.mnt_id.is_some() && self.mnt_id != at.mnt_id)
-    }
-}
+#[cfg(test)]
+pub type Hook = Box<dyn Fn(&Path) + Send + Sync>;
 
 /// Where the walk is: which root, the directory's path relative to it, its mount, and
 /// whether entries in it can be unlinked.
 pub struct Position<'a> {
     pub root: &'a TempRoot,
+    /// The root, open: directories are checked to be still inside it before unlinks.
+    pub root_fd: &'a OwnedFd,
     pub rel: PathBuf,
     pub dev: u64,
     pub mnt_id: Option<u64>,
     pub depth: usize,
-}
-
-/// Whether the directory being walked lets this worker unlink its entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unlink {
-    Allowed,
-    /// Sticky: only entries owned by the worker (or the directory's owner) may go.
-    Sticky,
-    Refused(Kept),
-}
-
-/// What a directory looks like after the walk: entries left, and whether anything in it
-/// (or below) was removed.
-#[derive(Default, Clone, Copy)]
-pub struct DirOutcome {
-    pub remaining: u64,
-    pub removed_any: bool,
-    /// Entries were passed over because the walk was told to stop.
-    pub incomplete: bool,
-}
-
-impl DirOutcome {
-    fn kept() -> Self {
-        DirOutcome {
-            remaining: 1,
-            ..Default::default()
-        }
-    }
-}
-
-/// Names of directories and parts kept in a continuation (`hex:` when not UTF-8).
-pub fn encode(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) if !text.starts_with("hex:") => text.to_owned(),
-        _ => {
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            format!("hex:{hex}")
-        }
-    }
 }
 
 impl Walk {
@@ -293,6 +116,7 @@ impl Walk {
             })?;
             let position = Position {
                 root,
+                root_fd: &fd,
                 rel: PathBuf::new(),
                 dev: identity.dev,
                 mnt_id: identity.mnt_id,
@@ -325,43 +149,6 @@ impl Walk {
         change(done.entry(root.to_owned()).or_default());
     }
 
-    /// Whether this worker will be allowed to unlink entries of `dir`.
-    fn unlink_rule(&self, dir: &OwnedFd, meta: &Meta) -> Unlink {
-        if meta.sealed {
-            return Unlink::Refused(Kept::Immutable);
-        }
-        // Effective ids and capabilities, as unlink(2) will judge them.
-        if rustix::fs::accessat(
-            dir,
-            c".",
-            Access::WRITE_OK | Access::EXEC_OK,
-            AtFlags::EACCESS,
-        )
-        .is_err()
-        {
-            return Unlink::Refused(Kept::NotPermitted);
-        }
-        let sticky = meta.mode & 0o1000 != 0;
-        if sticky && !self.privileges.fowner && meta.uid != self.privileges.euid {
-            Unlink::Sticky
-        } else {
-            Unlink::Allowed
-        }
-    }
-
-    /// Why an entry of a directory under `rule` cannot be unlinked, if it cannot.
-    fn refusal(&self, rule: Unlink, entry: &Meta) -> Option<Kept> {
-        if entry.sealed {
-            return Some(Kept::Immutable);
-        }
-        match rule {
-            Unlink::Allowed => None,
-            Unlink::Sticky if entry.uid == self.privileges.euid => None,
-            Unlink::Sticky => Some(Kept::NotPermitted),
-            Unlink::Refused(why) => Some(why),
-        }
-    }
-
     /// Walk the entries of `dir`. `top`: what earlier turns did in this root, when `dir`
     /// is the root itself (its finished parts are skipped).
     fn walk_entries(
@@ -373,12 +160,10 @@ impl Walk {
     ) -> DirOutcome {
         let mut outcome = DirOutcome::default();
         // A directory an earlier turn deleted in but did not finish counts as emptied by
-        // this task.
+        // this task: the same directory (device and inode), not just the same path.
         if let Some(prior) = self.resume.get(&at.root.name) {
-            if prior
-                .touched
-                .contains(&encode(at.rel.as_os_str().as_bytes()))
-            {
+            let rel = encode(at.rel.as_os_str().as_bytes());
+            if prior.touched.get(&rel) == Some(&DirId::of(meta)) {
                 outcome.removed_any = true;
             }
         }
@@ -398,7 +183,12 @@ impl Walk {
         if capped_walk {
             entries.sort();
         }
+        #[cfg(test)]
+        if let Some(hook) = &self.after_open {
+            hook(&at.rel);
+        }
         let rule = self.unlink_rule(dir, meta);
+        let mut reach = Reach::default();
         let mut subdirs = Vec::new();
         for name in entries {
             let rel = at.rel.join(OsStr::from_bytes(name.as_bytes()));
@@ -442,7 +232,7 @@ impl Walk {
                     outcome.remaining += 1;
                 }
                 FileType::RegularFile | FileType::Symlink => {
-                    if self.judge_file(dir, &name, &entry, rule, at, &rel) {
+                    if self.judge_file(dir, &name, &entry, rule, at, &rel, &mut reach) {
                         outcome.removed_any = true;
                     } else {
                         outcome.remaining += 1;
@@ -456,6 +246,14 @@ impl Walk {
         }
         if top.is_some() && !outcome.incomplete {
             self.mark(&at.root.name, |p| p.files_done = true);
+        }
+        if reach.moved_out {
+            // No longer inside the root: nothing below it is the root's business.
+            for _ in &subdirs {
+                self.keep(Kept::MovedOutOfRoot);
+            }
+            outcome.remaining += subdirs.len() as u64;
+            return outcome;
         }
         let visit = |(name, entry, rel): (CString, Meta, PathBuf)| {
             if top.is_some() && self.stop.load(Ordering::Relaxed) {
@@ -538,6 +336,7 @@ impl Walk {
         };
         let position = Position {
             root: at.root,
+            root_fd: at.root_fd,
             rel,
             dev: at.dev,
             mnt_id: at.mnt_id,
@@ -548,8 +347,10 @@ impl Walk {
         if inner.incomplete && inner.removed_any {
             // A later turn finishes this directory: it must know the task deleted here.
             self.mark(root, |p| {
-                p.touched
-                    .insert(encode(position.rel.as_os_str().as_bytes()));
+                p.touched.insert(
+                    encode(position.rel.as_os_str().as_bytes()),
+                    DirId::of(&meta),
+                );
             });
         }
         let empty = inner.remaining == 0 && !inner.incomplete;
@@ -564,6 +365,14 @@ impl Walk {
         }
         if let Some(why) = self.refusal(rule, seen) {
             self.keep(why);
+            return DirOutcome {
+                remaining: 1,
+                removed_any: true,
+                incomplete: false,
+            };
+        }
+        if !self.still_in_root(parent, at, &mut Reach::default()) {
+            self.keep(Kept::MovedOutOfRoot);
             return DirOutcome {
                 remaining: 1,
                 removed_any: true,
@@ -608,150 +417,6 @@ impl Walk {
         }
     }
 
-    fn is_old(&self, meta: &Meta, age_by: AgeBy) -> bool {
-        let cutoff = (
-            self.cutoff.timestamp(),
-            self.cutoff.timestamp_subsec_nanos(),
-        );
-        (!age_by.mtime || meta.mtime < cutoff)
-            && (!age_by.atime || meta.atime < cutoff)
-            && (!age_by.ctime || meta.ctime < cutoff)
-    }
-
-    fn capped(&self) -> bool {
-        self.max_files
-            .is_some_and(|cap| self.counters.claimed.load(Ordering::Relaxed) >= cap)
-    }
-
-    /// Decide on one file or symlink, examined just now; delete it when eligible.
-    /// Returns true when it is (or, in a dry run, would be) gone.
-    fn judge_file(
-        &self,
-        dir: &OwnedFd,
-        name: &CStr,
-        meta: &Meta,
-        rule: Unlink,
-        at: &Position<'_>,
-        rel: &Path,
-    ) -> bool {
-        if let Some(patterns) = &self.patterns {
-            if !patterns.is_match(rel) {
-                return false;
-            }
-        }
-        if !self.is_old(meta, at.root.age_by) {
-            self.keep(Kept::Young);
-            return false;
-        }
-        if let Some(why) = self.refusal(rule, meta) {
-            self.keep(why);
-            self.remember_remaining(meta);
-            return false;
-        }
-        if self.capped() {
-            self.counters.capped.store(true, Ordering::Relaxed);
-            self.keep(Kept::Capped);
-            self.remember_remaining(meta);
-            return false;
-        }
-        // Held open (and locked) until the unlink, when locks are checked.
-        let _lock = if self.check_locks && meta.kind == FileType::RegularFile {
-            match self.lock(dir, name, meta, at.root.age_by) {
-                Ok(lock) => Some(lock),
-                Err(why) => {
-                    self.keep(why);
-                    if why != Kept::Young {
-                        self.remember_remaining(meta);
-                    }
-                    return false;
-                }
-            }
-        } else {
-            None
-        };
-        if let Some(cap) = self.max_files {
-            // Sequential when capped: the check above and this claim cannot interleave.
-            if self.counters.claimed.fetch_add(1, Ordering::Relaxed) >= cap {
-                self.counters.capped.store(true, Ordering::Relaxed);
-                self.keep(Kept::Capped);
-                return false;
-            }
-        }
-        let size = meta.size;
-        self.counters.files_matched.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .bytes_matched
-            .fetch_add(size, Ordering::Relaxed);
-        if self.dry_run {
-            self.remember_remaining(meta);
-            return true;
-        }
-        match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-            Ok(()) => {
-                self.counters.files_deleted.fetch_add(1, Ordering::Relaxed);
-                self.counters.bytes_freed.fetch_add(size, Ordering::Relaxed);
-                true
-            }
-            Err(Errno::NOENT) => {
-                self.record(
-                    &at.root.name,
-                    rel,
-                    "vanished before it could be deleted".into(),
-                );
-                true
-            }
-            Err(e) => {
-                self.record(&at.root.name, rel, format!("cannot delete: {e}"));
-                self.remember_remaining(meta);
-                false
-            }
-        }
-    }
-
-    /// Open the file without following symlinks and take its `flock` without waiting.
-    /// Refuses a file another process holds, one that is not the file examined, and one
-    /// that became young meanwhile.
-    fn lock(
-        &self,
-        dir: &OwnedFd,
-        name: &CStr,
-        seen: &Meta,
-        age_by: AgeBy,
-    ) -> Result<OwnedFd, Kept> {
-        let fd = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            Errno::ACCESS | Errno::PERM => Kept::Unreadable,
-            // A write lease held by another process.
-            Errno::WOULDBLOCK => Kept::InUse,
-            _ => Kept::Replaced,
-        })?;
-        let now = Meta::of(&fd).map_err(|_| Kept::Replaced)?;
-        if now.dev != seen.dev || now.ino != seen.ino || now.kind != FileType::RegularFile {
-            return Err(Kept::Replaced);
-        }
-        if !self.is_old(&now, age_by) {
-            return Err(Kept::Young);
-        }
-        match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(fd),
-            Err(Errno::WOULDBLOCK) => Err(Kept::InUse),
-            // A filesystem without flock: the file cannot be held by another process.
-            Err(Errno::NOLCK) | Err(Errno::OPNOTSUPP) => Ok(fd),
-            Err(_) => Err(Kept::Unreadable),
-        }
-    }
-
-    fn remember_remaining(&self, meta: &Meta) {
-        self.counters
-            .oldest_remaining
-            .fetch_min(meta.mtime.0, Ordering::Relaxed);
-    }
-
     pub fn record(&self, root: &str, rel: &Path, error: String) {
         self.counters.errors_total.fetch_add(1, Ordering::Relaxed);
         let mut errors = self.errors.lock().expect("errors lock");
@@ -793,27 +458,13 @@ impl Walk {
             kept,
             capped: c.capped.load(Ordering::Relaxed),
             oldest_remaining_age_seconds: (oldest != i64::MAX)
-                .then(|| (Utc::now().timestamp() - oldest).max(0) as f64),
+                .then(|| age_seconds(Utc::now().timestamp(), oldest)),
             errors_total: load(&c.errors_total),
             errors: self.errors.lock().expect("errors lock").clone(),
             duration_ms: 0,
             turns: 0,
         }
     }
-}
-
-/// The names in a directory, without `.` and `..`.
-fn read_entries(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
-    let mut names = Vec::new();
-    for entry in Dir::read_from(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
-        }
-        names.push(name.to_owned());
-    }
-    Ok(names)
 }
 
 #[cfg(test)]
