@@ -5,6 +5,7 @@
 
 pub mod envelope;
 pub mod events;
+pub mod results;
 pub mod retry;
 pub mod signing;
 pub mod tasks;

@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     match result {
-        worker::executor::Execution::Done(result) => println!("{result}"),
+        worker::executor::Execution::Done(result) => println!("{}", result.to_json()),
         worker::executor::Execution::Interrupted { progress } => {
             anyhow::bail!("interrupted: {progress}")
         }

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use shared::envelope::TaskEnvelope;
 use shared::events::{ErrorClass, TaskError};
+use shared::results::{RunsResult, TempFilesResult};
 use shared::tasks::{TaskSpec, ValidationRules};
 use tokio_util::sync::CancellationToken;
 
@@ -104,10 +105,36 @@ pub fn classify_io(error: &io::Error) -> ErrorClass {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Execution {
     /// The task is complete; the result counts the work of every turn.
-    Done(Value),
+    Done(Report),
     /// The turn stopped early (shutdown or turn budget): `progress` is what was done so
     /// far, carried by a continuation so that the next turn adds to it.
     Interrupted { progress: Value },
+}
+
+/// What a finished task reports: the typed result of its kind. It records its own
+/// metrics and becomes JSON once, for the `task.succeeded` event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    Runs(RunsResult),
+    TempFiles(TempFilesResult),
+}
+
+impl Report {
+    /// The result as the event and the ledger carry it.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Report::Runs(result) => serde_json::to_value(result),
+            Report::TempFiles(result) => serde_json::to_value(result),
+        }
+        .expect("results serialize")
+    }
+
+    pub fn dry_run(&self) -> bool {
+        match self {
+            Report::Runs(result) => result.dry_run,
+            Report::TempFiles(result) => result.dry_run,
+        }
+    }
 }
 
 /// The latest progress of a running turn, readable from outside the executor: when an

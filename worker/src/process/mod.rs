@@ -12,7 +12,6 @@ use chrono::Utc;
 use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::Channel;
-use serde_json::Value;
 use shared::envelope::TaskEnvelope;
 use shared::events::{Event, TaskFailed, TaskStarted, TaskSucceeded};
 use shared::retry::RetryPolicy;
@@ -23,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::attempt::{run_attempt, Limits};
-use crate::executor::{Checkpoint, Execution, Executors};
+use crate::executor::{Checkpoint, Execution, Executors, Report};
 use crate::metrics::Metrics;
 
 mod refuse;
@@ -171,7 +170,7 @@ pub async fn handle_delivery(
             Outcome::Continued { task_id }
         }
         Ok(Execution::Done(result)) => {
-            record_result_metrics(ctx, kind, &envelope, &result);
+            record_result_metrics(ctx, &result);
             tracing::info!(%task_id, %kind, attempt = envelope.attempt, elapsed = ?started.elapsed(), "task succeeded");
             publish_event(
                 ctx,
@@ -182,7 +181,7 @@ pub async fn handle_delivery(
                     attempt: envelope.attempt,
                     worker_id: ctx.worker_id.clone(),
                     at: Utc::now(),
-                    result,
+                    result: result.to_json(),
                 }),
             )
             .await?;
@@ -278,63 +277,40 @@ pub async fn publish_event(
     amqp::publish(events, &message).await
 }
 
-fn record_result_metrics(
-    ctx: &WorkerContext,
-    kind: TaskKind,
-    envelope: &TaskEnvelope,
-    result: &Value,
-) {
-    let dry_run = envelope.task.dry_run();
-    let number = |field: &str| result.get(field).and_then(Value::as_u64).unwrap_or(0);
-    let oldest = result
-        .get("oldest_remaining_age_seconds")
-        .and_then(Value::as_f64)
-        .unwrap_or(0.0);
-    match kind {
-        TaskKind::CleanupRuns => {
+/// A finished task's counts, from its typed result.
+fn record_result_metrics(ctx: &WorkerContext, report: &Report) {
+    let m = &ctx.metrics;
+    let kind = match report {
+        Report::Runs(result) => {
             let table = ctx.runs_table_label.as_str();
-            ctx.metrics
-                .runs_deleted
+            m.runs_deleted
                 .with_label_values(&[table])
-                .inc_by(number("runs_deleted"));
-            ctx.metrics
-                .oldest_eligible_age
-                .with_label_values(&[kind.as_str(), table])
-                .set(oldest);
+                .inc_by(result.runs_deleted);
+            m.oldest_eligible_age
+                .with_label_values(&[TaskKind::CleanupRuns.as_str(), table])
+                .set(result.oldest_remaining_age_seconds.unwrap_or(0.0));
+            TaskKind::CleanupRuns
         }
-        TaskKind::CleanupTempFiles => {
-            let roots: Vec<String> = result
-                .get("roots")
-                .and_then(Value::as_array)
-                .map(|r| {
-                    r.iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
+        Report::TempFiles(result) => {
             // Totals are per task; with one root they are that root's.
-            let label = if roots.len() == 1 {
-                roots[0].clone()
-            } else {
-                "all".to_owned()
+            let label = match result.roots.as_slice() {
+                [one] => one.as_str(),
+                _ => "all",
             };
-            ctx.metrics
-                .files_deleted
-                .with_label_values(&[&label])
-                .inc_by(number("files_deleted"));
-            ctx.metrics
-                .bytes_freed
-                .with_label_values(&[&label])
-                .inc_by(number("bytes_freed"));
-            ctx.metrics
-                .oldest_eligible_age
-                .with_label_values(&[kind.as_str(), &label])
-                .set(oldest);
+            m.files_deleted
+                .with_label_values(&[label])
+                .inc_by(result.files_deleted);
+            m.bytes_freed
+                .with_label_values(&[label])
+                .inc_by(result.bytes_freed);
+            m.oldest_eligible_age
+                .with_label_values(&[TaskKind::CleanupTempFiles.as_str(), label])
+                .set(result.oldest_remaining_age_seconds.unwrap_or(0.0));
+            TaskKind::CleanupTempFiles
         }
-    }
-    if !dry_run {
-        ctx.metrics
-            .last_success
+    };
+    if !report.dry_run() {
+        m.last_success
             .with_label_values(&[kind.as_str()])
             .set(Utc::now().timestamp() as f64);
     }

@@ -18,14 +18,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use shared::envelope::TaskEnvelope;
+pub use shared::results::RunsResult;
 use shared::retry::RetryPolicy;
 use shared::tasks::{CleanupRunsParams, DEFAULT_BATCH_SIZE};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::{Checkpoint, ExecError, Execution};
+use super::{Checkpoint, ExecError, Execution, Report};
 
 pub mod schema;
 
@@ -151,30 +151,6 @@ impl Statements {
             ),
         }
     }
-}
-
-/// The result of a `cleanup_runs` task (contract; see README). It is also the progress a
-/// continuation or a retry carries from one turn to the next.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct RunsResult {
-    pub dry_run: bool,
-    /// Rows that matched: in a dry run, what a real run would delete now; else = deleted.
-    pub runs_matched: u64,
-    pub runs_deleted: u64,
-    pub batches: u64,
-    /// A few ids of matched rows (dry run) or deleted rows (first batch).
-    pub sample_ids: Vec<String>,
-    pub cutoff: DateTime<Utc>,
-    pub statuses: Vec<String>,
-    /// True when `max_rows` stopped the run before every eligible row was gone.
-    pub capped: bool,
-    /// Age in seconds of the oldest row still eligible after the run (null when none).
-    pub oldest_remaining_age_seconds: Option<f64>,
-    /// Working time over every turn.
-    pub duration_ms: u64,
-    /// Turns the task took: more than one when a shutdown or the turn budget handed it on.
-    #[serde(default)]
-    pub turns: u32,
 }
 
 /// How long one statement on the runs database may run, and wait for a lock.
@@ -318,9 +294,7 @@ impl RunsExecutor {
                 return Err(error.with_progress(progress));
             }
         };
-        Ok(Execution::Done(
-            serde_json::to_value(result).expect("result serializes"),
-        ))
+        Ok(Execution::Done(Report::Runs(result)))
     }
 }
 

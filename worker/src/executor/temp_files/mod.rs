@@ -15,91 +15,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 use shared::envelope::TaskEnvelope;
 use shared::tasks::CleanupTempFilesParams;
 use tokio_util::sync::CancellationToken;
 
-use super::{Checkpoint, ExecError, Execution};
+use super::{Checkpoint, ExecError, Execution, Report};
 
 pub mod roots;
 pub mod walk;
 
 pub use roots::TempRoot;
-use walk::{Counters, Privileges, Walk, MAX_ERRORS};
-
-/// One recorded problem: where (relative to its root) and what.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FileError {
-    pub root: String,
-    pub path: String,
-    pub error: String,
-}
-
-/// The result of a `cleanup_temp_files` task (contract; see README).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct TempFilesResult {
-    pub dry_run: bool,
-    pub roots: Vec<String>,
-    pub cutoff: DateTime<Utc>,
-    /// Files (and symlinks) old enough, matching, and deletable: in a dry run, what a real
-    /// run would delete now.
-    pub files_matched: u64,
-    pub files_deleted: u64,
-    pub bytes_matched: u64,
-    pub bytes_freed: u64,
-    /// Directories this task emptied that were (or, in a dry run, would be) removed.
-    pub dirs_matched: u64,
-    pub dirs_removed: u64,
-    /// Entries left alone for safety: other mounts, special files, entries that changed
-    /// under the walk or were moved out of the root, files in use, immutable or not
-    /// deletable by this worker.
-    pub skipped: u64,
-    /// Matching files (and directories) kept, by reason: `young`, `capped`, `in_use`,
-    /// `locked`, `immutable`, `not_permitted`, `unreadable`, `other_mount`, `special_file`,
-    /// `replaced`, `moved_out_of_root`. Reasons with no entry are left out.
-    #[serde(default)]
-    pub kept: BTreeMap<String, u64>,
-    /// True when `max_files` stopped the run before every eligible file was gone.
-    pub capped: bool,
-    /// Age in seconds of the oldest eligible file still present after the run.
-    pub oldest_remaining_age_seconds: Option<f64>,
-    pub errors_total: u64,
-    pub errors: Vec<FileError>,
-    /// Working time over every turn.
-    pub duration_ms: u64,
-    /// Turns the task took: more than one when a shutdown, the turn budget or a failed
-    /// attempt handed it on.
-    #[serde(default)]
-    pub turns: u32,
-}
-
-impl TempFilesResult {
-    /// Add the work of earlier turns. A later turn skips what earlier turns finished, and
-    /// what they deleted is gone, so adding their counts counts every file once.
-    fn absorb(&mut self, earlier: &TempFilesResult) {
-        self.files_matched += earlier.files_matched;
-        self.files_deleted += earlier.files_deleted;
-        self.bytes_matched += earlier.bytes_matched;
-        self.bytes_freed += earlier.bytes_freed;
-        self.dirs_matched += earlier.dirs_matched;
-        self.dirs_removed += earlier.dirs_removed;
-        self.skipped += earlier.skipped;
-        for (reason, n) in &earlier.kept {
-            *self.kept.entry(reason.clone()).or_default() += n;
-        }
-        self.capped |= earlier.capped;
-        self.errors_total += earlier.errors_total;
-        let mut errors = earlier.errors.clone();
-        errors.append(&mut self.errors);
-        errors.truncate(MAX_ERRORS);
-        self.errors = errors;
-        self.duration_ms += earlier.duration_ms;
-        self.turns += earlier.turns;
-    }
-}
+pub use shared::results::{FileError, TempFilesResult};
+use walk::{Counters, Privileges, Walk};
 
 /// How far earlier turns got in one root: a later turn skips what is done, so every
 /// file is judged (and counted) once however many turns a task takes.
@@ -287,9 +217,7 @@ impl TempFilesExecutor {
         }
         let mut progress = turn.progress();
         if !walk.interrupted.load(Ordering::SeqCst) {
-            return Ok(Execution::Done(
-                serde_json::to_value(&progress.result).expect("result serializes"),
-            ));
+            return Ok(Execution::Done(Report::TempFiles(progress.result)));
         }
         // Progress: a part of the tree finished, or (real runs) files deleted.
         let deleted_now = walk.counters.files_deleted.load(Ordering::Relaxed) > 0;

@@ -85,6 +85,7 @@ async fn a_continuation_skips_what_earlier_turns_finished_and_adds_their_counts(
     else {
         panic!("not interrupted")
     };
+    let result = result.to_json();
     assert_eq!(result["files_deleted"], 5 + 8, "{result}");
     assert_eq!(result["turns"], 2);
     assert!(
@@ -123,6 +124,7 @@ async fn max_files_counts_over_every_turn() {
     else {
         panic!("not interrupted")
     };
+    let result = result.to_json();
     assert_eq!(result["files_deleted"], 4, "{result}");
     assert_eq!(result["capped"], true);
     let left = std::fs::read_dir(scratch.path().join("d")).unwrap().count();
@@ -173,6 +175,7 @@ async fn max_files_holds_across_attempts_that_fail_on_another_root() {
     let Execution::Done(result) = run_once(&executor, &p, progress).await.unwrap() else {
         panic!("not done")
     };
+    let result = result.to_json();
     assert_eq!(result["files_deleted"], 4, "{result}");
     assert_eq!(result["turns"], 4, "{result}");
 }
@@ -203,6 +206,7 @@ async fn counts_merged_across_turns_keep_skips_and_the_oldest_remaining_file() {
     .unwrap() else {
         panic!("not done")
     };
+    let result = result.to_json();
     assert_eq!(result["skipped"], 2, "{result}");
     assert_eq!(result["kept"]["in_use"], 2, "{result}");
     let oldest = result["oldest_remaining_age_seconds"].as_f64().unwrap();
@@ -246,6 +250,7 @@ async fn a_directory_emptied_over_two_turns_is_removed_by_the_second() {
     .unwrap() else {
         panic!("not done")
     };
+    let result = result.to_json();
     assert_eq!(result["dirs_removed"], 2, "{result}");
     assert!(!scratch.path().join("jobs").exists());
     assert!(scratch.path().join("spool").is_dir(), "never touched: kept");
@@ -294,6 +299,7 @@ async fn a_directory_replaced_between_turns_is_not_removed() {
     .unwrap() else {
         panic!("not done")
     };
+    let result = result.to_json();
     assert_eq!(result["dirs_removed"], 0, "{result}");
     assert!(scratch.path().join("jobs/1").is_dir());
 }
@@ -314,6 +320,7 @@ async fn progress_with_paths_only_is_read_and_its_directories_are_kept() {
     let Execution::Done(result) = run_once(&executor, &p, Some(progress)).await.unwrap() else {
         panic!("not done")
     };
+    let result = result.to_json();
     assert_eq!(result["dirs_removed"], 0, "{result}");
     assert!(scratch.path().join("jobs/1").is_dir());
 }

@@ -57,7 +57,7 @@ use meta::read_entries;
 pub use meta::{age_seconds, encode, Counters, DirOutcome, Kept, Meta, Privileges, Unlink};
 
 /// Errors kept in a result; the rest are only counted.
-pub const MAX_ERRORS: usize = 20;
+pub use shared::results::MAX_ERRORS;
 /// Deeper trees are not descended (and reported): bounds open descriptors per walk.
 const MAX_DEPTH: usize = 128;
 

@@ -1,0 +1,106 @@
+//! The results of the two kinds of task (contract): what `task.succeeded` carries, what
+//! `GET /tasks/{id}` shows as `result`, and what a failure's progress holds. The README
+//! documents every field.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// At most this many errors are listed in a temp-files result (all are counted).
+pub const MAX_ERRORS: usize = 20;
+
+/// The result of a `cleanup_runs` task (contract; see README). It is also the progress a
+/// continuation or a retry carries from one turn to the next.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunsResult {
+    pub dry_run: bool,
+    /// Rows that matched: in a dry run, what a real run would delete now; else = deleted.
+    pub runs_matched: u64,
+    pub runs_deleted: u64,
+    pub batches: u64,
+    /// A few ids of matched rows (dry run) or deleted rows (first batch).
+    pub sample_ids: Vec<String>,
+    pub cutoff: DateTime<Utc>,
+    pub statuses: Vec<String>,
+    /// True when `max_rows` stopped the run before every eligible row was gone.
+    pub capped: bool,
+    /// Age in seconds of the oldest row still eligible after the run (null when none).
+    pub oldest_remaining_age_seconds: Option<f64>,
+    /// Working time over every turn.
+    pub duration_ms: u64,
+    /// Turns the task took: more than one when a shutdown or the turn budget handed it on.
+    #[serde(default)]
+    pub turns: u32,
+}
+
+/// One recorded problem: where (relative to its root) and what.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileError {
+    pub root: String,
+    pub path: String,
+    pub error: String,
+}
+
+/// The result of a `cleanup_temp_files` task (contract; see README).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TempFilesResult {
+    pub dry_run: bool,
+    pub roots: Vec<String>,
+    pub cutoff: DateTime<Utc>,
+    /// Files (and symlinks) old enough, matching, and deletable: in a dry run, what a real
+    /// run would delete now.
+    pub files_matched: u64,
+    pub files_deleted: u64,
+    pub bytes_matched: u64,
+    pub bytes_freed: u64,
+    /// Directories this task emptied that were (or, in a dry run, would be) removed.
+    pub dirs_matched: u64,
+    pub dirs_removed: u64,
+    /// Entries left alone for safety: other mounts, special files, entries that changed
+    /// under the walk or were moved out of the root, files in use, immutable or not
+    /// deletable by this worker.
+    pub skipped: u64,
+    /// Matching files (and directories) kept, by reason: `young`, `capped`, `in_use`,
+    /// `locked`, `immutable`, `not_permitted`, `unreadable`, `other_mount`, `special_file`,
+    /// `replaced`, `moved_out_of_root`. Reasons with no entry are left out.
+    #[serde(default)]
+    pub kept: BTreeMap<String, u64>,
+    /// True when `max_files` stopped the run before every eligible file was gone.
+    pub capped: bool,
+    /// Age in seconds of the oldest eligible file still present after the run.
+    pub oldest_remaining_age_seconds: Option<f64>,
+    pub errors_total: u64,
+    pub errors: Vec<FileError>,
+    /// Working time over every turn.
+    pub duration_ms: u64,
+    /// Turns the task took: more than one when a shutdown, the turn budget or a failed
+    /// attempt handed it on.
+    #[serde(default)]
+    pub turns: u32,
+}
+
+impl TempFilesResult {
+    /// Add the work of earlier turns. A later turn skips what earlier turns finished, and
+    /// what they deleted is gone, so adding their counts counts every file once.
+    pub fn absorb(&mut self, earlier: &TempFilesResult) {
+        self.files_matched += earlier.files_matched;
+        self.files_deleted += earlier.files_deleted;
+        self.bytes_matched += earlier.bytes_matched;
+        self.bytes_freed += earlier.bytes_freed;
+        self.dirs_matched += earlier.dirs_matched;
+        self.dirs_removed += earlier.dirs_removed;
+        self.skipped += earlier.skipped;
+        for (reason, n) in &earlier.kept {
+            *self.kept.entry(reason.clone()).or_default() += n;
+        }
+        self.capped |= earlier.capped;
+        self.errors_total += earlier.errors_total;
+        let mut errors = earlier.errors.clone();
+        errors.append(&mut self.errors);
+        errors.truncate(MAX_ERRORS);
+        self.errors = errors;
+        self.duration_ms += earlier.duration_ms;
+        self.turns += earlier.turns;
+    }
+}
