@@ -28,88 +28,14 @@ use tokio_util::sync::CancellationToken;
 use super::{Checkpoint, ExecError, Execution, Report};
 
 pub mod schema;
+mod table;
+
+pub use table::{quote_ident, ColumnNames, RunsTable};
 
 use schema::{Schema, SchemaError};
 
 /// Ids shown in a result, as a sample of what was (or would be) deleted.
 const SAMPLE_SIZE: usize = 10;
-
-/// The configured names, unquoted, as the catalog spells them.
-#[derive(Debug, Clone)]
-pub struct ColumnNames {
-    pub id: String,
-    pub status: String,
-    pub timestamp: String,
-}
-
-/// The runs table as configured, with every identifier validated and quoted.
-#[derive(Debug, Clone)]
-pub struct RunsTable {
-    table: String,
-    id: String,
-    status: String,
-    timestamp: String,
-    names: ColumnNames,
-    terminal_statuses: Vec<String>,
-}
-
-impl RunsTable {
-    pub fn new(
-        table: &str,
-        id: &str,
-        status: &str,
-        timestamp: &str,
-        terminal_statuses: Vec<String>,
-    ) -> anyhow::Result<Self> {
-        let parts: Vec<&str> = table.split('.').collect();
-        if parts.len() > 2 {
-            anyhow::bail!("RUNS_TABLE `{table}` must be `table` or `schema.table`");
-        }
-        let table = parts
-            .iter()
-            .map(|p| quote_ident(p, "RUNS_TABLE"))
-            .collect::<anyhow::Result<Vec<_>>>()?
-            .join(".");
-        if terminal_statuses.is_empty() {
-            anyhow::bail!("RUNS_TERMINAL_STATUSES must name at least one status");
-        }
-        Ok(Self {
-            table,
-            id: quote_ident(id, "RUNS_ID_COLUMN")?,
-            status: quote_ident(status, "RUNS_STATUS_COLUMN")?,
-            timestamp: quote_ident(timestamp, "RUNS_TIMESTAMP_COLUMN")?,
-            names: ColumnNames {
-                id: id.to_owned(),
-                status: status.to_owned(),
-                timestamp: timestamp.to_owned(),
-            },
-            terminal_statuses,
-        })
-    }
-
-    pub fn terminal_statuses(&self) -> &[String] {
-        &self.terminal_statuses
-    }
-}
-
-/// A plain SQL identifier (letters, digits, `_`, not starting with a digit, at most 63
-/// bytes), returned double-quoted.
-pub fn quote_ident(name: &str, setting: &str) -> anyhow::Result<String> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if !valid {
-        anyhow::bail!(
-            "{setting} `{name}` is not a valid SQL identifier (letters, digits and `_`, \
-             not starting with a digit, at most 63 characters)"
-        );
-    }
-    Ok(format!("\"{name}\""))
-}
 
 /// The statements of a checked table. `$1` = statuses (text[]), `$2` = cutoff
 /// (timestamptz), `$3` = a row limit.

@@ -34,8 +34,8 @@ use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -51,6 +51,7 @@ use crate::executor::ExecError;
 mod file;
 mod guard;
 mod meta;
+mod tally;
 
 use guard::Reach;
 use meta::read_entries;
@@ -85,7 +86,7 @@ pub struct Walk {
 }
 
 #[cfg(test)]
-pub type Hook = Box<dyn Fn(&Path) + Send + Sync>;
+pub type Hook = Box<dyn Fn(&std::path::Path) + Send + Sync>;
 
 /// Where the walk is: which root, the directory's path relative to it, its mount, and
 /// whether entries in it can be unlinked.
@@ -414,55 +415,6 @@ impl Walk {
                     incomplete: false,
                 }
             }
-        }
-    }
-
-    pub fn record(&self, root: &str, rel: &Path, error: String) {
-        self.counters.errors_total.fetch_add(1, Ordering::Relaxed);
-        let mut errors = self.errors.lock().expect("errors lock");
-        if errors.len() < MAX_ERRORS {
-            errors.push(FileError {
-                root: root.to_owned(),
-                path: rel.display().to_string(),
-                error,
-            });
-        }
-    }
-
-    /// The counts of this turn.
-    pub fn result(&self, roots: &[TempRoot]) -> TempFilesResult {
-        let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let oldest = c.oldest_remaining.load(Ordering::Relaxed);
-        let kept: BTreeMap<String, u64> = Kept::ALL
-            .iter()
-            .map(|k| (k.as_str().to_owned(), load(&c.kept[*k as usize])))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        let skipped = Kept::ALL
-            .iter()
-            .filter(|k| k.is_skip())
-            .map(|k| load(&c.kept[*k as usize]))
-            .sum();
-        TempFilesResult {
-            dry_run: self.dry_run,
-            roots: roots.iter().map(|r| r.name.clone()).collect(),
-            cutoff: self.cutoff,
-            files_matched: load(&c.files_matched),
-            files_deleted: load(&c.files_deleted),
-            bytes_matched: load(&c.bytes_matched),
-            bytes_freed: load(&c.bytes_freed),
-            dirs_matched: load(&c.dirs_matched),
-            dirs_removed: load(&c.dirs_removed),
-            skipped,
-            kept,
-            capped: c.capped.load(Ordering::Relaxed),
-            oldest_remaining_age_seconds: (oldest != i64::MAX)
-                .then(|| age_seconds(Utc::now().timestamp(), oldest)),
-            errors_total: load(&c.errors_total),
-            errors: self.errors.lock().expect("errors lock").clone(),
-            duration_ms: 0,
-            turns: 0,
         }
     }
 }
