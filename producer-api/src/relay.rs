@@ -1,8 +1,8 @@
 //! The outbox relay: moves due messages from `cleanup_outbox` to RabbitMQ.
 //!
-//! Each batch is claimed with `FOR UPDATE SKIP LOCKED` inside a transaction, published
-//! with `mandatory` and publisher confirms (pipelined), and deleted in the same
-//! transaction once every confirm arrived, so several replicas can relay at once and each
+//! Each batch is claimed with `FOR UPDATE SKIP LOCKED` inside a transaction
+//! ([`crate::ledger::outbox`]), published with `mandatory` and publisher confirms
+//! (pipelined), and the confirmed messages are deleted in the same transaction, so several replicas can relay at once and each
 //! message is published once (at least once if a relay dies between confirm and commit).
 //! A `LISTEN cleanup_outbox` wakes the relay at once; polling covers missed notifications
 //! and retries that fall due later. While RabbitMQ is down, messages simply wait.
@@ -184,8 +184,8 @@ impl Relay {
         Ok((connection, channel, inspect))
     }
 
-    /// Relay until shutdown (`Ok`) or until the channel is unusable and auto-recovery
-    /// could not restore it (`Err`).
+    /// Relay until shutdown (`SessionEnd::Shutdown`), or until the channel is unusable and
+    /// auto-recovery could not restore it, or a batch timed out (`SessionEnd::Lost`).
     async fn pump(&self, channel: &Channel, shutdown: &CancellationToken) -> SessionEnd {
         let mut listener = self.listen().await;
         let mut watchdog = amqp::RecoveryWatchdog::default();
