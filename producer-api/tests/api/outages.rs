@@ -2,8 +2,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shared::tasks::TaskKind;
-
-use crate::helpers::*;
+use test_support::*;
 
 fn amqp_via(addr: std::net::SocketAddr) -> String {
     format!("amqp://guest:guest@{addr}/%2f")
@@ -11,19 +10,14 @@ fn amqp_via(addr: std::net::SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_accepted_while_rabbitmq_is_unreachable_are_published_when_it_is_back() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     // Start with the broker unreachable.
     let proxy = TcpProxy::start("127.0.0.1:5672", false).await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            amqp_url: Some(amqp_via(proxy.addr)),
-            ..Default::default()
-        },
-    )
+    let stack = Stack::start_with(AppOptions {
+        amqp_url: Some(amqp_via(proxy.addr)),
+        ..Default::default()
+    })
     .await;
+    let (app, broker) = (&stack.app, &stack.broker);
 
     let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
     assert_eq!(
@@ -80,7 +74,7 @@ async fn tasks_accepted_while_rabbitmq_is_unreachable_are_published_when_it_is_b
         published, accepted,
         "every task accepted during the outage, once"
     );
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

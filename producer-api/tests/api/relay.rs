@@ -3,17 +3,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use shared::tasks::TaskKind;
+use test_support::*;
 use tokio::process::{Child, Command};
-
-use crate::helpers::*;
 
 /// A real `producer-api` process that only relays (no recorder), on a port of its own.
 fn relay_process(db: &TestDb, broker: &TestBroker) -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_producer-api"))
         .env("DATABASE_URL", db.url())
         .env("API_TOKENS", TOKEN)

@@ -6,22 +6,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use test_support::*;
 use tokio::process::{Child, Command};
-
-use crate::helpers::*;
 
 /// A `worker` process on a prefix, with its metrics on a port of its own.
 pub struct WorkerProcess {
     pub port: u16,
     child: Child,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl WorkerProcess {
