@@ -147,6 +147,24 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET` without a token (probes, or to see the API refuse).
+    pub async fn get_without_token(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The task `task_id` as `GET /tasks/{task_id}` shows it.
+    pub async fn task(&self, task_id: &str) -> Value {
+        self.get(&format!("/tasks/{task_id}"))
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Rows in the ledger's `cleanup_tasks`.
     pub async fn task_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM cleanup_tasks")

@@ -86,27 +86,36 @@ impl TestBroker {
         }
         messages
     }
+
+    /// [`drain`](Self::drain) the queue of `kind`; the message ids, in queue order.
+    pub async fn drain_ids(&self, kind: TaskKind) -> Vec<String> {
+        self.drain(kind)
+            .await
+            .iter()
+            .map(|m| {
+                m.delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
 }
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
         let topology = self.topology.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                if let Ok(conn) =
-                    Connection::connect(&amqp_base(), ConnectionProperties::default()).await
-                {
-                    if let Ok(channel) = conn.create_channel().await {
-                        let _ = topology.delete(&channel).await;
-                    }
-                    let _ = conn.close(200, "test over".into()).await;
+        crate::teardown(async move {
+            if let Ok(conn) =
+                Connection::connect(&amqp_base(), ConnectionProperties::default()).await
+            {
+                if let Ok(channel) = conn.create_channel().await {
+                    let _ = topology.delete(&channel).await;
                 }
-            });
-        })
-        .join();
+                let _ = conn.close(200, "test over".into()).await;
+            }
+        });
     }
 }

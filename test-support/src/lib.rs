@@ -37,3 +37,19 @@ pub use runs_db::RunsDb;
 pub use signing::{key_ring, SIGNING_KEYS};
 pub use stack::Stack;
 pub use workers::{build_worker, runs_database_flag, temp_root_flag, TestWorker};
+
+/// Run `cleanup` to its end on a thread and runtime of its own, and wait for it: a `Drop`
+/// runs outside any async context it could await in.
+fn teardown<F>(cleanup: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(cleanup);
+    })
+    .join();
+}

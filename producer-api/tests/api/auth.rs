@@ -31,12 +31,7 @@ async fn requests_without_a_valid_token_get_401_and_store_nothing() {
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["status"], 401);
     }
-    let response = app
-        .client
-        .get(format!("{}/tasks", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get_without_token("/tasks").await;
     assert_eq!(response.status(), 401);
     assert_eq!(app.task_count().await, 0);
 

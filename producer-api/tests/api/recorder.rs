@@ -69,7 +69,7 @@ async fn an_event_the_ledger_refuses_is_dead_lettered_and_does_not_block_the_oth
         Duration::from_secs(10),
         "the good event is applied",
         || async {
-            let task: Value = app.get(&format!("/tasks/{b}")).await.json().await.unwrap();
+            let task: Value = app.task(b).await;
             task["status"] == "running"
         },
     )
@@ -81,7 +81,7 @@ async fn an_event_the_ledger_refuses_is_dead_lettered_and_does_not_block_the_oth
         || async { broker.queue_len_named(&dead).await == 1 },
     )
     .await;
-    let task: Value = app.get(&format!("/tasks/{a}")).await.json().await.unwrap();
+    let task: Value = app.task(a).await;
     assert_eq!(task["status"], "queued");
 
     stack.stop().await;
@@ -163,7 +163,7 @@ async fn late_and_duplicate_events_never_move_a_task_backwards() {
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(status(app).await, ("succeeded".into(), 2));
-    let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+    let task: Value = app.task(&id).await;
     assert_eq!(task["result"]["runs_deleted"], 7);
     assert!(task["error"].is_null());
     assert_eq!(
@@ -220,7 +220,7 @@ async fn a_retry_carries_the_progress_of_the_failed_attempt() {
             .unwrap();
     assert_eq!(envelope["attempt"], 2);
     assert_eq!(envelope["progress"], progress);
-    let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+    let task: Value = app.task(&id).await;
     assert_eq!(task["status"], "retrying");
     stack.stop().await;
 }
@@ -297,34 +297,19 @@ async fn the_partial_result_of_a_final_failure_is_recorded() {
             Duration::from_secs(10),
             "the failure is applied",
             || async {
-                let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+                let task: Value = app.task(id).await;
                 task["status"] == status
             },
         )
         .await;
     }
-    let task: Value = app
-        .get(&format!("/tasks/{runs}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task: Value = app.task(&runs).await;
     assert_eq!(task["result"], runs_progress, "{task}");
     assert_eq!(task["result"]["runs_deleted"], 40);
     assert_eq!(task["error"]["message"], "boom");
-    let task: Value = app
-        .get(&format!("/tasks/{temp}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task: Value = app.task(&temp).await;
     assert_eq!(task["result"], temp_result, "{task}");
-    let task: Value = app
-        .get(&format!("/tasks/{retried}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task: Value = app.task(&retried).await;
     assert!(task["result"].is_null(), "{task}");
     stack.stop().await;
 }

@@ -59,7 +59,7 @@ async fn transient_failures_are_retried_with_growing_delays_then_succeed_or_fail
     let mut seen_attempt = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let task = loop {
-        let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+        let task: Value = app.task(&id).await;
         let attempts = task["attempts"].as_u64().unwrap();
         if task["status"] == "retrying" && attempts > seen_attempt {
             seen_attempt = attempts;

@@ -138,6 +138,43 @@ async fn outbox_envelope(app: &TestApp, task_id: &str) -> Value {
 
 const SIGNED_RUNS: usize = 30;
 
+/// `SIGNED_RUNS` runs finished `age_hours` ago, an API that does not relay (the test
+/// publishes every message itself) and a worker on the runs.
+async fn signed_runs_setup(age_hours: f64) -> (RunsDb, Stack, TestWorker) {
+    let runs = RunsDb::create().await;
+    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(age_hours), 1)
+        .await;
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let worker = stack.worker(&[runs_database_flag(runs.db.url())]).await;
+    (runs, stack, worker)
+}
+
+/// A runs task (older than a day) the ledger accepted: its id, and the envelope the
+/// outbox holds for it.
+async fn held_runs_task(app: &TestApp) -> (String, Value) {
+    let id = enqueue(
+        app,
+        "/maintenance/cleanup-runs",
+        json!({"max_age_hours": 24}),
+    )
+    .await;
+    let envelope = outbox_envelope(app, &id).await;
+    (id, envelope)
+}
+
+/// Publish `envelope` as the message of runs task `task_id`, signed with `keys`.
+async fn publish_signed(broker: &TestBroker, task_id: &str, envelope: &Value, keys: &KeyRing) {
+    let body = envelope.to_string().into_bytes();
+    publish_task(
+        broker,
+        TaskKind::CleanupRuns,
+        task_id,
+        &body,
+        Some(keys.sign(&body)),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_forged_and_unknown_key_messages_end_dead_and_delete_nothing() {
     let runs = RunsDb::create().await;
@@ -204,7 +241,7 @@ async fn unsigned_forged_and_unknown_key_messages_end_dead_and_delete_nothing() 
         };
         // The worker's reason (it may follow the broker's dead-letter note).
         eventually(Duration::from_secs(10), expected, || async {
-            let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+            let task: Value = app.task(id).await;
             task["error"]["message"]
                 .as_str()
                 .is_some_and(|m| m.contains(expected))
@@ -236,32 +273,15 @@ async fn unsigned_forged_and_unknown_key_messages_end_dead_and_delete_nothing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_signed_with_the_older_key_of_the_ring_is_accepted() {
-    let runs = RunsDb::create().await;
-    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(100.0), 1)
-        .await;
-    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let (runs, stack, worker) = signed_runs_setup(100.0).await;
     let (app, broker) = (&stack.app, &stack.broker);
-    let worker = stack.worker(&[runs_database_flag(runs.db.url())]).await;
 
     // Only the second key of the workers' ring, as a producer not yet rotated holds it.
     let old_key = SIGNING_KEYS.split(',').nth(1).unwrap().trim();
     assert!(old_key.starts_with("test-old:"));
     let old = KeyRing::parse(old_key).unwrap();
-    let id = enqueue(
-        app,
-        "/maintenance/cleanup-runs",
-        json!({"max_age_hours": 24}),
-    )
-    .await;
-    let body = outbox_envelope(app, &id).await.to_string().into_bytes();
-    publish_task(
-        broker,
-        TaskKind::CleanupRuns,
-        &id,
-        &body,
-        Some(old.sign(&body)),
-    )
-    .await;
+    let (id, envelope) = held_runs_task(app).await;
+    publish_signed(broker, &id, &envelope, &old).await;
 
     let task = wait_for(app, &id, DONE, Duration::from_secs(30)).await;
     assert_eq!(task["status"], "succeeded", "{task}");
@@ -273,35 +293,17 @@ async fn a_message_signed_with_the_older_key_of_the_ring_is_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_poison() {
-    let runs = RunsDb::create().await;
-    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(100.0), 1)
-        .await;
-    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let (runs, stack, worker) = signed_runs_setup(100.0).await;
     let (app, broker) = (&stack.app, &stack.broker);
-    let worker = stack.worker(&[runs_database_flag(runs.db.url())]).await;
     let keys = key_ring();
 
     // What a producer-api upgraded before the workers would send: a version this worker
     // does not know, with fields it has never seen.
-    let newer = enqueue(
-        app,
-        "/maintenance/cleanup-runs",
-        json!({"max_age_hours": 24}),
-    )
-    .await;
-    let mut envelope = outbox_envelope(app, &newer).await;
+    let (newer, mut envelope) = held_runs_task(app).await;
     envelope["schema_version"] = 2.into();
     envelope["params"]["added_in_v2"] = true.into();
     envelope["priority"] = "high".into();
-    let body = envelope.to_string().into_bytes();
-    publish_task(
-        broker,
-        TaskKind::CleanupRuns,
-        &newer,
-        &body,
-        Some(keys.sign(&body)),
-    )
-    .await;
+    publish_signed(broker, &newer, &envelope, &keys).await;
 
     let task = wait_for(
         app,
@@ -328,23 +330,9 @@ async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_po
     assert_eq!(attempts, vec![1, 2]);
 
     // An older version is poison.
-    let older = enqueue(
-        app,
-        "/maintenance/cleanup-runs",
-        json!({"max_age_hours": 24}),
-    )
-    .await;
-    let mut envelope = outbox_envelope(app, &older).await;
+    let (older, mut envelope) = held_runs_task(app).await;
     envelope["schema_version"] = 0.into();
-    let body = envelope.to_string().into_bytes();
-    publish_task(
-        broker,
-        TaskKind::CleanupRuns,
-        &older,
-        &body,
-        Some(keys.sign(&body)),
-    )
-    .await;
+    publish_signed(broker, &older, &envelope, &keys).await;
     let task = wait_for(app, &older, DONE, Duration::from_secs(30)).await;
     assert_eq!(task["status"], "dead", "{task}");
     assert!(
@@ -362,12 +350,7 @@ async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_po
         || async { broker.queue_len_named(&dead_queue).await == 1 },
     )
     .await;
-    let task: Value = app
-        .get(&format!("/tasks/{newer}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task: Value = app.task(&newer).await;
     assert_eq!(task["status"], "retrying", "{task}");
     assert_eq!(
         runs.count("SELECT count(*) FROM runs").await,
@@ -383,47 +366,23 @@ async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_po
 /// MIN_AGE_HOURS floor: the worker refuses it and deletes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_message_with_a_cutoff_younger_than_allowed_deletes_nothing() {
-    let runs = RunsDb::create().await;
     // Two hours old: older than the worker's floor of one hour, younger than a day.
-    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(2.0), 1)
-        .await;
-    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let (runs, stack, worker) = signed_runs_setup(2.0).await;
     let (app, broker) = (&stack.app, &stack.broker);
-    let worker = stack.worker(&[runs_database_flag(runs.db.url())]).await;
     let keys = key_ring();
     let now = chrono::Utc::now();
 
     // The request said a day; the cutoff says 90 minutes.
-    let moved = enqueue(
-        app,
-        "/maintenance/cleanup-runs",
-        json!({"max_age_hours": 24}),
-    )
-    .await;
-    let mut envelope = outbox_envelope(app, &moved).await;
+    let (moved, mut envelope) = held_runs_task(app).await;
     envelope["cutoff"] = json!(now - chrono::Duration::minutes(90));
     // Below the floor, consistently: a day before an `enqueued_at` in the future. (A
     // `max_age_hours` below the floor is refused earlier, as invalid parameters.)
-    let below = enqueue(
-        app,
-        "/maintenance/cleanup-runs",
-        json!({"max_age_hours": 24}),
-    )
-    .await;
-    let mut floor = outbox_envelope(app, &below).await;
+    let (below, mut floor) = held_runs_task(app).await;
     floor["enqueued_at"] = json!(now + chrono::Duration::minutes(23 * 60 + 30));
     floor["cutoff"] = json!(now - chrono::Duration::minutes(30));
 
     for (id, envelope) in [(&moved, &envelope), (&below, &floor)] {
-        let body = envelope.to_string().into_bytes();
-        publish_task(
-            broker,
-            TaskKind::CleanupRuns,
-            id,
-            &body,
-            Some(keys.sign(&body)),
-        )
-        .await;
+        publish_signed(broker, id, envelope, &keys).await;
     }
     for (id, expected) in [
         (&moved, "is younger than max_age_hours (24) allows"),

@@ -221,7 +221,7 @@ async fn max_files_holds_over_every_attempt_and_the_result_counts_them_all() {
     // Two attempts fail on `b`; then `b` is back for the third.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let task: serde_json::Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+        let task: serde_json::Value = app.task(&id).await;
         if task["status"] == "retrying" && task["attempts"] == 2 {
             assert_eq!(task["error"]["class"], "transient", "{task}");
             assert!(
