@@ -261,6 +261,19 @@ pub async fn enqueue_retrying(app: &TestApp, path: &str, body: serde_json::Value
     }
 }
 
+/// Show the logs of the in-process API at `level` (with `--nocapture`).
+pub fn show_logs(level: &str) {
+    shared::telemetry::init(&shared::telemetry::LogArgs {
+        log_format: shared::telemetry::LogFormat::Pretty,
+        log_level: level.into(),
+    });
+}
+
+/// A worker process's `TEMP_ROOTS` setting: `root` as the temp root `scratch`.
+pub fn scratch_root(root: &tempfile::TempDir) -> (&'static str, String) {
+    ("TEMP_ROOTS", format!("scratch={}", root.path().display()))
+}
+
 /// A pseudo-random number in `0..n` (no need for a crate: the tests only vary timing).
 pub fn random_below(n: u64) -> u64 {
     (uuid::Uuid::new_v4().as_u128() % u128::from(n)) as u64

@@ -43,7 +43,7 @@ async fn workers_killed_at_random_moments_lose_no_task() {
     let stack = Stack::start().await;
     let app = &stack.app;
     let broker = &stack.broker;
-    let env = [("TEMP_ROOTS", format!("scratch={}", root.path().display()))];
+    let env = [scratch_root(&root)];
     let mut workers = vec![
         WorkerProcess::spawn(broker, "kill-a-0", &env),
         WorkerProcess::spawn(broker, "kill-b-0", &env),
@@ -85,15 +85,12 @@ async fn workers_killed_at_random_moments_lose_no_task() {
 #[ignore = "fault injection: stops shared services; run by deploy/local/test.sh, serially"]
 async fn a_rabbitmq_restart_mid_run_loses_no_task() {
     // The in-process API's warnings (relay, recorder) show with --nocapture.
-    shared::telemetry::init(&shared::telemetry::LogArgs {
-        log_format: shared::telemetry::LogFormat::Pretty,
-        log_level: "warn".into(),
-    });
+    show_logs("warn");
     let root = scratch(20_000);
     let stack = Stack::start().await;
     let app = &stack.app;
     let broker = &stack.broker;
-    let env = [("TEMP_ROOTS", format!("scratch={}", root.path().display()))];
+    let env = [scratch_root(&root)];
     let mut workers = [
         WorkerProcess::spawn(broker, "rmq-a", &env),
         WorkerProcess::spawn(broker, "rmq-b", &env),
@@ -124,12 +121,7 @@ async fn a_rabbitmq_restart_mid_run_loses_no_task() {
         || async { reqwest::get(&readyz).await.is_ok_and(|r| r.status() == 503) },
     )
     .await;
-    let api_ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let api_ready = app.get_without_token("/readyz").await;
     assert_eq!(api_ready.status(), 503, "nor is the API");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stuck = Census::take(&app.pool, &during).await;
@@ -169,7 +161,7 @@ async fn a_postgresql_restart_mid_run_loses_no_event() {
     let app = &stack.app;
     let broker = &stack.broker;
     let env = [
-        ("TEMP_ROOTS", format!("scratch={}", root.path().display())),
+        scratch_root(&root),
         ("RUNS_DATABASE_URL", runs.db.url()),
         ("RUNS_DATABASE_ACQUIRE_TIMEOUT", "1s".to_owned()),
     ];
@@ -307,7 +299,7 @@ async fn a_task_that_crashes_every_worker_ends_dead() {
     let started = Instant::now();
     let mut crashes = 0;
     for round in 0..10 {
-        let task: serde_json::Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+        let task: serde_json::Value = app.task(&id.to_string()).await;
         if task["status"] == "dead" {
             break;
         }
@@ -351,15 +343,12 @@ async fn a_task_that_crashes_every_worker_ends_dead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault injection: raises RabbitMQ's memory alarm; run by deploy/local/test.sh, serially"]
 async fn a_rabbitmq_memory_alarm_makes_the_api_unready_and_holds_tasks_until_it_clears() {
-    shared::telemetry::init(&shared::telemetry::LogArgs {
-        log_format: shared::telemetry::LogFormat::Pretty,
-        log_level: "warn,producer_api::relay=info".into(),
-    });
+    show_logs("warn,producer_api::relay=info");
     let root = scratch(10);
     let stack = Stack::start_with(AppOptions::with_args(&["--relay-publish-timeout=3s"])).await;
     let app = &stack.app;
     let broker = &stack.broker;
-    let env = [("TEMP_ROOTS", format!("scratch={}", root.path().display()))];
+    let env = [scratch_root(&root)];
     let mut worker = WorkerProcess::spawn(broker, "alarm-a", &env);
     let body = json!({"max_age_hours": 24, "root": "scratch"});
     let before = enqueue_retrying(app, TEMP, body.clone()).await;
@@ -398,12 +387,7 @@ async fn a_rabbitmq_memory_alarm_makes_the_api_unready_and_holds_tasks_until_it_
     let scrape = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
     assert!(scrape.contains("cleanup_amqp_blocked 1"), "{scrape}");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let task: serde_json::Value = app
-        .get(&format!("/tasks/{during}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task: serde_json::Value = app.task(&during.to_string()).await;
     assert_eq!(task["status"], "queued", "{task}");
     assert!(task["published_at"].is_null(), "{task}");
     assert_eq!(app.outbox_len().await, 1, "the task waits in the outbox");
