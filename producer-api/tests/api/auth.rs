@@ -1,12 +1,10 @@
 use serde_json::Value;
-
-use crate::helpers::*;
+use test_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_without_a_valid_token_get_401_and_store_nothing() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
     let url = format!("{}/maintenance/cleanup-runs", app.address);
 
     let cases = [
@@ -33,12 +31,7 @@ async fn requests_without_a_valid_token_get_401_and_store_nothing() {
         let problem: Value = response.json().await.unwrap();
         assert_eq!(problem["status"], 401);
     }
-    let response = app
-        .client
-        .get(format!("{}/tasks", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get_without_token("/tasks").await;
     assert_eq!(response.status(), 401);
     assert_eq!(app.task_count().await, 0);
 
@@ -52,7 +45,7 @@ async fn requests_without_a_valid_token_get_401_and_store_nothing() {
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test]

@@ -3,14 +3,13 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use shared::envelope::TaskEnvelope;
 use shared::tasks::{TaskKind, TaskSpec};
-
-use crate::helpers::*;
+use test_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_returns_202_and_publishes_exactly_one_persistent_message() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let broker = &stack.broker;
 
     let response = app
         .post(
@@ -74,14 +73,14 @@ async fn enqueue_returns_202_and_publishes_exactly_one_persistent_message() {
     assert_eq!(shown["task_id"], task_id.as_str());
     assert_eq!(shown["status"], "queued");
     assert!(shown["published_at"].is_string());
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn temp_file_tasks_go_to_their_own_queue() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let broker = &stack.broker;
 
     let response = app
         .post(
@@ -96,14 +95,13 @@ async fn temp_file_tasks_go_to_their_own_queue() {
     assert_eq!(broker.queue_len(TaskKind::CleanupRuns).await, 0);
     let envelope = TaskEnvelope::from_json(&messages[0].delivery.data).unwrap();
     assert_eq!(envelope.task.kind(), TaskKind::CleanupTempFiles);
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_task_ids_are_404_and_malformed_ids_400() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
 
     let response = app.get(&format!("/tasks/{}", uuid::Uuid::now_v7())).await;
     assert_eq!(response.status(), 404);
@@ -123,22 +121,13 @@ async fn unknown_task_ids_are_404_and_malformed_ids_400() {
         response.headers()["content-type"],
         "application/problem+json"
     );
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_list_filters_by_kind_and_status_and_pages_with_a_cursor() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            relay_enabled: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let app = &stack.app;
 
     let mut runs = Vec::new();
     for _ in 0..5 {
@@ -206,14 +195,13 @@ async fn task_list_filters_by_kind_and_status_and_pages_with_a_cursor() {
             "{bad}"
         );
     }
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_and_openapi_answer_without_a_token() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
     let client = reqwest::Client::new();
 
     let health = client
@@ -256,5 +244,5 @@ async fn probes_and_openapi_answer_without_a_token() {
         .unwrap();
     assert!(metrics.contains("cleanup_build_info"), "{metrics}");
     assert!(metrics.contains("cleanup_outbox_backlog"), "{metrics}");
-    app.stop().await;
+    stack.stop().await;
 }

@@ -2,14 +2,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use shared::tasks::TaskKind;
-
-use crate::helpers::*;
+use test_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_key_and_body_return_the_same_task_once() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let broker = &stack.broker;
 
     let first = app
         .post_with_key(
@@ -41,14 +40,13 @@ async fn the_same_key_and_body_return_the_same_task_once() {
     app.wait_outbox_empty(Duration::from_secs(10)).await;
     assert_eq!(app.task_count().await, 1);
     assert_eq!(broker.drain(TaskKind::CleanupRuns).await.len(), 1);
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_key_with_a_different_body_is_422() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
 
     let first: Value = app
         .post_with_key("/maintenance/cleanup-runs", runs_body(), "key-1")
@@ -82,14 +80,14 @@ async fn the_same_key_with_a_different_body_is_422() {
         .post_with_key("/maintenance/cleanup-runs", runs_body(), &"k".repeat(256))
         .await;
     assert_eq!(response.status(), 400);
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_duplicates_never_create_two_tasks() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let broker = &stack.broker;
 
     for round in 0..5 {
         let key = format!("race-{round}");
@@ -111,5 +109,5 @@ async fn concurrent_duplicates_never_create_two_tasks() {
     app.wait_outbox_empty(Duration::from_secs(10)).await;
     assert_eq!(app.task_count().await, 5);
     assert_eq!(broker.drain(TaskKind::CleanupRuns).await.len(), 5);
-    app.stop().await;
+    stack.stop().await;
 }

@@ -3,7 +3,6 @@
 mod auth;
 mod config;
 mod enqueue;
-mod helpers;
 mod idempotency;
 mod outages;
 mod recorder;

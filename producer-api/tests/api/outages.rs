@@ -2,8 +2,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shared::tasks::TaskKind;
-
-use crate::helpers::*;
+use test_support::*;
 
 fn amqp_via(addr: std::net::SocketAddr) -> String {
     format!("amqp://guest:guest@{addr}/%2f")
@@ -11,19 +10,14 @@ fn amqp_via(addr: std::net::SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_accepted_while_rabbitmq_is_unreachable_are_published_when_it_is_back() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     // Start with the broker unreachable.
     let proxy = TcpProxy::start("127.0.0.1:5672", false).await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            amqp_url: Some(amqp_via(proxy.addr)),
-            ..Default::default()
-        },
-    )
+    let stack = Stack::start_with(AppOptions {
+        amqp_url: Some(amqp_via(proxy.addr)),
+        ..Default::default()
+    })
     .await;
+    let (app, broker) = (&stack.app, &stack.broker);
 
     let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
     assert_eq!(
@@ -31,12 +25,7 @@ async fn tasks_accepted_while_rabbitmq_is_unreachable_are_published_when_it_is_b
         202,
         "the ledger alone makes a task durable"
     );
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get_without_token("/readyz").await;
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["broker"], false);
@@ -61,26 +50,14 @@ async fn tasks_accepted_while_rabbitmq_is_unreachable_are_published_when_it_is_b
     assert_eq!(broker.queue_len(TaskKind::CleanupRuns).await, 0);
     proxy.restore();
     app.wait_outbox_empty(Duration::from_secs(60)).await;
-    let mut published: Vec<String> = broker
-        .drain(TaskKind::CleanupRuns)
-        .await
-        .iter()
-        .map(|m| {
-            m.delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let mut published = broker.drain_ids(TaskKind::CleanupRuns).await;
     published.sort();
     accepted.sort();
     assert_eq!(
         published, accepted,
         "every task accepted during the outage, once"
     );
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,12 +96,7 @@ async fn enqueue_answers_503_while_the_database_is_unreachable() {
             .unwrap()
             .contains("nothing was stored"));
     }
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get_without_token("/readyz").await;
     assert_eq!(ready.status(), 503);
 
     proxy.restore();

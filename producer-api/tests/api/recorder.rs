@@ -5,8 +5,7 @@ use serde_json::Value;
 use shared::events::{ErrorClass, Event, TaskError, TaskFailed, TaskStarted, TaskSucceeded};
 use shared::runtime::amqp::{self, OutgoingMessage};
 use shared::tasks::TaskKind;
-
-use crate::helpers::*;
+use test_support::*;
 
 async fn publish(broker: &TestBroker, event: &Event) {
     let channel = amqp::confirm_channel(&broker_connection().await)
@@ -45,17 +44,9 @@ fn started(task_id: &str, worker_id: &str, attempt: u32) -> Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_the_ledger_refuses_is_dead_lettered_and_does_not_block_the_others() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            relay_enabled: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let app = &stack.app;
+    let broker = &stack.broker;
     for _ in 0..2 {
         assert_eq!(
             app.post("/maintenance/cleanup-runs", runs_body())
@@ -72,13 +63,13 @@ async fn an_event_the_ledger_refuses_is_dead_lettered_and_does_not_block_the_oth
     );
 
     // PostgreSQL text cannot hold a NUL character: this event can never be stored.
-    publish(&broker, &started(a, "bad\u{0}worker", 1)).await;
-    publish(&broker, &started(b, "good-worker", 1)).await;
+    publish(broker, &started(a, "bad\u{0}worker", 1)).await;
+    publish(broker, &started(b, "good-worker", 1)).await;
     eventually(
         Duration::from_secs(10),
         "the good event is applied",
         || async {
-            let task: Value = app.get(&format!("/tasks/{b}")).await.json().await.unwrap();
+            let task: Value = app.task(b).await;
             task["status"] == "running"
         },
     )
@@ -90,25 +81,17 @@ async fn an_event_the_ledger_refuses_is_dead_lettered_and_does_not_block_the_oth
         || async { broker.queue_len_named(&dead).await == 1 },
     )
     .await;
-    let task: Value = app.get(&format!("/tasks/{a}")).await.json().await.unwrap();
+    let task: Value = app.task(a).await;
     assert_eq!(task["status"], "queued");
 
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_and_duplicate_events_never_move_a_task_backwards() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            relay_enabled: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let app = &stack.app;
+    let broker = &stack.broker;
     let body: Value = app
         .post("/maintenance/cleanup-runs", runs_body())
         .await
@@ -163,10 +146,10 @@ async fn late_and_duplicate_events_never_move_a_task_backwards() {
     };
 
     // Attempt 2 succeeds; then attempt 1's events arrive late, and attempt 2's again.
-    publish(&broker, &started(&id, "w", 2)).await;
-    publish(&broker, &succeeded).await;
+    publish(broker, &started(&id, "w", 2)).await;
+    publish(broker, &succeeded).await;
     eventually(Duration::from_secs(10), "succeeded", || async {
-        status(&app).await == ("succeeded".into(), 2)
+        status(app).await == ("succeeded".into(), 2)
     })
     .await;
     for late in [
@@ -176,11 +159,11 @@ async fn late_and_duplicate_events_never_move_a_task_backwards() {
         failed(2),
         succeeded.clone(),
     ] {
-        publish(&broker, &late).await;
+        publish(broker, &late).await;
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(status(&app).await, ("succeeded".into(), 2));
-    let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+    assert_eq!(status(app).await, ("succeeded".into(), 2));
+    let task: Value = app.task(&id).await;
     assert_eq!(task["result"]["runs_deleted"], 7);
     assert!(task["error"].is_null());
     assert_eq!(
@@ -188,22 +171,14 @@ async fn late_and_duplicate_events_never_move_a_task_backwards() {
         1,
         "no retry was scheduled by a late failure"
     );
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_carries_the_progress_of_the_failed_attempt() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            relay_enabled: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let app = &stack.app;
+    let broker = &stack.broker;
     let body: Value = app
         .post(
             "/maintenance/cleanup-runs",
@@ -215,9 +190,9 @@ async fn a_retry_carries_the_progress_of_the_failed_attempt() {
         .unwrap();
     let id = body["task_id"].as_str().unwrap().to_owned();
     let progress = serde_json::json!({"runs_deleted": 40, "batches": 4});
-    publish(&broker, &started(&id, "w", 1)).await;
+    publish(broker, &started(&id, "w", 1)).await;
     publish(
-        &broker,
+        broker,
         &Event::TaskFailed(TaskFailed {
             task_id: id.parse().unwrap(),
             kind: TaskKind::CleanupRuns,
@@ -245,24 +220,16 @@ async fn a_retry_carries_the_progress_of_the_failed_attempt() {
             .unwrap();
     assert_eq!(envelope["attempt"], 2);
     assert_eq!(envelope["progress"], progress);
-    let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+    let task: Value = app.task(&id).await;
     assert_eq!(task["status"], "retrying");
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_partial_result_of_a_final_failure_is_recorded() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            relay_enabled: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let app = &stack.app;
+    let broker = &stack.broker;
     let enqueue = |path: &'static str| {
         let app = &app;
         async move {
@@ -298,9 +265,9 @@ async fn the_partial_result_of_a_final_failure_is_recorded() {
     // A runs cleanup that deleted rows before a permanent error: its progress is the result.
     let runs = enqueue("/maintenance/cleanup-runs").await;
     let runs_progress = serde_json::json!({"runs_deleted": 40, "batches": 4, "dry_run": false});
-    publish(&broker, &started(&runs, "w", 1)).await;
+    publish(broker, &started(&runs, "w", 1)).await;
     publish(
-        &broker,
+        broker,
         &failed(&runs, TaskKind::CleanupRuns, false, runs_progress.clone()),
     )
     .await;
@@ -308,7 +275,7 @@ async fn the_partial_result_of_a_final_failure_is_recorded() {
     let temp = enqueue("/maintenance/cleanup-temp-files").await;
     let temp_result = serde_json::json!({"files_deleted": 3, "bytes_freed": 300});
     publish(
-        &broker,
+        broker,
         &failed(
             &temp,
             TaskKind::CleanupTempFiles,
@@ -320,7 +287,7 @@ async fn the_partial_result_of_a_final_failure_is_recorded() {
     // A failure that is retried keeps no result: the next attempt carries the progress.
     let retried = enqueue("/maintenance/cleanup-runs").await;
     publish(
-        &broker,
+        broker,
         &failed(&retried, TaskKind::CleanupRuns, true, runs_progress.clone()),
     )
     .await;
@@ -330,34 +297,19 @@ async fn the_partial_result_of_a_final_failure_is_recorded() {
             Duration::from_secs(10),
             "the failure is applied",
             || async {
-                let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+                let task: Value = app.task(id).await;
                 task["status"] == status
             },
         )
         .await;
     }
-    let task: Value = app
-        .get(&format!("/tasks/{runs}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task: Value = app.task(&runs).await;
     assert_eq!(task["result"], runs_progress, "{task}");
     assert_eq!(task["result"]["runs_deleted"], 40);
     assert_eq!(task["error"]["message"], "boom");
-    let task: Value = app
-        .get(&format!("/tasks/{temp}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task: Value = app.task(&temp).await;
     assert_eq!(task["result"], temp_result, "{task}");
-    let task: Value = app
-        .get(&format!("/tasks/{retried}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task: Value = app.task(&retried).await;
     assert!(task["result"].is_null(), "{task}");
-    app.stop().await;
+    stack.stop().await;
 }

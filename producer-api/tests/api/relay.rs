@@ -3,17 +3,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use shared::tasks::TaskKind;
+use test_support::*;
 use tokio::process::{Child, Command};
-
-use crate::helpers::*;
 
 /// A real `producer-api` process that only relays (no recorder), on a port of its own.
 fn relay_process(db: &TestDb, broker: &TestBroker) -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_producer-api"))
         .env("DATABASE_URL", db.url())
         .env("API_TOKENS", TOKEN)
@@ -79,18 +74,7 @@ async fn two_relay_processes_at_once_publish_each_task_exactly_once() {
     let (mut b, port_b) = relay_process(&db, &broker);
     writer.wait_outbox_empty(Duration::from_secs(60)).await;
 
-    let messages = broker.drain(TaskKind::CleanupRuns).await;
-    let ids: Vec<String> = messages
-        .iter()
-        .map(|m| {
-            m.delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let ids = broker.drain_ids(TaskKind::CleanupRuns).await;
     let unique: BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!(ids.len(), TASKS, "no duplicates, nothing missing");
     assert_eq!(unique, accepted);

@@ -10,7 +10,7 @@ use shared::tasks::TaskKind;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::TestDb;
+use test_support::TestDb;
 
 #[derive(Debug, Clone, Copy)]
 enum Ev {

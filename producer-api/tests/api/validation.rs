@@ -2,8 +2,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shared::tasks::TaskKind;
-
-use crate::helpers::*;
+use test_support::*;
 
 /// Send a raw body and return status and problem document.
 async fn send_raw(
@@ -35,9 +34,9 @@ async fn send_raw(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_problem_and_leaves_no_row_and_no_message() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let broker = &stack.broker;
     let json = Some("application/json");
     let runs = "/maintenance/cleanup-runs";
     let temp = "/maintenance/cleanup-temp-files";
@@ -184,7 +183,7 @@ async fn bad_input_gets_a_problem_and_leaves_no_row_and_no_message() {
         ),
     ];
     for (path, content_type, body, expected, detail) in cases {
-        let (status, problem) = send_raw(&app, path, content_type, body.clone()).await;
+        let (status, problem) = send_raw(app, path, content_type, body.clone()).await;
         let shown = &body[..body.len().min(60)];
         assert_eq!(status, expected, "{shown}: {problem}");
         assert_eq!(problem["status"], expected, "{shown}");
@@ -205,16 +204,15 @@ async fn bad_input_gets_a_problem_and_leaves_no_row_and_no_message() {
     assert_eq!(app.outbox_len().await, 0);
     assert_eq!(broker.queue_len(TaskKind::CleanupRuns).await, 0);
     assert_eq!(broker.queue_len(TaskKind::CleanupTempFiles).await, 0);
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_are_problem_404s() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
     let (status, problem) = send_raw(
-        &app,
+        app,
         "/maintenance/cleanup-users",
         Some("application/json"),
         "{}".into(),
@@ -225,5 +223,5 @@ async fn unknown_routes_are_problem_404s() {
         .as_str()
         .unwrap()
         .contains("/maintenance/cleanup-users"));
-    app.stop().await;
+    stack.stop().await;
 }

@@ -1,30 +1,25 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-
-use crate::helpers::*;
-use crate::support::*;
+use test_support::*;
 
 const RUNS: &str = "/maintenance/cleanup-runs";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_longer_than_its_turn_budget_continues_and_counts_every_row_once() {
-    let db = TestDb::create().await;
     let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
     runs.insert(20_000, "succeeded", Some(100.0), 0).await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[
-            format!("--runs-database-url={}", runs.db.url()),
+    let worker = stack
+        .worker(&[
+            runs_database_flag(runs.db.url()),
             "--turn-budget=150ms".into(),
             "--task-timeout=30s".into(),
-        ],
-    )
-    .await;
-    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24, "batch_size": 200})).await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(60)).await;
+        ])
+        .await;
+    let id = enqueue(app, RUNS, json!({"max_age_hours": 24, "batch_size": 200})).await;
+    let task = wait_for(app, &id, DONE, Duration::from_secs(60)).await;
     assert_eq!(task["status"], "succeeded", "{task}");
     let result = &task["result"];
     assert!(
@@ -38,44 +33,33 @@ async fn a_task_longer_than_its_turn_budget_continues_and_counts_every_row_once(
     let metrics = worker.metrics().await;
     assert!(metrics.contains("outcome=\"continued\""), "{metrics}");
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 /// Fault scenario "transient failure": the runs database becomes unreachable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_with_growing_delays_then_succeed_or_fail() {
-    let db = TestDb::create().await;
     let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            extra_args: vec!["--max-attempts=4".into()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let stack = Stack::start_with(AppOptions::with_args(&["--max-attempts=4"])).await;
+    let app = &stack.app;
     runs.insert(50, "failed", Some(100.0), 1).await;
     let proxy = TcpProxy::start("127.0.0.1:5432", false).await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[
-            format!("--runs-database-url={}", runs.db.url_via(proxy.addr)),
+    let worker = stack
+        .worker(&[
+            runs_database_flag(runs.db.url_via(proxy.addr)),
             "--runs-database-acquire-timeout=200ms".into(),
             "--retry-initial-delay=1s".into(),
             "--retry-multiplier=2".into(),
-        ],
-    )
-    .await;
+        ])
+        .await;
 
     // The database comes back during the third attempt's wait: the task succeeds.
-    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24})).await;
+    let id = enqueue(app, RUNS, json!({"max_age_hours": 24})).await;
     let mut delays = Vec::new();
     let mut seen_attempt = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let task = loop {
-        let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+        let task: Value = app.task(&id).await;
         let attempts = task["attempts"].as_u64().unwrap();
         if task["status"] == "retrying" && attempts > seen_attempt {
             seen_attempt = attempts;
@@ -111,36 +95,33 @@ async fn transient_failures_are_retried_with_growing_delays_then_succeed_or_fail
 
     // Down for longer than every attempt: the task fails with the last error.
     proxy.cut();
-    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24, "max_attempts": 2})).await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(60)).await;
+    let id = enqueue(app, RUNS, json!({"max_age_hours": 24, "max_attempts": 2})).await;
+    let task = wait_for(app, &id, DONE, Duration::from_secs(60)).await;
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["attempts"], 2);
     assert_eq!(task["error"]["class"], "transient");
     assert!(task["next_attempt_at"].is_null());
     assert!(!task["error"]["message"].as_str().unwrap().is_empty());
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_register_by_heartbeat_are_marked_lost_when_silent_and_can_be_pruned() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     let scratch = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let roots = format!("--temp-roots=s={}", scratch.path().display());
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let roots = temp_root_flag("s", scratch.path());
     let beat = "--worker-heartbeat-interval=200ms".to_owned();
-    let stays = TestWorker::spawn(
-        &broker,
-        &[roots.clone(), beat.clone(), "--worker-id=stays".into()],
-    )
-    .await;
-    let leaves = TestWorker::spawn(
-        &broker,
-        &[roots.clone(), beat.clone(), "--worker-id=leaves".into()],
-    )
-    .await;
-    let vanishes = TestWorker::spawn(&broker, &[roots, beat, "--worker-id=vanishes".into()]).await;
+    let stays = stack
+        .worker(&[roots.clone(), beat.clone(), "--worker-id=stays".into()])
+        .await;
+    let leaves = stack
+        .worker(&[roots.clone(), beat.clone(), "--worker-id=leaves".into()])
+        .await;
+    let vanishes = stack
+        .worker(&[roots, beat, "--worker-id=vanishes".into()])
+        .await;
 
     let status_of = |items: &Value, id: &str| -> String {
         items["items"]
@@ -197,35 +178,33 @@ async fn workers_register_by_heartbeat_are_marked_lost_when_silent_and_can_be_pr
     assert_eq!(status_of(&list, "stays"), "up");
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     stays.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 /// Retry state lives in PostgreSQL: a task waiting for its next attempt survives a
 /// restart of the API and of every worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_retry_survives_a_restart_of_every_process() {
-    let db = TestDb::create().await;
     let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
     runs.insert(5, "failed", Some(100.0), 0).await;
     let proxy = TcpProxy::start("127.0.0.1:5432", false).await;
     let worker_args = [
-        format!("--runs-database-url={}", runs.db.url_via(proxy.addr)),
+        runs_database_flag(runs.db.url_via(proxy.addr)),
         "--runs-database-acquire-timeout=200ms".into(),
         "--retry-initial-delay=3s".into(),
     ];
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(&broker, &worker_args).await;
-    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24})).await;
-    let task = wait_for(&app, &id, &["retrying"], Duration::from_secs(30)).await;
+    let stack = Stack::start().await;
+    let worker = stack.worker(&worker_args).await;
+    let id = stack.enqueue(RUNS, json!({"max_age_hours": 24})).await;
+    let task = wait_for(&stack.app, &id, &["retrying"], Duration::from_secs(30)).await;
     assert_eq!(task["attempts"], 1);
 
     // Everything stops while the retry waits; the database comes back meanwhile.
     worker.stop().await;
-    app.stop().await;
+    stack.app.stop().await;
     proxy.restore();
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(&broker, &worker_args).await;
+    let app = TestApp::spawn(&stack.db, &stack.broker, AppOptions::default()).await;
+    let worker = TestWorker::spawn(&stack.broker, &worker_args).await;
     let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(task["attempts"], 2);
@@ -238,8 +217,6 @@ async fn a_scheduled_retry_survives_a_restart_of_every_process() {
 /// every file once over several turns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temp_walk_longer_than_its_turn_budget_resumes_and_counts_every_file_once() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     let scratch = tempfile::tempdir().unwrap();
     let old = std::time::SystemTime::now() - Duration::from_secs(48 * 3600);
     for d in 0..60 {
@@ -256,24 +233,23 @@ async fn a_temp_walk_longer_than_its_turn_budget_resumes_and_counts_every_file_o
                 .unwrap();
         }
     }
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[
-            format!("--temp-roots=s={}", scratch.path().display()),
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let worker = stack
+        .worker(&[
+            temp_root_flag("s", scratch.path()),
             "--turn-budget=8ms".into(),
             "--temp-walk-threads=1".into(),
-        ],
-    )
-    .await;
+        ])
+        .await;
     for dry_run in [true, false] {
         let id = enqueue(
-            &app,
+            app,
             "/maintenance/cleanup-temp-files",
             json!({"max_age_hours": 24, "dry_run": dry_run}),
         )
         .await;
-        let task = wait_for(&app, &id, DONE, Duration::from_secs(120)).await;
+        let task = wait_for(app, &id, DONE, Duration::from_secs(120)).await;
         assert_eq!(task["status"], "succeeded", "{task}");
         let result = &task["result"];
         eprintln!("dry_run={dry_run}: {} turns", result["turns"]);
@@ -289,5 +265,5 @@ async fn a_temp_walk_longer_than_its_turn_budget_resumes_and_counts_every_file_o
         .sum();
     assert_eq!(left, 0);
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }

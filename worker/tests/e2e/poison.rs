@@ -6,36 +6,24 @@ use lapin::BasicProperties;
 use serde_json::{json, Value};
 use shared::signing::{KeyRing, Signature};
 use shared::tasks::TaskKind;
-
-use crate::helpers::*;
-use crate::support::*;
+use test_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_end_dead_and_the_worker_keeps_going() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     let scratch = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            relay_enabled: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let app = &stack.app;
+    let broker = &stack.broker;
     // A task the ledger knows, whose message arrives corrupted.
     let victim = enqueue(
-        &app,
+        app,
         "/maintenance/cleanup-temp-files",
         json!({"max_age_hours": 24}),
     )
     .await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[format!("--temp-roots=scratch={}", scratch.path().display())],
-    )
-    .await;
+    let worker = stack
+        .worker(&[temp_root_flag("scratch", scratch.path())])
+        .await;
 
     let queue = broker.topology.task_queue(TaskKind::CleanupTempFiles);
     for (message_id, body) in [
@@ -67,7 +55,7 @@ async fn poison_messages_end_dead_and_the_worker_keeps_going() {
             .unwrap();
     }
 
-    let task = wait_for(&app, &victim, DONE, Duration::from_secs(30)).await;
+    let task = wait_for(app, &victim, DONE, Duration::from_secs(30)).await;
     assert_eq!(task["status"], "dead", "{task}");
     let message = task["error"]["message"].as_str().unwrap();
     assert!(message.contains("unprocessable task message"), "{message}");
@@ -83,13 +71,13 @@ async fn poison_messages_end_dead_and_the_worker_keeps_going() {
 
     // The next good task still succeeds on the same worker.
     let good = enqueue(
-        &app,
+        app,
         "/maintenance/cleanup-temp-files",
         json!({"max_age_hours": 24}),
     )
     .await;
-    let relay = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let task = wait_for(&app, &good, DONE, Duration::from_secs(30)).await;
+    let relay = stack.another_app(AppOptions::default()).await;
+    let task = wait_for(app, &good, DONE, Duration::from_secs(30)).await;
     assert_eq!(task["status"], "succeeded", "{task}");
     let metrics = worker.metrics().await;
     assert!(
@@ -98,7 +86,7 @@ async fn poison_messages_end_dead_and_the_worker_keeps_going() {
     );
     worker.stop().await;
     relay.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 /// The AMQP headers of a signature (none for an unsigned message).
@@ -148,25 +136,48 @@ async fn outbox_envelope(app: &TestApp, task_id: &str) -> Value {
         .unwrap()
 }
 
-async fn no_relay(db: &TestDb, broker: &TestBroker) -> TestApp {
-    TestApp::spawn(
-        db,
-        broker,
-        AppOptions {
-            relay_enabled: false,
-            ..Default::default()
-        },
-    )
-    .await
+const SIGNED_RUNS: usize = 30;
+
+/// `SIGNED_RUNS` runs finished `age_hours` ago, an API that does not relay (the test
+/// publishes every message itself) and a worker on the runs.
+async fn signed_runs_setup(age_hours: f64) -> (RunsDb, Stack, TestWorker) {
+    let runs = RunsDb::create().await;
+    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(age_hours), 1)
+        .await;
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let worker = stack.worker(&[runs_database_flag(runs.db.url())]).await;
+    (runs, stack, worker)
 }
 
-const SIGNED_RUNS: usize = 30;
+/// A runs task (older than a day) the ledger accepted: its id, and the envelope the
+/// outbox holds for it.
+async fn held_runs_task(app: &TestApp) -> (String, Value) {
+    let id = enqueue(
+        app,
+        "/maintenance/cleanup-runs",
+        json!({"max_age_hours": 24}),
+    )
+    .await;
+    let envelope = outbox_envelope(app, &id).await;
+    (id, envelope)
+}
+
+/// Publish `envelope` as the message of runs task `task_id`, signed with `keys`.
+async fn publish_signed(broker: &TestBroker, task_id: &str, envelope: &Value, keys: &KeyRing) {
+    let body = envelope.to_string().into_bytes();
+    publish_task(
+        broker,
+        TaskKind::CleanupRuns,
+        task_id,
+        &body,
+        Some(keys.sign(&body)),
+    )
+    .await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsigned_forged_and_unknown_key_messages_end_dead_and_delete_nothing() {
-    let db = TestDb::create().await;
     let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
     let scratch = tempfile::tempdir().unwrap();
     let old_file = scratch.path().join("old.tmp");
     std::fs::write(&old_file, b"x").unwrap();
@@ -179,15 +190,14 @@ async fn unsigned_forged_and_unknown_key_messages_end_dead_and_delete_nothing() 
         .unwrap();
     runs.insert(SIGNED_RUNS as i64, "succeeded", Some(100.0), 1)
         .await;
-    let app = no_relay(&db, &broker).await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[
-            format!("--runs-database-url={}", runs.db.url()),
-            format!("--temp-roots=scratch={}", scratch.path().display()),
-        ],
-    )
-    .await;
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let (app, broker) = (&stack.app, &stack.broker);
+    let worker = stack
+        .worker(&[
+            runs_database_flag(runs.db.url()),
+            temp_root_flag("scratch", scratch.path()),
+        ])
+        .await;
 
     let forged = KeyRing::parse("test-new:not-the-real-secret-0123456789abcdef").unwrap();
     let intruder = KeyRing::parse("intruder:an-intruders-own-secret-0123456789abcdef").unwrap();
@@ -210,19 +220,19 @@ async fn unsigned_forged_and_unknown_key_messages_end_dead_and_delete_nothing() 
             TaskKind::CleanupTempFiles,
         ),
     ] {
-        let id = enqueue(&app, path, json!({"max_age_hours": 24})).await;
-        let body = outbox_envelope(&app, &id).await.to_string().into_bytes();
+        let id = enqueue(app, path, json!({"max_age_hours": 24})).await;
+        let body = outbox_envelope(app, &id).await.to_string().into_bytes();
         let signature = match name {
             "unsigned" => None,
             "forged" => Some(forged.sign(&body)),
             _ => Some(intruder.sign(&body)),
         };
-        publish_task(&broker, kind, &id, &body, signature).await;
+        publish_task(broker, kind, &id, &body, signature).await;
         cases.push((name, id));
     }
 
     for (name, id) in &cases {
-        let task = wait_for(&app, id, DONE, Duration::from_secs(30)).await;
+        let task = wait_for(app, id, DONE, Duration::from_secs(30)).await;
         assert_eq!(task["status"], "dead", "{name}: {task}");
         let expected = match *name {
             "unsigned" => "unsigned task message refused: TASK_SIGNING_KEYS requires a signature",
@@ -231,7 +241,7 @@ async fn unsigned_forged_and_unknown_key_messages_end_dead_and_delete_nothing() 
         };
         // The worker's reason (it may follow the broker's dead-letter note).
         eventually(Duration::from_secs(10), expected, || async {
-            let task: Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+            let task: Value = app.task(id).await;
             task["error"]["message"]
                 .as_str()
                 .is_some_and(|m| m.contains(expected))
@@ -258,84 +268,45 @@ async fn unsigned_forged_and_unknown_key_messages_end_dead_and_delete_nothing() 
         "{metrics}"
     );
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_signed_with_the_older_key_of_the_ring_is_accepted() {
-    let db = TestDb::create().await;
-    let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
-    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(100.0), 1)
-        .await;
-    let app = no_relay(&db, &broker).await;
-    let worker =
-        TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.db.url())]).await;
+    let (runs, stack, worker) = signed_runs_setup(100.0).await;
+    let (app, broker) = (&stack.app, &stack.broker);
 
     // Only the second key of the workers' ring, as a producer not yet rotated holds it.
     let old_key = SIGNING_KEYS.split(',').nth(1).unwrap().trim();
     assert!(old_key.starts_with("test-old:"));
     let old = KeyRing::parse(old_key).unwrap();
-    let id = enqueue(
-        &app,
-        "/maintenance/cleanup-runs",
-        json!({"max_age_hours": 24}),
-    )
-    .await;
-    let body = outbox_envelope(&app, &id).await.to_string().into_bytes();
-    publish_task(
-        &broker,
-        TaskKind::CleanupRuns,
-        &id,
-        &body,
-        Some(old.sign(&body)),
-    )
-    .await;
+    let (id, envelope) = held_runs_task(app).await;
+    publish_signed(broker, &id, &envelope, &old).await;
 
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    let task = wait_for(app, &id, DONE, Duration::from_secs(30)).await;
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(task["result"]["runs_deleted"], SIGNED_RUNS);
     assert_eq!(runs.count("SELECT count(*) FROM runs").await, 0);
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_poison() {
-    let db = TestDb::create().await;
-    let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
-    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(100.0), 1)
-        .await;
-    let app = no_relay(&db, &broker).await;
-    let worker =
-        TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.db.url())]).await;
+    let (runs, stack, worker) = signed_runs_setup(100.0).await;
+    let (app, broker) = (&stack.app, &stack.broker);
     let keys = key_ring();
 
     // What a producer-api upgraded before the workers would send: a version this worker
     // does not know, with fields it has never seen.
-    let newer = enqueue(
-        &app,
-        "/maintenance/cleanup-runs",
-        json!({"max_age_hours": 24}),
-    )
-    .await;
-    let mut envelope = outbox_envelope(&app, &newer).await;
+    let (newer, mut envelope) = held_runs_task(app).await;
     envelope["schema_version"] = 2.into();
     envelope["params"]["added_in_v2"] = true.into();
     envelope["priority"] = "high".into();
-    let body = envelope.to_string().into_bytes();
-    publish_task(
-        &broker,
-        TaskKind::CleanupRuns,
-        &newer,
-        &body,
-        Some(keys.sign(&body)),
-    )
-    .await;
+    publish_signed(broker, &newer, &envelope, &keys).await;
 
     let task = wait_for(
-        &app,
+        app,
         &newer,
         &["retrying", "succeeded", "failed", "dead"],
         Duration::from_secs(30),
@@ -359,24 +330,10 @@ async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_po
     assert_eq!(attempts, vec![1, 2]);
 
     // An older version is poison.
-    let older = enqueue(
-        &app,
-        "/maintenance/cleanup-runs",
-        json!({"max_age_hours": 24}),
-    )
-    .await;
-    let mut envelope = outbox_envelope(&app, &older).await;
+    let (older, mut envelope) = held_runs_task(app).await;
     envelope["schema_version"] = 0.into();
-    let body = envelope.to_string().into_bytes();
-    publish_task(
-        &broker,
-        TaskKind::CleanupRuns,
-        &older,
-        &body,
-        Some(keys.sign(&body)),
-    )
-    .await;
-    let task = wait_for(&app, &older, DONE, Duration::from_secs(30)).await;
+    publish_signed(broker, &older, &envelope, &keys).await;
+    let task = wait_for(app, &older, DONE, Duration::from_secs(30)).await;
     assert_eq!(task["status"], "dead", "{task}");
     assert!(
         task["error"]["message"]
@@ -393,12 +350,7 @@ async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_po
         || async { broker.queue_len_named(&dead_queue).await == 1 },
     )
     .await;
-    let task: Value = app
-        .get(&format!("/tasks/{newer}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task: Value = app.task(&newer).await;
     assert_eq!(task["status"], "retrying", "{task}");
     assert_eq!(
         runs.count("SELECT count(*) FROM runs").await,
@@ -406,7 +358,7 @@ async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_po
         "nothing deleted"
     );
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 /// A message signed with the real key (a producer bug, a leaked key) whose cutoff is
@@ -414,49 +366,23 @@ async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_po
 /// MIN_AGE_HOURS floor: the worker refuses it and deletes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_message_with_a_cutoff_younger_than_allowed_deletes_nothing() {
-    let db = TestDb::create().await;
-    let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
     // Two hours old: older than the worker's floor of one hour, younger than a day.
-    runs.insert(SIGNED_RUNS as i64, "succeeded", Some(2.0), 1)
-        .await;
-    let app = no_relay(&db, &broker).await;
-    let worker =
-        TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.db.url())]).await;
+    let (runs, stack, worker) = signed_runs_setup(2.0).await;
+    let (app, broker) = (&stack.app, &stack.broker);
     let keys = key_ring();
     let now = chrono::Utc::now();
 
     // The request said a day; the cutoff says 90 minutes.
-    let moved = enqueue(
-        &app,
-        "/maintenance/cleanup-runs",
-        json!({"max_age_hours": 24}),
-    )
-    .await;
-    let mut envelope = outbox_envelope(&app, &moved).await;
+    let (moved, mut envelope) = held_runs_task(app).await;
     envelope["cutoff"] = json!(now - chrono::Duration::minutes(90));
     // Below the floor, consistently: a day before an `enqueued_at` in the future. (A
     // `max_age_hours` below the floor is refused earlier, as invalid parameters.)
-    let below = enqueue(
-        &app,
-        "/maintenance/cleanup-runs",
-        json!({"max_age_hours": 24}),
-    )
-    .await;
-    let mut floor = outbox_envelope(&app, &below).await;
+    let (below, mut floor) = held_runs_task(app).await;
     floor["enqueued_at"] = json!(now + chrono::Duration::minutes(23 * 60 + 30));
     floor["cutoff"] = json!(now - chrono::Duration::minutes(30));
 
     for (id, envelope) in [(&moved, &envelope), (&below, &floor)] {
-        let body = envelope.to_string().into_bytes();
-        publish_task(
-            &broker,
-            TaskKind::CleanupRuns,
-            id,
-            &body,
-            Some(keys.sign(&body)),
-        )
-        .await;
+        publish_signed(broker, id, envelope, &keys).await;
     }
     for (id, expected) in [
         (&moved, "is younger than max_age_hours (24) allows"),
@@ -465,7 +391,7 @@ async fn a_signed_message_with_a_cutoff_younger_than_allowed_deletes_nothing() {
             "is younger than this worker's MIN_AGE_HOURS (1) allows",
         ),
     ] {
-        let task = wait_for(&app, id, DONE, Duration::from_secs(30)).await;
+        let task = wait_for(app, id, DONE, Duration::from_secs(30)).await;
         assert_ne!(task["status"], "succeeded", "{task}");
         let message = task["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(expected), "{task}");
@@ -476,5 +402,5 @@ async fn a_signed_message_with_a_cutoff_younger_than_allowed_deletes_nothing() {
         "nothing deleted"
     );
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }

@@ -1,20 +1,16 @@
 use std::time::Duration;
 
 use serde_json::json;
-
-use crate::helpers::*;
-use crate::support::*;
+use test_support::*;
 
 const RUNS: &str = "/maintenance/cleanup-runs";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_predicts_exactly_what_the_real_run_deletes() {
-    let db = TestDb::create().await;
     let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker =
-        TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.db.url())]).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let worker = stack.worker(&[runs_database_flag(runs.db.url())]).await;
 
     // Eligible: finished (terminal) and older than 48 h.
     let old_succeeded = runs.insert(10, "succeeded", Some(100.0), 3).await;
@@ -26,12 +22,12 @@ async fn a_dry_run_predicts_exactly_what_the_real_run_deletes() {
     runs.insert(2, "queued", None, 0).await;
 
     let dry = enqueue(
-        &app,
+        app,
         RUNS,
         json!({"max_age_hours": 48, "dry_run": true, "batch_size": 4}),
     )
     .await;
-    let task = wait_for(&app, &dry, DONE, Duration::from_secs(30)).await;
+    let task = wait_for(app, &dry, DONE, Duration::from_secs(30)).await;
     assert_eq!(task["status"], "succeeded", "{task}");
     let result = &task["result"];
     assert_eq!(result["dry_run"], true);
@@ -50,8 +46,9 @@ async fn a_dry_run_predicts_exactly_what_the_real_run_deletes() {
         "a dry run deletes nothing"
     );
 
-    let real = enqueue(&app, RUNS, json!({"max_age_hours": 48, "batch_size": 4})).await;
-    let task = wait_for(&app, &real, DONE, Duration::from_secs(30)).await;
+    let task = stack
+        .run(RUNS, json!({"max_age_hours": 48, "batch_size": 4}))
+        .await;
     assert_eq!(task["status"], "succeeded", "{task}");
     let result = &task["result"];
     assert_eq!(
@@ -86,28 +83,24 @@ async fn a_dry_run_predicts_exactly_what_the_real_run_deletes() {
         "{metrics}"
     );
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_filters_and_max_rows_narrow_what_is_deleted() {
-    let db = TestDb::create().await;
     let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker =
-        TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.db.url())]).await;
+    let stack = Stack::start().await;
+    let worker = stack.worker(&[runs_database_flag(runs.db.url())]).await;
 
     runs.insert(7, "failed", Some(100.0), 1).await;
     runs.insert(5, "succeeded", Some(100.0), 1).await;
 
-    let id = enqueue(
-        &app,
-        RUNS,
-        json!({"max_age_hours": 24, "statuses": ["failed"], "max_rows": 4}),
-    )
-    .await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    let task = stack
+        .run(
+            RUNS,
+            json!({"max_age_hours": 24, "statuses": ["failed"], "max_rows": 4}),
+        )
+        .await;
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(task["result"]["runs_deleted"], 4);
     assert_eq!(task["result"]["capped"], true);
@@ -128,25 +121,20 @@ async fn status_filters_and_max_rows_narrow_what_is_deleted() {
         5
     );
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_runs_table_fails_the_task_permanently_at_once() {
-    let db = TestDb::create().await;
     let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[
-            format!("--runs-database-url={}", runs.db.url()),
+    let stack = Stack::start().await;
+    let worker = stack
+        .worker(&[
+            runs_database_flag(runs.db.url()),
             "--runs-table=no_such_table".into(),
-        ],
-    )
-    .await;
-    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24})).await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+        ])
+        .await;
+    let task = stack.run(RUNS, json!({"max_age_hours": 24})).await;
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["attempts"], 1, "permanent errors are not retried");
     assert_eq!(task["error"]["class"], "permanent");
@@ -158,5 +146,5 @@ async fn a_missing_runs_table_fails_the_task_permanently_at_once() {
         "{task}"
     );
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }

@@ -3,12 +3,9 @@
 
 use std::time::Duration;
 
-use clap::Parser;
 use serde_json::json;
 use sqlx::PgPool;
-
-use crate::helpers::*;
-use crate::support::*;
+use test_support::*;
 
 const RUNS: &str = "/maintenance/cleanup-runs";
 
@@ -52,21 +49,18 @@ async fn wall_clock_timestamps_are_read_in_the_databases_time_zone() {
     .execute(&pool)
     .await
     .unwrap();
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[
-            format!("--runs-database-url={}", runs.url()),
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let worker = stack
+        .worker(&[
+            runs_database_flag(runs.url()),
             "--runs-timestamp-timezone=Etc/GMT+5".into(),
-        ],
-    )
-    .await;
+        ])
+        .await;
 
     for dry_run in [true, false] {
-        let id = enqueue(&app, RUNS, json!({"max_age_hours": 3, "dry_run": dry_run})).await;
-        let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+        let id = enqueue(app, RUNS, json!({"max_age_hours": 3, "dry_run": dry_run})).await;
+        let task = wait_for(app, &id, DONE, Duration::from_secs(30)).await;
         assert_eq!(task["status"], "succeeded", "{task}");
         assert_eq!(
             task["result"]["runs_matched"], 3,
@@ -89,34 +83,18 @@ async fn wall_clock_timestamps_are_read_in_the_databases_time_zone() {
     // The zone can be named explicitly too: read as UTC, the same young rows would look
     // five hours older; an operator who says so gets exactly that.
     worker.stop().await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[
-            format!("--runs-database-url={}", runs.url()),
+    let worker = stack
+        .worker(&[
+            runs_database_flag(runs.url()),
             "--runs-timestamp-timezone=Etc/GMT+8".into(),
-        ],
-    )
-    .await;
-    let id = enqueue(&app, RUNS, json!({"max_age_hours": 3, "dry_run": true})).await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+        ])
+        .await;
+    let task = stack
+        .run(RUNS, json!({"max_age_hours": 3, "dry_run": true}))
+        .await;
     assert_eq!(task["result"]["runs_matched"], 0, "{task}");
     worker.stop().await;
-    app.stop().await;
-}
-
-pub(crate) async fn build_worker(
-    broker: &TestBroker,
-    extra: &[String],
-) -> anyhow::Result<worker::Application> {
-    let mut args = vec![
-        "worker".to_owned(),
-        format!("--amqp-url={}", amqp_base()),
-        format!("--amqp-prefix={}", broker.prefix()),
-        "--metrics-addr=127.0.0.1:0".to_owned(),
-        format!("--task-signing-keys={SIGNING_KEYS}"),
-    ];
-    args.extend(extra.iter().cloned());
-    worker::Application::build(worker::Config::try_parse_from(args).unwrap()).await
+    stack.stop().await;
 }
 
 /// With an id column that is not unique, `DELETE ... WHERE id IN (eligible ids)` also
@@ -130,7 +108,7 @@ async fn a_worker_refuses_to_start_on_an_id_column_that_is_not_unique() {
     )
     .await;
     let broker = TestBroker::create().await;
-    let error = build_worker(&broker, &[format!("--runs-database-url={}", runs.url())])
+    let error = build_worker(&broker, &[runs_database_flag(runs.url())])
         .await
         .err()
         .expect("the worker must refuse this table");
@@ -143,7 +121,7 @@ async fn a_worker_refuses_to_start_on_an_id_column_that_is_not_unique() {
     // A wrong column name or type is refused the same way.
     let (typed, _pool) =
         database("CREATE TABLE runs (id bigint PRIMARY KEY, status text, finished_at date)").await;
-    let error = build_worker(&broker, &[format!("--runs-database-url={}", typed.url())])
+    let error = build_worker(&broker, &[runs_database_flag(typed.url())])
         .await
         .err()
         .expect("a date column must be refused");
@@ -162,12 +140,11 @@ async fn rows_sharing_an_id_with_an_eligible_row_are_not_deleted() {
          INSERT INTO runs SELECT g, 'running', now() - interval '20 days' FROM generate_series(1, 20) g;",
     )
     .await;
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.url())]).await;
-    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24, "batch_size": 7})).await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    let stack = Stack::start().await;
+    let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
+    let task = stack
+        .run(RUNS, json!({"max_age_hours": 24, "batch_size": 7}))
+        .await;
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(task["result"]["runs_deleted"], 20, "{task}");
     assert_eq!(count(&pool, "SELECT count(*) FROM runs").await, 40);
@@ -176,7 +153,7 @@ async fn rows_sharing_an_id_with_an_eligible_row_are_not_deleted() {
         0
     );
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 /// A child table without `ON DELETE CASCADE` makes a batch fail permanently. The rows
@@ -193,12 +170,11 @@ async fn a_task_that_fails_for_good_reports_the_rows_it_deleted_before() {
          INSERT INTO artifacts SELECT id FROM runs ORDER BY finished_at DESC LIMIT 10;",
     )
     .await;
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.url())]).await;
-    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24, "batch_size": 5})).await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    let stack = Stack::start().await;
+    let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
+    let task = stack
+        .run(RUNS, json!({"max_age_hours": 24, "batch_size": 5}))
+        .await;
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["error"]["class"], "permanent", "{task}");
     let gone = 30 - count(&pool, "SELECT count(*) FROM runs").await;
@@ -209,7 +185,7 @@ async fn a_task_that_fails_for_good_reports_the_rows_it_deleted_before() {
     assert_eq!(task["result"]["runs_deleted"], gone, "{task}");
     assert_eq!(task["result"]["batches"], 4, "{task}");
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 /// The application holds a lock on the runs table. Without `lock_timeout` the batch
@@ -225,27 +201,24 @@ async fn no_delete_commits_after_its_attempt_was_reported_failed() {
          SELECT 'succeeded', now() - interval '10 days' FROM generate_series(1, 50);",
     )
     .await;
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[
-            format!("--runs-database-url={}", runs.url()),
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let worker = stack
+        .worker(&[
+            runs_database_flag(runs.url()),
             "--runs-lock-timeout=300ms".into(),
             "--runs-statement-timeout=2s".into(),
             "--turn-budget=1s".into(),
             "--task-timeout=2s".into(),
-        ],
-    )
-    .await;
+        ])
+        .await;
     let mut holder = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *holder)
         .await
         .unwrap();
-    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24, "max_attempts": 1})).await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(60)).await;
+    let id = enqueue(app, RUNS, json!({"max_age_hours": 24, "max_attempts": 1})).await;
+    let task = wait_for(app, &id, DONE, Duration::from_secs(60)).await;
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["error"]["class"], "transient", "{task}");
     holder.rollback().await.unwrap();
@@ -256,7 +229,7 @@ async fn no_delete_commits_after_its_attempt_was_reported_failed() {
         "a DELETE committed after its attempt was reported failed"
     );
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 /// Around a daylight-saving fall-back, one wall time names two instants an hour apart.

@@ -6,16 +6,15 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::*;
-use crate::runs_safety::{build_worker, count, database};
-use crate::support::*;
+use crate::runs_safety::{count, database};
+use test_support::*;
 
 const RUNS: &str = "/maintenance/cleanup-runs";
 
 async fn refusal(setup: &str) -> String {
     let (runs, _pool) = database(setup).await;
     let broker = TestBroker::create().await;
-    build_worker(&broker, &[format!("--runs-database-url={}", runs.url())])
+    build_worker(&broker, &[runs_database_flag(runs.url())])
         .await
         .err()
         .unwrap_or_else(|| panic!("the worker must refuse this table: {setup}"))
@@ -55,7 +54,7 @@ async fn a_cascade_that_leads_back_into_the_runs_table_is_refused() {
     )
     .await;
     let broker = TestBroker::create().await;
-    let worker = build_worker(&broker, &[format!("--runs-database-url={}", runs.url())]).await;
+    let worker = build_worker(&broker, &[runs_database_flag(runs.url())]).await;
     assert!(worker.is_ok(), "{:?}", worker.err());
 }
 
@@ -93,7 +92,7 @@ async fn an_invalid_unique_index_is_no_key_and_a_precision_is_no_obstacle() {
         .await;
     assert!(failed.is_err(), "duplicate ids must make the index fail");
     let broker = TestBroker::create().await;
-    let error = build_worker(&broker, &[format!("--runs-database-url={}", runs.url())])
+    let error = build_worker(&broker, &[runs_database_flag(runs.url())])
         .await
         .err()
         .expect("an invalid index is not a key");
@@ -106,7 +105,7 @@ async fn an_invalid_unique_index_is_no_key_and_a_precision_is_no_obstacle() {
         "CREATE TABLE runs (id bigint PRIMARY KEY, status text, finished_at timestamptz(3))",
     )
     .await;
-    let worker = build_worker(&broker, &[format!("--runs-database-url={}", precise.url())]).await;
+    let worker = build_worker(&broker, &[runs_database_flag(precise.url())]).await;
     assert!(worker.is_ok(), "{:?}", worker.err());
 }
 
@@ -121,12 +120,11 @@ async fn a_schema_change_after_start_up_is_seen_by_the_next_task() {
                                  (2, 'running', now(), 1);",
     )
     .await;
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(&broker, &[format!("--runs-database-url={}", runs.url())]).await;
-    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24, "dry_run": true})).await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
+    let id = enqueue(app, RUNS, json!({"max_age_hours": 24, "dry_run": true})).await;
+    let task = wait_for(app, &id, DONE, Duration::from_secs(30)).await;
     assert_eq!(task["result"]["runs_matched"], 1, "{task}");
 
     sqlx::query(
@@ -135,8 +133,7 @@ async fn a_schema_change_after_start_up_is_seen_by_the_next_task() {
     .execute(&pool)
     .await
     .unwrap();
-    let id = enqueue(&app, RUNS, json!({"max_age_hours": 24})).await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    let task = stack.run(RUNS, json!({"max_age_hours": 24})).await;
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["error"]["class"], "permanent", "{task}");
     let message = task["error"]["message"].as_str().unwrap_or_default();
@@ -147,5 +144,5 @@ async fn a_schema_change_after_start_up_is_seen_by_the_next_task() {
         "the running run went with the old one"
     );
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }

@@ -4,9 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use rustix::fs::{AtFlags, Timespec, Timestamps, CWD};
 use serde_json::json;
-
-use crate::helpers::*;
-use crate::support::*;
+use test_support::*;
 
 const TEMP: &str = "/maintenance/cleanup-temp-files";
 
@@ -63,8 +61,6 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_predicts_exactly_what_the_real_run_deletes_and_deletes_nothing() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     let scratch = tempfile::tempdir().unwrap();
     let root = scratch.path();
     file(&root.join("old.tmp"), 100, 30.0);
@@ -76,19 +72,14 @@ async fn a_dry_run_predicts_exactly_what_the_real_run_deletes_and_deletes_nothin
     file(&root.join("keep/old.dat"), 5, 100.0);
     age(&root.join("cache/a"), 48.0);
 
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[format!("--temp-roots=scratch={}", root.display())],
-    )
-    .await;
+    let stack = Stack::start().await;
+    let worker = stack.worker(&[temp_root_flag("scratch", root)]).await;
     let before = tree(root);
 
     let body = json!({"max_age_hours": 24, "root": "scratch", "patterns": ["*.tmp", "keep/*"], "remove_empty_dirs": true});
     let mut dry_body = body.clone();
     dry_body["dry_run"] = json!(true);
-    let dry = enqueue(&app, TEMP, dry_body).await;
-    let dry = wait_for(&app, &dry, DONE, Duration::from_secs(30)).await;
+    let dry = stack.run(TEMP, dry_body).await;
     assert_eq!(dry["status"], "succeeded", "{dry}");
     assert_eq!(tree(root), before, "a dry run deletes nothing");
     let predicted = &dry["result"];
@@ -102,8 +93,7 @@ async fn a_dry_run_predicts_exactly_what_the_real_run_deletes_and_deletes_nothin
     );
     assert_eq!(predicted["dirs_removed"], 0);
 
-    let real = enqueue(&app, TEMP, body).await;
-    let real = wait_for(&app, &real, DONE, Duration::from_secs(30)).await;
+    let real = stack.run(TEMP, body).await;
     assert_eq!(real["status"], "succeeded", "{real}");
     let result = &real["result"];
     assert_eq!(result["files_deleted"], predicted["files_matched"]);
@@ -127,13 +117,11 @@ async fn a_dry_run_predicts_exactly_what_the_real_run_deletes_and_deletes_nothin
         "{metrics}"
     );
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symlinks_are_judged_as_links_and_their_targets_never_touched() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     let scratch = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let root = scratch.path().join("root");
@@ -155,19 +143,14 @@ async fn symlinks_are_judged_as_links_and_their_targets_never_touched() {
     file(&root.join("old.tmp"), 3, 100.0);
     let outside_before = tree(outside.path());
 
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[format!("--temp-roots=scratch={}", root.display())],
-    )
-    .await;
-    let id = enqueue(
-        &app,
-        TEMP,
-        json!({"max_age_hours": 24, "remove_empty_dirs": true}),
-    )
-    .await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    let stack = Stack::start().await;
+    let worker = stack.worker(&[temp_root_flag("scratch", &root)]).await;
+    let task = stack
+        .run(
+            TEMP,
+            json!({"max_age_hours": 24, "remove_empty_dirs": true}),
+        )
+        .await;
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(
         task["result"]["files_deleted"], 3,
@@ -184,23 +167,20 @@ async fn symlinks_are_judged_as_links_and_their_targets_never_touched() {
     assert_eq!(tree(&root), set(&["young-link"]));
     assert!(root.exists(), "the root itself is never removed");
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_root_fails_the_task_permanently_with_a_clear_error() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     let scratch = tempfile::tempdir().unwrap();
     file(&scratch.path().join("old.tmp"), 1, 100.0);
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[format!("--temp-roots=scratch={}", scratch.path().display())],
-    )
-    .await;
-    let id = enqueue(&app, TEMP, json!({"max_age_hours": 24, "root": "uploads"})).await;
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    let stack = Stack::start().await;
+    let worker = stack
+        .worker(&[temp_root_flag("scratch", scratch.path())])
+        .await;
+    let task = stack
+        .run(TEMP, json!({"max_age_hours": 24, "root": "uploads"}))
+        .await;
     assert_eq!(task["status"], "failed", "{task}");
     assert_eq!(task["attempts"], 1);
     assert_eq!(task["error"]["class"], "permanent");
@@ -210,7 +190,7 @@ async fn an_unknown_root_fails_the_task_permanently_with_a_clear_error() {
     );
     assert!(scratch.path().join("old.tmp").exists());
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 /// `max_files` over two roots, one of which cannot be opened, so attempts fail as
@@ -218,25 +198,22 @@ async fn an_unknown_root_fails_the_task_permanently_with_a_clear_error() {
 /// `max_files` go, and the result of the attempt that finally succeeds counts them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_files_holds_over_every_attempt_and_the_result_counts_them_all() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     let scratch = tempfile::tempdir().unwrap();
     let (a, b) = (scratch.path().join("a"), scratch.path().join("b"));
     for i in 0..10 {
         file(&a.join(format!("jobs/{i:02}.tmp")), 10, 100.0);
     }
     std::fs::create_dir(&b).unwrap();
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let worker = TestWorker::spawn(
-        &broker,
-        &[format!("--temp-roots=a={},b={}", a.display(), b.display())],
-    )
-    .await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let worker = stack
+        .worker(&[format!("--temp-roots=a={},b={}", a.display(), b.display())])
+        .await;
     // The volume of root `b` goes away after start-up.
     let away = scratch.path().join("b-away");
     std::fs::rename(&b, &away).unwrap();
     let id = enqueue(
-        &app,
+        app,
         TEMP,
         json!({"max_age_hours": 24, "max_files": 4, "max_attempts": 3}),
     )
@@ -244,7 +221,7 @@ async fn max_files_holds_over_every_attempt_and_the_result_counts_them_all() {
     // Two attempts fail on `b`; then `b` is back for the third.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let task: serde_json::Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+        let task: serde_json::Value = app.task(&id).await;
         if task["status"] == "retrying" && task["attempts"] == 2 {
             assert_eq!(task["error"]["class"], "transient", "{task}");
             assert!(
@@ -263,7 +240,7 @@ async fn max_files_holds_over_every_attempt_and_the_result_counts_them_all() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     std::fs::rename(&away, &b).unwrap();
-    let task = wait_for(&app, &id, DONE, Duration::from_secs(30)).await;
+    let task = wait_for(app, &id, DONE, Duration::from_secs(30)).await;
     assert_eq!(task["status"], "succeeded", "{task}");
     assert_eq!(task["attempts"], 3, "{task}");
     let left = std::fs::read_dir(a.join("jobs")).unwrap().count();
@@ -275,5 +252,5 @@ async fn max_files_holds_over_every_attempt_and_the_result_counts_them_all() {
     assert_eq!(task["result"]["capped"], true, "{task}");
     assert_eq!(task["result"]["turns"], 3, "{task}");
     worker.stop().await;
-    app.stop().await;
+    stack.stop().await;
 }

@@ -6,22 +6,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use test_support::*;
 use tokio::process::{Child, Command};
-
-use crate::helpers::*;
 
 /// A `worker` process on a prefix, with its metrics on a port of its own.
 pub struct WorkerProcess {
     pub port: u16,
     child: Child,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl WorkerProcess {
@@ -268,6 +259,19 @@ pub async fn enqueue_retrying(app: &TestApp, path: &str, body: serde_json::Value
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Show the logs of the in-process API at `level` (with `--nocapture`).
+pub fn show_logs(level: &str) {
+    shared::runtime::telemetry::init(&shared::runtime::telemetry::LogArgs {
+        log_format: shared::runtime::telemetry::LogFormat::Pretty,
+        log_level: level.into(),
+    });
+}
+
+/// A worker process's `TEMP_ROOTS` setting: `root` as the temp root `scratch`.
+pub fn scratch_root(root: &tempfile::TempDir) -> (&'static str, String) {
+    ("TEMP_ROOTS", format!("scratch={}", root.path().display()))
 }
 
 /// A pseudo-random number in `0..n` (no need for a crate: the tests only vary timing).

@@ -7,13 +7,5 @@
 //! `cargo test -p worker --test faults -- --ignored --test-threads=1 --nocapture`.
 //! Whatever happens, they leave the services running.
 
-#[path = "../../../producer-api/tests/api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-
-#[path = "../e2e/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 mod harness;
 mod scenarios;

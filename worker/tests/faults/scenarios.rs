@@ -4,8 +4,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::harness::*;
-use crate::helpers::*;
-use crate::support::*;
+use test_support::*;
 
 const TEMP: &str = "/maintenance/cleanup-temp-files";
 const RUNS: &str = "/maintenance/cleanup-runs";
@@ -39,18 +38,18 @@ async fn enqueue_many(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault injection: stops shared services; run by deploy/local/test.sh, serially"]
 async fn workers_killed_at_random_moments_lose_no_task() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     // Big enough that a task takes a while, so kills land mid-task.
     let root = scratch(20_000);
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let env = [("TEMP_ROOTS", format!("scratch={}", root.path().display()))];
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let broker = &stack.broker;
+    let env = [scratch_root(&root)];
     let mut workers = vec![
-        WorkerProcess::spawn(&broker, "kill-a-0", &env),
-        WorkerProcess::spawn(&broker, "kill-b-0", &env),
+        WorkerProcess::spawn(broker, "kill-a-0", &env),
+        WorkerProcess::spawn(broker, "kill-b-0", &env),
     ];
     let ids = enqueue_many(
-        &app,
+        app,
         600,
         TEMP,
         json!({"max_age_hours": 24, "root": "scratch"}),
@@ -69,7 +68,7 @@ async fn workers_killed_at_random_moments_lose_no_task() {
         workers[victim].kill().await;
         kills += 1;
         let id = format!("kill-{}-{kills}", ["a", "b"][victim]);
-        workers[victim] = WorkerProcess::spawn(&broker, &id, &env);
+        workers[victim] = WorkerProcess::spawn(broker, &id, &env);
     }
     let census = settle(&app.pool, &ids, Duration::from_secs(120)).await;
     census.report(&format!("SIGKILL x{kills}, 2 workers"), ids.len());
@@ -79,28 +78,25 @@ async fn workers_killed_at_random_moments_lose_no_task() {
     for worker in &mut workers {
         worker.kill().await;
     }
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault injection: stops shared services; run by deploy/local/test.sh, serially"]
 async fn a_rabbitmq_restart_mid_run_loses_no_task() {
     // The in-process API's warnings (relay, recorder) show with --nocapture.
-    shared::runtime::telemetry::init(&shared::runtime::telemetry::LogArgs {
-        log_format: shared::runtime::telemetry::LogFormat::Pretty,
-        log_level: "warn".into(),
-    });
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
+    show_logs("warn");
     let root = scratch(20_000);
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    let env = [("TEMP_ROOTS", format!("scratch={}", root.path().display()))];
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let broker = &stack.broker;
+    let env = [scratch_root(&root)];
     let mut workers = [
-        WorkerProcess::spawn(&broker, "rmq-a", &env),
-        WorkerProcess::spawn(&broker, "rmq-b", &env),
+        WorkerProcess::spawn(broker, "rmq-a", &env),
+        WorkerProcess::spawn(broker, "rmq-b", &env),
     ];
     let body = json!({"max_age_hours": 24, "root": "scratch"});
-    let mut ids = enqueue_many(&app, 150, TEMP, body.clone()).await;
+    let mut ids = enqueue_many(app, 150, TEMP, body.clone()).await;
     eventually(Duration::from_secs(30), "the run is under way", || async {
         Census::take(&app.pool, &ids).await.finished() >= 5
     })
@@ -117,7 +113,7 @@ async fn a_rabbitmq_restart_mid_run_loses_no_task() {
         ids.len()
     );
     let outage = RabbitOutage::begin();
-    let during = enqueue_many(&app, 100, TEMP, body.clone()).await;
+    let during = enqueue_many(app, 100, TEMP, body.clone()).await;
     let readyz = format!("http://127.0.0.1:{}/readyz", workers[0].port);
     eventually(
         Duration::from_secs(10),
@@ -125,12 +121,7 @@ async fn a_rabbitmq_restart_mid_run_loses_no_task() {
         || async { reqwest::get(&readyz).await.is_ok_and(|r| r.status() == 503) },
     )
     .await;
-    let api_ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let api_ready = app.get_without_token("/readyz").await;
     assert_eq!(api_ready.status(), 503, "nor is the API");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stuck = Census::take(&app.pool, &during).await;
@@ -141,7 +132,7 @@ async fn a_rabbitmq_restart_mid_run_loses_no_task() {
     );
     outage.end();
     ids.extend(&during);
-    ids.extend(enqueue_many(&app, 50, TEMP, body).await);
+    ids.extend(enqueue_many(app, 50, TEMP, body).await);
 
     let census = settle(&app.pool, &ids, Duration::from_secs(240)).await;
     census.report("RabbitMQ stop_app/start_app", ids.len());
@@ -157,37 +148,29 @@ async fn a_rabbitmq_restart_mid_run_loses_no_task() {
     for worker in &mut workers {
         worker.kill().await;
     }
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault injection: stops shared services; run by deploy/local/test.sh, serially"]
 async fn a_postgresql_restart_mid_run_loses_no_event() {
-    let db = TestDb::create().await;
     let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
     let root = scratch(20_000);
     runs.insert(3000, "succeeded", Some(100.0), 0).await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            extra_args: vec!["--max-attempts=6".into()],
-            ..Default::default()
-        },
-    )
-    .await;
+    let stack = Stack::start_with(AppOptions::with_args(&["--max-attempts=6"])).await;
+    let app = &stack.app;
+    let broker = &stack.broker;
     let env = [
-        ("TEMP_ROOTS", format!("scratch={}", root.path().display())),
+        scratch_root(&root),
         ("RUNS_DATABASE_URL", runs.db.url()),
         ("RUNS_DATABASE_ACQUIRE_TIMEOUT", "1s".to_owned()),
     ];
     let mut workers = [
-        WorkerProcess::spawn(&broker, "pg-a", &env),
-        WorkerProcess::spawn(&broker, "pg-b", &env),
+        WorkerProcess::spawn(broker, "pg-a", &env),
+        WorkerProcess::spawn(broker, "pg-b", &env),
     ];
     let mut ids = enqueue_many(
-        &app,
+        app,
         80,
         TEMP,
         json!({"max_age_hours": 24, "root": "scratch"}),
@@ -195,7 +178,7 @@ async fn a_postgresql_restart_mid_run_loses_no_event() {
     .await;
     ids.extend(
         enqueue_many(
-            &app,
+            app,
             60,
             RUNS,
             json!({"max_age_hours": 24, "max_rows": 50, "batch_size": 10}),
@@ -216,15 +199,7 @@ async fn a_postgresql_restart_mid_run_loses_no_event() {
     let outage = PostgresOutage::begin();
     tokio::time::sleep(Duration::from_secs(4)).await;
     outage.end();
-    ids.extend(
-        enqueue_many(
-            &app,
-            40,
-            RUNS,
-            json!({"max_age_hours": 24, "dry_run": true}),
-        )
-        .await,
-    );
+    ids.extend(enqueue_many(app, 40, RUNS, json!({"max_age_hours": 24, "dry_run": true})).await);
 
     let census = settle(&app.pool, &ids, Duration::from_secs(240)).await;
     census.report("PostgreSQL stop 4 s/start", ids.len());
@@ -250,21 +225,21 @@ async fn a_postgresql_restart_mid_run_loses_no_event() {
     for worker in &mut workers {
         worker.kill().await;
     }
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault injection: stops shared services; run by deploy/local/test.sh, serially"]
 async fn sigterm_during_a_long_cleanup_hands_the_rest_to_another_worker() {
     const ROWS: i64 = 1_000_000;
-    let db = TestDb::create().await;
     let runs = RunsDb::create().await;
-    let broker = TestBroker::create().await;
     runs.insert(ROWS, "succeeded", Some(100.0), 0).await;
-    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let broker = &stack.broker;
     let env = [("RUNS_DATABASE_URL", runs.db.url())];
-    let mut first = WorkerProcess::spawn(&broker, "long-a", &env);
-    let id = enqueue_retrying(&app, RUNS, json!({"max_age_hours": 24, "batch_size": 1000})).await;
+    let mut first = WorkerProcess::spawn(broker, "long-a", &env);
+    let id = enqueue_retrying(app, RUNS, json!({"max_age_hours": 24, "batch_size": 1000})).await;
 
     eventually(
         Duration::from_secs(60),
@@ -282,8 +257,8 @@ async fn sigterm_during_a_long_cleanup_hands_the_rest_to_another_worker() {
         "the first worker did not finish the task by itself"
     );
 
-    let mut second = WorkerProcess::spawn(&broker, "long-b", &env);
-    let task = wait_for(&app, &id.to_string(), DONE, Duration::from_secs(300)).await;
+    let mut second = WorkerProcess::spawn(broker, "long-b", &env);
+    let task = wait_for(app, &id.to_string(), DONE, Duration::from_secs(300)).await;
     let deleted = ROWS - runs.count("SELECT count(*) FROM runs").await;
     eprintln!("[SIGTERM] result: {}", task["result"]);
     assert_eq!(task["status"], "succeeded", "{task}");
@@ -295,32 +270,27 @@ async fn sigterm_during_a_long_cleanup_hands_the_rest_to_another_worker() {
     assert!(task["result"]["turns"].as_u64().unwrap() >= 2);
     assert_eq!(task["attempts"], 1);
     second.kill().await;
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault injection: stops shared services; run by deploy/local/test.sh, serially"]
 async fn a_task_that_crashes_every_worker_ends_dead() {
-    let db = TestDb::create().await;
     let runs = RunsDb::create().await;
-    let broker = TestBroker::with_delivery_limit(2).await;
     runs.insert(10, "succeeded", Some(100.0), 0).await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            extra_args: vec!["--amqp-delivery-limit=2".into()],
-            ..Default::default()
-        },
+    let stack = Stack::start_on(
+        TestBroker::with_delivery_limit(2).await,
+        AppOptions::with_args(&["--amqp-delivery-limit=2"]),
     )
     .await;
+    let (app, broker) = (&stack.app, &stack.broker);
     // Hold the table: the task hangs in every worker, which the test then kills.
     let mut lock = runs.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *lock)
         .await
         .unwrap();
-    let id = enqueue_retrying(&app, RUNS, json!({"max_age_hours": 24})).await;
+    let id = enqueue_retrying(app, RUNS, json!({"max_age_hours": 24})).await;
     let env = [
         ("RUNS_DATABASE_URL", runs.db.url()),
         ("AMQP_DELIVERY_LIMIT", "2".to_owned()),
@@ -329,11 +299,11 @@ async fn a_task_that_crashes_every_worker_ends_dead() {
     let started = Instant::now();
     let mut crashes = 0;
     for round in 0..10 {
-        let task: serde_json::Value = app.get(&format!("/tasks/{id}")).await.json().await.unwrap();
+        let task: serde_json::Value = app.task(&id.to_string()).await;
         if task["status"] == "dead" {
             break;
         }
-        let mut worker = WorkerProcess::spawn(&broker, &format!("crash-{round}"), &env);
+        let mut worker = WorkerProcess::spawn(broker, &format!("crash-{round}"), &env);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while worker.metric("cleanup_worker_tasks_in_flight").await != Some(1.0)
             && tokio::time::Instant::now() < deadline
@@ -344,7 +314,7 @@ async fn a_task_that_crashes_every_worker_ends_dead() {
         crashes += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let task = wait_for(&app, &id.to_string(), DONE, Duration::from_secs(30)).await;
+    let task = wait_for(app, &id.to_string(), DONE, Duration::from_secs(30)).await;
     eprintln!(
         "[crash loop] {crashes} crashes in {:?}; task: {} / {}",
         started.elapsed(),
@@ -367,33 +337,22 @@ async fn a_task_that_crashes_every_worker_ends_dead() {
         "the message is kept"
     );
     assert_eq!(runs.count("SELECT count(*) FROM runs").await, 10);
-    app.stop().await;
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "fault injection: raises RabbitMQ's memory alarm; run by deploy/local/test.sh, serially"]
 async fn a_rabbitmq_memory_alarm_makes_the_api_unready_and_holds_tasks_until_it_clears() {
-    shared::runtime::telemetry::init(&shared::runtime::telemetry::LogArgs {
-        log_format: shared::runtime::telemetry::LogFormat::Pretty,
-        log_level: "warn,producer_api::relay=info".into(),
-    });
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
+    show_logs("warn,producer_api::relay=info");
     let root = scratch(10);
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            extra_args: vec!["--relay-publish-timeout=3s".into()],
-            ..Default::default()
-        },
-    )
-    .await;
-    let env = [("TEMP_ROOTS", format!("scratch={}", root.path().display()))];
-    let mut worker = WorkerProcess::spawn(&broker, "alarm-a", &env);
+    let stack = Stack::start_with(AppOptions::with_args(&["--relay-publish-timeout=3s"])).await;
+    let app = &stack.app;
+    let broker = &stack.broker;
+    let env = [scratch_root(&root)];
+    let mut worker = WorkerProcess::spawn(broker, "alarm-a", &env);
     let body = json!({"max_age_hours": 24, "root": "scratch"});
-    let before = enqueue_retrying(&app, TEMP, body.clone()).await;
-    wait_for(&app, &before.to_string(), DONE, Duration::from_secs(30)).await;
+    let before = enqueue_retrying(app, TEMP, body.clone()).await;
+    wait_for(app, &before.to_string(), DONE, Duration::from_secs(30)).await;
     let readyz = format!("{}/readyz", app.address);
     let metrics = format!("{}/metrics", app.address);
     let ready = |url: String| async move {
@@ -406,7 +365,7 @@ async fn a_rabbitmq_memory_alarm_makes_the_api_unready_and_holds_tasks_until_it_
     let alarm = MemoryAlarm::begin();
     let started = Instant::now();
     // Accepted (the ledger alone makes it durable), but not published while blocked.
-    let during = enqueue_retrying(&app, TEMP, body.clone()).await;
+    let during = enqueue_retrying(app, TEMP, body.clone()).await;
     eventually(
         Duration::from_secs(30),
         "readyz reports the broker blocking publishers",
@@ -428,18 +387,13 @@ async fn a_rabbitmq_memory_alarm_makes_the_api_unready_and_holds_tasks_until_it_
     let scrape = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
     assert!(scrape.contains("cleanup_amqp_blocked 1"), "{scrape}");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let task: serde_json::Value = app
-        .get(&format!("/tasks/{during}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let task: serde_json::Value = app.task(&during.to_string()).await;
     assert_eq!(task["status"], "queued", "{task}");
     assert!(task["published_at"].is_null(), "{task}");
     assert_eq!(app.outbox_len().await, 1, "the task waits in the outbox");
 
     alarm.end();
-    let task = wait_for(&app, &during.to_string(), DONE, Duration::from_secs(60)).await;
+    let task = wait_for(app, &during.to_string(), DONE, Duration::from_secs(60)).await;
     assert_eq!(task["status"], "succeeded", "{task}");
     eventually(Duration::from_secs(30), "readyz is ready again", || async {
         ready(readyz.clone()).await.0 == 200
@@ -458,5 +412,5 @@ async fn a_rabbitmq_memory_alarm_makes_the_api_unready_and_holds_tasks_until_it_
     assert!(timeouts >= 1, "{scrape}");
     assert_eq!(task["attempts"], 1, "{task}");
     worker.kill().await;
-    app.stop().await;
+    stack.stop().await;
 }

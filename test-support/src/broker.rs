@@ -1,0 +1,121 @@
+//! An AMQP name prefix of its own for each test.
+
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties};
+use shared::tasks::TaskKind;
+use shared::topology::Topology;
+use uuid::Uuid;
+
+/// The broker the tests use: `TEST_AMQP_URL`, or the local RabbitMQ as `guest`.
+pub fn amqp_base() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// An AMQP prefix of its own for one test; its exchanges and queues are deleted at the end.
+pub struct TestBroker {
+    pub topology: Topology,
+    _connection: Connection,
+    /// A channel of the test's own on the broker.
+    pub channel: Channel,
+}
+
+impl TestBroker {
+    /// A fresh prefix with the default delivery limit (5), its topology declared.
+    pub async fn create() -> Self {
+        Self::with_delivery_limit(5).await
+    }
+
+    /// Every component on this prefix must then use `--amqp-delivery-limit=<limit>`.
+    pub async fn with_delivery_limit(limit: u32) -> Self {
+        let prefix = format!("test-{}", Uuid::new_v4().simple());
+        let topology = Topology::new(&prefix, limit).unwrap();
+        let connection = Connection::connect(&amqp_base(), ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ must run on 127.0.0.1:5672 (see README)");
+        let channel = connection.create_channel().await.unwrap();
+        topology.declare(&channel).await.expect("declare topology");
+        Self {
+            topology,
+            _connection: connection,
+            channel,
+        }
+    }
+
+    /// The prefix, for `--amqp-prefix`.
+    pub fn prefix(&self) -> &str {
+        self.topology.prefix()
+    }
+
+    /// Messages ready in the queue of `kind`.
+    pub async fn queue_len(&self, kind: TaskKind) -> u32 {
+        self.queue_len_named(&self.topology.task_queue(kind)).await
+    }
+
+    /// Messages ready in the queue called `name`.
+    pub async fn queue_len_named(&self, name: &str) -> u32 {
+        let queue = self
+            .channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        queue.message_count()
+    }
+
+    /// Take (and ack) every message in the queue of `kind`.
+    pub async fn drain(&self, kind: TaskKind) -> Vec<lapin::message::BasicGetMessage> {
+        let mut messages = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(
+                self.topology.task_queue(kind).into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            messages.push(message);
+        }
+        messages
+    }
+
+    /// [`drain`](Self::drain) the queue of `kind`; the message ids, in queue order.
+    pub async fn drain_ids(&self, kind: TaskKind) -> Vec<String> {
+        self.drain(kind)
+            .await
+            .iter()
+            .map(|m| {
+                m.delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let topology = self.topology.clone();
+        crate::teardown(async move {
+            if let Ok(conn) =
+                Connection::connect(&amqp_base(), ConnectionProperties::default()).await
+            {
+                if let Ok(channel) = conn.create_channel().await {
+                    let _ = topology.delete(&channel).await;
+                }
+                let _ = conn.close(200, "test over".into()).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,88 @@
+//! The network around a test: a proxy that can cut a service off, free ports.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A TCP proxy in front of a real service that a test can cut and restore, to simulate
+/// the service becoming unreachable without stopping it for everyone else.
+pub struct TcpProxy {
+    /// Where to connect instead of the service.
+    pub addr: SocketAddr,
+    enabled: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// A proxy on a port of its own in front of `upstream` (`host:port`), passing
+    /// connections through when `enabled`.
+    pub async fn start(upstream: &str, enabled: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let enabled = Arc::new(AtomicBool::new(enabled));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let upstream = upstream.to_owned();
+        let accept = {
+            let enabled = enabled.clone();
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if !enabled.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    connections.lock().unwrap().push(task);
+                }
+            })
+        };
+        Self {
+            addr,
+            enabled,
+            connections,
+            accept,
+        }
+    }
+
+    /// Refuse new connections and cut the open ones.
+    pub fn cut(&self) {
+        self.enabled.store(false, Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Accept connections again.
+    pub fn restore(&self) {
+        self.enabled.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// A TCP port free at the time of the call, for a process that must be told its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
