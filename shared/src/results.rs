@@ -32,6 +32,21 @@ pub struct RunsResult {
     /// Turns the task took: more than one when a shutdown or the turn budget handed it on.
     #[serde(default)]
     pub turns: u32,
+    /// How batches walked the table: `keyset` (an index leads with the timestamp column:
+    /// oldest first) or `key_range` (in key order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// Where the last batch stopped, carried by a continuation or a retry so that the
+    /// next turn goes on from there; not part of a finished result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<RunsCursor>,
+}
+
+/// The last row a batch passed, as text in the columns' own types.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunsCursor {
+    pub ts: String,
+    pub id: String,
 }
 
 /// One recorded problem: where (relative to its root) and what.

@@ -71,3 +71,38 @@ async fn an_executor_error_without_progress_takes_the_checkpoints() {
         .unwrap_err();
     assert_eq!(error.progress, Some(json!({"runs_deleted": 2})));
 }
+
+/// An attempt that fails before its executor reports anything (the database is down,
+/// the schema check fails) still carries the progress its message brought: otherwise
+/// the ledger hands the next attempt nothing, and `max_rows` starts over.
+#[tokio::test]
+async fn a_failure_before_the_first_batch_keeps_the_progress_of_earlier_attempts() {
+    use shared::tasks::{CleanupRunsParams, TaskSpec};
+    let params = CleanupRunsParams {
+        max_age_hours: 24.0,
+        dry_run: false,
+        statuses: None,
+        batch_size: None,
+        max_rows: Some(1000),
+        max_attempts: None,
+    };
+    let mut envelope = shared::envelope::TaskEnvelope::new(
+        uuid::Uuid::now_v7(),
+        TaskSpec::CleanupRuns(params),
+        5,
+        chrono::Utc::now(),
+    );
+    envelope.attempt = 2;
+    envelope.progress = Some(json!({"runs_deleted": 900}));
+    let checkpoint = Checkpoint::resuming(&envelope);
+    let turn = CancellationToken::new();
+    let execution = async {
+        Err(ExecError::transient(
+            "cannot check the runs table: pool timed out",
+        ))
+    };
+    let error = run_attempt(execution, &turn, &checkpoint, LIMITS)
+        .await
+        .unwrap_err();
+    assert_eq!(error.progress, Some(json!({"runs_deleted": 900})));
+}

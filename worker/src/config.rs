@@ -56,6 +56,11 @@ pub struct Config {
     #[arg(long, env = "RUNS_LOCK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub runs_lock_timeout: Duration,
 
+    /// How long one batch of a runs cleanup should take: batch sizes grow and shrink
+    /// toward it, never above the task's `batch_size`, so locks stay short.
+    #[arg(long, env = "RUNS_BATCH_TARGET", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub runs_batch_target: Duration,
+
     /// Statuses that mean a run is finished; only such runs are ever deleted.
     #[arg(
         long,
@@ -218,6 +223,12 @@ impl Config {
         }
         if self.runs_statement_timeout.is_zero() || self.runs_lock_timeout.is_zero() {
             anyhow::bail!("RUNS_STATEMENT_TIMEOUT and RUNS_LOCK_TIMEOUT must be longer than 0");
+        }
+        if self.runs_batch_target.is_zero() || self.runs_batch_target >= self.runs_statement_timeout
+        {
+            anyhow::bail!(
+                "RUNS_BATCH_TARGET must be longer than 0 and shorter than RUNS_STATEMENT_TIMEOUT"
+            );
         }
         if self.worker_concurrency == 0 {
             anyhow::bail!("WORKER_CONCURRENCY must be at least 1");

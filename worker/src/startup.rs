@@ -95,6 +95,7 @@ impl Application {
                     statement: config.runs_statement_timeout,
                     lock: config.runs_lock_timeout,
                 },
+                config.runs_batch_target,
             )
         });
         if let Some(runs) = &runs {

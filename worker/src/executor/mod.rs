@@ -156,6 +156,18 @@ enum Snapshot {
 
 impl Checkpoint {
     /// Progress as of now (runs: after each committed batch).
+    /// A checkpoint that starts from the progress of earlier turns and attempts: a
+    /// failure before the executor reports anything of its own (the database is down,
+    /// the schema check fails) still carries what the task deleted so far, so the next
+    /// attempt's caps and counts go on from it instead of starting over.
+    pub fn resuming(envelope: &TaskEnvelope) -> Self {
+        let checkpoint = Self::default();
+        if let Some(progress) = &envelope.progress {
+            checkpoint.record(progress.clone());
+        }
+        checkpoint
+    }
+
     pub fn record(&self, progress: Value) {
         *self.0.lock().expect("checkpoint lock") = Snapshot::Value(progress);
     }

@@ -131,7 +131,7 @@ pub async fn handle_delivery(
             turn.cancel();
         })
     };
-    let checkpoint = Checkpoint::default();
+    let checkpoint = Checkpoint::resuming(&envelope);
     let limits = Limits {
         task_timeout: ctx.task_timeout,
         stop_grace: ctx.stop_grace,

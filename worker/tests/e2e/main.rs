@@ -5,6 +5,7 @@ mod lifecycle;
 
 mod poison;
 mod runs;
+mod runs_batches;
 mod runs_safety;
 mod runs_schema;
 mod temp_files;

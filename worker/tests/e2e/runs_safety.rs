@@ -236,13 +236,16 @@ async fn no_delete_commits_after_its_attempt_was_reported_failed() {
 /// The wall-clock cutoff must be safe for both.
 #[tokio::test]
 async fn a_wall_clock_cutoff_is_safe_in_the_hour_a_clock_change_repeats() {
-    use worker::executor::runs::schema::{Schema, Timestamps};
+    use worker::executor::runs::schema::{Schema, Strategy, Timestamps};
     let (_db, pool) = database("SELECT 1").await;
     let schema = Schema {
         key: vec!["\"id\"".into()],
         timestamps: Timestamps::WallClock {
             zone: "America/New_York".into(),
         },
+        strategy: Strategy::Keyset,
+        id_type: "bigint".into(),
+        ts_type: "timestamp without time zone".into(),
     };
     let cutoff_wall = |instant: &'static str| {
         let sql = format!("SELECT ({})::text", schema.cutoff_expr());
@@ -282,6 +285,9 @@ async fn a_wall_clock_cutoff_is_safe_in_the_hour_a_clock_change_repeats() {
         timestamps: Timestamps::WallClock {
             zone: "Antarctica/Troll".into(),
         },
+        strategy: Strategy::Keyset,
+        id_type: "bigint".into(),
+        ts_type: "timestamp without time zone".into(),
     };
     let bound: String =
         sqlx::query_scalar(&format!("SELECT ({})::text", troll_schema.cutoff_expr()))

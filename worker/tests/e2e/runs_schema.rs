@@ -146,3 +146,32 @@ async fn a_schema_change_after_start_up_is_seen_by_the_next_task() {
     worker.stop().await;
     stack.stop().await;
 }
+
+/// Tables whose `DELETE` reaches rows a batch does not count: inheritance children (the
+/// parent's key does not hold across them), a single partition configured alone (its
+/// siblings' cascades are not seen), and an id that may be NULL (such rows are never
+/// matched by key, and a batch of them deletes nothing forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_whose_delete_reaches_rows_a_batch_does_not_count_are_refused() {
+    let inherited = refusal(
+        "CREATE TABLE runs (id bigint PRIMARY KEY, status text, finished_at timestamptz);
+         CREATE TABLE runs_archive () INHERITS (runs);",
+    )
+    .await;
+    assert!(
+        inherited.contains("has inheritance children"),
+        "{inherited}"
+    );
+
+    let partition = refusal(
+        "CREATE TABLE all_runs (id bigint, status text, finished_at timestamptz NOT NULL,
+                                PRIMARY KEY (id, finished_at)) PARTITION BY RANGE (finished_at);
+         CREATE TABLE runs PARTITION OF all_runs FOR VALUES FROM ('2000-01-01') TO ('2100-01-01');",
+    )
+    .await;
+    assert!(partition.contains("is a partition"), "{partition}");
+
+    let nullable =
+        refusal("CREATE TABLE runs (id bigint UNIQUE, status text, finished_at timestamptz)").await;
+    assert!(nullable.contains("may be NULL"), "{nullable}");
+}

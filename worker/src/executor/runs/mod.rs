@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use shared::envelope::TaskEnvelope;
-pub use shared::results::RunsResult;
+pub use shared::results::{RunsCursor, RunsResult};
 use shared::retry::RetryPolicy;
 use shared::tasks::{CleanupRunsParams, DEFAULT_BATCH_SIZE};
 use sqlx::PgPool;
@@ -27,23 +27,29 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Checkpoint, ExecError, Execution, Report};
 
+mod batches;
 pub mod schema;
 mod table;
 
 pub use table::{quote_ident, ColumnNames, RunsTable};
 
-use schema::{Schema, SchemaError};
+use batches::{BatchOutcome, Sizer};
+use schema::{Schema, SchemaError, Strategy};
 
 /// Ids shown in a result, as a sample of what was (or would be) deleted.
 const SAMPLE_SIZE: usize = 10;
 
 /// The statements of a checked table. `$1` = statuses (text[]), `$2` = cutoff
-/// (timestamptz), `$3` = a row limit.
+/// (timestamptz), `$3` = a row limit. The batches' own are built per batch
+/// ([`batches`]), since they carry the cursor.
 #[derive(Debug)]
 struct Statements {
+    table: RunsTable,
+    schema: Schema,
+    eligible: String,
     count: String,
     sample: String,
-    delete: String,
+    threshold: String,
     oldest: String,
 }
 
@@ -55,26 +61,20 @@ impl Statements {
             ts = t.timestamp,
             cutoff = schema.cutoff_expr()
         );
-        let (key, columns) = (schema.key_expr(), schema.key.join(", "));
         let (table, id, ts) = (&t.table, &t.id, &t.timestamp);
         Self {
             count: format!("SELECT count(*) FROM {table} WHERE {eligible}"),
             sample: format!(
                 "SELECT {id}::text FROM {table} WHERE {eligible} ORDER BY {ts}, {id} LIMIT $3"
             ),
-            // Oldest first, so a capped run removes the oldest rows. The outer condition
-            // repeats the eligibility test: only rows that are eligible themselves go,
-            // whatever the key matched.
-            delete: format!(
-                "DELETE FROM {table} WHERE {key} IN (
-                     SELECT {columns} FROM {table} WHERE {eligible}
-                     ORDER BY {ts}, {id} LIMIT $3 FOR UPDATE SKIP LOCKED
-                 ) AND {eligible} RETURNING {id}::text"
-            ),
+            threshold: batches::threshold_sql(t, &eligible),
             oldest: format!(
                 "SELECT EXTRACT(EPOCH FROM (now() - {oldest}))::float8 FROM {table} WHERE {eligible}",
                 oldest = schema.instant(&format!("min({ts})"))
             ),
+            table: t.clone(),
+            schema: schema.clone(),
+            eligible,
         }
     }
 }
@@ -92,17 +92,26 @@ pub struct RunsExecutor {
     /// RUNS_TIMESTAMP_TIMEZONE, when set.
     zone: Option<String>,
     timeouts: Timeouts,
+    /// RUNS_BATCH_TARGET: the duration batch sizes move toward.
+    batch_target: Duration,
     /// The shape seen by the last inspection, to log it when it changes.
     seen: Mutex<Option<Schema>>,
 }
 
 impl RunsExecutor {
-    pub fn new(pool: PgPool, table: RunsTable, zone: Option<String>, timeouts: Timeouts) -> Self {
+    pub fn new(
+        pool: PgPool,
+        table: RunsTable,
+        zone: Option<String>,
+        timeouts: Timeouts,
+        batch_target: Duration,
+    ) -> Self {
         Self {
             pool,
             table,
             zone,
             timeouts,
+            batch_target,
             seen: Mutex::new(None),
         }
     }
@@ -183,6 +192,12 @@ impl RunsExecutor {
         result.cutoff = envelope.cutoff;
         result.statuses = statuses.clone();
         result.turns += 1;
+        let strategy = statements.schema.strategy.as_str();
+        if result.strategy.as_deref() != Some(strategy) {
+            // A cursor only means something in the order that made it.
+            result.cursor = None;
+        }
+        result.strategy = Some(strategy.to_owned());
         let run = Run {
             executor: self,
             statements: &statements,
@@ -211,6 +226,7 @@ impl RunsExecutor {
                 return Ok(Execution::Interrupted { progress });
             }
         }
+        result.cursor = None;
         let oldest = run.oldest_remaining().await;
         result.duration_ms += started.elapsed().as_millis() as u64;
         result.oldest_remaining_age_seconds = match oldest {
@@ -270,7 +286,24 @@ impl Run<'_> {
         result: &mut RunsResult,
         checkpoint: &Checkpoint,
     ) -> Result<bool, ExecError> {
-        let batch_size = u64::from(params.batch_size.unwrap_or(DEFAULT_BATCH_SIZE));
+        let max = u64::from(params.batch_size.unwrap_or(DEFAULT_BATCH_SIZE));
+        let mut sizer = Sizer::new(max, self.executor.batch_target);
+        // key_range under a cap: only rows at least as old as the cap's oldest rows.
+        let threshold = match (self.statements.schema.strategy, params.max_rows) {
+            (Strategy::KeyRange, Some(cap)) if cap > result.runs_deleted => {
+                let nth = (cap - result.runs_deleted) as i64;
+                self.retry(|| {
+                    sqlx::query_scalar::<_, String>(&self.statements.threshold)
+                        .bind(self.statuses)
+                        .bind(self.cutoff)
+                        .bind(nth)
+                        .fetch_optional(&self.executor.pool)
+                })
+                .await
+                .map_err(|e| ExecError::from_sqlx("failed to find the oldest runs", &e))?
+            }
+            _ => None,
+        };
         loop {
             // Saturating: progress that claims more than the cap leaves nothing to delete.
             let remaining = params
@@ -284,32 +317,51 @@ impl Run<'_> {
                 // At a batch boundary: everything deleted so far is committed and counted.
                 return Ok(false);
             }
-            let limit = remaining.map_or(batch_size, |r| r.min(batch_size));
-            let deleted = match self.retry(|| self.delete_batch(limit)).await {
-                Ok(Some(deleted)) => deleted,
+            let limit = remaining.map_or(sizer.size(), |r| r.min(sizer.size()));
+            let began = Instant::now();
+            let cursor = result.cursor.clone();
+            let batch =
+                self.retry(|| self.delete_batch(limit, cursor.as_ref(), threshold.as_deref()));
+            let batch = match batch.await {
+                Ok(Some(batch)) => batch,
                 // Stopped before the batch began: nothing of it ran.
                 Ok(None) => return Ok(false),
+                // Too big for the locks it met: the same rows again, fewer at a time, while
+                // the turn lasts (a turn that ends shrinking reports the timeout, so a table
+                // locked for good fails the task instead of handing it on forever).
+                Err(e)
+                    if batches::is_timeout(&e) && !self.cancel.is_cancelled() && sizer.shrink() =>
+                {
+                    tracing::info!(error = %e, next = sizer.size(), "a batch of runs timed out; retrying smaller");
+                    continue;
+                }
                 Err(e) => return Err(ExecError::from_sqlx("failed to delete a batch of runs", &e)),
             };
-            let n = deleted.len() as u64;
-            if n == 0 {
-                break;
+            sizer.record(began.elapsed());
+            if batch.last.is_some() {
+                result.cursor = batch.last;
             }
-            result.batches += 1;
-            result.runs_deleted += n;
-            if result.sample_ids.len() < SAMPLE_SIZE {
-                let room = SAMPLE_SIZE - result.sample_ids.len();
-                result.sample_ids.extend(deleted.into_iter().take(room));
+            let n = batch.deleted;
+            if n > 0 {
+                result.batches += 1;
+                result.runs_deleted += n;
+                if result.sample_ids.len() < SAMPLE_SIZE {
+                    let room = SAMPLE_SIZE - result.sample_ids.len();
+                    result
+                        .sample_ids
+                        .extend(batch.sample.into_iter().take(room));
+                }
             }
             checkpoint.record(serde_json::to_value(&*result).expect("progress serializes"));
             tracing::debug!(
                 batch = result.batches,
                 deleted = n,
+                next = sizer.size(),
                 "deleted a batch of runs"
             );
-            if n < limit {
-                // Fewer than asked: nothing else eligible, or the rest is locked by
-                // another worker, which will delete it.
+            if batch.taken < limit {
+                // Fewer than asked: nothing else eligible past the cursor, or the rest is
+                // locked by another worker, which will delete it.
                 break;
             }
         }
@@ -319,7 +371,12 @@ impl Run<'_> {
     /// One batch, in its own transaction with the time limits set locally. `None` when
     /// the turn was stopped before the batch began (checked once a connection is in
     /// hand, so a batch that waited for the pool never starts after its attempt ended).
-    async fn delete_batch(&self, limit: u64) -> Result<Option<Vec<String>>, sqlx::Error> {
+    async fn delete_batch(
+        &self,
+        limit: u64,
+        cursor: Option<&RunsCursor>,
+        threshold: Option<&str>,
+    ) -> Result<Option<BatchOutcome>, sqlx::Error> {
         let mut tx = self.executor.pool.begin().await?;
         if self.cancel.is_cancelled() {
             return Ok(None);
@@ -332,14 +389,26 @@ impl Run<'_> {
         .bind(format!("{}ms", timeouts.lock.as_millis()))
         .execute(&mut *tx)
         .await?;
-        let deleted = sqlx::query_scalar(&self.statements.delete)
+        let s = self.statements;
+        let batch = batches::delete_sql(&s.table, &s.schema, &s.eligible, cursor, threshold);
+        let mut query =
+            sqlx::query_as::<_, (i64, i64, Vec<String>, Option<String>, Option<String>)>(
+                &batch.sql,
+            )
             .bind(self.statuses)
             .bind(self.cutoff)
-            .bind(limit as i64)
-            .fetch_all(&mut *tx)
-            .await?;
+            .bind(limit as i64);
+        for param in &batch.params {
+            query = query.bind(param);
+        }
+        let (deleted, taken, sample, last_ts, last_id) = query.fetch_one(&mut *tx).await?;
         tx.commit().await?;
-        Ok(Some(deleted))
+        Ok(Some(BatchOutcome {
+            deleted: deleted.max(0) as u64,
+            taken: taken.max(0) as u64,
+            sample,
+            last: last_ts.zip(last_id).map(|(ts, id)| RunsCursor { ts, id }),
+        }))
     }
 
     /// Age of the oldest eligible row still present (in a dry run: all of them are).
@@ -366,7 +435,11 @@ impl Run<'_> {
         RetryPolicy::in_attempt()
             .retry_until(
                 || cancel.is_cancelled(),
-                |e| shared::runtime::db::is_transient(e) && !cancel.is_cancelled(),
+                |e| {
+                    shared::runtime::db::is_transient(e)
+                        && !batches::is_timeout(e)
+                        && !cancel.is_cancelled()
+                },
                 op,
             )
             .await

@@ -24,6 +24,26 @@ pub enum Timestamps {
     WallClock { zone: String },
 }
 
+/// How batches walk the table, each continuing where the previous one stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// An index leads with the timestamp column: a cursor on (timestamp, id), oldest
+    /// first.
+    Keyset,
+    /// No such index: the key's own index, in key order (oldest first only under
+    /// `max_rows`, through an age threshold fixed once per turn).
+    KeyRange,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Keyset => "keyset",
+            Strategy::KeyRange => "key_range",
+        }
+    }
+}
+
 /// The checked shape of the runs table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Schema {
@@ -31,6 +51,10 @@ pub struct Schema {
     /// (a partitioned table's unique key must include its partition key).
     pub key: Vec<String>,
     pub timestamps: Timestamps,
+    pub strategy: Strategy,
+    /// SQL types of the id and timestamp columns (cursor values travel as text).
+    pub id_type: String,
+    pub ts_type: String,
 }
 
 /// Why the runs table cannot be cleaned as configured.
@@ -65,7 +89,7 @@ pub async fn inspect(
     let Some(oid) = oid else {
         return Err(SchemaError::MissingTable(table.table.clone()));
     };
-    check_relation(pool, oid, &table.table).await?;
+    check_relation(pool, oid, &table.table, &table.names.id).await?;
     let columns: Vec<Column> = sqlx::query_as(
         "SELECT attname::text AS name, format_type(atttypid, NULL) AS type_name
          FROM pg_attribute WHERE attrelid = $1::int8::oid AND attnum > 0 AND NOT attisdropped",
@@ -85,9 +109,10 @@ pub async fn inspect(
                 ))
             })
     };
-    type_of(&table.names.id, "RUNS_ID_COLUMN")?;
+    let id_type = type_of(&table.names.id, "RUNS_ID_COLUMN")?;
     type_of(&table.names.status, "RUNS_STATUS_COLUMN")?;
-    let timestamps = match type_of(&table.names.timestamp, "RUNS_TIMESTAMP_COLUMN")?.as_str() {
+    let ts_type = type_of(&table.names.timestamp, "RUNS_TIMESTAMP_COLUMN")?;
+    let timestamps = match ts_type.as_str() {
         "timestamp with time zone" => Timestamps::Instants,
         "timestamp without time zone" => {
             // The worker cannot learn which zone the application writes in (its own
@@ -138,20 +163,57 @@ pub async fn inspect(
             table.table
         )));
     };
-    Ok(Schema { key, timestamps })
+    // A valid, complete btree index whose first column is the timestamp column.
+    let by_time: bool = sqlx::query_scalar(
+        "SELECT EXISTS (
+             SELECT 1 FROM pg_index i
+             JOIN pg_class ic ON ic.oid = i.indexrelid
+             JOIN pg_am am ON am.oid = ic.relam
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+             WHERE i.indrelid = $1::int8::oid AND a.attname = $2 AND am.amname = 'btree'
+               AND i.indpred IS NULL AND i.indisvalid AND i.indisready)",
+    )
+    .bind(oid)
+    .bind(ts)
+    .fetch_one(pool)
+    .await?;
+    let strategy = if by_time {
+        Strategy::Keyset
+    } else {
+        Strategy::KeyRange
+    };
+    Ok(Schema {
+        key,
+        timestamps,
+        strategy,
+        id_type,
+        ts_type,
+    })
 }
 
-/// The table is a plain or partitioned table whose `DELETE` removes the rows it names
+/// The table is a plain or partitioned table (not a partition, no inheritance children,
+/// every partition a table, the id never NULL) whose `DELETE` removes the rows it names
 /// and nothing the cleanup did not choose: no rule rewrites it, and no chain of
 /// `ON DELETE CASCADE` foreign keys leads back to the runs table (a run referencing
 /// another run, directly or through other tables, would take young or running runs
 /// with an old one).
-async fn check_relation(pool: &PgPool, oid: i64, table: &str) -> Result<(), SchemaError> {
-    let kind: String =
-        sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE oid = $1::int8::oid")
-            .bind(oid)
-            .fetch_one(pool)
-            .await?;
+async fn check_relation(
+    pool: &PgPool,
+    oid: i64,
+    table: &str,
+    id_column: &str,
+) -> Result<(), SchemaError> {
+    let (kind, is_partition, children, nullable_id): (String, bool, i64, bool) = sqlx::query_as(
+        "SELECT c.relkind::text, c.relispartition,
+                (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid),
+                NOT EXISTS (SELECT 1 FROM pg_attribute a
+                            WHERE a.attrelid = c.oid AND a.attname = $2 AND a.attnotnull)
+         FROM pg_class c WHERE c.oid = $1::int8::oid",
+    )
+    .bind(oid)
+    .bind(id_column)
+    .fetch_one(pool)
+    .await?;
     if kind != "r" && kind != "p" {
         let what = match kind.as_str() {
             "v" => "a view",
@@ -162,6 +224,45 @@ async fn check_relation(pool: &PgPool, oid: i64, table: &str) -> Result<(), Sche
         return Err(SchemaError::Unsafe(format!(
             "RUNS_TABLE {table} is {what}; the worker deletes only from a table whose \
              DELETE it can reason about"
+        )));
+    }
+    if is_partition {
+        return Err(SchemaError::Unsafe(format!(
+            "RUNS_TABLE {table} is a partition; configure its partitioned table instead (the \
+             checks of keys and cascades hold for the whole partitioned table, not for one \
+             partition)"
+        )));
+    }
+    if kind == "r" && children > 0 {
+        return Err(SchemaError::Unsafe(format!(
+            "RUNS_TABLE {table} has inheritance children: its DELETE reaches them too, and \
+             its unique key does not hold across them, so one batch could delete more rows \
+             than it counts"
+        )));
+    }
+    if nullable_id {
+        return Err(SchemaError::Unsafe(format!(
+            "RUNS_ID_COLUMN `{id_column}` of {table} may be NULL: rows without an id cannot \
+             be deleted by key; make it NOT NULL (a primary key is)"
+        )));
+    }
+    // Every table a DELETE of the partitioned table reaches is a plain table.
+    let foreign: Vec<String> = sqlx::query_scalar(
+        "WITH RECURSIVE tree AS (
+             SELECT $1::int8::oid AS relid
+             UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
+         )
+         SELECT c.oid::regclass::text FROM tree JOIN pg_class c ON c.oid = tree.relid
+         WHERE c.relkind NOT IN ('r', 'p') ORDER BY 1",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await?;
+    if !foreign.is_empty() {
+        return Err(SchemaError::Unsafe(format!(
+            "RUNS_TABLE {table} has partitions that are not tables ({}); the worker deletes \
+             only from tables whose DELETE it can reason about",
+            foreign.join(", ")
         )));
     }
     let rules: Vec<String> = sqlx::query_scalar(

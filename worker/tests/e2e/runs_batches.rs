@@ -1,0 +1,213 @@
+//! Batches that go on where the previous one stopped: the same rows go as one `DELETE`
+//! of the eligible rows would remove, by either strategy, oldest first under a cap, and
+//! a continuation resumes from its cursor.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::runs_safety::{count, database};
+use test_support::*;
+
+const RUNS: &str = "/maintenance/cleanup-runs";
+
+/// 300 old finished runs (ids in random order of age), 50 old running ones, 100 young
+/// finished ones; with or without an index on `finished_at`.
+fn mixed(indexed: bool) -> String {
+    format!(
+        "CREATE TABLE runs (id bigint PRIMARY KEY, status text NOT NULL, finished_at timestamptz);
+         {index}
+         INSERT INTO runs SELECT g, (ARRAY['succeeded', 'failed', 'cancelled'])[1 + g % 3],
+                                 now() - make_interval(days => 10, mins => (g * 7919) % 300)
+         FROM generate_series(1, 300) g;
+         INSERT INTO runs SELECT 1000 + g, 'running', now() - interval '20 days'
+         FROM generate_series(1, 50) g;
+         INSERT INTO runs SELECT 2000 + g, 'succeeded', now() - interval '1 hour'
+         FROM generate_series(1, 100) g;",
+        index = if indexed {
+            "CREATE INDEX runs_finished_at ON runs (finished_at);"
+        } else {
+            ""
+        }
+    )
+}
+
+async fn survivors(pool: &PgPool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM runs ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_strategies_delete_exactly_the_eligible_rows_in_small_batches() {
+    let stack = Stack::start().await;
+    for (indexed, strategy) in [(true, "keyset"), (false, "key_range")] {
+        let (runs, pool) = database(&mixed(indexed)).await;
+        let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
+        let dry = stack
+            .run(RUNS, json!({"max_age_hours": 24, "dry_run": true}))
+            .await;
+        assert_eq!(dry["result"]["runs_matched"], 300, "{dry}");
+        assert_eq!(dry["result"]["strategy"], strategy, "{dry}");
+        let task = stack
+            .run(RUNS, json!({"max_age_hours": 24, "batch_size": 7}))
+            .await;
+        assert_eq!(task["status"], "succeeded", "{task}");
+        let result = &task["result"];
+        assert_eq!(result["runs_deleted"], 300, "{task}");
+        assert_eq!(result["strategy"], strategy, "{task}");
+        assert!(result.get("cursor").is_none(), "{task}");
+        assert!(result["batches"].as_u64().unwrap() >= 300 / 7, "{task}");
+        let left = survivors(&pool).await;
+        assert_eq!(left.len(), 150, "{left:?}");
+        assert!(
+            left.iter().all(|id| *id > 1000),
+            "only running and young runs remain"
+        );
+        worker.stop().await;
+    }
+    stack.stop().await;
+}
+
+/// Without an index on the timestamp the batches walk the key, yet a cap still takes
+/// the oldest rows: ids here grow as rows get older, the opposite of key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_run_takes_the_oldest_rows_whatever_the_strategy() {
+    let stack = Stack::start().await;
+    for indexed in [true, false] {
+        let (runs, pool) = database(&format!(
+            "CREATE TABLE runs (id bigint PRIMARY KEY, status text NOT NULL, finished_at timestamptz);
+             {}
+             INSERT INTO runs SELECT g, 'succeeded', now() - make_interval(days => 10 + g)
+             FROM generate_series(1, 40) g;",
+            if indexed { "CREATE INDEX ON runs (finished_at);" } else { "" }
+        ))
+        .await;
+        let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
+        let task = stack
+            .run(
+                RUNS,
+                json!({"max_age_hours": 24, "max_rows": 12, "batch_size": 5}),
+            )
+            .await;
+        assert_eq!(task["result"]["runs_deleted"], 12, "{task}");
+        assert_eq!(task["result"]["capped"], true, "{task}");
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM runs WHERE id > 28").await,
+            0,
+            "the 12 oldest (ids 29..=40) go first"
+        );
+        assert_eq!(count(&pool, "SELECT count(*) FROM runs").await, 28);
+        worker.stop().await;
+    }
+    stack.stop().await;
+}
+
+/// A continuation carries the cursor of its last batch: the next turn goes on from it,
+/// and counts on from the earlier turns. A cursor made in another order (the index was
+/// dropped meanwhile) is not trusted: the turn starts from the beginning.
+#[tokio::test]
+async fn a_continuation_goes_on_from_its_cursor() {
+    use shared::results::{RunsCursor, RunsResult};
+    use shared::tasks::{CleanupRunsParams, TaskSpec};
+    use tokio_util::sync::CancellationToken;
+    use worker::executor::runs::{RunsExecutor, RunsTable, Timeouts};
+    use worker::executor::{Checkpoint, Execution, Report};
+
+    let (_runs, pool) = database(
+        "CREATE TABLE runs (id bigint PRIMARY KEY, status text NOT NULL, finished_at timestamptz);
+         CREATE INDEX ON runs (finished_at);
+         INSERT INTO runs SELECT g, 'succeeded', timestamptz '2020-01-01' + make_interval(hours => g)
+         FROM generate_series(1, 20) g;",
+    )
+    .await;
+    let table = RunsTable::new(
+        "runs",
+        "id",
+        "status",
+        "finished_at",
+        vec!["succeeded".into()],
+    )
+    .unwrap();
+    let timeouts = Timeouts {
+        statement: Duration::from_secs(10),
+        lock: Duration::from_secs(1),
+    };
+    let executor = RunsExecutor::new(
+        pool.clone(),
+        table,
+        None,
+        timeouts,
+        Duration::from_millis(250),
+    );
+    let params = CleanupRunsParams {
+        max_age_hours: 24.0,
+        dry_run: false,
+        statuses: None,
+        batch_size: Some(3),
+        max_rows: None,
+        max_attempts: None,
+    };
+    let turn = |strategy: &str| {
+        let mut envelope = shared::envelope::TaskEnvelope::new(
+            uuid::Uuid::now_v7(),
+            TaskSpec::CleanupRuns(params.clone()),
+            3,
+            chrono::Utc::now(),
+        );
+        // An earlier turn deleted 8 rows and stopped after the row of hour 8.
+        let earlier = RunsResult {
+            runs_deleted: 8,
+            batches: 3,
+            turns: 1,
+            strategy: Some(strategy.into()),
+            cursor: Some(RunsCursor {
+                ts: "2020-01-01 08:00:00+00".into(),
+                id: "8".into(),
+            }),
+            ..Default::default()
+        };
+        envelope.progress = Some(serde_json::to_value(earlier).unwrap());
+        envelope
+    };
+    let envelope = turn("keyset");
+    let outcome = executor
+        .execute(
+            &envelope,
+            &params,
+            &CancellationToken::new(),
+            &Checkpoint::default(),
+        )
+        .await
+        .unwrap();
+    let Execution::Done(Report::Runs(result)) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(result.runs_deleted, 8 + 12, "{result:?}");
+    assert_eq!(result.turns, 2);
+    assert_eq!(result.cursor, None, "a finished result carries no cursor");
+    assert_eq!(
+        survivors(&pool).await,
+        (1..=8).collect::<Vec<i64>>(),
+        "rows behind the cursor are left to the next task"
+    );
+
+    // The same progress, but made by key_range batches: the cursor is dropped.
+    let envelope = turn("key_range");
+    let outcome = executor
+        .execute(
+            &envelope,
+            &params,
+            &CancellationToken::new(),
+            &Checkpoint::default(),
+        )
+        .await
+        .unwrap();
+    let Execution::Done(Report::Runs(result)) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(result.runs_deleted, 8 + 8, "{result:?}");
+    assert!(survivors(&pool).await.is_empty());
+}
