@@ -63,6 +63,12 @@ pub struct Config {
     )]
     pub runs_terminal_statuses: String,
 
+    /// Columns of the runs table a task may narrow by equality (`"scope":
+    /// {"project_id": "42"}`), comma-separated; must match the workers' setting. Empty:
+    /// no scoped cleanups.
+    #[arg(long, env = "RUNS_SCOPE_COLUMNS", default_value = "")]
+    pub runs_scope_columns: String,
+
     /// Largest accepted request body in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
@@ -132,7 +138,7 @@ impl Config {
         if !(self.min_age_hours.is_finite() && self.min_age_hours > 0.0) {
             anyhow::bail!("MIN_AGE_HOURS must be a number greater than 0");
         }
-        if self.validation_rules().terminal_statuses.is_empty() {
+        if self.validation_rules()?.terminal_statuses.is_empty() {
             anyhow::bail!("RUNS_TERMINAL_STATUSES must name at least one status");
         }
         if self.relay_batch_size == 0 {
@@ -160,13 +166,15 @@ impl Config {
             .collect()
     }
 
-    pub fn validation_rules(&self) -> ValidationRules {
-        ValidationRules {
+    pub fn validation_rules(&self) -> anyhow::Result<ValidationRules> {
+        Ok(ValidationRules {
             min_age_hours: self.min_age_hours,
             terminal_statuses: split_list(&self.runs_terminal_statuses)
                 .into_iter()
                 .collect::<BTreeSet<_>>(),
             max_attempts_limit: self.max_attempts_limit,
-        }
+            scope_columns: shared::runtime::config::scope_columns(&self.runs_scope_columns)
+                .map_err(anyhow::Error::msg)?,
+        })
     }
 }

@@ -83,7 +83,7 @@ impl Application {
         });
         let state = AppState {
             pool,
-            rules: Arc::new(config.validation_rules()),
+            rules: Arc::new(config.validation_rules()?),
             max_attempts: config.max_attempts,
             max_body_bytes: config.max_body_bytes,
             tokens: Tokens::new(&config.tokens(), config.auth_disabled),

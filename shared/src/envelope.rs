@@ -118,6 +118,7 @@ mod tests {
             batch_size: Some(500),
             max_rows: None,
             max_attempts: None,
+            scope: None,
         });
         TaskEnvelope::new(Uuid::now_v7(), task, 3, Utc::now())
     }

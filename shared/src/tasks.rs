@@ -4,7 +4,7 @@
 //! [`ValidationRules`], so the API refuses a bad request before anything is stored and a
 //! worker can run the same check again on what it receives.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -97,6 +97,12 @@ pub struct CleanupRunsParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1)]
     pub max_attempts: Option<u32>,
+    /// Only rows whose columns equal these values (per tenant or project retention):
+    /// column names from the deployment's `RUNS_SCOPE_COLUMNS`, values compared as the
+    /// column's type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!({"project_id": "42"}))]
+    pub scope: Option<BTreeMap<String, String>>,
 }
 
 /// Parameters of a `cleanup_temp_files` task.
@@ -218,6 +224,8 @@ pub struct ValidationRules {
     pub terminal_statuses: BTreeSet<String>,
     /// The most attempts a request may ask for.
     pub max_attempts_limit: u32,
+    /// Columns of the runs table a task may narrow by equality (`scope`).
+    pub scope_columns: BTreeSet<String>,
 }
 
 impl Default for ValidationRules {
@@ -229,6 +237,7 @@ impl Default for ValidationRules {
                 .map(String::from)
                 .collect(),
             max_attempts_limit: 10,
+            scope_columns: BTreeSet::new(),
         }
     }
 }
@@ -315,7 +324,58 @@ fn validate_runs(p: &CleanupRunsParams, rules: &ValidationRules) -> Result<(), V
     if p.max_rows == Some(0) {
         return Err(ValidationError::new("max_rows", "must be at least 1"));
     }
+    if let Some(scope) = &p.scope {
+        validate_scope(scope, &rules.scope_columns)?;
+    }
     Ok(())
+}
+
+/// Longest scope value accepted.
+pub const MAX_SCOPE_VALUE_LEN: usize = 256;
+
+fn validate_scope(
+    scope: &BTreeMap<String, String>,
+    allowed: &BTreeSet<String>,
+) -> Result<(), ValidationError> {
+    if scope.is_empty() {
+        return Err(ValidationError::new(
+            "scope",
+            "must name at least one column; omit it to clean the whole table",
+        ));
+    }
+    for (column, value) in scope {
+        if !allowed.contains(column) {
+            let message = if allowed.is_empty() {
+                format!("`{column}` is not a scope column: this deployment allows none (RUNS_SCOPE_COLUMNS)")
+            } else {
+                let names: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                format!(
+                    "`{column}` is not a scope column; allowed: {} (RUNS_SCOPE_COLUMNS)",
+                    names.join(", ")
+                )
+            };
+            return Err(ValidationError::new("scope", message));
+        }
+        if value.len() > MAX_SCOPE_VALUE_LEN {
+            return Err(ValidationError::new(
+                "scope",
+                format!("the value of `{column}` is longer than {MAX_SCOPE_VALUE_LEN} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A plain SQL identifier: letters, digits and `_`, not starting with a digit, at most
+/// 63 bytes (what the worker quotes as a column name).
+pub fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn validate_temp_files(p: &CleanupTempFilesParams) -> Result<(), ValidationError> {

@@ -85,6 +85,7 @@ async fn a_failure_before_the_first_batch_keeps_the_progress_of_earlier_attempts
         batch_size: None,
         max_rows: Some(1000),
         max_attempts: None,
+        scope: None,
     };
     let mut envelope = shared::envelope::TaskEnvelope::new(
         uuid::Uuid::now_v7(),

@@ -69,6 +69,12 @@ pub struct Config {
     )]
     pub runs_terminal_statuses: String,
 
+    /// Columns of the runs table a task may narrow by equality (`"scope":
+    /// {"project_id": "42"}`), comma-separated; must match the workers' setting. Empty:
+    /// no scoped cleanups.
+    #[arg(long, env = "RUNS_SCOPE_COLUMNS", default_value = "")]
+    pub runs_scope_columns: String,
+
     /// Connections to the runs database.
     #[arg(long, env = "RUNS_DATABASE_MAX_CONNECTIONS", default_value_t = 4)]
     pub runs_database_max_connections: u32,
@@ -179,6 +185,8 @@ impl Config {
             &self.runs_status_column,
             &self.runs_timestamp_column,
             split_list(&self.runs_terminal_statuses),
+            shared::runtime::config::scope_columns(&self.runs_scope_columns)
+                .map_err(anyhow::Error::msg)?,
         )
     }
 

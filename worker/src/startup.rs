@@ -110,6 +110,7 @@ impl Application {
                 terminal_statuses: table.terminal_statuses().iter().cloned().collect(),
                 // The producer bounds attempts; the envelope carries the number.
                 max_attempts_limit: u32::MAX,
+                scope_columns: table.scope_columns().cloned().collect(),
             },
         };
         let worker_id = config.worker_id();

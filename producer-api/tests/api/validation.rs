@@ -225,3 +225,49 @@ async fn unknown_routes_are_problem_404s() {
         .contains("/maintenance/cleanup-users"));
     stack.stop().await;
 }
+
+/// A scope names only the columns the deployment allows (RUNS_SCOPE_COLUMNS); anything
+/// else is a 422 naming the field and what is allowed, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_outside_runs_scope_columns_is_refused() {
+    let runs = "/maintenance/cleanup-runs";
+    let json = Some("application/json");
+    for (args, body, detail) in [
+        (
+            &["--runs-scope-columns=project_id,pipeline"][..],
+            r#"{"max_age_hours": 48, "scope": {"tenant": "acme"}}"#,
+            "`tenant` is not a scope column; allowed: pipeline, project_id",
+        ),
+        (
+            &[][..],
+            r#"{"max_age_hours": 48, "scope": {"project_id": "42"}}"#,
+            "this deployment allows none",
+        ),
+        (
+            &["--runs-scope-columns=project_id"][..],
+            r#"{"max_age_hours": 48, "scope": {}}"#,
+            "must name at least one column",
+        ),
+    ] {
+        let stack = Stack::start_with(AppOptions::with_args(args)).await;
+        let (status, problem) = send_raw(&stack.app, runs, json, body.into()).await;
+        assert_eq!(status, 422, "{body}: {problem}");
+        assert_eq!(problem["field"], "scope", "{problem}");
+        let text = problem["detail"].as_str().unwrap();
+        assert!(text.contains(detail), "{body}: `{text}` lacks `{detail}`");
+        assert_eq!(stack.app.task_count().await, 0);
+        stack.stop().await;
+    }
+    // An allowed scope is accepted.
+    let stack =
+        Stack::start_with(AppOptions::with_args(&["--runs-scope-columns=project_id"])).await;
+    let response = stack
+        .app
+        .post(
+            runs,
+            serde_json::json!({"max_age_hours": 48, "scope": {"project_id": "42"}}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    stack.stop().await;
+}

@@ -147,6 +147,24 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Split a comma-separated list, trimming blanks and dropping empty items.
+/// `RUNS_SCOPE_COLUMNS`: the columns tasks may narrow by (`scope`), each a plain SQL
+/// identifier.
+pub fn scope_columns(value: &str) -> Result<std::collections::BTreeSet<String>, String> {
+    split_list(value)
+        .into_iter()
+        .map(|name| {
+            if crate::tasks::is_identifier(&name) {
+                Ok(name)
+            } else {
+                Err(format!(
+                    "RUNS_SCOPE_COLUMNS: `{name}` is not a valid column name (letters, digits \
+                     and `_`, not starting with a digit, at most 63 characters)"
+                ))
+            }
+        })
+        .collect()
+}
+
 pub fn split_list(value: &str) -> Vec<String> {
     value
         .split(',')

@@ -303,6 +303,7 @@ mod tests {
             batch_size: None,
             max_rows: None,
             max_attempts: None,
+            scope: None,
         });
         TaskEnvelope::new(uuid::Uuid::now_v7(), task, 3, enqueued_at)
     }

@@ -129,6 +129,7 @@ async fn a_continuation_goes_on_from_its_cursor() {
         "status",
         "finished_at",
         vec!["succeeded".into()],
+        Default::default(),
     )
     .unwrap();
     let timeouts = Timeouts {
@@ -149,6 +150,7 @@ async fn a_continuation_goes_on_from_its_cursor() {
         batch_size: Some(3),
         max_rows: None,
         max_attempts: None,
+        scope: None,
     };
     let turn = |strategy: &str| {
         let mut envelope = shared::envelope::TaskEnvelope::new(
@@ -210,4 +212,92 @@ async fn a_continuation_goes_on_from_its_cursor() {
     };
     assert_eq!(result.runs_deleted, 8 + 8, "{result:?}");
     assert!(survivors(&pool).await.is_empty());
+}
+
+/// Per-project retention: with `RUNS_SCOPE_COLUMNS=project_id`, a scoped task deletes
+/// only that project's eligible rows, and its dry run says exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_cleanup_deletes_only_the_rows_of_its_scope() {
+    let stack =
+        Stack::start_with(AppOptions::with_args(&["--runs-scope-columns=project_id"])).await;
+    for indexed in [true, false] {
+        let (runs, pool) = database(&format!(
+            "CREATE TABLE runs (id bigint PRIMARY KEY, project_id bigint NOT NULL,
+                                status text NOT NULL, finished_at timestamptz);
+             {}
+             INSERT INTO runs SELECT g, CASE WHEN g % 2 = 0 THEN 42 ELSE 7 END, 'succeeded',
+                                     now() - interval '10 days'
+             FROM generate_series(1, 60) g;
+             INSERT INTO runs SELECT 100 + g, 42, 'running', now() - interval '10 days'
+             FROM generate_series(1, 5) g;",
+            if indexed {
+                "CREATE INDEX ON runs (finished_at);"
+            } else {
+                ""
+            }
+        ))
+        .await;
+        let worker = stack
+            .worker(&[
+                runs_database_flag(runs.url()),
+                "--runs-scope-columns=project_id".into(),
+            ])
+            .await;
+        let scoped = json!({"max_age_hours": 24, "batch_size": 4, "scope": {"project_id": "42"}});
+        let mut dry = scoped.clone();
+        dry["dry_run"] = true.into();
+        let task = stack.run(RUNS, dry).await;
+        assert_eq!(task["result"]["runs_matched"], 30, "{task}");
+        let task = stack.run(RUNS, scoped).await;
+        assert_eq!(task["status"], "succeeded", "{task}");
+        assert_eq!(task["result"]["runs_deleted"], 30, "{task}");
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM runs WHERE project_id = 7").await,
+            30,
+            "another project's rows were deleted"
+        );
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM runs WHERE project_id = 42").await,
+            5,
+            "only the running rows of project 42 remain"
+        );
+        // A value the column's type cannot hold fails the task for good, deleting nothing.
+        let task = stack
+            .run(
+                RUNS,
+                json!({"max_age_hours": 24, "scope": {"project_id": "x; DROP TABLE runs"}}),
+            )
+            .await;
+        assert_eq!(task["status"], "failed", "{task}");
+        assert_eq!(task["error"]["class"], "permanent", "{task}");
+        assert_eq!(count(&pool, "SELECT count(*) FROM runs").await, 35);
+        worker.stop().await;
+    }
+    stack.stop().await;
+}
+
+/// A scope column the runs table does not have stops the worker at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_column_the_table_lacks_is_refused_at_start_up() {
+    let (runs, _pool) = database(
+        "CREATE TABLE runs (id bigint PRIMARY KEY, status text NOT NULL, finished_at timestamptz)",
+    )
+    .await;
+    let broker = TestBroker::create().await;
+    let error = build_worker(
+        &broker,
+        &[
+            runs_database_flag(runs.url()),
+            "--runs-scope-columns=project_id".into(),
+        ],
+    )
+    .await
+    .err()
+    .expect("the worker must refuse a scope column the table lacks");
+    assert!(
+        error
+            .to_string()
+            .contains("RUNS_SCOPE_COLUMNS `project_id` is not a column"),
+        "{error}"
+    );
 }

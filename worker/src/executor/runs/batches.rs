@@ -21,7 +21,7 @@ use super::schema::{Schema, Strategy};
 use super::table::RunsTable;
 
 /// A batch's SQL and its text parameters after the fixed ones (`$1` statuses, `$2`
-/// cutoff, `$3` limit).
+/// cutoff, `$3` limit, `$4` scope values).
 pub struct BatchSql {
     pub sql: String,
     pub params: Vec<String>,
@@ -50,7 +50,7 @@ pub fn delete_sql(
     let mut params = Vec::new();
     let mut param = |value: &str, ty: &str| {
         params.push(value.to_owned());
-        format!("${}::text::{ty}", params.len() + 3)
+        format!("${}::text::{ty}", params.len() + 4)
     };
     // The walk order, and the columns a cursor compares, in that order.
     let order: Vec<&String> = match (schema.strategy, schema.key.len()) {
@@ -104,7 +104,8 @@ pub fn delete_sql(
     BatchSql { sql, params }
 }
 
-/// The timestamp of the `$3`-th oldest eligible row (`key_range` under `max_rows`).
+/// The timestamp of the `$3`-th oldest eligible row (`key_range` under `max_rows`);
+/// `$4` as in every statement.
 pub fn threshold_sql(t: &RunsTable, eligible: &str) -> String {
     format!(
         "SELECT {ts}::text FROM {table} WHERE {eligible} ORDER BY {ts} OFFSET $3 - 1 LIMIT 1",

@@ -14,6 +14,7 @@
 //! outlives the attempt that issued it. Child rows go with their run through the schema's
 //! `ON DELETE CASCADE` foreign keys (see `deploy/sql/runs-schema.sql`).
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -39,9 +40,10 @@ use schema::{Schema, SchemaError, Strategy};
 /// Ids shown in a result, as a sample of what was (or would be) deleted.
 const SAMPLE_SIZE: usize = 10;
 
-/// The statements of a checked table. `$1` = statuses (text[]), `$2` = cutoff
-/// (timestamptz), `$3` = a row limit. The batches' own are built per batch
-/// ([`batches`]), since they carry the cursor.
+/// The statements of a checked table for one task. Every one takes `$1` = statuses
+/// (text[]), `$2` = cutoff (timestamptz), `$3` = a row limit (0 where none is used), `$4`
+/// = the task's scope values (text[], in column-name order). The batches' own are built
+/// per batch ([`batches`]), since they carry the cursor.
 #[derive(Debug)]
 struct Statements {
     table: RunsTable,
@@ -54,13 +56,23 @@ struct Statements {
 }
 
 impl Statements {
-    fn new(t: &RunsTable, schema: &Schema) -> Self {
-        let eligible = format!(
+    /// `scope`: the columns this task narrows by (names, sorted), all checked against the
+    /// catalog; each value is compared as its column's type.
+    fn new(t: &RunsTable, schema: &Schema, scope: &[&String]) -> Self {
+        let mut eligible = format!(
             "{status}::text = ANY($1) AND {ts} < {cutoff}",
             status = t.status,
             ts = t.timestamp,
             cutoff = schema.cutoff_expr()
         );
+        for (i, name) in scope.iter().enumerate() {
+            eligible.push_str(&format!(
+                " AND {column} = ($4::text[])[{n}]::{ty}",
+                column = t.scope[*name],
+                n = i + 1,
+                ty = schema.scope_types[*name]
+            ));
+        }
         let (table, id, ts) = (&t.table, &t.id, &t.timestamp);
         Self {
             count: format!("SELECT count(*) FROM {table} WHERE {eligible}"),
@@ -120,7 +132,8 @@ impl RunsExecutor {
     /// configured is an error; an unreachable database or a missing table is logged
     /// and checked again before the first task.
     pub async fn check_at_start_up(&self) -> anyhow::Result<()> {
-        let inspect = self.statements();
+        let no_scope = BTreeMap::new();
+        let inspect = self.statements(&no_scope);
         match tokio::time::timeout(std::time::Duration::from_secs(10), inspect).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(SchemaError::Unsafe(message))) => Err(anyhow::anyhow!(message)),
@@ -137,7 +150,10 @@ impl RunsExecutor {
 
     /// Read the table's shape and build its statements. Done before every task: a
     /// foreign key, an index or a column type changed since the last task counts.
-    async fn statements(&self) -> Result<Statements, SchemaError> {
+    async fn statements(
+        &self,
+        scope: &BTreeMap<String, String>,
+    ) -> Result<Statements, SchemaError> {
         let schema = schema::inspect(&self.pool, &self.table, self.zone.as_deref()).await?;
         let mut seen = self.seen.lock().expect("not poisoned");
         if seen.as_ref() != Some(&schema) {
@@ -149,7 +165,14 @@ impl RunsExecutor {
             );
             *seen = Some(schema.clone());
         }
-        Ok(Statements::new(&self.table, &schema))
+        // The worker's own list decides, whatever the producer accepted.
+        if let Some(unknown) = scope.keys().find(|c| !self.table.scope.contains_key(*c)) {
+            return Err(SchemaError::Unsafe(format!(
+                "scope column `{unknown}` is not in this worker's RUNS_SCOPE_COLUMNS"
+            )));
+        }
+        let columns: Vec<&String> = scope.keys().collect();
+        Ok(Statements::new(&self.table, &schema, &columns))
     }
 
     pub async fn execute(
@@ -160,7 +183,10 @@ impl RunsExecutor {
         checkpoint: &Checkpoint,
     ) -> Result<Execution, ExecError> {
         let started = Instant::now();
-        let statements = self.statements().await.map_err(|e| match e {
+        let no_scope = BTreeMap::new();
+        let scope = params.scope.as_ref().unwrap_or(&no_scope);
+        let scope_values: Vec<String> = scope.values().cloned().collect();
+        let statements = self.statements(scope).await.map_err(|e| match e {
             SchemaError::Database(db) => ExecError::from_sqlx("cannot check the runs table", &db),
             other => ExecError::permanent(other.to_string()),
         })?;
@@ -202,6 +228,7 @@ impl RunsExecutor {
             executor: self,
             statements: &statements,
             statuses: &statuses,
+            scope: &scope_values,
             cutoff: envelope.cutoff,
             cancel,
         };
@@ -245,6 +272,8 @@ struct Run<'a> {
     executor: &'a RunsExecutor,
     statements: &'a Statements,
     statuses: &'a [String],
+    /// `$4`: the task's scope values.
+    scope: &'a [String],
     cutoff: DateTime<Utc>,
     cancel: &'a CancellationToken,
 }
@@ -260,6 +289,8 @@ impl Run<'_> {
                 sqlx::query_scalar(&self.statements.count)
                     .bind(self.statuses)
                     .bind(self.cutoff)
+                    .bind(0i64)
+                    .bind(self.scope)
                     .fetch_one(&self.executor.pool)
             })
             .await
@@ -273,6 +304,7 @@ impl Run<'_> {
                     .bind(self.statuses)
                     .bind(self.cutoff)
                     .bind(SAMPLE_SIZE as i64)
+                    .bind(self.scope)
                     .fetch_all(&self.executor.pool)
             })
             .await
@@ -297,6 +329,7 @@ impl Run<'_> {
                         .bind(self.statuses)
                         .bind(self.cutoff)
                         .bind(nth)
+                        .bind(self.scope)
                         .fetch_optional(&self.executor.pool)
                 })
                 .await
@@ -397,7 +430,8 @@ impl Run<'_> {
             )
             .bind(self.statuses)
             .bind(self.cutoff)
-            .bind(limit as i64);
+            .bind(limit as i64)
+            .bind(self.scope);
         for param in &batch.params {
             query = query.bind(param);
         }
@@ -417,6 +451,8 @@ impl Run<'_> {
             sqlx::query_scalar::<_, Option<f64>>(&self.statements.oldest)
                 .bind(self.statuses)
                 .bind(self.cutoff)
+                .bind(0i64)
+                .bind(self.scope)
                 .fetch_one(&self.executor.pool)
         })
         .await

@@ -7,6 +7,8 @@
 //! converted to that zone (`RUNS_TIMESTAMP_TIMEZONE`, default the database's `TimeZone`)
 //! before it is compared, so a database that is not on UTC never makes young rows look old.
 
+use std::collections::BTreeMap;
+
 use sqlx::PgPool;
 
 use super::RunsTable;
@@ -55,6 +57,8 @@ pub struct Schema {
     /// SQL types of the id and timestamp columns (cursor values travel as text).
     pub id_type: String,
     pub ts_type: String,
+    /// SQL types of the scope columns (RUNS_SCOPE_COLUMNS), by name.
+    pub scope_types: BTreeMap<String, String>,
 }
 
 /// Why the runs table cannot be cleaned as configured.
@@ -112,6 +116,11 @@ pub async fn inspect(
     let id_type = type_of(&table.names.id, "RUNS_ID_COLUMN")?;
     type_of(&table.names.status, "RUNS_STATUS_COLUMN")?;
     let ts_type = type_of(&table.names.timestamp, "RUNS_TIMESTAMP_COLUMN")?;
+    let scope_types = table
+        .scope
+        .keys()
+        .map(|name| Ok((name.clone(), type_of(name, "RUNS_SCOPE_COLUMNS")?)))
+        .collect::<Result<BTreeMap<_, _>, SchemaError>>()?;
     let timestamps = match ts_type.as_str() {
         "timestamp with time zone" => Timestamps::Instants,
         "timestamp without time zone" => {
@@ -188,6 +197,7 @@ pub async fn inspect(
         strategy,
         id_type,
         ts_type,
+        scope_types,
     })
 }
 

@@ -1,6 +1,8 @@
 //! The runs table as configured: its name and columns, validated as SQL identifiers and
 //! quoted, and the statuses that count as finished.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 /// The configured names, unquoted, as the catalog spells them.
 #[derive(Debug, Clone)]
 pub struct ColumnNames {
@@ -18,6 +20,8 @@ pub struct RunsTable {
     pub(super) timestamp: String,
     pub(super) names: ColumnNames,
     pub(super) terminal_statuses: Vec<String>,
+    /// RUNS_SCOPE_COLUMNS: unquoted name → quoted.
+    pub(super) scope: BTreeMap<String, String>,
 }
 
 impl RunsTable {
@@ -27,6 +31,7 @@ impl RunsTable {
         status: &str,
         timestamp: &str,
         terminal_statuses: Vec<String>,
+        scope_columns: BTreeSet<String>,
     ) -> anyhow::Result<Self> {
         let parts: Vec<&str> = table.split('.').collect();
         if parts.len() > 2 {
@@ -51,25 +56,30 @@ impl RunsTable {
                 timestamp: timestamp.to_owned(),
             },
             terminal_statuses,
+            scope: scope_columns
+                .into_iter()
+                .map(|name| {
+                    let quoted = quote_ident(&name, "RUNS_SCOPE_COLUMNS")?;
+                    Ok((name, quoted))
+                })
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 
     pub fn terminal_statuses(&self) -> &[String] {
         &self.terminal_statuses
     }
+
+    /// The columns tasks may narrow by (unquoted).
+    pub fn scope_columns(&self) -> impl Iterator<Item = &String> {
+        self.scope.keys()
+    }
 }
 
 /// A plain SQL identifier (letters, digits, `_`, not starting with a digit, at most 63
 /// bytes), returned double-quoted.
 pub fn quote_ident(name: &str, setting: &str) -> anyhow::Result<String> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if !valid {
+    if !shared::tasks::is_identifier(name) {
         anyhow::bail!(
             "{setting} `{name}` is not a valid SQL identifier (letters, digits and `_`, \
              not starting with a digit, at most 63 characters)"

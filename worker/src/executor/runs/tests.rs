@@ -19,9 +19,18 @@ fn identifiers_are_validated_and_quoted() {
         "status",
         "finished_at",
         vec!["done".into()],
+        Default::default(),
     )
     .unwrap();
     assert_eq!(t.table, "\"app\".\"runs\"");
-    assert!(RunsTable::new("a.b.c", "id", "s", "t", vec!["x".into()]).is_err());
-    assert!(RunsTable::new("runs", "id", "s", "t", vec![]).is_err());
+    assert!(RunsTable::new(
+        "a.b.c",
+        "id",
+        "s",
+        "t",
+        vec!["x".into()],
+        Default::default()
+    )
+    .is_err());
+    assert!(RunsTable::new("runs", "id", "s", "t", vec![], Default::default()).is_err());
 }
