@@ -12,7 +12,6 @@
 use std::fmt;
 
 use hmac::{Hmac, Mac};
-use lapin::types::{AMQPValue, FieldTable};
 use sha2::Sha256;
 
 /// Header naming the key a task message was signed with.
@@ -205,14 +204,14 @@ impl TaskTrust {
         self.keys.as_ref().map(|k| k.sign(body))
     }
 
-    /// Verify a message from its body and AMQP headers.
+    /// Verify a message from its body and headers.
     pub fn check(
         &self,
         body: &[u8],
-        headers: Option<&FieldTable>,
+        headers: Option<&dyn Headers>,
     ) -> Result<Verified, VerifyError> {
-        let key_id = headers.and_then(|h| header_text(h, KEY_ID_HEADER));
-        let signature = headers.and_then(|h| header_text(h, SIGNATURE_HEADER));
+        let key_id = headers.and_then(|h| h.text(KEY_ID_HEADER));
+        let signature = headers.and_then(|h| h.text(SIGNATURE_HEADER));
         match (key_id, signature) {
             (None, None) if self.allow_unsigned => Ok(Verified::Unsigned),
             (None, None) => Err(VerifyError::Unsigned),
@@ -229,11 +228,15 @@ impl TaskTrust {
     }
 }
 
-fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
-    match headers.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
+/// A message's headers, as text: AMQP field tables implement it (in
+/// `shared::runtime::amqp`), and so do plain maps.
+pub trait Headers {
+    fn text(&self, key: &str) -> Option<String>;
+}
+
+impl Headers for std::collections::BTreeMap<String, String> {
+    fn text(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
     }
 }
 
@@ -248,12 +251,12 @@ mod tests {
         KeyRing::parse(value).unwrap()
     }
 
-    fn headers(signature: &Signature) -> FieldTable {
-        let mut table = FieldTable::default();
-        for (key, value) in signature.headers() {
-            table.insert(key.into(), AMQPValue::LongString(value.into()));
-        }
-        table
+    fn headers(signature: &Signature) -> std::collections::BTreeMap<String, String> {
+        signature
+            .headers()
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect()
     }
 
     #[test]
@@ -363,7 +366,7 @@ mod tests {
         );
         assert_eq!(strict.check(body, None), Err(VerifyError::Unsigned));
         assert_eq!(
-            strict.check(body, Some(&FieldTable::default())),
+            strict.check(body, Some(&std::collections::BTreeMap::new())),
             Err(VerifyError::Unsigned)
         );
         assert!(matches!(

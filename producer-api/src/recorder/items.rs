@@ -3,7 +3,6 @@
 
 use chrono::Utc;
 use lapin::message::Delivery;
-use lapin::types::{AMQPValue, FieldTable};
 use shared::envelope::TaskEnvelope;
 use shared::events::Event;
 use shared::topology::Topology;
@@ -39,7 +38,8 @@ pub(super) fn classify(delivery: &Delivery, dead_lettered: bool, topology: &Topo
         };
     }
     let headers = delivery.properties.headers().clone().unwrap_or_default();
-    let queue = header_text(&headers, "x-first-death-queue").unwrap_or_default();
+    let queue =
+        shared::runtime::amqp::header_text(&headers, "x-first-death-queue").unwrap_or_default();
     let tasks_prefix = format!("{}.", topology.tasks_exchange());
     if !queue.starts_with(&tasks_prefix) {
         return Item::Ignore;
@@ -52,7 +52,8 @@ pub(super) fn classify(delivery: &Delivery, dead_lettered: bool, topology: &Topo
     else {
         return Item::Ignore;
     };
-    let reason = header_text(&headers, "x-first-death-reason").unwrap_or_default();
+    let reason =
+        shared::runtime::amqp::header_text(&headers, "x-first-death-reason").unwrap_or_default();
     let dead_queue = topology.dead_queue();
     let reason = match reason.as_str() {
         "delivery_limit" => format!(
@@ -74,14 +75,6 @@ pub(super) fn classify(delivery: &Delivery, dead_lettered: bool, topology: &Topo
         task_id,
         attempt,
         reason,
-    }
-}
-
-fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
-    match headers.inner().get(key)? {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
     }
 }
 

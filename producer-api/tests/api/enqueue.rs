@@ -47,7 +47,13 @@ async fn enqueue_returns_202_and_publishes_exactly_one_persistent_message() {
         allow_unsigned: false,
     };
     assert_eq!(
-        trust.check(&message.data, props.headers().as_ref()),
+        trust.check(
+            &message.data,
+            props
+                .headers()
+                .as_ref()
+                .map(|h| h as &dyn shared::signing::Headers)
+        ),
         Ok(shared::signing::Verified::Signed {
             key_id: "test-new".into()
         })

@@ -268,6 +268,21 @@ pub async fn publish_with_headers(
         .await
 }
 
+impl crate::signing::Headers for FieldTable {
+    fn text(&self, key: &str) -> Option<String> {
+        header_text(self, key)
+    }
+}
+
+/// A text header (long or short string) of an AMQP message.
+pub fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
+    match headers.inner().get(key)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 pub mod amqp;
 pub mod config;
 pub mod db;
+pub mod declare;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

@@ -51,7 +51,14 @@ pub(super) fn parse(
 ) -> Result<TaskEnvelope, Refusal> {
     use shared::envelope::{EnvelopeError, EnvelopeHead, SCHEMA_VERSION};
     ctx.trust
-        .check(&delivery.data, delivery.properties.headers().as_ref())
+        .check(
+            &delivery.data,
+            delivery
+                .properties
+                .headers()
+                .as_ref()
+                .map(|h| h as &dyn shared::signing::Headers),
+        )
         .map_err(|e| Refusal::Poison(e.to_string()))?;
     let envelope = match TaskEnvelope::from_json(&delivery.data) {
         Ok(envelope) => envelope,
