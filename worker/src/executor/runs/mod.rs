@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use shared::envelope::TaskEnvelope;
 pub use shared::results::{RunsCursor, RunsResult};
 use shared::retry::RetryPolicy;
-use shared::tasks::{CleanupRunsParams, DEFAULT_BATCH_SIZE};
+use shared::tasks::CleanupRunsParams;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -34,8 +34,7 @@ mod table;
 
 pub use table::{quote_ident, ColumnNames, RunsTable};
 
-use batches::{BatchOutcome, Sizer};
-use schema::{Schema, SchemaError, Strategy};
+use schema::{Schema, SchemaError};
 
 /// Ids shown in a result, as a sample of what was (or would be) deleted.
 const SAMPLE_SIZE: usize = 10;
@@ -310,139 +309,6 @@ impl Run<'_> {
             .await
             .map_err(|e| ExecError::from_sqlx("failed to sample eligible runs", &e))?;
         Ok(())
-    }
-
-    async fn delete(
-        &self,
-        params: &CleanupRunsParams,
-        result: &mut RunsResult,
-        checkpoint: &Checkpoint,
-    ) -> Result<bool, ExecError> {
-        let max = u64::from(params.batch_size.unwrap_or(DEFAULT_BATCH_SIZE));
-        let mut sizer = Sizer::new(max, self.executor.batch_target);
-        // key_range under a cap: only rows at least as old as the cap's oldest rows.
-        let threshold = match (self.statements.schema.strategy, params.max_rows) {
-            (Strategy::KeyRange, Some(cap)) if cap > result.runs_deleted => {
-                let nth = (cap - result.runs_deleted) as i64;
-                self.retry(|| {
-                    sqlx::query_scalar::<_, String>(&self.statements.threshold)
-                        .bind(self.statuses)
-                        .bind(self.cutoff)
-                        .bind(nth)
-                        .bind(self.scope)
-                        .fetch_optional(&self.executor.pool)
-                })
-                .await
-                .map_err(|e| ExecError::from_sqlx("failed to find the oldest runs", &e))?
-            }
-            _ => None,
-        };
-        loop {
-            // Saturating: progress that claims more than the cap leaves nothing to delete.
-            let remaining = params
-                .max_rows
-                .map(|cap| cap.saturating_sub(result.runs_deleted));
-            if remaining == Some(0) {
-                result.capped = true;
-                break;
-            }
-            if self.cancel.is_cancelled() {
-                // At a batch boundary: everything deleted so far is committed and counted.
-                return Ok(false);
-            }
-            let limit = remaining.map_or(sizer.size(), |r| r.min(sizer.size()));
-            let began = Instant::now();
-            let cursor = result.cursor.clone();
-            let batch =
-                self.retry(|| self.delete_batch(limit, cursor.as_ref(), threshold.as_deref()));
-            let batch = match batch.await {
-                Ok(Some(batch)) => batch,
-                // Stopped before the batch began: nothing of it ran.
-                Ok(None) => return Ok(false),
-                // Too big for the locks it met: the same rows again, fewer at a time, while
-                // the turn lasts (a turn that ends shrinking reports the timeout, so a table
-                // locked for good fails the task instead of handing it on forever).
-                Err(e)
-                    if batches::is_timeout(&e) && !self.cancel.is_cancelled() && sizer.shrink() =>
-                {
-                    tracing::info!(error = %e, next = sizer.size(), "a batch of runs timed out; retrying smaller");
-                    continue;
-                }
-                Err(e) => return Err(ExecError::from_sqlx("failed to delete a batch of runs", &e)),
-            };
-            sizer.record(began.elapsed());
-            if batch.last.is_some() {
-                result.cursor = batch.last;
-            }
-            let n = batch.deleted;
-            if n > 0 {
-                result.batches += 1;
-                result.runs_deleted += n;
-                if result.sample_ids.len() < SAMPLE_SIZE {
-                    let room = SAMPLE_SIZE - result.sample_ids.len();
-                    result
-                        .sample_ids
-                        .extend(batch.sample.into_iter().take(room));
-                }
-            }
-            checkpoint.record(serde_json::to_value(&*result).expect("progress serializes"));
-            tracing::debug!(
-                batch = result.batches,
-                deleted = n,
-                next = sizer.size(),
-                "deleted a batch of runs"
-            );
-            if batch.taken < limit {
-                // Fewer than asked: nothing else eligible past the cursor, or the rest is
-                // locked by another worker, which will delete it.
-                break;
-            }
-        }
-        Ok(true)
-    }
-
-    /// One batch, in its own transaction with the time limits set locally. `None` when
-    /// the turn was stopped before the batch began (checked once a connection is in
-    /// hand, so a batch that waited for the pool never starts after its attempt ended).
-    async fn delete_batch(
-        &self,
-        limit: u64,
-        cursor: Option<&RunsCursor>,
-        threshold: Option<&str>,
-    ) -> Result<Option<BatchOutcome>, sqlx::Error> {
-        let mut tx = self.executor.pool.begin().await?;
-        if self.cancel.is_cancelled() {
-            return Ok(None);
-        }
-        let timeouts = self.executor.timeouts;
-        sqlx::query(
-            "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
-        )
-        .bind(format!("{}ms", timeouts.statement.as_millis()))
-        .bind(format!("{}ms", timeouts.lock.as_millis()))
-        .execute(&mut *tx)
-        .await?;
-        let s = self.statements;
-        let batch = batches::delete_sql(&s.table, &s.schema, &s.eligible, cursor, threshold);
-        let mut query =
-            sqlx::query_as::<_, (i64, i64, Vec<String>, Option<String>, Option<String>)>(
-                &batch.sql,
-            )
-            .bind(self.statuses)
-            .bind(self.cutoff)
-            .bind(limit as i64)
-            .bind(self.scope);
-        for param in &batch.params {
-            query = query.bind(param);
-        }
-        let (deleted, taken, sample, last_ts, last_id) = query.fetch_one(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(Some(BatchOutcome {
-            deleted: deleted.max(0) as u64,
-            taken: taken.max(0) as u64,
-            sample,
-            last: last_ts.zip(last_id).map(|(ts, id)| RunsCursor { ts, id }),
-        }))
     }
 
     /// Age of the oldest eligible row still present (in a dry run: all of them are).
