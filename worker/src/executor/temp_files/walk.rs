@@ -2,8 +2,8 @@
 //!
 //! - It works relative to open directory handles (`openat`, `statx`, `unlinkat`), opening
 //!   each subdirectory with `O_NOFOLLOW | O_DIRECTORY` and checking that the opened
-//!   directory is the one it examined (device and inode), so a directory swapped for a
-//!   symlink mid-walk is never followed.
+//!   directory is the one it examined (device, inode and birth time), so a directory
+//!   swapped for a symlink mid-walk is never followed.
 //! - Symlinks are never followed: a symlink is judged by its own age and unlinked.
 //! - It never crosses a mount point: an entry on another mount (another filesystem, or a
 //!   bind mount of the same one: `statx` mount id and `STATX_ATTR_MOUNT_ROOT`) is skipped,
@@ -26,7 +26,8 @@
 //!   files of that directory: the residual window of the bounded check.
 //! - `remove_empty_dirs` removes a directory only when this task deleted something in it
 //!   (in any turn) and it is now empty, and so on upwards: never a directory that was
-//!   empty before, or that no pattern reached.
+//!   empty before, or that no pattern reached. Across turns it is known by device, inode
+//!   and birth time (ext4 reuses a freed inode at once); without a birth time it is kept.
 //! - With `max_files`, the walk is sequential in name order, so which files a capped run
 //!   takes is the same in the dry run and in the real run.
 
@@ -161,10 +162,15 @@ impl Walk {
     ) -> DirOutcome {
         let mut outcome = DirOutcome::default();
         // A directory an earlier turn deleted in but did not finish counts as emptied by
-        // this task: the same directory (device and inode), not just the same path.
+        // this task: the same directory (device, inode and birth time), not just the same
+        // path. Without a birth time it is not known to be the same: it stays.
         if let Some(prior) = self.resume.get(&at.root.name) {
             let rel = encode(at.rel.as_os_str().as_bytes());
-            if prior.touched.get(&rel) == Some(&DirId::of(meta)) {
+            if prior
+                .touched
+                .get(&rel)
+                .is_some_and(|id| id.same_as(&DirId::of(meta)))
+            {
                 outcome.removed_any = true;
             }
         }
@@ -328,7 +334,12 @@ impl Walk {
             }
         };
         let meta = match Meta::of(&fd) {
-            Ok(now) if now.dev == seen.dev && now.ino == seen.ino && !now.other_mount(at) => now,
+            Ok(now)
+                if (now.dev, now.ino, now.btime) == (seen.dev, seen.ino, seen.btime)
+                    && !now.other_mount(at) =>
+            {
+                now
+            }
             _ => {
                 self.keep(Kept::Replaced);
                 self.record(root, &rel, "replaced during the walk; not followed".into());

@@ -341,3 +341,36 @@ fn age_by_atime_keeps_a_file_read_recently() {
     // By mtime alone it is old.
     assert_eq!(run(&walk(false), scratch.path()).files_deleted, 1);
 }
+
+/// A turn deleted in `A` and ran out of time; before the next turn the application
+/// dropped `A` and made a fresh, empty one. ext4 hands the new directory the freed inode
+/// at once, so device and inode alone take it for the one this task emptied.
+#[test]
+fn a_directory_recreated_between_turns_is_not_the_one_this_task_emptied() {
+    let scratch = tempfile::tempdir_in("/tmp").unwrap();
+    let root = scratch.path().join("root");
+    old_file(&root.join("A/a1.tmp"));
+    std::fs::create_dir_all(root.join("A/z")).unwrap();
+    std::fs::write(root.join("A/z/young.tmp"), b"x").unwrap();
+    let mut w1 = walk(false);
+    w1.remove_empty_dirs = true;
+    let stop = w1.stop.clone();
+    w1.after_open = Some(Box::new(move |rel: &Path| {
+        if rel == Path::new("A/z") {
+            stop.store(true, Ordering::SeqCst); // the turn budget runs out here
+        }
+    }));
+    run(&w1, &root);
+    let done = w1.done.lock().unwrap().clone();
+    std::fs::remove_dir_all(root.join("A")).unwrap();
+    std::fs::create_dir(root.join("A")).unwrap();
+    let mut w2 = walk(false);
+    w2.remove_empty_dirs = true;
+    w2.resume = done.clone();
+    *w2.done.lock().unwrap() = done;
+    run(&w2, &root);
+    assert!(
+        root.join("A").exists(),
+        "the fresh, never-touched A was removed"
+    );
+}
