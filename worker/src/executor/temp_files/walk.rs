@@ -21,9 +21,12 @@
 //! - Before the first unlink in a directory, and again every 256 unlinks there, the walk
 //!   checks that the directory is still reachable from the root at its path
 //!   (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)`, same device and
-//!   inode as the held handle). A directory moved out of the root keeps what is left in it
-//!   and is not descended further. A move right after a check can still cost up to 256
-//!   files of that directory: the residual window of the bounded check.
+//!   inode as the held handle), and that the root's configured path still leads to the
+//!   root the walk holds (`openat2(RESOLVE_NO_SYMLINKS)`; device, inode and mount id). A
+//!   directory moved out of the root keeps what is left in it and is not descended
+//!   further; a root renamed away mid-walk has nothing more deleted in it. A move right
+//!   after a check can still cost up to 256 files of that directory: the residual window
+//!   of the bounded check.
 //! - `remove_empty_dirs` removes a directory only when this task deleted something in it
 //!   (in any turn) and it is now empty, and so on upwards: never a directory that was
 //!   empty before, or that no pattern reached. Across turns it is known by device, inode
@@ -96,6 +99,9 @@ pub struct Position<'a> {
     /// The root, open: directories are checked to be still inside it before unlinks.
     pub root_fd: &'a OwnedFd,
     pub rel: PathBuf,
+    /// Set once the root's configured path no longer leads to `root_fd` (renamed away
+    /// mid-walk): nothing more is unlinked in this root.
+    pub root_moved: &'a AtomicBool,
     pub dev: u64,
     pub mnt_id: Option<u64>,
     pub depth: usize,
@@ -116,10 +122,12 @@ impl Walk {
                 RootError::Unavailable(message) => ExecError::transient(message),
                 RootError::Refused(message) => ExecError::permanent(message),
             })?;
+            let root_moved = AtomicBool::new(false);
             let position = Position {
                 root,
                 root_fd: &fd,
                 rel: PathBuf::new(),
+                root_moved: &root_moved,
                 dev: identity.dev,
                 mnt_id: identity.mnt_id,
                 depth: 0,
@@ -254,7 +262,7 @@ impl Walk {
         if top.is_some() && !outcome.incomplete {
             self.mark(&at.root.name, |p| p.files_done = true);
         }
-        if reach.moved_out {
+        if reach.moved_out || at.root_moved.load(Ordering::Relaxed) {
             // No longer inside the root: nothing below it is the root's business.
             for _ in &subdirs {
                 self.keep(Kept::MovedOutOfRoot);
@@ -350,6 +358,7 @@ impl Walk {
             root: at.root,
             root_fd: at.root_fd,
             rel,
+            root_moved: at.root_moved,
             dev: at.dev,
             mnt_id: at.mnt_id,
             depth: at.depth + 1,

@@ -93,6 +93,7 @@ fn visit_after_swap(swap: impl FnOnce(&Path)) -> (Walk, tempfile::TempDir) {
         root: &root,
         root_fd: &root_fd,
         rel: PathBuf::new(),
+        root_moved: &AtomicBool::new(false),
         dev: root_meta.dev,
         mnt_id: root_meta.mnt_id,
         depth: 0,
@@ -372,5 +373,37 @@ fn a_directory_recreated_between_turns_is_not_the_one_this_task_emptied() {
     assert!(
         root.join("A").exists(),
         "the fresh, never-touched A was removed"
+    );
+}
+
+/// An operator moves the whole root away mid-walk (`mv /srv/scratch /data/keep`): the
+/// walk holds the old root open, and what it holds is no longer the configured root.
+#[test]
+fn a_root_renamed_away_mid_walk_is_not_cleaned_at_its_new_place() {
+    let scratch = tempfile::tempdir_in("/tmp").unwrap();
+    let root = scratch.path().join("root");
+    let kept_copy = scratch.path().join("preserved");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::write(root.join("a/young"), b"x").unwrap();
+    for f in 0..3 {
+        old_file(&root.join(format!("b/f{f}.tmp")));
+    }
+    let mut w = walk(false);
+    w.max_files = Some(1000); // sequential, name order
+    let (from, to) = (root.clone(), kept_copy.clone());
+    w.after_open = Some(Box::new(move |rel: &Path| {
+        if rel == Path::new("a") {
+            std::fs::rename(&from, &to).unwrap(); // operator: mv root preserved
+            std::fs::create_dir(&from).unwrap();
+        }
+    }));
+    let result = run(&w, &root);
+    let left: Vec<_> = std::fs::read_dir(kept_copy.join("b")).unwrap().collect();
+    assert_eq!(left.len(), 3, "files were deleted in the renamed-away root");
+    assert_eq!(kept(&result, "moved_out_of_root"), 3, "{result:?}");
+    assert!(
+        result.errors[0].error.starts_with("temp root `s` (")
+            && result.errors[0].error.contains("was moved"),
+        "{result:?}"
     );
 }
