@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use globset::GlobSet;
 use rayon::prelude::*;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::roots::{AgeBy, RootError, TempRoot};
@@ -55,6 +55,7 @@ use crate::executor::ExecError;
 mod file;
 mod guard;
 mod meta;
+mod rmdir;
 mod tally;
 
 use guard::Reach;
@@ -364,7 +365,6 @@ impl Walk {
             depth: at.depth + 1,
         };
         let inner = self.walk_entries(&fd, &meta, &position, None);
-        drop(fd);
         if inner.incomplete && inner.removed_any {
             // A later turn finishes this directory: it must know the task deleted here.
             self.mark(root, |p| {
@@ -384,58 +384,7 @@ impl Walk {
                 incomplete: inner.incomplete,
             };
         }
-        if let Some(why) = self.refusal(rule, seen) {
-            self.keep(why);
-            return DirOutcome {
-                remaining: 1,
-                removed_any: true,
-                incomplete: false,
-            };
-        }
-        if !self.still_in_root(parent, at, &mut Reach::default()) {
-            self.keep(Kept::MovedOutOfRoot);
-            return DirOutcome {
-                remaining: 1,
-                removed_any: true,
-                incomplete: false,
-            };
-        }
-        self.counters.dirs_matched.fetch_add(1, Ordering::Relaxed);
-        if self.dry_run {
-            return DirOutcome {
-                remaining: 0,
-                removed_any: true,
-                incomplete: false,
-            };
-        }
-        match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
-            Ok(()) => {
-                self.counters.dirs_removed.fetch_add(1, Ordering::Relaxed);
-                DirOutcome {
-                    remaining: 0,
-                    removed_any: true,
-                    incomplete: false,
-                }
-            }
-            // Something appeared in it meanwhile: leave it.
-            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => DirOutcome {
-                remaining: 1,
-                removed_any: true,
-                incomplete: false,
-            },
-            Err(e) => {
-                self.record(
-                    root,
-                    &position.rel,
-                    format!("cannot remove empty directory: {e}"),
-                );
-                DirOutcome {
-                    remaining: 1,
-                    removed_any: true,
-                    incomplete: false,
-                }
-            }
-        }
+        self.remove_emptied(parent, name, fd, &meta, rule, at, &position.rel)
     }
 }
 

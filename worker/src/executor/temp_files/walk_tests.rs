@@ -407,3 +407,40 @@ fn a_root_renamed_away_mid_walk_is_not_cleaned_at_its_new_place() {
         "{result:?}"
     );
 }
+
+/// Right before its removal, the directory this task emptied is swapped for another
+/// empty one at the same name: that one was never emptied by this task, and stays.
+#[test]
+fn an_emptied_directory_swapped_right_before_its_removal_is_kept() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root_path = scratch.path().join("root");
+    std::fs::create_dir_all(root_path.join("a")).unwrap();
+    let root_fd = open_dir(&root_path);
+    let fd = open_dir(&root_path.join("a"));
+    let emptied = Meta::of(&fd).unwrap();
+    std::fs::rename(root_path.join("a"), root_path.join("a-moved")).unwrap();
+    std::fs::create_dir(root_path.join("a")).unwrap();
+    let root_meta = Meta::of(&root_fd).unwrap();
+    let root = TempRoot::new("root", &root_path);
+    let at = Position {
+        root: &root,
+        root_fd: &root_fd,
+        rel: PathBuf::new(),
+        root_moved: &AtomicBool::new(false),
+        dev: root_meta.dev,
+        mnt_id: root_meta.mnt_id,
+        depth: 0,
+    };
+    let w = walk(false);
+    let rule = Unlink::Allowed;
+    let outcome = w.remove_emptied(&root_fd, c"a", fd, &emptied, rule, &at, Path::new("a"));
+    assert_eq!(outcome.remaining, 1);
+    assert!(
+        root_path.join("a").is_dir(),
+        "the swapped-in directory was removed"
+    );
+    assert_eq!(
+        w.counters.kept[Kept::Replaced as usize].load(Ordering::Relaxed),
+        1
+    );
+}
