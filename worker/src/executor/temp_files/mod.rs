@@ -44,9 +44,9 @@ pub struct RootProgress {
     /// Top-level subdirectories walked completely (names; `hex:` prefix when not UTF-8).
     #[serde(default)]
     pub subdirs_done: BTreeSet<String>,
-    /// Directories (paths relative to the root, with their device and inode) where a turn
-    /// deleted something without finishing them: when a later turn finds the same
-    /// directory there, empty, this task emptied it. A directory replaced at that path
+    /// Directories (paths relative to the root, with their device, inode and birth time)
+    /// where a turn deleted something without finishing them: when a later turn finds the
+    /// same directory there, empty, this task emptied it. A directory replaced at that path
     /// meanwhile is another one, never touched. Progress written before identities were
     /// kept (`touched`, paths only) is read as nothing touched: such directories stay.
     #[serde(
@@ -57,11 +57,17 @@ pub struct RootProgress {
     pub touched: BTreeMap<String, DirId>,
 }
 
-/// Which directory: device and inode.
+/// Which directory: device, inode and birth time. Device and inode alone do not tell a
+/// directory from one created after it was deleted: ext4 hands the freed inode number to
+/// the next new directory at once.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DirId {
     pub dev: u64,
     pub ino: u64,
+    /// Birth time (`statx` `STATX_BTIME`: seconds, nanoseconds). None when the filesystem
+    /// does not report one, and in progress written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btime: Option<(i64, u32)>,
 }
 
 impl DirId {
@@ -69,7 +75,15 @@ impl DirId {
         Self {
             dev: meta.dev,
             ino: meta.ino,
+            btime: meta.btime,
         }
+    }
+
+    /// Whether `now` is this directory: same device, inode and birth time. Without a birth
+    /// time it cannot be told from a directory created since at the same inode, so it is
+    /// taken for another one (and kept).
+    pub fn same_as(&self, now: &DirId) -> bool {
+        self.btime.is_some() && (self.dev, self.ino, self.btime) == (now.dev, now.ino, now.btime)
     }
 }
 

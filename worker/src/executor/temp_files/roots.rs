@@ -247,6 +247,15 @@ impl TempRoot {
         )
     }
 
+    /// Whether the configured path, opened again without following any symlink, still
+    /// leads to `held` (device, inode and mount): not once the root was renamed away.
+    pub fn still_at_path(&self, held: &Identity) -> bool {
+        self.open_path()
+            .ok()
+            .and_then(|fd| identity_of(&fd).ok())
+            .is_some_and(|now| same_directory(held, &now))
+    }
+
     /// Open the root for a walk: no symlink anywhere in the path, and the same directory
     /// (device, inode, mount) as at start-up.
     pub fn open(&self) -> Result<(OwnedFd, Identity), RootError> {

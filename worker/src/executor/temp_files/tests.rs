@@ -324,3 +324,26 @@ async fn progress_with_paths_only_is_read_and_its_directories_are_kept() {
     assert_eq!(result["dirs_removed"], 0, "{result}");
     assert!(scratch.path().join("jobs/1").is_dir());
 }
+
+/// Progress written before birth times were kept (device and inode only) is still read;
+/// such a directory cannot be told from one created since at the same inode, so it stays.
+#[tokio::test]
+async fn a_touched_directory_without_a_birth_time_is_kept() {
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(scratch.path().join("jobs/1")).unwrap();
+    let executor = executor(&[("s", scratch.path())]);
+    let mut p = params(None);
+    p.remove_empty_dirs = true;
+    let id = dir_id(&scratch.path().join("jobs/1"));
+    assert!(id.same_as(&id), "this filesystem reports birth times");
+    let progress = serde_json::json!({
+        "result": serde_json::to_value(TempFilesResult { turns: 1, ..Default::default() }).unwrap(),
+        "done": {"s": {"files_done": true,
+                       "touched_dirs": {"jobs/1": {"dev": id.dev, "ino": id.ino}}}},
+    });
+    let Execution::Done(result) = run_once(&executor, &p, Some(progress)).await.unwrap() else {
+        panic!("not done")
+    };
+    assert_eq!(result.to_json()["dirs_removed"], 0);
+    assert!(scratch.path().join("jobs/1").is_dir());
+}

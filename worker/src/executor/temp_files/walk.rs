@@ -2,8 +2,8 @@
 //!
 //! - It works relative to open directory handles (`openat`, `statx`, `unlinkat`), opening
 //!   each subdirectory with `O_NOFOLLOW | O_DIRECTORY` and checking that the opened
-//!   directory is the one it examined (device and inode), so a directory swapped for a
-//!   symlink mid-walk is never followed.
+//!   directory is the one it examined (device, inode and birth time), so a directory
+//!   swapped for a symlink mid-walk is never followed.
 //! - Symlinks are never followed: a symlink is judged by its own age and unlinked.
 //! - It never crosses a mount point: an entry on another mount (another filesystem, or a
 //!   bind mount of the same one: `statx` mount id and `STATX_ATTR_MOUNT_ROOT`) is skipped,
@@ -21,12 +21,16 @@
 //! - Before the first unlink in a directory, and again every 256 unlinks there, the walk
 //!   checks that the directory is still reachable from the root at its path
 //!   (`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)`, same device and
-//!   inode as the held handle). A directory moved out of the root keeps what is left in it
-//!   and is not descended further. A move right after a check can still cost up to 256
-//!   files of that directory: the residual window of the bounded check.
+//!   inode as the held handle), and that the root's configured path still leads to the
+//!   root the walk holds (`openat2(RESOLVE_NO_SYMLINKS)`; device, inode and mount id). A
+//!   directory moved out of the root keeps what is left in it and is not descended
+//!   further; a root renamed away mid-walk has nothing more deleted in it. A move right
+//!   after a check can still cost up to 256 files of that directory: the residual window
+//!   of the bounded check.
 //! - `remove_empty_dirs` removes a directory only when this task deleted something in it
 //!   (in any turn) and it is now empty, and so on upwards: never a directory that was
-//!   empty before, or that no pattern reached.
+//!   empty before, or that no pattern reached. Across turns it is known by device, inode
+//!   and birth time (ext4 reuses a freed inode at once); without a birth time it is kept.
 //! - With `max_files`, the walk is sequential in name order, so which files a capped run
 //!   takes is the same in the dry run and in the real run.
 
@@ -41,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use globset::GlobSet;
 use rayon::prelude::*;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::roots::{AgeBy, RootError, TempRoot};
@@ -51,6 +55,7 @@ use crate::executor::ExecError;
 mod file;
 mod guard;
 mod meta;
+mod rmdir;
 mod tally;
 
 use guard::Reach;
@@ -95,6 +100,9 @@ pub struct Position<'a> {
     /// The root, open: directories are checked to be still inside it before unlinks.
     pub root_fd: &'a OwnedFd,
     pub rel: PathBuf,
+    /// Set once the root's configured path no longer leads to `root_fd` (renamed away
+    /// mid-walk): nothing more is unlinked in this root.
+    pub root_moved: &'a AtomicBool,
     pub dev: u64,
     pub mnt_id: Option<u64>,
     pub depth: usize,
@@ -115,10 +123,12 @@ impl Walk {
                 RootError::Unavailable(message) => ExecError::transient(message),
                 RootError::Refused(message) => ExecError::permanent(message),
             })?;
+            let root_moved = AtomicBool::new(false);
             let position = Position {
                 root,
                 root_fd: &fd,
                 rel: PathBuf::new(),
+                root_moved: &root_moved,
                 dev: identity.dev,
                 mnt_id: identity.mnt_id,
                 depth: 0,
@@ -161,10 +171,15 @@ impl Walk {
     ) -> DirOutcome {
         let mut outcome = DirOutcome::default();
         // A directory an earlier turn deleted in but did not finish counts as emptied by
-        // this task: the same directory (device and inode), not just the same path.
+        // this task: the same directory (device, inode and birth time), not just the same
+        // path. Without a birth time it is not known to be the same: it stays.
         if let Some(prior) = self.resume.get(&at.root.name) {
             let rel = encode(at.rel.as_os_str().as_bytes());
-            if prior.touched.get(&rel) == Some(&DirId::of(meta)) {
+            if prior
+                .touched
+                .get(&rel)
+                .is_some_and(|id| id.same_as(&DirId::of(meta)))
+            {
                 outcome.removed_any = true;
             }
         }
@@ -248,7 +263,7 @@ impl Walk {
         if top.is_some() && !outcome.incomplete {
             self.mark(&at.root.name, |p| p.files_done = true);
         }
-        if reach.moved_out {
+        if reach.moved_out || at.root_moved.load(Ordering::Relaxed) {
             // No longer inside the root: nothing below it is the root's business.
             for _ in &subdirs {
                 self.keep(Kept::MovedOutOfRoot);
@@ -328,7 +343,12 @@ impl Walk {
             }
         };
         let meta = match Meta::of(&fd) {
-            Ok(now) if now.dev == seen.dev && now.ino == seen.ino && !now.other_mount(at) => now,
+            Ok(now)
+                if (now.dev, now.ino, now.btime) == (seen.dev, seen.ino, seen.btime)
+                    && !now.other_mount(at) =>
+            {
+                now
+            }
             _ => {
                 self.keep(Kept::Replaced);
                 self.record(root, &rel, "replaced during the walk; not followed".into());
@@ -339,12 +359,12 @@ impl Walk {
             root: at.root,
             root_fd: at.root_fd,
             rel,
+            root_moved: at.root_moved,
             dev: at.dev,
             mnt_id: at.mnt_id,
             depth: at.depth + 1,
         };
         let inner = self.walk_entries(&fd, &meta, &position, None);
-        drop(fd);
         if inner.incomplete && inner.removed_any {
             // A later turn finishes this directory: it must know the task deleted here.
             self.mark(root, |p| {
@@ -364,58 +384,7 @@ impl Walk {
                 incomplete: inner.incomplete,
             };
         }
-        if let Some(why) = self.refusal(rule, seen) {
-            self.keep(why);
-            return DirOutcome {
-                remaining: 1,
-                removed_any: true,
-                incomplete: false,
-            };
-        }
-        if !self.still_in_root(parent, at, &mut Reach::default()) {
-            self.keep(Kept::MovedOutOfRoot);
-            return DirOutcome {
-                remaining: 1,
-                removed_any: true,
-                incomplete: false,
-            };
-        }
-        self.counters.dirs_matched.fetch_add(1, Ordering::Relaxed);
-        if self.dry_run {
-            return DirOutcome {
-                remaining: 0,
-                removed_any: true,
-                incomplete: false,
-            };
-        }
-        match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
-            Ok(()) => {
-                self.counters.dirs_removed.fetch_add(1, Ordering::Relaxed);
-                DirOutcome {
-                    remaining: 0,
-                    removed_any: true,
-                    incomplete: false,
-                }
-            }
-            // Something appeared in it meanwhile: leave it.
-            Err(Errno::NOTEMPTY) | Err(Errno::EXIST) => DirOutcome {
-                remaining: 1,
-                removed_any: true,
-                incomplete: false,
-            },
-            Err(e) => {
-                self.record(
-                    root,
-                    &position.rel,
-                    format!("cannot remove empty directory: {e}"),
-                );
-                DirOutcome {
-                    remaining: 1,
-                    removed_any: true,
-                    incomplete: false,
-                }
-            }
-        }
+        self.remove_emptied(parent, name, fd, &meta, rule, at, &position.rel)
     }
 }
 

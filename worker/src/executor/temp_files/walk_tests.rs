@@ -93,6 +93,7 @@ fn visit_after_swap(swap: impl FnOnce(&Path)) -> (Walk, tempfile::TempDir) {
         root: &root,
         root_fd: &root_fd,
         rel: PathBuf::new(),
+        root_moved: &AtomicBool::new(false),
         dev: root_meta.dev,
         mnt_id: root_meta.mnt_id,
         depth: 0,
@@ -340,4 +341,106 @@ fn age_by_atime_keeps_a_file_read_recently() {
     assert_eq!(kept(&result, "young"), 1);
     // By mtime alone it is old.
     assert_eq!(run(&walk(false), scratch.path()).files_deleted, 1);
+}
+
+/// A turn deleted in `A` and ran out of time; before the next turn the application
+/// dropped `A` and made a fresh, empty one. ext4 hands the new directory the freed inode
+/// at once, so device and inode alone take it for the one this task emptied.
+#[test]
+fn a_directory_recreated_between_turns_is_not_the_one_this_task_emptied() {
+    let scratch = tempfile::tempdir_in("/tmp").unwrap();
+    let root = scratch.path().join("root");
+    old_file(&root.join("A/a1.tmp"));
+    std::fs::create_dir_all(root.join("A/z")).unwrap();
+    std::fs::write(root.join("A/z/young.tmp"), b"x").unwrap();
+    let mut w1 = walk(false);
+    w1.remove_empty_dirs = true;
+    let stop = w1.stop.clone();
+    w1.after_open = Some(Box::new(move |rel: &Path| {
+        if rel == Path::new("A/z") {
+            stop.store(true, Ordering::SeqCst); // the turn budget runs out here
+        }
+    }));
+    run(&w1, &root);
+    let done = w1.done.lock().unwrap().clone();
+    std::fs::remove_dir_all(root.join("A")).unwrap();
+    std::fs::create_dir(root.join("A")).unwrap();
+    let mut w2 = walk(false);
+    w2.remove_empty_dirs = true;
+    w2.resume = done.clone();
+    *w2.done.lock().unwrap() = done;
+    run(&w2, &root);
+    assert!(
+        root.join("A").exists(),
+        "the fresh, never-touched A was removed"
+    );
+}
+
+/// An operator moves the whole root away mid-walk (`mv /srv/scratch /data/keep`): the
+/// walk holds the old root open, and what it holds is no longer the configured root.
+#[test]
+fn a_root_renamed_away_mid_walk_is_not_cleaned_at_its_new_place() {
+    let scratch = tempfile::tempdir_in("/tmp").unwrap();
+    let root = scratch.path().join("root");
+    let kept_copy = scratch.path().join("preserved");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::write(root.join("a/young"), b"x").unwrap();
+    for f in 0..3 {
+        old_file(&root.join(format!("b/f{f}.tmp")));
+    }
+    let mut w = walk(false);
+    w.max_files = Some(1000); // sequential, name order
+    let (from, to) = (root.clone(), kept_copy.clone());
+    w.after_open = Some(Box::new(move |rel: &Path| {
+        if rel == Path::new("a") {
+            std::fs::rename(&from, &to).unwrap(); // operator: mv root preserved
+            std::fs::create_dir(&from).unwrap();
+        }
+    }));
+    let result = run(&w, &root);
+    let left: Vec<_> = std::fs::read_dir(kept_copy.join("b")).unwrap().collect();
+    assert_eq!(left.len(), 3, "files were deleted in the renamed-away root");
+    assert_eq!(kept(&result, "moved_out_of_root"), 3, "{result:?}");
+    assert!(
+        result.errors[0].error.starts_with("temp root `s` (")
+            && result.errors[0].error.contains("was moved"),
+        "{result:?}"
+    );
+}
+
+/// Right before its removal, the directory this task emptied is swapped for another
+/// empty one at the same name: that one was never emptied by this task, and stays.
+#[test]
+fn an_emptied_directory_swapped_right_before_its_removal_is_kept() {
+    let scratch = tempfile::tempdir().unwrap();
+    let root_path = scratch.path().join("root");
+    std::fs::create_dir_all(root_path.join("a")).unwrap();
+    let root_fd = open_dir(&root_path);
+    let fd = open_dir(&root_path.join("a"));
+    let emptied = Meta::of(&fd).unwrap();
+    std::fs::rename(root_path.join("a"), root_path.join("a-moved")).unwrap();
+    std::fs::create_dir(root_path.join("a")).unwrap();
+    let root_meta = Meta::of(&root_fd).unwrap();
+    let root = TempRoot::new("root", &root_path);
+    let at = Position {
+        root: &root,
+        root_fd: &root_fd,
+        rel: PathBuf::new(),
+        root_moved: &AtomicBool::new(false),
+        dev: root_meta.dev,
+        mnt_id: root_meta.mnt_id,
+        depth: 0,
+    };
+    let w = walk(false);
+    let rule = Unlink::Allowed;
+    let outcome = w.remove_emptied(&root_fd, c"a", fd, &emptied, rule, &at, Path::new("a"));
+    assert_eq!(outcome.remaining, 1);
+    assert!(
+        root_path.join("a").is_dir(),
+        "the swapped-in directory was removed"
+    );
+    assert_eq!(
+        w.counters.kept[Kept::Replaced as usize].load(Ordering::Relaxed),
+        1
+    );
 }

@@ -4,11 +4,13 @@
 use std::ffi::CStr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use rustix::fs::{Access, AtFlags, FileType, FlockOperation, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use rustix::process::{Flock, FlockOffsetType, FlockType};
 
+use super::super::roots::identity_of;
 use super::{AgeBy, Kept, Meta, Position, Unlink, Walk};
 
 /// Unlinks in one directory between two checks that it is still inside the root.
@@ -75,10 +77,12 @@ fn record_locked(fd: &OwnedFd) -> Result<(), Kept> {
 
 impl Walk {
     /// Whether entries of `dir` (at `at`) may still be unlinked: it must still be reachable
-    /// from the root at its relative path. An application may build `root/job/` and
-    /// rename it elsewhere while the walk holds it open; unlinking through the held handle
-    /// would then delete outside the root. Checked before the first unlink in a directory
-    /// and again every [`RECHECK_EVERY`] unlinks, to bound the cost: a directory moved out
+    /// from the root at its relative path, and the root's configured path must still lead
+    /// to the root the walk holds. An application may build `root/job/` and rename it
+    /// elsewhere while the walk holds it open, and an operator may rename the whole root
+    /// away (`mv /srv/scratch /data/keep`); unlinking through the held handles would then
+    /// delete outside the root. Checked before the first unlink in a directory and again
+    /// every [`RECHECK_EVERY`] unlinks, to bound the cost: a directory (or root) moved
     /// right after a check can still lose up to that many files (the residual window).
     pub(super) fn still_in_root(
         &self,
@@ -86,18 +90,20 @@ impl Walk {
         at: &Position<'_>,
         reach: &mut Reach,
     ) -> bool {
-        if at.rel.as_os_str().is_empty() {
-            // The root itself: checked when it was opened.
-            return true;
-        }
-        if reach.moved_out {
+        if reach.moved_out || at.root_moved.load(Ordering::Relaxed) {
+            reach.moved_out = true;
             return false;
         }
         if let Some(n) = reach.since_check.filter(|n| *n < RECHECK_EVERY) {
             reach.since_check = Some(n + 1);
             return true;
         }
-        if reachable(at.root_fd, &at.rel, dir) {
+        if !self.root_in_place(at) {
+            reach.moved_out = true;
+            return false;
+        }
+        // The root itself is reachable when its path still leads to it.
+        if at.rel.as_os_str().is_empty() || reachable(at.root_fd, &at.rel, dir) {
             reach.since_check = Some(1);
             return true;
         }
@@ -107,6 +113,29 @@ impl Walk {
             &at.rel,
             "moved out of the root during the walk; what is left in it is kept".into(),
         );
+        false
+    }
+
+    /// Whether the root's configured path, opened again (`openat2(RESOLVE_NO_SYMLINKS)`,
+    /// as for the walk's start), still leads to the root the walk holds: same device,
+    /// inode and mount. If not, the root is marked moved (an error names it, once) and
+    /// nothing more is unlinked in it.
+    fn root_in_place(&self, at: &Position<'_>) -> bool {
+        if identity_of(at.root_fd).is_ok_and(|held| at.root.still_at_path(&held)) {
+            return true;
+        }
+        if !at.root_moved.swap(true, Ordering::SeqCst) {
+            self.record(
+                &at.root.name,
+                Path::new(""),
+                format!(
+                    "temp root `{}` ({}) was moved or replaced during the walk; nothing more \
+                     is deleted in it",
+                    at.root.name,
+                    at.root.path.display()
+                ),
+            );
+        }
         false
     }
 

@@ -125,6 +125,9 @@ pub struct Meta {
     pub atime: (i64, u32),
     pub mtime: (i64, u32),
     pub ctime: (i64, u32),
+    /// Birth time; None when the filesystem does not report it (`STATX_BTIME` not in the
+    /// returned mask).
+    pub btime: Option<(i64, u32)>,
     pub mnt_id: Option<u64>,
     pub mount_root: bool,
     /// An automount point (not triggered: the walk passes `AT_NO_AUTOMOUNT`).
@@ -141,6 +144,7 @@ const STATX_MASK: StatxFlags = StatxFlags::TYPE
     .union(StatxFlags::ATIME)
     .union(StatxFlags::MTIME)
     .union(StatxFlags::CTIME)
+    .union(StatxFlags::BTIME)
     .union(StatxFlags::MNT_ID);
 
 impl Meta {
@@ -158,6 +162,7 @@ impl Meta {
             atime: time(&stx.stx_atime),
             mtime: time(&stx.stx_mtime),
             ctime: time(&stx.stx_ctime),
+            btime: (stx.stx_mask & StatxFlags::BTIME.bits() != 0).then(|| time(&stx.stx_btime)),
             mnt_id: (stx.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(stx.stx_mnt_id),
             mount_root: has(StatxAttributes::MOUNT_ROOT),
             automount: has(StatxAttributes::AUTOMOUNT),
