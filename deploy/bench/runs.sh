@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# Compare one plain `DELETE FROM runs WHERE status IN (...) AND finished_at < cutoff` with a
+# real cleanup_runs task (POST /maintenance/cleanup-runs -> relay -> RabbitMQ -> one
+# release-built worker -> GET /tasks/{id} says succeeded), on identical fresh copies of
+# the same data (CREATE DATABASE ... TEMPLATE). ROWS runs (default 200,000) plus one
+# run_logs row per run (ON DELETE CASCADE); the older half finished 60 to 120 days ago,
+# the younger half 1 to 20 days ago, a third of each half is `running`; the cutoff is 720
+# hours. Cases:
+#   1  finished_at indexed (deploy/sql/runs-schema.sql as shipped), batch_size default
+#   2  the same, batch_size 10000
+#   3  no index on finished_at, batch_size default
+#   3x case 3 again with 2 x ROWS (linearity check; prints the time ratios)
+#   4  range-partitioned by finished_at, monthly partitions, primary key (id, finished_at),
+#      btree on finished_at; run_logs references (id, finished_at)
+# CASES="1 3" runs a subset. A task not finished after TIMEOUT seconds (default 300) is
+# reported as such and the next case starts. Databases are named bench_runs_<pid>_* and
+# dropped on exit. Run by hand, not in CI.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROWS=${ROWS:-200000}
+TIMEOUT=${TIMEOUT:-300}
+CASES=${CASES:-"1 2 3 3x 4"}
+MAX_AGE_HOURS=720
+STATUSES="'succeeded', 'failed', 'cancelled'"
+TOKEN=bench-token-0123456789abcdef
+SIGNING_KEYS=bench:bench-signing-secret-0123456789abcdef
+PREFIX=bench-runs-$$
+DB=bench_runs_$$
+WORK=${BENCH_DIR:-/var/tmp/cleanup-bench-runs-$$}
+deploy/local/services.sh
+. deploy/local/env.sh
+PG=$BENCH_PG
+export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
+# What was measured: the commit, and whether the Rust sources differed from it.
+CODE="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git status --porcelain -- Cargo.lock shared producer-api worker 2>/dev/null)" ]; then
+  CODE="$CODE + uncommitted changes: $(git status --porcelain -- Cargo.lock shared producer-api worker | awk '{print $2}' | tr '\n' ' ')"
+fi
+cargo build --release --locked -p producer-api -p worker
+mkdir -p "$WORK"
+RESULTS="$WORK/results.tsv"
+: > "$RESULTS"
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+sql() { psql -X -q -v ON_ERROR_STOP=1 "$PG/$1" "${@:2}"; }
+value() { psql -X -tA -v ON_ERROR_STOP=1 "$PG/$1" -c "$2"; }
+dbs=()
+create_db() { # name [template]
+  dbs+=("$1")
+  sql postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" \
+    -c "CREATE DATABASE $1${2:+ TEMPLATE $2}"
+}
+drop_db() { sql postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)"; }
+
+API_PID= WORKER_PID=
+stop_worker() {
+  if [ -n "$WORKER_PID" ]; then kill "$WORKER_PID" 2>/dev/null || true; wait "$WORKER_PID" 2>/dev/null || true; fi
+  WORKER_PID=
+}
+cleanup() {
+  stop_worker
+  if [ -n "$API_PID" ]; then kill "$API_PID" 2>/dev/null || true; wait "$API_PID" 2>/dev/null || true; fi
+  for db in "${dbs[@]}"; do drop_db "$db" 2>/dev/null || true; done
+  rabbitmqctl list_queues name 2>/dev/null | grep "^$PREFIX\." | xargs -r -n1 rabbitmqctl delete_queue >/dev/null 2>&1 || true
+  # rabbitmqctl has no delete_exchange (rabbitmqadmin needs the management plugin): best effort.
+  for x in $(rabbitmqctl list_exchanges name 2>/dev/null | grep "^$PREFIX\." || true); do
+    rabbitmqctl eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
+  done
+  echo "logs: $WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- data ---------------------------------------------------------------------------
+# Deterministic: row g has the same id, status and age in every layout. Status: a third
+# `running` (never eligible), the rest succeeded / failed / cancelled in turn.
+ROW_SELECT="
+  SELECT g AS id, 'run-' || g AS name,
+         CASE WHEN g % 3 = 0 THEN 'running'
+              ELSE (ARRAY['succeeded', 'failed', 'cancelled'])[1 + (g / 3) % 3] END AS status,
+         CASE WHEN g <= :half
+              THEN now() - interval '120 days' + (g - 1) * (interval '60 days' / :half)
+              ELSE now() - interval '20 days' + (g - :half - 1) * (interval '19 days' / (:rows - :half))
+         END AS finished_at
+  FROM generate_series(1, :rows) g"
+
+build_plain() { # db rows index(yes|no)
+  create_db "$1"
+  sql "$1" -f deploy/sql/runs-schema.sql
+  [ "$3" = no ] && sql "$1" -c "DROP INDEX runs_finished_at"
+  sql "$1" -v rows="$2" -v half="$(($2 / 2))" <<SQL
+INSERT INTO runs (id, name, status, started_at, finished_at) OVERRIDING SYSTEM VALUE
+SELECT id, name, status, finished_at - interval '10 minutes', finished_at FROM ($ROW_SELECT) r;
+SELECT setval(pg_get_serial_sequence('runs', 'id'), :rows) AS last_id \\gset
+INSERT INTO run_logs (run_id, line) SELECT id, 'log line of run ' || id FROM runs ORDER BY id;
+VACUUM ANALYZE;
+SQL
+}
+
+build_partitioned() { # db rows
+  create_db "$1"
+  sql "$1" -v rows="$2" -v half="$(($2 / 2))" <<SQL
+CREATE TABLE runs (
+    id          bigint NOT NULL,
+    name        text NOT NULL DEFAULT '',
+    status      text NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz NOT NULL,
+    PRIMARY KEY (id, finished_at)
+) PARTITION BY RANGE (finished_at);
+CREATE INDEX runs_finished_at ON runs (finished_at);
+DO \$\$
+DECLARE m date := date_trunc('month', now() - interval '125 days');
+BEGIN
+  WHILE m <= now() + interval '1 month' LOOP
+    EXECUTE format('CREATE TABLE %I PARTITION OF runs FOR VALUES FROM (%L) TO (%L)',
+                   'runs_' || to_char(m, 'YYYY_MM'), m, m + interval '1 month');
+    m := m + interval '1 month';
+  END LOOP;
+END \$\$;
+CREATE TABLE run_logs (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id          bigint NOT NULL,
+    run_finished_at timestamptz NOT NULL,
+    line            text NOT NULL,
+    FOREIGN KEY (run_id, run_finished_at) REFERENCES runs (id, finished_at) ON DELETE CASCADE
+);
+CREATE INDEX run_logs_run ON run_logs (run_id, run_finished_at);
+INSERT INTO runs (id, name, status, started_at, finished_at)
+SELECT id, name, status, finished_at - interval '10 minutes', finished_at FROM ($ROW_SELECT) r;
+INSERT INTO run_logs (run_id, run_finished_at, line)
+SELECT id, finished_at, 'log line of run ' || id FROM runs ORDER BY id;
+VACUUM ANALYZE;
+ANALYZE runs;
+SQL
+}
+
+eligible() { value "$1" "SELECT count(*) FROM runs WHERE status IN ($STATUSES) AND finished_at < now() - interval '$MAX_AGE_HOURS hours'"; }
+
+# ---- the API, once ---------------------------------------------------------------------
+API_PORT=$(free_port)
+API="http://127.0.0.1:$API_PORT"
+create_db "${DB}_ledger"
+DATABASE_URL="$PG/${DB}_ledger" API_TOKENS=$TOKEN TASK_SIGNING_KEYS=$SIGNING_KEYS \
+  LISTEN_ADDR=127.0.0.1:$API_PORT AMQP_PREFIX=$PREFIX LOG_LEVEL=warn \
+  "$TARGET_DIR/release/producer-api" > "$WORK/producer-api.log" 2>&1 &
+API_PID=$!
+for _ in $(seq 1 100); do curl -fsS "$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+curl -fsS "$API/readyz" >/dev/null || { echo "producer-api did not become ready; see $WORK/producer-api.log"; exit 1; }
+
+start_worker() { # runs database, log name
+  local port
+  port=$(free_port)
+  RUNS_DATABASE_URL="$PG/$1" METRICS_ADDR=127.0.0.1:$port TASK_SIGNING_KEYS=$SIGNING_KEYS \
+    AMQP_PREFIX=$PREFIX WORKER_KINDS=cleanup_runs LOG_LEVEL=info \
+    "$TARGET_DIR/release/worker" > "$WORK/worker-$2.log" 2>&1 &
+  WORKER_PID=$!
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return; sleep 0.2; done
+  echo "worker did not become ready; see $WORK/worker-$2.log"; exit 1
+}
+
+# POST the task, poll GET /tasks/{id} every 50 ms; prints one line:
+# status task_id wall_s runs_deleted batches duration_ms turns attempts strategy (or status=timeout / failed ...)
+run_task() { # body
+  python3 - "$API" "$TOKEN" "$1" "$TIMEOUT" <<'PY'
+import json, sys, time, urllib.request
+api, token, body, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+auth = {"Authorization": f"Bearer {token}"}
+req = urllib.request.Request(f"{api}/maintenance/cleanup-runs", data=body.encode(), method="POST",
+                             headers={**auth, "Content-Type": "application/json"})
+t0 = time.monotonic()
+with urllib.request.urlopen(req) as r:
+    assert r.status == 202, r.status
+    task_id = json.load(r)["task_id"]
+while True:
+    with urllib.request.urlopen(urllib.request.Request(f"{api}/tasks/{task_id}", headers=auth)) as r:
+        t = json.load(r)
+    wall = time.monotonic() - t0
+    if t["status"] in ("succeeded", "failed", "dead"):
+        break
+    if wall > timeout:
+        print(f"timeout {task_id} {t['status']}")
+        sys.exit(0)
+    time.sleep(0.05)
+res = t.get("result") or {}
+print(t["status"], task_id, f"{wall:.3f}", res.get("runs_deleted", "-"), res.get("batches", "-"),
+      res.get("duration_ms", "-"), res.get("turns", "-"), t["attempts"], res.get("strategy") or "-",
+      json.dumps(t.get("error")) if t["status"] != "succeeded" else "")
+PY
+}
+
+# ---- one case ----------------------------------------------------------------------------
+run_case() { # name label template batch_size
+  local name=$1 label=$2 tpl=$3 batch=$4 rows ms deleted line status id wall runs batches dur turns attempts strategy error left_a left_b
+  echo "== case $label"
+  create_db "${DB}_${name}_delete" "$tpl"
+  create_db "${DB}_${name}_task" "$tpl"
+  rows=$(eligible "${DB}_${name}_delete")
+  sql postgres -c CHECKPOINT
+  # The baseline: one statement, timed by psql (\timing: client round trip).
+  line=$(psql -X -v ON_ERROR_STOP=1 "$PG/${DB}_${name}_delete" <<SQL
+\timing on
+DELETE FROM runs WHERE status IN ($STATUSES) AND finished_at < now() - interval '$MAX_AGE_HOURS hours';
+SQL
+)
+  deleted=$(printf '%s\n' "$line" | sed -n 's/^DELETE \([0-9]*\)$/\1/p')
+  ms=$(printf '%s\n' "$line" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p')
+  left_a=$(value "${DB}_${name}_delete" "SELECT (SELECT count(*) FROM runs) || '/' || (SELECT count(*) FROM run_logs)")
+  echo "   one DELETE: $deleted rows in $ms ms (runs/run_logs left: $left_a)"
+  drop_db "${DB}_${name}_delete"
+  sql postgres -c CHECKPOINT
+  start_worker "${DB}_${name}_task" "$name"
+  read -r status id wall runs batches dur turns attempts strategy error < <(
+    run_task "{\"max_age_hours\": $MAX_AGE_HOURS${batch:+, \"batch_size\": $batch}}") || true
+  if [ "$status" = succeeded ]; then
+    left_b=$(value "${DB}_${name}_task" "SELECT (SELECT count(*) FROM runs) || '/' || (SELECT count(*) FROM run_logs)")
+    echo "   cleanup_runs: task $id succeeded, wall ${wall}s, runs_deleted $runs, batches $batches, duration_ms $dur, turns $turns, attempts $attempts, strategy $strategy (runs/run_logs left: $left_b)"
+    [ "$left_a" = "$left_b" ] || echo "   !! the two copies differ afterwards: $left_a vs $left_b"
+  elif [ "$status" = timeout ]; then
+    echo "   cleanup_runs: task $id did not finish in $TIMEOUT s (status $wall, rows still eligible: $(eligible "${DB}_${name}_task"))"
+    wall="did not finish in $TIMEOUT s" runs=- batches=- dur=- strategy=-
+  else
+    echo "   cleanup_runs: task $id $status after ${wall}s: $strategy $error"
+    wall="$status" runs=- batches=- dur=- strategy=-
+  fi
+  stop_worker
+  drop_db "${DB}_${name}_task"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$rows" "$ms" "$wall" "$dur" "$runs" "$batches" "$strategy" >> "$RESULTS"
+}
+
+has_case() { case " $CASES " in *" $1 "*) return 0 ;; esac; return 1; }
+
+echo "== building templates: $ROWS runs (+ $ROWS run_logs rows)"
+if has_case 1 || has_case 2; then build_plain "${DB}_tpl_indexed" "$ROWS" yes; fi
+if has_case 3 || has_case 3x; then build_plain "${DB}_tpl_noindex" "$ROWS" no; fi
+if has_case 3x; then build_plain "${DB}_tpl_noindex_2x" "$((2 * ROWS))" no; fi
+if has_case 4; then build_partitioned "${DB}_tpl_partitioned" "$ROWS"; fi
+
+has_case 1 && run_case indexed "1 indexed, batch 1000" "${DB}_tpl_indexed" ""
+has_case 2 && run_case indexed10k "2 indexed, batch 10000" "${DB}_tpl_indexed" 10000
+has_case 3 && run_case noindex "3 no index, batch 1000" "${DB}_tpl_noindex" ""
+has_case 3x && run_case noindex2x "3x no index, batch 1000, 2xROWS" "${DB}_tpl_noindex_2x" ""
+has_case 4 && run_case partitioned "4 partitioned, batch 1000" "${DB}_tpl_partitioned" ""
+
+echo
+echo "ROWS=$ROWS runs (+1 run_logs row each), cutoff $MAX_AGE_HOURS h, $(nproc) cores, one worker, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "code: $CODE"
+python3 - "$RESULTS" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+def secs(x):
+    try: return float(x)
+    except ValueError: return None
+head = ["case", "rows eligible", "one DELETE", "cleanup_runs (wall)", "cleanup_runs (duration_ms)", "ratio", "runs_deleted / batches / strategy"]
+out = []
+for label, eligible, ms, wall, dur, runs, batches, strategy in rows:
+    d = secs(ms) / 1000 if secs(ms) is not None else None
+    w = secs(wall)
+    out.append([label, eligible, f"{d:.2f} s" if d is not None else "-",
+                f"{w:.2f} s" if w is not None else wall,
+                f"{dur} ms" if dur != "-" else "-",
+                f"{w / d:.1f}x" if w is not None and d else "-",
+                f"{runs} / {batches} / {strategy}"])
+widths = [max(len(r[i]) for r in out + [head]) for i in range(len(head))]
+fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+print(fmt(head)); print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+for r in out: print(fmt(r))
+by = {r[0].split()[0]: r for r in rows}
+if "3" in by and "3x" in by:
+    a, b = by["3"], by["3x"]
+    print(f"\nlinearity, no index (rows eligible {a[1]} -> {b[1]}; 2.0 = linear):")
+    da, db = secs(a[2]), secs(b[2])
+    print(f"  one DELETE:            {db / da:.2f}x" if da and db else "  one DELETE: -")
+    wa, wb = secs(a[3]), secs(b[3])
+    print(f"  cleanup_runs wall:     {wb / wa:.2f}x" if wa and wb else "  cleanup_runs wall: -")
+    ua, ub = secs(a[4]), secs(b[4])
+    print(f"  cleanup_runs duration: {ub / ua:.2f}x" if ua and ub else "  cleanup_runs duration: -")
+PY
+echo "(wall: POST 202 -> GET /tasks/{id} says succeeded, polled every 50 ms: relay, RabbitMQ, worker, events and ledger included; ratio = wall / one DELETE)"
