@@ -13,8 +13,10 @@ CREATE TABLE IF NOT EXISTS runs (
     finished_at timestamptz
 );
 
--- The cleanup selects by age, oldest first: index the timestamp.
-CREATE INDEX IF NOT EXISTS runs_finished_at ON runs (finished_at);
+-- The cleanup walks runs by age, oldest first, each batch going on from the last row of
+-- the previous one: an index on (finished_at, id) serves that order whole (strategy
+-- `keyset`). Without it the batches walk the primary key instead (`key_range`).
+CREATE INDEX IF NOT EXISTS runs_finished_at_id ON runs (finished_at, id);
 
 CREATE TABLE IF NOT EXISTS run_logs (
     id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -2,9 +2,8 @@
 //! one starts, and how big it is.
 //!
 //! Each batch continues where the previous one stopped (a cursor on the last row it
-//! passed), so a whole run reads the table about once, with or without an index on the
-//! timestamp column: the `keyset` strategy follows an index that leads with the timestamp
-//! column, oldest first; `key_range` follows the key's own index. Under `max_rows`, a
+//! passed), so a whole run reads the table about once: the `keyset` strategy follows an
+//! index on (timestamp, id), oldest first; `key_range` follows the key's own index. Under `max_rows`, a
 //! `key_range` run first fixes the age of the `max_rows`-th oldest eligible row and takes
 //! only rows at least that old, so the cap still takes the oldest rows.
 //!

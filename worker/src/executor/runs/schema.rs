@@ -29,11 +29,11 @@ pub enum Timestamps {
 /// How batches walk the table, each continuing where the previous one stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
-    /// An index leads with the timestamp column: a cursor on (timestamp, id), oldest
-    /// first.
+    /// An index on (timestamp, id): a cursor on (timestamp, id), oldest first.
     Keyset,
     /// No such index: the key's own index, in key order (oldest first only under
-    /// `max_rows`, through an age threshold fixed once per turn).
+    /// `max_rows`, through an age threshold fixed once per turn). An index on the
+    /// timestamp alone does not count: ties would be sorted again by every batch.
     KeyRange,
 }
 
@@ -172,18 +172,24 @@ pub async fn inspect(
             table.table
         )));
     };
-    // A valid, complete btree index whose first column is the timestamp column.
+    // A valid, complete btree index on (timestamp, id, ...): it serves the keyset order
+    // whole. An index on the timestamp alone would leave every run of equal timestamps
+    // to be sorted again by each batch (a bulk import that stamped a million rows with
+    // one `now()` makes every batch sort the million).
     let by_time: bool = sqlx::query_scalar(
         "SELECT EXISTS (
              SELECT 1 FROM pg_index i
              JOIN pg_class ic ON ic.oid = i.indexrelid
              JOIN pg_am am ON am.oid = ic.relam
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-             WHERE i.indrelid = $1::int8::oid AND a.attname = $2 AND am.amname = 'btree'
+             JOIN pg_attribute t ON t.attrelid = i.indrelid AND t.attnum = i.indkey[0]
+             JOIN pg_attribute k ON k.attrelid = i.indrelid AND k.attnum = i.indkey[1]
+             WHERE i.indrelid = $1::int8::oid AND t.attname = $2 AND k.attname = $3
+               AND i.indnkeyatts >= 2 AND am.amname = 'btree'
                AND i.indpred IS NULL AND i.indisvalid AND i.indisready)",
     )
     .bind(oid)
     .bind(ts)
+    .bind(id)
     .fetch_one(pool)
     .await?;
     let strategy = if by_time {
