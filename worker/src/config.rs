@@ -61,6 +61,13 @@ pub struct Config {
     #[arg(long, env = "RUNS_BATCH_TARGET", default_value = "250ms", value_parser = humantime::parse_duration)]
     pub runs_batch_target: Duration,
 
+    /// Whether each batch's commit waits for its WAL to reach disk (PostgreSQL
+    /// `synchronous_commit`, set per batch). Off by default: a database crash can then undo
+    /// the last batches (at most about three `wal_writer_delay`s of work); the rows come
+    /// back, nothing else is deleted, and the next cleanup takes them.
+    #[arg(long, env = "RUNS_SYNCHRONOUS_COMMIT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub runs_synchronous_commit: bool,
+
     /// Statuses that mean a run is finished; only such runs are ever deleted.
     #[arg(
         long,

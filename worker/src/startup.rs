@@ -94,6 +94,7 @@ impl Application {
                 Timeouts {
                     statement: config.runs_statement_timeout,
                     lock: config.runs_lock_timeout,
+                    synchronous_commit: config.runs_synchronous_commit,
                 },
                 config.runs_batch_target,
             )

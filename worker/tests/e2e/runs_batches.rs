@@ -135,6 +135,7 @@ async fn a_continuation_goes_on_from_its_cursor() {
     let timeouts = Timeouts {
         statement: Duration::from_secs(10),
         lock: Duration::from_secs(1),
+        synchronous_commit: true,
     };
     let executor = RunsExecutor::new(
         pool.clone(),

@@ -269,10 +269,14 @@ impl Run<'_> {
         }
         let timeouts = self.executor.timeouts;
         sqlx::query(
-            "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true)",
+            "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),
+                    set_config('synchronous_commit', $3, true)",
         )
         .bind(format!("{}ms", timeouts.statement.as_millis()))
         .bind(format!("{}ms", timeouts.lock.as_millis()))
+        // A commit that does not wait for its WAL flush: one flush per batch otherwise
+        // doubles the cost of a run (see RUNS_SYNCHRONOUS_COMMIT).
+        .bind(if timeouts.synchronous_commit { "on" } else { "off" })
         .execute(&mut *tx)
         .await?;
         let s = self.statements;

@@ -95,6 +95,8 @@ impl Statements {
 pub struct Timeouts {
     pub statement: Duration,
     pub lock: Duration,
+    /// RUNS_SYNCHRONOUS_COMMIT: whether each batch's commit waits for its WAL flush.
+    pub synchronous_commit: bool,
 }
 
 pub struct RunsExecutor {
