@@ -13,7 +13,7 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::Channel;
 use shared::envelope::TaskEnvelope;
-use shared::events::{Event, TaskFailed, TaskStarted, TaskSucceeded};
+use shared::events::{ErrorClass, Event, TaskError, TaskFailed, TaskStarted, TaskSucceeded};
 use shared::retry::RetryPolicy;
 use shared::runtime::amqp::{self, OutgoingMessage, PublishError};
 use shared::tasks::TaskKind;
@@ -192,48 +192,89 @@ pub async fn handle_delivery(
             Outcome::Succeeded { task_id }
         }
         Err(error) => {
-            let failed_at = Utc::now();
-            let next_attempt_at = if error.is_transient() {
-                ctx.retry
-                    .next_attempt_at(envelope.attempt, envelope.max_attempts, failed_at)
-            } else {
-                None
+            let failure = Failure {
+                task_id,
+                kind,
+                attempt: envelope.attempt,
+                max_attempts: envelope.max_attempts,
+                error: error.to_task_error(),
+                // A retry continues from it; a final failure reports it as the result.
+                progress: error.progress.clone(),
             };
-            let retryable = next_attempt_at.is_some();
-            tracing::warn!(%task_id, %kind, attempt = envelope.attempt, class = ?error.class, retryable, error = %error, "task attempt failed");
-            publish_event(
-                ctx,
-                events,
-                &Event::TaskFailed(TaskFailed {
-                    task_id,
-                    kind,
-                    attempt: envelope.attempt,
-                    worker_id: ctx.worker_id.clone(),
-                    at: failed_at,
-                    error: error.to_task_error(),
-                    retryable,
-                    next_attempt_at,
-                    // A retry continues from it; a final failure reports it as the result.
-                    progress: error.progress.clone(),
-                }),
-            )
-            .await?;
-            let class = serde_json::to_value(error.class).expect("class serializes");
-            ctx.metrics
-                .errors
-                .with_label_values(&[kind.as_str(), class.as_str().unwrap_or("unknown")])
-                .inc();
-            let label = if retryable { "retried" } else { "failed" };
-            ctx.metrics
-                .tasks_finished
-                .with_label_values(&[kind.as_str(), label])
-                .inc();
+            let retryable = report_failure(ctx, events, failure, "task attempt failed").await?;
             Outcome::Failed { task_id, retryable }
         }
     };
     delivery.ack(BasicAckOptions::default()).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(outcome)
+}
+
+/// An attempt that failed, as `task.failed` reports it.
+struct Failure {
+    task_id: Uuid,
+    kind: TaskKind,
+    attempt: u32,
+    max_attempts: u32,
+    error: TaskError,
+    /// What the task did so far: a retry continues from it.
+    progress: Option<serde_json::Value>,
+}
+
+/// Report a failed attempt: decide whether another is due (a transient error, while the
+/// retry policy allows one: the one place this is decided), publish `task.failed`, count
+/// it. Returns whether the task will be retried.
+async fn report_failure(
+    ctx: &WorkerContext,
+    events: &Channel,
+    failure: Failure,
+    what: &str,
+) -> Result<bool, StepError> {
+    let Failure {
+        task_id,
+        kind,
+        attempt,
+        max_attempts,
+        error,
+        progress,
+    } = failure;
+    let failed_at = Utc::now();
+    let next_attempt_at = match error.class {
+        ErrorClass::Transient => ctx.retry.next_attempt_at(attempt, max_attempts, failed_at),
+        ErrorClass::Permanent => None,
+    };
+    let retryable = next_attempt_at.is_some();
+    tracing::warn!(%task_id, %kind, attempt, class = ?error.class, retryable, error = %error.message, "{what}");
+    let class = match error.class {
+        ErrorClass::Transient => "transient",
+        ErrorClass::Permanent => "permanent",
+    };
+    publish_event(
+        ctx,
+        events,
+        &Event::TaskFailed(TaskFailed {
+            task_id,
+            kind,
+            attempt,
+            worker_id: ctx.worker_id.clone(),
+            at: failed_at,
+            error,
+            retryable,
+            next_attempt_at,
+            progress,
+        }),
+    )
+    .await?;
+    ctx.metrics
+        .errors
+        .with_label_values(&[kind.as_str(), class])
+        .inc();
+    let label = if retryable { "retried" } else { "failed" };
+    ctx.metrics
+        .tasks_finished
+        .with_label_values(&[kind.as_str(), label])
+        .inc();
+    Ok(retryable)
 }
 
 /// Put the rest of a task back on its queue: same task id and attempt, with the progress

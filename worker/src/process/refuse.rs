@@ -10,11 +10,11 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::Channel;
 use shared::envelope::TaskEnvelope;
-use shared::events::{Event, TaskDead, TaskFailed};
+use shared::events::{ErrorClass, Event, TaskDead, TaskError};
 use shared::tasks::TaskKind;
 use uuid::Uuid;
 
-use super::{publish_event, Outcome, StepError, WorkerContext};
+use super::{publish_event, report_failure, Failure, Outcome, StepError, WorkerContext};
 
 /// Why a delivery is not run.
 #[derive(Debug)]
@@ -143,48 +143,30 @@ async fn report_newer_schema(
     delivery: &Delivery,
     head: shared::envelope::EnvelopeHead,
 ) -> Result<Outcome, StepError> {
-    use shared::events::{ErrorClass, TaskError};
-    let message = Refusal::NewerSchema(head.clone()).to_string();
     let kind = head
         .kind
         .as_deref()
         .and_then(|k| k.parse::<TaskKind>().ok())
         .unwrap_or(queue_kind);
-    let failed_at = Utc::now();
-    let next_attempt_at = ctx
-        .retry
-        .next_attempt_at(head.attempt, head.max_attempts, failed_at);
-    let retryable = next_attempt_at.is_some();
-    tracing::warn!(task_id = %head.task_id, %kind, attempt = head.attempt, retryable, %message, "task message of a newer schema version");
-    publish_event(
+    let failure = Failure {
+        task_id: head.task_id,
+        kind,
+        attempt: head.attempt,
+        max_attempts: head.max_attempts,
+        error: TaskError {
+            class: ErrorClass::Transient,
+            message: Refusal::NewerSchema(head.clone()).to_string(),
+        },
+        // Carried back untouched, so the retry keeps the work done so far.
+        progress: head.progress,
+    };
+    let retryable = report_failure(
         ctx,
         events,
-        &Event::TaskFailed(TaskFailed {
-            task_id: head.task_id,
-            kind,
-            attempt: head.attempt,
-            worker_id: ctx.worker_id.clone(),
-            at: failed_at,
-            error: TaskError {
-                class: ErrorClass::Transient,
-                message,
-            },
-            retryable,
-            next_attempt_at,
-            // Carried back untouched, so the retry keeps the work done so far.
-            progress: head.progress,
-        }),
+        failure,
+        "task message of a newer schema version",
     )
     .await?;
-    ctx.metrics
-        .errors
-        .with_label_values(&[kind.as_str(), "transient"])
-        .inc();
-    let label = if retryable { "retried" } else { "failed" };
-    ctx.metrics
-        .tasks_finished
-        .with_label_values(&[kind.as_str(), label])
-        .inc();
     delivery.ack(BasicAckOptions::default()).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(Outcome::Failed {

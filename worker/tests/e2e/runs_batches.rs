@@ -105,6 +105,29 @@ async fn a_capped_run_takes_the_oldest_rows_whatever_the_strategy() {
     stack.stop().await;
 }
 
+/// One turn of `envelope`, run to its end.
+async fn run_to_the_end(
+    executor: &worker::executor::runs::RunsExecutor,
+    envelope: &shared::envelope::TaskEnvelope,
+    params: &shared::tasks::CleanupRunsParams,
+) -> shared::results::RunsResult {
+    use tokio_util::sync::CancellationToken;
+    use worker::executor::{Checkpoint, Execution, Report};
+    let outcome = executor
+        .execute(
+            envelope,
+            params,
+            &CancellationToken::new(),
+            &Checkpoint::default(),
+        )
+        .await
+        .unwrap();
+    let Execution::Done(Report::Runs(result)) = outcome else {
+        panic!("{outcome:?}")
+    };
+    result
+}
+
 /// A continuation carries the cursor of its last batch: the next turn goes on from it,
 /// and counts on from the earlier turns. A cursor made in another order (the index was
 /// dropped meanwhile) is not trusted: the turn starts from the beginning.
@@ -112,9 +135,7 @@ async fn a_capped_run_takes_the_oldest_rows_whatever_the_strategy() {
 async fn a_continuation_goes_on_from_its_cursor() {
     use shared::results::{RunsCursor, RunsResult};
     use shared::tasks::{CleanupRunsParams, TaskSpec};
-    use tokio_util::sync::CancellationToken;
     use worker::executor::runs::{RunsExecutor, RunsTable, Timeouts};
-    use worker::executor::{Checkpoint, Execution, Report};
 
     let (_runs, pool) = database(
         "CREATE TABLE runs (id bigint PRIMARY KEY, status text NOT NULL, finished_at timestamptz);
@@ -176,18 +197,7 @@ async fn a_continuation_goes_on_from_its_cursor() {
         envelope
     };
     let envelope = turn("keyset");
-    let outcome = executor
-        .execute(
-            &envelope,
-            &params,
-            &CancellationToken::new(),
-            &Checkpoint::default(),
-        )
-        .await
-        .unwrap();
-    let Execution::Done(Report::Runs(result)) = outcome else {
-        panic!("{outcome:?}")
-    };
+    let result = run_to_the_end(&executor, &envelope, &params).await;
     assert_eq!(result.runs_deleted, 8 + 12, "{result:?}");
     assert_eq!(result.turns, 2);
     assert_eq!(result.cursor, None, "a finished result carries no cursor");
@@ -199,18 +209,7 @@ async fn a_continuation_goes_on_from_its_cursor() {
 
     // The same progress, but made by key_range batches: the cursor is dropped.
     let envelope = turn("key_range");
-    let outcome = executor
-        .execute(
-            &envelope,
-            &params,
-            &CancellationToken::new(),
-            &Checkpoint::default(),
-        )
-        .await
-        .unwrap();
-    let Execution::Done(Report::Runs(result)) = outcome else {
-        panic!("{outcome:?}")
-    };
+    let result = run_to_the_end(&executor, &envelope, &params).await;
     assert_eq!(result.runs_deleted, 8 + 8, "{result:?}");
     assert!(survivors(&pool).await.is_empty());
 }

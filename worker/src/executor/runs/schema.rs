@@ -262,18 +262,24 @@ async fn check_relation(
              be deleted by key; make it NOT NULL (a primary key is)"
         )));
     }
-    // Every table a DELETE of the partitioned table reaches is a plain table.
-    let foreign: Vec<String> = sqlx::query_scalar(
+    // The relations a DELETE of the table reaches: itself, its partitions and
+    // inheritance children, all of them. Each must be a plain or partitioned table.
+    let tree: Vec<(i64, String, String)> = sqlx::query_as(
         "WITH RECURSIVE tree AS (
              SELECT $1::int8::oid AS relid
              UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.relid
          )
-         SELECT c.oid::regclass::text FROM tree JOIN pg_class c ON c.oid = tree.relid
-         WHERE c.relkind NOT IN ('r', 'p') ORDER BY 1",
+         SELECT c.oid::int8, c.relkind::text, c.oid::regclass::text
+         FROM tree JOIN pg_class c ON c.oid = tree.relid ORDER BY 3",
     )
     .bind(oid)
     .fetch_all(pool)
     .await?;
+    let foreign: Vec<&str> = tree
+        .iter()
+        .filter(|(_, kind, _)| kind != "r" && kind != "p")
+        .map(|(_, _, name)| name.as_str())
+        .collect();
     if !foreign.is_empty() {
         return Err(SchemaError::Unsafe(format!(
             "RUNS_TABLE {table} has partitions that are not tables ({}); the worker deletes \
@@ -295,14 +301,13 @@ async fn check_relation(
             rules.join(", ")
         )));
     }
-    // Follow ON DELETE CASCADE foreign keys from the runs table (and its partitions or
-    // inheritance children, which its DELETE reaches too) outwards (catalog reads only:
-    // no lock is taken, so a table locked by the application does not stall this); a path that arrives back at one of them is a cascade that deletes runs
-    // the cleanup did not select.
+    // Follow ON DELETE CASCADE foreign keys outwards from every relation of the tree; a
+    // path that arrives back at one of them is a cascade that deletes runs the cleanup
+    // did not select. Catalog reads only: no lock is taken, so a table the application
+    // holds locked does not stall this.
     let cycle: Option<String> = sqlx::query_scalar(
         "WITH RECURSIVE runs AS (
-             SELECT $1::int8::oid AS relid
-             UNION SELECT i.inhrelid FROM pg_inherits i JOIN runs r ON i.inhparent = r.relid
+             SELECT unnest($1::int8[])::oid AS relid
          ), reach(relid, seen, path) AS (
              SELECT c.conrelid, ARRAY[c.conrelid],
                     ARRAY[format('%s (%I)', c.conrelid::regclass, c.conname)]
@@ -321,7 +326,11 @@ async fn check_relation(
          WHERE relid IN (SELECT relid FROM runs)
          ORDER BY cardinality(path) LIMIT 1",
     )
-    .bind(oid)
+    .bind(
+        tree.iter()
+            .map(|(relid, _, _)| *relid)
+            .collect::<Vec<i64>>(),
+    )
     .fetch_optional(pool)
     .await?;
     if let Some(path) = cycle {
