@@ -9,7 +9,7 @@ use serde_json::Value;
 use shared::envelope::TaskEnvelope;
 use shared::events::{ErrorClass, TaskError};
 use shared::results::{RunsResult, TempFilesResult};
-use shared::tasks::{TaskSpec, ValidationRules};
+use shared::tasks::{TaskKind, TaskSpec, ValidationRules};
 use tokio_util::sync::CancellationToken;
 
 pub mod runs;
@@ -112,7 +112,7 @@ pub enum Execution {
 }
 
 /// What a finished task reports: the typed result of its kind. It records its own
-/// metrics and becomes JSON once, for the `task.succeeded` event.
+/// metrics ([`Report::record`]) and becomes JSON once, for the `task.succeeded` event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
     Runs(RunsResult),
@@ -135,6 +135,49 @@ impl Report {
             Report::TempFiles(result) => result.dry_run,
         }
     }
+
+    /// Count what the task did. `runs_table`: the `table` label of the runs metrics.
+    pub fn record(&self, metrics: &crate::metrics::Metrics, runs_table: &str) {
+        let kind = match self {
+            Report::Runs(result) => {
+                metrics
+                    .runs_deleted
+                    .with_label_values(&[runs_table])
+                    .inc_by(result.runs_deleted);
+                metrics
+                    .oldest_eligible_age
+                    .with_label_values(&[TaskKind::CleanupRuns.as_str(), runs_table])
+                    .set(result.oldest_remaining_age_seconds.unwrap_or(0.0));
+                TaskKind::CleanupRuns
+            }
+            Report::TempFiles(result) => {
+                // Totals are per task; with one root they are that root's.
+                let label = match result.roots.as_slice() {
+                    [one] => one.as_str(),
+                    _ => "all",
+                };
+                metrics
+                    .files_deleted
+                    .with_label_values(&[label])
+                    .inc_by(result.files_deleted);
+                metrics
+                    .bytes_freed
+                    .with_label_values(&[label])
+                    .inc_by(result.bytes_freed);
+                metrics
+                    .oldest_eligible_age
+                    .with_label_values(&[TaskKind::CleanupTempFiles.as_str(), label])
+                    .set(result.oldest_remaining_age_seconds.unwrap_or(0.0));
+                TaskKind::CleanupTempFiles
+            }
+        };
+        if !self.dry_run() {
+            metrics
+                .last_success
+                .with_label_values(&[kind.as_str()])
+                .set(Utc::now().timestamp() as f64);
+        }
+    }
 }
 
 /// The latest progress of a running turn, readable from outside the executor: when an
@@ -155,7 +198,6 @@ enum Snapshot {
 }
 
 impl Checkpoint {
-    /// Progress as of now (runs: after each committed batch).
     /// A checkpoint that starts from the progress of earlier turns and attempts: a
     /// failure before the executor reports anything of its own (the database is down,
     /// the schema check fails) still carries what the task deleted so far, so the next
@@ -168,6 +210,7 @@ impl Checkpoint {
         checkpoint
     }
 
+    /// Progress as of now (runs: after each committed batch).
     pub fn record(&self, progress: Value) {
         *self.0.lock().expect("checkpoint lock") = Snapshot::Value(progress);
     }

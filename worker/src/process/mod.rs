@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::attempt::{run_attempt, Limits};
-use crate::executor::{Checkpoint, Execution, Executors, Report};
+use crate::executor::{Checkpoint, Execution, Executors};
 use crate::metrics::Metrics;
 
 mod refuse;
@@ -170,7 +170,7 @@ pub async fn handle_delivery(
             Outcome::Continued { task_id }
         }
         Ok(Execution::Done(result)) => {
-            record_result_metrics(ctx, &result);
+            result.record(&ctx.metrics, &ctx.runs_table_label);
             tracing::info!(%task_id, %kind, attempt = envelope.attempt, elapsed = ?started.elapsed(), "task succeeded");
             publish_event(
                 ctx,
@@ -316,43 +316,4 @@ pub async fn publish_event(
         body: event.to_json(),
     };
     amqp::publish(events, &message).await
-}
-
-/// A finished task's counts, from its typed result.
-fn record_result_metrics(ctx: &WorkerContext, report: &Report) {
-    let m = &ctx.metrics;
-    let kind = match report {
-        Report::Runs(result) => {
-            let table = ctx.runs_table_label.as_str();
-            m.runs_deleted
-                .with_label_values(&[table])
-                .inc_by(result.runs_deleted);
-            m.oldest_eligible_age
-                .with_label_values(&[TaskKind::CleanupRuns.as_str(), table])
-                .set(result.oldest_remaining_age_seconds.unwrap_or(0.0));
-            TaskKind::CleanupRuns
-        }
-        Report::TempFiles(result) => {
-            // Totals are per task; with one root they are that root's.
-            let label = match result.roots.as_slice() {
-                [one] => one.as_str(),
-                _ => "all",
-            };
-            m.files_deleted
-                .with_label_values(&[label])
-                .inc_by(result.files_deleted);
-            m.bytes_freed
-                .with_label_values(&[label])
-                .inc_by(result.bytes_freed);
-            m.oldest_eligible_age
-                .with_label_values(&[TaskKind::CleanupTempFiles.as_str(), label])
-                .set(result.oldest_remaining_age_seconds.unwrap_or(0.0));
-            TaskKind::CleanupTempFiles
-        }
-    };
-    if !report.dry_run() {
-        m.last_success
-            .with_label_values(&[kind.as_str()])
-            .set(Utc::now().timestamp() as f64);
-    }
 }
