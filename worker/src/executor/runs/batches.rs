@@ -124,6 +124,9 @@ pub struct Sizer {
     target: Duration,
 }
 
+/// How long a batch whose COMMIT lost its connection waits to learn whether it committed.
+const COMMIT_STATUS_WAIT: Duration = Duration::from_secs(30);
+
 /// The first batch of a run: big enough to measure, small enough to be short.
 const FIRST_BATCH: u64 = 1_000;
 
@@ -268,16 +271,16 @@ impl Run<'_> {
             return Ok(None);
         }
         let timeouts = self.executor.timeouts;
-        sqlx::query(
-            "SELECT set_config('statement_timeout', $1, true), set_config('lock_timeout', $2, true),
-                    set_config('synchronous_commit', $3, true)",
+        let txid: i64 = sqlx::query_scalar(
+            "SELECT txid_current(), set_config('statement_timeout', $1, true),
+                    set_config('lock_timeout', $2, true), set_config('synchronous_commit', $3, true)",
         )
         .bind(format!("{}ms", timeouts.statement.as_millis()))
         .bind(format!("{}ms", timeouts.lock.as_millis()))
         // A commit that does not wait for its WAL flush: one flush per batch otherwise
         // doubles the cost of a run (see RUNS_SYNCHRONOUS_COMMIT).
         .bind(if timeouts.synchronous_commit { "on" } else { "off" })
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         let s = self.statements;
         let batch = delete_sql(&s.table, &s.schema, &s.eligible, cursor, threshold);
@@ -293,13 +296,49 @@ impl Run<'_> {
             query = query.bind(param);
         }
         let (deleted, taken, sample, last_ts, last_id) = query.fetch_one(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(Some(BatchOutcome {
+        let outcome = BatchOutcome {
             deleted: deleted.max(0) as u64,
             taken: taken.max(0) as u64,
             sample,
             last: last_ts.zip(last_id).map(|(ts, id)| RunsCursor { ts, id }),
-        }))
+        };
+        match tx.commit().await {
+            Ok(()) => Ok(Some(outcome)),
+            // The connection broke around the COMMIT, which may have gone through: ask the
+            // database (once it answers again) whether it did, so that the rows of a
+            // committed batch are counted, and an aborted one is simply tried again.
+            Err(error) if shared::runtime::db::is_transient(&error) => {
+                match self.committed(txid).await {
+                    Some(true) => Ok(Some(outcome)),
+                    _ => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Whether transaction `txid` committed (`txid_status`), asked until the database
+    /// knows, for at most [`COMMIT_STATUS_WAIT`]; `None` when it could not be told.
+    async fn committed(&self, txid: i64) -> Option<bool> {
+        let deadline = Instant::now() + COMMIT_STATUS_WAIT;
+        while Instant::now() < deadline {
+            let status: Result<Option<String>, _> = sqlx::query_scalar("SELECT txid_status($1)")
+                .bind(txid)
+                .fetch_one(&self.executor.pool)
+                .await;
+            match status.as_ref().map(|s| s.as_deref()) {
+                Ok(Some("committed")) => return Some(true),
+                Ok(Some("aborted")) => return Some(false),
+                // In progress (the server has not noticed the lost connection yet), or the
+                // database is not back: ask again.
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        tracing::warn!(
+            txid,
+            "could not tell whether a batch of runs committed; not counting it"
+        );
+        None
     }
 }
 
