@@ -26,3 +26,13 @@ CREATE TABLE IF NOT EXISTS run_logs (
 
 -- Without this index every deleted run costs a scan of run_logs.
 CREATE INDEX IF NOT EXISTS run_logs_run_id ON run_logs (run_id);
+
+-- The worker keeps each cleanup_runs task's count here, committed with the rows it
+-- deleted (RUNS_PROGRESS_TABLE), and creates it when missing. Create it yourself when the
+-- worker's login may not create tables, and grant it SELECT, INSERT, UPDATE, DELETE.
+CREATE TABLE IF NOT EXISTS cleanup_runs_progress (
+    task_id      uuid PRIMARY KEY,
+    runs_deleted bigint NOT NULL DEFAULT 0 CHECK (runs_deleted >= 0),
+    finished_at  timestamptz,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);

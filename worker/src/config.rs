@@ -68,6 +68,12 @@ pub struct Config {
     #[arg(long, env = "RUNS_SYNCHRONOUS_COMMIT", default_value_t = false, action = clap::ArgAction::Set)]
     pub runs_synchronous_commit: bool,
 
+    /// The table (in the runs database) where each real cleanup_runs task's count of deleted
+    /// rows is kept, committed with the rows it counts; created if missing. Default:
+    /// `cleanup_runs_progress` in RUNS_TABLE's schema.
+    #[arg(long, env = "RUNS_PROGRESS_TABLE")]
+    pub runs_progress_table: Option<String>,
+
     /// Statuses that mean a run is finished; only such runs are ever deleted.
     #[arg(
         long,
@@ -186,7 +192,7 @@ impl Config {
     }
 
     pub fn runs_table(&self) -> anyhow::Result<RunsTable> {
-        RunsTable::new(
+        let table = RunsTable::new(
             &self.runs_table,
             &self.runs_id_column,
             &self.runs_status_column,
@@ -194,7 +200,11 @@ impl Config {
             split_list(&self.runs_terminal_statuses),
             shared::runtime::config::scope_columns(&self.runs_scope_columns)
                 .map_err(anyhow::Error::msg)?,
-        )
+        )?;
+        match &self.runs_progress_table {
+            Some(name) => table.with_progress_table(name),
+            None => Ok(table),
+        }
     }
 
     /// The kinds to consume, checked against what is configured.

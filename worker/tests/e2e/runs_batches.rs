@@ -105,6 +105,32 @@ async fn a_capped_run_takes_the_oldest_rows_whatever_the_strategy() {
     stack.stop().await;
 }
 
+/// An executor of `runs (id, status, finished_at)` in `pool`, statuses `succeeded`.
+fn executor(pool: &PgPool) -> worker::executor::runs::RunsExecutor {
+    use worker::executor::runs::{RunsExecutor, RunsTable, Timeouts};
+    let table = RunsTable::new(
+        "runs",
+        "id",
+        "status",
+        "finished_at",
+        vec!["succeeded".into()],
+        Default::default(),
+    )
+    .unwrap();
+    let timeouts = Timeouts {
+        statement: Duration::from_secs(10),
+        lock: Duration::from_secs(1),
+        synchronous_commit: true,
+    };
+    RunsExecutor::new(
+        pool.clone(),
+        table,
+        None,
+        timeouts,
+        Duration::from_millis(250),
+    )
+}
+
 /// One turn of `envelope`, run to its end.
 async fn run_to_the_end(
     executor: &worker::executor::runs::RunsExecutor,
@@ -135,7 +161,6 @@ async fn run_to_the_end(
 async fn a_continuation_goes_on_from_its_cursor() {
     use shared::results::{RunsCursor, RunsResult};
     use shared::tasks::{CleanupRunsParams, TaskSpec};
-    use worker::executor::runs::{RunsExecutor, RunsTable, Timeouts};
 
     let (_runs, pool) = database(
         "CREATE TABLE runs (id bigint PRIMARY KEY, status text NOT NULL, finished_at timestamptz);
@@ -144,27 +169,7 @@ async fn a_continuation_goes_on_from_its_cursor() {
          FROM generate_series(1, 20) g;",
     )
     .await;
-    let table = RunsTable::new(
-        "runs",
-        "id",
-        "status",
-        "finished_at",
-        vec!["succeeded".into()],
-        Default::default(),
-    )
-    .unwrap();
-    let timeouts = Timeouts {
-        statement: Duration::from_secs(10),
-        lock: Duration::from_secs(1),
-        synchronous_commit: true,
-    };
-    let executor = RunsExecutor::new(
-        pool.clone(),
-        table,
-        None,
-        timeouts,
-        Duration::from_millis(250),
-    );
+    let executor = executor(&pool);
     let params = CleanupRunsParams {
         max_age_hours: 24.0,
         dry_run: false,
@@ -300,4 +305,69 @@ async fn a_scope_column_the_table_lacks_is_refused_at_start_up() {
             .contains("RUNS_SCOPE_COLUMNS `project_id` is not a column"),
         "{error}"
     );
+}
+
+/// Delivery is at least once: the relay publishes a message again when the ledger
+/// failed between the broker's confirm and its commit. A second copy of a capped task,
+/// after the first finished or at the same time, must not delete a row more than
+/// `max_rows`, and each copy's result counts every row the task deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_delivered_twice_deletes_no_more_than_once() {
+    use shared::tasks::{CleanupRunsParams, TaskSpec};
+    for indexed in [true, false] {
+        let (_runs, pool) = database(&format!(
+            "CREATE TABLE runs (id bigint PRIMARY KEY, status text NOT NULL, finished_at timestamptz);
+             {}
+             INSERT INTO runs SELECT g, 'succeeded', now() - make_interval(days => 10 + g)
+             FROM generate_series(1, 400) g;",
+            if indexed { "CREATE INDEX ON runs (finished_at, id);" } else { "" }
+        ))
+        .await;
+        let capped = |max_rows: Option<u64>| {
+            let params = CleanupRunsParams {
+                max_age_hours: 24.0,
+                dry_run: false,
+                statuses: None,
+                batch_size: Some(5),
+                max_rows,
+                max_attempts: None,
+                scope: None,
+            };
+            let envelope = shared::envelope::TaskEnvelope::new(
+                uuid::Uuid::now_v7(),
+                TaskSpec::CleanupRuns(params.clone()),
+                3,
+                chrono::Utc::now(),
+            );
+            (envelope, params)
+        };
+        let (a, b) = (executor(&pool), executor(&pool));
+
+        // One copy after the other: the second finds the task done.
+        let (envelope, params) = capped(Some(12));
+        let first = run_to_the_end(&a, &envelope, &params).await;
+        let second = run_to_the_end(&b, &envelope, &params).await;
+        assert_eq!(count(&pool, "SELECT count(*) FROM runs").await, 388);
+        assert_eq!(first.runs_deleted, 12, "{first:?}");
+        assert_eq!(second.runs_deleted, 12, "{second:?}");
+
+        // Both copies at once: the cap holds over both.
+        let (envelope, params) = capped(Some(40));
+        let (one, two) = tokio::join!(
+            run_to_the_end(&a, &envelope, &params),
+            run_to_the_end(&b, &envelope, &params)
+        );
+        assert_eq!(count(&pool, "SELECT count(*) FROM runs").await, 348);
+        assert_eq!((one.runs_deleted, two.runs_deleted), (40, 40));
+
+        // Uncapped, at once: whichever copy finishes first reports every row the two
+        // deleted, and the other deletes nothing after that.
+        let (envelope, params) = capped(None);
+        let (one, two) = tokio::join!(
+            run_to_the_end(&a, &envelope, &params),
+            run_to_the_end(&b, &envelope, &params)
+        );
+        assert_eq!(count(&pool, "SELECT count(*) FROM runs").await, 0);
+        assert_eq!((one.runs_deleted, two.runs_deleted), (348, 348));
+    }
 }

@@ -175,3 +175,82 @@ async fn tables_whose_delete_reaches_rows_a_batch_does_not_count_are_refused() {
         refusal("CREATE TABLE runs (id bigint UNIQUE, status text, finished_at timestamptz)").await;
     assert!(nullable.contains("may be NULL"), "{nullable}");
 }
+
+/// The progress table (each task's count, committed with its rows) is created beside the
+/// runs table when missing. A worker that may not create it, or whose
+/// RUNS_PROGRESS_TABLE names a table of another shape, refuses to start and prints the
+/// definition to create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_progress_table_is_created_or_its_absence_explained() {
+    let (runs, pool) = database(
+        "CREATE SCHEMA app;
+         CREATE TABLE app.runs (id bigint PRIMARY KEY, status text, finished_at timestamptz);
+         CREATE TABLE app.run_logs (id bigint PRIMARY KEY, line text);",
+    )
+    .await;
+    let broker = TestBroker::create().await;
+    let url = runs_database_flag(runs.url());
+
+    let shaped = build_worker(
+        &broker,
+        &[
+            url.clone(),
+            "--runs-table=app.runs".into(),
+            "--runs-progress-table=app.run_logs".into(),
+        ],
+    )
+    .await
+    .err()
+    .expect("a table of another shape must be refused")
+    .to_string();
+    assert!(shaped.contains("is not a progress table"), "{shaped}");
+    assert!(
+        shaped.contains("CREATE TABLE IF NOT EXISTS \"app\".\"run_logs\""),
+        "{shaped}"
+    );
+
+    // A login that may read and delete runs, but not create tables (PostgreSQL 15 and
+    // later grant no CREATE on a schema to others by default).
+    let role = format!("test_reader_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'pw';
+         GRANT USAGE ON SCHEMA app TO {role};
+         GRANT SELECT, DELETE ON app.runs TO {role};"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let host = runs
+        .url()
+        .rsplit_once('@')
+        .map(|(_, host)| host.to_owned())
+        .unwrap();
+    let refused = build_worker(
+        &broker,
+        &[
+            runs_database_flag(format!("postgres://{role}:pw@{host}")),
+            "--runs-table=app.runs".into(),
+        ],
+    )
+    .await
+    .err()
+    .map(|e| e.to_string());
+    sqlx::raw_sql(&format!("DROP OWNED BY {role}; DROP ROLE {role};"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let refused = refused.expect("a worker that cannot create the table must refuse to start");
+    assert!(refused.contains("may not create it"), "{refused}");
+    assert!(
+        refused.contains("CREATE TABLE IF NOT EXISTS \"app\".\"cleanup_runs_progress\""),
+        "{refused}"
+    );
+
+    // The worker's own login creates it, in the runs table's schema.
+    let worker = build_worker(&broker, &[url, "--runs-table=app.runs".into()]).await;
+    assert!(worker.is_ok(), "{:?}", worker.err());
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM pg_tables WHERE schemaname = 'app' AND tablename = 'cleanup_runs_progress'").await,
+        1
+    );
+}

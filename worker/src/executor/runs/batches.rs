@@ -23,7 +23,7 @@ use super::{Run, SAMPLE_SIZE};
 use crate::executor::{Checkpoint, ExecError};
 
 /// A batch's SQL and its text parameters after the fixed ones (`$1` statuses, `$2`
-/// cutoff, `$3` limit, `$4` scope values).
+/// cutoff, `$3` limit, `$4` scope values, `$5` task id).
 pub struct BatchSql {
     pub sql: String,
     pub params: Vec<String>,
@@ -37,9 +37,17 @@ pub struct BatchOutcome {
     pub taken: u64,
     pub sample: Vec<String>,
     pub last: Option<RunsCursor>,
+    /// The limit the batch ran with (0: it did not run).
+    pub limit: u64,
+    /// The task's committed count after the batch, whoever deleted them.
+    pub total: u64,
+    /// Another copy of the task had finished it: nothing was deleted.
+    pub finished: bool,
 }
 
 /// The statement of one batch. `eligible` is the eligibility condition on `$1`/`$2`.
+/// It adds what it deleted to the task's row in `progress` (locked by the batch's
+/// first statement), in the same transaction.
 pub fn delete_sql(
     t: &RunsTable,
     schema: &Schema,
@@ -52,7 +60,7 @@ pub fn delete_sql(
     let mut params = Vec::new();
     let mut param = |value: &str, ty: &str| {
         params.push(value.to_owned());
-        format!("${}::text::{ty}", params.len() + 4)
+        format!("${}::text::{ty}", params.len() + 5)
     };
     // The walk order, and the columns a cursor compares, in that order.
     let order: Vec<&String> = match (schema.strategy, schema.key.len()) {
@@ -95,10 +103,15 @@ pub fn delete_sql(
              RETURNING {id}
          ), last AS (
              SELECT {ts}::text AS ts, {id}::text AS id FROM batch ORDER BY {desc} LIMIT 1
+         ), counted AS (
+             UPDATE {progress} SET runs_deleted = runs_deleted + (SELECT count(*) FROM gone)
+             WHERE task_id = $5 RETURNING runs_deleted
          )
          SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch),
                 ARRAY(SELECT {id}::text FROM gone LIMIT {sample}),
-                (SELECT ts FROM last), (SELECT id FROM last)",
+                (SELECT ts FROM last), (SELECT id FROM last),
+                (SELECT runs_deleted FROM counted)",
+        progress = t.progress,
         asc = ascending.join(", "),
         desc = descending.join(", "),
         sample = SAMPLE_SIZE,
@@ -123,9 +136,6 @@ pub struct Sizer {
     max: u64,
     target: Duration,
 }
-
-/// How long a batch whose COMMIT lost its connection waits to learn whether it committed.
-const COMMIT_STATUS_WAIT: Duration = Duration::from_secs(30);
 
 /// The first batch of a run: big enough to measure, small enough to be short.
 const FIRST_BATCH: u64 = 1_000;
@@ -211,8 +221,16 @@ impl Run<'_> {
             let limit = remaining.map_or(sizer.size(), |r| r.min(sizer.size()));
             let began = Instant::now();
             let cursor = result.cursor.clone();
-            let batch =
-                self.retry(|| self.delete_batch(limit, cursor.as_ref(), threshold.as_deref()));
+            let known = result.runs_deleted;
+            let batch = self.retry(|| {
+                self.delete_batch(
+                    limit,
+                    params.max_rows,
+                    known,
+                    cursor.as_ref(),
+                    threshold.as_deref(),
+                )
+            });
             let batch = match batch.await {
                 Ok(Some(batch)) => batch,
                 // Stopped before the batch began: nothing of it ran.
@@ -226,14 +244,19 @@ impl Run<'_> {
                 }
                 Err(e) => return Err(ExecError::from_sqlx("failed to delete a batch of runs", &e)),
             };
-            sizer.record(began.elapsed());
+            if batch.finished {
+                // Another copy of the task finished it: nothing more to do here.
+                return Ok(true);
+            }
+            if batch.limit > 0 {
+                sizer.record(began.elapsed());
+            }
             if batch.last.is_some() {
                 result.cursor = batch.last;
             }
             let n = batch.deleted;
             if n > 0 {
                 result.batches += 1;
-                result.runs_deleted += n;
                 if result.sample_ids.len() < SAMPLE_SIZE {
                     let room = SAMPLE_SIZE - result.sample_ids.len();
                     result
@@ -241,6 +264,8 @@ impl Run<'_> {
                         .extend(batch.sample.into_iter().take(room));
                 }
             }
+            // The committed count: this batch's rows, and any a copy of the task deleted.
+            result.runs_deleted = result.runs_deleted.max(batch.total);
             checkpoint.record(serde_json::to_value(&*result).expect("progress serializes"));
             tracing::debug!(
                 batch = result.batches,
@@ -248,7 +273,7 @@ impl Run<'_> {
                 next = sizer.size(),
                 "deleted a batch of runs"
             );
-            if batch.taken < limit {
+            if batch.taken < batch.limit {
                 // Fewer than asked: nothing else eligible past the cursor, or the rest is
                 // locked by another worker, which will delete it.
                 break;
@@ -257,12 +282,15 @@ impl Run<'_> {
         Ok(true)
     }
 
-    /// One batch, in its own transaction with the time limits set locally. `None` when
-    /// the turn was stopped before the batch began (checked once a connection is in
+    /// One batch, in its own transaction with the time limits set locally, taking at most
+    /// `limit` rows and no more than `cap` leaves of the task's committed count. `None`
+    /// when the turn was stopped before the batch began (checked once a connection is in
     /// hand, so a batch that waited for the pool never starts after its attempt ended).
     async fn delete_batch(
         &self,
         limit: u64,
+        cap: Option<u64>,
+        known: u64,
         cursor: Option<&RunsCursor>,
         threshold: Option<&str>,
     ) -> Result<Option<BatchOutcome>, sqlx::Error> {
@@ -271,74 +299,71 @@ impl Run<'_> {
             return Ok(None);
         }
         let timeouts = self.executor.timeouts;
-        let txid: i64 = sqlx::query_scalar(
-            "SELECT txid_current(), set_config('statement_timeout', $1, true),
-                    set_config('lock_timeout', $2, true), set_config('synchronous_commit', $3, true)",
-        )
-        .bind(format!("{}ms", timeouts.statement.as_millis()))
-        .bind(format!("{}ms", timeouts.lock.as_millis()))
-        // A commit that does not wait for its WAL flush: one flush per batch otherwise
-        // doubles the cost of a run (see RUNS_SYNCHRONOUS_COMMIT).
-        .bind(if timeouts.synchronous_commit { "on" } else { "off" })
-        .fetch_one(&mut *tx)
-        .await?;
+        // Copies of this task (a message delivered twice) take turns on its progress row.
+        let (_, _, _, committed, finished): (String, String, String, i64, bool) =
+            sqlx::query_as(&self.executor.progress.open_batch_sql())
+                .bind(format!("{}ms", timeouts.statement.as_millis()))
+                .bind(format!("{}ms", timeouts.lock.as_millis()))
+                // A commit that does not wait for its WAL flush: one flush per batch
+                // otherwise doubles the cost of a run (see RUNS_SYNCHRONOUS_COMMIT).
+                .bind(if timeouts.synchronous_commit {
+                    "on"
+                } else {
+                    "off"
+                })
+                .bind(known as i64)
+                .bind(self.task_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let committed = committed.max(0) as u64;
+        let limit = cap.map_or(limit, |cap| limit.min(cap.saturating_sub(committed)));
+        if finished || limit == 0 {
+            return Ok(Some(BatchOutcome {
+                deleted: 0,
+                taken: 0,
+                sample: Vec::new(),
+                last: None,
+                limit: 0,
+                total: committed,
+                finished,
+            }));
+        }
         let s = self.statements;
         let batch = delete_sql(&s.table, &s.schema, &s.eligible, cursor, threshold);
-        let mut query =
-            sqlx::query_as::<_, (i64, i64, Vec<String>, Option<String>, Option<String>)>(
-                &batch.sql,
-            )
-            .bind(self.statuses)
-            .bind(self.cutoff)
-            .bind(limit as i64)
-            .bind(self.scope);
+        let mut query = sqlx::query_as::<
+            _,
+            (
+                i64,
+                i64,
+                Vec<String>,
+                Option<String>,
+                Option<String>,
+                Option<i64>,
+            ),
+        >(&batch.sql)
+        .bind(self.statuses)
+        .bind(self.cutoff)
+        .bind(limit as i64)
+        .bind(self.scope)
+        .bind(self.task_id);
         for param in &batch.params {
             query = query.bind(param);
         }
-        let (deleted, taken, sample, last_ts, last_id) = query.fetch_one(&mut *tx).await?;
+        let (deleted, taken, sample, last_ts, last_id, total) = query.fetch_one(&mut *tx).await?;
+        let deleted = deleted.max(0) as u64;
         let outcome = BatchOutcome {
-            deleted: deleted.max(0) as u64,
+            deleted,
             taken: taken.max(0) as u64,
             sample,
             last: last_ts.zip(last_id).map(|(ts, id)| RunsCursor { ts, id }),
+            limit,
+            total: total.map_or(committed + deleted, |n| n.max(0) as u64),
+            finished: false,
         };
-        match tx.commit().await {
-            Ok(()) => Ok(Some(outcome)),
-            // The connection broke around the COMMIT, which may have gone through: ask the
-            // database (once it answers again) whether it did, so that the rows of a
-            // committed batch are counted, and an aborted one is simply tried again.
-            Err(error) if shared::runtime::db::is_transient(&error) => {
-                match self.committed(txid).await {
-                    Some(true) => Ok(Some(outcome)),
-                    _ => Err(error),
-                }
-            }
-            Err(error) => Err(error),
-        }
-    }
-
-    /// Whether transaction `txid` committed (`txid_status`), asked until the database
-    /// knows, for at most [`COMMIT_STATUS_WAIT`]; `None` when it could not be told.
-    async fn committed(&self, txid: i64) -> Option<bool> {
-        let deadline = Instant::now() + COMMIT_STATUS_WAIT;
-        while Instant::now() < deadline {
-            let status: Result<Option<String>, _> = sqlx::query_scalar("SELECT txid_status($1)")
-                .bind(txid)
-                .fetch_one(&self.executor.pool)
-                .await;
-            match status.as_ref().map(|s| s.as_deref()) {
-                Ok(Some("committed")) => return Some(true),
-                Ok(Some("aborted")) => return Some(false),
-                // In progress (the server has not noticed the lost connection yet), or the
-                // database is not back: ask again.
-                _ => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        }
-        tracing::warn!(
-            txid,
-            "could not tell whether a batch of runs committed; not counting it"
-        );
-        None
+        // A COMMIT whose answer is lost is simply tried again as a batch: the next one
+        // reads the committed count, so rows of a batch that did commit are still counted.
+        tx.commit().await?;
+        Ok(Some(outcome))
     }
 }
 

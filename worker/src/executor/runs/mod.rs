@@ -29,11 +29,13 @@ use tokio_util::sync::CancellationToken;
 use super::{Checkpoint, ExecError, Execution, Report};
 
 mod batches;
+mod progress;
 pub mod schema;
 mod table;
 
 pub use table::{quote_ident, ColumnNames, RunsTable};
 
+use progress::ProgressTable;
 use schema::{Schema, SchemaError};
 
 /// Ids shown in a result, as a sample of what was (or would be) deleted.
@@ -109,6 +111,8 @@ pub struct RunsExecutor {
     batch_target: Duration,
     /// The shape seen by the last inspection, to log it when it changes.
     seen: Mutex<Option<Schema>>,
+    /// Each real task's committed count.
+    progress: ProgressTable,
 }
 
 impl RunsExecutor {
@@ -121,6 +125,7 @@ impl RunsExecutor {
     ) -> Self {
         Self {
             pool,
+            progress: ProgressTable::new(table.progress.clone()),
             table,
             zone,
             timeouts,
@@ -134,7 +139,10 @@ impl RunsExecutor {
     /// and checked again before the first task.
     pub async fn check_at_start_up(&self) -> anyhow::Result<()> {
         let no_scope = BTreeMap::new();
-        let inspect = self.statements(&no_scope);
+        let inspect = async {
+            self.statements(&no_scope).await?;
+            self.progress.ensure(&self.pool).await
+        };
         match tokio::time::timeout(std::time::Duration::from_secs(10), inspect).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(SchemaError::Unsafe(message))) => Err(anyhow::anyhow!(message)),
@@ -231,28 +239,47 @@ impl RunsExecutor {
             statuses: &statuses,
             scope: &scope_values,
             cutoff: envelope.cutoff,
+            task_id: envelope.task_id,
             cancel,
+        };
+        // Rows deleted before a failure are gone: they are reported, and the next attempt
+        // (if any) counts on from them.
+        let failed = |result: &RunsResult, error: ExecError| {
+            let mut result = result.clone();
+            result.duration_ms += started.elapsed().as_millis() as u64;
+            let progress = serde_json::to_value(&result).expect("progress serializes");
+            error.with_progress(progress)
         };
         if params.dry_run {
             run.dry_run(params.max_rows, &mut result).await?;
         } else {
-            let deleted = run.delete(params, &mut result, checkpoint).await;
-            let finished = match deleted {
-                Ok(finished) => finished,
-                // Rows deleted before the failure are gone: they are reported, and the
-                // next attempt (if any) counts on from them.
-                Err(error) => {
-                    result.duration_ms += started.elapsed().as_millis() as u64;
-                    let progress = serde_json::to_value(&result).expect("progress serializes");
-                    return Err(error.with_progress(progress));
+            // What every copy of this task committed so far (a message delivered twice).
+            let count = match run.committed().await {
+                Ok(count) => count,
+                Err(error) => return Err(failed(&result, error)),
+            };
+            result.runs_deleted = result.runs_deleted.max(count.runs_deleted);
+            let finished = if count.finished {
+                tracing::info!(task_id = %envelope.task_id, "another copy of this task finished it; deleting nothing");
+                true
+            } else {
+                match run.delete(params, &mut result, checkpoint).await {
+                    Ok(finished) => finished,
+                    Err(error) => return Err(failed(&result, error)),
                 }
             };
-            result.runs_matched = result.runs_deleted;
             if !finished {
+                result.runs_matched = result.runs_deleted;
                 result.duration_ms += started.elapsed().as_millis() as u64;
                 let progress = serde_json::to_value(&result).expect("progress serializes");
                 return Ok(Execution::Interrupted { progress });
             }
+            // The final count: whichever copy marks the task finished first fixes it.
+            match run.finish(result.runs_deleted).await {
+                Ok(total) => result.runs_deleted = total,
+                Err(error) => return Err(failed(&result, error)),
+            }
+            result.runs_matched = result.runs_deleted;
         }
         result.cursor = None;
         let oldest = run.oldest_remaining().await;
@@ -276,6 +303,7 @@ struct Run<'a> {
     /// `$4`: the task's scope values.
     scope: &'a [String],
     cutoff: DateTime<Utc>,
+    task_id: uuid::Uuid,
     cancel: &'a CancellationToken,
 }
 
@@ -311,6 +339,31 @@ impl Run<'_> {
             .await
             .map_err(|e| ExecError::from_sqlx("failed to sample eligible runs", &e))?;
         Ok(())
+    }
+
+    /// The task's committed count (made sure the progress table exists first; expired
+    /// rows of other tasks are pruned now and then).
+    async fn committed(&self) -> Result<progress::Count, ExecError> {
+        let progress = &self.executor.progress;
+        let pool = &self.executor.pool;
+        progress.ensure(pool).await.map_err(|e| match e {
+            SchemaError::Database(db) => {
+                ExecError::from_sqlx("cannot check the runs progress table", &db)
+            }
+            other => ExecError::permanent(other.to_string()),
+        })?;
+        progress.prune(pool).await;
+        self.retry(|| progress.read(pool, self.task_id))
+            .await
+            .map_err(|e| ExecError::from_sqlx("failed to read the task's progress", &e))
+    }
+
+    /// Mark the task finished and return its final count.
+    async fn finish(&self, known: u64) -> Result<u64, ExecError> {
+        let (progress, pool) = (&self.executor.progress, &self.executor.pool);
+        self.retry(|| progress.finish(pool, self.task_id, known))
+            .await
+            .map_err(|e| ExecError::from_sqlx("failed to record the task's count", &e))
     }
 
     /// Age of the oldest eligible row still present (in a dry run: all of them are).

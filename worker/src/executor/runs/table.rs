@@ -22,6 +22,8 @@ pub struct RunsTable {
     pub(super) terminal_statuses: Vec<String>,
     /// RUNS_SCOPE_COLUMNS: unquoted name → quoted.
     pub(super) scope: BTreeMap<String, String>,
+    /// RUNS_PROGRESS_TABLE, quoted: each real task's durable count ([`super::progress`]).
+    pub(super) progress: String,
 }
 
 impl RunsTable {
@@ -37,11 +39,16 @@ impl RunsTable {
         if parts.len() > 2 {
             anyhow::bail!("RUNS_TABLE `{table}` must be `table` or `schema.table`");
         }
-        let table = parts
+        let quoted = parts
             .iter()
             .map(|p| quote_ident(p, "RUNS_TABLE"))
-            .collect::<anyhow::Result<Vec<_>>>()?
-            .join(".");
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        // The progress table lives beside the runs table, in its schema when it names one.
+        let progress = match quoted.as_slice() {
+            [schema, _] => format!("{schema}.\"{}\"", super::progress::DEFAULT_TABLE),
+            _ => format!("\"{}\"", super::progress::DEFAULT_TABLE),
+        };
+        let table = quoted.join(".");
         if terminal_statuses.is_empty() {
             anyhow::bail!("RUNS_TERMINAL_STATUSES must name at least one status");
         }
@@ -63,7 +70,27 @@ impl RunsTable {
                     Ok((name, quoted))
                 })
                 .collect::<anyhow::Result<_>>()?,
+            progress,
         })
+    }
+
+    /// RUNS_PROGRESS_TABLE (`table` or `schema.table`) instead of the default
+    /// `cleanup_runs_progress` beside the runs table.
+    pub fn with_progress_table(mut self, name: &str) -> anyhow::Result<Self> {
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts.len() > 2 {
+            anyhow::bail!("RUNS_PROGRESS_TABLE `{name}` must be `table` or `schema.table`");
+        }
+        let progress = parts
+            .iter()
+            .map(|p| quote_ident(p, "RUNS_PROGRESS_TABLE"))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .join(".");
+        if progress == self.table {
+            anyhow::bail!("RUNS_PROGRESS_TABLE must not be the runs table");
+        }
+        self.progress = progress;
+        Ok(self)
     }
 
     pub fn terminal_statuses(&self) -> &[String] {

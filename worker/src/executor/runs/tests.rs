@@ -34,3 +34,28 @@ fn identifiers_are_validated_and_quoted() {
     .is_err());
     assert!(RunsTable::new("runs", "id", "s", "t", vec![], Default::default()).is_err());
 }
+
+#[test]
+fn the_progress_table_sits_beside_the_runs_table_and_is_never_it() {
+    let table = |name: &str| {
+        RunsTable::new(
+            name,
+            "id",
+            "status",
+            "finished_at",
+            vec!["done".into()],
+            Default::default(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        table("app.runs").progress,
+        "\"app\".\"cleanup_runs_progress\""
+    );
+    assert_eq!(table("runs").progress, "\"cleanup_runs_progress\"");
+    let moved = table("runs").with_progress_table("ops.counts").unwrap();
+    assert_eq!(moved.progress, "\"ops\".\"counts\"");
+    for bad in ["app.runs", "x.y.z", "a-b"] {
+        assert!(table("app.runs").with_progress_table(bad).is_err(), "{bad}");
+    }
+}

@@ -1,0 +1,200 @@
+//! The durable count of each real `cleanup_runs` task, kept in the runs database and
+//! committed in the same transaction as the rows it counts.
+//!
+//! Delivery is at least once: the relay publishes a message again when the ledger failed
+//! between the broker's confirm and its own commit, so two copies of one task can run,
+//! one after the other or at once. Deleting is idempotent, but a cap is not, and each copy
+//! would count only its own rows. So every batch first locks its task's row here (copies
+//! of one task take turns; other tasks never wait on it), limits itself to what the cap
+//! leaves of the committed count, and adds what it deleted before it commits. Whichever
+//! copy finishes first marks the row finished and reports the count; a copy that finds it
+//! finished deletes nothing more and reports the same count. A commit whose answer was lost
+//! needs no guessing either: the next batch reads what was committed.
+//!
+//! Rows untouched for [`RETENTION`] are removed (the envelope's progress still carries
+//! a task's count across attempts).
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::schema::SchemaError;
+
+/// The table's name when RUNS_PROGRESS_TABLE is not set.
+pub const DEFAULT_TABLE: &str = "cleanup_runs_progress";
+/// How long the row of a task nobody touches any more is kept.
+pub const RETENTION: &str = "7 days";
+/// How often one worker removes expired rows.
+const PRUNE_EVERY_SECONDS: i64 = 3600;
+
+/// The table, as the worker creates it when it is missing.
+pub fn ddl(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+    task_id      uuid PRIMARY KEY,
+    runs_deleted bigint NOT NULL DEFAULT 0 CHECK (runs_deleted >= 0),
+    finished_at  timestamptz,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+)"
+    )
+}
+
+/// What the table says about one task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Count {
+    pub runs_deleted: u64,
+    pub finished: bool,
+}
+
+/// The progress table of one executor: made sure of once, pruned now and then.
+#[derive(Debug)]
+pub struct ProgressTable {
+    pub table: String,
+    ready: AtomicBool,
+    pruned_at: AtomicI64,
+}
+
+impl ProgressTable {
+    pub fn new(table: String) -> Self {
+        Self {
+            table,
+            ready: AtomicBool::new(false),
+            pruned_at: AtomicI64::new(0),
+        }
+    }
+
+    /// Create the table if it is missing, and check that it has the expected columns.
+    /// Done at start-up and, until it succeeds, before each real task.
+    pub async fn ensure(&self, pool: &PgPool) -> Result<(), SchemaError> {
+        if self.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let table = &self.table;
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(table)
+            .fetch_one(pool)
+            .await?;
+        if exists.is_none() {
+            match sqlx::query(&ddl(table)).execute(pool).await {
+                Ok(_) => tracing::info!(%table, "created the runs progress table"),
+                // Another worker created it at the same moment.
+                Err(sqlx::Error::Database(db))
+                    if db.code().is_some_and(|c| c == "42P07" || c == "23505") => {}
+                Err(sqlx::Error::Database(db)) if db.code().is_some_and(|c| c == "42501") => {
+                    return Err(SchemaError::Unsafe(format!(
+                        "the worker keeps each cleanup_runs task's count in {table} (so that \
+                         max_rows holds and counts are exact when a task message is delivered \
+                         twice), but may not create it ({}); create it once, and grant the \
+                         worker SELECT, INSERT, UPDATE, DELETE on it:\n{};",
+                        db.message(),
+                        ddl(table)
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let probe = format!(
+            "SELECT task_id, runs_deleted, finished_at, updated_at FROM {table} WHERE false"
+        );
+        match sqlx::query(&probe).execute(pool).await {
+            Ok(_) => {}
+            Err(e) if shared::runtime::db::is_transient(&e) => return Err(e.into()),
+            Err(e) => {
+                return Err(SchemaError::Unsafe(format!(
+                    "RUNS_PROGRESS_TABLE {table} is not a progress table ({e}); expected:\n{};",
+                    ddl(table)
+                )))
+            }
+        }
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The task's committed count, if it has one.
+    pub async fn read(&self, pool: &PgPool, task_id: Uuid) -> Result<Count, sqlx::Error> {
+        let row: Option<(i64, bool)> = sqlx::query_as(&format!(
+            "SELECT runs_deleted, finished_at IS NOT NULL FROM {} WHERE task_id = $1",
+            self.table
+        ))
+        .bind(task_id)
+        .fetch_optional(pool)
+        .await?;
+        Ok(row.map_or_else(Count::default, |(n, finished)| Count {
+            runs_deleted: n.max(0) as u64,
+            finished,
+        }))
+    }
+
+    /// The statement that opens a batch: lock the task's row (made with `$4`, the count
+    /// the task knew of, if it has none), set the batch's time limits (`$1` statement
+    /// timeout, `$2` lock timeout, `$3` synchronous_commit), and say what is committed.
+    pub fn open_batch_sql(&self) -> String {
+        format!(
+            "WITH counted AS (
+                 INSERT INTO {table} AS p (task_id, runs_deleted) VALUES ($5, $4)
+                 ON CONFLICT (task_id) DO UPDATE
+                     SET runs_deleted = greatest(p.runs_deleted, EXCLUDED.runs_deleted),
+                         updated_at = now()
+                 RETURNING runs_deleted, finished_at IS NOT NULL AS finished
+             )
+             SELECT set_config('statement_timeout', $1, true),
+                    set_config('lock_timeout', $2, true),
+                    set_config('synchronous_commit', $3, true),
+                    runs_deleted, finished
+             FROM counted",
+            table = self.table
+        )
+    }
+
+    /// Mark the task finished (unless a copy did first) and return its final count;
+    /// `known` is the count this copy knows of.
+    pub async fn finish(
+        &self,
+        pool: &PgPool,
+        task_id: Uuid,
+        known: u64,
+    ) -> Result<u64, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "INSERT INTO {} AS p (task_id, runs_deleted, finished_at) VALUES ($1, $2, now())
+             ON CONFLICT (task_id) DO UPDATE
+                 SET runs_deleted = greatest(p.runs_deleted, EXCLUDED.runs_deleted),
+                     finished_at = coalesce(p.finished_at, now()), updated_at = now()
+             RETURNING runs_deleted",
+            self.table
+        ))
+        .bind(task_id)
+        .bind(known as i64)
+        .fetch_one(pool)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Remove rows untouched for [`RETENTION`], at most once an hour per worker; a failure
+    /// is only logged (the next task tries again).
+    pub async fn prune(&self, pool: &PgPool) {
+        let now = chrono::Utc::now().timestamp();
+        let last = self.pruned_at.load(Ordering::Relaxed);
+        if now - last < PRUNE_EVERY_SECONDS
+            || self
+                .pruned_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let pruned = sqlx::query(&format!(
+            "DELETE FROM {} WHERE updated_at < now() - interval '{RETENTION}'",
+            self.table
+        ))
+        .execute(pool)
+        .await;
+        match pruned {
+            Ok(done) if done.rows_affected() > 0 => {
+                tracing::info!(rows = done.rows_affected(), table = %self.table, "pruned old runs progress")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not prune the runs progress table"),
+        }
+    }
+}
