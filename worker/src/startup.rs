@@ -123,8 +123,13 @@ impl Application {
             retry: config.retry.policy(1).map_err(anyhow::Error::msg)?,
             task_timeout: config.task_timeout,
             turn_budget: config.turn_budget,
-            stop_grace: std::time::Duration::from_secs(10)
-                .max(config.runs_statement_timeout + std::time::Duration::from_secs(5)),
+            // Long enough for a batch already under way: its lock wait, its statement, its
+            // commit.
+            stop_grace: std::time::Duration::from_secs(10).max(
+                config.runs_lock_timeout
+                    + config.runs_statement_timeout
+                    + std::time::Duration::from_secs(5),
+            ),
             metrics: Metrics::new(),
             processed: AtomicU64::new(0),
             runs_table_label: config.runs_table.clone(),

@@ -371,3 +371,57 @@ async fn a_task_delivered_twice_deletes_no_more_than_once() {
         assert_eq!((one.runs_deleted, two.runs_deleted), (348, 348));
     }
 }
+
+/// The progress table is the authority over the count a message carries: a database
+/// crash with asynchronous commit can undo a batch the previous turn counted (its rows
+/// come back, and its count with them). The task then deletes those rows again and
+/// counts them once, within its cap.
+#[tokio::test]
+async fn the_committed_count_outranks_the_count_a_message_carries() {
+    use shared::results::RunsResult;
+    use shared::tasks::{CleanupRunsParams, TaskSpec};
+    let (_runs, pool) = database(
+        "CREATE TABLE runs (id bigint PRIMARY KEY, status text NOT NULL, finished_at timestamptz);
+         INSERT INTO runs SELECT g, 'succeeded', now() - make_interval(days => 10 + g)
+         FROM generate_series(1, 40) g;",
+    )
+    .await;
+    let executor = executor(&pool);
+    let params = CleanupRunsParams {
+        max_age_hours: 24.0,
+        dry_run: false,
+        statuses: None,
+        batch_size: Some(5),
+        max_rows: Some(12),
+        max_attempts: None,
+        scope: None,
+    };
+    let mut envelope = shared::envelope::TaskEnvelope::new(
+        uuid::Uuid::now_v7(),
+        TaskSpec::CleanupRuns(params.clone()),
+        3,
+        chrono::Utc::now(),
+    );
+    // The last turn reported 12, but only 9 deletions survived the crash.
+    envelope.progress = Some(
+        serde_json::to_value(RunsResult {
+            runs_deleted: 12,
+            turns: 1,
+            ..Default::default()
+        })
+        .unwrap(),
+    );
+    // Check the table first: the executor creates it.
+    executor.check_at_start_up().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "DELETE FROM runs WHERE id > 31;
+         INSERT INTO cleanup_runs_progress (task_id, runs_deleted) VALUES ('{}', 9);",
+        envelope.task_id
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let result = run_to_the_end(&executor, &envelope, &params).await;
+    assert_eq!(result.runs_deleted, 12, "{result:?}");
+    assert_eq!(count(&pool, "SELECT count(*) FROM runs").await, 28);
+}

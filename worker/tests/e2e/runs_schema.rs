@@ -185,7 +185,9 @@ async fn the_progress_table_is_created_or_its_absence_explained() {
     let (runs, pool) = database(
         "CREATE SCHEMA app;
          CREATE TABLE app.runs (id bigint PRIMARY KEY, status text, finished_at timestamptz);
-         CREATE TABLE app.run_logs (id bigint PRIMARY KEY, line text);",
+         CREATE TABLE app.run_logs (id bigint PRIMARY KEY, line text);
+         CREATE TABLE app.counts (task_id uuid, runs_deleted bigint, finished_at timestamptz,
+                                  updated_at timestamptz);",
     )
     .await;
     let broker = TestBroker::create().await;
@@ -204,6 +206,20 @@ async fn the_progress_table_is_created_or_its_absence_explained() {
     .expect("a table of another shape must be refused")
     .to_string();
     assert!(shaped.contains("is not a progress table"), "{shaped}");
+    // The right columns, but no unique key for the upsert every batch makes.
+    let unkeyed = build_worker(
+        &broker,
+        &[
+            url.clone(),
+            "--runs-table=app.runs".into(),
+            "--runs-progress-table=app.counts".into(),
+        ],
+    )
+    .await
+    .err()
+    .expect("a progress table without a key on task_id must be refused")
+    .to_string();
+    assert!(unkeyed.contains("no unique key on task_id"), "{unkeyed}");
     assert!(
         shaped.contains("CREATE TABLE IF NOT EXISTS \"app\".\"run_logs\""),
         "{shaped}"

@@ -19,7 +19,7 @@ use shared::tasks::{CleanupRunsParams, DEFAULT_BATCH_SIZE};
 
 use super::schema::{Schema, Strategy};
 use super::table::RunsTable;
-use super::{Run, SAMPLE_SIZE};
+use super::{Run, Timeouts, SAMPLE_SIZE};
 use crate::executor::{Checkpoint, ExecError};
 
 /// A batch's SQL and its text parameters after the fixed ones (`$1` statuses, `$2`
@@ -50,6 +50,7 @@ pub struct BatchOutcome {
 /// first statement), in the same transaction.
 pub fn delete_sql(
     t: &RunsTable,
+    progress: &str,
     schema: &Schema,
     eligible: &str,
     cursor: Option<&RunsCursor>,
@@ -111,7 +112,6 @@ pub fn delete_sql(
                 ARRAY(SELECT {id}::text FROM gone LIMIT {sample}),
                 (SELECT ts FROM last), (SELECT id FROM last),
                 (SELECT runs_deleted FROM counted)",
-        progress = t.progress,
         asc = ascending.join(", "),
         desc = descending.join(", "),
         sample = SAMPLE_SIZE,
@@ -126,6 +126,24 @@ pub fn threshold_sql(t: &RunsTable, eligible: &str) -> String {
         "SELECT {ts}::text FROM {table} WHERE {eligible} ORDER BY {ts} OFFSET $3 - 1 LIMIT 1",
         ts = t.timestamp,
         table = t.table
+    )
+}
+
+/// The `BEGIN` of a batch's transaction, with its time limits set locally (one round
+/// trip; a connection pooler that drops session settings cannot lift them).
+pub fn begin_sql(timeouts: Timeouts) -> String {
+    format!(
+        "BEGIN; SET LOCAL statement_timeout = '{}ms'; SET LOCAL lock_timeout = '{}ms'; \
+         SET LOCAL synchronous_commit = {}",
+        timeouts.statement.as_millis(),
+        timeouts.lock.as_millis(),
+        // A commit that does not wait for its WAL flush: one flush per batch otherwise
+        // doubles the cost of a run (see RUNS_SYNCHRONOUS_COMMIT).
+        if timeouts.synchronous_commit {
+            "on"
+        } else {
+            "off"
+        }
     )
 }
 
@@ -265,7 +283,7 @@ impl Run<'_> {
                 }
             }
             // The committed count: this batch's rows, and any a copy of the task deleted.
-            result.runs_deleted = result.runs_deleted.max(batch.total);
+            result.runs_deleted = batch.total;
             checkpoint.record(serde_json::to_value(&*result).expect("progress serializes"));
             tracing::debug!(
                 batch = result.batches,
@@ -294,27 +312,25 @@ impl Run<'_> {
         cursor: Option<&RunsCursor>,
         threshold: Option<&str>,
     ) -> Result<Option<BatchOutcome>, sqlx::Error> {
-        let mut tx = self.executor.pool.begin().await?;
+        let progress = &self.executor.progress;
+        let mut tx = self
+            .executor
+            .pool
+            .begin_with(begin_sql(self.executor.timeouts))
+            .await?;
         if self.cancel.is_cancelled() {
             return Ok(None);
         }
-        let timeouts = self.executor.timeouts;
         // Copies of this task (a message delivered twice) take turns on its progress row.
-        let (_, _, _, committed, finished): (String, String, String, i64, bool) =
-            sqlx::query_as(&self.executor.progress.open_batch_sql())
-                .bind(format!("{}ms", timeouts.statement.as_millis()))
-                .bind(format!("{}ms", timeouts.lock.as_millis()))
-                // A commit that does not wait for its WAL flush: one flush per batch
-                // otherwise doubles the cost of a run (see RUNS_SYNCHRONOUS_COMMIT).
-                .bind(if timeouts.synchronous_commit {
-                    "on"
-                } else {
-                    "off"
-                })
-                .bind(known as i64)
-                .bind(self.task_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let (committed, finished): (i64, bool) = sqlx::query_as(&progress.open_batch_sql())
+            .bind(self.task_id)
+            .bind(known as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+        if self.cancel.is_cancelled() {
+            // Stopped while waiting for that row: nothing of this batch ran.
+            return Ok(None);
+        }
         let committed = committed.max(0) as u64;
         let limit = cap.map_or(limit, |cap| limit.min(cap.saturating_sub(committed)));
         if finished || limit == 0 {
@@ -329,7 +345,14 @@ impl Run<'_> {
             }));
         }
         let s = self.statements;
-        let batch = delete_sql(&s.table, &s.schema, &s.eligible, cursor, threshold);
+        let batch = delete_sql(
+            &s.table,
+            &progress.name(),
+            &s.schema,
+            &s.eligible,
+            cursor,
+            threshold,
+        );
         let mut query = sqlx::query_as::<
             _,
             (

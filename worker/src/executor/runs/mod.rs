@@ -125,7 +125,7 @@ impl RunsExecutor {
     ) -> Self {
         Self {
             pool,
-            progress: ProgressTable::new(table.progress.clone()),
+            progress: ProgressTable::new(&table.table, table.progress.as_deref()),
             table,
             zone,
             timeouts,
@@ -258,8 +258,11 @@ impl RunsExecutor {
                 Ok(count) => count,
                 Err(error) => return Err(failed(&result, error)),
             };
-            result.runs_deleted = result.runs_deleted.max(count.runs_deleted);
-            let finished = if count.finished {
+            // The table is the authority once the task has a row there.
+            if let Some(count) = count {
+                result.runs_deleted = count.runs_deleted;
+            }
+            let finished = if count.is_some_and(|c| c.finished) {
                 tracing::info!(task_id = %envelope.task_id, "another copy of this task finished it; deleting nothing");
                 true
             } else {
@@ -343,7 +346,7 @@ impl Run<'_> {
 
     /// The task's committed count (made sure the progress table exists first; expired
     /// rows of other tasks are pruned now and then).
-    async fn committed(&self) -> Result<progress::Count, ExecError> {
+    async fn committed(&self) -> Result<Option<progress::Count>, ExecError> {
         let progress = &self.executor.progress;
         let pool = &self.executor.pool;
         progress.ensure(pool).await.map_err(|e| match e {

@@ -11,10 +11,14 @@
 //! finished deletes nothing more and reports the same count. A commit whose answer was lost
 //! needs no guessing either: the next batch reads what was committed.
 //!
-//! Rows untouched for [`RETENTION`] are removed (the envelope's progress still carries
-//! a task's count across attempts).
+//! The table is the authority: the count a message carries only seeds a task's row when
+//! it has none (a continuation written before the table existed), so rows that a database
+//! crash brought back (`RUNS_SYNCHRONOUS_COMMIT=false`) are not counted twice over. Rows
+//! untouched for [`RETENTION`] are removed; a copy of a task arriving later than that
+//! starts over from the count its message carries.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::OnceLock;
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -24,7 +28,7 @@ use super::schema::SchemaError;
 /// The table's name when RUNS_PROGRESS_TABLE is not set.
 pub const DEFAULT_TABLE: &str = "cleanup_runs_progress";
 /// How long the row of a task nobody touches any more is kept.
-pub const RETENTION: &str = "7 days";
+pub const RETENTION: &str = "30 days";
 /// How often one worker removes expired rows.
 const PRUNE_EVERY_SECONDS: i64 = 3600;
 
@@ -50,18 +54,43 @@ pub struct Count {
 /// The progress table of one executor: made sure of once, pruned now and then.
 #[derive(Debug)]
 pub struct ProgressTable {
-    pub table: String,
+    /// The runs table, whose schema holds the progress table unless one is configured.
+    runs: String,
+    /// Quoted, qualified name; known from the settings, or once the runs table's schema
+    /// was read.
+    name: OnceLock<String>,
     ready: AtomicBool,
     pruned_at: AtomicI64,
 }
 
 impl ProgressTable {
-    pub fn new(table: String) -> Self {
+    /// `configured`: RUNS_PROGRESS_TABLE, quoted.
+    pub fn new(runs: &str, configured: Option<&str>) -> Self {
+        let name = OnceLock::new();
+        match (configured, runs.split_once("\".\"")) {
+            (Some(configured), _) => {
+                let _ = name.set(configured.to_owned());
+            }
+            (None, Some((schema, _))) => {
+                let _ = name.set(format!("{schema}\".\"{DEFAULT_TABLE}\""));
+            }
+            // In the schema the runs table resolves to, read by `ensure`.
+            (None, None) => {}
+        }
         Self {
-            table,
+            runs: runs.to_owned(),
+            name,
             ready: AtomicBool::new(false),
             pruned_at: AtomicI64::new(0),
         }
+    }
+
+    /// The quoted name (before `ensure` resolved the schema: unqualified).
+    pub fn name(&self) -> String {
+        self.name
+            .get()
+            .cloned()
+            .unwrap_or_else(|| format!("\"{DEFAULT_TABLE}\""))
     }
 
     /// Create the table if it is missing, and check that it has the expected columns.
@@ -70,7 +99,20 @@ impl ProgressTable {
         if self.ready.load(Ordering::Acquire) {
             return Ok(());
         }
-        let table = &self.table;
+        if self.name.get().is_none() {
+            let schema: Option<String> = sqlx::query_scalar(
+                "SELECT quote_ident(n.nspname) FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass($1)",
+            )
+            .bind(&self.runs)
+            .fetch_optional(pool)
+            .await?;
+            let Some(schema) = schema else {
+                return Err(SchemaError::MissingTable(self.runs.clone()));
+            };
+            let _ = self.name.set(format!("{schema}.\"{DEFAULT_TABLE}\""));
+        }
+        let table = &self.name();
         let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
             .bind(table)
             .fetch_one(pool)
@@ -107,48 +149,61 @@ impl ProgressTable {
                 )))
             }
         }
+        // What every batch needs: the unique key its upsert relies on, and the rights.
+        let (keyed, allowed): (bool, bool) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i
+                            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                            WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indisvalid
+                              AND i.indnatts = 1 AND i.indpred IS NULL AND a.attname = 'task_id'),
+                    has_table_privilege($1, 'SELECT, INSERT, UPDATE, DELETE')",
+        )
+        .bind(table)
+        .fetch_one(pool)
+        .await?;
+        if !keyed || !allowed {
+            return Err(SchemaError::Unsafe(format!(
+                "RUNS_PROGRESS_TABLE {table} {}; expected (with SELECT, INSERT, UPDATE, DELETE \
+                 granted to the worker):\n{};",
+                if keyed {
+                    "is not writable by the worker"
+                } else {
+                    "has no unique key on task_id alone"
+                },
+                ddl(table)
+            )));
+        }
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
 
     /// The task's committed count, if it has one.
-    pub async fn read(&self, pool: &PgPool, task_id: Uuid) -> Result<Count, sqlx::Error> {
+    pub async fn read(&self, pool: &PgPool, task_id: Uuid) -> Result<Option<Count>, sqlx::Error> {
         let row: Option<(i64, bool)> = sqlx::query_as(&format!(
             "SELECT runs_deleted, finished_at IS NOT NULL FROM {} WHERE task_id = $1",
-            self.table
+            self.name()
         ))
         .bind(task_id)
         .fetch_optional(pool)
         .await?;
-        Ok(row.map_or_else(Count::default, |(n, finished)| Count {
+        Ok(row.map(|(n, finished)| Count {
             runs_deleted: n.max(0) as u64,
             finished,
         }))
     }
 
-    /// The statement that opens a batch: lock the task's row (made with `$4`, the count
-    /// the task knew of, if it has none), set the batch's time limits (`$1` statement
-    /// timeout, `$2` lock timeout, `$3` synchronous_commit), and say what is committed.
+    /// The first statement of a batch: lock the task's row (made, if it has none, with
+    /// `$2`, the count the task's message carries) and say what is committed (`$1`: the task).
     pub fn open_batch_sql(&self) -> String {
         format!(
-            "WITH counted AS (
-                 INSERT INTO {table} AS p (task_id, runs_deleted) VALUES ($5, $4)
-                 ON CONFLICT (task_id) DO UPDATE
-                     SET runs_deleted = greatest(p.runs_deleted, EXCLUDED.runs_deleted),
-                         updated_at = now()
-                 RETURNING runs_deleted, finished_at IS NOT NULL AS finished
-             )
-             SELECT set_config('statement_timeout', $1, true),
-                    set_config('lock_timeout', $2, true),
-                    set_config('synchronous_commit', $3, true),
-                    runs_deleted, finished
-             FROM counted",
-            table = self.table
+            "INSERT INTO {} AS p (task_id, runs_deleted) VALUES ($1, $2)
+             ON CONFLICT (task_id) DO UPDATE SET updated_at = now()
+             RETURNING runs_deleted, finished_at IS NOT NULL",
+            self.name()
         )
     }
 
     /// Mark the task finished (unless a copy did first) and return its final count;
-    /// `known` is the count this copy knows of.
+    /// `known` seeds a row the task does not have yet.
     pub async fn finish(
         &self,
         pool: &PgPool,
@@ -158,10 +213,9 @@ impl ProgressTable {
         let n: i64 = sqlx::query_scalar(&format!(
             "INSERT INTO {} AS p (task_id, runs_deleted, finished_at) VALUES ($1, $2, now())
              ON CONFLICT (task_id) DO UPDATE
-                 SET runs_deleted = greatest(p.runs_deleted, EXCLUDED.runs_deleted),
-                     finished_at = coalesce(p.finished_at, now()), updated_at = now()
+                 SET finished_at = coalesce(p.finished_at, now()), updated_at = now()
              RETURNING runs_deleted",
-            self.table
+            self.name()
         ))
         .bind(task_id)
         .bind(known as i64)
@@ -185,13 +239,13 @@ impl ProgressTable {
         }
         let pruned = sqlx::query(&format!(
             "DELETE FROM {} WHERE updated_at < now() - interval '{RETENTION}'",
-            self.table
+            self.name()
         ))
         .execute(pool)
         .await;
         match pruned {
             Ok(done) if done.rows_affected() > 0 => {
-                tracing::info!(rows = done.rows_affected(), table = %self.table, "pruned old runs progress")
+                tracing::info!(rows = done.rows_affected(), table = %self.name(), "pruned old runs progress")
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "could not prune the runs progress table"),

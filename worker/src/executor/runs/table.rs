@@ -22,8 +22,8 @@ pub struct RunsTable {
     pub(super) terminal_statuses: Vec<String>,
     /// RUNS_SCOPE_COLUMNS: unquoted name → quoted.
     pub(super) scope: BTreeMap<String, String>,
-    /// RUNS_PROGRESS_TABLE, quoted: each real task's durable count ([`super::progress`]).
-    pub(super) progress: String,
+    /// RUNS_PROGRESS_TABLE, quoted, when set ([`super::progress`]).
+    pub(super) progress: Option<String>,
 }
 
 impl RunsTable {
@@ -39,16 +39,11 @@ impl RunsTable {
         if parts.len() > 2 {
             anyhow::bail!("RUNS_TABLE `{table}` must be `table` or `schema.table`");
         }
-        let quoted = parts
+        let table = parts
             .iter()
             .map(|p| quote_ident(p, "RUNS_TABLE"))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        // The progress table lives beside the runs table, in its schema when it names one.
-        let progress = match quoted.as_slice() {
-            [schema, _] => format!("{schema}.\"{}\"", super::progress::DEFAULT_TABLE),
-            _ => format!("\"{}\"", super::progress::DEFAULT_TABLE),
-        };
-        let table = quoted.join(".");
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .join(".");
         if terminal_statuses.is_empty() {
             anyhow::bail!("RUNS_TERMINAL_STATUSES must name at least one status");
         }
@@ -70,7 +65,7 @@ impl RunsTable {
                     Ok((name, quoted))
                 })
                 .collect::<anyhow::Result<_>>()?,
-            progress,
+            progress: None,
         })
     }
 
@@ -89,7 +84,7 @@ impl RunsTable {
         if progress == self.table {
             anyhow::bail!("RUNS_PROGRESS_TABLE must not be the runs table");
         }
-        self.progress = progress;
+        self.progress = Some(progress);
         Ok(self)
     }
 
