@@ -40,6 +40,20 @@ pub struct RunsResult {
     /// next turn goes on from there; not part of a finished result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<RunsCursor>,
+    /// Partitions removed whole, oldest first (in a dry run: those that would be); their
+    /// rows are counted in `runs_deleted` (`runs_matched`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<RunsPartition>,
+}
+
+/// A partition of the runs table removed whole: every row in it was eligible.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunsPartition {
+    /// As PostgreSQL names it.
+    pub name: String,
+    pub rows: u64,
+    /// `dropped`, or `detached` (kept as a table of its own: RUNS_PARTITIONS=detach).
+    pub action: String,
 }
 
 /// The last row a batch passed, as text in the columns' own types.

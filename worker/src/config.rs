@@ -74,6 +74,12 @@ pub struct Config {
     #[arg(long, env = "RUNS_PROGRESS_TABLE")]
     pub runs_progress_table: Option<String>,
 
+    /// What happens to a partition of a range-partitioned runs table whose whole range is
+    /// older than the cutoff and whose every row is eligible: `drop` (detach and drop it),
+    /// `detach` (detach it, keep it as a table) or `off` (delete its rows in batches).
+    #[arg(long, env = "RUNS_PARTITIONS", value_enum, default_value = "drop")]
+    pub runs_partitions: crate::executor::runs::partitions::PartitionMode,
+
     /// Statuses that mean a run is finished; only such runs are ever deleted.
     #[arg(
         long,

@@ -98,6 +98,7 @@ impl Application {
                 },
                 config.runs_batch_target,
             )
+            .with_partitions(config.runs_partitions)
         });
         if let Some(runs) = &runs {
             // A table that exists but is unsafe to clean as configured stops the worker here.

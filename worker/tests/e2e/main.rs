@@ -6,6 +6,7 @@ mod lifecycle;
 mod poison;
 mod runs;
 mod runs_batches;
+mod runs_partitions;
 mod runs_safety;
 mod runs_schema;
 mod temp_files;

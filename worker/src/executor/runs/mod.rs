@@ -29,12 +29,14 @@ use tokio_util::sync::CancellationToken;
 use super::{Checkpoint, ExecError, Execution, Report};
 
 mod batches;
+pub mod partitions;
 mod progress;
 pub mod schema;
 mod table;
 
 pub use table::{quote_ident, ColumnNames, RunsTable};
 
+use partitions::PartitionMode;
 use progress::ProgressTable;
 use schema::{Schema, SchemaError};
 
@@ -113,6 +115,8 @@ pub struct RunsExecutor {
     seen: Mutex<Option<Schema>>,
     /// Each real task's committed count.
     progress: ProgressTable,
+    /// RUNS_PARTITIONS: what the partition fast path does.
+    partitions: PartitionMode,
 }
 
 impl RunsExecutor {
@@ -131,7 +135,14 @@ impl RunsExecutor {
             timeouts,
             batch_target,
             seen: Mutex::new(None),
+            partitions: PartitionMode::Drop,
         }
+    }
+
+    /// RUNS_PARTITIONS (default `drop`).
+    pub fn with_partitions(mut self, mode: PartitionMode) -> Self {
+        self.partitions = mode;
+        self
     }
 
     /// Read the table's shape now. A table that exists but is unsafe to clean as
@@ -252,6 +263,7 @@ impl RunsExecutor {
         };
         if params.dry_run {
             run.dry_run(params.max_rows, &mut result).await?;
+            run.partitions_dry_run(params, &mut result).await?;
         } else {
             // What every copy of this task committed so far (a message delivered twice).
             let count = match run.committed().await {
@@ -262,15 +274,22 @@ impl RunsExecutor {
             if let Some(count) = count {
                 result.runs_deleted = count.runs_deleted;
             }
-            let finished = if count.is_some_and(|c| c.finished) {
-                tracing::info!(task_id = %envelope.task_id, "another copy of this task finished it; deleting nothing");
-                true
-            } else {
-                match run.delete(params, &mut result, checkpoint).await {
+            let mut finished = count.is_some_and(|c| c.finished);
+            if !finished {
+                // Whole partitions first, where that is exactly what deleting would do.
+                finished = match run.remove_partitions(params, &mut result, checkpoint).await {
                     Ok(finished) => finished,
                     Err(error) => return Err(failed(&result, error)),
-                }
-            };
+                };
+            }
+            if finished {
+                tracing::info!(task_id = %envelope.task_id, "another copy of this task finished it; deleting nothing more");
+            } else {
+                finished = match run.delete(params, &mut result, checkpoint).await {
+                    Ok(finished) => finished,
+                    Err(error) => return Err(failed(&result, error)),
+                };
+            }
             if !finished {
                 result.runs_matched = result.runs_deleted;
                 result.duration_ms += started.elapsed().as_millis() as u64;

@@ -1,0 +1,398 @@
+//! The partition fast path: when the runs table is range-partitioned on its timestamp
+//! column, a partition whose whole range is older than the cutoff and whose every row is
+//! eligible goes whole (detached and dropped, or only detached with
+//! `RUNS_PARTITIONS=detach`) instead of row by row.
+//!
+//! It is taken only when dropping a partition does exactly what deleting its rows would:
+//! no scope and no `max_rows` on the task (a partition holds other scopes' rows, and a cap
+//! takes rows one by one), no foreign key referencing the table (a cascade would not run),
+//! and no `DELETE` trigger on it (the application's triggers would not fire). Under an
+//! `ACCESS EXCLUSIVE` lock on the partition the worker checks again that it is still
+//! attached with the same bounds and that every row in it is eligible; then it detaches
+//! and drops it, and adds its rows to the task's committed count, all in one transaction
+//! under the batch time limits. The last partition is never removed (the table would
+//! accept no row). A partition that fails any of this is left to the row-by-row batches.
+
+use shared::results::{RunsPartition, RunsResult};
+use shared::tasks::CleanupRunsParams;
+use sqlx::PgPool;
+
+use super::progress::ProgressTable;
+use super::schema::Schema;
+use super::{Run, RunsTable};
+use crate::executor::{Checkpoint, ExecError};
+
+/// RUNS_PARTITIONS: what happens to a partition that may go whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PartitionMode {
+    /// Detach it and drop it.
+    Drop,
+    /// Detach it and keep it as a table of its own (to archive it, say).
+    Detach,
+    /// Never: every row goes by batches.
+    Off,
+}
+
+impl PartitionMode {
+    /// What the result says happened to a partition.
+    pub fn action(self) -> &'static str {
+        match self {
+            PartitionMode::Drop | PartitionMode::Off => "dropped",
+            PartitionMode::Detach => "detached",
+        }
+    }
+}
+
+/// A partition whose range ends at or before the cutoff.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub oid: i64,
+    /// As PostgreSQL names it (`regclass` output: quoted where needed).
+    pub name: String,
+    /// Its bound as the catalog prints it, to see that it did not change.
+    pub bound: String,
+}
+
+/// Why the fast path is not taken for a table, if it is not.
+pub async fn obstacle(pool: &PgPool, table: &RunsTable) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(bool, bool, bool)> = sqlx::query_as(
+        "SELECT pt.partstrat = 'r' AND pt.partnatts = 1
+                    AND pt.partattrs[0] = a.attnum AND pt.partexprs IS NULL,
+                EXISTS (SELECT 1 FROM pg_constraint k
+                        WHERE k.contype = 'f'
+                          AND k.confrelid IN (SELECT relid FROM pg_partition_tree(pt.partrelid))),
+                EXISTS (SELECT 1 FROM pg_trigger tg
+                        WHERE tg.tgrelid IN (SELECT relid FROM pg_partition_tree(pt.partrelid))
+                          AND NOT tg.tgisinternal AND (tg.tgtype & 8) <> 0)
+         FROM pg_partitioned_table pt
+         JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attname = $2
+         WHERE pt.partrelid = to_regclass($1)",
+    )
+    .bind(&table.table)
+    .bind(&table.names.timestamp)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        None => Some("not a partitioned table".to_owned()),
+        Some((false, _, _)) => Some(format!(
+            "not range-partitioned on {} alone",
+            table.timestamp
+        )),
+        Some((_, true, _)) => {
+            Some("a foreign key references it (dropping would skip the cascade)".to_owned())
+        }
+        Some((_, _, true)) => {
+            Some("it has a DELETE trigger (dropping would not fire it)".to_owned())
+        }
+        Some((true, false, false)) => None,
+    })
+}
+
+/// The upper bound of a single-column range partition's `FOR VALUES FROM (..) TO (..)`,
+/// as the literal's text; `None` for `MAXVALUE`, a default partition or anything else.
+pub fn upper_bound(bound: &str) -> Option<String> {
+    let upper = bound
+        .strip_prefix("FOR VALUES FROM (")?
+        .rsplit_once(") TO (")?
+        .1
+        .strip_suffix(')')?;
+    let inner = upper.strip_prefix('\'')?.strip_suffix('\'')?;
+    Some(inner.replace("''", "'"))
+}
+
+/// The partitions whose whole range is older than the cutoff (`$2`), oldest first; never
+/// every partition of the table.
+pub async fn candidates(
+    pool: &PgPool,
+    table: &RunsTable,
+    schema: &Schema,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Candidate>, sqlx::Error> {
+    let partitions: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT c.oid::int8, c.oid::regclass::text, pg_get_expr(c.relpartbound, c.oid)
+         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = to_regclass($1)",
+    )
+    .bind(&table.table)
+    .fetch_all(pool)
+    .await?;
+    let bounded: Vec<(usize, String)> = partitions
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, _, bound))| upper_bound(bound).map(|u| (i, u)))
+        .collect();
+    let uppers: Vec<&str> = bounded.iter().map(|(_, u)| u.as_str()).collect();
+    // 1-based positions in `uppers` of the bounds at or before the cutoff, oldest first.
+    let older: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT b.i FROM unnest($1::text[]) WITH ORDINALITY AS b(u, i)
+         WHERE b.u::{ts} <= {cutoff} ORDER BY b.u::{ts}",
+        ts = schema.ts_type,
+        cutoff = schema.cutoff_expr()
+    ))
+    .bind(&uppers)
+    .bind(cutoff)
+    .fetch_all(pool)
+    .await?;
+    let mut chosen: Vec<Candidate> = older
+        .into_iter()
+        .filter_map(|i| bounded.get(usize::try_from(i).ok()? - 1))
+        .map(|(at, _)| {
+            let (oid, name, bound) = &partitions[*at];
+            Candidate {
+                oid: *oid,
+                name: name.clone(),
+                bound: bound.clone(),
+            }
+        })
+        .collect();
+    if chosen.len() >= partitions.len() {
+        // Keep the newest attached: a table with no partition accepts no row.
+        chosen.pop();
+    }
+    Ok(chosen)
+}
+
+/// Rows in a partition, and how many of them are not eligible (`eligible` on `$1`/`$2`).
+pub fn census_sql(partition: &str, eligible: &str) -> String {
+    format!(
+        "SELECT count(*), count(*) FILTER (WHERE NOT coalesce({eligible}, false))
+         FROM {partition}"
+    )
+}
+
+/// What removing one partition did.
+pub enum Removal {
+    /// Removed: its rows, and the task's committed count after it.
+    Removed { rows: u64, total: u64 },
+    /// Left to the batches: why.
+    Kept(String),
+    /// Another copy of the task finished it.
+    Finished,
+}
+
+/// The statements of one removal, in one transaction already holding the task's
+/// progress row.
+pub struct RemoveSql {
+    pub lock: String,
+    pub still_attached: String,
+    pub detach: String,
+    pub drop: Option<String>,
+    pub count: String,
+}
+
+impl RemoveSql {
+    pub fn new(
+        table: &RunsTable,
+        progress: &ProgressTable,
+        c: &Candidate,
+        mode: PartitionMode,
+    ) -> Self {
+        Self {
+            lock: format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", c.name),
+            still_attached: "SELECT EXISTS (
+                 SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE c.oid = $1::int8::oid AND i.inhparent = to_regclass($2)
+                   AND pg_get_expr(c.relpartbound, c.oid) = $3)"
+                .to_owned(),
+            detach: format!("ALTER TABLE {} DETACH PARTITION {}", table.table, c.name),
+            drop: (mode == PartitionMode::Drop).then(|| format!("DROP TABLE {}", c.name)),
+            count: format!(
+                "UPDATE {} SET runs_deleted = runs_deleted + $2 WHERE task_id = $1 RETURNING runs_deleted",
+                progress.name()
+            ),
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Whether this task may take the fast path, and the partitions it would take: none
+    /// (logged once per reason) when the table or the task does not allow it.
+    async fn fast_path(&self, params: &CleanupRunsParams) -> Result<Vec<Candidate>, sqlx::Error> {
+        let executor = self.executor;
+        if executor.partitions == PartitionMode::Off
+            || params.max_rows.is_some()
+            || !self.scope.is_empty()
+        {
+            return Ok(Vec::new());
+        }
+        if let Some(reason) = obstacle(&executor.pool, &executor.table).await? {
+            tracing::debug!(%reason, "no partition fast path");
+            return Ok(Vec::new());
+        }
+        candidates(
+            &executor.pool,
+            &executor.table,
+            &self.statements.schema,
+            self.cutoff,
+        )
+        .await
+    }
+
+    /// A dry run: the partitions that would go whole now (every row eligible), with their
+    /// rows. They are among `runs_matched` already.
+    pub(super) async fn partitions_dry_run(
+        &self,
+        params: &CleanupRunsParams,
+        result: &mut RunsResult,
+    ) -> Result<(), ExecError> {
+        let found = self
+            .retry(|| self.fast_path(params))
+            .await
+            .map_err(|e| ExecError::from_sqlx("failed to read the runs partitions", &e))?;
+        for candidate in found {
+            let census = census_sql(&candidate.name, &self.statements.eligible);
+            let (rows, blocking): (i64, i64) = self
+                .retry(|| {
+                    sqlx::query_as(&census)
+                        .bind(self.statuses)
+                        .bind(self.cutoff)
+                        .fetch_one(&self.executor.pool)
+                })
+                .await
+                .map_err(|e| ExecError::from_sqlx("failed to count a partition's runs", &e))?;
+            if blocking == 0 {
+                result.partitions.push(RunsPartition {
+                    name: candidate.name,
+                    rows: rows.max(0) as u64,
+                    action: self.executor.partitions.action().to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove every partition that may go whole, oldest first, each in its own
+    /// transaction; what cannot go is left to the batches. Returns true when another copy
+    /// of the task had finished it.
+    pub(super) async fn remove_partitions(
+        &self,
+        params: &CleanupRunsParams,
+        result: &mut RunsResult,
+        checkpoint: &Checkpoint,
+    ) -> Result<bool, ExecError> {
+        let found = self
+            .retry(|| self.fast_path(params))
+            .await
+            .map_err(|e| ExecError::from_sqlx("failed to read the runs partitions", &e))?;
+        for candidate in found {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let removal = match self.remove_partition(&candidate, result.runs_deleted).await {
+                Ok(removal) => removal,
+                Err(error) => Removal::Kept(error.to_string()),
+            };
+            match removal {
+                Removal::Finished => return Ok(true),
+                Removal::Kept(reason) => {
+                    tracing::info!(partition = %candidate.name, %reason, "partition left to the batches");
+                }
+                Removal::Removed { rows, total } => {
+                    let action = self.executor.partitions.action();
+                    tracing::info!(partition = %candidate.name, rows, action, "removed a whole partition of runs");
+                    result.runs_deleted = result.runs_deleted.max(total);
+                    result.partitions.push(RunsPartition {
+                        name: candidate.name.clone(),
+                        rows,
+                        action: action.to_owned(),
+                    });
+                    checkpoint.record(serde_json::to_value(&*result).expect("progress serializes"));
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Remove one partition if it still may go, in one transaction.
+    async fn remove_partition(
+        &self,
+        candidate: &Candidate,
+        known: u64,
+    ) -> Result<Removal, sqlx::Error> {
+        let executor = self.executor;
+        let sql = RemoveSql::new(
+            &executor.table,
+            &executor.progress,
+            candidate,
+            executor.partitions,
+        );
+        let mut tx = executor
+            .pool
+            .begin_with(super::batches::begin_sql(executor.timeouts))
+            .await?;
+        if self.cancel.is_cancelled() {
+            return Ok(Removal::Kept("the turn was stopped".to_owned()));
+        }
+        let (_, finished): (i64, bool) = sqlx::query_as(&executor.progress.open_batch_sql())
+            .bind(self.task_id)
+            .bind(known as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+        if finished {
+            return Ok(Removal::Finished);
+        }
+        sqlx::query(&sql.lock).execute(&mut *tx).await?;
+        let attached: bool = sqlx::query_scalar(&sql.still_attached)
+            .bind(candidate.oid)
+            .bind(&executor.table.table)
+            .bind(&candidate.bound)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !attached {
+            return Ok(Removal::Kept("detached or changed meanwhile".to_owned()));
+        }
+        let (rows, blocking): (i64, i64) =
+            sqlx::query_as(&census_sql(&candidate.name, &self.statements.eligible))
+                .bind(self.statuses)
+                .bind(self.cutoff)
+                .fetch_one(&mut *tx)
+                .await?;
+        if blocking > 0 {
+            return Ok(Removal::Kept(format!(
+                "{blocking} of its rows are not eligible (not finished, or not old enough)"
+            )));
+        }
+        sqlx::query(&sql.detach).execute(&mut *tx).await?;
+        if let Some(drop) = &sql.drop {
+            sqlx::query(drop).execute(&mut *tx).await?;
+        }
+        let total: i64 = sqlx::query_scalar(&sql.count)
+            .bind(self.task_id)
+            .bind(rows)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Removal::Removed {
+            rows: rows.max(0) as u64,
+            total: total.max(0) as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upper_bound;
+
+    #[test]
+    fn the_upper_bound_is_read_from_the_catalog_text() {
+        assert_eq!(
+            upper_bound("FOR VALUES FROM ('2026-01-01 00:00:00+00') TO ('2026-02-01 00:00:00+00')")
+                .as_deref(),
+            Some("2026-02-01 00:00:00+00")
+        );
+        assert_eq!(
+            upper_bound("FOR VALUES FROM (MINVALUE) TO ('2026-02-01')").as_deref(),
+            Some("2026-02-01")
+        );
+        assert_eq!(
+            upper_bound("FOR VALUES FROM ('2026-02-01') TO (MAXVALUE)"),
+            None
+        );
+        assert_eq!(upper_bound("DEFAULT"), None);
+        assert_eq!(upper_bound("FOR VALUES IN ('a')"), None);
+        assert_eq!(
+            upper_bound("FOR VALUES FROM ('a') TO ('it''s')").as_deref(),
+            Some("it's")
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! The partition fast path: old partitions whose every row is eligible go whole; a
+//! partition with one row that is not eligible, the last partition, and tables whose
+//! partitions cannot be dropped exactly like their rows would be deleted are cleaned row by
+//! row.
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::runs_safety::{count, database};
+use test_support::*;
+
+const RUNS: &str = "/maintenance/cleanup-runs";
+
+/// Monthly partitions of 2020, a catch-all for later rows, a default partition, and in
+/// them: January all finished (100), February finished (50) but one running, March all
+/// failed (30), after April 20 finished and 15 young or running, the default 7 finished.
+/// 207 rows are eligible.
+const MONTHS: &str = "
+    CREATE TABLE runs (id bigint NOT NULL, status text NOT NULL, finished_at timestamptz NOT NULL,
+                       PRIMARY KEY (id, finished_at)) PARTITION BY RANGE (finished_at);
+    CREATE TABLE runs_2020_01 PARTITION OF runs FOR VALUES FROM ('2020-01-01') TO ('2020-02-01');
+    CREATE TABLE runs_2020_02 PARTITION OF runs FOR VALUES FROM ('2020-02-01') TO ('2020-03-01');
+    CREATE TABLE runs_2020_03 PARTITION OF runs FOR VALUES FROM ('2020-03-01') TO ('2020-04-01');
+    CREATE TABLE runs_later PARTITION OF runs FOR VALUES FROM ('2020-04-01') TO (MAXVALUE);
+    CREATE TABLE runs_default PARTITION OF runs DEFAULT;
+    INSERT INTO runs SELECT g, 'succeeded', timestamptz '2020-01-02' + make_interval(hours => g)
+    FROM generate_series(1, 100) g;
+    INSERT INTO runs SELECT 1000 + g, 'succeeded', timestamptz '2020-02-02' + make_interval(hours => g)
+    FROM generate_series(1, 50) g;
+    INSERT INTO runs VALUES (1100, 'running', '2020-02-20');
+    INSERT INTO runs SELECT 2000 + g, 'failed', timestamptz '2020-03-02' + make_interval(hours => g)
+    FROM generate_series(1, 30) g;
+    INSERT INTO runs SELECT 3000 + g, 'succeeded', timestamptz '2020-05-02' + make_interval(hours => g)
+    FROM generate_series(1, 20) g;
+    INSERT INTO runs SELECT 3100 + g, 'succeeded', now() - interval '1 hour' FROM generate_series(1, 10) g;
+    INSERT INTO runs SELECT 3200 + g, 'running', timestamptz '2020-05-01' FROM generate_series(1, 5) g;
+    INSERT INTO runs SELECT 4000 + g, 'succeeded', timestamptz '2019-06-01' + make_interval(hours => g)
+    FROM generate_series(1, 7) g;";
+
+async fn partitions(pool: &PgPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'runs'::regclass ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn table_exists(pool: &PgPool, name: &str) -> bool {
+    count(
+        pool,
+        &format!("SELECT count(*) FROM pg_tables WHERE tablename = '{name}'"),
+    )
+    .await
+        == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_partitions_whose_every_row_is_eligible_are_dropped_whole() {
+    let stack = Stack::start().await;
+    let (runs, pool) = database(MONTHS).await;
+    let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
+
+    let dry = stack
+        .run(RUNS, json!({"max_age_hours": 24, "dry_run": true}))
+        .await;
+    let result = &dry["result"];
+    assert_eq!(result["runs_matched"], 207, "{dry}");
+    assert_eq!(
+        result["partitions"],
+        json!([
+            {"name": "runs_2020_01", "rows": 100, "action": "dropped"},
+            {"name": "runs_2020_03", "rows": 30, "action": "dropped"},
+        ]),
+        "{dry}"
+    );
+    assert_eq!(partitions(&pool).await.len(), 5, "a dry run drops nothing");
+
+    let task = stack
+        .run(RUNS, json!({"max_age_hours": 24, "batch_size": 10}))
+        .await;
+    let result = &task["result"];
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(result["runs_deleted"], 207, "{task}");
+    assert_eq!(result["partitions"], dry["result"]["partitions"], "{task}");
+    assert_eq!(
+        partitions(&pool).await,
+        ["runs_2020_02", "runs_default", "runs_later"],
+        "the partition with a running row stays"
+    );
+    assert!(!table_exists(&pool, "runs_2020_01").await);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM runs").await,
+        16,
+        "the running run of February, the young and the running ones remain"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM runs WHERE status = 'running'").await,
+        6
+    );
+    worker.stop().await;
+    stack.stop().await;
+}
+
+/// Tables where dropping a partition is not the same as deleting its rows, and the last
+/// partition: everything eligible still goes, row by row, and no partition is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_stay_where_dropping_would_differ_from_deleting() {
+    let stack = Stack::start().await;
+    let two_months = "
+        CREATE TABLE runs (id bigint NOT NULL, status text NOT NULL, finished_at timestamptz NOT NULL,
+                           PRIMARY KEY (id, finished_at)) PARTITION BY RANGE (finished_at);
+        CREATE TABLE runs_2020_01 PARTITION OF runs FOR VALUES FROM ('2020-01-01') TO ('2020-02-01');
+        CREATE TABLE runs_2020_02 PARTITION OF runs FOR VALUES FROM ('2020-02-01') TO ('2020-03-01');
+        INSERT INTO runs SELECT g, 'succeeded', timestamptz '2020-01-01' + make_interval(hours => g)
+        FROM generate_series(1, 40) g;";
+    let cases = [
+        // The only partition: the table would accept no row without it.
+        (
+            "CREATE TABLE runs (id bigint NOT NULL, status text NOT NULL, finished_at timestamptz NOT NULL,
+                                PRIMARY KEY (id, finished_at)) PARTITION BY RANGE (finished_at);
+             CREATE TABLE runs_2020 PARTITION OF runs FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+             INSERT INTO runs SELECT g, 'succeeded', timestamptz '2020-01-01' + make_interval(hours => g)
+             FROM generate_series(1, 40) g;"
+                .to_owned(),
+            vec!["runs_2020"],
+            40,
+        ),
+        // Child rows that must go through the cascade.
+        (
+            format!(
+                "{two_months}
+                 CREATE TABLE run_logs (run_id bigint, run_finished_at timestamptz, line text,
+                     FOREIGN KEY (run_id, run_finished_at) REFERENCES runs ON DELETE CASCADE);
+                 INSERT INTO run_logs SELECT id, finished_at, 'x' FROM runs;"
+            ),
+            vec!["runs_2020_01", "runs_2020_02"],
+            40,
+        ),
+        // The application's own DELETE trigger (an audit, say) must fire.
+        (
+            format!(
+                "{two_months}
+                 CREATE TABLE audit (id bigint);
+                 CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS
+                     $$ BEGIN INSERT INTO audit VALUES (OLD.id); RETURN OLD; END $$;
+                 CREATE TRIGGER audit AFTER DELETE ON runs FOR EACH ROW EXECUTE FUNCTION audit();"
+            ),
+            vec!["runs_2020_01", "runs_2020_02"],
+            40,
+        ),
+    ];
+    for (setup, kept, deleted) in cases {
+        let (runs, pool) = database(&setup).await;
+        let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
+        let dry = stack
+            .run(RUNS, json!({"max_age_hours": 24, "dry_run": true}))
+            .await;
+        assert!(dry["result"].get("partitions").is_none(), "{dry}");
+        let task = stack.run(RUNS, json!({"max_age_hours": 24})).await;
+        assert_eq!(task["result"]["runs_deleted"], deleted, "{task}");
+        assert!(task["result"].get("partitions").is_none(), "{task}");
+        assert_eq!(partitions(&pool).await, kept, "{setup}");
+        assert_eq!(count(&pool, "SELECT count(*) FROM runs").await, 0);
+        if setup.contains("run_logs") {
+            assert_eq!(count(&pool, "SELECT count(*) FROM run_logs").await, 0);
+        }
+        if setup.contains("audit") {
+            assert_eq!(count(&pool, "SELECT count(*) FROM audit").await, 40);
+        }
+        worker.stop().await;
+    }
+    stack.stop().await;
+}
+
+/// `RUNS_PARTITIONS=detach` keeps the old partition as a table of its own; a scoped or
+/// capped task never takes the fast path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_is_only_detached_when_so_configured() {
+    let stack = Stack::start().await;
+    let (runs, pool) = database(MONTHS).await;
+    let worker = stack
+        .worker(&[
+            runs_database_flag(runs.url()),
+            "--runs-partitions=detach".into(),
+        ])
+        .await;
+    let capped = stack
+        .run(RUNS, json!({"max_age_hours": 24, "max_rows": 5}))
+        .await;
+    assert_eq!(capped["result"]["runs_deleted"], 5, "{capped}");
+    assert!(capped["result"].get("partitions").is_none(), "{capped}");
+    assert_eq!(partitions(&pool).await.len(), 5);
+
+    let task = stack.run(RUNS, json!({"max_age_hours": 24})).await;
+    assert_eq!(task["result"]["runs_deleted"], 202, "{task}");
+    assert_eq!(
+        task["result"]["partitions"][0]["action"], "detached",
+        "{task}"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM runs_2020_01").await,
+        100,
+        "a detached partition keeps its rows, outside the runs table"
+    );
+    assert_eq!(count(&pool, "SELECT count(*) FROM runs").await, 16);
+    worker.stop().await;
+    stack.stop().await;
+}
