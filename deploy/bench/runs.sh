@@ -11,7 +11,12 @@
 #   3  no index on finished_at, batch_size default
 #   3x case 3 again with 2 x ROWS (linearity check; prints the time ratios)
 #   4  range-partitioned by finished_at, monthly partitions, primary key (id, finished_at),
-#      btree on (finished_at, id); run_logs references (id, finished_at)
+#      btree on (finished_at, id); run_logs references (id, finished_at), so partitions are
+#      never dropped (the cascade must run): batches
+#   5  retention by partition: the layout of 4 with PART_ROWS runs (default 1,000,000), no
+#      table referencing runs and no `running` row in the older half, so every eligible
+#      row lies in a monthly partition entirely older than the cutoff: the partition fast
+#      path (RUNS_PARTITIONS=drop) against one DELETE of the same rows
 # CASES="1 3" runs a subset. A task not finished after TIMEOUT seconds (default 300) is
 # reported as such and the next case starts. Databases are named bench_runs_<pid>_* and
 # dropped on exit. Run by hand, not in CI.
@@ -19,7 +24,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROWS=${ROWS:-200000}
 TIMEOUT=${TIMEOUT:-300}
-CASES=${CASES:-"1 2 3 3x 4"}
+PART_ROWS=${PART_ROWS:-1000000}
+CASES=${CASES:-"1 2 3 3x 4 5"}
 MAX_AGE_HOURS=720
 STATUSES="'succeeded', 'failed', 'cancelled'"
 TOKEN=bench-token-0123456789abcdef
@@ -135,6 +141,38 @@ ANALYZE runs;
 SQL
 }
 
+build_retention() { # db rows
+  create_db "$1"
+  sql "$1" -v rows="$2" -v half="$(($2 / 2))" <<SQL
+CREATE TABLE runs (
+    id          bigint NOT NULL,
+    name        text NOT NULL DEFAULT '',
+    status      text NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz NOT NULL,
+    PRIMARY KEY (id, finished_at)
+) PARTITION BY RANGE (finished_at);
+CREATE INDEX runs_finished_at_id ON runs (finished_at, id);
+DO \$\$
+DECLARE m date := date_trunc('month', now() - interval '125 days');
+BEGIN
+  WHILE m <= now() + interval '1 month' LOOP
+    EXECUTE format('CREATE TABLE %I PARTITION OF runs FOR VALUES FROM (%L) TO (%L)',
+                   'runs_' || to_char(m, 'YYYY_MM'), m, m + interval '1 month');
+    m := m + interval '1 month';
+  END LOOP;
+END \$\$;
+-- Logs exist but reference nothing: no cascade stands in the way.
+CREATE TABLE run_logs (run_id bigint, line text);
+-- Runs still going are all recent here.
+INSERT INTO runs (id, name, status, started_at, finished_at)
+SELECT id, name, CASE WHEN status = 'running' AND id <= :half THEN 'succeeded' ELSE status END,
+       finished_at - interval '10 minutes', finished_at FROM ($ROW_SELECT) r;
+VACUUM ANALYZE;
+ANALYZE runs;
+SQL
+}
+
 eligible() { value "$1" "SELECT count(*) FROM runs WHERE status IN ($STATUSES) AND finished_at < now() - interval '$MAX_AGE_HOURS hours'"; }
 
 # ---- the API, once ---------------------------------------------------------------------
@@ -184,7 +222,7 @@ while True:
     time.sleep(0.05)
 res = t.get("result") or {}
 print(t["status"], task_id, f"{wall:.3f}", res.get("runs_deleted", "-"), res.get("batches", "-"),
-      res.get("duration_ms", "-"), res.get("turns", "-"), t["attempts"], res.get("strategy") or "-",
+      res.get("duration_ms", "-"), res.get("turns", "-"), t["attempts"], (res.get("strategy") or "-") + (f"+{len(res['partitions'])}_partitions" if res.get("partitions") else ""),
       json.dumps(t.get("error")) if t["status"] != "succeeded" else "")
 PY
 }
@@ -235,12 +273,14 @@ if has_case 1 || has_case 2; then build_plain "${DB}_tpl_indexed" "$ROWS" yes; f
 if has_case 3 || has_case 3x; then build_plain "${DB}_tpl_noindex" "$ROWS" no; fi
 if has_case 3x; then build_plain "${DB}_tpl_noindex_2x" "$((2 * ROWS))" no; fi
 if has_case 4; then build_partitioned "${DB}_tpl_partitioned" "$ROWS"; fi
+if has_case 5; then build_retention "${DB}_tpl_retention" "$PART_ROWS"; fi
 
 has_case 1 && run_case indexed "1 indexed, batch 1000" "${DB}_tpl_indexed" ""
 has_case 2 && run_case indexed10k "2 indexed, batch 10000" "${DB}_tpl_indexed" 10000
 has_case 3 && run_case noindex "3 no index, batch 1000" "${DB}_tpl_noindex" ""
 has_case 3x && run_case noindex2x "3x no index, batch 1000, 2xROWS" "${DB}_tpl_noindex_2x" ""
 has_case 4 && run_case partitioned "4 partitioned, batch 1000" "${DB}_tpl_partitioned" ""
+has_case 5 && run_case retention "5 partitions dropped, PART_ROWS" "${DB}_tpl_retention" ""
 
 echo
 echo "ROWS=$ROWS runs (+1 run_logs row each), cutoff $MAX_AGE_HOURS h, $(nproc) cores, one worker, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

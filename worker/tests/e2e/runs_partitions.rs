@@ -70,8 +70,8 @@ async fn old_partitions_whose_every_row_is_eligible_are_dropped_whole() {
     assert_eq!(
         result["partitions"],
         json!([
-            {"name": "runs_2020_01", "rows": 100, "action": "dropped"},
-            {"name": "runs_2020_03", "rows": 30, "action": "dropped"},
+            {"name": "public.runs_2020_01", "rows": 100, "action": "dropped"},
+            {"name": "public.runs_2020_03", "rows": 30, "action": "dropped"},
         ]),
         "{dry}"
     );
@@ -150,6 +150,18 @@ async fn partitions_stay_where_dropping_would_differ_from_deleting() {
             vec!["runs_2020_01", "runs_2020_02"],
             40,
         ),
+        // Row-level security: the worker might not see every row of a partition.
+        (
+            format!("{two_months} ALTER TABLE runs_2020_01 ENABLE ROW LEVEL SECURITY;"),
+            vec!["runs_2020_01", "runs_2020_02"],
+            40,
+        ),
+        // Published: subscribers would keep the rows a drop removes here.
+        (
+            format!("{two_months} CREATE PUBLICATION runs_feed FOR TABLE runs;"),
+            vec!["runs_2020_01", "runs_2020_02"],
+            40,
+        ),
     ];
     for (setup, kept, deleted) in cases {
         let (runs, pool) = database(&setup).await;
@@ -205,6 +217,68 @@ async fn a_partition_is_only_detached_when_so_configured() {
         "a detached partition keeps its rows, outside the runs table"
     );
     assert_eq!(count(&pool, "SELECT count(*) FROM runs").await, 16);
+    worker.stop().await;
+    stack.stop().await;
+}
+
+/// The census of a partition sees a row committed while the worker waited for its lock,
+/// even when the database makes transactions REPEATABLE READ by default (a snapshot
+/// taken before the lock would miss it, and the running row would be dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_while_the_worker_waits_for_the_partition_keeps_it() {
+    use std::time::Duration;
+    let stack = Stack::start().await;
+    let (runs, pool) = database(&format!(
+        "{MONTHS}
+         DO $$ BEGIN
+             EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = %L',
+                            current_database(), 'repeatable read');
+         END $$;"
+    ))
+    .await;
+    let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
+    // The application is inserting a running run into January, not yet committed.
+    let mut app = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO runs VALUES (9999, 'running', '2020-01-15')")
+        .execute(&mut *app)
+        .await
+        .unwrap();
+    let id = stack.enqueue(RUNS, json!({"max_age_hours": 24})).await;
+    eventually(
+        Duration::from_secs(20),
+        "the worker waits for the lock on January",
+        || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM pg_locks
+                 WHERE relation = 'runs_2020_01'::regclass AND NOT granted",
+            )
+            .await
+                > 0
+        },
+    )
+    .await;
+    app.commit().await.unwrap();
+    let task = wait_for(
+        &stack.app,
+        &id,
+        &["succeeded", "failed"],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM runs WHERE id = 9999").await,
+        1,
+        "the running run was deleted: {task}"
+    );
+    assert!(table_exists(&pool, "runs_2020_01").await, "{task}");
+    assert_eq!(task["result"]["runs_deleted"], 207, "{task}");
+    assert_eq!(
+        task["result"]["partitions"],
+        json!([{"name": "public.runs_2020_03", "rows": 30, "action": "dropped"}]),
+        "{task}"
+    );
     worker.stop().await;
     stack.stop().await;
 }

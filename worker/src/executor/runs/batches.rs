@@ -130,11 +130,13 @@ pub fn threshold_sql(t: &RunsTable, eligible: &str) -> String {
 }
 
 /// The `BEGIN` of a batch's transaction, with its time limits set locally (one round
-/// trip; a connection pooler that drops session settings cannot lift them).
+/// trip; a connection pooler that drops session settings cannot lift them), in READ
+/// COMMITTED whatever the database's default: each statement sees what was committed
+/// before it, which the row locks and the re-checks rely on.
 pub fn begin_sql(timeouts: Timeouts) -> String {
     format!(
-        "BEGIN; SET LOCAL statement_timeout = '{}ms'; SET LOCAL lock_timeout = '{}ms'; \
-         SET LOCAL synchronous_commit = {}",
+        "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL statement_timeout = '{}ms'; \
+         SET LOCAL lock_timeout = '{}ms'; SET LOCAL synchronous_commit = {}",
         timeouts.statement.as_millis(),
         timeouts.lock.as_millis(),
         // A commit that does not wait for its WAL flush: one flush per batch otherwise

@@ -6,12 +6,15 @@
 //! It is taken only when dropping a partition does exactly what deleting its rows would:
 //! no scope and no `max_rows` on the task (a partition holds other scopes' rows, and a cap
 //! takes rows one by one), no foreign key referencing the table (a cascade would not run),
-//! and no `DELETE` trigger on it (the application's triggers would not fire). Under an
-//! `ACCESS EXCLUSIVE` lock on the partition the worker checks again that it is still
-//! attached with the same bounds and that every row in it is eligible; then it detaches
-//! and drops it, and adds its rows to the task's committed count, all in one transaction
-//! under the batch time limits. The last partition is never removed (the table would
-//! accept no row). A partition that fails any of this is left to the row-by-row batches.
+//! no `DELETE` trigger (the application's triggers would not fire), no row-level security
+//! (the worker might not see every row), no logical replication (subscribers would keep
+//! the rows). One removal is one READ COMMITTED transaction: writes to the partition held
+//! off (`SHARE`) while the worker checks that it is still attached under its name with the
+//! same bounds and that every row in it is eligible; then the table and the partition
+//! locked `ACCESS EXCLUSIVE`, in the order queries lock them, waiting at most a second;
+//! the conditions checked again; detach, drop, and the rows added to the task's committed
+//! count. The last partition is never removed (the table would accept no row). A partition
+//! that fails any of this is left to the row-by-row batches.
 
 use shared::results::{RunsPartition, RunsResult};
 use shared::tasks::CleanupRunsParams;
@@ -47,44 +50,65 @@ impl PartitionMode {
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub oid: i64,
-    /// As PostgreSQL names it (`regclass` output: quoted where needed).
+    /// Schema-qualified, each part quoted where needed (`format('%I.%I')`).
     pub name: String,
     /// Its bound as the catalog prints it, to see that it did not change.
     pub bound: String,
 }
 
-/// Why the fast path is not taken for a table, if it is not.
-pub async fn obstacle(pool: &PgPool, table: &RunsTable) -> Result<Option<String>, sqlx::Error> {
-    let row: Option<(bool, bool, bool)> = sqlx::query_as(
-        "SELECT pt.partstrat = 'r' AND pt.partnatts = 1
+/// Why the fast path is not taken for a table, if it is not. Asked before listing the
+/// partitions and again under the locks of each removal.
+pub async fn obstacle<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    table: &RunsTable,
+) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(bool, bool, bool, bool, bool)> = sqlx::query_as(
+        "WITH tree AS (SELECT relid FROM pg_partition_tree(to_regclass($1)))
+         SELECT pt.partstrat = 'r' AND pt.partnatts = 1
                     AND pt.partattrs[0] = a.attnum AND pt.partexprs IS NULL,
                 EXISTS (SELECT 1 FROM pg_constraint k
-                        WHERE k.contype = 'f'
-                          AND k.confrelid IN (SELECT relid FROM pg_partition_tree(pt.partrelid))),
+                        WHERE k.contype = 'f' AND k.confrelid IN (SELECT relid FROM tree)),
                 EXISTS (SELECT 1 FROM pg_trigger tg
-                        WHERE tg.tgrelid IN (SELECT relid FROM pg_partition_tree(pt.partrelid))
-                          AND NOT tg.tgisinternal AND (tg.tgtype & 8) <> 0)
+                        WHERE tg.tgrelid IN (SELECT relid FROM tree)
+                          AND NOT tg.tgisinternal AND (tg.tgtype & 8) <> 0),
+                EXISTS (SELECT 1 FROM pg_class c
+                        WHERE c.oid IN (SELECT relid FROM tree) AND c.relrowsecurity),
+                EXISTS (SELECT 1 FROM pg_publication_tables p
+                        JOIN pg_namespace n ON n.nspname = p.schemaname
+                        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+                        WHERE c.oid IN (SELECT relid FROM tree))
+                    OR EXISTS (SELECT 1 FROM pg_publication WHERE puballtables)
          FROM pg_partitioned_table pt
          JOIN pg_attribute a ON a.attrelid = pt.partrelid AND a.attname = $2
          WHERE pt.partrelid = to_regclass($1)",
     )
     .bind(&table.table)
     .bind(&table.names.timestamp)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await?;
     Ok(match row {
         None => Some("not a partitioned table".to_owned()),
-        Some((false, _, _)) => Some(format!(
+        Some((false, ..)) => Some(format!(
             "not range-partitioned on {} alone",
             table.timestamp
         )),
-        Some((_, true, _)) => {
+        Some((_, true, ..)) => {
             Some("a foreign key references it (dropping would skip the cascade)".to_owned())
         }
-        Some((_, _, true)) => {
+        Some((_, _, true, ..)) => {
             Some("it has a DELETE trigger (dropping would not fire it)".to_owned())
         }
-        Some((true, false, false)) => None,
+        Some((_, _, _, true, _)) => Some(
+            "row-level security is enabled on it (the worker might not see every row of a \
+             partition)"
+                .to_owned(),
+        ),
+        Some((_, _, _, _, true)) => Some(
+            "it is published for logical replication (subscribers would not see a drop as \
+             deletions)"
+                .to_owned(),
+        ),
+        Some((true, false, false, false, false)) => None,
     })
 }
 
@@ -109,9 +133,11 @@ pub async fn candidates(
     cutoff: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Candidate>, sqlx::Error> {
     let partitions: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT c.oid::int8, c.oid::regclass::text, pg_get_expr(c.relpartbound, c.oid)
+        "SELECT c.oid::int8, format('%I.%I', n.nspname, c.relname),
+                pg_get_expr(c.relpartbound, c.oid)
          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent = to_regclass($1)",
+         JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE i.inhparent = to_regclass($1) AND NOT i.inhdetachpending",
     )
     .bind(&table.table)
     .fetch_all(pool)
@@ -173,12 +199,25 @@ pub enum Removal {
 /// The statements of one removal, in one transaction already holding the task's
 /// progress row.
 pub struct RemoveSql {
-    pub lock: String,
+    /// Holds off every write to the partition while its rows are counted; reads go on.
+    pub hold: String,
+    /// `$1` oid, `$2` runs table, `$3` bound, `$4` name: the partition is still attached
+    /// with the same bounds, under the same name.
     pub still_attached: String,
+    /// Wait no longer than this for the exclusive locks (every query of the table queues
+    /// behind a waiting exclusive lock).
+    pub short_wait: String,
+    /// In the order the application's queries take them: the table, then the partition.
+    pub exclusive: String,
+    /// `$1` runs table, `$2` oid: other partitions that stay attached.
+    pub others: String,
     pub detach: String,
     pub drop: Option<String>,
     pub count: String,
 }
+
+/// The longest wait for the exclusive locks of a removal.
+const EXCLUSIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl RemoveSql {
     pub fn new(
@@ -186,13 +225,28 @@ impl RemoveSql {
         progress: &ProgressTable,
         c: &Candidate,
         mode: PartitionMode,
+        lock_timeout: std::time::Duration,
     ) -> Self {
         Self {
-            lock: format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", c.name),
+            hold: format!("LOCK TABLE {} IN SHARE MODE", c.name),
             still_attached: "SELECT EXISTS (
                  SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                  WHERE c.oid = $1::int8::oid AND i.inhparent = to_regclass($2)
-                   AND pg_get_expr(c.relpartbound, c.oid) = $3)"
+                   AND NOT i.inhdetachpending
+                   AND pg_get_expr(c.relpartbound, c.oid) = $3
+                   AND to_regclass($4) = c.oid)"
+                .to_owned(),
+            short_wait: format!(
+                "SET LOCAL lock_timeout = '{}ms'",
+                lock_timeout.min(EXCLUSIVE_WAIT).as_millis()
+            ),
+            exclusive: format!(
+                "LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE",
+                table.table, c.name
+            ),
+            others: "SELECT count(*) FROM pg_inherits
+                     WHERE inhparent = to_regclass($1) AND inhrelid <> $2::int8::oid
+                       AND NOT inhdetachpending"
                 .to_owned(),
             detach: format!("ALTER TABLE {} DETACH PARTITION {}", table.table, c.name),
             drop: (mode == PartitionMode::Drop).then(|| format!("DROP TABLE {}", c.name)),
@@ -303,7 +357,9 @@ impl Run<'_> {
         Ok(false)
     }
 
-    /// Remove one partition if it still may go, in one transaction.
+    /// Remove one partition if it still may go, in one transaction: its writes held off
+    /// while its rows are counted, then the table and the partition locked exclusively
+    /// (briefly) for the detach and the drop.
     async fn remove_partition(
         &self,
         candidate: &Candidate,
@@ -315,11 +371,16 @@ impl Run<'_> {
             &executor.progress,
             candidate,
             executor.partitions,
+            executor.timeouts.lock,
         );
-        let mut tx = executor
-            .pool
-            .begin_with(super::batches::begin_sql(executor.timeouts))
-            .await?;
+        // READ COMMITTED (whatever the database's default): each statement sees what was
+        // committed before it, so the count below sees every row once the lock is held.
+        // Row security off: a policy that would hide rows makes the count fail instead.
+        let begin = format!(
+            "{}; SET LOCAL row_security = off",
+            super::batches::begin_sql(executor.timeouts)
+        );
+        let mut tx = executor.pool.begin_with(begin).await?;
         if self.cancel.is_cancelled() {
             return Ok(Removal::Kept("the turn was stopped".to_owned()));
         }
@@ -331,15 +392,18 @@ impl Run<'_> {
         if finished {
             return Ok(Removal::Finished);
         }
-        sqlx::query(&sql.lock).execute(&mut *tx).await?;
+        sqlx::query(&sql.hold).execute(&mut *tx).await?;
         let attached: bool = sqlx::query_scalar(&sql.still_attached)
             .bind(candidate.oid)
             .bind(&executor.table.table)
             .bind(&candidate.bound)
+            .bind(&candidate.name)
             .fetch_one(&mut *tx)
             .await?;
         if !attached {
-            return Ok(Removal::Kept("detached or changed meanwhile".to_owned()));
+            return Ok(Removal::Kept(
+                "detached, renamed or changed meanwhile".to_owned(),
+            ));
         }
         let (rows, blocking): (i64, i64) =
             sqlx::query_as(&census_sql(&candidate.name, &self.statements.eligible))
@@ -351,6 +415,21 @@ impl Run<'_> {
             return Ok(Removal::Kept(format!(
                 "{blocking} of its rows are not eligible (not finished, or not old enough)"
             )));
+        }
+        sqlx::query(&sql.short_wait).execute(&mut *tx).await?;
+        sqlx::query(&sql.exclusive).execute(&mut *tx).await?;
+        // What may have changed before the first lock: triggers, keys, policies, the
+        // partitions that stay.
+        if let Some(reason) = obstacle(&mut *tx, &executor.table).await? {
+            return Ok(Removal::Kept(reason));
+        }
+        let others: i64 = sqlx::query_scalar(&sql.others)
+            .bind(&executor.table.table)
+            .bind(candidate.oid)
+            .fetch_one(&mut *tx)
+            .await?;
+        if others == 0 {
+            return Ok(Removal::Kept("it is the last partition".to_owned()));
         }
         sqlx::query(&sql.detach).execute(&mut *tx).await?;
         if let Some(drop) = &sql.drop {
