@@ -247,6 +247,7 @@ async fn a_wall_clock_cutoff_is_safe_in_the_hour_a_clock_change_repeats() {
         id_type: "bigint".into(),
         ts_type: "timestamp without time zone".into(),
         scope_types: Default::default(),
+        partitioned: false,
     };
     let cutoff_wall = |instant: &'static str| {
         let sql = format!("SELECT ({})::text", schema.cutoff_expr());
@@ -290,6 +291,7 @@ async fn a_wall_clock_cutoff_is_safe_in_the_hour_a_clock_change_repeats() {
         id_type: "bigint".into(),
         ts_type: "timestamp without time zone".into(),
         scope_types: Default::default(),
+        partitioned: false,
     };
     let bound: String =
         sqlx::query_scalar(&format!("SELECT ({})::text", troll_schema.cutoff_expr()))

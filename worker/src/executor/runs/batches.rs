@@ -93,24 +93,32 @@ pub fn delete_sql(
     }
     let ascending: Vec<String> = order.iter().map(|c| c.to_string()).collect();
     let descending: Vec<String> = order.iter().map(|c| format!("{c} DESC")).collect();
-    let (key, key_columns) = (schema.key_expr(), schema.key.join(", "));
+    // The rows the batch locked, by their physical address (a TID scan: no second walk
+    // of the key's index); in a partitioned table an address names a row only within its
+    // partition, so by key there.
+    let target = if schema.partitioned {
+        let (key, key_columns) = (schema.key_expr(), schema.key.join(", "));
+        format!("{key} IN (SELECT {key_columns} FROM batch)")
+    } else {
+        "ctid = ANY(ARRAY(SELECT ctid FROM batch))".to_owned()
+    };
     let sql = format!(
         "WITH batch AS (
-             SELECT {id}, {ts} FROM {table} WHERE {condition}
+             SELECT ctid, {id}, {ts} FROM {table} WHERE {condition}
              ORDER BY {asc} LIMIT $3 FOR UPDATE SKIP LOCKED
          ), gone AS (
-             DELETE FROM {table} WHERE {key} IN (SELECT {key_columns} FROM batch)
-                 AND {eligible}
+             DELETE FROM {table} WHERE {target} AND {eligible}
              RETURNING {id}
          ), last AS (
-             SELECT {ts}::text AS ts, {id}::text AS id FROM batch ORDER BY {desc} LIMIT 1
+             SELECT {ts}::text AS last_ts, {id}::text AS last_id FROM batch
+             ORDER BY {desc} LIMIT 1
          ), counted AS (
              UPDATE {progress} SET runs_deleted = runs_deleted + (SELECT count(*) FROM gone)
              WHERE task_id = $5 RETURNING runs_deleted
          )
          SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM batch),
                 ARRAY(SELECT {id}::text FROM gone LIMIT {sample}),
-                (SELECT ts FROM last), (SELECT id FROM last),
+                (SELECT last_ts FROM last), (SELECT last_id FROM last),
                 (SELECT runs_deleted FROM counted)",
         asc = ascending.join(", "),
         desc = descending.join(", "),

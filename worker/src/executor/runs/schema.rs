@@ -59,6 +59,8 @@ pub struct Schema {
     pub ts_type: String,
     /// SQL types of the scope columns (RUNS_SCOPE_COLUMNS), by name.
     pub scope_types: BTreeMap<String, String>,
+    /// A partitioned table: a row's `ctid` names it only within its partition.
+    pub partitioned: bool,
 }
 
 /// Why the runs table cannot be cleaned as configured.
@@ -93,7 +95,7 @@ pub async fn inspect(
     let Some(oid) = oid else {
         return Err(SchemaError::MissingTable(table.table.clone()));
     };
-    check_relation(pool, oid, &table.table, &table.names.id).await?;
+    let partitioned = check_relation(pool, oid, &table.table, &table.names.id).await?;
     let columns: Vec<Column> = sqlx::query_as(
         "SELECT attname::text AS name, format_type(atttypid, NULL) AS type_name
          FROM pg_attribute WHERE attrelid = $1::int8::oid AND attnum > 0 AND NOT attisdropped",
@@ -204,6 +206,7 @@ pub async fn inspect(
         id_type,
         ts_type,
         scope_types,
+        partitioned,
     })
 }
 
@@ -212,13 +215,13 @@ pub async fn inspect(
 /// and nothing the cleanup did not choose: no rule rewrites it, and no chain of
 /// `ON DELETE CASCADE` foreign keys leads back to the runs table (a run referencing
 /// another run, directly or through other tables, would take young or running runs
-/// with an old one).
+/// with an old one). Returns whether the table is partitioned.
 async fn check_relation(
     pool: &PgPool,
     oid: i64,
     table: &str,
     id_column: &str,
-) -> Result<(), SchemaError> {
+) -> Result<bool, SchemaError> {
     let (kind, is_partition, children, nullable_id): (String, bool, i64, bool) = sqlx::query_as(
         "SELECT c.relkind::text, c.relispartition,
                 (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid),
@@ -341,7 +344,7 @@ async fn check_relation(
              SET NULL or NO ACTION, or clean this table another way"
         )));
     }
-    Ok(())
+    Ok(kind == "p")
 }
 
 /// A zone PostgreSQL knows, or a clear refusal.
