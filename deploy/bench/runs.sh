@@ -222,7 +222,7 @@ while True:
     time.sleep(0.05)
 res = t.get("result") or {}
 print(t["status"], task_id, f"{wall:.3f}", res.get("runs_deleted", "-"), res.get("batches", "-"),
-      res.get("duration_ms", "-"), res.get("turns", "-"), t["attempts"], (res.get("strategy") or "-") + (f"+{len(res['partitions'])}_partitions" if res.get("partitions") else ""),
+      res.get("duration_ms", "-"), res.get("turns", "-"), t["attempts"], (res.get("strategy") or "-") + (f"+{len(res['partitions'])}_partitions" if res.get("partitions") else "") + f"_longest_{res.get('longest_batch_ms', '-')}ms",
       json.dumps(t.get("error")) if t["status"] != "succeeded" else "")
 PY
 }

@@ -277,7 +277,9 @@ impl Run<'_> {
                 return Ok(true);
             }
             if batch.limit > 0 {
-                sizer.record(began.elapsed());
+                let took = began.elapsed();
+                sizer.record(took);
+                result.longest_batch_ms = result.longest_batch_ms.max(took.as_millis() as u64);
             }
             if batch.last.is_some() {
                 result.cursor = batch.last;

@@ -332,10 +332,13 @@ impl Run<'_> {
             if self.cancel.is_cancelled() {
                 break;
             }
+            let began = std::time::Instant::now();
             let removal = match self.remove_partition(&candidate, result.runs_deleted).await {
                 Ok(removal) => removal,
                 Err(error) => Removal::Kept(error.to_string()),
             };
+            let took = began.elapsed().as_millis() as u64;
+            result.longest_batch_ms = result.longest_batch_ms.max(took);
             match removal {
                 Removal::Finished => return Ok(true),
                 Removal::Kept(reason) => {
