@@ -428,3 +428,55 @@ async fn the_committed_count_outranks_the_count_a_message_carries() {
     assert_eq!(result.runs_deleted, 12, "{result:?}");
     assert_eq!(count(&pool, "SELECT count(*) FROM runs").await, 28);
 }
+
+/// What a dry run counted is not a licence: rows that became running again or younger
+/// after it are not deleted by the real run, with either strategy.
+#[tokio::test]
+async fn rows_changed_after_the_dry_run_are_judged_again() {
+    use shared::tasks::{CleanupRunsParams, TaskSpec};
+    for index in ["CREATE INDEX ON runs (finished_at, id);", ""] {
+        let (_runs, pool) = database(&mixed(index)).await;
+        let executor = executor(&pool);
+        let run = |dry_run: bool| {
+            let params = CleanupRunsParams {
+                max_age_hours: 24.0,
+                dry_run,
+                statuses: None,
+                batch_size: Some(7),
+                max_rows: None,
+                max_attempts: None,
+                scope: None,
+            };
+            let envelope = shared::envelope::TaskEnvelope::new(
+                uuid::Uuid::now_v7(),
+                TaskSpec::CleanupRuns(params.clone()),
+                3,
+                chrono::Utc::now(),
+            );
+            (envelope, params)
+        };
+        let (envelope, params) = run(true);
+        let dry = run_to_the_end(&executor, &envelope, &params).await;
+        // Only `succeeded` is terminal for this executor: 100 of the 300 old rows.
+        assert_eq!(dry.runs_matched, 100, "{dry:?}");
+        sqlx::raw_sql(
+            "UPDATE runs SET status = 'running' WHERE id IN (3, 6, 9);
+             UPDATE runs SET finished_at = now() WHERE id IN (12, 15);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let (envelope, params) = run(false);
+        let real = run_to_the_end(&executor, &envelope, &params).await;
+        assert_eq!(real.runs_deleted, 95, "{index}: {real:?}");
+        assert_eq!(
+            count(
+                &pool,
+                "SELECT count(*) FROM runs WHERE id IN (3, 6, 9, 12, 15)"
+            )
+            .await,
+            5,
+            "{index}"
+        );
+    }
+}
