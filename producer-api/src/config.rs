@@ -91,6 +91,30 @@ pub struct Config {
     #[arg(long, env = "RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay_enabled: bool,
 
+    /// How long a `succeeded` task stays in the ledger after it finished.
+    #[arg(long, env = "LEDGER_RETENTION_SUCCEEDED", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub ledger_retention_succeeded: Duration,
+
+    /// How long a `failed` task stays in the ledger after it finished.
+    #[arg(long, env = "LEDGER_RETENTION_FAILED", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub ledger_retention_failed: Duration,
+
+    /// How long a `dead` task stays in the ledger after it finished.
+    #[arg(long, env = "LEDGER_RETENTION_DEAD", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub ledger_retention_dead: Duration,
+
+    /// How long a worker `stopped` or `lost` stays in the registry after it was last seen.
+    #[arg(long, env = "WORKER_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub worker_retention: Duration,
+
+    /// Tasks deleted per retention batch (one transaction, at most 30 s).
+    #[arg(long, env = "LEDGER_PRUNE_BATCH", default_value_t = 10_000)]
+    pub ledger_prune_batch: u32,
+
+    /// Time between retention rounds (one replica prunes at a time).
+    #[arg(long, env = "LEDGER_PRUNE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub ledger_prune_interval: Duration,
+
     /// Run the ledger recorder (applies worker events) in this process.
     #[arg(long, env = "RECORDER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub recorder_enabled: bool,
@@ -115,6 +139,30 @@ pub struct Config {
 
 impl Config {
     /// Check the settings hang together; the message says which one is wrong.
+    /// The ledger's retention (LEDGER_RETENTION_*, WORKER_RETENTION, LEDGER_PRUNE_*).
+    pub fn retention(&self) -> crate::ledger::retention::Retention {
+        use crate::ledger::tasks::TaskStatus;
+        crate::ledger::retention::Retention {
+            tasks: TaskStatus::ALL
+                .into_iter()
+                .filter_map(|status| {
+                    let keep = match status {
+                        TaskStatus::Succeeded => self.ledger_retention_succeeded,
+                        TaskStatus::Failed => self.ledger_retention_failed,
+                        TaskStatus::Dead => self.ledger_retention_dead,
+                        TaskStatus::Queued | TaskStatus::Running | TaskStatus::Retrying => {
+                            return None
+                        }
+                    };
+                    Some((status, keep))
+                })
+                .collect(),
+            workers: self.worker_retention,
+            batch: self.ledger_prune_batch,
+            every: self.ledger_prune_interval,
+        }
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.api_tokens.iter().all(|t| t.trim().is_empty()) && !self.auth_disabled {
             anyhow::bail!(
@@ -143,6 +191,12 @@ impl Config {
         }
         if self.relay_batch_size == 0 {
             anyhow::bail!("RELAY_BATCH_SIZE must be at least 1");
+        }
+        if self.ledger_prune_batch == 0 {
+            anyhow::bail!("LEDGER_PRUNE_BATCH must be at least 1");
+        }
+        if self.ledger_prune_interval.is_zero() {
+            anyhow::bail!("LEDGER_PRUNE_INTERVAL must be longer than 0");
         }
         if self.relay_publish_timeout.is_zero() {
             anyhow::bail!("RELAY_PUBLISH_TIMEOUT must be longer than 0");

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub ledger_tasks: IntGaugeVec,
     pub recorder_events: IntCounterVec,
     pub recorder_lag: Histogram,
+    pub ledger_pruned: IntCounterVec,
+    pub workers_pruned: IntCounter,
 }
 
 impl Metrics {
@@ -134,9 +136,24 @@ impl Metrics {
             &["kind", "status"],
         )
         .expect("valid metric");
+        let ledger_pruned = IntCounterVec::new(
+            Opts::new(
+                names::LEDGER_PRUNED_TOTAL,
+                "Finished tasks deleted from the ledger by retention, by status.",
+            ),
+            &["status"],
+        )
+        .expect("valid metric");
+        let workers_pruned = IntCounter::new(
+            names::WORKERS_PRUNED_TOTAL,
+            "Workers stopped or lost longer than WORKER_RETENTION, removed from the registry.",
+        )
+        .expect("valid metric");
         let registry = names::registry_with(
             "producer-api",
             vec![
+                Box::new(ledger_pruned.clone()),
+                Box::new(workers_pruned.clone()),
                 Box::new(recorder_events.clone()) as Box<dyn prometheus::core::Collector>,
                 Box::new(ledger_last_success.clone()),
                 Box::new(ledger_tasks.clone()),
@@ -171,6 +188,8 @@ impl Metrics {
             ledger_tasks,
             recorder_events,
             recorder_lag,
+            ledger_pruned,
+            workers_pruned,
         }
     }
 

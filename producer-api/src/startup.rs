@@ -23,6 +23,7 @@ pub struct Application {
     state: AppState,
     relay: Option<Relay>,
     recorder: Option<Recorder>,
+    retention: crate::ledger::retention::Retention,
 }
 
 impl Application {
@@ -113,6 +114,7 @@ impl Application {
             state,
             relay,
             recorder,
+            retention: config.retention(),
         })
     }
 
@@ -130,6 +132,12 @@ impl Application {
             tracker.spawn(recorder.run(shutdown.clone()));
             tracker.spawn(crate::ledger::workers::run_sweeper(
                 self.state.pool.clone(),
+                shutdown.clone(),
+            ));
+            tracker.spawn(crate::ledger::retention::run(
+                self.state.pool.clone(),
+                self.retention.clone(),
+                self.state.metrics.clone(),
                 shutdown.clone(),
             ));
         }

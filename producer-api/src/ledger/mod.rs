@@ -6,12 +6,15 @@
 //! - [`transitions`]: how worker events and dead-lettered messages move a task, every
 //!   move under one guard rule, applied in batches by the recorder;
 //! - [`outbox`]: what the relay claims, and what it records once RabbitMQ confirmed;
-//! - [`workers`]: the worker registry, fed by heartbeats.
+//! - [`workers`]: the worker registry, fed by heartbeats;
+//! - [`retention`]: what leaves the ledger: finished tasks past their status's retention
+//!   and departed workers.
 //!
 //! The HTTP handlers, the relay and the recorder call these functions; none of them
 //! writes SQL of its own.
 
 pub mod outbox;
+pub mod retention;
 pub mod tasks;
 pub mod transitions;
 pub mod workers;

@@ -34,6 +34,14 @@ impl TaskStatus {
         TaskStatus::Dead,
     ];
 
+    /// A status no event moves a task out of.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Dead
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             TaskStatus::Queued => "queued",

@@ -7,5 +7,6 @@ mod idempotency;
 mod outages;
 mod recorder;
 mod relay;
+mod retention;
 mod transitions;
 mod validation;

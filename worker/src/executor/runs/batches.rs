@@ -103,7 +103,7 @@ pub fn delete_sql(
         "ctid = ANY(ARRAY(SELECT ctid FROM batch))".to_owned()
     };
     let sql = format!(
-        "WITH batch AS (
+        "WITH batch AS MATERIALIZED (
              SELECT ctid, {id}, {ts} FROM {table} WHERE {condition}
              ORDER BY {asc} LIMIT $3 FOR UPDATE SKIP LOCKED
          ), gone AS (
