@@ -7,6 +7,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod recorder;
 pub mod relay;
+pub mod schedules;
 pub mod startup;
 
 pub use config::Config;

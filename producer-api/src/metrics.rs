@@ -26,6 +26,8 @@ pub struct Metrics {
     pub recorder_lag: Histogram,
     pub ledger_pruned: IntCounterVec,
     pub workers_pruned: IntCounter,
+    pub schedule_fired: IntCounterVec,
+    pub schedule_skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -149,9 +151,27 @@ impl Metrics {
             "Workers stopped or lost longer than WORKER_RETENTION, removed from the registry.",
         )
         .expect("valid metric");
+        let schedule_fired = IntCounterVec::new(
+            Opts::new(
+                names::SCHEDULE_FIRED_TOTAL,
+                "Tasks fired by schedules, by schedule.",
+            ),
+            &["schedule"],
+        )
+        .expect("valid metric");
+        let schedule_skipped = IntCounterVec::new(
+            Opts::new(
+                names::SCHEDULE_SKIPPED_TOTAL,
+                "Schedule windows that fired nothing (overlap, catch_up: skip), by schedule.",
+            ),
+            &["schedule"],
+        )
+        .expect("valid metric");
         let registry = names::registry_with(
             "producer-api",
             vec![
+                Box::new(schedule_fired.clone()),
+                Box::new(schedule_skipped.clone()),
                 Box::new(ledger_pruned.clone()),
                 Box::new(workers_pruned.clone()),
                 Box::new(recorder_events.clone()) as Box<dyn prometheus::core::Collector>,
@@ -190,6 +210,8 @@ impl Metrics {
             recorder_lag,
             ledger_pruned,
             workers_pruned,
+            schedule_fired,
+            schedule_skipped,
         }
     }
 

@@ -134,6 +134,12 @@ impl Application {
                 self.state.pool.clone(),
                 shutdown.clone(),
             ));
+            tracker.spawn(crate::schedules::run(
+                self.state.pool.clone(),
+                self.state.max_attempts,
+                self.state.metrics.clone(),
+                shutdown.clone(),
+            ));
             tracker.spawn(crate::ledger::retention::run(
                 self.state.pool.clone(),
                 self.retention.clone(),

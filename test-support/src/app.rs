@@ -137,6 +137,23 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Any method, with the token and an optional JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.address))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
     /// `GET` with the token.
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client

@@ -30,8 +30,12 @@ pub enum ApiError {
     #[error("{detail}")]
     InvalidParameters {
         detail: String,
-        field: Option<&'static str>,
+        field: Option<String>,
     },
+    /// 409: the request conflicts with what is stored (a name taken, a schedule managed
+    /// by a file).
+    #[error("{0}")]
+    Conflict(String),
     /// 422: the idempotency key was already used for a different request.
     #[error("Idempotency-Key `{key}` was already used for task {task_id} with a different request; use a new key for a new request")]
     IdempotencyKeyReused { key: String, task_id: Uuid },
@@ -96,6 +100,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidParameters { .. } | ApiError::IdempotencyKeyReused { .. } => {
@@ -111,6 +116,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad-request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound(_) => "not-found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType => "unsupported-media-type",
             ApiError::InvalidParameters { .. } => "invalid-parameters",
@@ -128,7 +134,7 @@ impl ApiError {
             status: status.as_u16(),
             detail: self.to_string(),
             field: match self {
-                ApiError::InvalidParameters { field, .. } => field.map(String::from),
+                ApiError::InvalidParameters { field, .. } => field.clone(),
                 _ => None,
             },
             task_id: match self {

@@ -20,6 +20,7 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod openapi;
+pub mod schedules;
 pub mod tasks;
 pub mod workers;
 
@@ -41,13 +42,13 @@ pub struct AppState {
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(state: AppState) -> Router {
-    let protected =
-        tasks::router()
-            .merge(workers::router())
-            .route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_token,
-            ));
+    let protected = tasks::router()
+        .merge(workers::router())
+        .merge(schedules::router())
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .merge(protected)
         .merge(health::router())

@@ -60,6 +60,12 @@ pub struct TaskView {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// When the relay last handed an attempt to RabbitMQ.
     pub published_at: Option<DateTime<Utc>>,
+    /// The schedule that fired the task (absent for a POST).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// The window it fired for: its cutoff is computed from this time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
 }
 
 impl From<TaskRow> for TaskView {
@@ -80,6 +86,8 @@ impl From<TaskRow> for TaskView {
             finished_at: row.finished_at,
             next_attempt_at: row.next_attempt_at,
             published_at: row.published_at,
+            schedule: row.schedule,
+            scheduled_for: row.scheduled_for,
         }
     }
 }
@@ -148,7 +156,7 @@ async fn enqueue(
     task.validate(&state.rules)
         .map_err(|e| ApiError::InvalidParameters {
             detail: format!("invalid parameters: {e}"),
-            field: Some(e.field),
+            field: Some(e.field.to_owned()),
         })?;
     let key = idempotency_key(headers)?;
     let max_attempts = task.max_attempts().unwrap_or(state.max_attempts);

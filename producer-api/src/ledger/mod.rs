@@ -7,6 +7,8 @@
 //!   move under one guard rule, applied in batches by the recorder;
 //! - [`outbox`]: what the relay claims, and what it records once RabbitMQ confirmed;
 //! - [`workers`]: the worker registry, fed by heartbeats;
+//! - [`schedules`]: schedules, and firing their windows (claim, task, advance: one
+//!   transaction);
 //! - [`retention`]: what leaves the ledger: finished tasks past their status's retention
 //!   and departed workers.
 //!
@@ -15,6 +17,7 @@
 
 pub mod outbox;
 pub mod retention;
+pub mod schedules;
 pub mod tasks;
 pub mod transitions;
 pub mod workers;

@@ -5,7 +5,7 @@
 //! Tasks go in bounded batches (`LEDGER_PRUNE_BATCH` rows, oldest finished first), each
 //! its own transaction under a statement time limit, and only while this replica holds the
 //! retention advisory lock (one replica prunes at a time; the others skip the round).
-//! Unfinished tasks are never deleted, whatever their age.
+//! Unfinished tasks are never deleted, whatever their age, nor the last task of a schedule.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,6 +112,8 @@ async fn delete_batch(
              SELECT id FROM cleanup_tasks
              WHERE status = $1 AND finished_at IS NOT NULL
                AND finished_at < now() - make_interval(secs => $2)
+               -- A schedule shows its last task: that one stays.
+               AND NOT EXISTS (SELECT 1 FROM cleanup_schedules s WHERE s.last_task_id = cleanup_tasks.id)
              ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED)
          DELETE FROM cleanup_tasks WHERE id IN (SELECT id FROM batch) AND status = $1",
     )

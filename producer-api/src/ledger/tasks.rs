@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::envelope::TaskEnvelope;
 use shared::tasks::{TaskKind, TaskSpec};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -106,11 +106,14 @@ pub struct TaskRow {
     pub finished_at: Option<DateTime<Utc>>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub published_at: Option<DateTime<Utc>>,
+    /// The schedule that fired the task, and the window it fired for.
+    pub schedule: Option<String>,
+    pub scheduled_for: Option<DateTime<Utc>>,
 }
 
 const TASK_COLUMNS: &str = "id, kind, status, params, cutoff, attempts, max_attempts, result, \
      error, idempotency_key, worker_id, created_at, updated_at, started_at, finished_at, \
-     next_attempt_at, published_at";
+     next_attempt_at, published_at, schedule, scheduled_for";
 
 impl TaskRow {
     /// The task's kind and parameters as stored.
@@ -137,14 +140,27 @@ pub async fn enqueue(
     envelope: &TaskEnvelope,
     idempotency_key: Option<&str>,
 ) -> Result<Enqueued, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    enqueue_in(&mut conn, envelope, idempotency_key, None).await
+}
+
+/// [`enqueue`] on a connection (inside the caller's transaction, if any); `schedule`
+/// names the schedule and window that fired the task.
+pub async fn enqueue_in(
+    conn: &mut PgConnection,
+    envelope: &TaskEnvelope,
+    idempotency_key: Option<&str>,
+    schedule: Option<(&str, DateTime<Utc>)>,
+) -> Result<Enqueued, sqlx::Error> {
     let kind = envelope.task.kind().as_str();
     let params = envelope.task.params_json();
     let envelope_json = serde_json::to_value(envelope).expect("envelope serializes");
     let sql = format!(
         "WITH inserted AS (
              INSERT INTO cleanup_tasks
-                 (id, kind, params, cutoff, max_attempts, idempotency_key, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                 (id, kind, params, cutoff, max_attempts, idempotency_key, created_at, updated_at,
+                  schedule, scheduled_for)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $9, $10)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING {TASK_COLUMNS}
          ), outbox AS (
@@ -162,7 +178,9 @@ pub async fn enqueue(
         .bind(idempotency_key)
         .bind(envelope.enqueued_at)
         .bind(&envelope_json)
-        .fetch_optional(pool)
+        .bind(schedule.map(|(name, _)| name))
+        .bind(schedule.map(|(_, window)| window))
+        .fetch_optional(&mut *conn)
         .await?;
     if let Some(row) = inserted {
         return Ok(Enqueued::Created(row));
@@ -174,7 +192,7 @@ pub async fn enqueue(
         "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE idempotency_key = $1"
     ))
     .bind(key)
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await?;
     if existing.spec().as_ref() == Some(&envelope.task) {
         Ok(Enqueued::Replayed(existing))

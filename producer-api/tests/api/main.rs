@@ -8,5 +8,6 @@ mod outages;
 mod recorder;
 mod relay;
 mod retention;
+mod schedules;
 mod transitions;
 mod validation;

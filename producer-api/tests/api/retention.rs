@@ -139,3 +139,26 @@ async fn a_round_skips_while_another_replica_prunes() {
     let pruned = prune_once(&pool, &retention(100)).await.unwrap();
     assert_eq!(pruned.tasks[0], (TaskStatus::Succeeded, 4));
 }
+
+/// A schedule shows its last task: retention keeps that one, however old.
+#[tokio::test]
+async fn the_last_task_of_a_schedule_is_kept() {
+    let (_db, pool) = ledger().await;
+    tasks(&pool, 3, "succeeded", 40).await;
+    sqlx::query(
+        "INSERT INTO cleanup_schedules (name, kind, params, cron, last_task_id)
+         SELECT 'nightly', 'cleanup_runs', '{}', '@daily', id FROM cleanup_tasks LIMIT 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let pruned = prune_once(&pool, &retention(100)).await.unwrap();
+    assert_eq!(pruned.tasks[0], (TaskStatus::Succeeded, 2));
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cleanup_tasks t JOIN cleanup_schedules s ON s.last_task_id = t.id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, 1);
+}

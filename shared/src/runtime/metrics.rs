@@ -55,6 +55,8 @@ pub const RECORDER_EVENTS_TOTAL: &str = "cleanup_recorder_events_total";
 pub const RECORDER_LAG_SECONDS: &str = "cleanup_recorder_lag_seconds";
 pub const LEDGER_PRUNED_TOTAL: &str = "cleanup_ledger_pruned_total";
 pub const WORKERS_PRUNED_TOTAL: &str = "cleanup_workers_pruned_total";
+pub const SCHEDULE_FIRED_TOTAL: &str = "cleanup_schedule_fired_total";
+pub const SCHEDULE_SKIPPED_TOTAL: &str = "cleanup_schedule_skipped_total";
 
 // worker
 pub const WORKER_TASKS_STARTED_TOTAL: &str = "cleanup_worker_tasks_started_total";

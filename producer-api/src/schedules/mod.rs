@@ -1,0 +1,64 @@
+//! Schedules: cleanups declared once and fired by the service itself. The calendar
+//! ([`calendar`]) says when; the ledger ([`crate::ledger::schedules`]) claims and fires
+//! due windows; [`run`] is the loop every replica runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::ledger::schedules::{fire_due, Fired};
+use crate::metrics::Metrics;
+
+pub mod calendar;
+
+/// How often the scheduler looks for due windows.
+const TICK: Duration = Duration::from_secs(1);
+/// Schedules fired per tick at most (the rest wait one tick).
+const PER_TICK: i64 = 100;
+
+/// Fire due windows every second until shutdown.
+pub async fn run(
+    pool: PgPool,
+    max_attempts: u32,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match fire_due(&pool, Utc::now(), max_attempts, PER_TICK).await {
+            Ok(fired) => {
+                for outcome in fired {
+                    match outcome {
+                        Fired::Task {
+                            schedule,
+                            window,
+                            task_id,
+                            missed,
+                        } => {
+                            metrics.schedule_fired.with_label_values(&[&schedule]).inc();
+                            tracing::info!(%schedule, %window, %task_id, missed, "schedule fired");
+                        }
+                        Fired::Skipped {
+                            schedule,
+                            windows,
+                            reason,
+                        } => {
+                            metrics
+                                .schedule_skipped
+                                .with_label_values(&[&schedule])
+                                .inc_by(windows);
+                            tracing::info!(%schedule, windows, reason, "schedule window skipped");
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "scheduler round failed; trying again"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Schedules: the claim logic under several replicas with a controllable clock, catch-up
+//! and overlap policies, and the `/schedules` API.
+
+use chrono::{DateTime, Duration, Utc};
+use producer_api::ledger::schedules::{
+    fire_due, write, CatchUp, Fired, Overlap, ScheduleSpec, Written,
+};
+use producer_api::ledger::MIGRATOR;
+use reqwest::Method;
+use serde_json::json;
+use shared::tasks::{CleanupRunsParams, TaskSpec};
+use sqlx::PgPool;
+use test_support::{Stack, TestDb};
+
+async fn ledger() -> (TestDb, PgPool) {
+    let db = TestDb::create().await;
+    let pool = PgPool::connect(&db.url()).await.unwrap();
+    MIGRATOR.run(&pool).await.unwrap();
+    (db, pool)
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn spec(cron: &str, catch_up: CatchUp, overlap: Overlap) -> ScheduleSpec {
+    ScheduleSpec {
+        task: TaskSpec::CleanupRuns(CleanupRunsParams {
+            max_age_hours: 48.0,
+            dry_run: true,
+            statuses: None,
+            batch_size: None,
+            max_rows: None,
+            max_attempts: None,
+            scope: None,
+        }),
+        cron: cron.into(),
+        timezone: "UTC".into(),
+        enabled: true,
+        catch_up,
+        overlap,
+    }
+}
+
+async fn create(pool: &PgPool, name: &str, spec: &ScheduleSpec, now: DateTime<Utc>) {
+    let written = write(pool, name, spec, false, "api", None, now)
+        .await
+        .unwrap();
+    assert!(matches!(written, Written::Created(_)), "{written:?}");
+}
+
+/// (schedule, scheduled_for, cutoff) of every task, in window order.
+async fn tasks(pool: &PgPool) -> Vec<(String, DateTime<Utc>, DateTime<Utc>)> {
+    sqlx::query_as(
+        "SELECT schedule, scheduled_for, cutoff FROM cleanup_tasks ORDER BY scheduled_for",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// Three replicas (three pools, racing) run the scheduler over six minutes of a schedule
+/// that fires every minute: one task per window, none twice, none missed, each with the
+/// cutoff of its window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_fire_each_window_exactly_once() {
+    let (db, pool) = ledger().await;
+    let t0 = at("2026-05-01T10:00:00Z");
+    create(
+        &pool,
+        "minutely",
+        &spec("* * * * *", CatchUp::Once, Overlap::Allow),
+        t0,
+    )
+    .await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(PgPool::connect(&db.url()).await.unwrap());
+    }
+    let mut fired = Vec::new();
+    for minute in 1..=6 {
+        // Each replica's clock a little different, all past the window.
+        let ticks = replicas.iter().enumerate().map(|(i, replica)| {
+            let now = t0 + Duration::minutes(minute) + Duration::milliseconds(200 * i as i64);
+            let replica = replica.clone();
+            async move { fire_due(&replica, now, 3, 100).await.unwrap() }
+        });
+        for outcome in futures::future::join_all(ticks).await {
+            fired.extend(outcome);
+        }
+    }
+    let windows: Vec<DateTime<Utc>> = fired
+        .iter()
+        .map(|f| match f {
+            Fired::Task { window, missed, .. } => {
+                assert_eq!(*missed, 0, "{f:?}");
+                *window
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let expected: Vec<DateTime<Utc>> = (1..=6).map(|m| t0 + Duration::minutes(m)).collect();
+    assert_eq!(windows, expected);
+    let stored = tasks(&pool).await;
+    assert_eq!(stored.len(), 6);
+    for ((schedule, window, cutoff), expected) in stored.iter().zip(&expected) {
+        assert_eq!(schedule, "minutely");
+        assert_eq!(window, expected);
+        assert_eq!(
+            *cutoff,
+            *expected - Duration::hours(48),
+            "the window's cutoff"
+        );
+    }
+}
+
+/// After three hourly windows passed with no replica up: `once` fires one task, for the
+/// latest window (its cutoff as if on time); `skip` fires none and waits for the next.
+#[tokio::test]
+async fn after_an_outage_catch_up_once_fires_once_and_skip_fires_none() {
+    let (_db, pool) = ledger().await;
+    let t0 = at("2026-05-01T10:00:00Z");
+    create(
+        &pool,
+        "once",
+        &spec("0 * * * *", CatchUp::Once, Overlap::Allow),
+        t0,
+    )
+    .await;
+    create(
+        &pool,
+        "skip",
+        &spec("0 * * * *", CatchUp::Skip, Overlap::Allow),
+        t0,
+    )
+    .await;
+    let back = t0 + Duration::hours(3) + Duration::minutes(10);
+    let mut fired = fire_due(&pool, back, 3, 100).await.unwrap();
+    fired.sort_by_key(|f| format!("{f:?}"));
+    let latest = t0 + Duration::hours(3);
+    assert!(
+        fired.iter().any(
+            |f| matches!(f, Fired::Task { schedule, window, missed: 2, .. }
+            if schedule == "once" && *window == latest)
+        ),
+        "{fired:?}"
+    );
+    assert!(
+        fired
+            .iter()
+            .any(|f| matches!(f, Fired::Skipped { schedule, windows: 3, .. }
+            if schedule == "skip")),
+        "{fired:?}"
+    );
+    let stored = tasks(&pool).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(stored[0].2, latest - Duration::hours(48));
+    // Both wait for the next window now.
+    let next: Vec<(String, DateTime<Utc>, i64)> = sqlx::query_as(
+        "SELECT name, next_fire_at, skipped_windows FROM cleanup_schedules ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        next,
+        [
+            ("once".to_owned(), t0 + Duration::hours(4), 2),
+            ("skip".to_owned(), t0 + Duration::hours(4), 3),
+        ]
+    );
+    assert!(fire_due(&pool, back, 3, 100).await.unwrap().is_empty());
+}
+
+/// `overlap: skip`: while the previous task is queued, running or retrying, a window
+/// fires nothing; once it finished, the next window fires.
+#[tokio::test]
+async fn overlap_skip_waits_for_the_previous_task() {
+    let (_db, pool) = ledger().await;
+    let t0 = at("2026-05-01T10:00:00Z");
+    create(
+        &pool,
+        "nightly",
+        &spec("* * * * *", CatchUp::Once, Overlap::Skip),
+        t0,
+    )
+    .await;
+    let first = fire_due(&pool, t0 + Duration::seconds(61), 3, 100)
+        .await
+        .unwrap();
+    assert!(matches!(first[..], [Fired::Task { .. }]), "{first:?}");
+    let second = fire_due(&pool, t0 + Duration::seconds(121), 3, 100)
+        .await
+        .unwrap();
+    assert!(
+        matches!(second[..], [Fired::Skipped { windows: 1, .. }]),
+        "{second:?}"
+    );
+    sqlx::query("UPDATE cleanup_tasks SET status = 'succeeded', finished_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let third = fire_due(&pool, t0 + Duration::seconds(181), 3, 100)
+        .await
+        .unwrap();
+    assert!(matches!(third[..], [Fired::Task { .. }]), "{third:?}");
+    assert_eq!(tasks(&pool).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedules_api_checks_creates_changes_and_triggers() {
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let body = json!({
+        "name": "nightly-runs",
+        "kind": "cleanup_runs",
+        "params": {"max_age_hours": 720, "dry_run": true},
+        "cron": "30 2 * * *",
+        "timezone": "Europe/Berlin",
+    });
+    let created = app.post("/schedules", body.clone()).await;
+    assert_eq!(created.status(), 201);
+    assert_eq!(created.headers()["location"], "/schedules/nightly-runs");
+    let view: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(view["managed_by"], "api");
+    assert_eq!(view["catch_up"], "once");
+    assert_eq!(view["overlap"], "skip");
+    let next: DateTime<Utc> = view["next_fire_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        next > Utc::now() && next < Utc::now() + Duration::hours(25),
+        "{view}"
+    );
+
+    let again = app.post("/schedules", body.clone()).await;
+    assert_eq!(again.status(), 409);
+
+    // Each bad field is a 422 naming it; nothing is stored.
+    for (change, field) in [
+        (json!({"cron": "0 2 * *"}), "cron"),
+        (json!({"timezone": "Mars/Olympus"}), "timezone"),
+        (
+            json!({"params": {"max_age_hours": 0.1}}),
+            "params.max_age_hours",
+        ),
+        (
+            json!({"params": {"max_age_hours": 24, "bogus": 1}}),
+            "params",
+        ),
+        (json!({"name": "Has Spaces"}), "name"),
+    ] {
+        let mut bad = body.clone();
+        bad["name"] = json!("bad-one");
+        for (k, v) in change.as_object().unwrap() {
+            bad[k] = v.clone();
+        }
+        let response = app.post("/schedules", bad.clone()).await;
+        assert_eq!(response.status(), 422, "{bad}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{bad}"
+        );
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["field"], field, "{problem}");
+    }
+    let list: serde_json::Value = app.get("/schedules").await.json().await.unwrap();
+    assert_eq!(list["schedules"].as_array().unwrap().len(), 1, "{list}");
+
+    // Disable: no next window. Enable again: one.
+    let patched = app
+        .send(
+            Method::PATCH,
+            "/schedules/nightly-runs",
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(patched.status(), 200);
+    let view: serde_json::Value = patched.json().await.unwrap();
+    assert_eq!(view["enabled"], false);
+    assert!(view["next_fire_at"].is_null(), "{view}");
+
+    // Replace: the new calendar counts.
+    let mut replaced = body.clone();
+    replaced["cron"] = json!("@hourly");
+    let put = app
+        .send(Method::PUT, "/schedules/nightly-runs", Some(replaced))
+        .await;
+    assert_eq!(put.status(), 200);
+    let view: serde_json::Value = put.json().await.unwrap();
+    assert_eq!(view["cron"], "@hourly");
+
+    // Trigger: a task now, marked with its schedule.
+    let triggered = app
+        .send(Method::POST, "/schedules/nightly-runs/trigger", None)
+        .await;
+    assert_eq!(triggered.status(), 202);
+    let task: serde_json::Value = triggered.json().await.unwrap();
+    assert_eq!(task["schedule"], "nightly-runs", "{task}");
+    let shown: serde_json::Value = app
+        .get("/schedules/nightly-runs")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["last_task_id"], task["task_id"], "{shown}");
+    assert!(shown["last_task_status"].is_string(), "{shown}");
+
+    let deleted = app
+        .send(Method::DELETE, "/schedules/nightly-runs", None)
+        .await;
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(app.get("/schedules/nightly-runs").await.status(), 404);
+    // The task it fired stays.
+    let id = task["task_id"].as_str().unwrap();
+    assert_eq!(app.get(&format!("/tasks/{id}")).await.status(), 200);
+    stack.stop().await;
+}
