@@ -113,6 +113,29 @@ run_task /maintenance/cleanup-temp-files '{"max_age_hours": 24, "root": "scratch
 run_task /maintenance/cleanup-temp-files '{"max_age_hours": 24, "root": "scratch", "remove_empty_dirs": true}'
 echo "files left in $STATE/scratch: $(find "$STATE/scratch" -type f | wc -l)"
 
+say "a schedule: a dry run of the runs cleanup at every minute (the service fires it itself)"
+echo "\$ curl -X POST $API/schedules -H 'Authorization: Bearer …' -d '{\"name\": \"demo-every-minute\", ...}'"
+curl -fsS -X POST "$API/schedules" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"name": "demo-every-minute", "kind": "cleanup_runs", "params": {"max_age_hours": 720, "dry_run": true}, "cron": "* * * * *", "timezone": "UTC"}' \
+  | python3 -c 'import json,sys; s=json.load(sys.stdin); print("created; next window:", s["next_fire_at"])'
+echo "waiting for the window to fire (up to a minute)..."
+for _ in $(seq 1 140); do
+  schedule=$(curl -fsS "$API/schedules/demo-every-minute" -H "Authorization: Bearer $TOKEN")
+  fired=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(s["last_task_id"] or "")' "$schedule")
+  [ -n "$fired" ] && break
+  sleep 0.5
+done
+if [ -n "$fired" ]; then
+  for _ in $(seq 1 60); do
+    task=$(curl -fsS "$API/tasks/$fired" -H "Authorization: Bearer $TOKEN")
+    case $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["status"])' "$task") in succeeded|failed|dead) break ;; esac
+    sleep 0.25
+  done
+  python3 -c 'import json,sys; t=json.loads(sys.argv[1]); print(json.dumps({k: t.get(k) for k in ("schedule","scheduled_for","status","result")}, indent=2))' "$task"
+else
+  echo "the schedule did not fire; see $STATE/run/producer-api.log"
+fi
+
 say "worker metrics (excerpt)"
 curl -fsS "http://127.0.0.1:$WORKER_METRICS_PORT/metrics" | grep -E '^cleanup_(runs_deleted|files_deleted|bytes_freed|worker_tasks_finished)' || true
 

@@ -115,7 +115,11 @@ pub struct Config {
     #[arg(long, env = "LEDGER_PRUNE_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub ledger_prune_interval: Duration,
 
-    /// Run the ledger recorder (applies worker events) in this process.
+    /// A YAML file of schedules, applied at start-up and on SIGHUP (see README).
+    #[arg(long, env = "SCHEDULES_FILE")]
+    pub schedules_file: Option<std::path::PathBuf>,
+
+    /// Run the ledger recorder (applies worker events) and the worker sweeper in this process.
     #[arg(long, env = "RECORDER_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub recorder_enabled: bool,
 

@@ -24,6 +24,7 @@ pub struct Application {
     relay: Option<Relay>,
     recorder: Option<Recorder>,
     retention: crate::ledger::retention::Retention,
+    schedules_file: Option<std::path::PathBuf>,
 }
 
 impl Application {
@@ -108,6 +109,10 @@ impl Application {
                 "authentication is disabled: anyone who reaches the API can enqueue tasks"
             );
         }
+        // A schedules file that does not apply stops the start: nothing half-applied runs.
+        if let Some(path) = &config.schedules_file {
+            crate::schedules::file::sync(&state.pool, path, &state.rules).await?;
+        }
         Ok(Self {
             listener,
             port,
@@ -115,6 +120,7 @@ impl Application {
             relay,
             recorder,
             retention: config.retention(),
+            schedules_file: config.schedules_file.clone(),
         })
     }
 
@@ -134,19 +140,29 @@ impl Application {
                 self.state.pool.clone(),
                 shutdown.clone(),
             ));
-            tracker.spawn(crate::schedules::run(
+        }
+        // Every replica runs the scheduler (claims make it safe) and the retention (one
+        // replica at a time by an advisory lock).
+        if let Some(path) = self.schedules_file.clone() {
+            tracker.spawn(crate::schedules::reload_on_sighup(
                 self.state.pool.clone(),
-                self.state.max_attempts,
-                self.state.metrics.clone(),
-                shutdown.clone(),
-            ));
-            tracker.spawn(crate::ledger::retention::run(
-                self.state.pool.clone(),
-                self.retention.clone(),
-                self.state.metrics.clone(),
+                path,
+                self.state.rules.clone(),
                 shutdown.clone(),
             ));
         }
+        tracker.spawn(crate::schedules::run(
+            self.state.pool.clone(),
+            self.state.max_attempts,
+            self.state.metrics.clone(),
+            shutdown.clone(),
+        ));
+        tracker.spawn(crate::ledger::retention::run(
+            self.state.pool.clone(),
+            self.retention.clone(),
+            self.state.metrics.clone(),
+            shutdown.clone(),
+        ));
         tracing::info!(port = self.port, "producer-api listening");
         let pool = self.state.pool.clone();
         let app = http::router(self.state);

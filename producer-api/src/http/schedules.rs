@@ -7,7 +7,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shared::tasks::{TaskKind, TaskSpec};
+use shared::tasks::{TaskKind, TaskSpec, ValidationRules};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -155,12 +155,12 @@ pub fn check_name(name: &str) -> Result<(), ApiError> {
 
 /// Check a body as the ledger will store it: the calendar, and the task's parameters
 /// exactly as a POST of that kind checks them.
-pub fn check(state: &AppState, body: ScheduleBody) -> Result<ScheduleSpec, ApiError> {
+pub fn check(rules: &ValidationRules, body: ScheduleBody) -> Result<ScheduleSpec, ApiError> {
     let timezone = body.timezone.unwrap_or_else(|| "UTC".to_owned());
     Calendar::parse(&body.cron, &timezone).map_err(|e| invalid(e.field, e.to_string()))?;
     let task = TaskSpec::from_parts(body.kind, body.params)
         .map_err(|e| invalid("params", format!("invalid params for {}: {e}", body.kind)))?;
-    task.validate(&state.rules).map_err(|e| {
+    task.validate(rules).map_err(|e| {
         invalid(
             &format!("params.{}", e.field),
             format!("invalid params: {e}"),
@@ -222,7 +222,7 @@ pub async fn create_schedule(
         .take()
         .ok_or_else(|| invalid("name", "a schedule needs a `name`".to_owned()))?;
     check_name(&name)?;
-    let spec = check(&state, body)?;
+    let spec = check(&state.rules, body)?;
     match schedules::write(&state.pool, &name, &spec, false, SOURCE, None, Utc::now()).await? {
         Written::Created(row) => Ok(located(
             StatusCode::CREATED,
@@ -265,7 +265,7 @@ pub async fn put_schedule(
             format!("the body names another schedule than the path (`{name}`)"),
         ));
     }
-    let spec = check(&state, body)?;
+    let spec = check(&state.rules, body)?;
     match schedules::write(&state.pool, &name, &spec, true, SOURCE, None, Utc::now()).await? {
         Written::Created(row) => Ok(located(
             StatusCode::CREATED,

@@ -167,7 +167,18 @@ pub async fn write(
          ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params,
              cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, enabled = EXCLUDED.enabled,
              catch_up = EXCLUDED.catch_up, overlap = EXCLUDED.overlap,
-             next_fire_at = EXCLUDED.next_fire_at, actor = EXCLUDED.actor, updated_at = now()",
+             -- The same calendar keeps its next window (a due one included).
+             next_fire_at = CASE WHEN s.cron = EXCLUDED.cron AND s.timezone = EXCLUDED.timezone
+                                      AND s.enabled = EXCLUDED.enabled
+                                 THEN s.next_fire_at ELSE EXCLUDED.next_fire_at END,
+             actor = EXCLUDED.actor,
+             updated_at = CASE WHEN (s.kind, s.params, s.cron, s.timezone, s.enabled, s.catch_up,
+                                     s.overlap)
+                                    IS DISTINCT FROM
+                                    (EXCLUDED.kind, EXCLUDED.params, EXCLUDED.cron,
+                                     EXCLUDED.timezone, EXCLUDED.enabled, EXCLUDED.catch_up,
+                                     EXCLUDED.overlap)
+                               THEN now() ELSE s.updated_at END",
     )
     .bind(name)
     .bind(spec.task.kind().as_str())
@@ -226,6 +237,17 @@ pub async fn set_enabled(
     .execute(pool)
     .await?;
     Ok(get(pool, name).await?.map(Written::Replaced))
+}
+
+/// Remove the file-managed schedules the file no longer lists; their names.
+pub async fn remove_unlisted(pool: &PgPool, listed: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "DELETE FROM cleanup_schedules WHERE managed_by = 'file' AND name <> ALL($1)
+         RETURNING name",
+    )
+    .bind(listed)
+    .fetch_all(pool)
+    .await
 }
 
 /// Delete a schedule (its tasks stay). `Some(Managed)` when another source manages it.

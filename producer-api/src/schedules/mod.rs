@@ -13,6 +13,7 @@ use crate::ledger::schedules::{fire_due, Fired};
 use crate::metrics::Metrics;
 
 pub mod calendar;
+pub mod file;
 
 /// How often the scheduler looks for due windows.
 const TICK: Duration = Duration::from_secs(1);
@@ -59,6 +60,33 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+/// Apply `SCHEDULES_FILE` again on every SIGHUP; a file that does not apply changes
+/// nothing (the error is logged).
+pub async fn reload_on_sighup(
+    pool: PgPool,
+    path: std::path::PathBuf,
+    rules: Arc<shared::tasks::ValidationRules>,
+    shutdown: CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; the schedules file applies at start-up only");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hangups.recv() => {}
+        }
+        if let Err(error) = file::sync(&pool, &path, &rules).await {
+            tracing::error!(error = %format!("{error:#}"), "schedules file not applied; the schedules stay as they were");
         }
     }
 }

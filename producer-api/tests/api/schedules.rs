@@ -315,3 +315,161 @@ async fn the_schedules_api_checks_creates_changes_and_triggers() {
     assert_eq!(app.get(&format!("/tasks/{id}")).await.status(), 200);
     stack.stop().await;
 }
+
+const FILE_V1: &str = r#"
+schedules:
+  - name: nightly-runs
+    kind: cleanup_runs
+    params: {max_age_hours: 720}
+    cron: "30 2 * * *"
+    timezone: Europe/Berlin
+  - name: hourly-tmp
+    kind: cleanup_temp_files
+    params: {max_age_hours: 24, root: scratch}
+    cron: "@hourly"
+"#;
+
+const FILE_V2: &str = r#"
+schedules:
+  - name: nightly-runs
+    kind: cleanup_runs
+    params: {max_age_hours: 240}
+    cron: "30 2 * * *"
+    timezone: Europe/Berlin
+"#;
+
+fn rules() -> shared::tasks::ValidationRules {
+    shared::tasks::ValidationRules {
+        min_age_hours: 1.0,
+        terminal_statuses: ["succeeded", "failed", "cancelled"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        max_attempts_limit: 10,
+        scope_columns: Default::default(),
+    }
+}
+
+/// The schedules file creates what it lists, updates what changed, removes what it no
+/// longer lists, and leaves the API's schedules alone; the API cannot change the file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedules_file_creates_updates_and_removes_its_own() {
+    use producer_api::schedules::file::{apply, parse};
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    let pool = &app.pool;
+    let api_owned = json!({
+        "name": "api-owned", "kind": "cleanup_runs",
+        "params": {"max_age_hours": 48}, "cron": "@daily"});
+    assert_eq!(app.post("/schedules", api_owned).await.status(), 201);
+
+    let applied = apply(pool, &parse(FILE_V1, &rules()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(applied.created, ["nightly-runs", "hourly-tmp"]);
+    let shown: serde_json::Value = app
+        .get("/schedules/nightly-runs")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["managed_by"], "file");
+    // The same file again changes nothing.
+    let again = apply(pool, &parse(FILE_V1, &rules()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(again.unchanged.len(), 2, "{again:?}");
+    assert!(
+        again.updated.is_empty() && again.removed.is_empty(),
+        "{again:?}"
+    );
+
+    // The API may not change or delete what the file manages.
+    for (method, body) in [
+        (Method::PATCH, Some(json!({"enabled": false}))),
+        (Method::DELETE, None),
+        (
+            Method::PUT,
+            Some(
+                json!({"kind": "cleanup_runs", "params": {"max_age_hours": 48}, "cron": "@daily"}),
+            ),
+        ),
+    ] {
+        let response = app
+            .send(method.clone(), "/schedules/nightly-runs", body)
+            .await;
+        assert_eq!(response.status(), 409, "{method}");
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("SCHEDULES_FILE"),
+            "{problem}"
+        );
+    }
+
+    let applied = apply(pool, &parse(FILE_V2, &rules()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(applied.updated, ["nightly-runs"]);
+    assert_eq!(applied.removed, ["hourly-tmp"]);
+    let shown: serde_json::Value = app
+        .get("/schedules/nightly-runs")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["params"]["max_age_hours"], 240.0, "{shown}");
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM cleanup_schedules ORDER BY name")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        names,
+        ["api-owned", "nightly-runs"],
+        "the API's schedule stays"
+    );
+
+    // A file naming an API schedule is refused whole.
+    let clash = format!(
+        "{FILE_V2}  - name: api-owned\n    kind: cleanup_runs\n    params: {{max_age_hours: 48}}\n    cron: \"@daily\"\n"
+    );
+    let error = apply(pool, &parse(&clash, &rules()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("which the API manages"),
+        "{error}"
+    );
+    stack.stop().await;
+}
+
+/// One bad entry refuses the whole file, naming the entry and the field.
+#[test]
+fn a_bad_schedules_file_names_the_entry_and_field() {
+    use producer_api::schedules::file::parse;
+    for (text, says) in [
+        ("schedules:\n  - name: a\n    kind: cleanup_runs\n    params: {max_age_hours: 24}\n    cron: \"0 2 * *\"\n", "schedule #1 (`a`), field `cron`"),
+        ("schedules:\n  - name: a\n    kind: cleanup_runs\n    params: {max_age_hours: 0.01}\n    cron: \"@daily\"\n", "field `params.max_age_hours`"),
+        ("schedules:\n  - name: a\n    kind: cleanup_runs\n    params: {max_age_hours: 24}\n    cron: \"@daily\"\n  - name: a\n    kind: cleanup_runs\n    params: {max_age_hours: 24}\n    cron: \"@daily\"\n", "schedule #2 (`a`) is listed twice"),
+        ("schedules:\n  - kind: cleanup_runs\n    params: {max_age_hours: 24}\n    cron: \"@daily\"\n", "schedule #1 has no `name`"),
+        ("schedules:\n  - name: a\n    kind: cleanup_sessions\n", "not a schedules file"),
+    ] {
+        let error = parse(text, &rules()).unwrap_err().to_string();
+        assert!(error.contains(says), "{error}");
+    }
+}
+
+/// The example shipped in the Kubernetes manifests is a valid schedules file.
+#[test]
+fn the_shipped_schedules_file_is_valid() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/k8s/base/schedules.yaml"
+    ))
+    .unwrap();
+    let specs = producer_api::schedules::file::parse(&text, &rules()).unwrap();
+    let names: Vec<&str> = specs.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["nightly-runs", "hourly-scratch"]);
+}
