@@ -114,6 +114,8 @@ run_task /maintenance/cleanup-temp-files '{"max_age_hours": 24, "root": "scratch
 echo "files left in $STATE/scratch: $(find "$STATE/scratch" -type f | wc -l)"
 
 say "a schedule: a dry run of the runs cleanup at every minute (the service fires it itself)"
+# (The demo ledger persists between runs: start this schedule afresh.)
+curl -fsS -o /dev/null -X DELETE "$API/schedules/demo-every-minute" -H "Authorization: Bearer $TOKEN" 2>/dev/null || true
 echo "\$ curl -X POST $API/schedules -H 'Authorization: Bearer …' -d '{\"name\": \"demo-every-minute\", ...}'"
 curl -fsS -X POST "$API/schedules" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
   -d '{"name": "demo-every-minute", "kind": "cleanup_runs", "params": {"max_age_hours": 720, "dry_run": true}, "cron": "* * * * *", "timezone": "UTC"}' \

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub workers_pruned: IntCounter,
     pub schedule_fired: IntCounterVec,
     pub schedule_skipped: IntCounterVec,
+    pub schedule_next_fire: prometheus::GaugeVec,
+    pub schedule_last_fire: prometheus::GaugeVec,
+    pub schedule_last_outcome: IntGaugeVec,
+    pub schedule_consecutive_failures: IntGaugeVec,
 }
 
 impl Metrics {
@@ -167,9 +171,45 @@ impl Metrics {
             &["schedule"],
         )
         .expect("valid metric");
+        let schedule_next_fire = prometheus::GaugeVec::new(
+            Opts::new(
+                names::SCHEDULE_NEXT_FIRE_TIMESTAMP_SECONDS,
+                "Unix time of each enabled schedule's next window (sampled on scrape).",
+            ),
+            &["schedule"],
+        )
+        .expect("valid metric");
+        let schedule_last_fire = prometheus::GaugeVec::new(
+            Opts::new(
+                names::SCHEDULE_LAST_FIRE_TIMESTAMP_SECONDS,
+                "Unix time of the window each schedule last fired a task for (sampled on scrape).",
+            ),
+            &["schedule"],
+        )
+        .expect("valid metric");
+        let schedule_last_outcome = IntGaugeVec::new(
+            Opts::new(
+                names::SCHEDULE_LAST_OUTCOME,
+                "1 for the status of each schedule's last task (sampled on scrape).",
+            ),
+            &["schedule", "status"],
+        )
+        .expect("valid metric");
+        let schedule_consecutive_failures = IntGaugeVec::new(
+            Opts::new(
+                names::SCHEDULE_CONSECUTIVE_FAILURES,
+                "Tasks of each schedule that failed or died since its last success (sampled on scrape).",
+            ),
+            &["schedule"],
+        )
+        .expect("valid metric");
         let registry = names::registry_with(
             "producer-api",
             vec![
+                Box::new(schedule_next_fire.clone()),
+                Box::new(schedule_last_fire.clone()),
+                Box::new(schedule_last_outcome.clone()),
+                Box::new(schedule_consecutive_failures.clone()),
                 Box::new(schedule_fired.clone()),
                 Box::new(schedule_skipped.clone()),
                 Box::new(ledger_pruned.clone()),
@@ -212,6 +252,10 @@ impl Metrics {
             workers_pruned,
             schedule_fired,
             schedule_skipped,
+            schedule_next_fire,
+            schedule_last_fire,
+            schedule_last_outcome,
+            schedule_consecutive_failures,
         }
     }
 

@@ -115,6 +115,37 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 .set(count);
         }
     }
+    if let Ok(Ok(rows)) =
+        tokio::time::timeout(PROBE_TIMEOUT, crate::ledger::schedules::health(&state.pool)).await
+    {
+        let m = &state.metrics;
+        // Deleted schedules disappear from the series.
+        m.schedule_next_fire.reset();
+        m.schedule_last_fire.reset();
+        m.schedule_last_outcome.reset();
+        m.schedule_consecutive_failures.reset();
+        for row in rows {
+            let name = row.name.as_str();
+            if let Some(at) = row.next_fire_at {
+                m.schedule_next_fire
+                    .with_label_values(&[name])
+                    .set(at.timestamp_millis() as f64 / 1000.0);
+            }
+            if let Some(at) = row.last_fired_at {
+                m.schedule_last_fire
+                    .with_label_values(&[name])
+                    .set(at.timestamp_millis() as f64 / 1000.0);
+            }
+            if let Some(status) = &row.last_task_status {
+                m.schedule_last_outcome
+                    .with_label_values(&[name, status])
+                    .set(1);
+            }
+            m.schedule_consecutive_failures
+                .with_label_values(&[name])
+                .set(row.consecutive_failures);
+        }
+    }
     let topology = &state.topology;
     let mut queues: Vec<(String, String)> = shared::tasks::TaskKind::ALL
         .iter()

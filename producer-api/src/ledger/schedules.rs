@@ -461,3 +461,30 @@ pub async fn trigger(
     tx.commit().await?;
     Ok(Some(task_id))
 }
+
+/// Per schedule, for the metrics: next window, last window fired, last task's status, and
+/// how many of its tasks failed or died since its last success.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ScheduleHealth {
+    pub name: String,
+    pub next_fire_at: Option<DateTime<Utc>>,
+    pub last_fired_at: Option<DateTime<Utc>>,
+    pub last_task_status: Option<String>,
+    pub consecutive_failures: i64,
+}
+
+pub async fn health(pool: &PgPool) -> Result<Vec<ScheduleHealth>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.name, s.next_fire_at, s.last_fired_at,
+                (SELECT t.status FROM cleanup_tasks t WHERE t.id = s.last_task_id) AS last_task_status,
+                (SELECT count(*) FROM cleanup_tasks t
+                 WHERE t.schedule = s.name AND t.status IN ('failed', 'dead')
+                   AND t.created_at > coalesce(
+                       (SELECT max(u.created_at) FROM cleanup_tasks u
+                        WHERE u.schedule = s.name AND u.status = 'succeeded'),
+                       '-infinity')) AS consecutive_failures
+         FROM cleanup_schedules s ORDER BY s.name",
+    )
+    .fetch_all(pool)
+    .await
+}

@@ -305,6 +305,31 @@ async fn the_schedules_api_checks_creates_changes_and_triggers() {
     assert_eq!(shown["last_task_id"], task["task_id"], "{shown}");
     assert!(shown["last_task_status"].is_string(), "{shown}");
 
+    // Metrics sampled on scrape: the next window, the last task's status, and the
+    // failures since the last success (two failed tasks of this schedule).
+    sqlx::query(
+        "INSERT INTO cleanup_tasks (id, kind, status, params, cutoff, max_attempts, schedule,
+                                    finished_at)
+         SELECT gen_random_uuid(), 'cleanup_runs', 'failed', '{}', now(), 3, 'nightly-runs', now()
+         FROM generate_series(1, 2)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let metrics = app
+        .get_without_token("/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "cleanup_schedule_last_outcome{schedule=\"nightly-runs\",status=\"queued\"} 1",
+        "cleanup_schedule_consecutive_failures{schedule=\"nightly-runs\"} 2",
+        "cleanup_schedule_next_fire_timestamp_seconds{schedule=\"nightly-runs\"} ",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+
     let deleted = app
         .send(Method::DELETE, "/schedules/nightly-runs", None)
         .await;

@@ -57,6 +57,12 @@ pub const LEDGER_PRUNED_TOTAL: &str = "cleanup_ledger_pruned_total";
 pub const WORKERS_PRUNED_TOTAL: &str = "cleanup_workers_pruned_total";
 pub const SCHEDULE_FIRED_TOTAL: &str = "cleanup_schedule_fired_total";
 pub const SCHEDULE_SKIPPED_TOTAL: &str = "cleanup_schedule_skipped_total";
+pub const SCHEDULE_NEXT_FIRE_TIMESTAMP_SECONDS: &str =
+    "cleanup_schedule_next_fire_timestamp_seconds";
+pub const SCHEDULE_LAST_FIRE_TIMESTAMP_SECONDS: &str =
+    "cleanup_schedule_last_fire_timestamp_seconds";
+pub const SCHEDULE_LAST_OUTCOME: &str = "cleanup_schedule_last_outcome";
+pub const SCHEDULE_CONSECUTIVE_FAILURES: &str = "cleanup_schedule_consecutive_failures";
 
 // worker
 pub const WORKER_TASKS_STARTED_TOTAL: &str = "cleanup_worker_tasks_started_total";
