@@ -498,3 +498,71 @@ fn the_shipped_schedules_file_is_valid() {
     let names: Vec<&str> = specs.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(names, ["nightly-runs", "hourly-scratch"]);
 }
+
+/// The real binary: SCHEDULES_FILE is applied at start-up, again on SIGHUP (the process
+/// keeps running), and a file that does not apply on SIGHUP changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_the_schedules_file_again() {
+    use std::time::Duration as StdDuration;
+    use test_support::{amqp_base, eventually, TestBroker, SIGNING_KEYS, TOKEN};
+    let (db, pool) = ledger().await;
+    let broker = TestBroker::create().await;
+    let dir = std::env::temp_dir().join(format!("schedules-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("schedules.yaml");
+    std::fs::write(&file, FILE_V1).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_producer-api"))
+        .env("DATABASE_URL", db.url())
+        .env("API_TOKENS", TOKEN)
+        .env("AMQP_URL", amqp_base())
+        .env("AMQP_PREFIX", broker.prefix())
+        .env("TASK_SIGNING_KEYS", SIGNING_KEYS)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("SCHEDULES_FILE", &file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let names = || async {
+        sqlx::query_scalar::<_, String>("SELECT name FROM cleanup_schedules ORDER BY name")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default()
+    };
+    eventually(
+        StdDuration::from_secs(30),
+        "the file applied at start-up",
+        || async { names().await == ["hourly-tmp", "nightly-runs"] },
+    )
+    .await;
+    let pid = child.id().unwrap().to_string();
+    let hangup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // A broken file: nothing changes, the process stays up.
+    std::fs::write(&file, "schedules:\n  - name: x\n    cron: nope\n").unwrap();
+    hangup();
+    tokio::time::sleep(StdDuration::from_secs(1)).await;
+    assert_eq!(names().await, ["hourly-tmp", "nightly-runs"]);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the process"
+    );
+
+    std::fs::write(&file, FILE_V2).unwrap();
+    hangup();
+    eventually(
+        StdDuration::from_secs(30),
+        "the new file applied on SIGHUP",
+        || async { names().await == ["nightly-runs"] },
+    )
+    .await;
+    assert!(child.try_wait().unwrap().is_none());
+    child.kill().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
