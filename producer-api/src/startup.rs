@@ -153,6 +153,7 @@ impl Application {
         }
         tracker.spawn(crate::schedules::run(
             self.state.pool.clone(),
+            self.state.rules.clone(),
             self.state.max_attempts,
             self.state.metrics.clone(),
             shutdown.clone(),

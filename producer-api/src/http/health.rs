@@ -115,15 +115,21 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
                 .set(count);
         }
     }
-    if let Ok(Ok(rows)) =
-        tokio::time::timeout(PROBE_TIMEOUT, crate::ledger::schedules::health(&state.pool)).await
+    let schedules =
+        tokio::time::timeout(PROBE_TIMEOUT, crate::ledger::schedules::health(&state.pool)).await;
     {
         let m = &state.metrics;
-        // Deleted schedules disappear from the series.
+        // Deleted schedules disappear from the series; and when the ledger does not
+        // answer, none is shown rather than stale ones (an old next window would look
+        // overdue).
         m.schedule_next_fire.reset();
         m.schedule_last_fire.reset();
         m.schedule_last_outcome.reset();
         m.schedule_consecutive_failures.reset();
+        let rows = match schedules {
+            Ok(Ok(rows)) => rows,
+            _ => Vec::new(),
+        };
         for row in rows {
             let name = row.name.as_str();
             if let Some(at) = row.next_fire_at {

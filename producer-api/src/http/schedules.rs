@@ -157,7 +157,14 @@ pub fn check_name(name: &str) -> Result<(), ApiError> {
 /// exactly as a POST of that kind checks them.
 pub fn check(rules: &ValidationRules, body: ScheduleBody) -> Result<ScheduleSpec, ApiError> {
     let timezone = body.timezone.unwrap_or_else(|| "UTC".to_owned());
-    Calendar::parse(&body.cron, &timezone).map_err(|e| invalid(e.field, e.to_string()))?;
+    let calendar =
+        Calendar::parse(&body.cron, &timezone).map_err(|e| invalid(e.field, e.to_string()))?;
+    if calendar.next_after(Utc::now()).is_none() {
+        return Err(invalid(
+            "cron",
+            format!("`{}` never fires (no such date)", body.cron.trim()),
+        ));
+    }
     let task = TaskSpec::from_parts(body.kind, body.params)
         .map_err(|e| invalid("params", format!("invalid params for {}: {e}", body.kind)))?;
     task.validate(rules).map_err(|e| {
@@ -168,7 +175,8 @@ pub fn check(rules: &ValidationRules, body: ScheduleBody) -> Result<ScheduleSpec
     })?;
     Ok(ScheduleSpec {
         task,
-        cron: body.cron.trim().to_owned(),
+        // One spelling per calendar: `0  2 * * *` is `0 2 * * *`.
+        cron: body.cron.split_whitespace().collect::<Vec<_>>().join(" "),
         timezone: timezone.trim().to_owned(),
         enabled: body.enabled.unwrap_or(true),
         catch_up: body.catch_up.unwrap_or_default(),
@@ -392,6 +400,7 @@ pub async fn delete_schedule(
             headers(("Location" = String, description = "/tasks/{id}"))),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Its stored parameters are no longer valid", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -399,9 +408,20 @@ pub async fn trigger_schedule(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let task_id = schedules::trigger(&state.pool, &name, Utc::now(), state.max_attempts)
-        .await?
-        .ok_or_else(|| unknown(&name))?;
+    let task_id = schedules::trigger(
+        &state.pool,
+        &name,
+        Utc::now(),
+        &state.rules,
+        state.max_attempts,
+    )
+    .await?
+    .ok_or_else(|| unknown(&name))?
+    .map_err(|reason| {
+        ApiError::Conflict(format!(
+            "schedule `{name}` cannot fire: {reason}; replace it (PUT /schedules/{name})"
+        ))
+    })?;
     let row = crate::ledger::get_task(&state.pool, task_id)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("triggered task {task_id} vanished")))?;

@@ -211,8 +211,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     {
         return Err(bad());
     }
+    // Schedules key their tasks `schedule:<name>:<window>`; a client may not take one.
+    if key.starts_with(SCHEDULE_KEY_PREFIX) {
+        return Err(ApiError::BadRequest(format!(
+            "Idempotency-Key must not start with `{SCHEDULE_KEY_PREFIX}` (reserved for the tasks schedules fire)"
+        )));
+    }
     Ok(Some(key.to_owned()))
 }
+
+/// The prefix of the idempotency keys of scheduled tasks.
+pub const SCHEDULE_KEY_PREFIX: &str = "schedule:";
 
 /// The status monitor of one task.
 #[utoipa::path(

@@ -5,7 +5,8 @@
 //! Tasks go in bounded batches (`LEDGER_PRUNE_BATCH` rows, oldest finished first), each
 //! its own transaction under a statement time limit, and only while this replica holds the
 //! retention advisory lock (one replica prunes at a time; the others skip the round).
-//! Unfinished tasks are never deleted, whatever their age, nor the last task of a schedule.
+//! Unfinished tasks are never deleted, whatever their age, nor the last task of a schedule,
+//! nor its latest success.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,8 +113,13 @@ async fn delete_batch(
              SELECT id FROM cleanup_tasks
              WHERE status = $1 AND finished_at IS NOT NULL
                AND finished_at < now() - make_interval(secs => $2)
-               -- A schedule shows its last task: that one stays.
+               -- A schedule shows its last task: that one stays, and so does its latest
+               -- success (its failing streak counts from there).
                AND NOT EXISTS (SELECT 1 FROM cleanup_schedules s WHERE s.last_task_id = cleanup_tasks.id)
+               AND NOT (status = 'succeeded' AND schedule IS NOT NULL AND id = (
+                   SELECT u.id FROM cleanup_tasks u
+                   WHERE u.schedule = cleanup_tasks.schedule AND u.status = 'succeeded'
+                   ORDER BY u.created_at DESC LIMIT 1))
              ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED)
          DELETE FROM cleanup_tasks WHERE id IN (SELECT id FROM batch) AND status = $1",
     )

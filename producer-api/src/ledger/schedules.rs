@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::envelope::{cutoff_for, TaskEnvelope};
-use shared::tasks::{TaskKind, TaskSpec};
+use shared::tasks::{TaskKind, TaskSpec, ValidationRules};
 use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -137,7 +137,7 @@ pub enum Written {
 
 /// Create a schedule, or with `replace`, create or replace it (`PUT`). `source` is who
 /// manages it (`api` or `file`); a schedule managed by one source is not changed by the
-/// other.
+/// other. One statement decides, so concurrent writers cannot both win.
 pub async fn write(
     pool: &PgPool,
     name: &str,
@@ -147,24 +147,22 @@ pub async fn write(
     actor: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Written, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let existing: Option<(String,)> =
-        sqlx::query_as("SELECT managed_by FROM cleanup_schedules WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-    match (&existing, replace) {
-        (Some(_), false) => return Ok(Written::Exists),
-        (Some((managed_by,)), true) if managed_by != source => {
-            return Ok(Written::Managed(managed_by.clone()))
-        }
-        _ => {}
-    }
-    sqlx::query(
-        "INSERT INTO cleanup_schedules AS s (name, kind, params, cron, timezone, enabled,
-                 catch_up, overlap, next_fire_at, managed_by, actor)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-         ON CONFLICT (name) DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params,
+    let mut conn = pool.acquire().await?;
+    write_in(&mut conn, name, spec, replace, source, actor, now).await
+}
+
+/// [`write`] on a connection (inside the caller's transaction, if any).
+pub async fn write_in(
+    conn: &mut PgConnection,
+    name: &str,
+    spec: &ScheduleSpec,
+    replace: bool,
+    source: &str,
+    actor: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Written, sqlx::Error> {
+    let on_conflict = if replace {
+        "DO UPDATE SET kind = EXCLUDED.kind, params = EXCLUDED.params,
              cron = EXCLUDED.cron, timezone = EXCLUDED.timezone, enabled = EXCLUDED.enabled,
              catch_up = EXCLUDED.catch_up, overlap = EXCLUDED.overlap,
              -- The same calendar keeps its next window (a due one included).
@@ -178,8 +176,18 @@ pub async fn write(
                                     (EXCLUDED.kind, EXCLUDED.params, EXCLUDED.cron,
                                      EXCLUDED.timezone, EXCLUDED.enabled, EXCLUDED.catch_up,
                                      EXCLUDED.overlap)
-                               THEN now() ELSE s.updated_at END",
-    )
+                               THEN now() ELSE s.updated_at END
+         WHERE s.managed_by = EXCLUDED.managed_by"
+    } else {
+        "DO NOTHING"
+    };
+    let written: Option<bool> = sqlx::query_scalar(&format!(
+        "INSERT INTO cleanup_schedules AS s (name, kind, params, cron, timezone, enabled,
+                 catch_up, overlap, next_fire_at, managed_by, actor)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (name) {on_conflict}
+         RETURNING (xmax = 0)"
+    ))
     .bind(name)
     .bind(spec.task.kind().as_str())
     .bind(spec.task.params_json())
@@ -191,19 +199,32 @@ pub async fn write(
     .bind(next_fire(spec, now))
     .bind(source)
     .bind(actor)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *conn)
     .await?;
-    tx.commit().await?;
-    let row = get(pool, name).await?.expect("just written");
-    Ok(if existing.is_some() {
-        Written::Replaced(row)
-    } else {
-        Written::Created(row)
+    let row = get_in(conn, name).await?;
+    Ok(match (written, row) {
+        (Some(true), Some(row)) => Written::Created(row),
+        (Some(false), Some(row)) => Written::Replaced(row),
+        // Not written: the name is taken, by this source or another.
+        (None, Some(row)) if row.managed_by != source => Written::Managed(row.managed_by),
+        (None, Some(_)) => Written::Exists,
+        // Deleted meanwhile by someone else: as if taken (the caller may try again).
+        (_, None) => Written::Exists,
     })
 }
 
-/// Enable or disable a schedule; enabling computes its next window from now (missed
-/// windows while disabled are not caught up).
+async fn get_in(conn: &mut PgConnection, name: &str) -> Result<Option<ScheduleRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM cleanup_schedules s WHERE s.name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Enable or disable a schedule. Enabling a disabled one computes its next window from
+/// now (windows missed while disabled are not caught up); enabling an enabled one keeps
+/// its next window.
 pub async fn set_enabled(
     pool: &PgPool,
     name: &str,
@@ -225,28 +246,38 @@ pub async fn set_enabled(
     } else {
         None
     };
-    sqlx::query(
-        "UPDATE cleanup_schedules SET enabled = $2, next_fire_at = $3, actor = $4,
-             updated_at = now()
-         WHERE name = $1",
+    let updated = sqlx::query(
+        "UPDATE cleanup_schedules SET enabled = $2,
+             next_fire_at = CASE WHEN enabled AND $2 THEN next_fire_at ELSE $3 END,
+             actor = $4, updated_at = now()
+         WHERE name = $1 AND managed_by = $5",
     )
     .bind(name)
     .bind(enabled)
     .bind(next)
     .bind(actor)
+    .bind(source)
     .execute(pool)
     .await?;
-    Ok(get(pool, name).await?.map(Written::Replaced))
+    let after = get(pool, name).await?;
+    Ok(match after {
+        None => None,
+        Some(row) if updated.rows_affected() == 0 => Some(Written::Managed(row.managed_by)),
+        Some(row) => Some(Written::Replaced(row)),
+    })
 }
 
 /// Remove the file-managed schedules the file no longer lists; their names.
-pub async fn remove_unlisted(pool: &PgPool, listed: &[String]) -> Result<Vec<String>, sqlx::Error> {
+pub async fn remove_unlisted(
+    conn: &mut PgConnection,
+    listed: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "DELETE FROM cleanup_schedules WHERE managed_by = 'file' AND name <> ALL($1)
          RETURNING name",
     )
     .bind(listed)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 
@@ -256,17 +287,19 @@ pub async fn delete(
     name: &str,
     source: &str,
 ) -> Result<Option<Written>, sqlx::Error> {
-    let Some(row) = get(pool, name).await? else {
-        return Ok(None);
-    };
-    if row.managed_by != source {
-        return Ok(Some(Written::Managed(row.managed_by)));
+    let deleted: Option<String> = sqlx::query_scalar(
+        "DELETE FROM cleanup_schedules WHERE name = $1 AND managed_by = $2 RETURNING name",
+    )
+    .bind(name)
+    .bind(source)
+    .fetch_optional(pool)
+    .await?;
+    if deleted.is_some() {
+        return Ok(Some(Written::Exists));
     }
-    sqlx::query("DELETE FROM cleanup_schedules WHERE name = $1")
-        .bind(name)
-        .execute(pool)
-        .await?;
-    Ok(Some(Written::Replaced(row)))
+    Ok(get(pool, name)
+        .await?
+        .map(|row| Written::Managed(row.managed_by)))
 }
 
 /// What the scheduler did with one due schedule.
@@ -294,6 +327,7 @@ pub const MISFIRE_GRACE: Duration = Duration::from_secs(60);
 pub async fn fire_due(
     pool: &PgPool,
     now: DateTime<Utc>,
+    rules: &ValidationRules,
     max_attempts: u32,
     limit: i64,
 ) -> Result<Vec<Fired>, sqlx::Error> {
@@ -311,7 +345,7 @@ pub async fn fire_due(
         let Some(row) = due else {
             break;
         };
-        let outcome = fire_one(&mut tx, &row, now, max_attempts).await?;
+        let outcome = fire_one(&mut tx, &row, now, rules, max_attempts).await?;
         tx.commit().await?;
         fired.push(outcome);
     }
@@ -323,9 +357,13 @@ async fn fire_one(
     conn: &mut PgConnection,
     row: &ScheduleRow,
     now: DateTime<Utc>,
+    rules: &ValidationRules,
     max_attempts: u32,
 ) -> Result<Fired, sqlx::Error> {
-    let calendar = Calendar::parse(&row.cron, &row.timezone).ok();
+    let calendar = match Calendar::parse(&row.cron, &row.timezone) {
+        Ok(calendar) => Some(calendar),
+        Err(e) => return disable(conn, row, format!("its calendar no longer parses: {e}")).await,
+    };
     let first = row.next_fire_at.expect("a due schedule has a next window");
     // The due windows: the first, and every later one up to now.
     let mut latest = first;
@@ -377,34 +415,44 @@ async fn fire_one(
             reason,
         });
     }
-    let task = row
-        .kind
-        .parse::<TaskKind>()
-        .ok()
-        .and_then(|kind| TaskSpec::from_parts(kind, row.params.clone()).ok());
-    let Some(task) = task else {
-        // Stored parameters that no longer parse (a downgrade): never fire, say why.
-        tracing::error!(schedule = %row.name, "stored parameters no longer parse; schedule disabled");
-        sqlx::query(
-            "UPDATE cleanup_schedules SET enabled = false, next_fire_at = NULL, updated_at = now()
-             WHERE name = $1",
-        )
-        .bind(&row.name)
-        .execute(&mut *conn)
-        .await?;
-        return Ok(Fired::Skipped {
-            schedule: row.name.clone(),
-            windows: due,
-            reason: "its parameters no longer parse",
-        });
+    // The parameters as today's rules judge them (MIN_AGE_HOURS, terminal statuses and
+    // scope columns may have been tightened since the schedule was written).
+    let task = match stored_task(row, rules) {
+        Ok(task) => task,
+        Err(reason) => return disable(conn, row, reason).await,
     };
     let max_attempts = task.max_attempts().unwrap_or(max_attempts);
     let mut envelope = TaskEnvelope::new(Uuid::now_v7(), task, max_attempts, now);
     // As if it had fired on time.
     envelope.cutoff = cutoff_for(latest, envelope.task.max_age_hours());
-    let key = format!("schedule:{}:{}", row.name, latest.to_rfc3339());
+    let key = format!(
+        "{}{}:{}",
+        crate::http::tasks::SCHEDULE_KEY_PREFIX,
+        row.name,
+        latest.to_rfc3339()
+    );
     let task_id = match enqueue_in(conn, &envelope, Some(&key), Some((&row.name, latest))).await? {
-        Enqueued::Created(task) | Enqueued::Replayed(task) | Enqueued::KeyConflict(task) => task.id,
+        Enqueued::Created(task) | Enqueued::Replayed(task) => task.id,
+        // This window's key names a task with other parameters (a schedule of this name
+        // deleted and made again): never fire it as if it were that one.
+        Enqueued::KeyConflict(task) => {
+            tracing::warn!(schedule = %row.name, window = %latest, other = %task.id, "a task with this window's key exists with other parameters; window skipped");
+            sqlx::query(
+                "UPDATE cleanup_schedules SET next_fire_at = $2,
+                     skipped_windows = skipped_windows + $3, updated_at = now()
+                 WHERE name = $1",
+            )
+            .bind(&row.name)
+            .bind(next)
+            .bind(due as i64)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(Fired::Skipped {
+                schedule: row.name.clone(),
+                windows: due,
+                reason: "a task with this window's key exists with other parameters",
+            });
+        }
     };
     sqlx::query(
         "UPDATE cleanup_schedules SET next_fire_at = $2, last_fired_at = $3, last_task_id = $4,
@@ -426,24 +474,56 @@ async fn fire_one(
     })
 }
 
+/// A schedule's stored task, checked against today's rules; why not, otherwise.
+fn stored_task(row: &ScheduleRow, rules: &ValidationRules) -> Result<TaskSpec, String> {
+    let kind = row
+        .kind
+        .parse::<TaskKind>()
+        .map_err(|e| format!("its kind no longer parses: {e}"))?;
+    let task = TaskSpec::from_parts(kind, row.params.clone())
+        .map_err(|e| format!("its parameters no longer parse: {e}"))?;
+    task.validate(rules)
+        .map_err(|e| format!("its parameters are no longer valid: {e}"))?;
+    Ok(task)
+}
+
+/// Stop a schedule that cannot fire any more, saying why (logged; the schedule shows
+/// `enabled: false`).
+async fn disable(
+    conn: &mut PgConnection,
+    row: &ScheduleRow,
+    reason: String,
+) -> Result<Fired, sqlx::Error> {
+    tracing::error!(schedule = %row.name, %reason, "schedule disabled");
+    sqlx::query(
+        "UPDATE cleanup_schedules SET enabled = false, next_fire_at = NULL, updated_at = now()
+         WHERE name = $1",
+    )
+    .bind(&row.name)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Fired::Skipped {
+        schedule: row.name.clone(),
+        windows: 1,
+        reason: "it cannot fire any more and was disabled (see the log)",
+    })
+}
+
 /// Fire a schedule now, outside its calendar (`POST /schedules/{name}/trigger`): a task
 /// whose cutoff is computed from now; the schedule's windows are unchanged.
 pub async fn trigger(
     pool: &PgPool,
     name: &str,
     now: DateTime<Utc>,
+    rules: &ValidationRules,
     max_attempts: u32,
-) -> Result<Option<Uuid>, sqlx::Error> {
+) -> Result<Option<Result<Uuid, String>>, sqlx::Error> {
     let Some(row) = get(pool, name).await? else {
         return Ok(None);
     };
-    let Some(task) = row
-        .kind
-        .parse::<TaskKind>()
-        .ok()
-        .and_then(|kind| TaskSpec::from_parts(kind, row.params.clone()).ok())
-    else {
-        return Ok(None);
+    let task = match stored_task(&row, rules) {
+        Ok(task) => task,
+        Err(reason) => return Ok(Some(Err(reason))),
     };
     let max_attempts = task.max_attempts().unwrap_or(max_attempts);
     let envelope = TaskEnvelope::new(Uuid::now_v7(), task, max_attempts, now);
@@ -459,7 +539,7 @@ pub async fn trigger(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Some(task_id))
+    Ok(Some(Ok(task_id)))
 }
 
 /// Per schedule, for the metrics: next window, last window fired, last task's status, and
@@ -474,15 +554,20 @@ pub struct ScheduleHealth {
 }
 
 pub async fn health(pool: &PgPool) -> Result<Vec<ScheduleHealth>, sqlx::Error> {
+    // Bounded per schedule: the latest success through its own index, and at most 100
+    // failures counted after it.
     sqlx::query_as(
         "SELECT s.name, s.next_fire_at, s.last_fired_at,
                 (SELECT t.status FROM cleanup_tasks t WHERE t.id = s.last_task_id) AS last_task_status,
-                (SELECT count(*) FROM cleanup_tasks t
-                 WHERE t.schedule = s.name AND t.status IN ('failed', 'dead')
-                   AND t.created_at > coalesce(
-                       (SELECT max(u.created_at) FROM cleanup_tasks u
-                        WHERE u.schedule = s.name AND u.status = 'succeeded'),
-                       '-infinity')) AS consecutive_failures
+                (SELECT count(*) FROM (
+                     SELECT 1 FROM cleanup_tasks t
+                     WHERE t.schedule = s.name AND t.status IN ('failed', 'dead')
+                       AND t.created_at > coalesce(
+                           (SELECT u.created_at FROM cleanup_tasks u
+                            WHERE u.schedule = s.name AND u.status = 'succeeded'
+                            ORDER BY u.created_at DESC LIMIT 1),
+                           '-infinity')
+                     LIMIT 100) f) AS consecutive_failures
          FROM cleanup_schedules s ORDER BY s.name",
     )
     .fetch_all(pool)

@@ -11,8 +11,9 @@
 //!     timezone: Europe/Berlin
 //! ```
 //!
-//! The whole file is checked before anything is written: one bad entry (or a name an API
-//! schedule already has) and nothing changes, with an error naming the entry and field.
+//! The whole file is checked before anything is written, and written in one transaction:
+//! one bad entry (or a name an API schedule already has) and nothing changes, with an
+//! error naming the entry and field.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -31,7 +32,6 @@ pub const SOURCE: &str = "file";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScheduleFile {
-    #[serde(default)]
     schedules: Vec<ScheduleBody>,
 }
 
@@ -53,8 +53,21 @@ pub fn load(path: &Path, rules: &ValidationRules) -> anyhow::Result<Vec<(String,
 
 /// Check every entry of a schedules document.
 pub fn parse(text: &str, rules: &ValidationRules) -> anyhow::Result<Vec<(String, ScheduleSpec)>> {
-    let file: ScheduleFile =
+    // An empty or truncated file must not read as "no schedules" (which removes them
+    // all): the `schedules` key must hold a list, `[]` to remove every one.
+    let document: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(text).map_err(|e| anyhow::anyhow!("not a schedules file: {e}"))?;
+    if !document
+        .get("schedules")
+        .is_some_and(serde_yaml_ng::Value::is_sequence)
+    {
+        anyhow::bail!(
+            "not a schedules file: it needs a `schedules:` list (`schedules: []` removes every \
+             schedule the file manages)"
+        );
+    }
+    let file: ScheduleFile = serde_yaml_ng::from_value(document)
+        .map_err(|e| anyhow::anyhow!("not a schedules file: {e}"))?;
     let mut seen = BTreeSet::new();
     let mut specs = Vec::new();
     for (i, mut body) in file.schedules.into_iter().enumerate() {
@@ -77,23 +90,25 @@ pub fn parse(text: &str, rules: &ValidationRules) -> anyhow::Result<Vec<(String,
 }
 
 /// Write checked schedules as the file's, and remove the file's schedules it no longer
-/// lists. A name an API schedule already has is refused before anything is written.
+/// lists, in one transaction: a name another source manages, or any error, and nothing
+/// changes.
 pub async fn apply(pool: &PgPool, specs: &[(String, ScheduleSpec)]) -> anyhow::Result<Applied> {
-    for (name, _) in specs {
-        if let Some(existing) = schedules::get(pool, name).await? {
-            if existing.managed_by != SOURCE {
-                anyhow::bail!(
-                    "SCHEDULES_FILE lists `{name}`, which the API manages; delete it \
-                     (DELETE /schedules/{name}) or rename it in the file"
-                );
-            }
-        }
-    }
+    let mut tx = pool.begin().await?;
     let mut applied = Applied::default();
     let now = Utc::now();
     for (name, spec) in specs {
         let before = schedules::get(pool, name).await?;
-        match schedules::write(pool, name, spec, true, SOURCE, Some("schedules-file"), now).await? {
+        match schedules::write_in(
+            &mut tx,
+            name,
+            spec,
+            true,
+            SOURCE,
+            Some("schedules-file"),
+            now,
+        )
+        .await?
+        {
             Written::Created(_) => applied.created.push(name.clone()),
             Written::Replaced(after) => {
                 if before.is_some_and(|b| b.updated_at == after.updated_at) {
@@ -102,12 +117,21 @@ pub async fn apply(pool: &PgPool, specs: &[(String, ScheduleSpec)]) -> anyhow::R
                     applied.updated.push(name.clone());
                 }
             }
-            Written::Managed(by) => anyhow::bail!("schedule `{name}` is managed by `{by}`"),
-            Written::Exists => unreachable!("replace never reports an existing name"),
+            Written::Managed(by) => anyhow::bail!(
+                "SCHEDULES_FILE lists `{name}`, which {} manages; delete it there \
+                 (DELETE /schedules/{name}) or rename it in the file",
+                if by == "api" {
+                    "the API".to_owned()
+                } else {
+                    format!("`{by}`")
+                }
+            ),
+            Written::Exists => anyhow::bail!("schedule `{name}` changed meanwhile; try again"),
         }
     }
     let listed: Vec<String> = specs.iter().map(|(name, _)| name.clone()).collect();
-    applied.removed = schedules::remove_unlisted(pool, &listed).await?;
+    applied.removed = schedules::remove_unlisted(&mut tx, &listed).await?;
+    tx.commit().await?;
     Ok(applied)
 }
 

@@ -23,12 +23,22 @@ const PER_TICK: i64 = 100;
 /// Fire due windows every second until shutdown.
 pub async fn run(
     pool: PgPool,
+    rules: Arc<shared::tasks::ValidationRules>,
     max_attempts: u32,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
-        match fire_due(&pool, Utc::now(), max_attempts, PER_TICK).await {
+        // The database's clock, the same for every replica: a replica whose clock runs
+        // ahead does not fire early (nor compute a later cutoff).
+        let now = sqlx::query_scalar::<_, chrono::DateTime<Utc>>("SELECT now()")
+            .fetch_one(&pool)
+            .await;
+        let fired = match now {
+            Ok(now) => fire_due(&pool, now, &rules, max_attempts, PER_TICK).await,
+            Err(error) => Err(error),
+        };
+        match fired {
             Ok(fired) => {
                 for outcome in fired {
                     match outcome {

@@ -162,3 +162,31 @@ async fn the_last_task_of_a_schedule_is_kept() {
     .unwrap();
     assert_eq!(kept, 1);
 }
+
+/// A schedule's failing streak counts from its latest success: retention keeps that one
+/// (else a weekly schedule's old success would go at 7 days and its older failures, kept
+/// 30 days, would read as a streak).
+#[tokio::test]
+async fn a_schedules_latest_success_is_kept() {
+    let (_db, pool) = ledger().await;
+    sqlx::raw_sql(
+        "INSERT INTO cleanup_tasks (id, kind, status, params, cutoff, max_attempts, created_at,
+                                    finished_at, schedule)
+         VALUES (gen_random_uuid(), 'cleanup_runs', 'succeeded', '{}', now(), 3,
+                 now() - interval '20 days', now() - interval '20 days', 'weekly'),
+                (gen_random_uuid(), 'cleanup_runs', 'succeeded', '{}', now(), 3,
+                 now() - interval '13 days', now() - interval '13 days', 'weekly'),
+                (gen_random_uuid(), 'cleanup_runs', 'succeeded', '{}', now(), 3,
+                 now() - interval '13 days', now() - interval '13 days', NULL);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let pruned = prune_once(&pool, &retention(100)).await.unwrap();
+    assert_eq!(pruned.tasks[0], (TaskStatus::Succeeded, 2));
+    let kept: Vec<Option<String>> = sqlx::query_scalar("SELECT schedule FROM cleanup_tasks")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, [Some("weekly".to_owned())]);
+}

@@ -83,7 +83,7 @@ async fn three_replicas_fire_each_window_exactly_once() {
         let ticks = replicas.iter().enumerate().map(|(i, replica)| {
             let now = t0 + Duration::minutes(minute) + Duration::milliseconds(200 * i as i64);
             let replica = replica.clone();
-            async move { fire_due(&replica, now, 3, 100).await.unwrap() }
+            async move { fire_due(&replica, now, &rules(), 3, 100).await.unwrap() }
         });
         for outcome in futures::future::join_all(ticks).await {
             fired.extend(outcome);
@@ -135,7 +135,7 @@ async fn after_an_outage_catch_up_once_fires_once_and_skip_fires_none() {
     )
     .await;
     let back = t0 + Duration::hours(3) + Duration::minutes(10);
-    let mut fired = fire_due(&pool, back, 3, 100).await.unwrap();
+    let mut fired = fire_due(&pool, back, &rules(), 3, 100).await.unwrap();
     fired.sort_by_key(|f| format!("{f:?}"));
     let latest = t0 + Duration::hours(3);
     assert!(
@@ -169,7 +169,10 @@ async fn after_an_outage_catch_up_once_fires_once_and_skip_fires_none() {
             ("skip".to_owned(), t0 + Duration::hours(4), 3),
         ]
     );
-    assert!(fire_due(&pool, back, 3, 100).await.unwrap().is_empty());
+    assert!(fire_due(&pool, back, &rules(), 3, 100)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// `overlap: skip`: while the previous task is queued, running or retrying, a window
@@ -185,11 +188,11 @@ async fn overlap_skip_waits_for_the_previous_task() {
         t0,
     )
     .await;
-    let first = fire_due(&pool, t0 + Duration::seconds(61), 3, 100)
+    let first = fire_due(&pool, t0 + Duration::seconds(61), &rules(), 3, 100)
         .await
         .unwrap();
     assert!(matches!(first[..], [Fired::Task { .. }]), "{first:?}");
-    let second = fire_due(&pool, t0 + Duration::seconds(121), 3, 100)
+    let second = fire_due(&pool, t0 + Duration::seconds(121), &rules(), 3, 100)
         .await
         .unwrap();
     assert!(
@@ -200,7 +203,7 @@ async fn overlap_skip_waits_for_the_previous_task() {
         .execute(&pool)
         .await
         .unwrap();
-    let third = fire_due(&pool, t0 + Duration::seconds(181), 3, 100)
+    let third = fire_due(&pool, t0 + Duration::seconds(181), &rules(), 3, 100)
         .await
         .unwrap();
     assert!(matches!(third[..], [Fired::Task { .. }]), "{third:?}");
@@ -247,6 +250,7 @@ async fn the_schedules_api_checks_creates_changes_and_triggers() {
             "params",
         ),
         (json!({"name": "Has Spaces"}), "name"),
+        (json!({"cron": "0 0 30 2 *"}), "cron"),
     ] {
         let mut bad = body.clone();
         bad["name"] = json!("bad-one");
@@ -263,6 +267,15 @@ async fn the_schedules_api_checks_creates_changes_and_triggers() {
         let problem: serde_json::Value = response.json().await.unwrap();
         assert_eq!(problem["field"], field, "{problem}");
     }
+    // The keys of scheduled tasks are not for clients.
+    let taken = app
+        .post_with_key(
+            "/maintenance/cleanup-runs",
+            json!({"max_age_hours": 24, "dry_run": true}),
+            "schedule:nightly-runs:2026-12-01T01:30:00+00:00",
+        )
+        .await;
+    assert_eq!(taken.status(), 400);
     let list: serde_json::Value = app.get("/schedules").await.json().await.unwrap();
     assert_eq!(list["schedules"].as_array().unwrap().len(), 1, "{list}");
 
@@ -480,6 +493,10 @@ fn a_bad_schedules_file_names_the_entry_and_field() {
         ("schedules:\n  - name: a\n    kind: cleanup_runs\n    params: {max_age_hours: 24}\n    cron: \"@daily\"\n  - name: a\n    kind: cleanup_runs\n    params: {max_age_hours: 24}\n    cron: \"@daily\"\n", "schedule #2 (`a`) is listed twice"),
         ("schedules:\n  - kind: cleanup_runs\n    params: {max_age_hours: 24}\n    cron: \"@daily\"\n", "schedule #1 has no `name`"),
         ("schedules:\n  - name: a\n    kind: cleanup_sessions\n", "not a schedules file"),
+        // Empty or truncated: not "no schedules" (which would remove them all).
+        ("", "needs a `schedules:` list"),
+        ("schedules:\n", "needs a `schedules:` list"),
+        ("# nothing\n", "needs a `schedules:` list"),
     ] {
         let error = parse(text, &rules()).unwrap_err().to_string();
         assert!(error.contains(says), "{error}");
@@ -565,4 +582,76 @@ async fn sighup_applies_the_schedules_file_again() {
     assert!(child.try_wait().unwrap().is_none());
     child.kill().await.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A window whose key already names a task with other parameters (a schedule deleted and
+/// made again under the same name) is skipped, not taken for that task; a schedule whose
+/// parameters today's rules refuse is disabled instead of firing tasks workers refuse.
+#[tokio::test]
+async fn a_window_never_fires_as_another_task_or_with_invalid_parameters() {
+    use shared::envelope::TaskEnvelope;
+    let (_db, pool) = ledger().await;
+    let t0 = at("2026-05-01T10:00:00Z");
+    let window = t0 + Duration::minutes(1);
+    create(
+        &pool,
+        "minutely",
+        &spec("* * * * *", CatchUp::Once, Overlap::Allow),
+        t0,
+    )
+    .await;
+    let other = TaskEnvelope::new(
+        uuid::Uuid::now_v7(),
+        TaskSpec::CleanupRuns(CleanupRunsParams {
+            max_age_hours: 1.0,
+            dry_run: false,
+            statuses: None,
+            batch_size: None,
+            max_rows: None,
+            max_attempts: None,
+            scope: None,
+        }),
+        3,
+        t0,
+    );
+    let key = format!("schedule:minutely:{}", window.to_rfc3339());
+    producer_api::ledger::enqueue(&pool, &other, Some(&key))
+        .await
+        .unwrap();
+    let fired = fire_due(&pool, window + Duration::seconds(1), &rules(), 3, 100)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&fired[..], [Fired::Skipped { reason, .. }] if reason.contains("other parameters")),
+        "{fired:?}"
+    );
+    let last: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT last_task_id FROM cleanup_schedules WHERE name = 'minutely'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(last, None, "the other task is not the schedule's");
+
+    // MIN_AGE_HOURS raised above the schedule's 48 hours: disabled, nothing fired.
+    let mut strict = rules();
+    strict.min_age_hours = 72.0;
+    let fired = fire_due(&pool, window + Duration::minutes(1), &strict, 3, 100)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&fired[..], [Fired::Skipped { reason, .. }] if reason.contains("disabled")),
+        "{fired:?}"
+    );
+    let (enabled, next): (bool, Option<DateTime<Utc>>) = sqlx::query_as(
+        "SELECT enabled, next_fire_at FROM cleanup_schedules WHERE name = 'minutely'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!enabled && next.is_none());
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM cleanup_tasks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1, "only the other task");
 }
