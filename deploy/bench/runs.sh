@@ -103,9 +103,8 @@ VACUUM ANALYZE;
 SQL
 }
 
-build_partitioned() { # db rows
-  create_db "$1"
-  sql "$1" -v rows="$2" -v half="$(($2 / 2))" <<SQL
+# Runs range-partitioned by month on finished_at (cases 4 and 5).
+PARTITIONED_RUNS="
 CREATE TABLE runs (
     id          bigint NOT NULL,
     name        text NOT NULL DEFAULT '',
@@ -123,7 +122,12 @@ BEGIN
                    'runs_' || to_char(m, 'YYYY_MM'), m, m + interval '1 month');
     m := m + interval '1 month';
   END LOOP;
-END \$\$;
+END \$\$;"
+
+build_partitioned() { # db rows
+  create_db "$1"
+  sql "$1" -v rows="$2" -v half="$(($2 / 2))" <<SQL
+$PARTITIONED_RUNS
 CREATE TABLE run_logs (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     run_id          bigint NOT NULL,
@@ -144,24 +148,7 @@ SQL
 build_retention() { # db rows
   create_db "$1"
   sql "$1" -v rows="$2" -v half="$(($2 / 2))" <<SQL
-CREATE TABLE runs (
-    id          bigint NOT NULL,
-    name        text NOT NULL DEFAULT '',
-    status      text NOT NULL,
-    started_at  timestamptz NOT NULL DEFAULT now(),
-    finished_at timestamptz NOT NULL,
-    PRIMARY KEY (id, finished_at)
-) PARTITION BY RANGE (finished_at);
-CREATE INDEX runs_finished_at_id ON runs (finished_at, id);
-DO \$\$
-DECLARE m date := date_trunc('month', now() - interval '125 days');
-BEGIN
-  WHILE m <= now() + interval '1 month' LOOP
-    EXECUTE format('CREATE TABLE %I PARTITION OF runs FOR VALUES FROM (%L) TO (%L)',
-                   'runs_' || to_char(m, 'YYYY_MM'), m, m + interval '1 month');
-    m := m + interval '1 month';
-  END LOOP;
-END \$\$;
+$PARTITIONED_RUNS
 -- Logs exist but reference nothing: no cascade stands in the way.
 CREATE TABLE run_logs (run_id bigint, line text);
 -- Runs still going are all recent here.

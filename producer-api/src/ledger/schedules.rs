@@ -399,21 +399,7 @@ async fn fire_one(
         None
     };
     if let Some(reason) = skip_reason {
-        sqlx::query(
-            "UPDATE cleanup_schedules SET next_fire_at = $2,
-                 skipped_windows = skipped_windows + $3, updated_at = now()
-             WHERE name = $1",
-        )
-        .bind(&row.name)
-        .bind(next)
-        .bind(due as i64)
-        .execute(&mut *conn)
-        .await?;
-        return Ok(Fired::Skipped {
-            schedule: row.name.clone(),
-            windows: due,
-            reason,
-        });
+        return skip(conn, row, next, due, reason).await;
     }
     // The parameters as today's rules judge them (MIN_AGE_HOURS, terminal statuses and
     // scope columns may have been tightened since the schedule was written).
@@ -437,21 +423,8 @@ async fn fire_one(
         // deleted and made again): never fire it as if it were that one.
         Enqueued::KeyConflict(task) => {
             tracing::warn!(schedule = %row.name, window = %latest, other = %task.id, "a task with this window's key exists with other parameters; window skipped");
-            sqlx::query(
-                "UPDATE cleanup_schedules SET next_fire_at = $2,
-                     skipped_windows = skipped_windows + $3, updated_at = now()
-                 WHERE name = $1",
-            )
-            .bind(&row.name)
-            .bind(next)
-            .bind(due as i64)
-            .execute(&mut *conn)
-            .await?;
-            return Ok(Fired::Skipped {
-                schedule: row.name.clone(),
-                windows: due,
-                reason: "a task with this window's key exists with other parameters",
-            });
+            let reason = "a task with this window's key exists with other parameters";
+            return skip(conn, row, next, due, reason).await;
         }
     };
     sqlx::query(
@@ -471,6 +444,31 @@ async fn fire_one(
         window: latest,
         task_id,
         missed: due - 1,
+    })
+}
+
+/// Fire nothing for `due` windows, and wait for `next`.
+async fn skip(
+    conn: &mut PgConnection,
+    row: &ScheduleRow,
+    next: Option<DateTime<Utc>>,
+    due: u64,
+    reason: &'static str,
+) -> Result<Fired, sqlx::Error> {
+    sqlx::query(
+        "UPDATE cleanup_schedules SET next_fire_at = $2,
+             skipped_windows = skipped_windows + $3, updated_at = now()
+         WHERE name = $1",
+    )
+    .bind(&row.name)
+    .bind(next)
+    .bind(due as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(Fired::Skipped {
+        schedule: row.name.clone(),
+        windows: due,
+        reason,
     })
 }
 

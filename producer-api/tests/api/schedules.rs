@@ -377,15 +377,7 @@ schedules:
 "#;
 
 fn rules() -> shared::tasks::ValidationRules {
-    shared::tasks::ValidationRules {
-        min_age_hours: 1.0,
-        terminal_statuses: ["succeeded", "failed", "cancelled"]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-        max_attempts_limit: 10,
-        scope_columns: Default::default(),
-    }
+    shared::tasks::ValidationRules::default()
 }
 
 /// The schedules file creates what it lists, updates what changed, removes what it no

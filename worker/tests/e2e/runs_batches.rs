@@ -134,6 +134,34 @@ fn executor(pool: &PgPool) -> worker::executor::runs::RunsExecutor {
     )
 }
 
+/// A task's envelope and parameters: `max_age_hours` 24, the given batch size and cap.
+fn task(
+    dry_run: bool,
+    batch_size: u32,
+    max_rows: Option<u64>,
+) -> (
+    shared::envelope::TaskEnvelope,
+    shared::tasks::CleanupRunsParams,
+) {
+    use shared::tasks::{CleanupRunsParams, TaskSpec};
+    let params = CleanupRunsParams {
+        max_age_hours: 24.0,
+        dry_run,
+        statuses: None,
+        batch_size: Some(batch_size),
+        max_rows,
+        max_attempts: None,
+        scope: None,
+    };
+    let envelope = shared::envelope::TaskEnvelope::new(
+        uuid::Uuid::now_v7(),
+        TaskSpec::CleanupRuns(params.clone()),
+        3,
+        chrono::Utc::now(),
+    );
+    (envelope, params)
+}
+
 /// One turn of `envelope`, run to its end.
 async fn run_to_the_end(
     executor: &worker::executor::runs::RunsExecutor,
@@ -316,7 +344,6 @@ async fn a_scope_column_the_table_lacks_is_refused_at_start_up() {
 /// `max_rows`, and each copy's result counts every row the task deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_delivered_twice_deletes_no_more_than_once() {
-    use shared::tasks::{CleanupRunsParams, TaskSpec};
     for indexed in [true, false] {
         let (_runs, pool) = database(&format!(
             "CREATE TABLE runs (id bigint PRIMARY KEY, status text NOT NULL, finished_at timestamptz);
@@ -326,24 +353,7 @@ async fn a_task_delivered_twice_deletes_no_more_than_once() {
             if indexed { "CREATE INDEX ON runs (finished_at, id);" } else { "" }
         ))
         .await;
-        let capped = |max_rows: Option<u64>| {
-            let params = CleanupRunsParams {
-                max_age_hours: 24.0,
-                dry_run: false,
-                statuses: None,
-                batch_size: Some(5),
-                max_rows,
-                max_attempts: None,
-                scope: None,
-            };
-            let envelope = shared::envelope::TaskEnvelope::new(
-                uuid::Uuid::now_v7(),
-                TaskSpec::CleanupRuns(params.clone()),
-                3,
-                chrono::Utc::now(),
-            );
-            (envelope, params)
-        };
+        let capped = |max_rows: Option<u64>| task(false, 5, max_rows);
         let (a, b) = (executor(&pool), executor(&pool));
 
         // One copy after the other: the second finds the task done.
@@ -433,28 +443,10 @@ async fn the_committed_count_outranks_the_count_a_message_carries() {
 /// after it are not deleted by the real run, with either strategy.
 #[tokio::test]
 async fn rows_changed_after_the_dry_run_are_judged_again() {
-    use shared::tasks::{CleanupRunsParams, TaskSpec};
     for index in ["CREATE INDEX ON runs (finished_at, id);", ""] {
         let (_runs, pool) = database(&mixed(index)).await;
         let executor = executor(&pool);
-        let run = |dry_run: bool| {
-            let params = CleanupRunsParams {
-                max_age_hours: 24.0,
-                dry_run,
-                statuses: None,
-                batch_size: Some(7),
-                max_rows: None,
-                max_attempts: None,
-                scope: None,
-            };
-            let envelope = shared::envelope::TaskEnvelope::new(
-                uuid::Uuid::now_v7(),
-                TaskSpec::CleanupRuns(params.clone()),
-                3,
-                chrono::Utc::now(),
-            );
-            (envelope, params)
-        };
+        let run = |dry_run: bool| task(dry_run, 7, None);
         let (envelope, params) = run(true);
         let dry = run_to_the_end(&executor, &envelope, &params).await;
         // Only `succeeded` is terminal for this executor: 100 of the 300 old rows.
