@@ -88,7 +88,7 @@ impl Application {
             rules: Arc::new(config.validation_rules()?),
             max_attempts: config.max_attempts,
             max_body_bytes: config.max_body_bytes,
-            tokens: Tokens::new(&config.tokens(), config.auth_disabled),
+            tokens: Tokens::parse(&config.tokens(), config.auth_disabled)?,
             metrics,
             broker,
             relay_enabled: config.relay_enabled,

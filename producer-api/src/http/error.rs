@@ -14,6 +14,9 @@ pub enum ApiError {
     /// 400: the body is not JSON, or a query parameter or header is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// 403: the token's scope does not allow this request.
+    #[error("{0}")]
+    Forbidden(String),
     /// 401: no bearer token, or one that is not configured.
     #[error("missing or invalid bearer token: send `Authorization: Bearer <token>`")]
     Unauthorized,
@@ -99,6 +102,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -115,6 +119,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad-request",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not-found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload-too-large",

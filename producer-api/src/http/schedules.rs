@@ -4,13 +4,14 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::tasks::{TaskKind, TaskSpec, ValidationRules};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::auth::Principal;
 use super::error::{ApiError, Problem};
 use super::json::ApiJson;
 use super::AppState;
@@ -223,6 +224,7 @@ fn located(status: StatusCode, location: &str, body: impl Serialize) -> Response
 )]
 pub async fn create_schedule(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     ApiJson(mut body): ApiJson<ScheduleBody>,
 ) -> Result<Response, ApiError> {
     let name = body
@@ -231,7 +233,8 @@ pub async fn create_schedule(
         .ok_or_else(|| invalid("name", "a schedule needs a `name`".to_owned()))?;
     check_name(&name)?;
     let spec = check(&state.rules, body)?;
-    match schedules::write(&state.pool, &name, &spec, false, SOURCE, None, Utc::now()).await? {
+    let actor = Some(principal.name.as_str());
+    match schedules::write(&state.pool, &name, &spec, false, SOURCE, actor, Utc::now()).await? {
         Written::Created(row) => Ok(located(
             StatusCode::CREATED,
             &format!("/schedules/{name}"),
@@ -263,6 +266,7 @@ pub async fn create_schedule(
 )]
 pub async fn put_schedule(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ScheduleBody>,
 ) -> Result<Response, ApiError> {
@@ -274,7 +278,8 @@ pub async fn put_schedule(
         ));
     }
     let spec = check(&state.rules, body)?;
-    match schedules::write(&state.pool, &name, &spec, true, SOURCE, None, Utc::now()).await? {
+    let actor = Some(principal.name.as_str());
+    match schedules::write(&state.pool, &name, &spec, true, SOURCE, actor, Utc::now()).await? {
         Written::Created(row) => Ok(located(
             StatusCode::CREATED,
             &format!("/schedules/{name}"),
@@ -306,10 +311,12 @@ pub async fn put_schedule(
 )]
 pub async fn patch_schedule(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
     ApiJson(patch): ApiJson<SchedulePatch>,
 ) -> Result<Json<ScheduleView>, ApiError> {
-    match schedules::set_enabled(&state.pool, &name, patch.enabled, SOURCE, None, Utc::now())
+    let actor = Some(principal.name.as_str());
+    match schedules::set_enabled(&state.pool, &name, patch.enabled, SOURCE, actor, Utc::now())
         .await?
     {
         None => Err(unknown(&name)),
@@ -406,6 +413,7 @@ pub async fn delete_schedule(
 )]
 pub async fn trigger_schedule(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let task_id = schedules::trigger(
@@ -414,6 +422,7 @@ pub async fn trigger_schedule(
         Utc::now(),
         &state.rules,
         state.max_attempts,
+        &principal.name,
     )
     .await?
     .ok_or_else(|| unknown(&name))?

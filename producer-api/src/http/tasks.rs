@@ -5,13 +5,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::envelope::TaskEnvelope;
 use shared::tasks::{CleanupRunsParams, CleanupTempFilesParams, TaskKind, TaskSpec};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
+
+use super::auth::{Principal, Scope};
 
 use super::error::{ApiError, Problem};
 use super::json::ApiJson;
@@ -66,6 +68,9 @@ pub struct TaskView {
     /// The window it fired for: its cutoff is computed from this time.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// Who created it: the API token's name (for a schedule's window, whoever wrote the
+    /// schedule).
+    pub actor: Option<String>,
 }
 
 impl From<TaskRow> for TaskView {
@@ -88,6 +93,7 @@ impl From<TaskRow> for TaskView {
             published_at: row.published_at,
             schedule: row.schedule,
             scheduled_for: row.scheduled_for,
+            actor: row.actor,
         }
     }
 }
@@ -114,10 +120,11 @@ impl From<TaskRow> for TaskView {
 )]
 pub async fn enqueue_cleanup_runs(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     ApiJson(params): ApiJson<CleanupRunsParams>,
 ) -> Result<Response, ApiError> {
-    enqueue(&state, &headers, TaskSpec::CleanupRuns(params)).await
+    enqueue(&state, &principal, &headers, TaskSpec::CleanupRuns(params)).await
 }
 
 /// Enqueue a cleanup of old files under the workers' configured temp roots.
@@ -142,17 +149,28 @@ pub async fn enqueue_cleanup_runs(
 )]
 pub async fn enqueue_cleanup_temp_files(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     headers: HeaderMap,
     ApiJson(params): ApiJson<CleanupTempFilesParams>,
 ) -> Result<Response, ApiError> {
-    enqueue(&state, &headers, TaskSpec::CleanupTempFiles(params)).await
+    enqueue(
+        &state,
+        &principal,
+        &headers,
+        TaskSpec::CleanupTempFiles(params),
+    )
+    .await
 }
 
 async fn enqueue(
     state: &AppState,
+    principal: &Principal,
     headers: &HeaderMap,
     task: TaskSpec,
 ) -> Result<Response, ApiError> {
+    if !task.dry_run() {
+        principal.require(Scope::Enqueue, "a real (not dry-run) cleanup")?;
+    }
     task.validate(&state.rules)
         .map_err(|e| ApiError::InvalidParameters {
             detail: format!("invalid parameters: {e}"),
@@ -162,14 +180,16 @@ async fn enqueue(
     let max_attempts = task.max_attempts().unwrap_or(state.max_attempts);
     let envelope = TaskEnvelope::new(Uuid::now_v7(), task, max_attempts, Utc::now());
     let kind = envelope.task.kind();
-    let (status, row) = match ledger::enqueue(&state.pool, &envelope, key.as_deref()).await? {
+    let actor = Some(principal.name.as_str());
+    let (status, row) = match ledger::enqueue(&state.pool, &envelope, key.as_deref(), actor).await?
+    {
         Enqueued::Created(row) => {
             state
                 .metrics
                 .tasks_enqueued
                 .with_label_values(&[kind.as_str()])
                 .inc();
-            tracing::info!(task_id = %row.id, %kind, "task enqueued");
+            tracing::info!(task_id = %row.id, %kind, actor = %principal.name, "task enqueued");
             (StatusCode::ACCEPTED, row)
         }
         Enqueued::Replayed(row) => (StatusCode::OK, row),
@@ -257,6 +277,8 @@ pub struct ListParams {
     pub kind: Option<String>,
     /// Only tasks in this status.
     pub status: Option<String>,
+    /// Only tasks this actor (API token name) created.
+    pub actor: Option<String>,
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
@@ -314,6 +336,7 @@ pub async fn list_tasks(
                 })
             })
             .transpose()?,
+        actor: params.actor,
         limit,
     };
     let (rows, more) = ledger::list_tasks(&state.pool, &query).await?;

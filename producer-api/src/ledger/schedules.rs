@@ -417,7 +417,17 @@ async fn fire_one(
         row.name,
         latest.to_rfc3339()
     );
-    let task_id = match enqueue_in(conn, &envelope, Some(&key), Some((&row.name, latest))).await? {
+    // The window's task is the schedule writer's doing.
+    let actor = row.actor.as_deref();
+    let task_id = match enqueue_in(
+        conn,
+        &envelope,
+        Some(&key),
+        Some((&row.name, latest)),
+        actor,
+    )
+    .await?
+    {
         Enqueued::Created(task) | Enqueued::Replayed(task) => task.id,
         // This window's key names a task with other parameters (a schedule of this name
         // deleted and made again): never fire it as if it were that one.
@@ -515,6 +525,7 @@ pub async fn trigger(
     now: DateTime<Utc>,
     rules: &ValidationRules,
     max_attempts: u32,
+    actor: &str,
 ) -> Result<Option<Result<Uuid, String>>, sqlx::Error> {
     let Some(row) = get(pool, name).await? else {
         return Ok(None);
@@ -526,7 +537,15 @@ pub async fn trigger(
     let max_attempts = task.max_attempts().unwrap_or(max_attempts);
     let envelope = TaskEnvelope::new(Uuid::now_v7(), task, max_attempts, now);
     let mut tx = pool.begin().await?;
-    let task_id = match enqueue_in(&mut tx, &envelope, None, Some((&row.name, now))).await? {
+    let task_id = match enqueue_in(
+        &mut tx,
+        &envelope,
+        None,
+        Some((&row.name, now)),
+        Some(actor),
+    )
+    .await?
+    {
         Enqueued::Created(task) | Enqueued::Replayed(task) | Enqueued::KeyConflict(task) => task.id,
     };
     sqlx::query(

@@ -109,11 +109,13 @@ pub struct TaskRow {
     /// The schedule that fired the task, and the window it fired for.
     pub schedule: Option<String>,
     pub scheduled_for: Option<DateTime<Utc>>,
+    /// Who created it: the API token's name.
+    pub actor: Option<String>,
 }
 
 const TASK_COLUMNS: &str = "id, kind, status, params, cutoff, attempts, max_attempts, result, \
      error, idempotency_key, worker_id, created_at, updated_at, started_at, finished_at, \
-     next_attempt_at, published_at, schedule, scheduled_for";
+     next_attempt_at, published_at, schedule, scheduled_for, actor";
 
 impl TaskRow {
     /// The task's kind and parameters as stored.
@@ -139,9 +141,10 @@ pub async fn enqueue(
     pool: &PgPool,
     envelope: &TaskEnvelope,
     idempotency_key: Option<&str>,
+    actor: Option<&str>,
 ) -> Result<Enqueued, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    enqueue_in(&mut conn, envelope, idempotency_key, None).await
+    enqueue_in(&mut conn, envelope, idempotency_key, None, actor).await
 }
 
 /// [`enqueue`] on a connection (inside the caller's transaction, if any); `schedule`
@@ -151,6 +154,7 @@ pub async fn enqueue_in(
     envelope: &TaskEnvelope,
     idempotency_key: Option<&str>,
     schedule: Option<(&str, DateTime<Utc>)>,
+    actor: Option<&str>,
 ) -> Result<Enqueued, sqlx::Error> {
     let kind = envelope.task.kind().as_str();
     let params = envelope.task.params_json();
@@ -159,8 +163,8 @@ pub async fn enqueue_in(
         "WITH inserted AS (
              INSERT INTO cleanup_tasks
                  (id, kind, params, cutoff, max_attempts, idempotency_key, created_at, updated_at,
-                  schedule, scheduled_for)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $9, $10)
+                  schedule, scheduled_for, actor)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $9, $10, $11)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING {TASK_COLUMNS}
          ), outbox AS (
@@ -180,6 +184,7 @@ pub async fn enqueue_in(
         .bind(&envelope_json)
         .bind(schedule.map(|(name, _)| name))
         .bind(schedule.map(|(_, window)| window))
+        .bind(actor)
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(row) = inserted {
@@ -214,6 +219,7 @@ pub async fn get_task(pool: &PgPool, id: Uuid) -> Result<Option<TaskRow>, sqlx::
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub kind: Option<TaskKind>,
+    pub actor: Option<String>,
     pub status: Option<TaskStatus>,
     pub before: Option<Uuid>,
     pub limit: u32,
@@ -232,6 +238,9 @@ pub async fn list_tasks(
     }
     if let Some(status) = query.status {
         sql.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(actor) = &query.actor {
+        sql.push(" AND actor = ").push_bind(actor.clone());
     }
     if let Some(before) = query.before {
         sql.push(" AND id < ").push_bind(before);

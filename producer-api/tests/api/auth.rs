@@ -132,3 +132,145 @@ fn the_api_refuses_to_start_without_task_signing_keys_unless_unsigned_tasks_are_
         "{error}"
     );
 }
+
+const READ: &str = "grafana-secret-0123456789";
+const DRY_RUN: &str = "ci-secret-0123456789abcdef";
+const ENQUEUE: &str = "deploy-secret-0123456789ab";
+
+/// Each scope on each route: allowed means the request gets past authorization (any
+/// answer but 401 and 403); refused is a 403 naming the scope the route needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_scope_is_allowed_exactly_its_routes() {
+    let tokens =
+        format!("--api-tokens=grafana:read:{READ},ci:dry-run:{DRY_RUN},deploy:enqueue:{ENQUEUE}");
+    let stack = Stack::start_with(AppOptions::with_args(&[&tokens])).await;
+    let app = &stack.app;
+    let dry = serde_json::json!({"max_age_hours": 24, "dry_run": true});
+    let real = serde_json::json!({"max_age_hours": 24});
+    let temp_dry = serde_json::json!({"max_age_hours": 24, "root": "scratch", "dry_run": true});
+    let schedule = serde_json::json!({"kind": "cleanup_runs", "params": {"max_age_hours": 24},
+                                      "cron": "@daily", "name": "scoped"});
+    // (method, path, body, the least scope allowed)
+    let routes: Vec<(reqwest::Method, &str, Option<Value>, &str)> = vec![
+        (reqwest::Method::GET, "/tasks", None, "read"),
+        (reqwest::Method::GET, "/workers", None, "read"),
+        (reqwest::Method::GET, "/schedules", None, "read"),
+        (
+            reqwest::Method::POST,
+            "/maintenance/cleanup-runs",
+            Some(dry.clone()),
+            "dry-run",
+        ),
+        (
+            reqwest::Method::POST,
+            "/maintenance/cleanup-temp-files",
+            Some(temp_dry),
+            "dry-run",
+        ),
+        (
+            reqwest::Method::POST,
+            "/maintenance/cleanup-runs",
+            Some(real),
+            "enqueue",
+        ),
+        (
+            reqwest::Method::POST,
+            "/workers/prune",
+            Some(serde_json::json!({"dry_run": true})),
+            "admin",
+        ),
+        (reqwest::Method::POST, "/schedules", Some(schedule), "admin"),
+        (
+            reqwest::Method::POST,
+            "/schedules/none/trigger",
+            None,
+            "admin",
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/schedules/none",
+            Some(serde_json::json!({"enabled": false})),
+            "admin",
+        ),
+        (reqwest::Method::DELETE, "/schedules/none", None, "admin"),
+    ];
+    let scopes = [
+        ("read", READ),
+        ("dry-run", DRY_RUN),
+        ("enqueue", ENQUEUE),
+        ("admin", TOKEN),
+    ];
+    let rank = |scope: &str| scopes.iter().position(|(s, _)| *s == scope).unwrap();
+    for (method, path, body, least) in &routes {
+        for (scope, secret) in scopes {
+            let mut request = app
+                .client
+                .request(method.clone(), format!("{}{path}", app.address))
+                .bearer_auth(secret);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            if rank(scope) >= rank(least) {
+                assert!(
+                    status != 401 && status != 403,
+                    "{scope} on {method} {path}: {status}"
+                );
+            } else {
+                assert_eq!(status, 403, "{scope} on {method} {path}");
+                let problem: Value = response.json().await.unwrap();
+                assert!(
+                    problem["detail"]
+                        .as_str()
+                        .unwrap()
+                        .contains(&format!("`{least}`")),
+                    "{problem}"
+                );
+            }
+        }
+    }
+    stack.stop().await;
+}
+
+/// The token's name is the actor: recorded on the task, and a filter of `GET /tasks`.
+/// Two Authorization headers are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_actor_is_recorded_and_two_tokens_are_refused() {
+    let tokens = format!("--api-tokens=ci:dry-run:{DRY_RUN}");
+    let stack = Stack::start_with(AppOptions::with_args(&[&tokens])).await;
+    let app = &stack.app;
+    let response = app
+        .client
+        .post(format!("{}/maintenance/cleanup-runs", app.address))
+        .bearer_auth(DRY_RUN)
+        .json(&serde_json::json!({"max_age_hours": 24, "dry_run": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let task: Value = response.json().await.unwrap();
+    assert_eq!(task["actor"], "ci", "{task}");
+    // One task by `token-1` (the bare admin token) too.
+    assert_eq!(
+        app.post("/maintenance/cleanup-runs", runs_body())
+            .await
+            .status(),
+        202
+    );
+    let page: Value = app.get("/tasks?actor=ci").await.json().await.unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{page}");
+    assert_eq!(items[0]["task_id"], task["task_id"]);
+
+    let twice = app
+        .client
+        .get(format!("{}/tasks", app.address))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Authorization", format!("Bearer {DRY_RUN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 400);
+    stack.stop().await;
+}

@@ -607,7 +607,7 @@ async fn a_window_never_fires_as_another_task_or_with_invalid_parameters() {
         t0,
     );
     let key = format!("schedule:minutely:{}", window.to_rfc3339());
-    producer_api::ledger::enqueue(&pool, &other, Some(&key))
+    producer_api::ledger::enqueue(&pool, &other, Some(&key), None)
         .await
         .unwrap();
     let fired = fire_due(&pool, window + Duration::seconds(1), &rules(), 3, 100)
