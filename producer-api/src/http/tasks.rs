@@ -34,6 +34,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
+        .route("/tasks/{id}/retry", post(retry_task))
 }
 
 /// A task as the API shows it: the status monitor.
@@ -71,6 +72,12 @@ pub struct TaskView {
     /// Who created it: the API token's name (for a schedule's window, whoever wrote the
     /// schedule).
     pub actor: Option<String>,
+    /// The task this one retries (`POST /tasks/{id}/retry`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<Uuid>,
+    /// The task that retried this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried_by: Option<Uuid>,
 }
 
 impl From<TaskRow> for TaskView {
@@ -94,6 +101,8 @@ impl From<TaskRow> for TaskView {
             schedule: row.schedule,
             scheduled_for: row.scheduled_for,
             actor: row.actor,
+            retry_of: row.retry_of,
+            retried_by: row.retried_by,
         }
     }
 }
@@ -345,4 +354,97 @@ pub async fn list_tasks(
         .flatten();
     let items = rows.into_iter().map(TaskView::from).collect();
     Ok(Json(TaskPage { items, next_cursor }))
+}
+
+/// `POST /tasks/{id}/retry`: optional body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBody {
+    /// Keep the original task's cutoff instead of computing one from now.
+    #[serde(default)]
+    pub keep_cutoff: bool,
+}
+
+/// Run a `failed` or `dead` task again: a new task with the same kind and parameters,
+/// linked both ways (`retry_of`, `retried_by`).
+#[utoipa::path(
+    post,
+    path = "/tasks/{id}/retry",
+    tag = "tasks",
+    params(("id" = Uuid, Path, description = "Task id")),
+    request_body(content = Option<RetryBody>, description = "Optional: `{\"keep_cutoff\": true}`"),
+    responses(
+        (status = 202, description = "The new task", body = TaskView,
+            headers(("Location" = String, description = "/tasks/{id} of the new task"))),
+        (status = 400, description = "Not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope is not admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown task", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not failed or dead, or retried before", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown field, or parameters no longer valid", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn retry_task(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a task id (a UUID)")))?;
+    let body: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidParameters {
+            detail: format!("invalid retry body: {e}"),
+            field: None,
+        })?
+    };
+    let retried = ledger::tasks::retry(
+        &state.pool,
+        id,
+        body.keep_cutoff,
+        &state.rules,
+        state.max_attempts,
+        Some(&principal.name),
+        Utc::now(),
+    )
+    .await?;
+    let row = match retried {
+        ledger::tasks::Retried::Created(row) => *row,
+        ledger::tasks::Retried::NotFound => {
+            return Err(ApiError::NotFound(format!("no task with id {id}")))
+        }
+        ledger::tasks::Retried::NotRetryable(status) => {
+            return Err(ApiError::Conflict(format!(
+                "task {id} is {}; only a failed or dead task is retried",
+                status.as_str()
+            )))
+        }
+        ledger::tasks::Retried::AlreadyRetried(by) => {
+            return Err(ApiError::Conflict(format!(
+                "task {id} was retried already, by task {by}; retry that one if it failed"
+            )))
+        }
+        ledger::tasks::Retried::Invalid(reason) => {
+            return Err(ApiError::InvalidParameters {
+                detail: format!("task {id} cannot be retried: {reason}"),
+                field: None,
+            })
+        }
+    };
+    tracing::info!(task_id = %row.id, retry_of = %id, actor = %principal.name, "task retried");
+    state
+        .metrics
+        .tasks_enqueued
+        .with_label_values(&[row.kind.as_str()])
+        .inc();
+    let location = format!("/tasks/{}", row.id);
+    let mut response = (StatusCode::ACCEPTED, Json(TaskView::from(row))).into_response();
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).expect("a path is a valid header"),
+    );
+    Ok(response)
 }

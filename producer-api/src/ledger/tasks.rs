@@ -111,11 +111,14 @@ pub struct TaskRow {
     pub scheduled_for: Option<DateTime<Utc>>,
     /// Who created it: the API token's name.
     pub actor: Option<String>,
+    /// The task this one retries, and the task that retried this one.
+    pub retry_of: Option<Uuid>,
+    pub retried_by: Option<Uuid>,
 }
 
 const TASK_COLUMNS: &str = "id, kind, status, params, cutoff, attempts, max_attempts, result, \
      error, idempotency_key, worker_id, created_at, updated_at, started_at, finished_at, \
-     next_attempt_at, published_at, schedule, scheduled_for, actor";
+     next_attempt_at, published_at, schedule, scheduled_for, actor, retry_of, retried_by";
 
 impl TaskRow {
     /// The task's kind and parameters as stored.
@@ -270,4 +273,84 @@ pub async fn task_counts(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sq
     sqlx::query_as("SELECT kind, status, count(*) FROM cleanup_tasks GROUP BY kind, status")
         .fetch_all(pool)
         .await
+}
+
+/// What a retry found.
+#[derive(Debug)]
+pub enum Retried {
+    /// The new task.
+    Created(Box<TaskRow>),
+    NotFound,
+    /// Only a `failed` or `dead` task is retried: its status.
+    NotRetryable(TaskStatus),
+    /// Retried before: the task that did.
+    AlreadyRetried(Uuid),
+    /// Its parameters no longer pass today's checks.
+    Invalid(String),
+}
+
+/// Retry a `failed` or `dead` task: a new task with the same kind and parameters (the
+/// cutoff from `now`, or the original's with `keep_cutoff`), linked both ways, in one
+/// transaction with its outbox row.
+pub async fn retry(
+    pool: &PgPool,
+    id: Uuid,
+    keep_cutoff: bool,
+    rules: &shared::tasks::ValidationRules,
+    default_max_attempts: u32,
+    actor: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Retried, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let original: Option<TaskRow> = sqlx::query_as(&format!(
+        "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(original) = original else {
+        return Ok(Retried::NotFound);
+    };
+    if !matches!(original.status, TaskStatus::Failed | TaskStatus::Dead) {
+        return Ok(Retried::NotRetryable(original.status));
+    }
+    if let Some(by) = original.retried_by {
+        return Ok(Retried::AlreadyRetried(by));
+    }
+    let Some(task) = original.spec() else {
+        return Ok(Retried::Invalid(
+            "its stored parameters no longer parse".to_owned(),
+        ));
+    };
+    if let Err(e) = task.validate(rules) {
+        return Ok(Retried::Invalid(format!(
+            "its parameters are no longer valid: {e}"
+        )));
+    }
+    let max_attempts = task.max_attempts().unwrap_or(default_max_attempts);
+    let mut envelope = TaskEnvelope::new(Uuid::now_v7(), task, max_attempts, now);
+    if keep_cutoff {
+        envelope.cutoff = original.cutoff;
+    }
+    let created = match enqueue_in(&mut tx, &envelope, None, None, actor).await? {
+        Enqueued::Created(row) | Enqueued::Replayed(row) | Enqueued::KeyConflict(row) => row,
+    };
+    sqlx::query("UPDATE cleanup_tasks SET retry_of = $2 WHERE id = $1")
+        .bind(created.id)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("UPDATE cleanup_tasks SET retried_by = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(created.id)
+        .execute(&mut *tx)
+        .await?;
+    let created: TaskRow = sqlx::query_as(&format!(
+        "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE id = $1"
+    ))
+    .bind(created.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Retried::Created(Box::new(created)))
 }

@@ -145,6 +145,41 @@ async fn a_missing_runs_table_fails_the_task_permanently_at_once() {
             .contains("no_such_table"),
         "{task}"
     );
+
+    // The table made, the failed task is retried: a new task, linked both ways, that runs.
+    sqlx::raw_sql(
+        "CREATE TABLE no_such_table (id bigint PRIMARY KEY, status text NOT NULL,
+                                     finished_at timestamptz);
+         INSERT INTO no_such_table SELECT g, 'succeeded', now() - interval '3 days'
+         FROM generate_series(1, 5) g;",
+    )
+    .execute(&runs.pool)
+    .await
+    .unwrap();
+    let id = task["task_id"].as_str().unwrap();
+    let response = stack
+        .app
+        .post(&format!("/tasks/{id}/retry"), json!({"keep_cutoff": true}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let retry: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(retry["retry_of"], task["task_id"], "{retry}");
+    assert_eq!(retry["params"], task["params"]);
+    assert_eq!(retry["cutoff"], task["cutoff"], "keep_cutoff");
+    let retry_id = retry["task_id"].as_str().unwrap().to_owned();
+    let done = wait_for(&stack.app, &retry_id, DONE, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"]["runs_deleted"], 5, "{done}");
+    let original = stack.app.task(id).await;
+    assert_eq!(original["retried_by"], retry["task_id"], "{original}");
+    // Retried once only; and a task that succeeded is not retried.
+    for again in [id, retry_id.as_str()] {
+        let response = stack
+            .app
+            .post(&format!("/tasks/{again}/retry"), json!({}))
+            .await;
+        assert_eq!(response.status(), 409, "{again}");
+    }
     worker.stop().await;
     stack.stop().await;
 }
