@@ -68,6 +68,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A JSON response with a `Location` header.
+pub(crate) fn located(
+    status: axum::http::StatusCode,
+    location: &str,
+    body: impl serde::Serialize,
+) -> axum::response::Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::LOCATION,
+        axum::http::HeaderValue::from_str(location).expect("a path is a valid header"),
+    );
+    response
+}
+
 async fn not_found(request: Request) -> impl IntoResponse {
     error::ApiError::NotFound(format!(
         "no route for {} {}",

@@ -1,7 +1,7 @@
 //! `/schedules`: cleanups declared once and fired by the service on a cron calendar.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::auth::Principal;
 use super::error::{ApiError, Problem};
 use super::json::ApiJson;
-use super::AppState;
+use super::{located, AppState};
 use crate::ledger::schedules::{self, CatchUp, Overlap, ScheduleRow, ScheduleSpec, Written};
 use crate::schedules::calendar::Calendar;
 
@@ -194,15 +194,6 @@ fn managed(name: &str, by: &str) -> ApiError {
             format!("`{by}`")
         }
     ))
-}
-
-fn located(status: StatusCode, location: &str, body: impl Serialize) -> Response {
-    let mut response = (status, Json(body)).into_response();
-    response.headers_mut().insert(
-        header::LOCATION,
-        HeaderValue::from_str(location).expect("a path is a valid header"),
-    );
-    response
 }
 
 /// Create a schedule.

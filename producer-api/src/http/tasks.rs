@@ -2,8 +2,8 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
@@ -210,12 +210,7 @@ async fn enqueue(
         }
     };
     let location = format!("/tasks/{}", row.id);
-    let view = TaskView::from(row);
-    let mut response = (status, Json(view)).into_response();
-    response.headers_mut().insert(
-        header::LOCATION,
-        HeaderValue::from_str(&location).expect("a path is a valid header"),
-    );
+    let mut response = super::located(status, &location, TaskView::from(row));
     if status == StatusCode::OK {
         response
             .headers_mut()
@@ -441,10 +436,9 @@ pub async fn retry_task(
         .with_label_values(&[row.kind.as_str()])
         .inc();
     let location = format!("/tasks/{}", row.id);
-    let mut response = (StatusCode::ACCEPTED, Json(TaskView::from(row))).into_response();
-    response.headers_mut().insert(
-        header::LOCATION,
-        HeaderValue::from_str(&location).expect("a path is a valid header"),
-    );
-    Ok(response)
+    Ok(super::located(
+        StatusCode::ACCEPTED,
+        &location,
+        TaskView::from(row),
+    ))
 }
