@@ -239,6 +239,24 @@ async fn probes_and_openapi_answer_without_a_token() {
     assert!(spec["paths"]["/maintenance/cleanup-runs"]["post"].is_object());
     assert!(spec["paths"]["/tasks/{id}"]["get"].is_object());
     assert!(spec["components"]["schemas"]["CleanupTempFilesParams"].is_object());
+    assert!(spec["paths"]["/tasks/{id}/retry"]["post"].is_object());
+    assert!(spec["paths"]["/schedules/{name}"]["patch"].is_object());
+    // Every route behind a token lists the answers of the token check.
+    let mut protected = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if operation.get("security").is_some() {
+                protected += 1;
+                for status in ["401", "403"] {
+                    assert!(
+                        operation["responses"][status].is_object(),
+                        "{method} {path} does not list {status}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(protected >= 14, "{protected} protected operations");
 
     let metrics = client
         .get(format!("{}/metrics", app.address))
