@@ -105,23 +105,31 @@ impl Tokens {
         for (i, entry) in entries.iter().enumerate() {
             let position = i + 1;
             let bad = |message: String| TokenError { position, message };
-            let parts: Vec<&str> = entry.splitn(3, ':').collect();
-            let (name, scope, secret) = match parts.as_slice() {
-                [name, scope, secret] if Scope::parse(scope).is_some() => (
-                    name.to_string(),
-                    Scope::parse(scope).expect("checked"),
-                    *secret,
-                ),
-                [_, scope, _]
-                    if !scope.is_empty()
-                        && scope.chars().all(|c| c.is_ascii_lowercase() || c == '-') =>
-                {
-                    return Err(bad(format!(
-                        "unknown scope `{scope}` (one of read, dry-run, enqueue, admin)"
-                    )))
-                }
-                _ => (format!("token-{position}"), Scope::Admin, entry.as_str()),
-            };
+            // A bare secret has no `:`; anything with one is `name:scope:secret` and must
+            // say a known scope (a typo must not fall back to an admin token). Nothing of
+            // the entry is echoed: it may hold the secret.
+            let (name, scope, secret) =
+                if entry.contains(':') {
+                    let parts: Vec<&str> = entry.splitn(3, ':').collect();
+                    match parts.as_slice() {
+                        [name, scope, secret] => {
+                            match Scope::parse(scope) {
+                                Some(scope) => (name.to_string(), scope, *secret),
+                                None => return Err(bad(
+                                    "its scope (between the first and second `:`) is not one of \
+                                 read, dry-run, enqueue, admin"
+                                        .to_owned(),
+                                )),
+                            }
+                        }
+                        _ => return Err(bad(
+                            "an entry with `:` is `name:scope:secret`; a bare secret has no `:`"
+                                .to_owned(),
+                        )),
+                    }
+                } else {
+                    (format!("token-{position}"), Scope::Admin, entry.as_str())
+                };
             if name.is_empty()
                 || !name
                     .chars()
@@ -140,8 +148,15 @@ impl Tokens {
             if tokens.iter().any(|t| t.principal.name == name) {
                 return Err(bad(format!("the name `{name}` is used twice")));
             }
+            let digest = digest(secret.as_bytes());
+            if let Some(other) = tokens.iter().position(|t| t.digest == digest) {
+                return Err(bad(format!(
+                    "the same secret as entry #{} (one secret, one scope)",
+                    other + 1
+                )));
+            }
             tokens.push(Token {
-                digest: digest(secret.as_bytes()),
+                digest,
                 principal: Principal { name, scope },
             });
         }
@@ -175,7 +190,12 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 fn needed(method: &Method, path: &str) -> Scope {
     if method == Method::GET || method == Method::HEAD {
         Scope::Read
-    } else if method == Method::POST && path.starts_with("/maintenance/") {
+    } else if method == Method::POST
+        && matches!(
+            path,
+            "/maintenance/cleanup-runs" | "/maintenance/cleanup-temp-files"
+        )
+    {
         Scope::DryRun
     } else {
         Scope::Admin
@@ -271,9 +291,13 @@ mod tests {
     #[test]
     fn bad_entries_are_named_by_position_without_their_secret() {
         for (entry, says) in [
+            ("ops:superuser:secret-secret-secret", "is not one of read"),
+            ("ci:dry_run:secret-secret-secret", "is not one of read"),
+            ("grafana:Read:secret-secret-secret", "is not one of read"),
+            ("ci:secret-secret-secret", "a bare secret has no `:`"),
             (
-                "ops:superuser:secret-secret-secret",
-                "unknown scope `superuser`",
+                "ops:admin:fine-token-0123456789",
+                "the same secret as entry #1",
             ),
             ("ops:admin:short", "too short"),
             ("o p:admin:secret-secret-secret", "a token's name"),
@@ -285,6 +309,10 @@ mod tests {
             assert!(error.starts_with("API_TOKENS entry #2: "), "{error}");
             assert!(error.contains(says), "{error}");
             assert!(!error.contains("secret-secret"), "{error}");
+            assert!(
+                !error.contains("dry_run") && !error.contains("Read"),
+                "{error}"
+            );
         }
         let twice = Tokens::parse(
             &[

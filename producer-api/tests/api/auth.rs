@@ -193,6 +193,25 @@ async fn each_scope_is_allowed_exactly_its_routes() {
             "admin",
         ),
         (reqwest::Method::DELETE, "/schedules/none", None, "admin"),
+        (
+            reqwest::Method::PUT,
+            "/schedules/scoped-put",
+            Some(serde_json::json!({"kind": "cleanup_runs",
+            "params": {"max_age_hours": 24}, "cron": "@daily"})),
+            "admin",
+        ),
+        (
+            reqwest::Method::POST,
+            "/tasks/00000000-0000-0000-0000-000000000000/retry",
+            None,
+            "admin",
+        ),
+        (
+            reqwest::Method::GET,
+            "/tasks/00000000-0000-0000-0000-000000000000",
+            None,
+            "read",
+        ),
     ];
     let scopes = [
         ("read", READ),
@@ -219,6 +238,25 @@ async fn each_scope_is_allowed_exactly_its_routes() {
                 );
             } else {
                 assert_eq!(status, 403, "{scope} on {method} {path}");
+                let schedules: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM cleanup_schedules WHERE name = 'scoped-put'",
+                )
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+                let real_tasks: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM cleanup_tasks WHERE NOT (params->>'dry_run')::boolean",
+                )
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+                if path.ends_with("scoped-put") {
+                    // Lower scopes come first: nothing may exist yet.
+                    assert_eq!(schedules, 0, "a refused request stored a schedule");
+                }
+                if *least == "enqueue" {
+                    assert_eq!(real_tasks, 0, "a refused real cleanup was stored");
+                }
                 let problem: Value = response.json().await.unwrap();
                 assert!(
                     problem["detail"]
