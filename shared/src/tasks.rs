@@ -259,26 +259,38 @@ impl ValidationError {
     }
 }
 
+/// A number as a person would write it: plain when that is short, else in exponent form
+/// (`5e-324`, not 330 digits).
+fn short(x: f64) -> String {
+    let plain = x.to_string();
+    if plain.len() <= 20 {
+        plain
+    } else {
+        format!("{x:e}")
+    }
+}
+
 fn validate_age(hours: f64, rules: &ValidationRules) -> Result<(), ValidationError> {
+    let got = short(hours);
     if !hours.is_finite() || hours <= 0.0 {
         return Err(ValidationError::new(
             "max_age_hours",
-            format!("must be a number greater than 0, got {hours}"),
+            format!("must be a number greater than 0, got {got}"),
         ));
     }
     if hours < rules.min_age_hours {
         return Err(ValidationError::new(
             "max_age_hours",
             format!(
-                "must be at least {} (this deployment's minimum age floor), got {hours}",
-                rules.min_age_hours
+                "must be at least {} (this deployment's minimum age floor), got {got}",
+                short(rules.min_age_hours)
             ),
         ));
     }
     if hours > MAX_AGE_HOURS_LIMIT {
         return Err(ValidationError::new(
             "max_age_hours",
-            format!("must be at most {MAX_AGE_HOURS_LIMIT}, got {hours}"),
+            format!("must be at most {MAX_AGE_HOURS_LIMIT}, got {got}"),
         ));
     }
     Ok(())

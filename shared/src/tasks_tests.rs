@@ -131,3 +131,15 @@ fn kinds_parse_from_their_names() {
     }
     assert!("cleanup_users".parse::<TaskKind>().is_err());
 }
+
+#[test]
+fn numbers_in_errors_are_short() {
+    let tiny = runs(json!({"max_age_hours": 5e-324})).unwrap_err();
+    assert!(tiny.ends_with("got 5e-324"), "{tiny}");
+    assert!(tiny.len() < 120, "{tiny}");
+    let floor = runs(json!({"max_age_hours": 0.5})).unwrap_err();
+    assert!(
+        floor.contains("at least 1 ") && floor.ends_with("got 0.5"),
+        "{floor}"
+    );
+}
