@@ -167,7 +167,7 @@ impl Relay {
                 this.metrics.amqp_connected.set(0);
                 this.metrics.amqp_blocked.set(0);
                 this.health.set(None);
-                amqp::close(&connection, "relay stopping").await;
+                amqp::retire(connection, "relay stopping").await;
                 outcome
             }
         };

@@ -64,7 +64,7 @@ pub async fn run(
             tasks.close();
             tasks.wait().await;
             tasks.reopen();
-            amqp::close(&session.connection, "rebuilding").await;
+            amqp::retire(session.connection, "rebuilding").await;
             SessionEnd::Lost
         }
     };

@@ -62,7 +62,7 @@ impl Recorder {
             async move {
                 tracing::info!("recorder consuming events");
                 let end = this.consume(&channel, shutdown).await;
-                amqp::close(&connection, "recorder stopping").await;
+                amqp::retire(connection, "recorder stopping").await;
                 end
             }
         };

@@ -109,6 +109,39 @@ pub async fn close(connection: &Connection, reason: &str) {
     }
 }
 
+/// Close a connection the supervisor is replacing. One caught in lapin's auto-recovery
+/// (the broker restarting) cannot be closed yet, and recovery may still bring it back
+/// later, with its consumers re-registered: they would then take deliveries that nobody
+/// reads and never ack (a recorder's events, a worker's tasks), until the process ends.
+/// So when the first close fails, the connection is watched for a while and closed as soon
+/// as it is back; what its consumers took is then redelivered to the live session.
+pub async fn retire(connection: Connection, reason: &str) {
+    let closing = connection.close(200, reason.into());
+    if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(3), closing).await {
+        return;
+    }
+    let reason = reason.to_owned();
+    tokio::spawn(async move {
+        let deadline = std::time::Instant::now() + RETIRE_WATCH;
+        while std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let status = connection.status();
+            if status.closed() || status.errored() {
+                return;
+            }
+            if status.connected() {
+                tracing::info!("a replaced connection recovered on its own; closing it");
+                let closing = connection.close(200, reason.as_str().into());
+                let _ = tokio::time::timeout(Duration::from_secs(3), closing).await;
+                return;
+            }
+        }
+    });
+}
+
+/// How long a replaced connection is watched for a late recovery ([`retire`]).
+const RETIRE_WATCH: Duration = Duration::from_secs(300);
+
 /// How a session on one connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {
