@@ -1,0 +1,219 @@
+//! Removing one partition, in one transaction: writes held off while its rows are
+//! counted, then the table and the partition locked exclusively for the detach and drop.
+
+use shared::results::{RunsPartition, RunsResult};
+use shared::tasks::CleanupRunsParams;
+
+use super::super::progress::ProgressTable;
+use super::super::{Run, RunsTable};
+use super::{census_sql, obstacle, Candidate, PartitionMode};
+use crate::executor::{Checkpoint, ExecError};
+
+/// What removing one partition did.
+pub enum Removal {
+    /// Removed: its rows, and the task's committed count after it.
+    Removed { rows: u64, total: u64 },
+    /// Left to the batches: why.
+    Kept(String),
+    /// Another copy of the task finished it.
+    Finished,
+}
+
+/// The statements of one removal, in one transaction already holding the task's
+/// progress row.
+pub struct RemoveSql {
+    /// Holds off every write to the partition while its rows are counted; reads go on.
+    pub hold: String,
+    /// `$1` oid, `$2` runs table, `$3` bound, `$4` name: the partition is still attached
+    /// with the same bounds, under the same name.
+    pub still_attached: String,
+    /// Wait no longer than this for the exclusive locks (every query of the table queues
+    /// behind a waiting exclusive lock).
+    pub short_wait: String,
+    /// In the order the application's queries take them: the table, then the partition.
+    pub exclusive: String,
+    /// `$1` runs table, `$2` oid: other partitions that stay attached.
+    pub others: String,
+    pub detach: String,
+    pub drop: Option<String>,
+    pub count: String,
+}
+
+/// The longest wait for the exclusive locks of a removal.
+const EXCLUSIVE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl RemoveSql {
+    pub fn new(
+        table: &RunsTable,
+        progress: &ProgressTable,
+        c: &Candidate,
+        mode: PartitionMode,
+        lock_timeout: std::time::Duration,
+    ) -> Self {
+        Self {
+            hold: format!("LOCK TABLE {} IN SHARE MODE", c.name),
+            still_attached: "SELECT EXISTS (
+                 SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE c.oid = $1::int8::oid AND i.inhparent = to_regclass($2)
+                   AND NOT i.inhdetachpending
+                   AND pg_get_expr(c.relpartbound, c.oid) = $3
+                   AND to_regclass($4) = c.oid)"
+                .to_owned(),
+            short_wait: format!(
+                "SET LOCAL lock_timeout = '{}ms'",
+                lock_timeout.min(EXCLUSIVE_WAIT).as_millis()
+            ),
+            exclusive: format!(
+                "LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE",
+                table.table, c.name
+            ),
+            others: "SELECT count(*) FROM pg_inherits
+                     WHERE inhparent = to_regclass($1) AND inhrelid <> $2::int8::oid
+                       AND NOT inhdetachpending"
+                .to_owned(),
+            detach: format!("ALTER TABLE {} DETACH PARTITION {}", table.table, c.name),
+            drop: (mode == PartitionMode::Drop).then(|| format!("DROP TABLE {}", c.name)),
+            count: format!(
+                "UPDATE {} SET runs_deleted = runs_deleted + $2 WHERE task_id = $1 RETURNING runs_deleted",
+                progress.name()
+            ),
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Remove every partition that may go whole, oldest first, each in its own
+    /// transaction; what cannot go is left to the batches. Returns true when another copy
+    /// of the task had finished it.
+    pub(in crate::executor::runs) async fn remove_partitions(
+        &self,
+        params: &CleanupRunsParams,
+        result: &mut RunsResult,
+        checkpoint: &Checkpoint,
+    ) -> Result<bool, ExecError> {
+        let found = self
+            .retry(|| self.fast_path(params))
+            .await
+            .map_err(|e| ExecError::from_sqlx("failed to read the runs partitions", &e))?;
+        for candidate in found {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let began = std::time::Instant::now();
+            let removal = match self.remove_partition(&candidate, result.runs_deleted).await {
+                Ok(removal) => removal,
+                Err(error) => Removal::Kept(error.to_string()),
+            };
+            let took = began.elapsed().as_millis() as u64;
+            result.longest_batch_ms = result.longest_batch_ms.max(took);
+            match removal {
+                Removal::Finished => return Ok(true),
+                Removal::Kept(reason) => {
+                    tracing::info!(partition = %candidate.name, %reason, "partition left to the batches");
+                }
+                Removal::Removed { rows, total } => {
+                    let action = self.executor.partitions.action();
+                    tracing::info!(partition = %candidate.name, rows, action, "removed a whole partition of runs");
+                    result.runs_deleted = result.runs_deleted.max(total);
+                    result.partitions.push(RunsPartition {
+                        name: candidate.name.clone(),
+                        rows,
+                        action: action.to_owned(),
+                    });
+                    checkpoint.record(serde_json::to_value(&*result).expect("progress serializes"));
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Remove one partition if it still may go, in one transaction: its writes held off
+    /// while its rows are counted, then the table and the partition locked exclusively
+    /// (briefly) for the detach and the drop.
+    async fn remove_partition(
+        &self,
+        candidate: &Candidate,
+        known: u64,
+    ) -> Result<Removal, sqlx::Error> {
+        let executor = self.executor;
+        let sql = RemoveSql::new(
+            &executor.table,
+            &executor.progress,
+            candidate,
+            executor.partitions,
+            executor.timeouts.lock,
+        );
+        // READ COMMITTED (whatever the database's default): each statement sees what was
+        // committed before it, so the count below sees every row once the lock is held.
+        // Row security off: a policy that would hide rows makes the count fail instead.
+        let begin = format!(
+            "{}; SET LOCAL row_security = off",
+            super::super::batches::begin_sql(executor.timeouts)
+        );
+        let mut tx = executor.pool.begin_with(begin).await?;
+        if self.cancel.is_cancelled() {
+            return Ok(Removal::Kept("the turn was stopped".to_owned()));
+        }
+        let (_, finished): (i64, bool) = sqlx::query_as(&executor.progress.open_batch_sql())
+            .bind(self.task_id)
+            .bind(known as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+        if finished {
+            return Ok(Removal::Finished);
+        }
+        sqlx::query(&sql.hold).execute(&mut *tx).await?;
+        let attached: bool = sqlx::query_scalar(&sql.still_attached)
+            .bind(candidate.oid)
+            .bind(&executor.table.table)
+            .bind(&candidate.bound)
+            .bind(&candidate.name)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !attached {
+            return Ok(Removal::Kept(
+                "detached, renamed or changed meanwhile".to_owned(),
+            ));
+        }
+        let (rows, blocking): (i64, i64) =
+            sqlx::query_as(&census_sql(&candidate.name, &self.statements.eligible))
+                .bind(self.statuses)
+                .bind(self.cutoff)
+                .fetch_one(&mut *tx)
+                .await?;
+        if blocking > 0 {
+            return Ok(Removal::Kept(format!(
+                "{blocking} of its rows are not eligible (not finished, or not old enough)"
+            )));
+        }
+        sqlx::query(&sql.short_wait).execute(&mut *tx).await?;
+        sqlx::query(&sql.exclusive).execute(&mut *tx).await?;
+        // What may have changed before the first lock: triggers, keys, policies, the
+        // partitions that stay.
+        if let Some(reason) = obstacle(&mut *tx, &executor.table).await? {
+            return Ok(Removal::Kept(reason));
+        }
+        let others: i64 = sqlx::query_scalar(&sql.others)
+            .bind(&executor.table.table)
+            .bind(candidate.oid)
+            .fetch_one(&mut *tx)
+            .await?;
+        if others == 0 {
+            return Ok(Removal::Kept("it is the last partition".to_owned()));
+        }
+        sqlx::query(&sql.detach).execute(&mut *tx).await?;
+        if let Some(drop) = &sql.drop {
+            sqlx::query(drop).execute(&mut *tx).await?;
+        }
+        let total: i64 = sqlx::query_scalar(&sql.count)
+            .bind(self.task_id)
+            .bind(rows)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Removal::Removed {
+            rows: rows.max(0) as u64,
+            total: total.max(0) as u64,
+        })
+    }
+}
