@@ -312,6 +312,33 @@ impl Run<'_> {
         Ok(true)
     }
 
+    /// A transaction of this task under the batch time limits (then the `extra`
+    /// statements), holding the task's progress row: copies of the task (a message
+    /// delivered twice) take turns on it. `None` when the turn was stopped before the row
+    /// was held or while waiting for it (nothing ran); else the transaction, the task's
+    /// committed count and whether a copy finished it.
+    pub(super) async fn open_task_tx(
+        &self,
+        extra: &str,
+        known: u64,
+    ) -> Result<Option<(sqlx::Transaction<'static, sqlx::Postgres>, u64, bool)>, sqlx::Error> {
+        let begin = format!("{}{extra}", begin_sql(self.executor.timeouts));
+        let mut tx = self.executor.pool.begin_with(begin).await?;
+        if self.cancel.is_cancelled() {
+            return Ok(None);
+        }
+        let (committed, finished): (i64, bool) =
+            sqlx::query_as(&self.executor.progress.open_batch_sql())
+                .bind(self.task_id)
+                .bind(known as i64)
+                .fetch_one(&mut *tx)
+                .await?;
+        if self.cancel.is_cancelled() {
+            return Ok(None);
+        }
+        Ok(Some((tx, committed.max(0) as u64, finished)))
+    }
+
     /// One batch, in its own transaction with the time limits set locally, taking at most
     /// `limit` rows and no more than `cap` leaves of the task's committed count. `None`
     /// when the turn was stopped before the batch began (checked once a connection is in
@@ -325,25 +352,9 @@ impl Run<'_> {
         threshold: Option<&str>,
     ) -> Result<Option<BatchOutcome>, sqlx::Error> {
         let progress = &self.executor.progress;
-        let mut tx = self
-            .executor
-            .pool
-            .begin_with(begin_sql(self.executor.timeouts))
-            .await?;
-        if self.cancel.is_cancelled() {
+        let Some((mut tx, committed, finished)) = self.open_task_tx("", known).await? else {
             return Ok(None);
-        }
-        // Copies of this task (a message delivered twice) take turns on its progress row.
-        let (committed, finished): (i64, bool) = sqlx::query_as(&progress.open_batch_sql())
-            .bind(self.task_id)
-            .bind(known as i64)
-            .fetch_one(&mut *tx)
-            .await?;
-        if self.cancel.is_cancelled() {
-            // Stopped while waiting for that row: nothing of this batch ran.
-            return Ok(None);
-        }
-        let committed = committed.max(0) as u64;
+        };
         let limit = cap.map_or(limit, |cap| limit.min(cap.saturating_sub(committed)));
         if finished || limit == 0 {
             return Ok(Some(BatchOutcome {

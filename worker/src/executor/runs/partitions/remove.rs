@@ -146,19 +146,12 @@ impl Run<'_> {
         // READ COMMITTED (whatever the database's default): each statement sees what was
         // committed before it, so the count below sees every row once the lock is held.
         // Row security off: a policy that would hide rows makes the count fail instead.
-        let begin = format!(
-            "{}; SET LOCAL row_security = off",
-            super::super::batches::begin_sql(executor.timeouts)
-        );
-        let mut tx = executor.pool.begin_with(begin).await?;
-        if self.cancel.is_cancelled() {
-            return Ok(Removal::Kept("the turn was stopped".to_owned()));
-        }
-        let (_, finished): (i64, bool) = sqlx::query_as(&executor.progress.open_batch_sql())
-            .bind(self.task_id)
-            .bind(known as i64)
-            .fetch_one(&mut *tx)
+        let opened = self
+            .open_task_tx("; SET LOCAL row_security = off", known)
             .await?;
+        let Some((mut tx, _, finished)) = opened else {
+            return Ok(Removal::Kept("the turn was stopped".to_owned()));
+        };
         if finished {
             return Ok(Removal::Finished);
         }
