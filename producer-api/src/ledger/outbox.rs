@@ -1,6 +1,6 @@
-//! The outbox (`cleanup_outbox`): task messages waiting to be published. A row is written
-//! in the same transaction as the task change that needs it (enqueue, a retry), and
-//! deleted in the same transaction that records its publication.
+//! The outbox (`cleanup_outbox`): task messages and cancellations waiting to be published.
+//! A row is written in the same transaction as the task change that needs it (enqueue, a
+//! retry, a cancel), and deleted in the same transaction that records its publication.
 
 use chrono::{DateTime, Utc};
 use shared::envelope::TaskEnvelope;
@@ -15,6 +15,13 @@ pub struct OutboxRow {
     pub kind: String,
     /// The envelope exactly as stored (the signed bytes are computed from it).
     pub envelope: String,
+}
+
+impl OutboxRow {
+    /// A cancellation for the cancellation stream, not a task message.
+    pub fn is_cancel(&self) -> bool {
+        self.kind == shared::cancel::CANCEL_OUTBOX_KIND
+    }
 }
 
 /// Claim up to `limit` due messages for this transaction, oldest due first; rows another
@@ -90,4 +97,44 @@ pub async fn backlog(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM cleanup_outbox")
         .fetch_one(pool)
         .await
+}
+
+/// Queue a cancellation of `task_id` for the relay to publish on the cancellation stream,
+/// if a cancel was asked for it (the body: `{"task_id", "requested_at"}`, see
+/// `shared::cancel::CancelRequest`). Returns whether a row was written.
+pub async fn insert_cancel(conn: &mut PgConnection, task_id: Uuid) -> Result<bool, sqlx::Error> {
+    let written = sqlx::query(
+        "INSERT INTO cleanup_outbox (task_id, attempt, kind, envelope)
+         SELECT id, attempts, $2,
+                jsonb_build_object('task_id', id, 'requested_at', cancel_requested_at)
+         FROM cleanup_tasks WHERE id = $1 AND cancel_requested_at IS NOT NULL",
+    )
+    .bind(task_id)
+    .bind(shared::cancel::CANCEL_OUTBOX_KIND)
+    .execute(conn)
+    .await?;
+    Ok(written.rows_affected() > 0)
+}
+
+/// Drop the task messages of `task_id` still waiting to be published (its cancellations
+/// stay). `skip_locked`: leave rows a relay is publishing right now instead of waiting.
+pub async fn remove_task_messages(
+    conn: &mut PgConnection,
+    task_id: Uuid,
+    skip_locked: bool,
+) -> Result<u64, sqlx::Error> {
+    let lock = if skip_locked {
+        "FOR UPDATE SKIP LOCKED"
+    } else {
+        "FOR UPDATE"
+    };
+    let removed = sqlx::query(&format!(
+        "DELETE FROM cleanup_outbox WHERE id IN (
+             SELECT id FROM cleanup_outbox WHERE task_id = $1 AND kind <> $2 {lock})"
+    ))
+    .bind(task_id)
+    .bind(shared::cancel::CANCEL_OUTBOX_KIND)
+    .execute(conn)
+    .await?;
+    Ok(removed.rows_affected())
 }
