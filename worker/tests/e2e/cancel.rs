@@ -33,19 +33,18 @@ async fn a_task_cancelled_on_its_queue_is_skipped_by_a_worker_started_later() {
     .await;
 
     let (status, task) = cancel(app, &id).await;
-    assert_eq!((status, &task["status"]), (200, &json!("cancelled")), "{task}");
+    assert_eq!(
+        (status, &task["status"]),
+        (200, &json!("cancelled")),
+        "{task}"
+    );
     app.wait_outbox_empty(Duration::from_secs(10)).await;
 
     let worker = stack.worker(&[runs_database_flag(runs.db.url())]).await;
     eventually(
         Duration::from_secs(20),
         "the worker skips the cancelled task",
-        || async {
-            worker
-                .metrics()
-                .await
-                .contains(r#"outcome="cancelled"} 1"#)
-        },
+        || async { worker.metrics().await.contains(r#"outcome="cancelled"} 1"#) },
     )
     .await;
     assert_eq!(stack.broker.queue_len(TaskKind::CleanupRuns).await, 0);
@@ -56,10 +55,7 @@ async fn a_task_cancelled_on_its_queue_is_skipped_by_a_worker_started_later() {
     assert!(task["result"].is_null(), "nothing ran: {task}");
     assert_eq!(task["attempts"], 0, "never started: {task}");
     // Skipped before it started: the ledger never had to send the cancel again.
-    let sent = stack
-        .broker
-        .cancellations(2, Duration::from_secs(2))
-        .await;
+    let sent = stack.broker.cancellations(2, Duration::from_secs(2)).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     worker.stop().await;
     stack.stop().await;
