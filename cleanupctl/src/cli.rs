@@ -95,7 +95,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct Common {
     /// Delete what is older than this: 90m, 36h, 30d.
-    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_age, allow_hyphen_values = true)]
     pub older_than: Duration,
     /// Report what would be deleted; delete nothing.
     #[arg(long)]
