@@ -242,6 +242,13 @@ async fn wait_exits_1_when_the_task_fails_or_is_cancelled_and_3_when_it_runs_out
         "{}",
         watch.stderr
     );
+    let watched = ctl(app, &["-o", "json", "tasks", "watch", &id]).await;
+    assert_eq!(watched.code, 1);
+    assert_eq!(
+        watched.json()["status"],
+        "cancelled",
+        "only the final document"
+    );
     let again = ctl(app, &["-o", "json", "tasks", "cancel", &id]).await;
     assert_eq!(
         (again.code, &again.json()["status"]),
@@ -267,7 +274,9 @@ async fn wait_exits_1_when_the_task_fails_or_is_cancelled_and_3_when_it_runs_out
     assert_eq!(failed.code, 1, "{} {}", failed.stdout, failed.stderr);
     assert!(failed.stdout.contains("is failed"), "{}", failed.stdout);
     assert!(
-        failed.stdout.contains("Last error (permanent): unknown temp root `elsewhere`"),
+        failed
+            .stdout
+            .contains("Last error (permanent): unknown temp root `elsewhere`"),
         "{}",
         failed.stdout
     );
@@ -403,6 +412,13 @@ async fn workers_and_schedules() {
             == 2
     })
     .await;
+    let listed = ctl(app, &["-o", "json", "workers", "list"]).await.json();
+    assert_eq!(listed["items"][0]["status"], "stopped", "{listed}");
+    let preview = ctl(app, &["-o", "json", "workers", "prune", "--dry-run"])
+        .await
+        .json();
+    assert_eq!(preview["pruned"].as_array().unwrap().len(), 1, "{preview}");
+    assert_eq!(preview["dry_run"], true);
     let out = ctl(app, &["workers", "prune", "--dry-run"]).await;
     assert!(
         out.stdout.contains("Would prune worker '") && out.stdout.contains("(stopped "),
@@ -433,6 +449,17 @@ async fn workers_and_schedules() {
     assert_eq!(
         plan.stdout,
         "+ nightly (create)\nDry run: nothing was changed.\n"
+    );
+    let plan = ctl(
+        app,
+        &["-o", "json", "schedules", "apply", "-f", path, "--dry-run"],
+    )
+    .await;
+    assert_eq!(
+        plan.json()["schedules"][0]["action"],
+        "create",
+        "{}",
+        plan.stdout
     );
     assert_eq!(
         ctl(app, &["schedules", "list"])
@@ -465,6 +492,13 @@ async fn workers_and_schedules() {
         "a dry run changes nothing"
     );
 
+    let listed = ctl(app, &["-o", "json", "schedules", "list"]).await.json();
+    assert_eq!(listed["schedules"][0]["name"], "nightly", "{listed}");
+    let table = ctl(app, &["schedules", "list"]).await.stdout;
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("nightly "),
+        "{table}"
+    );
     let out = ctl(app, &["schedules", "pause", "nightly"]).await;
     assert!(
         out.stdout.starts_with("Paused schedule 'nightly'"),
