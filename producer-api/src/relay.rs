@@ -280,10 +280,20 @@ impl Relay {
     /// Publish one batch of due messages; returns how many were confirmed.
     async fn relay_batch(&self, channel: &Channel) -> Result<usize, RoundError> {
         let mut tx = self.pool.begin().await?;
-        let rows = outbox::claim_due(&mut tx, self.config.batch_size).await?;
+        let (withdrawn, rows): (Vec<OutboxRow>, Vec<OutboxRow>) =
+            outbox::claim_due(&mut tx, self.config.batch_size)
+                .await?
+                .into_iter()
+                .partition(|row| row.withdrawn);
+        if !withdrawn.is_empty() {
+            // A cancel left them (a relay held them then): they never go out.
+            let ids: Vec<i64> = withdrawn.iter().map(|row| row.id).collect();
+            outbox::drop_withdrawn(&mut tx, &ids).await?;
+            tracing::info!(dropped = ids.len(), "dropped messages of cancelled tasks");
+        }
         if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(0);
+            tx.commit().await?;
+            return Ok(withdrawn.len());
         }
         let started = Instant::now();
         let publish_timeout = self.config.publish_timeout;

@@ -33,7 +33,7 @@ pub async fn cancel(pool: &PgPool, id: Uuid, actor: &str) -> Result<Cancelled, s
     // messages, then stamps their tasks), so waiting here for a relay that is publishing
     // this task's message cannot deadlock. Once it commits, that message is on the queue
     // and the cancellation below stops it.
-    outbox::remove_task_messages(&mut tx, id, false).await?;
+    let first_removed = outbox::remove_task_messages(&mut tx, id, false).await?;
     let row: Option<TaskRow> = sqlx::query_as(&format!(
         "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE id = $1 FOR UPDATE"
     ))
@@ -43,33 +43,42 @@ pub async fn cancel(pool: &PgPool, id: Uuid, actor: &str) -> Result<Cancelled, s
     let Some(row) = row else {
         return Ok(Cancelled::NotFound);
     };
+    // What earlier attempts deleted, carried by a retry's message the cancel withdraws.
+    let mut partial: Option<serde_json::Value> = None;
     let update = match row.status {
         TaskStatus::Cancelled => return Ok(Cancelled::Done(Box::new(row))),
         TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Dead => {
             return Ok(Cancelled::Finished(row.status))
         }
         TaskStatus::Running if row.cancel_requested_at.is_some() => {
-            return Ok(Cancelled::Requested(Box::new(row)))
+            // Asked again: send the cancellation again (a worker may have missed it).
+            outbox::insert_cancel(&mut tx, id).await?;
+            tx.commit().await?;
+            return Ok(Cancelled::Requested(Box::new(row)));
         }
         TaskStatus::Running => {
             "UPDATE cleanup_tasks SET cancel_requested_at = now(), cancelled_by = $2,
-                 updated_at = now()
+                 result = COALESCE($3::jsonb, result), updated_at = now()
              WHERE id = $1"
         }
         TaskStatus::Queued | TaskStatus::Retrying => {
             // The recorder writes a retry's message only while it holds this row, so
             // none can appear after this point; a row a relay claimed in the meantime
             // is left to it (and stopped by the cancellation).
-            outbox::remove_task_messages(&mut tx, id, true).await?;
+            partial = outbox::remove_task_messages(&mut tx, id, true)
+                .await?
+                .or(first_removed)
+                .map(|progress| super::transitions::partial_result(&progress));
             "UPDATE cleanup_tasks SET status = 'cancelled', cancel_requested_at = now(),
                  cancelled_by = $2, finished_at = now(), next_attempt_at = NULL,
-                 updated_at = now()
+                 result = COALESCE($3::jsonb, result), updated_at = now()
              WHERE id = $1"
         }
     };
     sqlx::query(update)
         .bind(id)
         .bind(actor)
+        .bind(&partial)
         .execute(&mut *tx)
         .await?;
     outbox::insert_cancel(&mut tx, id).await?;

@@ -15,6 +15,8 @@ pub struct OutboxRow {
     pub kind: String,
     /// The envelope exactly as stored (the signed bytes are computed from it).
     pub envelope: String,
+    /// A task message whose task was cancelled meanwhile: dropped, never published.
+    pub withdrawn: bool,
 }
 
 impl OutboxRow {
@@ -24,16 +26,45 @@ impl OutboxRow {
     }
 }
 
-/// Claim up to `limit` due messages for this transaction, oldest due first; rows another
-/// relay has claimed are skipped.
+/// Claim up to `limit` due messages for this transaction, rows another relay has claimed
+/// skipped: cancellations first (a running task must not wait behind a backlog to hear
+/// of its cancel), then task messages, oldest due first.
 pub async fn claim_due(conn: &mut PgConnection, limit: u32) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, task_id, kind, envelope::text AS envelope FROM cleanup_outbox
-         WHERE due_at <= now() ORDER BY due_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(i64::from(limit))
-    .fetch_all(conn)
-    .await
+    // The kind is written into the statement, not bound, so that the partial index of
+    // cancellations (`cleanup_outbox_cancels`) serves the first query.
+    let claim = |cancels: bool| {
+        format!(
+            "SELECT o.id, o.task_id, o.kind, o.envelope::text AS envelope,
+                    (o.kind <> '{cancel}' AND t.status = 'cancelled') AS withdrawn
+             FROM cleanup_outbox o JOIN cleanup_tasks t ON t.id = o.task_id
+             WHERE o.due_at <= now() AND o.kind {op} '{cancel}'
+             ORDER BY o.due_at, o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
+            cancel = shared::cancel::CANCEL_OUTBOX_KIND,
+            op = if cancels { "=" } else { "<>" }
+        )
+    };
+    let mut rows: Vec<OutboxRow> = sqlx::query_as(&claim(true))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await?;
+    let left = i64::from(limit) - rows.len() as i64;
+    if left > 0 {
+        let tasks: Vec<OutboxRow> = sqlx::query_as(&claim(false))
+            .bind(left)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.extend(tasks);
+    }
+    Ok(rows)
+}
+
+/// Drop claimed messages without publishing them (their task was cancelled).
+pub async fn drop_withdrawn(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM cleanup_outbox WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// RabbitMQ confirmed these messages: remove them and stamp their tasks `published_at`.
@@ -118,23 +149,29 @@ pub async fn insert_cancel(conn: &mut PgConnection, task_id: Uuid) -> Result<boo
 
 /// Drop the task messages of `task_id` still waiting to be published (its cancellations
 /// stay). `skip_locked`: leave rows a relay is publishing right now instead of waiting.
+/// Returns the progress the latest of them carried (what earlier attempts deleted).
 pub async fn remove_task_messages(
     conn: &mut PgConnection,
     task_id: Uuid,
     skip_locked: bool,
-) -> Result<u64, sqlx::Error> {
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
     let lock = if skip_locked {
         "FOR UPDATE SKIP LOCKED"
     } else {
         "FOR UPDATE"
     };
-    let removed = sqlx::query(&format!(
+    let removed: Vec<(i32, Option<serde_json::Value>)> = sqlx::query_as(&format!(
         "DELETE FROM cleanup_outbox WHERE id IN (
-             SELECT id FROM cleanup_outbox WHERE task_id = $1 AND kind <> $2 {lock})"
+             SELECT id FROM cleanup_outbox WHERE task_id = $1 AND kind <> $2 {lock})
+         RETURNING attempt, envelope->'progress'"
     ))
     .bind(task_id)
     .bind(shared::cancel::CANCEL_OUTBOX_KIND)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(removed.rows_affected())
+    Ok(removed
+        .into_iter()
+        .max_by_key(|(attempt, _)| *attempt)
+        .and_then(|(_, progress)| progress)
+        .filter(|p| !p.is_null()))
 }

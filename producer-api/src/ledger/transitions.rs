@@ -13,7 +13,10 @@
 //!
 //! Cancels ([`super::cancel`]): a running task asked to cancel ends `cancelled` when its
 //! worker reports `task.cancelled`, or when an attempt fails (no retry is scheduled); if
-//! it succeeded first, it stays `succeeded`. A `task.started` of a task that was asked to
+//! it succeeded first, it stays `succeeded`. A queued task is `cancelled` at once, but its
+//! message may already be with a worker that has not heard of the cancel yet: that
+//! worker's first report is still recorded (`started`, a failure's partial result, or
+//! `succeeded` if it finished first), the only way out of a finished status. A `task.started` of a task that was asked to
 //! cancel is answered with another cancellation on the stream (the worker may have missed
 //! the first, say, one whose message waited on its queue past the stream's retention).
 //!
@@ -109,11 +112,17 @@ fn guard(phase: u8, finished: &str) -> String {
     format!("id = $1 AND status NOT IN {finished} AND ($2::int IS NULL OR {POSITION} < ($2::int, {phase}))")
 }
 
+/// A task cancelled while its message was already out, whose worker had not heard of
+/// the cancel yet: the worker's first report of it is still recorded (`$1`: the task).
+const CANCELLED_UNREPORTED: &str = "(id = $1 AND status = 'cancelled' AND result IS NULL)";
+
 async fn started(conn: &mut PgConnection, e: &TaskStarted) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "UPDATE cleanup_tasks SET status = 'running', attempts = $2, worker_id = $3,
+        "UPDATE cleanup_tasks SET
+             status = CASE WHEN status = 'cancelled' THEN status ELSE 'running' END,
+             attempts = $2, worker_id = $3,
              started_at = COALESCE(started_at, $4), next_attempt_at = NULL, updated_at = now()
-         WHERE {}",
+         WHERE {} OR ({CANCELLED_UNREPORTED} AND attempts < $2)",
         guard(1, FINISHED)
     ))
     .bind(e.task_id)
@@ -129,12 +138,14 @@ async fn started(conn: &mut PgConnection, e: &TaskStarted) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// Succeeded; also a task cancelled while its message was out, whose worker finished it
+/// before the cancel reached it: what it deleted is deleted, and the ledger says so.
 async fn succeeded(conn: &mut PgConnection, e: &TaskSucceeded) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "UPDATE cleanup_tasks SET status = 'succeeded', attempts = $2, worker_id = $3,
              result = $4, error = NULL, started_at = COALESCE(started_at, $5), finished_at = $5,
              next_attempt_at = NULL, updated_at = now()
-         WHERE {}",
+         WHERE {} OR {CANCELLED_UNREPORTED}",
         guard(2, FINISHED)
     ))
     .bind(e.task_id)
@@ -160,7 +171,7 @@ struct FailedRow {
 
 /// The partial result a failure's progress holds: a temp-file walk's progress wraps its
 /// result (`{"result": {...}, "done": ...}`); a runs cleanup's progress is its result.
-fn partial_result(progress: &serde_json::Value) -> serde_json::Value {
+pub(super) fn partial_result(progress: &serde_json::Value) -> serde_json::Value {
     match progress.get("result") {
         Some(result) if result.is_object() => result.clone(),
         _ => progress.clone(),
@@ -186,7 +197,7 @@ async fn failed(conn: &mut PgConnection, e: &TaskFailed) -> Result<(), sqlx::Err
                  result = CASE WHEN {again} THEN result ELSE COALESCE($8::jsonb, result) END,
                  attempts = $2, worker_id = $3, error = $7, started_at = COALESCE(started_at, $6),
                  updated_at = now()
-             WHERE {}
+             WHERE {} OR {CANCELLED_UNREPORTED}
              RETURNING status, kind, params, cutoff, created_at, max_attempts",
         guard(2, FINISHED),
         // Another attempt is due: the worker says so, `max_attempts` allows it, and no

@@ -166,6 +166,10 @@ async fn a_retrying_task_loses_its_next_attempt() {
         "{task}"
     );
     assert!(task["next_attempt_at"].is_null(), "{task}");
+    assert_eq!(
+        task["result"]["runs_deleted"], 3,
+        "what attempt 1 deleted stays the result: {task}"
+    );
     app.wait_outbox_empty(Duration::from_secs(10)).await;
     assert_eq!(
         stack
@@ -192,6 +196,9 @@ async fn a_running_task_is_asked_to_stop_and_ends_cancelled_with_what_it_deleted
     assert_eq!(task["status"], "running", "its worker stops it: {task}");
     assert!(task["cancel_requested_at"].is_string(), "{task}");
     assert_eq!(cancel(app, &id).await.0, 202, "asking twice is fine");
+    // ... and sends the cancellation again, in case a worker missed it.
+    let sent = stack.broker.cancellations(2, Duration::from_secs(5)).await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
 
     // The worker stops at a batch boundary and says what it deleted.
     let stopped = Event::TaskCancelled(TaskCancelled {
@@ -213,11 +220,11 @@ async fn a_running_task_is_asked_to_stop_and_ends_cancelled_with_what_it_deleted
     // the cancellation again.
     app.wait_outbox_empty(Duration::from_secs(10)).await;
     publish(&stack.broker, &started(task_id, 2)).await;
-    let streamed = stack.broker.cancellations(2, Duration::from_secs(5)).await;
+    let streamed = stack.broker.cancellations(3, Duration::from_secs(5)).await;
     assert_eq!(
         streamed,
-        vec![task_id, task_id],
-        "sent on the cancel, and again"
+        vec![task_id, task_id, task_id],
+        "sent on the cancel, on the second request, and on the late start"
     );
     assert_eq!(app.task(&id).await["status"], "cancelled");
     stack.stop().await;
@@ -257,5 +264,65 @@ async fn a_finished_task_is_not_cancelled_and_unknown_ids_are_refused() {
     assert_eq!(status, 404, "{problem}");
     let (status, problem) = cancel(app, "not-a-uuid").await;
     assert_eq!(status, 400, "{problem}");
+    stack.stop().await;
+}
+
+/// Cancellations go out before a backlog of task messages; a task message a cancel could
+/// not withdraw (a relay held it) is dropped, not published; and no change of status
+/// leaves `cancelled` but `succeeded` (an older replica's recorder would try).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_jump_the_backlog_and_cancelled_tasks_stay_cancelled() {
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let app = &stack.app;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(stack.enqueue(RUNS, json!({"max_age_hours": 48})).await);
+    }
+    assert_eq!(cancel(app, &ids[4]).await.0, 200);
+    let mut tx = app.pool.begin().await.unwrap();
+    let claimed = producer_api::ledger::outbox::claim_due(&mut tx, 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        claimed[0].is_cancel(),
+        "the cancellation first: {claimed:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    // A message of a cancelled task that stayed in the outbox (as when a relay held it
+    // while the cancel ran): put one back.
+    assert_eq!(cancel(app, &ids[3]).await.0, 200);
+    sqlx::query(
+        "INSERT INTO cleanup_outbox (task_id, attempt, kind, envelope)
+         SELECT $2::uuid, 1, 'cleanup_runs', envelope FROM cleanup_outbox
+         WHERE task_id = $1::uuid AND kind = 'cleanup_runs'",
+    )
+    .bind(&ids[0])
+    .bind(&ids[3])
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let relay = stack.another_app(AppOptions::default()).await;
+    relay.wait_outbox_empty(Duration::from_secs(10)).await;
+    let published = stack.broker.drain_ids(TaskKind::CleanupRuns).await;
+    assert_eq!(
+        published,
+        ids[..3].to_vec(),
+        "no message of a cancelled task goes out"
+    );
+
+    // An older recorder, which does not know `cancelled` is final, changes nothing.
+    for status in ["running", "retrying", "failed", "queued"] {
+        let moved = sqlx::query("UPDATE cleanup_tasks SET status = $2 WHERE id = $1::uuid")
+            .bind(&ids[4])
+            .bind(status)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        assert_eq!(moved.rows_affected(), 0, "{status}");
+    }
+    assert_eq!(app.task(&ids[4]).await["status"], "cancelled");
+    relay.stop().await;
     stack.stop().await;
 }

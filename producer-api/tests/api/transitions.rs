@@ -112,10 +112,16 @@ const CASES: &[(State, Ev, State, bool)] = &[
         true,
     ),
     (("running+cancel", 1), Ev::Started(2), ("running", 2), true),
-    (("cancelled", 0), Ev::Started(1), ("cancelled", 0), false),
-    (("cancelled", 0), Ev::Succeeded(1), ("cancelled", 0), false),
-    (("cancelled", 0), Ev::Retry(1), ("cancelled", 0), false),
-    (("cancelled", 0), Ev::Fail(1), ("cancelled", 0), false),
+    // Cancelled while queued, but its message was already with a worker that had not
+    // heard of the cancel: that worker's first report is recorded. It started...
+    (("cancelled", 0), Ev::Started(1), ("cancelled", 1), true),
+    // ... it finished before the cancel reached it ...
+    (("cancelled", 0), Ev::Succeeded(1), ("succeeded", 1), true),
+    // ... it failed (no retry) ...
+    (("cancelled", 0), Ev::Retry(1), ("cancelled", 1), true),
+    (("cancelled", 0), Ev::Fail(1), ("cancelled", 1), true),
+    // ... or it stopped at a batch boundary: what it deleted becomes the result.
+    (("cancelled", 0), Ev::Cancelled(1), ("cancelled", 1), true),
     (("cancelled", 0), Ev::Dead, ("cancelled", 0), false),
     (
         ("cancelled", 0),
@@ -123,9 +129,37 @@ const CASES: &[(State, Ev, State, bool)] = &[
         ("cancelled", 0),
         false,
     ),
-    // Cancelled while queued, but a worker ran a batch before it learnt of the cancel:
-    // what it deleted becomes the result.
-    (("cancelled", 0), Ev::Cancelled(1), ("cancelled", 1), true),
+    // Once a report is recorded, nothing moves it.
+    (
+        ("cancelled+result", 1),
+        Ev::Started(2),
+        ("cancelled", 1),
+        false,
+    ),
+    (
+        ("cancelled+result", 1),
+        Ev::Succeeded(1),
+        ("cancelled", 1),
+        false,
+    ),
+    (
+        ("cancelled+result", 1),
+        Ev::Succeeded(2),
+        ("cancelled", 1),
+        false,
+    ),
+    (
+        ("cancelled+result", 1),
+        Ev::Retry(1),
+        ("cancelled", 1),
+        false,
+    ),
+    (
+        ("cancelled+result", 1),
+        Ev::Cancelled(2),
+        ("cancelled", 1),
+        false,
+    ),
     (("failed", 1), Ev::Cancelled(1), ("failed", 1), false),
     (("succeeded", 1), Ev::Cancelled(1), ("succeeded", 1), false),
 ];
@@ -135,16 +169,19 @@ const OLD: &str = "2000-01-01T00:00:00Z";
 
 async fn task_in(pool: &PgPool, status: &str, attempts: i32) -> Uuid {
     let id = Uuid::now_v7();
+    let result = status
+        .ends_with("+result")
+        .then(|| serde_json::json!({"runs_deleted": 1}));
     let (status, cancel) = match status.split_once('+') {
         Some((status, _)) => (status, true),
         None => (status, status == "cancelled"),
     };
     sqlx::query(
         "INSERT INTO cleanup_tasks (id, kind, status, params, cutoff, attempts, max_attempts,
-                                    created_at, updated_at, cancel_requested_at)
+                                    created_at, updated_at, cancel_requested_at, result)
          VALUES ($1, 'cleanup_runs', $2, '{\"max_age_hours\": 24}', now() - interval '1 day',
                  $3, $4, $5::timestamptz, $5::timestamptz,
-                 CASE WHEN $6 THEN $5::timestamptz END)",
+                 CASE WHEN $6 THEN $5::timestamptz END, $7)",
     )
     .bind(id)
     .bind(status)
@@ -152,6 +189,7 @@ async fn task_in(pool: &PgPool, status: &str, attempts: i32) -> Uuid {
     .bind(MAX_ATTEMPTS)
     .bind(OLD)
     .bind(cancel)
+    .bind(result)
     .execute(pool)
     .await
     .unwrap();
@@ -273,7 +311,7 @@ async fn every_state_and_change_of_the_task_state_machine() {
         let scheduled = to_status == "retrying" && applies;
         // A worker starting a task asked to cancel is sent the cancellation again.
         let resent =
-            matches!(ev, Ev::Started(_)) && (status.ends_with("+cancel") || status == "cancelled");
+            matches!(ev, Ev::Started(_)) && (status.contains('+') || status == "cancelled");
         if (
             now_status.as_str(),
             now_attempts,
