@@ -28,8 +28,12 @@ use crate::process::WorkerContext;
 
 /// Cancellations read per credit round from the stream.
 const STREAM_PREFETCH: u16 = 500;
-/// Longest wait to read the stream up to this worker's marker.
+/// Longest wait to read the stream up to this worker's marker, from its start.
 const CATCH_UP_LIMIT: Duration = Duration::from_secs(60);
+/// The same, resuming after the last cancellation read: short, because when the stream
+/// was deleted and declared again (its offsets start over), RabbitMQ waits for an offset
+/// that does not exist yet and nothing arrives, not even the marker.
+const RESUME_LIMIT: Duration = Duration::from_secs(10);
 /// A cancellation is remembered this long (the stream's retention).
 const REMEMBER: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -147,8 +151,13 @@ pub async fn catch_up(
     channel
         .basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
         .await?;
+    let from = ctx.cancellations.resume_from();
+    let limit = match from {
+        AMQPValue::LongLongInt(_) => RESUME_LIMIT,
+        _ => CATCH_UP_LIMIT,
+    };
     let mut arguments = FieldTable::default();
-    arguments.insert("x-stream-offset".into(), ctx.cancellations.resume_from());
+    arguments.insert("x-stream-offset".into(), from);
     let mut consumer = channel
         .basic_consume(
             ctx.topology.cancel_stream().into(),
@@ -181,13 +190,17 @@ pub async fn catch_up(
         }
         anyhow::bail!("the cancellation stream's consumer ended while catching up")
     };
-    let read = tokio::time::timeout(CATCH_UP_LIMIT, read)
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the cancellation stream was not read up to now within {CATCH_UP_LIMIT:?}"
-            )
-        })??;
+    let read = match tokio::time::timeout(limit, read).await {
+        Ok(read) => read?,
+        Err(_) => {
+            // Read it from its start next time: re-reading cancellations is harmless.
+            ctx.cancellations.offset.store(-1, Ordering::Relaxed);
+            anyhow::bail!(
+                "the cancellation stream was not read up to now within {limit:?}; reading it \
+                 from its start on the next connection"
+            );
+        }
+    };
     tracing::debug!(read, "cancellation stream read up to now");
     Ok((channel, consumer))
 }

@@ -120,18 +120,7 @@ pub async fn handle_delivery(
     let turn = cancel.child_token();
     let Some(watch) = ctx.cancellations.watch(task_id, turn.clone()) else {
         // Cancelled before this delivery started: nothing is touched.
-        let stop = Stop {
-            attempt: envelope.attempt,
-            started: false,
-            progress: envelope.progress.clone(),
-        };
-        report_cancelled(ctx, events, task_id, kind, stop).await?;
-        delivery.ack(BasicAckOptions::default()).await?;
-        ctx.processed.fetch_add(1, Ordering::Relaxed);
-        return Ok(Outcome::Cancelled {
-            task_id,
-            started: false,
-        });
+        return skip_cancelled(ctx, events, &envelope, delivery, false).await;
     };
     publish_event(
         ctx,
@@ -145,6 +134,10 @@ pub async fn handle_delivery(
         }),
     )
     .await?;
+    if watch.cancelled() {
+        // The cancel came while `task.started` was on its way: still nothing is touched.
+        return skip_cancelled(ctx, events, &envelope, delivery, true).await;
+    }
     ctx.metrics
         .tasks_started
         .with_label_values(&[kind.as_str()])
@@ -249,6 +242,49 @@ pub async fn handle_delivery(
     delivery.ack(BasicAckOptions::default()).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(outcome)
+}
+
+/// Skip a delivery of a cancelled task without running it: report `task.cancelled` with
+/// what the task deleted before (for a runs cleanup, the committed count in the runs
+/// database outranks the message's, since another copy may have gone further), then ack.
+async fn skip_cancelled(
+    ctx: &WorkerContext,
+    events: &Channel,
+    envelope: &TaskEnvelope,
+    delivery: &Delivery,
+    started: bool,
+) -> Result<Outcome, StepError> {
+    let task_id = envelope.task_id;
+    let kind = envelope.task.kind();
+    let committed = match (&envelope.task, &ctx.executors.runs) {
+        (shared::tasks::TaskSpec::CleanupRuns(_), Some(runs)) => runs.committed(task_id).await,
+        _ => None,
+    };
+    let stop = Stop {
+        attempt: envelope.attempt,
+        started,
+        progress: with_committed(envelope.progress.clone(), committed),
+    };
+    report_cancelled(ctx, events, task_id, kind, stop).await?;
+    delivery.ack(BasicAckOptions::default()).await?;
+    ctx.processed.fetch_add(1, Ordering::Relaxed);
+    Ok(Outcome::Cancelled { task_id, started })
+}
+
+/// A runs task's progress with `runs_deleted` raised to the committed count.
+fn with_committed(
+    progress: Option<serde_json::Value>,
+    committed: Option<u64>,
+) -> Option<serde_json::Value> {
+    let Some(committed) = committed else {
+        return progress;
+    };
+    let mut progress = progress.unwrap_or_else(|| serde_json::json!({}));
+    let carried = progress["runs_deleted"].as_u64().unwrap_or(0);
+    if committed > carried || progress.get("runs_deleted").is_none() {
+        progress["runs_deleted"] = committed.into();
+    }
+    Some(progress)
 }
 
 /// How a cancelled task stopped, as `task.cancelled` reports it.
@@ -395,4 +431,29 @@ pub async fn publish_event(
         body: event.to_json(),
     };
     amqp::publish(events, &message).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_committed;
+    use serde_json::json;
+
+    #[test]
+    fn the_committed_count_outranks_the_message() {
+        assert_eq!(with_committed(None, None), None);
+        assert_eq!(
+            with_committed(None, Some(7)),
+            Some(json!({"runs_deleted": 7}))
+        );
+        let carried = json!({"runs_deleted": 5, "batches": 2});
+        assert_eq!(
+            with_committed(Some(carried.clone()), Some(9)),
+            Some(json!({"runs_deleted": 9, "batches": 2}))
+        );
+        assert_eq!(
+            with_committed(Some(carried.clone()), Some(3)),
+            Some(carried.clone())
+        );
+        assert_eq!(with_committed(Some(carried.clone()), None), Some(carried));
+    }
 }

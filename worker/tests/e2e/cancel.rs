@@ -104,3 +104,61 @@ async fn a_running_cleanup_of_a_million_rows_stops_at_a_batch_boundary() {
     worker.stop().await;
     stack.stop().await;
 }
+
+/// The cancellation stream is deleted and declared again (its offsets start over) under a
+/// running worker: the worker must not wait for an offset that no longer comes, and must
+/// still learn of the next cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_recovers_when_the_stream_starts_over() {
+    const ROWS: i64 = 300_000;
+    let runs = RunsDb::create().await;
+    let stack = Stack::start().await;
+    let app = &stack.app;
+    runs.insert(ROWS, "succeeded", Some(100.0), 0).await;
+    let worker = stack.worker(&[runs_database_flag(runs.db.url())]).await;
+    // The worker has read a few cancellations: of temp-file tasks, which it does not serve.
+    for _ in 0..6 {
+        let id = stack
+            .enqueue(
+                "/maintenance/cleanup-temp-files",
+                json!({"max_age_hours": 24, "dry_run": true}),
+            )
+            .await;
+        assert_eq!(cancel(app, &id).await.0, 200);
+    }
+    app.wait_outbox_empty(Duration::from_secs(10)).await;
+    stack
+        .run(RUNS, json!({"max_age_hours": 24, "dry_run": true}))
+        .await;
+    stack
+        .broker
+        .channel
+        .queue_delete(
+            stack.broker.topology.cancel_stream().as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+
+    let id = stack
+        .enqueue(RUNS, json!({"max_age_hours": 24, "batch_size": 1000}))
+        .await;
+    eventually(
+        Duration::from_secs(40),
+        "the worker is back and deleting",
+        || async { runs.count("SELECT count(*) FROM runs").await < ROWS },
+    )
+    .await;
+    let (status, task) = cancel(app, &id).await;
+    assert!(status == 202 || status == 200, "{status} {task}");
+    let task = wait_for(app, &id, DONE, Duration::from_secs(10)).await;
+    assert_eq!(task["status"], "cancelled", "{task}");
+    let remaining = runs.count("SELECT count(*) FROM runs").await;
+    assert!(remaining > 0, "the cancel came too late to test anything");
+    assert_eq!(
+        task["result"]["runs_deleted"].as_i64().unwrap(),
+        ROWS - remaining
+    );
+    worker.stop().await;
+    stack.stop().await;
+}
