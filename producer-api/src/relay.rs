@@ -264,6 +264,9 @@ impl Relay {
                             tracing::debug!(%error, "outbox listener interrupted");
                             tokio::time::sleep(self.config.poll_interval).await;
                         }
+                        // One claim covers every row committed before it: the other
+                        // notifications already here would only wake empty claims.
+                        while l.next_buffered().is_some() {}
                     }
                 }
             }

@@ -80,6 +80,12 @@ pub struct Config {
     #[arg(long, env = "RUNS_PARTITIONS", value_enum, default_value = "drop")]
     pub runs_partitions: crate::executor::runs::partitions::PartitionMode,
 
+    /// How long a dry run may reuse the runs table's last inspection (its key, timestamp
+    /// type, foreign keys) instead of reading the catalog again; a real run always reads
+    /// it again. `0s`: every task reads it.
+    #[arg(long, env = "RUNS_SCHEMA_CACHE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub runs_schema_cache: std::time::Duration,
+
     /// Statuses that mean a run is finished; only such runs are ever deleted.
     #[arg(
         long,

@@ -99,6 +99,7 @@ impl Application {
                 config.runs_batch_target,
             )
             .with_partitions(config.runs_partitions)
+            .with_schema_cache(config.runs_schema_cache)
         });
         if let Some(runs) = &runs {
             // A table that exists but is unsafe to clean as configured stops the worker here.

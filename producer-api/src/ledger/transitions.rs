@@ -117,22 +117,24 @@ fn guard(phase: u8, finished: &str) -> String {
 const CANCELLED_UNREPORTED: &str = "(id = $1 AND status = 'cancelled' AND result IS NULL)";
 
 async fn started(conn: &mut PgConnection, e: &TaskStarted) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
+    let asked_to_cancel: Option<bool> = sqlx::query_scalar(&format!(
         "UPDATE cleanup_tasks SET
              status = CASE WHEN status = 'cancelled' THEN status ELSE 'running' END,
              attempts = $2, worker_id = $3,
              started_at = COALESCE(started_at, $4), next_attempt_at = NULL, updated_at = now()
-         WHERE {} OR ({CANCELLED_UNREPORTED} AND attempts < $2)",
+         WHERE {} OR ({CANCELLED_UNREPORTED} AND attempts < $2)
+         RETURNING cancel_requested_at IS NOT NULL",
         guard(1, FINISHED)
     ))
     .bind(e.task_id)
     .bind(e.attempt as i32)
     .bind(&e.worker_id)
     .bind(e.at)
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    // Second line of defence: this task was asked to cancel, yet a worker starts it.
-    if outbox::insert_cancel(conn, e.task_id).await? {
+    // Second line of defence: this task was asked to cancel, yet a worker starts it (a
+    // start that moved nothing, a duplicate or a late one, is checked too).
+    if asked_to_cancel != Some(false) && outbox::insert_cancel(conn, e.task_id).await? {
         tracing::info!(task_id = %e.task_id, worker_id = %e.worker_id, "a worker started a task asked to cancel; cancellation sent again");
     }
     Ok(())

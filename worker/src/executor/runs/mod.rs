@@ -111,8 +111,11 @@ pub struct RunsExecutor {
     timeouts: Timeouts,
     /// RUNS_BATCH_TARGET: the duration batch sizes move toward.
     batch_target: Duration,
-    /// The shape seen by the last inspection, to log it when it changes.
-    seen: Mutex<Option<Schema>>,
+    /// The shape seen by the last inspection and when: logged when it changes, reused by
+    /// dry runs for `schema_cache`.
+    seen: Mutex<Option<(Schema, Instant)>>,
+    /// RUNS_SCHEMA_CACHE: how long a dry run may reuse the last inspection.
+    schema_cache: Duration,
     /// Each real task's committed count.
     progress: ProgressTable,
     /// RUNS_PARTITIONS: what the partition fast path does.
@@ -147,8 +150,15 @@ impl RunsExecutor {
             timeouts,
             batch_target,
             seen: Mutex::new(None),
+            schema_cache: Duration::ZERO,
             partitions: PartitionMode::Drop,
         }
+    }
+
+    /// RUNS_SCHEMA_CACHE (default none: every task inspects the table).
+    pub fn with_schema_cache(mut self, cache: Duration) -> Self {
+        self.schema_cache = cache;
+        self
     }
 
     /// RUNS_PARTITIONS (default `drop`).
@@ -163,7 +173,7 @@ impl RunsExecutor {
     pub async fn check_at_start_up(&self) -> anyhow::Result<()> {
         let no_scope = BTreeMap::new();
         let inspect = async {
-            self.statements(&no_scope).await?;
+            self.statements(&no_scope, false).await?;
             self.progress.ensure(&self.pool).await
         };
         match tokio::time::timeout(std::time::Duration::from_secs(10), inspect).await {
@@ -180,23 +190,36 @@ impl RunsExecutor {
         }
     }
 
-    /// Read the table's shape and build its statements. Done before every task: a
-    /// foreign key, an index or a column type changed since the last task counts.
+    /// Read the table's shape and build its statements. Done before every real run: a
+    /// foreign key, an index or a column type changed since the last task counts. A dry
+    /// run (`reuse`), which deletes nothing, may take an inspection younger than
+    /// RUNS_SCHEMA_CACHE instead.
     async fn statements(
         &self,
         scope: &BTreeMap<String, String>,
+        reuse: bool,
     ) -> Result<Statements, SchemaError> {
-        let schema = schema::inspect(&self.pool, &self.table, self.zone.as_deref()).await?;
-        let mut seen = self.seen.lock().expect("not poisoned");
-        if seen.as_ref() != Some(&schema) {
-            tracing::info!(
-                table = %self.table.table,
-                key = %schema.key_expr(),
-                timestamp = %schema.describe(),
-                "runs table checked"
-            );
-            *seen = Some(schema.clone());
-        }
+        let cached = match &*self.seen.lock().expect("not poisoned") {
+            Some((schema, at)) if reuse && at.elapsed() < self.schema_cache => Some(schema.clone()),
+            _ => None,
+        };
+        let schema = match cached {
+            Some(schema) => schema,
+            None => {
+                let schema = schema::inspect(&self.pool, &self.table, self.zone.as_deref()).await?;
+                let mut seen = self.seen.lock().expect("not poisoned");
+                if seen.as_ref().map(|(s, _)| s) != Some(&schema) {
+                    tracing::info!(
+                        table = %self.table.table,
+                        key = %schema.key_expr(),
+                        timestamp = %schema.describe(),
+                        "runs table checked"
+                    );
+                }
+                *seen = Some((schema.clone(), Instant::now()));
+                schema
+            }
+        };
         // The worker's own list decides, whatever the producer accepted.
         if let Some(unknown) = scope.keys().find(|c| !self.table.scope.contains_key(*c)) {
             return Err(SchemaError::Unsafe(format!(
@@ -218,10 +241,15 @@ impl RunsExecutor {
         let no_scope = BTreeMap::new();
         let scope = params.scope.as_ref().unwrap_or(&no_scope);
         let scope_values: Vec<String> = scope.values().cloned().collect();
-        let statements = self.statements(scope).await.map_err(|e| match e {
-            SchemaError::Database(db) => ExecError::from_sqlx("cannot check the runs table", &db),
-            other => ExecError::permanent(other.to_string()),
-        })?;
+        let statements = self
+            .statements(scope, params.dry_run)
+            .await
+            .map_err(|e| match e {
+                SchemaError::Database(db) => {
+                    ExecError::from_sqlx("cannot check the runs table", &db)
+                }
+                other => ExecError::permanent(other.to_string()),
+            })?;
         let statuses = match &params.statuses {
             Some(asked) => {
                 if let Some(bad) = asked

@@ -193,6 +193,7 @@ impl Run<'_> {
     async fn fast_path(&self, params: &CleanupRunsParams) -> Result<Vec<Candidate>, sqlx::Error> {
         let executor = self.executor;
         if executor.partitions == PartitionMode::Off
+            || !self.statements.schema.partitioned
             || params.max_rows.is_some()
             || !self.scope.is_empty()
         {

@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# The whole loop, end to end: N dry-run cleanup_runs tasks POSTed by C concurrent clients
+# (HTTP keep-alive) -> ledger + outbox -> relay (confirms) -> quorum queue -> W workers
+# (WORKER_CONCURRENCY each) -> task.started / task.succeeded (confirms) -> recorder ->
+# ledger `succeeded`. Everything runs on this machine: release builds of producer-api and
+# the worker, the local PostgreSQL and RabbitMQ.
+#
+# Prints: enqueue rate (202s per second while the clients post), end-to-end rate (tasks
+# `succeeded` per second, from the first POST to the last success), enqueue latency p50 /
+# p99, CPU seconds per 1,000 tasks of each process (API, each worker, every PostgreSQL
+# process, RabbitMQ's beam.smp, the load generator) and the peak RSS of API and workers.
+#
+#   N=3000 C=32 W=1 WORKER_CONCURRENCY=8 deploy/bench/e2e.sh
+#   RUNS="1:8 1:16 2:16" deploy/bench/e2e.sh     # several setups in one run (W:CONCURRENCY)
+#
+# Databases bench_e2e_<pid>_* and the AMQP prefix bench-e2e-<pid>-* are removed on exit.
+# Run by hand, not in CI.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${N:-3000}
+C=${C:-32}
+RUNS=${RUNS:-"${W:-1}:${WORKER_CONCURRENCY:-8}"}
+TIMEOUT=${TIMEOUT:-300}
+TOKEN=bench-token-0123456789abcdef
+SIGNING_KEYS=bench:bench-signing-secret-0123456789abcdef
+DB=bench_e2e_$$
+WORK=${BENCH_DIR:-/var/tmp/cleanup-bench-e2e-$$}
+deploy/local/services.sh
+. deploy/local/env.sh
+PG=$BENCH_PG
+export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
+CODE="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git status --porcelain -- Cargo.lock shared producer-api worker 2>/dev/null)" ]; then
+  CODE="$CODE + uncommitted changes"
+fi
+cargo build --release --locked -p producer-api -p worker
+mkdir -p "$WORK"
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+sql() { psql -X -q -v ON_ERROR_STOP=1 "$PG/$1" "${@:2}"; }
+value() { psql -X -tA -v ON_ERROR_STOP=1 "$PG/$1" -c "$2"; }
+pids=() dbs=() prefixes=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for db in "${dbs[@]}"; do sql postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" 2>/dev/null || true; done
+  for prefix in "${prefixes[@]}"; do
+    rabbitmqctl list_queues name 2>/dev/null | grep "^$prefix\." | xargs -r -n1 rabbitmqctl delete_queue >/dev/null 2>&1 || true
+    for x in $(rabbitmqctl list_exchanges name 2>/dev/null | grep "^$prefix\." || true); do
+      rabbitmqctl eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$x\">>), false, <<\"bench\">>)." >/dev/null 2>&1 || true
+    done
+  done
+  echo "logs: $WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# CPU ticks (utime + stime) of some processes; their peak RSS in kB.
+ticks() { local t=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+pg_pids() { pgrep -x postgres | tr '\n' ' '; }
+beam_pids() { pgrep -f beam.smp | tr '\n' ' '; }
+HZ=$(getconf CLK_TCK)
+
+create_db() { dbs+=("$1"); sql postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
+create_db "${DB}_runs"
+sql "${DB}_runs" -f deploy/sql/runs-schema.sql
+sql "${DB}_runs" -c "INSERT INTO runs (status, finished_at) SELECT 'succeeded', now() - interval '60 days' FROM generate_series(1, 100)"
+
+echo "commit $CODE; N=$N tasks, C=$C clients; $(nproc) cores"
+printf '%-6s %-5s %10s %10s %8s %8s   %s\n' workers conc "enqueue/s" "e2e/s" "p50 ms" "p99 ms" "CPU s per 1,000 tasks; peak RSS"
+run=0
+for setup in $RUNS; do
+  run=$((run + 1))
+  W=${setup%%:*} CONC=${setup##*:}
+  PREFIX=bench-e2e-$$-$run
+  prefixes+=("$PREFIX")
+  LEDGER=${DB}_ledger_$run
+  create_db "$LEDGER"
+  API_PORT=$(free_port)
+  API="http://127.0.0.1:$API_PORT"
+  DATABASE_URL="$PG/$LEDGER" API_TOKENS=$TOKEN TASK_SIGNING_KEYS=$SIGNING_KEYS \
+    LISTEN_ADDR=127.0.0.1:$API_PORT AMQP_PREFIX=$PREFIX LOG_LEVEL=warn \
+    "$TARGET_DIR/release/producer-api" > "$WORK/producer-api-$run.log" 2>&1 &
+  api_pid=$!
+  pids+=("$api_pid")
+  for _ in $(seq 1 100); do curl -fsS "$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+  curl -fsS "$API/readyz" >/dev/null || { echo "producer-api did not become ready; see $WORK/producer-api-$run.log"; exit 1; }
+  worker_pids=()
+  for i in $(seq 1 "$W"); do
+    port=$(free_port)
+    RUNS_DATABASE_URL="$PG/${DB}_runs" METRICS_ADDR=127.0.0.1:$port TASK_SIGNING_KEYS=$SIGNING_KEYS \
+      AMQP_PREFIX=$PREFIX WORKER_KINDS=cleanup_runs WORKER_CONCURRENCY=$CONC LOG_LEVEL=warn \
+      WORKER_ID=bench-$run-$i \
+      "$TARGET_DIR/release/worker" > "$WORK/worker-$run-$i.log" 2>&1 &
+    worker_pids+=($!)
+    pids+=($!)
+    for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+  done
+  sleep 1
+  pg_before=$(ticks $(pg_pids)) beam_before=$(ticks $(beam_pids)) api_before=$(ticks "$api_pid")
+  declare -A worker_before=()
+  for p in "${worker_pids[@]}"; do worker_before[$p]=$(ticks "$p"); done
+  # The load: C threads, each its own keep-alive connection; latencies to a file.
+  python3 - "$API_PORT" "$TOKEN" "$N" "$C" "$WORK/latencies-$run.txt" "$WORK/load-$run.txt" <<'PY' &
+import http.client, json, os, sys, threading, time
+port, token, n, c, out, summary = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+body = json.dumps({"max_age_hours": 720, "dry_run": True})
+headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+lock = threading.Lock()
+left = [n]
+lat = []
+errors = [0]
+def client():
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    mine = []
+    while True:
+        with lock:
+            if left[0] == 0:
+                break
+            left[0] -= 1
+        t = time.perf_counter()
+        conn.request("POST", "/maintenance/cleanup-runs", body, headers)
+        r = conn.getresponse()
+        r.read()
+        mine.append(time.perf_counter() - t)
+        if r.status != 202:
+            errors[0] += 1
+    with lock:
+        lat.extend(mine)
+start = time.perf_counter()
+threads = [threading.Thread(target=client) for _ in range(c)]
+for t in threads: t.start()
+for t in threads: t.join()
+took = time.perf_counter() - start
+with open(out, "w") as f:
+    f.write("\n".join(f"{x:.6f}" for x in lat))
+with open(summary, "w") as f:
+    f.write(f"{start} {took} {errors[0]} {os.times().user + os.times().system}\n")
+PY
+  load_pid=$!
+  t0=$(date +%s.%N)
+  wait "$load_pid"
+  # End to end: until every task succeeded.
+  while :; do
+    done_count=$(value "$LEDGER" "SELECT count(*) FROM cleanup_tasks WHERE status = 'succeeded'")
+    [ "$done_count" -ge "$N" ] && break
+    if [ $(( $(date +%s) - ${t0%.*} )) -gt "$TIMEOUT" ]; then echo "timed out: $done_count of $N succeeded"; break; fi
+    sleep 0.1
+  done
+  t1=$(date +%s.%N)
+  pg_after=$(ticks $(pg_pids)) beam_after=$(ticks $(beam_pids)) api_after=$(ticks "$api_pid")
+  read -r _ load_took load_errors load_cpu < "$WORK/load-$run.txt"
+  [ "$load_errors" = 0 ] || echo "warning: $load_errors enqueue requests were not answered 202"
+  per_k() { python3 -c "print(f'{$1 / $HZ / $N * 1000:.2f}')"; }
+  workers_cpu="" workers_rss=""
+  for p in "${worker_pids[@]}"; do
+    workers_cpu+="worker $(per_k "$(( $(ticks "$p") - ${worker_before[$p]} ))") "
+    workers_rss+="$(( $(hwm "$p") / 1024 ))M "
+  done
+  read -r p50 p99 < <(python3 -c "
+import sys; xs = sorted(float(l) for l in open('$WORK/latencies-$run.txt') if l.strip())
+q = lambda p: xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
+print(f'{q(0.50):.1f} {q(0.99):.1f}')")
+  enqueue_rate=$(python3 -c "print(f'{$N / $load_took:.0f}')")
+  e2e_rate=$(python3 -c "print(f'{$N / ($t1 - $t0):.0f}')")
+  cpu="api $(per_k $((api_after - api_before))) ${workers_cpu}postgres $(per_k $((pg_after - pg_before))) rabbitmq $(per_k $((beam_after - beam_before))) load $(python3 -c "print(f'{$load_cpu / $N * 1000:.2f}')")"
+  printf '%-6s %-5s %10s %10s %8s %8s   %s; rss api %sM, workers %s\n' "$W" "$CONC" "$enqueue_rate" "$e2e_rate" "$p50" "$p99" "$cpu" "$(( $(hwm "$api_pid") / 1024 ))" "$workers_rss"
+  for p in "${worker_pids[@]}" "$api_pid"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+done
