@@ -65,6 +65,8 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::new())
+        // Outermost: whatever answered an error, it goes out as a problem document.
+        .layer(middleware::map_response(error::problem_bodies))
         .with_state(state)
 }
 

@@ -4,6 +4,7 @@ mod auth;
 mod config;
 mod enqueue;
 mod idempotency;
+mod openapi;
 mod outages;
 mod recorder;
 mod relay;
