@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::auth::{Principal, Scope};
 
 use super::error::{ApiError, Problem};
-use super::json::ApiJson;
+use super::json::{ApiJson, OptionalApiJson};
 use super::AppState;
 use crate::ledger::{self, Enqueued, ListQuery, TaskRow, TaskStatus};
 
@@ -384,18 +384,11 @@ pub async fn retry_task(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    OptionalApiJson(body): OptionalApiJson<RetryBody>,
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a task id (a UUID)")))?;
-    let body: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RetryBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidParameters {
-            detail: format!("invalid retry body: {e}"),
-            field: None,
-        })?
-    };
+    let body = body.unwrap_or_default();
     let retried = ledger::tasks::retry(
         &state.pool,
         id,

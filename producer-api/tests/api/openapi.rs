@@ -49,3 +49,38 @@ async fn answers_no_handler_wrote_are_problems_too() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_body_is_checked_like_every_json_body() {
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let app = &stack.app;
+    let path = "/tasks/00000000-0000-0000-0000-000000000000/retry";
+    let send = |content_type: Option<&'static str>, body: &'static str| {
+        let mut request = app
+            .client
+            .post(format!("{}{path}", app.address))
+            .bearer_auth(TOKEN)
+            .body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.send()
+    };
+    let json = Some("application/json");
+    for (content_type, body, expected) in [
+        (Some("text/plain"), r#"{"keep_cutoff": true}"#, 415),
+        (None, r#"{"keep_cutoff": true}"#, 415),
+        (json, r#"{"keep_cutoff": "#, 400),
+        (json, "null", 422),
+        (json, "[]", 422),
+        (json, r#"{"keep": true}"#, 422),
+        // No body at all is `{}`: the unknown task is then a 404.
+        (None, "", 404),
+        (json, "  ", 404),
+        (json, "{}", 404),
+    ] {
+        let (status, body, _) = problem(send(content_type, body).await.unwrap()).await;
+        assert_eq!(status, expected, "{content_type:?} {body}");
+    }
+    stack.stop().await;
+}
