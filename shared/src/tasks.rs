@@ -86,15 +86,27 @@ pub struct CleanupRunsParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statuses: Option<Vec<String>>,
     /// Rows deleted per statement (1..=10000, default 1000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option"
+    )]
     #[schema(minimum = 1, maximum = 10000)]
     pub batch_size: Option<u32>,
     /// Stop after this many rows; bounds the blast radius of one task.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option"
+    )]
     #[schema(minimum = 1)]
     pub max_rows: Option<u64>,
     /// Attempts for this task (default: the deployment's `MAX_ATTEMPTS`), up to its limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option"
+    )]
     #[schema(minimum = 1)]
     pub max_attempts: Option<u32>,
     /// Only rows whose columns equal these values (per tenant or project retention):
@@ -125,14 +137,22 @@ pub struct CleanupTempFilesParams {
     #[schema(example = json!(["*.tmp", "cache/**"]))]
     pub patterns: Option<Vec<String>>,
     /// Stop after this many files; bounds the blast radius of one task.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option"
+    )]
     #[schema(minimum = 1)]
     pub max_files: Option<u64>,
     /// Also remove directories that the cleanup left empty (never the root itself).
     #[serde(default)]
     pub remove_empty_dirs: bool,
     /// Attempts for this task (default: the deployment's `MAX_ATTEMPTS`), up to its limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option"
+    )]
     #[schema(minimum = 1)]
     pub max_attempts: Option<u32>,
 }
@@ -216,6 +236,7 @@ impl TaskSpec {
 }
 
 mod validation;
+mod whole;
 
 pub use validation::{
     is_identifier, validate_pattern, validate_root_name, ValidationError, ValidationRules,

@@ -143,3 +143,44 @@ fn numbers_in_errors_are_short() {
         "{floor}"
     );
 }
+
+#[test]
+fn lengths_count_characters_as_the_openapi_document_does() {
+    let long = |n: usize| "é".repeat(n);
+    assert!(temp(json!({"max_age_hours": 2, "patterns": [long(256)]})).is_ok());
+    assert!(temp(json!({"max_age_hours": 2, "patterns": [long(257)]}))
+        .unwrap_err()
+        .contains("1 to 256 characters, got 257"));
+    let rules = ValidationRules {
+        scope_columns: ["project_id".to_owned()].into(),
+        ..ValidationRules::default()
+    };
+    let scoped = |value: String| {
+        let params: CleanupRunsParams =
+            serde_json::from_value(json!({"max_age_hours": 2, "scope": {"project_id": value}}))
+                .unwrap();
+        TaskSpec::CleanupRuns(params).validate(&rules)
+    };
+    assert!(scoped(long(256)).is_ok());
+    assert!(scoped(long(257))
+        .unwrap_err()
+        .to_string()
+        .contains("longer than 256 characters"));
+}
+
+#[test]
+fn counts_may_be_written_with_a_zero_fraction() {
+    let TaskSpec::CleanupRuns(p) =
+        runs(json!({"max_age_hours": 2, "batch_size": 100.0, "max_attempts": 2.0})).unwrap()
+    else {
+        panic!("wrong kind")
+    };
+    assert_eq!((p.batch_size, p.max_attempts), (Some(100), Some(2)));
+    // Stored and shown as the whole numbers they are.
+    assert_eq!(
+        TaskSpec::CleanupRuns(p).params_json()["batch_size"],
+        json!(100)
+    );
+    assert!(runs(json!({"max_age_hours": 2, "batch_size": 100.5})).is_err());
+    assert!(temp(json!({"max_age_hours": 2, "max_files": 3.0})).is_ok());
+}

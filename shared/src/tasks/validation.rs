@@ -137,7 +137,7 @@ pub(super) fn validate_runs(
     Ok(())
 }
 
-/// Longest scope value accepted.
+/// Longest scope value accepted, in characters.
 pub const MAX_SCOPE_VALUE_LEN: usize = 256;
 
 fn validate_scope(
@@ -163,10 +163,11 @@ fn validate_scope(
             };
             return Err(ValidationError::new("scope", message));
         }
-        if value.len() > MAX_SCOPE_VALUE_LEN {
+        // Characters, as JSON Schema's `maxLength` counts them (the document says so).
+        if value.chars().count() > MAX_SCOPE_VALUE_LEN {
             return Err(ValidationError::new(
                 "scope",
-                format!("the value of `{column}` is longer than {MAX_SCOPE_VALUE_LEN} bytes"),
+                format!("the value of `{column}` is longer than {MAX_SCOPE_VALUE_LEN} characters"),
             ));
         }
     }
@@ -231,10 +232,10 @@ pub fn validate_root_name(name: &str) -> Result<(), String> {
 /// A glob is matched against the path relative to the root, so it must be relative and
 /// may not climb out with `..`.
 pub fn validate_pattern(pattern: &str) -> Result<(), String> {
-    if pattern.is_empty() || pattern.len() > MAX_PATTERN_LEN {
+    let chars = pattern.chars().count();
+    if chars == 0 || chars > MAX_PATTERN_LEN {
         return Err(format!(
-            "a pattern must have 1 to {MAX_PATTERN_LEN} characters, got {}",
-            pattern.len()
+            "a pattern must have 1 to {MAX_PATTERN_LEN} characters, got {chars}"
         ));
     }
     if pattern.starts_with('/') {
