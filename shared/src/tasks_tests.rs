@@ -184,3 +184,81 @@ fn counts_may_be_written_with_a_zero_fraction() {
     assert!(runs(json!({"max_age_hours": 2, "batch_size": 100.5})).is_err());
     assert!(temp(json!({"max_age_hours": 2, "max_files": 3.0})).is_ok());
 }
+
+/// The document's glob pattern: everything it matches, the API accepts; the usual globs
+/// it matches. (The `regex` crate has no look-ahead: the two look-aheads of the start,
+/// not absolute and no `..` component, are checked here by hand.)
+#[test]
+fn the_documented_glob_pattern_matches_only_valid_globs() {
+    let prefix = r"^(?!/)(?!(?:[\s\S]*/)?\.\.(?:/|(?![\s\S])))";
+    let body = GLOB_PATTERN_REGEX
+        .strip_prefix(prefix)
+        .expect("the pattern starts with its two look-aheads");
+    let core = regex::Regex::new(&format!("^{body}")).unwrap();
+    let documented =
+        |p: &str| !p.starts_with('/') && !p.split('/').any(|c| c == "..") && core.is_match(p);
+    let usual = [
+        "*.tmp",
+        "cache/**",
+        "**/*.log",
+        "a?c",
+        "[abc].txt",
+        "[!abc]",
+        "[^x]y",
+        "[a-z]*",
+        "[0-9][0-9]",
+        "file[A-Z0-9_]",
+        "{a,b}",
+        "*.{tmp,bak}",
+        "{}",
+        "x{,y}",
+        r"\*",
+        r"\[",
+        "a]b",
+        "a,b",
+        "..x",
+        "x..",
+        "a/..b/c",
+        "é/*",
+        "[[]",
+    ];
+    let odd = [
+        "[",
+        "[]",
+        "[!]",
+        "[^]",
+        "[z-a]",
+        "[a-z-0]",
+        "{a",
+        "a}",
+        "{a,{b,c}}",
+        r"a\",
+        "/abs",
+        "../x",
+        "a/../b",
+        "a/..",
+        "..",
+        "[b-d]",
+        "[]]",
+        "{[a-z],b}",
+        "{a,b}}",
+        "[a-",
+        r"\",
+        "",
+        "a\nb",
+        "[a\\]]",
+        "[a-]",
+    ];
+    for pattern in usual {
+        assert!(validate_pattern(pattern).is_ok(), "{pattern:?} is valid");
+        assert!(documented(pattern), "the document states {pattern:?}");
+    }
+    for pattern in usual.iter().chain(odd.iter()) {
+        if documented(pattern) {
+            assert!(
+                validate_pattern(pattern).is_ok(),
+                "the document states {pattern:?}, which the API refuses"
+            );
+        }
+    }
+}

@@ -211,7 +211,7 @@ fn managed(name: &str, by: &str) -> ApiError {
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad name, cron, timezone or params (`field` names it)", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub async fn create_schedule(
     State(state): State<AppState>,
@@ -253,7 +253,7 @@ pub async fn create_schedule(
         (status = 409, description = "Managed by the schedules file", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad name, cron, timezone or params", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub async fn put_schedule(
     State(state): State<AppState>,
@@ -298,7 +298,7 @@ pub async fn put_schedule(
         (status = 409, description = "Managed by the schedules file", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown field", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub async fn patch_schedule(
     State(state): State<AppState>,
@@ -332,7 +332,7 @@ fn unknown(name: &str) -> ApiError {
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 pub async fn get_schedule(
     State(state): State<AppState>,
@@ -353,7 +353,7 @@ pub async fn get_schedule(
         (status = 200, body = ScheduleList),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 pub async fn list_schedules(State(state): State<AppState>) -> Result<Json<ScheduleList>, ApiError> {
     let rows = schedules::list(&state.pool).await?;
@@ -374,7 +374,7 @@ pub async fn list_schedules(State(state): State<AppState>) -> Result<Json<Schedu
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Managed by the schedules file", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub async fn delete_schedule(
     State(state): State<AppState>,
@@ -400,7 +400,7 @@ pub async fn delete_schedule(
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Its stored parameters are no longer valid", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub async fn trigger_schedule(
     State(state): State<AppState>,

@@ -113,19 +113,21 @@ impl From<TaskRow> for TaskView {
     path = "/maintenance/cleanup-runs",
     tag = "tasks",
     request_body = CleanupRunsParams,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same task")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+        pattern = r"^(?!schedule:)[!-~]{1,255}$",
+        description = "Same key and body return the same task: 1 to 255 visible ASCII \
+            characters, not starting with `schedule:` (reserved for the tasks schedules fire)")),
     responses(
         (status = 202, description = "Accepted: durable in the ledger", body = TaskView,
             headers(("Location" = String, description = "/tasks/{id}"))),
-        (status = 200, description = "Replay of an earlier request with the same Idempotency-Key", body = TaskView),
-        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid parameters, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Ledger unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Replay of an earlier request with the same Idempotency-Key", body = TaskView,
+            headers(("Location" = String, description = "/tasks/{id}"),
+                ("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = 400, description = "Malformed JSON, or a malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope allows no enqueue, or only a dry run (`dry_run: true`) while this is a real cleanup (`enqueue` scope)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid parameters (`field` names the one at fault), or an Idempotency-Key used before for another request (`task_id` names that task)", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["dry-run"]))
 )]
 pub async fn enqueue_cleanup_runs(
     State(state): State<AppState>,
@@ -142,19 +144,21 @@ pub async fn enqueue_cleanup_runs(
     path = "/maintenance/cleanup-temp-files",
     tag = "tasks",
     request_body = CleanupTempFilesParams,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same task")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+        pattern = r"^(?!schedule:)[!-~]{1,255}$",
+        description = "Same key and body return the same task: 1 to 255 visible ASCII \
+            characters, not starting with `schedule:` (reserved for the tasks schedules fire)")),
     responses(
         (status = 202, description = "Accepted: durable in the ledger", body = TaskView,
             headers(("Location" = String, description = "/tasks/{id}"))),
-        (status = 200, description = "Replay of an earlier request with the same Idempotency-Key", body = TaskView),
-        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid parameters, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Ledger unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Replay of an earlier request with the same Idempotency-Key", body = TaskView,
+            headers(("Location" = String, description = "/tasks/{id}"),
+                ("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = 400, description = "Malformed JSON, or a malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope allows no enqueue, or only a dry run (`dry_run: true`) while this is a real cleanup (`enqueue` scope)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid parameters (`field` names the one at fault), or an Idempotency-Key used before for another request (`task_id` names that task)", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["dry-run"]))
 )]
 pub async fn enqueue_cleanup_temp_files(
     State(state): State<AppState>,
@@ -255,10 +259,10 @@ pub const SCHEDULE_KEY_PREFIX: &str = "schedule:";
     params(("id" = Uuid, Path, description = "Task id")),
     responses(
         (status = 200, body = TaskView),
-        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown task", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 pub async fn get_task(
     State(state): State<AppState>,
@@ -278,14 +282,18 @@ pub async fn get_task(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only tasks of this kind.
+    #[param(value_type = Option<TaskKind>)]
     pub kind: Option<String>,
     /// Only tasks in this status.
+    #[param(value_type = Option<TaskStatus>)]
     pub status: Option<String>,
     /// Only tasks this actor (API token name) created.
     pub actor: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
 }
 
@@ -305,9 +313,9 @@ pub struct TaskPage {
     params(ListParams),
     responses(
         (status = 200, body = TaskPage),
-        (status = 400, description = "Bad filter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "An unknown kind or status, a limit out of range, a cursor not from this API, an unknown or repeated parameter", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 pub async fn list_tasks(
     State(state): State<AppState>,
@@ -367,18 +375,16 @@ pub struct RetryBody {
     path = "/tasks/{id}/retry",
     tag = "tasks",
     params(("id" = Uuid, Path, description = "Task id")),
-    request_body(content = Option<RetryBody>, description = "Optional: `{\"keep_cutoff\": true}`"),
+    request_body(content = RetryBody, description = "Optional (no body is `{}`): `{\"keep_cutoff\": true}`"),
     responses(
         (status = 202, description = "The new task", body = TaskView,
             headers(("Location" = String, description = "/tasks/{id} of the new task"))),
-        (status = 400, description = "Not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token's scope is not admin", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id is not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not failed or dead, or retried before", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown field, or parameters no longer valid", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a JSON object, an unknown field, or parameters no longer valid", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub async fn retry_task(
     State(state): State<AppState>,

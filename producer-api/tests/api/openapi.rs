@@ -1,4 +1,5 @@
-//! Every error answer, whoever wrote it, is a problem document.
+//! `/openapi.json` states what the server enforces (the deployment's own rules included),
+//! and every error answer, whoever wrote it, is a problem document.
 
 use serde_json::{json, Value};
 use test_support::*;
@@ -14,6 +15,84 @@ async fn problem(response: reqwest::Response) -> (u16, Value, reqwest::header::H
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], json!(status));
     (status, body, headers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_document_states_the_deployments_rules_and_the_server_holds_to_them() {
+    let stack = Stack::start_with(AppOptions {
+        extra_args: [
+            "--min-age-hours=12",
+            "--max-attempts-limit=7",
+            "--runs-terminal-statuses=succeeded,failed",
+            "--runs-scope-columns=project_id",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..AppOptions::without_relay()
+    })
+    .await;
+    let app = &stack.app;
+    let doc: Value = app
+        .get_without_token("/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let schemas = &doc["components"]["schemas"];
+    for name in ["CleanupRunsParams", "CleanupTempFilesParams"] {
+        assert_eq!(
+            schemas[name]["additionalProperties"],
+            json!(false),
+            "{name}"
+        );
+        let properties = &schemas[name]["properties"];
+        assert_eq!(properties["max_age_hours"]["minimum"].as_f64(), Some(12.0));
+        assert_eq!(properties["max_attempts"]["maximum"], json!(7));
+    }
+    let runs = &schemas["CleanupRunsParams"]["properties"];
+    assert_eq!(runs["statuses"]["minItems"], json!(1));
+    assert_eq!(
+        runs["statuses"]["items"]["enum"],
+        json!(["failed", "succeeded"])
+    );
+    assert_eq!(
+        runs["scope"]["propertyNames"]["enum"],
+        json!(["project_id"])
+    );
+    let limit = doc["paths"]["/tasks"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap();
+    assert_eq!(limit["schema"]["minimum"], json!(1));
+    assert_eq!(limit["schema"]["maximum"], json!(500));
+    let prune = &doc["paths"]["/workers/prune"]["post"];
+    for status in ["400", "401", "403", "413", "415", "422", "503"] {
+        assert!(
+            prune["responses"][status].is_object(),
+            "prune lists {status}"
+        );
+    }
+    assert_eq!(prune["security"], json!([{"bearer": ["admin"]}]));
+
+    // What the document states is what the server does.
+    let floor = |hours: f64| json!({"max_age_hours": hours, "dry_run": true, "statuses": ["failed"], "max_attempts": 7});
+    let refused = app.post("/maintenance/cleanup-runs", floor(11.5)).await;
+    let (status, body, _) = problem(refused).await;
+    assert_eq!(
+        (status, body["field"].clone()),
+        (422, json!("max_age_hours"))
+    );
+    let accepted = app.post("/maintenance/cleanup-runs", floor(12.0)).await;
+    assert_eq!(accepted.status(), 202);
+    let eight = json!({"max_age_hours": 12, "dry_run": true, "max_attempts": 8});
+    let (status, _, _) = problem(app.post("/maintenance/cleanup-runs", eight).await).await;
+    assert_eq!(status, 422);
+    let cancelled = json!({"max_age_hours": 12, "dry_run": true, "statuses": ["cancelled"]});
+    let (status, _, _) = problem(app.post("/maintenance/cleanup-runs", cancelled).await).await;
+    assert_eq!(status, 422);
+    stack.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,6 +229,22 @@ pub fn validate_root_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The globs of `patterns` as a regular expression (ECMA 262, for the OpenAPI document):
+/// not absolute, no `..` component, and the glob syntax [`validate_pattern`] accepts:
+/// literal characters, `\` escaping the next one, classes (`[abc]`, `[!abc]`, and the
+/// ranges `0-9`, `a-z`, `A-Z`), and alternates `{a,b}` of those, not nested. Everything it
+/// matches is a valid pattern; [`validate_pattern`] also accepts other ranges and nested
+/// alternates, which this leaves out.
+pub const GLOB_PATTERN_REGEX: &str = concat!(
+    r"^(?!/)(?!(?:[\s\S]*/)?\.\.(?:/|(?![\s\S])))",
+    r"(?:[^\[{}\\]|\\[\s\S]|",
+    r"\[[!^]?(?:0-9|a-z|A-Z|[^\]\-!^])(?:0-9|a-z|A-Z|[^\]\-])*\]|",
+    r"\{(?:[^\[{}\\,]|\\[\s\S]|",
+    r"\[[!^]?(?:0-9|a-z|A-Z|[^\]\-!^])(?:0-9|a-z|A-Z|[^\]\-])*\])*",
+    r"(?:,(?:[^\[{}\\,]|\\[\s\S]|",
+    r"\[[!^]?(?:0-9|a-z|A-Z|[^\]\-!^])(?:0-9|a-z|A-Z|[^\]\-])*\])*)*\})+$"
+);
+
 /// A glob is matched against the path relative to the root, so it must be relative and
 /// may not climb out with `..`.
 pub fn validate_pattern(pattern: &str) -> Result<(), String> {
