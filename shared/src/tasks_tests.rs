@@ -162,6 +162,10 @@ fn lengths_count_characters_as_the_openapi_document_does() {
         TaskSpec::CleanupRuns(params).validate(&rules)
     };
     assert!(scoped(long(256)).is_ok());
+    assert!(scoped("4\u{0}2".to_owned())
+        .unwrap_err()
+        .to_string()
+        .contains("NUL"));
     assert!(scoped(long(257))
         .unwrap_err()
         .to_string()
@@ -248,6 +252,10 @@ fn the_documented_glob_pattern_matches_only_valid_globs() {
         "a\nb",
         "[a\\]]",
         "[a-]",
+        "a\0b",
+        "[\0]",
+        "{a,\0}",
+        "\\\0",
     ];
     for pattern in usual {
         assert!(validate_pattern(pattern).is_ok(), "{pattern:?} is valid");

@@ -306,6 +306,7 @@ pub async fn patch_schedule(
     Path(name): Path<String>,
     ApiJson(patch): ApiJson<SchedulePatch>,
 ) -> Result<Json<ScheduleView>, ApiError> {
+    known_name(&name)?;
     let actor = Some(principal.name.as_str());
     match schedules::set_enabled(&state.pool, &name, patch.enabled, SOURCE, actor, Utc::now())
         .await?
@@ -319,6 +320,12 @@ pub async fn patch_schedule(
 
 fn unknown(name: &str) -> ApiError {
     ApiError::NotFound(format!("no schedule named `{name}`"))
+}
+
+/// A name no schedule can have (one holding a NUL would not even reach the ledger) is
+/// unknown without asking.
+fn known_name(name: &str) -> Result<(), ApiError> {
+    check_name(name).map_err(|_| unknown(name))
 }
 
 /// One schedule, with its next window and its last task's status.
@@ -338,6 +345,7 @@ pub async fn get_schedule(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
+    known_name(&name)?;
     let row = schedules::get(&state.pool, &name)
         .await?
         .ok_or_else(|| unknown(&name))?;
@@ -380,6 +388,7 @@ pub async fn delete_schedule(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    known_name(&name)?;
     match schedules::delete(&state.pool, &name, SOURCE).await? {
         None => Err(unknown(&name)),
         Some(Written::Managed(by)) => Err(managed(&name, &by)),
@@ -407,6 +416,7 @@ pub async fn trigger_schedule(
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    known_name(&name)?;
     let task_id = schedules::trigger(
         &state.pool,
         &name,

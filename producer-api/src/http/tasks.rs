@@ -288,6 +288,7 @@ pub struct ListParams {
     #[param(value_type = Option<TaskStatus>)]
     pub status: Option<String>,
     /// Only tasks this actor (API token name) created.
+    #[param(pattern = r"^[^\x00]*$")]
     pub actor: Option<String>,
     /// Page size, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
@@ -323,6 +324,11 @@ pub async fn list_tasks(
 ) -> Result<Json<TaskPage>, ApiError> {
     let Query(params) =
         query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    if params.actor.as_deref().is_some_and(|a| a.contains('\0')) {
+        return Err(ApiError::BadRequest(
+            "actor must not contain a NUL character".to_owned(),
+        ));
+    }
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!(

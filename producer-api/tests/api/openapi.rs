@@ -163,3 +163,35 @@ async fn a_retry_body_is_checked_like_every_json_body() {
     }
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_holding_a_nul_is_refused_before_the_ledger_sees_it() {
+    let stack = Stack::start_with(AppOptions {
+        extra_args: vec!["--runs-scope-columns=project_id".into()],
+        ..AppOptions::without_relay()
+    })
+    .await;
+    let app = &stack.app;
+    // PostgreSQL's text and jsonb cannot hold a NUL: each of these was a 500.
+    let pattern = json!({"max_age_hours": 2, "dry_run": true, "patterns": ["a\u{0}b"]});
+    let (status, body, _) =
+        problem(app.post("/maintenance/cleanup-temp-files", pattern).await).await;
+    assert_eq!((status, body["field"].clone()), (422, json!("patterns")));
+    let scope = json!({"max_age_hours": 2, "dry_run": true, "scope": {"project_id": "4\u{0}2"}});
+    let (status, body, _) = problem(app.post("/maintenance/cleanup-runs", scope).await).await;
+    assert_eq!((status, body["field"].clone()), (422, json!("scope")));
+    let (status, _, _) = problem(app.get("/tasks?actor=a%00b").await).await;
+    assert_eq!(status, 400);
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let (status, _, _) = problem(app.send(method, "/schedules/a%00b", None).await).await;
+        assert_eq!(status, 404);
+    }
+    let (status, _, _) = problem(
+        app.send(reqwest::Method::POST, "/schedules/a%00b/trigger", None)
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(app.task_count().await, 0);
+    stack.stop().await;
+}

@@ -6,6 +6,9 @@
 use serde_json::{json, Value};
 use shared::tasks::{ValidationRules, MAX_SCOPE_VALUE_LEN};
 
+/// Text without NUL (PostgreSQL's text cannot hold one).
+pub(super) const NO_NUL: &str = r"^[^\x00]*$";
+
 pub(super) fn apply(doc: &mut Value, rules: &ValidationRules) {
     let schemas = &mut doc["components"]["schemas"];
     for name in ["CleanupRunsParams", "CleanupTempFilesParams"] {
@@ -43,7 +46,11 @@ pub(super) fn apply(doc: &mut Value, rules: &ValidationRules) {
             "description": description,
             "minProperties": 1,
             "propertyNames": {"enum": columns},
-            "additionalProperties": {"type": "string", "maxLength": MAX_SCOPE_VALUE_LEN},
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": MAX_SCOPE_VALUE_LEN,
+                "pattern": NO_NUL,
+            },
             "example": {first.as_str(): "42"},
         }),
     };
