@@ -206,7 +206,6 @@ fn managed(name: &str, by: &str) -> ApiError {
         (status = 201, description = "Created", body = ScheduleView,
             headers(("Location" = String, description = "/schedules/{name}"))),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The name is taken", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad name, cron, timezone or params (`field` names it)", body = Problem, content_type = "application/problem+json"),
@@ -249,7 +248,6 @@ pub async fn create_schedule(
     responses(
         (status = 200, description = "Replaced", body = ScheduleView),
         (status = 201, description = "Created", body = ScheduleView),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Managed by the schedules file", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad name, cron, timezone or params", body = Problem, content_type = "application/problem+json"),
     ),
@@ -293,7 +291,6 @@ pub async fn put_schedule(
     params(("name" = String, Path, description = "Schedule name")),
     responses(
         (status = 200, body = ScheduleView),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Managed by the schedules file", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown field", body = Problem, content_type = "application/problem+json"),
@@ -336,7 +333,6 @@ fn known_name(name: &str) -> Result<(), ApiError> {
     params(("name" = String, Path, description = "Schedule name")),
     responses(
         (status = 200, body = ScheduleView),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["read"]))
@@ -359,7 +355,6 @@ pub async fn get_schedule(
     tag = "schedules",
     responses(
         (status = 200, body = ScheduleList),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["read"]))
 )]
@@ -378,7 +373,6 @@ pub async fn list_schedules(State(state): State<AppState>) -> Result<Json<Schedu
     params(("name" = String, Path, description = "Schedule name")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Managed by the schedules file", body = Problem, content_type = "application/problem+json"),
     ),
@@ -405,7 +399,6 @@ pub async fn delete_schedule(
     responses(
         (status = 202, description = "A task was enqueued", body = super::tasks::TaskView,
             headers(("Location" = String, description = "/tasks/{id}"))),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown schedule", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Its stored parameters are no longer valid", body = Problem, content_type = "application/problem+json"),
     ),
