@@ -17,11 +17,13 @@ FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 COPY . .
-RUN cargo build --release --locked -p producer-api -p worker \
-    && strip target/release/producer-api target/release/worker
+RUN cargo build --release --locked -p producer-api -p worker -p cleanupctl \
+    && strip target/release/producer-api target/release/worker target/release/cleanupctl
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS producer-api
 COPY --from=builder /src/target/release/producer-api /usr/local/bin/producer-api
+# The CLI, for `kubectl exec deploy/producer-api -- cleanupctl tasks list`.
+COPY --from=builder /src/target/release/cleanupctl /usr/local/bin/cleanupctl
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/producer-api"]

@@ -42,8 +42,8 @@ EXIT_AFTER=false
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 pretty() { python3 -m json.tool; }
 
-say "building producer-api and worker"
-cargo build --locked -p producer-api -p worker
+say "building producer-api, worker and cleanupctl"
+cargo build --locked -p producer-api -p worker -p cleanupctl
 
 say "preparing the ledger database, a demo runs table and a demo temp directory"
 psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS cleanup_demo_runs WITH (FORCE)" \
@@ -86,54 +86,48 @@ for _ in $(seq 1 60); do
 done
 curl -fsS "$API/readyz" >/dev/null || { echo "producer-api did not become ready; see $STATE/run/producer-api.log"; exit 1; }
 
-# POST a task, then poll it until it finishes; print the final task.
-run_task() {
-  local path=$1 body=$2 id status task
-  echo "\$ curl -X POST $API$path -H 'Authorization: Bearer …' -d '$body'"
-  id=$(curl -fsS -X POST "$API$path" -H "Authorization: Bearer $TOKEN" \
-    -H 'Content-Type: application/json' -d "$body" | python3 -c 'import json,sys; print(json.load(sys.stdin)["task_id"])')
-  echo "accepted: task $id; polling GET /tasks/$id"
-  for _ in $(seq 1 120); do
-    task=$(curl -fsS "$API/tasks/$id" -H "Authorization: Bearer $TOKEN")
-    status=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["status"])' "$task")
-    case $status in succeeded|failed|dead) break ;; esac
-    sleep 0.25
-  done
-  python3 -c 'import json,sys; t=json.loads(sys.argv[1]); print(json.dumps({k: t[k] for k in ("status","attempts","result","error")}, indent=2))' "$task"
+# Every step below is the CLI operators use (cleanupctl, built above).
+export CLEANUP_SERVER="$API" CLEANUP_TOKEN="$TOKEN"
+ctl() {
+  echo "\$ cleanupctl $*"
+  "$TARGET_DIR/debug/cleanupctl" "$@"
 }
 
 say "dry run: which runs older than 30 days would go?"
-run_task /maintenance/cleanup-runs '{"max_age_hours": 720, "dry_run": true}'
-say "real run, in batches of 200"
-run_task /maintenance/cleanup-runs '{"max_age_hours": 720, "batch_size": 200}'
+ctl runs --older-than 30d --dry-run --wait
+say "real run, in batches of at most 200"
+ctl runs --older-than 30d --batch-size 200 --wait
 echo "runs left: $(psql -tA "$PG/cleanup_demo_runs" -c 'SELECT count(*) FROM runs') (the 200 running and 300 recent ones)"
 
 say "temp files older than a day under root 'scratch' (dry run, then real)"
-run_task /maintenance/cleanup-temp-files '{"max_age_hours": 24, "root": "scratch", "remove_empty_dirs": true, "dry_run": true}'
-run_task /maintenance/cleanup-temp-files '{"max_age_hours": 24, "root": "scratch", "remove_empty_dirs": true}'
+ctl temp-files --older-than 1d --root scratch --remove-empty-dirs --dry-run --wait
+ctl temp-files --older-than 1d --root scratch --remove-empty-dirs --wait
 echo "files left in $STATE/scratch: $(find "$STATE/scratch" -type f | wc -l)"
 
+say "the tasks, as the ledger has them"
+ctl tasks list --limit 4
+
 say "a schedule: a dry run of the runs cleanup at every minute (the service fires it itself)"
+cat > "$STATE/schedules.yaml" <<'YAML'
+schedules:
+  - name: demo-every-minute
+    kind: cleanup_runs
+    params: {max_age_hours: 720, dry_run: true}
+    cron: "* * * * *"
+YAML
 # (The demo ledger persists between runs: start this schedule afresh.)
-curl -fsS -o /dev/null -X DELETE "$API/schedules/demo-every-minute" -H "Authorization: Bearer $TOKEN" 2>/dev/null || true
-echo "\$ curl -X POST $API/schedules -H 'Authorization: Bearer …' -d '{\"name\": \"demo-every-minute\", ...}'"
-curl -fsS -X POST "$API/schedules" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-  -d '{"name": "demo-every-minute", "kind": "cleanup_runs", "params": {"max_age_hours": 720, "dry_run": true}, "cron": "* * * * *", "timezone": "UTC"}' \
-  | python3 -c 'import json,sys; s=json.load(sys.stdin); print("created; next window:", s["next_fire_at"])'
+"$TARGET_DIR/debug/cleanupctl" schedules delete demo-every-minute >/dev/null 2>&1 || true
+ctl schedules apply -f "$STATE/schedules.yaml"
 echo "waiting for the window to fire (up to a minute)..."
+fired=
 for _ in $(seq 1 140); do
-  schedule=$(curl -fsS "$API/schedules/demo-every-minute" -H "Authorization: Bearer $TOKEN")
-  fired=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(s["last_task_id"] or "")' "$schedule")
+  fired=$("$TARGET_DIR/debug/cleanupctl" -o json schedules get demo-every-minute \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_task_id"] or "")')
   [ -n "$fired" ] && break
   sleep 0.5
 done
 if [ -n "$fired" ]; then
-  for _ in $(seq 1 60); do
-    task=$(curl -fsS "$API/tasks/$fired" -H "Authorization: Bearer $TOKEN")
-    case $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["status"])' "$task") in succeeded|failed|dead) break ;; esac
-    sleep 0.25
-  done
-  python3 -c 'import json,sys; t=json.loads(sys.argv[1]); print(json.dumps({k: t.get(k) for k in ("schedule","scheduled_for","status","result")}, indent=2))' "$task"
+  ctl tasks watch "$fired" --wait-timeout 30s || true
 else
   echo "the schedule did not fire; see $STATE/run/producer-api.log"
 fi

@@ -103,6 +103,10 @@ pub struct Config {
     #[arg(long, env = "LEDGER_RETENTION_DEAD", default_value = "30d", value_parser = humantime::parse_duration)]
     pub ledger_retention_dead: Duration,
 
+    /// How long a `cancelled` task stays in the ledger after it finished.
+    #[arg(long, env = "LEDGER_RETENTION_CANCELLED", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub ledger_retention_cancelled: Duration,
+
     /// How long a worker `stopped` or `lost` stays in the registry after it was last seen.
     #[arg(long, env = "WORKER_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub worker_retention: Duration,
@@ -154,6 +158,7 @@ impl Config {
                         TaskStatus::Succeeded => self.ledger_retention_succeeded,
                         TaskStatus::Failed => self.ledger_retention_failed,
                         TaskStatus::Dead => self.ledger_retention_dead,
+                        TaskStatus::Cancelled => self.ledger_retention_cancelled,
                         TaskStatus::Queued | TaskStatus::Running | TaskStatus::Retrying => {
                             return None
                         }

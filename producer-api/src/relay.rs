@@ -14,6 +14,7 @@ use futures::future::join_all;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionStatus};
+use shared::cancel::CANCEL_MESSAGE_TYPE;
 use shared::envelope::TASK_MESSAGE_TYPE;
 use shared::runtime::amqp::{self, OutgoingMessage, PublishError, SessionEnd};
 use shared::signing::KeyRing;
@@ -279,10 +280,20 @@ impl Relay {
     /// Publish one batch of due messages; returns how many were confirmed.
     async fn relay_batch(&self, channel: &Channel) -> Result<usize, RoundError> {
         let mut tx = self.pool.begin().await?;
-        let rows = outbox::claim_due(&mut tx, self.config.batch_size).await?;
+        let (withdrawn, rows): (Vec<OutboxRow>, Vec<OutboxRow>) =
+            outbox::claim_due(&mut tx, self.config.batch_size)
+                .await?
+                .into_iter()
+                .partition(|row| row.withdrawn);
+        if !withdrawn.is_empty() {
+            // A cancel left them (a relay held them then): they never go out.
+            let ids: Vec<i64> = withdrawn.iter().map(|row| row.id).collect();
+            outbox::drop_withdrawn(&mut tx, &ids).await?;
+            tracing::info!(dropped = ids.len(), "dropped messages of cancelled tasks");
+        }
         if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(0);
+            tx.commit().await?;
+            return Ok(withdrawn.len());
         }
         let started = Instant::now();
         let publish_timeout = self.config.publish_timeout;
@@ -298,6 +309,7 @@ impl Relay {
             };
 
         let mut published_ids = Vec::new();
+        // Tasks whose message went out (a cancellation does not stamp `published_at`).
         let mut published_tasks = Vec::new();
         let mut refused_ids = Vec::new();
         let mut refused_error = None;
@@ -307,7 +319,9 @@ impl Relay {
             match outcome {
                 Ok(()) => {
                     published_ids.push(row.id);
-                    published_tasks.push(task_id);
+                    if !row.is_cancel() {
+                        published_tasks.push(task_id);
+                    }
                 }
                 // Unconfirmed: the row stays and is published again after reconnecting.
                 // The confirmed ones are still recorded below, so they are not repeated.
@@ -350,19 +364,27 @@ impl Relay {
         Ok(published_ids.len() + refused_ids.len())
     }
 
-    /// Publish every row (signed), pipelined, and wait for each confirmation.
+    /// Publish every row (signed), pipelined, and wait for each confirmation: task messages
+    /// to the tasks exchange (routing key: the kind), cancellations to the cancellation
+    /// stream.
     async fn publish(
         &self,
         channel: &Channel,
         rows: &[OutboxRow],
     ) -> Result<Vec<Result<(), PublishError>>, lapin::Error> {
-        let exchange = self.config.topology.tasks_exchange();
+        let tasks = self.config.topology.tasks_exchange();
+        let cancels = self.config.topology.cancels_exchange();
         let mut pending = Vec::with_capacity(rows.len());
         for row in rows {
+            let (exchange, routing_key, message_type) = if row.is_cancel() {
+                (&cancels, "", CANCEL_MESSAGE_TYPE)
+            } else {
+                (&tasks, row.kind.as_str(), TASK_MESSAGE_TYPE)
+            };
             let message = OutgoingMessage {
-                exchange: &exchange,
-                routing_key: &row.kind,
-                message_type: TASK_MESSAGE_TYPE,
+                exchange,
+                routing_key,
+                message_type,
                 message_id: row.task_id.to_string(),
                 body: row.envelope.clone().into_bytes(),
             };

@@ -64,6 +64,22 @@ pub struct TaskFailed {
     pub progress: Option<serde_json::Value>,
 }
 
+/// The task was cancelled (`POST /tasks/{id}/cancel`): the worker skipped its delivery
+/// (`started: false`, nothing touched) or stopped it at a batch boundary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskCancelled {
+    pub task_id: Uuid,
+    pub kind: TaskKind,
+    pub attempt: u32,
+    pub worker_id: String,
+    pub at: DateTime<Utc>,
+    /// Whether this delivery ran at all before it stopped.
+    pub started: bool,
+    /// Work done before the stop, every turn and attempt included (as `task.failed`'s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<serde_json::Value>,
+}
+
 /// A message that can never be processed: unparseable, unknown kind, or dead-lettered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskDead {
@@ -112,6 +128,8 @@ pub enum Event {
     TaskSucceeded(TaskSucceeded),
     #[serde(rename = "task.failed")]
     TaskFailed(TaskFailed),
+    #[serde(rename = "task.cancelled")]
+    TaskCancelled(TaskCancelled),
     #[serde(rename = "task.dead")]
     TaskDead(TaskDead),
     #[serde(rename = "worker.heartbeat")]
@@ -127,6 +145,7 @@ impl Event {
             Event::TaskStarted(_) => "task.started",
             Event::TaskSucceeded(_) => "task.succeeded",
             Event::TaskFailed(_) => "task.failed",
+            Event::TaskCancelled(_) => "task.cancelled",
             Event::TaskDead(_) => "task.dead",
             Event::WorkerHeartbeat(_) => "worker.heartbeat",
             Event::WorkerStopped(_) => "worker.stopped",
@@ -139,6 +158,7 @@ impl Event {
             Event::TaskStarted(e) => Some(e.task_id),
             Event::TaskSucceeded(e) => Some(e.task_id),
             Event::TaskFailed(e) => Some(e.task_id),
+            Event::TaskCancelled(e) => Some(e.task_id),
             Event::TaskDead(e) => e.task_id,
             Event::WorkerHeartbeat(_) | Event::WorkerStopped(_) => None,
         }
@@ -189,6 +209,15 @@ mod tests {
                 retryable: true,
                 next_attempt_at: Some(at),
                 progress: Some(serde_json::json!({"runs_deleted": 10})),
+            }),
+            Event::TaskCancelled(TaskCancelled {
+                task_id: id,
+                kind: TaskKind::CleanupRuns,
+                attempt: 1,
+                worker_id: "w1".into(),
+                at,
+                started: true,
+                progress: Some(serde_json::json!({"runs_deleted": 4})),
             }),
             Event::TaskDead(TaskDead {
                 task_id: None,

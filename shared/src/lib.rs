@@ -3,6 +3,7 @@
 //! names, and the retry policy. Run-time helpers both binaries use live apart, in
 //! [`runtime`] (feature `runtime`).
 
+pub mod cancel;
 pub mod envelope;
 pub mod events;
 pub mod results;

@@ -12,6 +12,11 @@ pub const DEFAULT_PREFIX: &str = "cleanup";
 /// Default quorum-queue delivery limit: a message redelivered this often is dead-lettered.
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 5;
 
+/// How long the cancellation stream keeps a cancel (RabbitMQ's `x-max-age`). A task
+/// message that waits longer than this on its queue after its task was cancelled is
+/// still stopped, by the recorder answering its `task.started`, at its first batch.
+pub const CANCEL_RETENTION: &str = "7D";
+
 /// The names of every exchange and queue, derived from one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -75,6 +80,19 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// Fanout exchange of cancellations (`task.cancel`), published by the relay from the
+    /// ledger's outbox.
+    pub fn cancels_exchange(&self) -> String {
+        format!("{}.cancels", self.prefix)
+    }
+
+    /// The stream of cancellations: every worker reads it from its start (bounded by
+    /// [`CANCEL_RETENTION`]) when it connects, then follows it, so a worker that starts
+    /// after a cancel still learns of it.
+    pub fn cancel_stream(&self) -> String {
+        format!("{}.cancels", self.prefix)
+    }
+
     /// The recorder's copy of every dead-lettered message, so the ledger can mark the
     /// task `dead` while `<prefix>.dead` keeps the message for an operator.
     pub fn dead_ledger_queue(&self) -> String {
@@ -103,6 +121,8 @@ mod tests {
         assert_eq!(t.dead_exchange(), "cleanup.dead");
         assert_eq!(t.dead_queue(), "cleanup.dead");
         assert_eq!(t.dead_ledger_queue(), "cleanup.ledger.dead");
+        assert_eq!(t.cancels_exchange(), "cleanup.cancels");
+        assert_eq!(t.cancel_stream(), "cleanup.cancels");
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! An AMQP name prefix of its own for each test.
 
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use std::time::Duration;
+
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ConnectionProperties};
 use shared::tasks::TaskKind;
 use shared::topology::Topology;
@@ -101,6 +105,48 @@ impl TestBroker {
                     .to_string()
             })
             .collect()
+    }
+}
+
+impl TestBroker {
+    /// The task ids of the cancellations on the cancellation stream, from its start, in
+    /// stream order: reads until `expected` are there, or nothing new came for `idle`.
+    pub async fn cancellations(&self, expected: usize, idle: Duration) -> Vec<Uuid> {
+        use futures::StreamExt;
+        let channel = self._connection.create_channel().await.unwrap();
+        channel
+            .basic_qos(100, BasicQosOptions::default())
+            .await
+            .unwrap();
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString(LongString::from("first")),
+        );
+        let mut consumer = channel
+            .basic_consume(
+                self.topology.cancel_stream().into(),
+                format!("test-reader-{}", Uuid::now_v7()).into(),
+                BasicConsumeOptions::default(),
+                arguments,
+            )
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        while ids.len() < expected {
+            let Ok(Some(delivery)) = tokio::time::timeout(idle, consumer.next()).await else {
+                break;
+            };
+            let delivery = delivery.unwrap();
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            let kind = delivery.properties.kind().as_ref().map(|k| k.to_string());
+            if kind.as_deref() == Some(shared::cancel::CANCEL_MESSAGE_TYPE) {
+                let cancel = shared::cancel::CancelRequest::from_json(&delivery.data).unwrap();
+                ids.push(cancel.task_id);
+            }
+        }
+        let _ = channel.close(200, "read".into()).await;
+        ids
     }
 }
 

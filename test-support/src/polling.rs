@@ -52,7 +52,7 @@ pub async fn wait_for(app: &TestApp, task_id: &str, finished: &[&str], within: D
 }
 
 /// The statuses a task ends in, for [`wait_for`].
-pub const DONE: &[&str] = &["succeeded", "failed", "dead"];
+pub const DONE: &[&str] = &["succeeded", "failed", "dead", "cancelled"];
 
 /// [`enqueue`] a task and [`wait_for`] it to end ([`DONE`]) within `within`; return the
 /// task as `GET /tasks/{id}` shows it.

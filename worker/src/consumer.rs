@@ -1,7 +1,8 @@
 //! The consume loop and its supervisor.
 //!
 //! The supervisor connects (auto-recovery on, heartbeat set), declares the topology,
-//! opens one consuming channel per kind with prefetch = concurrency and one confirm
+//! reads the cancellation stream up to now (`crate::cancels`) and follows it, opens one
+//! consuming channel per kind with prefetch = concurrency and one confirm
 //! channel for events, and runs deliveries concurrently up to the concurrency limit.
 //! When the connection is lost for good it rebuilds everything with backoff. On shutdown
 //! it stops consuming, lets in-flight tasks finish, publishes `worker.stopped` and closes.
@@ -74,6 +75,8 @@ pub async fn run(
 struct Session {
     connection: Connection,
     events: Channel,
+    /// The cancellation stream, read up to now, to follow.
+    cancels: (Channel, Consumer),
     consumers: Vec<(Channel, Consumer, TaskKind)>,
 }
 
@@ -81,6 +84,8 @@ async fn connect(ctx: &WorkerContext, config: &ConsumerConfig) -> anyhow::Result
     let connection = amqp::connect(&config.amqp_url, &format!("worker {}", ctx.worker_id)).await?;
     let events = amqp::confirm_channel(&connection).await?;
     ctx.topology.declare(&events).await?;
+    // Every cancellation published so far is known before the first task is taken.
+    let cancels = crate::cancels::catch_up(ctx, &connection, &events).await?;
     let mut consumers = Vec::new();
     for kind in &config.kinds {
         let channel = connection.create_channel().await?;
@@ -100,6 +105,7 @@ async fn connect(ctx: &WorkerContext, config: &ConsumerConfig) -> anyhow::Result
     Ok(Session {
         connection,
         events,
+        cancels,
         consumers,
     })
 }
@@ -141,17 +147,32 @@ impl Session {
             tasks.clone(),
         ));
         let _stop_heartbeats = AbortOnDrop(heartbeats);
+        // Cancellations are followed apart from deliveries, so that they arrive while
+        // every slot is busy; if the stream fails, the session is rebuilt.
+        let stream_lost = CancellationToken::new();
+        let follower = tokio::spawn({
+            let (ctx, consumer, lost) = (ctx.clone(), self.cancels.1.clone(), stream_lost.clone());
+            async move {
+                let error = crate::cancels::follow(&ctx, consumer).await;
+                tracing::warn!(%error, "cancellation stream lost; rebuilding the connection");
+                lost.cancel();
+            }
+        });
+        let _stop_follower = AbortOnDrop(follower);
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                _ = stream_lost.cancelled() => return SessionEnd::Lost,
                 permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
             };
             let next = loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                    _ = stream_lost.cancelled() => return SessionEnd::Lost,
                     _ = watch.tick() => {
                         let mut channels: Vec<&Channel> = self.consumers.iter().map(|(c, _, _)| c).collect();
                         channels.push(&self.events);
+                        channels.push(&self.cancels.0);
                         if !watchdog.check(&channels) {
                             return SessionEnd::Lost;
                         }

@@ -2,6 +2,7 @@
 //! executors, publishes results as events and exposes metrics and probes.
 
 pub mod attempt;
+pub mod cancels;
 pub mod config;
 pub mod consumer;
 pub mod executor;

@@ -6,7 +6,7 @@ use shared::runtime::metrics as names;
 pub struct Metrics {
     registry: Registry,
     pub tasks_started: IntCounterVec,
-    /// Labels: kind, outcome (succeeded, failed, retried, continued). Poison messages are
+    /// Labels: kind, outcome (succeeded, failed, retried, continued, cancelled). Poison messages are
     /// counted apart, in `poison`.
     pub tasks_finished: IntCounterVec,
     pub task_duration: HistogramVec,
@@ -35,7 +35,7 @@ impl Metrics {
         );
         let tasks_finished = counter(
             names::WORKER_TASKS_FINISHED_TOTAL,
-            "Task attempts finished, by kind and outcome (succeeded, failed, retried, continued).",
+            "Task attempts finished, by kind and outcome (succeeded, failed, retried, continued, cancelled).",
             &["kind", "outcome"],
         );
         let task_duration = HistogramVec::new(

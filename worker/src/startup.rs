@@ -135,6 +135,7 @@ impl Application {
             processed: AtomicU64::new(0),
             runs_table_label: config.runs_table.clone(),
             trust: trust.clone(),
+            cancellations: Default::default(),
         });
         let listener = TcpListener::bind(config.metrics_addr)
             .await

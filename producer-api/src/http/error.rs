@@ -39,6 +39,14 @@ pub enum ApiError {
     /// by a file).
     #[error("{0}")]
     Conflict(String),
+    /// 409: the task finished already, so it cannot be cancelled: its status.
+    #[error(
+        "task {task_id} is {status} already; only a queued, retrying or running task is cancelled"
+    )]
+    TaskFinished {
+        task_id: Uuid,
+        status: crate::ledger::TaskStatus,
+    },
     /// 422: the idempotency key was already used for a different request.
     #[error("Idempotency-Key `{key}` was already used for task {task_id} with a different request; use a new key for a new request")]
     IdempotencyKeyReused { key: String, task_id: Uuid },
@@ -92,9 +100,12 @@ pub struct Problem {
     /// The request field at fault, for invalid parameters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// The task an idempotency key already names.
+    /// The task an idempotency key already names, or the task that finished already.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<Uuid>,
+    /// The task's status, when it finished already (a cancel answered 409).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_status: Option<crate::ledger::TaskStatus>,
 }
 
 impl ApiError {
@@ -104,7 +115,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::TaskFinished { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidParameters { .. } | ApiError::IdempotencyKeyReused { .. } => {
@@ -122,6 +133,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not-found",
             ApiError::Conflict(_) => "conflict",
+            ApiError::TaskFinished { .. } => "task-finished",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::UnsupportedMediaType => "unsupported-media-type",
             ApiError::InvalidParameters { .. } => "invalid-parameters",
@@ -143,7 +155,12 @@ impl ApiError {
                 _ => None,
             },
             task_id: match self {
-                ApiError::IdempotencyKeyReused { task_id, .. } => Some(*task_id),
+                ApiError::IdempotencyKeyReused { task_id, .. }
+                | ApiError::TaskFinished { task_id, .. } => Some(*task_id),
+                _ => None,
+            },
+            task_status: match self {
+                ApiError::TaskFinished { status, .. } => Some(*status),
                 _ => None,
             },
         }
@@ -204,6 +221,7 @@ pub async fn problem_bodies(response: Response) -> Response {
         detail: text.unwrap_or_else(|| detail.to_owned()),
         field: None,
         task_id: None,
+        task_status: None,
     };
     let body = serde_json::to_vec(&problem).expect("problem serializes");
     parts.headers.insert(

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::relay::BrokerHealth;
 
 pub mod auth;
+pub mod cancel;
 pub mod error;
 pub mod health;
 pub mod json;

@@ -28,6 +28,7 @@ mod schedules;
         super::tasks::get_task,
         super::tasks::list_tasks,
         super::tasks::retry_task,
+        super::cancel::cancel_task,
         super::workers::list_workers,
         super::workers::prune_workers,
         super::schedules::create_schedule,

@@ -35,6 +35,7 @@ pub fn router() -> Router<AppState> {
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
         .route("/tasks/{id}/retry", post(retry_task))
+        .route("/tasks/{id}/cancel", post(super::cancel::cancel_task))
 }
 
 /// A task as the API shows it: the status monitor.
@@ -42,7 +43,7 @@ pub fn router() -> Router<AppState> {
 pub struct TaskView {
     pub task_id: Uuid,
     pub kind: TaskKind,
-    /// queued, running, retrying, succeeded, failed or dead.
+    /// queued, running, retrying, succeeded, failed, dead or cancelled.
     pub status: TaskStatus,
     /// The parameters as accepted.
     pub params: serde_json::Value,
@@ -51,7 +52,8 @@ pub struct TaskView {
     pub max_attempts: u32,
     /// Nothing younger than this instant is deleted (enqueue time minus `max_age_hours`).
     pub cutoff: DateTime<Utc>,
-    /// The executor's result, once succeeded.
+    /// The executor's result, once succeeded; for a task that failed or was cancelled, what
+    /// it deleted before it stopped.
     pub result: Option<serde_json::Value>,
     /// The last error (`{"class", "message", "at"}`), once an attempt failed.
     pub error: Option<serde_json::Value>,
@@ -78,6 +80,13 @@ pub struct TaskView {
     /// The task that retried this one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retried_by: Option<Uuid>,
+    /// When a cancel was asked for (`POST /tasks/{id}/cancel`); a running task stays
+    /// `running` until its worker stops at its next batch boundary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// Who asked for the cancel: the API token's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
 }
 
 impl From<TaskRow> for TaskView {
@@ -103,6 +112,8 @@ impl From<TaskRow> for TaskView {
             actor: row.actor,
             retry_of: row.retry_of,
             retried_by: row.retried_by,
+            cancel_requested_at: row.cancel_requested_at,
+            cancelled_by: row.cancelled_by,
         }
     }
 }
@@ -374,7 +385,7 @@ pub struct RetryBody {
     pub keep_cutoff: bool,
 }
 
-/// Run a `failed` or `dead` task again: a new task with the same kind and parameters,
+/// Run a `failed`, `dead` or `cancelled` task again: a new task with the same kind and parameters,
 /// linked both ways (`retry_of`, `retried_by`).
 #[utoipa::path(
     post,
@@ -387,7 +398,7 @@ pub struct RetryBody {
             headers(("Location" = String, description = "/tasks/{id} of the new task"))),
         (status = 400, description = "The id is not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown task", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not failed or dead, or retried before", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not failed, dead or cancelled, or retried before", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a JSON object, an unknown field, or parameters no longer valid", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["admin"]))
@@ -418,7 +429,7 @@ pub async fn retry_task(
         }
         ledger::tasks::Retried::NotRetryable(status) => {
             return Err(ApiError::Conflict(format!(
-                "task {id} is {}; only a failed or dead task is retried",
+                "task {id} is {}; only a failed, dead or cancelled task is retried",
                 status.as_str()
             )))
         }

@@ -5,6 +5,7 @@
 //!   outbox message in one statement), reads and the counts health and metrics show;
 //! - [`transitions`]: how worker events and dead-lettered messages move a task, every
 //!   move under one guard rule, applied in batches by the recorder;
+//! - [`cancel`]: cancelling a task (at once, or at its worker's next batch boundary);
 //! - [`outbox`]: what the relay claims, and what it records once RabbitMQ confirmed;
 //! - [`workers`]: the worker registry, fed by heartbeats;
 //! - [`schedules`]: schedules, and firing their windows (claim, task, advance: one
@@ -15,6 +16,7 @@
 //! The HTTP handlers, the relay and the recorder call these functions; none of them
 //! writes SQL of its own.
 
+pub mod cancel;
 pub mod outbox;
 pub mod retention;
 pub mod schedules;

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Lifecycle of a task (contract): `queued → running → succeeded | failed | dead`, with
-/// `retrying` between attempts.
+/// `retrying` between attempts; `cancelled` from any of the first three on request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
@@ -22,23 +22,25 @@ pub enum TaskStatus {
     Succeeded,
     Failed,
     Dead,
+    Cancelled,
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 6] = [
+    pub const ALL: [TaskStatus; 7] = [
         TaskStatus::Queued,
         TaskStatus::Running,
         TaskStatus::Retrying,
         TaskStatus::Succeeded,
         TaskStatus::Failed,
         TaskStatus::Dead,
+        TaskStatus::Cancelled,
     ];
 
     /// A status no event moves a task out of.
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Dead
+            TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Dead | TaskStatus::Cancelled
         )
     }
 
@@ -50,6 +52,7 @@ impl TaskStatus {
             TaskStatus::Succeeded => "succeeded",
             TaskStatus::Failed => "failed",
             TaskStatus::Dead => "dead",
+            TaskStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -78,7 +81,7 @@ impl FromStr for TaskStatus {
             .ok_or_else(|| {
                 format!(
                     "unknown status `{s}`; expected one of queued, running, retrying, \
-                     succeeded, failed, dead"
+                     succeeded, failed, dead, cancelled"
                 )
             })
     }
@@ -114,11 +117,16 @@ pub struct TaskRow {
     /// The task this one retries, and the task that retried this one.
     pub retry_of: Option<Uuid>,
     pub retried_by: Option<Uuid>,
+    /// When a cancel was asked for, and by whom (`POST /tasks/{id}/cancel`).
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub cancelled_by: Option<String>,
 }
 
-const TASK_COLUMNS: &str = "id, kind, status, params, cutoff, attempts, max_attempts, result, \
+pub(crate) const TASK_COLUMNS: &str =
+    "id, kind, status, params, cutoff, attempts, max_attempts, result, \
      error, idempotency_key, worker_id, created_at, updated_at, started_at, finished_at, \
-     next_attempt_at, published_at, schedule, scheduled_for, actor, retry_of, retried_by";
+     next_attempt_at, published_at, schedule, scheduled_for, actor, retry_of, retried_by, \
+     cancel_requested_at, cancelled_by";
 
 impl TaskRow {
     /// The task's kind and parameters as stored.
@@ -281,7 +289,7 @@ pub enum Retried {
     /// The new task.
     Created(Box<TaskRow>),
     NotFound,
-    /// Only a `failed` or `dead` task is retried: its status.
+    /// Only a `failed`, `dead` or `cancelled` task is retried: its status.
     NotRetryable(TaskStatus),
     /// Retried before: the task that did.
     AlreadyRetried(Uuid),
@@ -289,7 +297,7 @@ pub enum Retried {
     Invalid(String),
 }
 
-/// Retry a `failed` or `dead` task: a new task with the same kind and parameters (the
+/// Retry a `failed`, `dead` or `cancelled` task: a new task with the same kind and parameters (the
 /// cutoff from `now`, or the original's with `keep_cutoff`), linked both ways, in one
 /// transaction with its outbox row.
 pub async fn retry(
@@ -311,7 +319,10 @@ pub async fn retry(
     let Some(original) = original else {
         return Ok(Retried::NotFound);
     };
-    if !matches!(original.status, TaskStatus::Failed | TaskStatus::Dead) {
+    if !matches!(
+        original.status,
+        TaskStatus::Failed | TaskStatus::Dead | TaskStatus::Cancelled
+    ) {
         return Ok(Retried::NotRetryable(original.status));
     }
     if let Some(by) = original.retried_by {

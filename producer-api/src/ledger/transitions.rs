@@ -6,10 +6,19 @@
 //! (attempts, phase): phase 0 waiting (`queued`), 1 running, 2 an attempt ended
 //! (`retrying`, or finished). A change leads to a position, and applies only if that
 //! position is later than the task's and the task is not finished (`succeeded`,
-//! `failed`, `dead`). So a duplicate or late event changes nothing, and a finished task
+//! `failed`, `dead`, `cancelled`). So a duplicate or late event changes nothing, and a finished task
 //! never moves again. Two refinements: a dead-lettered message ends its attempt for good
 //! (position (attempt, 3)), and a worker's own `task.dead` reason, which is more precise,
 //! may replace the broker's note on a task that is already dead.
+//!
+//! Cancels ([`super::cancel`]): a running task asked to cancel ends `cancelled` when its
+//! worker reports `task.cancelled`, or when an attempt fails (no retry is scheduled); if
+//! it succeeded first, it stays `succeeded`. A queued task is `cancelled` at once, but its
+//! message may already be with a worker that has not heard of the cancel yet: that
+//! worker's first report is still recorded (`started`, a failure's partial result, or
+//! `succeeded` if it finished first), the only way out of a finished status. A `task.started` of a task that was asked to
+//! cancel is answered with another cancellation on the stream (the worker may have missed
+//! the first, say, one whose message waited on its queue past the stream's retention).
 //!
 //! The retry decision is the worker's (its retry policy, sent as `retryable` with
 //! `next_attempt_at`); the ledger only holds the invariant that no attempt is scheduled
@@ -19,7 +28,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use shared::envelope::TaskEnvelope;
 use shared::events::{
-    TaskDead, TaskFailed, TaskStarted, TaskSucceeded, WorkerHeartbeat, WorkerStopped,
+    TaskCancelled, TaskDead, TaskFailed, TaskStarted, TaskSucceeded, WorkerHeartbeat, WorkerStopped,
 };
 use shared::tasks::{TaskKind, TaskSpec};
 use sqlx::{PgConnection, PgPool};
@@ -34,6 +43,8 @@ pub enum Change<'a> {
     Succeeded(&'a TaskSucceeded),
     /// Retrying, or failed for good (with what was deleted before the failure).
     Failed(&'a TaskFailed),
+    /// A worker skipped or stopped the task because it was cancelled.
+    Cancelled(&'a TaskCancelled),
     /// A worker refused the task's message as poison.
     Dead(&'a TaskDead),
     /// RabbitMQ dead-lettered the task's message; `attempt` is the one it carried.
@@ -53,6 +64,7 @@ impl Change<'_> {
             Change::Started(e) => (0, e.task_id.to_string()),
             Change::Succeeded(e) => (0, e.task_id.to_string()),
             Change::Failed(e) => (0, e.task_id.to_string()),
+            Change::Cancelled(e) => (0, e.task_id.to_string()),
             Change::Dead(e) => (0, e.task_id.map(|i| i.to_string()).unwrap_or_default()),
             Change::DeadLettered { task_id, .. } => (0, task_id.to_string()),
             Change::Heartbeat(e) => (1, e.worker_id.clone()),
@@ -71,6 +83,7 @@ pub async fn apply(pool: &PgPool, changes: &[Change<'_>]) -> Result<(), sqlx::Er
             Change::Started(e) => started(&mut tx, e).await?,
             Change::Succeeded(e) => succeeded(&mut tx, e).await?,
             Change::Failed(e) => failed(&mut tx, e).await?,
+            Change::Cancelled(e) => cancelled(&mut tx, e).await?,
             Change::Dead(e) => dead(&mut tx, e).await?,
             Change::DeadLettered {
                 task_id,
@@ -88,9 +101,9 @@ pub async fn apply(pool: &PgPool, changes: &[Change<'_>]) -> Result<(), sqlx::Er
 const POSITION: &str =
     "(attempts, CASE status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 ELSE 2 END)";
 /// Statuses no change leaves.
-const FINISHED: &str = "('succeeded', 'failed', 'dead')";
+const FINISHED: &str = "('succeeded', 'failed', 'dead', 'cancelled')";
 /// A worker's `task.dead` may refine a `dead` task's reason.
-const FINISHED_BUT_DEAD: &str = "('succeeded', 'failed')";
+const FINISHED_BUT_DEAD: &str = "('succeeded', 'failed', 'cancelled')";
 
 /// The one guard: the task is not finished (`finished` lists what counts), and the change
 /// leads past its position. `$1` is the task id, `$2` the change's attempt (NULL when
@@ -99,28 +112,40 @@ fn guard(phase: u8, finished: &str) -> String {
     format!("id = $1 AND status NOT IN {finished} AND ($2::int IS NULL OR {POSITION} < ($2::int, {phase}))")
 }
 
+/// A task cancelled while its message was already out, whose worker had not heard of
+/// the cancel yet: the worker's first report of it is still recorded (`$1`: the task).
+const CANCELLED_UNREPORTED: &str = "(id = $1 AND status = 'cancelled' AND result IS NULL)";
+
 async fn started(conn: &mut PgConnection, e: &TaskStarted) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "UPDATE cleanup_tasks SET status = 'running', attempts = $2, worker_id = $3,
+        "UPDATE cleanup_tasks SET
+             status = CASE WHEN status = 'cancelled' THEN status ELSE 'running' END,
+             attempts = $2, worker_id = $3,
              started_at = COALESCE(started_at, $4), next_attempt_at = NULL, updated_at = now()
-         WHERE {}",
+         WHERE {} OR ({CANCELLED_UNREPORTED} AND attempts < $2)",
         guard(1, FINISHED)
     ))
     .bind(e.task_id)
     .bind(e.attempt as i32)
     .bind(&e.worker_id)
     .bind(e.at)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    // Second line of defence: this task was asked to cancel, yet a worker starts it.
+    if outbox::insert_cancel(conn, e.task_id).await? {
+        tracing::info!(task_id = %e.task_id, worker_id = %e.worker_id, "a worker started a task asked to cancel; cancellation sent again");
+    }
     Ok(())
 }
 
+/// Succeeded; also a task cancelled while its message was out, whose worker finished it
+/// before the cancel reached it: what it deleted is deleted, and the ledger says so.
 async fn succeeded(conn: &mut PgConnection, e: &TaskSucceeded) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "UPDATE cleanup_tasks SET status = 'succeeded', attempts = $2, worker_id = $3,
              result = $4, error = NULL, started_at = COALESCE(started_at, $5), finished_at = $5,
              next_attempt_at = NULL, updated_at = now()
-         WHERE {}",
+         WHERE {} OR {CANCELLED_UNREPORTED}",
         guard(2, FINISHED)
     ))
     .bind(e.task_id)
@@ -146,7 +171,7 @@ struct FailedRow {
 
 /// The partial result a failure's progress holds: a temp-file walk's progress wraps its
 /// result (`{"result": {...}, "done": ...}`); a runs cleanup's progress is its result.
-fn partial_result(progress: &serde_json::Value) -> serde_json::Value {
+pub(super) fn partial_result(progress: &serde_json::Value) -> serde_json::Value {
     match progress.get("result") {
         Some(result) if result.is_object() => result.clone(),
         _ => progress.clone(),
@@ -165,16 +190,19 @@ async fn failed(conn: &mut PgConnection, e: &TaskFailed) -> Result<(), sqlx::Err
     let partial = e.progress.as_ref().map(partial_result);
     let row: Option<FailedRow> = sqlx::query_as(&format!(
         "UPDATE cleanup_tasks SET
-                 status = CASE WHEN $4 AND $2 < max_attempts THEN 'retrying' ELSE 'failed' END,
-                 next_attempt_at = CASE WHEN $4 AND $2 < max_attempts THEN $5 ELSE NULL END,
-                 finished_at = CASE WHEN $4 AND $2 < max_attempts THEN NULL ELSE $6 END,
-                 result = CASE WHEN $4 AND $2 < max_attempts THEN result
-                               ELSE COALESCE($8::jsonb, result) END,
+                 status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                               WHEN {again} THEN 'retrying' ELSE 'failed' END,
+                 next_attempt_at = CASE WHEN {again} THEN $5 ELSE NULL END,
+                 finished_at = CASE WHEN {again} THEN NULL ELSE $6 END,
+                 result = CASE WHEN {again} THEN result ELSE COALESCE($8::jsonb, result) END,
                  attempts = $2, worker_id = $3, error = $7, started_at = COALESCE(started_at, $6),
                  updated_at = now()
-             WHERE {}
+             WHERE {} OR {CANCELLED_UNREPORTED}
              RETURNING status, kind, params, cutoff, created_at, max_attempts",
-        guard(2, FINISHED)
+        guard(2, FINISHED),
+        // Another attempt is due: the worker says so, `max_attempts` allows it, and no
+        // cancel was asked for.
+        again = "($4 AND $2 < max_attempts AND cancel_requested_at IS NULL)",
     ))
     .bind(e.task_id)
     .bind(e.attempt as i32)
@@ -213,6 +241,30 @@ async fn failed(conn: &mut PgConnection, e: &TaskFailed) -> Result<(), sqlx::Err
         progress: e.progress.clone(),
     };
     outbox::insert_attempt(conn, &envelope, next_at).await
+}
+
+/// The worker skipped the task's delivery, or stopped it at a batch boundary, because it
+/// was asked to cancel. A running task becomes `cancelled` with what it deleted so far as
+/// its result; a task cancelled while queued (its worker may have run a batch before the
+/// cancellation reached it) gets the result if it has none.
+async fn cancelled(conn: &mut PgConnection, e: &TaskCancelled) -> Result<(), sqlx::Error> {
+    let partial = e.progress.as_ref().map(partial_result);
+    sqlx::query(&format!(
+        "UPDATE cleanup_tasks SET status = 'cancelled', attempts = greatest(attempts, $2),
+             worker_id = $3, result = COALESCE(result, $4::jsonb),
+             finished_at = COALESCE(finished_at, $5), next_attempt_at = NULL, updated_at = now()
+         WHERE cancel_requested_at IS NOT NULL
+           AND (({}) OR (id = $1 AND status = 'cancelled' AND result IS NULL AND $4::jsonb IS NOT NULL))",
+        guard(2, FINISHED)
+    ))
+    .bind(e.task_id)
+    .bind(e.attempt as i32)
+    .bind(&e.worker_id)
+    .bind(&partial)
+    .bind(e.at)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn dead(conn: &mut PgConnection, e: &TaskDead) -> Result<(), sqlx::Error> {

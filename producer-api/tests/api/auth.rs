@@ -207,6 +207,12 @@ async fn each_scope_is_allowed_exactly_its_routes() {
             "admin",
         ),
         (
+            reqwest::Method::POST,
+            "/tasks/00000000-0000-0000-0000-000000000000/cancel",
+            None,
+            "admin",
+        ),
+        (
             reqwest::Method::GET,
             "/tasks/00000000-0000-0000-0000-000000000000",
             None,

@@ -1,6 +1,7 @@
 //! Integration tests of producer-api against the real PostgreSQL and RabbitMQ.
 
 mod auth;
+mod cancel;
 mod config;
 mod enqueue;
 mod idempotency;

@@ -5,7 +5,9 @@
 use chrono::{DateTime, Utc};
 use producer_api::ledger::transitions::{self, Change};
 use producer_api::ledger::MIGRATOR;
-use shared::events::{ErrorClass, TaskDead, TaskError, TaskFailed, TaskStarted, TaskSucceeded};
+use shared::events::{
+    ErrorClass, TaskCancelled, TaskDead, TaskError, TaskFailed, TaskStarted, TaskSucceeded,
+};
 use shared::tasks::TaskKind;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -23,9 +25,11 @@ enum Ev {
     /// A worker refused the message as poison.
     Dead,
     DeadLettered(Option<u32>),
+    /// A worker stopped the task because it was cancelled, with 5 rows deleted.
+    Cancelled(u32),
 }
 
-/// A task's status and attempts.
+/// A task's status and attempts; `running+cancel`: running, and a cancel was asked for.
 type State = (&'static str, i32);
 
 /// (status, attempts) before; the change; (status, attempts) after; whether it applied.
@@ -82,6 +86,82 @@ const CASES: &[(State, Ev, State, bool)] = &[
     (("dead", 0), Ev::Started(1), ("dead", 0), false),
     (("dead", 0), Ev::Succeeded(1), ("dead", 0), false),
     (("dead", 0), Ev::DeadLettered(None), ("dead", 0), false),
+    // Cancels. A worker reports `task.cancelled` only for a task asked to cancel.
+    (("running", 1), Ev::Cancelled(1), ("running", 1), false),
+    (("queued", 0), Ev::Cancelled(1), ("queued", 0), false),
+    (
+        ("running+cancel", 1),
+        Ev::Cancelled(1),
+        ("cancelled", 1),
+        true,
+    ),
+    (
+        ("running+cancel", 2),
+        Ev::Cancelled(1),
+        ("running", 2),
+        false,
+    ),
+    // An attempt that fails after a cancel was asked for is not retried.
+    (("running+cancel", 1), Ev::Retry(1), ("cancelled", 1), true),
+    (("running+cancel", 1), Ev::Fail(1), ("cancelled", 1), true),
+    // Finished before the cancel reached its worker: it succeeded.
+    (
+        ("running+cancel", 1),
+        Ev::Succeeded(1),
+        ("succeeded", 1),
+        true,
+    ),
+    (("running+cancel", 1), Ev::Started(2), ("running", 2), true),
+    // Cancelled while queued, but its message was already with a worker that had not
+    // heard of the cancel: that worker's first report is recorded. It started...
+    (("cancelled", 0), Ev::Started(1), ("cancelled", 1), true),
+    // ... it finished before the cancel reached it ...
+    (("cancelled", 0), Ev::Succeeded(1), ("succeeded", 1), true),
+    // ... it failed (no retry) ...
+    (("cancelled", 0), Ev::Retry(1), ("cancelled", 1), true),
+    (("cancelled", 0), Ev::Fail(1), ("cancelled", 1), true),
+    // ... or it stopped at a batch boundary: what it deleted becomes the result.
+    (("cancelled", 0), Ev::Cancelled(1), ("cancelled", 1), true),
+    (("cancelled", 0), Ev::Dead, ("cancelled", 0), false),
+    (
+        ("cancelled", 0),
+        Ev::DeadLettered(None),
+        ("cancelled", 0),
+        false,
+    ),
+    // Once a report is recorded, nothing moves it.
+    (
+        ("cancelled+result", 1),
+        Ev::Started(2),
+        ("cancelled", 1),
+        false,
+    ),
+    (
+        ("cancelled+result", 1),
+        Ev::Succeeded(1),
+        ("cancelled", 1),
+        false,
+    ),
+    (
+        ("cancelled+result", 1),
+        Ev::Succeeded(2),
+        ("cancelled", 1),
+        false,
+    ),
+    (
+        ("cancelled+result", 1),
+        Ev::Retry(1),
+        ("cancelled", 1),
+        false,
+    ),
+    (
+        ("cancelled+result", 1),
+        Ev::Cancelled(2),
+        ("cancelled", 1),
+        false,
+    ),
+    (("failed", 1), Ev::Cancelled(1), ("failed", 1), false),
+    (("succeeded", 1), Ev::Cancelled(1), ("succeeded", 1), false),
 ];
 
 const MAX_ATTEMPTS: i32 = 3;
@@ -89,17 +169,27 @@ const OLD: &str = "2000-01-01T00:00:00Z";
 
 async fn task_in(pool: &PgPool, status: &str, attempts: i32) -> Uuid {
     let id = Uuid::now_v7();
+    let result = status
+        .ends_with("+result")
+        .then(|| serde_json::json!({"runs_deleted": 1}));
+    let (status, cancel) = match status.split_once('+') {
+        Some((status, _)) => (status, true),
+        None => (status, status == "cancelled"),
+    };
     sqlx::query(
         "INSERT INTO cleanup_tasks (id, kind, status, params, cutoff, attempts, max_attempts,
-                                    created_at, updated_at)
+                                    created_at, updated_at, cancel_requested_at, result)
          VALUES ($1, 'cleanup_runs', $2, '{\"max_age_hours\": 24}', now() - interval '1 day',
-                 $3, $4, $5::timestamptz, $5::timestamptz)",
+                 $3, $4, $5::timestamptz, $5::timestamptz,
+                 CASE WHEN $6 THEN $5::timestamptz END, $7)",
     )
     .bind(id)
     .bind(status)
     .bind(attempts)
     .bind(MAX_ATTEMPTS)
     .bind(OLD)
+    .bind(cancel)
+    .bind(result)
     .execute(pool)
     .await
     .unwrap();
@@ -124,7 +214,7 @@ async fn apply(pool: &PgPool, task_id: Uuid, ev: Ev) {
         next_attempt_at: retry.then(|| at + chrono::Duration::seconds(2)),
         progress: None,
     };
-    let (started, succeeded, failed_event, dead);
+    let (started, succeeded, failed_event, dead, cancelled);
     let change = match ev {
         Ev::Started(attempt) => {
             started = TaskStarted {
@@ -169,6 +259,18 @@ async fn apply(pool: &PgPool, task_id: Uuid, ev: Ev) {
             attempt,
             reason: "dead-lettered",
         },
+        Ev::Cancelled(attempt) => {
+            cancelled = TaskCancelled {
+                task_id,
+                kind,
+                attempt,
+                worker_id: worker_id.clone(),
+                at,
+                started: true,
+                progress: Some(serde_json::json!({"runs_deleted": 5})),
+            };
+            Change::Cancelled(&cancelled)
+        }
     };
     transitions::apply(pool, &[change]).await.unwrap();
 }
@@ -191,22 +293,40 @@ async fn every_state_and_change_of_the_task_state_machine() {
                 .unwrap();
         let applied = updated_at > old;
         let retries: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM cleanup_outbox WHERE task_id = $1 AND attempt = $2",
+            "SELECT count(*) FROM cleanup_outbox WHERE task_id = $1 AND attempt = $2
+                 AND kind <> 'cancel'",
         )
         .bind(id)
         .bind(to_attempts + 1)
         .fetch_one(&pool)
         .await
         .unwrap();
+        let cancels: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM cleanup_outbox WHERE task_id = $1 AND kind = 'cancel'",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
         let scheduled = to_status == "retrying" && applies;
-        if (now_status.as_str(), now_attempts, applied, retries == 1)
-            != (to_status, to_attempts, applies, scheduled)
+        // A worker starting a task asked to cancel is sent the cancellation again.
+        let resent =
+            matches!(ev, Ev::Started(_)) && (status.contains('+') || status == "cancelled");
+        if (
+            now_status.as_str(),
+            now_attempts,
+            applied,
+            retries == 1,
+            cancels == 1,
+        ) != (to_status, to_attempts, applies, scheduled, resent)
         {
             wrong.push(format!(
                 "({status}, {attempts}) + {ev:?}: got ({now_status}, {now_attempts}, applied \
-                 {applied}, next attempt queued {}), want ({to_status}, {to_attempts}, \
-                 applied {applies}, next attempt queued {scheduled})",
-                retries == 1
+                 {applied}, next attempt queued {}, cancel sent {}), want ({to_status}, \
+                 {to_attempts}, applied {applies}, next attempt queued {scheduled}, cancel \
+                 sent {resent})",
+                retries == 1,
+                cancels == 1
             ));
         }
     }

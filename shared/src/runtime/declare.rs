@@ -114,6 +114,39 @@ impl Topology {
                 )
                 .await?;
         }
+
+        // Cancellations: a stream, so that every worker can read what was cancelled
+        // before it started. Small segments, so that retention frees old ones.
+        channel
+            .exchange_declare(
+                self.cancels_exchange().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let mut stream = FieldTable::default();
+        stream.insert("x-queue-type".into(), long_string("stream"));
+        stream.insert(
+            "x-max-age".into(),
+            long_string(crate::topology::CANCEL_RETENTION),
+        );
+        stream.insert(
+            "x-stream-max-segment-size-bytes".into(),
+            AMQPValue::LongLongInt(CANCEL_SEGMENT_BYTES),
+        );
+        channel
+            .queue_declare(self.cancel_stream().into(), queue, stream)
+            .await?;
+        channel
+            .queue_bind(
+                self.cancel_stream().into(),
+                self.cancels_exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         Ok(())
     }
 
@@ -124,6 +157,7 @@ impl Topology {
         queues.push(self.ledger_queue());
         queues.push(self.dead_queue());
         queues.push(self.dead_ledger_queue());
+        queues.push(self.cancel_stream());
         for name in queues {
             channel
                 .queue_delete(name.into(), QueueDeleteOptions::default())
@@ -133,6 +167,7 @@ impl Topology {
             self.tasks_exchange(),
             self.events_exchange(),
             self.dead_exchange(),
+            self.cancels_exchange(),
         ] {
             channel
                 .exchange_delete(name.into(), ExchangeDeleteOptions::default())
@@ -141,6 +176,9 @@ impl Topology {
         Ok(())
     }
 }
+
+/// Segment size of the cancellation stream: retention drops whole segments.
+const CANCEL_SEGMENT_BYTES: i64 = 1_000_000;
 
 fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))

@@ -4,6 +4,9 @@
 //! rejected to the dead-letter exchange), publish `task.started`, execute within the
 //! time limit, publish `task.succeeded` or `task.failed` (with the next attempt's time for
 //! transient errors), and only then ack: an ack always follows a confirmed result event.
+//! A task this worker knows is cancelled is skipped before it starts, and a running one
+//! stops at its next batch boundary when its cancel arrives: both reported as
+//! `task.cancelled`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,7 +16,9 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::Channel;
 use shared::envelope::TaskEnvelope;
-use shared::events::{ErrorClass, Event, TaskError, TaskFailed, TaskStarted, TaskSucceeded};
+use shared::events::{
+    ErrorClass, Event, TaskCancelled, TaskError, TaskFailed, TaskStarted, TaskSucceeded,
+};
 use shared::retry::RetryPolicy;
 use shared::runtime::amqp::{self, OutgoingMessage, PublishError};
 use shared::tasks::TaskKind;
@@ -45,8 +50,10 @@ pub struct WorkerContext {
     pub metrics: Metrics,
     pub processed: AtomicU64,
     pub runs_table_label: String,
-    /// Verifies task messages and signs continuations (`TASK_SIGNING_KEYS`).
+    /// Verifies task messages and cancellations, signs continuations (`TASK_SIGNING_KEYS`).
     pub trust: shared::signing::TaskTrust,
+    /// The tasks cancelled, as read from the cancellation stream.
+    pub cancellations: crate::cancels::Cancellations,
 }
 
 /// How a delivery ended; the delivery has been acked or rejected accordingly.
@@ -68,6 +75,12 @@ pub enum Outcome {
     /// broker redelivers the task.
     Abandoned {
         task_id: Uuid,
+    },
+    /// The task was cancelled: skipped before it started (`started: false`), or stopped at
+    /// a batch boundary; reported as `task.cancelled`.
+    Cancelled {
+        task_id: Uuid,
+        started: bool,
     },
     /// Not a task this worker can run; rejected to the dead-letter exchange.
     Poison {
@@ -102,6 +115,13 @@ pub async fn handle_delivery(
     };
     let task_id = envelope.task_id;
     let kind = envelope.task.kind();
+    // The turn stops at its next batch boundary on shutdown, when its budget is spent, or
+    // when the task is cancelled.
+    let turn = cancel.child_token();
+    let Some(watch) = ctx.cancellations.watch(task_id, turn.clone()) else {
+        // Cancelled before this delivery started: nothing is touched.
+        return skip_cancelled(ctx, events, &envelope, delivery, false).await;
+    };
     publish_event(
         ctx,
         events,
@@ -114,15 +134,16 @@ pub async fn handle_delivery(
         }),
     )
     .await?;
+    if watch.cancelled() {
+        // The cancel came while `task.started` was on its way: still nothing is touched.
+        return skip_cancelled(ctx, events, &envelope, delivery, true).await;
+    }
     ctx.metrics
         .tasks_started
         .with_label_values(&[kind.as_str()])
         .inc();
     ctx.metrics.in_flight.inc();
     let started = Instant::now();
-    // The turn stops at its next batch boundary on shutdown or when its budget is spent,
-    // and hands the rest over in a continuation.
-    let turn = cancel.child_token();
     let budget = {
         let turn = turn.clone();
         let limit = ctx.turn_budget;
@@ -158,6 +179,19 @@ pub async fn handle_delivery(
         return Ok(Outcome::Abandoned { task_id });
     }
     let outcome = match result {
+        // Stopped because the task was cancelled: report it, no continuation.
+        Ok(Execution::Interrupted { progress }) if watch.cancelled() => {
+            let stop = Stop {
+                attempt: envelope.attempt,
+                started: true,
+                progress: Some(progress),
+            };
+            report_cancelled(ctx, events, task_id, kind, stop).await?;
+            Outcome::Cancelled {
+                task_id,
+                started: true,
+            }
+        }
         Ok(Execution::Interrupted { progress }) => {
             let mut continuation = envelope.clone();
             continuation.progress = Some(progress);
@@ -208,6 +242,87 @@ pub async fn handle_delivery(
     delivery.ack(BasicAckOptions::default()).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(outcome)
+}
+
+/// Skip a delivery of a cancelled task without running it: report `task.cancelled` with
+/// what the task deleted before (for a runs cleanup, the committed count in the runs
+/// database outranks the message's, since another copy may have gone further), then ack.
+async fn skip_cancelled(
+    ctx: &WorkerContext,
+    events: &Channel,
+    envelope: &TaskEnvelope,
+    delivery: &Delivery,
+    started: bool,
+) -> Result<Outcome, StepError> {
+    let task_id = envelope.task_id;
+    let kind = envelope.task.kind();
+    let committed = match (&envelope.task, &ctx.executors.runs) {
+        (shared::tasks::TaskSpec::CleanupRuns(_), Some(runs)) => runs.committed(task_id).await,
+        _ => None,
+    };
+    let stop = Stop {
+        attempt: envelope.attempt,
+        started,
+        progress: with_committed(envelope.progress.clone(), committed),
+    };
+    report_cancelled(ctx, events, task_id, kind, stop).await?;
+    delivery.ack(BasicAckOptions::default()).await?;
+    ctx.processed.fetch_add(1, Ordering::Relaxed);
+    Ok(Outcome::Cancelled { task_id, started })
+}
+
+/// A runs task's progress with `runs_deleted` raised to the committed count.
+fn with_committed(
+    progress: Option<serde_json::Value>,
+    committed: Option<u64>,
+) -> Option<serde_json::Value> {
+    let Some(committed) = committed else {
+        return progress;
+    };
+    let mut progress = progress.unwrap_or_else(|| serde_json::json!({}));
+    let carried = progress["runs_deleted"].as_u64().unwrap_or(0);
+    if committed > carried || progress.get("runs_deleted").is_none() {
+        progress["runs_deleted"] = committed.into();
+    }
+    Some(progress)
+}
+
+/// How a cancelled task stopped, as `task.cancelled` reports it.
+struct Stop {
+    attempt: u32,
+    /// Whether this delivery ran before it stopped.
+    started: bool,
+    /// What the task did so far, every turn and attempt included.
+    progress: Option<serde_json::Value>,
+}
+
+async fn report_cancelled(
+    ctx: &WorkerContext,
+    events: &Channel,
+    task_id: Uuid,
+    kind: TaskKind,
+    stop: Stop,
+) -> Result<(), StepError> {
+    tracing::info!(%task_id, %kind, attempt = stop.attempt, started = stop.started, "task cancelled");
+    publish_event(
+        ctx,
+        events,
+        &Event::TaskCancelled(TaskCancelled {
+            task_id,
+            kind,
+            attempt: stop.attempt,
+            worker_id: ctx.worker_id.clone(),
+            at: Utc::now(),
+            started: stop.started,
+            progress: stop.progress,
+        }),
+    )
+    .await?;
+    ctx.metrics
+        .tasks_finished
+        .with_label_values(&[kind.as_str(), "cancelled"])
+        .inc();
+    Ok(())
 }
 
 /// An attempt that failed, as `task.failed` reports it.
@@ -316,4 +431,29 @@ pub async fn publish_event(
         body: event.to_json(),
     };
     amqp::publish(events, &message).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_committed;
+    use serde_json::json;
+
+    #[test]
+    fn the_committed_count_outranks_the_message() {
+        assert_eq!(with_committed(None, None), None);
+        assert_eq!(
+            with_committed(None, Some(7)),
+            Some(json!({"runs_deleted": 7}))
+        );
+        let carried = json!({"runs_deleted": 5, "batches": 2});
+        assert_eq!(
+            with_committed(Some(carried.clone()), Some(9)),
+            Some(json!({"runs_deleted": 9, "batches": 2}))
+        );
+        assert_eq!(
+            with_committed(Some(carried.clone()), Some(3)),
+            Some(carried.clone())
+        );
+        assert_eq!(with_committed(Some(carried.clone()), None), Some(carried));
+    }
 }

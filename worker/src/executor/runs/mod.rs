@@ -120,6 +120,18 @@ pub struct RunsExecutor {
 }
 
 impl RunsExecutor {
+    /// The rows a task deleted, as its committed count in the progress table says; `None`
+    /// when the table has no row for it or cannot be read.
+    pub async fn committed(&self, task_id: uuid::Uuid) -> Option<u64> {
+        match self.progress.read(&self.pool, task_id).await {
+            Ok(count) => count.map(|c| c.runs_deleted),
+            Err(error) => {
+                tracing::warn!(%task_id, %error, "cannot read the task's committed count");
+                None
+            }
+        }
+    }
+
     pub fn new(
         pool: PgPool,
         table: RunsTable,

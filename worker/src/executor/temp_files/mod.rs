@@ -163,7 +163,9 @@ impl TempFilesExecutor {
             Some(patterns) => Some(build_globset(patterns).map_err(ExecError::permanent)?),
             None => None,
         };
-        let stop = Arc::new(AtomicBool::new(false));
+        // A turn stopped before it began deletes nothing: the walk checks this flag before
+        // each entry, and the watcher below sets it only once it runs.
+        let stop = Arc::new(AtomicBool::new(cancel.is_cancelled()));
         let walk = Arc::new(Walk {
             cutoff: envelope.cutoff,
             patterns,

@@ -179,8 +179,16 @@ impl Run<'_> {
                 "{blocking} of its rows are not eligible (not finished, or not old enough)"
             )));
         }
+        // The count can take a while on a large partition: a stop (a cancel, shutdown, the
+        // turn's budget) that came meanwhile is honoured before anything goes.
+        if self.cancel.is_cancelled() {
+            return Ok(Removal::Kept("the turn was stopped".to_owned()));
+        }
         sqlx::query(&sql.short_wait).execute(&mut *tx).await?;
         sqlx::query(&sql.exclusive).execute(&mut *tx).await?;
+        if self.cancel.is_cancelled() {
+            return Ok(Removal::Kept("the turn was stopped".to_owned()));
+        }
         // What may have changed before the first lock: triggers, keys, policies, the
         // partitions that stay.
         if let Some(reason) = obstacle(&mut *tx, &executor.table).await? {
