@@ -19,6 +19,7 @@ pub mod auth;
 pub mod cancel;
 pub mod error;
 pub mod health;
+mod idempotency;
 pub mod json;
 pub mod openapi;
 pub mod schedules;
