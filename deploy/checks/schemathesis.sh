@@ -63,8 +63,8 @@ cleanup() {
       rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
     done
     # rabbitmqctl has no command for exchanges; the broker's own function does it.
-    for exchange in tasks events dead; do
-      rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$PREFIX.$exchange\">>), false, <<\"schemathesis-check\">>)." \
+    for exchange in $(rabbitmqctl -q list_exchanges name 2>/dev/null | grep "^$PREFIX\." || true); do
+      rabbitmqctl -q eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange\">>), false, <<\"schemathesis-check\">>)." \
         >/dev/null 2>&1 || true
     done
   fi
@@ -98,7 +98,7 @@ curl -fsS "$API/readyz" >/dev/null || { log "producer-api did not become ready";
 log "producer-api on $API (ledger $DB, AMQP prefix $PREFIX); $MAX_EXAMPLES examples per operation, seed $SEED"
 HOOKS_DIR=$(pwd)/deploy/checks
 cd "$WORK"  # schemathesis writes its report directory into the working directory
-PYTHONPATH=$HOOKS_DIR SCHEMATHESIS_HOOKS=schemathesis_hooks "$VENV/bin/schemathesis" run "$API/openapi.json" \
+PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$HOOKS_DIR SCHEMATHESIS_HOOKS=schemathesis_hooks "$VENV/bin/schemathesis" run "$API/openapi.json" \
   --checks all \
   --header "Authorization: Bearer $TOKEN" \
   --max-examples "$MAX_EXAMPLES" \
