@@ -77,29 +77,48 @@ impl FromStr for TaskKind {
 #[serde(deny_unknown_fields)]
 pub struct CleanupRunsParams {
     /// Only runs that finished more than this many hours before enqueue time are deleted.
-    #[schema(example = 720.0, exclusive_minimum = 0.0)]
+    /// At least the deployment's `MIN_AGE_HOURS` (the document served by a running API
+    /// states its own floor), at most 876000 (100 years).
+    #[schema(example = 720.0, minimum = 1.0, maximum = 876000.0)]
     pub max_age_hours: f64,
     /// Report what would be deleted without deleting anything.
     #[serde(default)]
     pub dry_run: bool,
-    /// Restrict deletion to these terminal statuses (default: all terminal statuses).
+    /// Restrict deletion to these terminal statuses (default: all terminal statuses), each
+    /// listed once: a subset of the deployment's `RUNS_TERMINAL_STATUSES` (the document
+    /// served by a running API lists them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1)]
     pub statuses: Option<Vec<String>>,
     /// Rows deleted per statement (1..=10000, default 1000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option"
+    )]
     #[schema(minimum = 1, maximum = 10000)]
     pub batch_size: Option<u32>,
     /// Stop after this many rows; bounds the blast radius of one task.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option"
+    )]
+    #[schema(minimum = 1, maximum = 18446744073709551615_usize)]
     pub max_rows: Option<u64>,
-    /// Attempts for this task (default: the deployment's `MAX_ATTEMPTS`), up to its limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    /// Attempts for this task (default: the deployment's `MAX_ATTEMPTS`), up to its
+    /// `MAX_ATTEMPTS_LIMIT` (the document served by a running API states it).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option"
+    )]
+    #[schema(minimum = 1, maximum = 10)]
     pub max_attempts: Option<u32>,
     /// Only rows whose columns equal these values (per tenant or project retention):
-    /// column names from the deployment's `RUNS_SCOPE_COLUMNS`, values compared as the
-    /// column's type.
+    /// at least one column, each from the deployment's `RUNS_SCOPE_COLUMNS` (the document
+    /// served by a running API lists them), values of at most 256 characters compared as
+    /// the column's type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = json!({"project_id": "42"}))]
     pub scope: Option<BTreeMap<String, String>>,
@@ -110,7 +129,9 @@ pub struct CleanupRunsParams {
 #[serde(deny_unknown_fields)]
 pub struct CleanupTempFilesParams {
     /// Only files last modified more than this many hours before enqueue time are deleted.
-    #[schema(example = 24.0, exclusive_minimum = 0.0)]
+    /// At least the deployment's `MIN_AGE_HOURS` (the document served by a running API
+    /// states its own floor), at most 876000 (100 years).
+    #[schema(example = 24.0, minimum = 1.0, maximum = 876000.0)]
     pub max_age_hours: f64,
     /// Report what would be deleted without deleting anything.
     #[serde(default)]
@@ -118,24 +139,63 @@ pub struct CleanupTempFilesParams {
     /// Name of one configured temp root (see the worker's `TEMP_ROOTS`); all roots when absent.
     /// A task names a root, never a path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "scratch")]
+    #[schema(
+        example = "scratch",
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9_.-]{1,64}$"
+    )]
     pub root: Option<String>,
-    /// Only files whose path relative to the root matches one of these globs.
+    /// Only files whose path relative to the root matches one of these globs (1 to 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = json!(["*.tmp", "cache/**"]))]
+    #[schema(example = json!(["*.tmp", "cache/**"]), min_items = 1, max_items = 32,
+        value_type = Option<Vec<GlobPattern>>)]
     pub patterns: Option<Vec<String>>,
     /// Stop after this many files; bounds the blast radius of one task.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option"
+    )]
+    #[schema(minimum = 1, maximum = 18446744073709551615_usize)]
     pub max_files: Option<u64>,
     /// Also remove directories that the cleanup left empty (never the root itself).
     #[serde(default)]
     pub remove_empty_dirs: bool,
-    /// Attempts for this task (default: the deployment's `MAX_ATTEMPTS`), up to its limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1)]
+    /// Attempts for this task (default: the deployment's `MAX_ATTEMPTS`), up to its
+    /// `MAX_ATTEMPTS_LIMIT` (the document served by a running API states it).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole::option"
+    )]
+    #[schema(minimum = 1, maximum = 10)]
     pub max_attempts: Option<u32>,
 }
+
+/// A glob of `patterns` (documentation only: the parameters hold plain strings), matched
+/// against a file's path relative to its root: `*` (also across `/`), `**`, `?`, classes
+/// such as `[abc]` or `[a-z]`, alternates `{a,b}`, `\` escaping the next character; never
+/// absolute, never a `..` component. The pattern states globs the service accepts; it also
+/// accepts some it does not state (ranges other than `0-9`, `a-z`, `A-Z`, nested alternates).
+pub struct GlobPattern(pub String);
+
+impl utoipa::PartialSchema for GlobPattern {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A glob matched against a file's path relative to its root (see the README).",
+            ))
+            .min_length(Some(1))
+            .max_length(Some(MAX_PATTERN_LEN))
+            .pattern(Some(GLOB_PATTERN_REGEX))
+            .into()
+    }
+}
+
+impl ToSchema for GlobPattern {}
 
 /// A task: its kind and parameters, as carried by the envelope and stored in the ledger.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,10 +276,11 @@ impl TaskSpec {
 }
 
 mod validation;
+mod whole;
 
 pub use validation::{
     is_identifier, validate_pattern, validate_root_name, ValidationError, ValidationRules,
-    MAX_SCOPE_VALUE_LEN,
+    GLOB_PATTERN_REGEX, MAX_SCOPE_VALUE_LEN,
 };
 use validation::{validate_age, validate_runs, validate_temp_files};
 

@@ -143,3 +143,130 @@ fn numbers_in_errors_are_short() {
         "{floor}"
     );
 }
+
+#[test]
+fn lengths_count_characters_as_the_openapi_document_does() {
+    let long = |n: usize| "é".repeat(n);
+    assert!(temp(json!({"max_age_hours": 2, "patterns": [long(256)]})).is_ok());
+    assert!(temp(json!({"max_age_hours": 2, "patterns": [long(257)]}))
+        .unwrap_err()
+        .contains("1 to 256 characters, got 257"));
+    let rules = ValidationRules {
+        scope_columns: ["project_id".to_owned()].into(),
+        ..ValidationRules::default()
+    };
+    let scoped = |value: String| {
+        let params: CleanupRunsParams =
+            serde_json::from_value(json!({"max_age_hours": 2, "scope": {"project_id": value}}))
+                .unwrap();
+        TaskSpec::CleanupRuns(params).validate(&rules)
+    };
+    assert!(scoped(long(256)).is_ok());
+    assert!(scoped("4\u{0}2".to_owned())
+        .unwrap_err()
+        .to_string()
+        .contains("NUL"));
+    assert!(scoped(long(257))
+        .unwrap_err()
+        .to_string()
+        .contains("longer than 256 characters"));
+}
+
+#[test]
+fn counts_may_be_written_with_a_zero_fraction() {
+    let TaskSpec::CleanupRuns(p) =
+        runs(json!({"max_age_hours": 2, "batch_size": 100.0, "max_attempts": 2.0})).unwrap()
+    else {
+        panic!("wrong kind")
+    };
+    assert_eq!((p.batch_size, p.max_attempts), (Some(100), Some(2)));
+    // Stored and shown as the whole numbers they are.
+    assert_eq!(
+        TaskSpec::CleanupRuns(p).params_json()["batch_size"],
+        json!(100)
+    );
+    assert!(runs(json!({"max_age_hours": 2, "batch_size": 100.5})).is_err());
+    assert!(temp(json!({"max_age_hours": 2, "max_files": 3.0})).is_ok());
+}
+
+/// The document's glob pattern: everything it matches, the API accepts; the usual globs
+/// it matches. (The `regex` crate has no look-ahead: the two look-aheads of the start,
+/// not absolute and no `..` component, are checked here by hand.)
+#[test]
+fn the_documented_glob_pattern_matches_only_valid_globs() {
+    let prefix = r"^(?!/)(?!(?:[\s\S]*/)?\.\.(?:/|(?![\s\S])))";
+    let body = GLOB_PATTERN_REGEX
+        .strip_prefix(prefix)
+        .expect("the pattern starts with its two look-aheads");
+    let core = regex::Regex::new(&format!("^{body}")).unwrap();
+    let documented =
+        |p: &str| !p.starts_with('/') && !p.split('/').any(|c| c == "..") && core.is_match(p);
+    let usual = [
+        "*.tmp",
+        "cache/**",
+        "**/*.log",
+        "a?c",
+        "[abc].txt",
+        "[!abc]",
+        "[^x]y",
+        "[a-z]*",
+        "[0-9][0-9]",
+        "file[A-Z0-9_]",
+        "{a,b}",
+        "*.{tmp,bak}",
+        "{}",
+        "x{,y}",
+        r"\*",
+        r"\[",
+        "a]b",
+        "a,b",
+        "..x",
+        "x..",
+        "a/..b/c",
+        "é/*",
+        "[[]",
+    ];
+    let odd = [
+        "[",
+        "[]",
+        "[!]",
+        "[^]",
+        "[z-a]",
+        "[a-z-0]",
+        "{a",
+        "a}",
+        "{a,{b,c}}",
+        r"a\",
+        "/abs",
+        "../x",
+        "a/../b",
+        "a/..",
+        "..",
+        "[b-d]",
+        "[]]",
+        "{[a-z],b}",
+        "{a,b}}",
+        "[a-",
+        r"\",
+        "",
+        "a\nb",
+        "[a\\]]",
+        "[a-]",
+        "a\0b",
+        "[\0]",
+        "{a,\0}",
+        "\\\0",
+    ];
+    for pattern in usual {
+        assert!(validate_pattern(pattern).is_ok(), "{pattern:?} is valid");
+        assert!(documented(pattern), "the document states {pattern:?}");
+    }
+    for pattern in usual.iter().chain(odd.iter()) {
+        if documented(pattern) {
+            assert!(
+                validate_pattern(pattern).is_ok(),
+                "the document states {pattern:?}, which the API refuses"
+            );
+        }
+    }
+}

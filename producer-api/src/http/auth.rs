@@ -187,7 +187,7 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 /// The scope a route needs before its handler looks at the body: every GET `read`; an
 /// enqueue at least `dry-run` (its handler asks `enqueue` for a real run); anything else
 /// `admin`.
-fn needed(method: &Method, path: &str) -> Scope {
+pub(crate) fn needed(method: &Method, path: &str) -> Scope {
     if method == Method::GET || method == Method::HEAD {
         Scope::Read
     } else if method == Method::POST

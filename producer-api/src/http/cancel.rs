@@ -25,13 +25,11 @@ use crate::ledger::cancel::{self, Cancelled};
     responses(
         (status = 200, description = "The task is cancelled (now, or it was before)", body = TaskView),
         (status = 202, description = "The task is running: its worker stops at its next batch boundary", body = TaskView),
-        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token's scope is not admin", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The task finished already (succeeded, failed or dead): `task_status` names its status", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub async fn cancel_task(
     State(state): State<AppState>,

@@ -167,6 +167,71 @@ impl ApiError {
     }
 }
 
+/// Middleware: every error answer is a problem document, also those no handler wrote (a
+/// method the route does not have, a request past the time limit, a path or query that
+/// axum's extractors refused, a panic). Only bodies that are not JSON are replaced: the
+/// handlers' problems and `/readyz`'s 503 pass unchanged.
+pub async fn problem_bodies(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            let essence = v.split(';').next().unwrap_or("").trim();
+            essence == "application/json" || essence.ends_with("+json")
+        });
+    if is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // axum's rejections say what was wrong in a short text; a panic's text is not shown.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty() && !status.is_server_error());
+    let (slug, detail) = match status {
+        StatusCode::BAD_REQUEST => ("bad-request", "the request is malformed"),
+        StatusCode::NOT_FOUND => ("not-found", "nothing here"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method-not-allowed",
+            "this route does not take this method; the Allow header lists those it takes",
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            "request-timeout",
+            "the request took longer than the server allows; retry it",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload-too-large", "the request body is too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported-media-type",
+            "expected a body with `Content-Type: application/json`",
+        ),
+        StatusCode::INTERNAL_SERVER_ERROR => ("internal-error", "internal error"),
+        _ => ("http-error", ""),
+    };
+    let problem = Problem {
+        problem_type: format!("urn:cleanup:problem:{slug}"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: text.unwrap_or_else(|| detail.to_owned()),
+        field: None,
+        task_id: None,
+        task_status: None,
+    };
+    let body = serde_json::to_vec(&problem).expect("problem serializes");
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {

@@ -21,39 +21,67 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         if !is_json(&req) {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(state.max_body_bytes)
-            } else {
-                ApiError::BadRequest(e.body_text())
-            }
-        })?;
-        // serde also accepts a struct written as an array; a request must be an object.
-        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'{') => {}
-            Some(b'[') | Some(b'"') | Some(b'0'..=b'9') | Some(b'-') | Some(b't') | Some(b'f')
-            | Some(b'n')
-                if serde_json::from_slice::<serde_json::Value>(&bytes).is_ok() =>
-            {
-                return Err(ApiError::InvalidParameters {
-                    detail: "invalid parameters: the body must be a JSON object".into(),
-                    field: None,
-                })
-            }
-            _ => {}
+        let bytes = body(req, state).await?;
+        parse(&bytes).map(ApiJson)
+    }
+}
+
+/// Like [`ApiJson`] for a route whose body may be left out: no body (or only whitespace),
+/// whatever its content type, is `None`; a body is checked exactly as `ApiJson` checks it.
+pub struct OptionalApiJson<T>(pub Option<T>);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OptionalApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let json = is_json(&req);
+        let bytes = body(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalApiJson(None));
         }
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::InvalidParameters {
-                detail: format!("invalid parameters: {}", innermost(&e)),
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        parse(&bytes).map(|value| OptionalApiJson(Some(value)))
+    }
+}
+
+async fn body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(state.max_body_bytes)
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    })
+}
+
+fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    // serde also accepts a struct written as an array; a request must be an object.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(b'[') | Some(b'"') | Some(b'0'..=b'9') | Some(b'-') | Some(b't') | Some(b'f')
+        | Some(b'n')
+            if serde_json::from_slice::<serde_json::Value>(bytes).is_ok() =>
+        {
+            return Err(ApiError::InvalidParameters {
+                detail: "invalid parameters: the body must be a JSON object".into(),
                 field: None,
-            }),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(format!(
-                "malformed JSON body: {}",
-                innermost(&e)
-            ))),
-            Err(other) => Err(ApiError::BadRequest(other.body_text())),
+            })
         }
+        _ => {}
+    }
+    match axum::Json::<T>::from_bytes(bytes) {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(JsonRejection::JsonDataError(e)) => Err(ApiError::InvalidParameters {
+            detail: format!("invalid parameters: {}", innermost(&e)),
+            field: None,
+        }),
+        Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadRequest(format!(
+            "malformed JSON body: {}",
+            innermost(&e)
+        ))),
+        Err(other) => Err(ApiError::BadRequest(other.body_text())),
     }
 }
 

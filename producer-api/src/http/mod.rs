@@ -19,6 +19,7 @@ pub mod auth;
 pub mod cancel;
 pub mod error;
 pub mod health;
+mod idempotency;
 pub mod json;
 pub mod openapi;
 pub mod schedules;
@@ -53,7 +54,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(protected)
         .merge(health::router())
-        .merge(openapi::router())
+        .merge(openapi::router(&state))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn_with_state(
@@ -66,6 +67,8 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .layer(CatchPanicLayer::new())
+        // Outermost: whatever answered an error, it goes out as a problem document.
+        .layer(middleware::map_response(error::problem_bodies))
         .with_state(state)
 }
 

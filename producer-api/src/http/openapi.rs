@@ -1,11 +1,23 @@
-//! The OpenAPI document, generated from the handlers and types (`/openapi.json`).
+//! The OpenAPI document (`/openapi.json`): generated from the handlers and types, each
+//! route listing every answer it can give, then completed with what depends on the
+//! deployment (`MIN_AGE_HOURS`, `MAX_ATTEMPTS_LIMIT`, `RUNS_TERMINAL_STATUSES`,
+//! `RUNS_SCOPE_COLUMNS`), so that it states exactly what this API accepts.
 
+use axum::body::Bytes;
+use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
-use axum::{Json, Router};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use axum::Router;
+use serde_json::Value;
+use shared::tasks::ValidationRules;
+use utoipa::OpenApi;
 
 use super::AppState;
+
+mod answers;
+use answers::Answers;
+pub(crate) mod cron;
+mod deployment;
+mod schedules;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +44,7 @@ use super::AppState;
     components(schemas(
         shared::tasks::CleanupRunsParams,
         shared::tasks::CleanupTempFilesParams,
+        shared::tasks::GlobPattern,
         shared::tasks::TaskKind,
         crate::ledger::TaskStatus,
         super::tasks::TaskView,
@@ -40,6 +53,7 @@ use super::AppState;
         super::error::Problem,
         super::health::Readiness,
         super::workers::WorkerList,
+        super::workers::WorkerState,
         super::workers::PruneRequest,
         super::workers::PruneResponse,
         crate::ledger::workers::WorkerView,
@@ -50,57 +64,31 @@ use super::AppState;
         crate::ledger::schedules::CatchUp,
         crate::ledger::schedules::Overlap,
     )),
-    modifiers(&BearerAuth)
+    modifiers(&Answers)
 )]
 pub struct ApiDoc;
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-        // Every route behind a token answers 401 without one and 403 when its scope does
-        // not allow the request: listed on each, once, here.
-        let problem = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("Problem")))
-                        .build(),
-                )
-                .build()
-        };
-        for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
-                if operation.security.as_ref().is_none_or(|s| s.is_empty()) {
-                    continue;
-                }
-                let responses = &mut operation.responses.responses;
-                responses
-                    .entry("401".to_owned())
-                    .or_insert_with(|| problem("Missing or invalid bearer token").into());
-                responses.entry("403".to_owned()).or_insert_with(|| {
-                    problem("The token's scope does not allow this request (the detail names the scope needed)").into()
-                });
-            }
-        }
-    }
+/// The document of an API that checks requests against `rules`.
+pub fn document(rules: &ValidationRules) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serializes");
+    answers::parameters_are_never_null(&mut doc);
+    deployment::apply(&mut doc, rules);
+    schedules::apply(&mut doc);
+    doc
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+/// `GET /openapi.json`: the document, made once for this process's rules.
+pub fn router(state: &AppState) -> Router<AppState> {
+    let body = Bytes::from(serde_json::to_vec(&document(&state.rules)).expect("serializes"));
+    Router::new().route(
+        "/openapi.json",
+        get(move || {
+            let body = body.clone();
+            async move { ([(CONTENT_TYPE, "application/json")], body) }
+        }),
+    )
 }
+
+#[cfg(test)]
+#[path = "openapi/tests.rs"]
+mod tests;

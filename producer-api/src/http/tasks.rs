@@ -16,12 +16,12 @@ use uuid::Uuid;
 use super::auth::{Principal, Scope};
 
 use super::error::{ApiError, Problem};
-use super::json::ApiJson;
+use super::idempotency::idempotency_key;
+pub use super::idempotency::{IDEMPOTENCY_KEY, SCHEDULE_KEY_PREFIX};
+use super::json::{ApiJson, OptionalApiJson};
 use super::AppState;
 use crate::ledger::{self, Enqueued, ListQuery, TaskRow, TaskStatus};
 
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 500;
 
@@ -124,19 +124,21 @@ impl From<TaskRow> for TaskView {
     path = "/maintenance/cleanup-runs",
     tag = "tasks",
     request_body = CleanupRunsParams,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same task")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+        pattern = r"^(?!schedule:)[!-~]{1,255}$",
+        description = "Same key and body return the same task: 1 to 255 visible ASCII \
+            characters, not starting with `schedule:` (reserved for the tasks schedules fire)")),
     responses(
         (status = 202, description = "Accepted: durable in the ledger", body = TaskView,
             headers(("Location" = String, description = "/tasks/{id}"))),
-        (status = 200, description = "Replay of an earlier request with the same Idempotency-Key", body = TaskView),
-        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid parameters, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Ledger unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Replay of an earlier request with the same Idempotency-Key", body = TaskView,
+            headers(("Location" = String, description = "/tasks/{id}"),
+                ("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = 400, description = "Malformed JSON, or a malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope allows no enqueue, or only a dry run (`dry_run: true`) while this is a real cleanup (`enqueue` scope)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid parameters (`field` names the one at fault), or an Idempotency-Key used before for another request (`task_id` names that task)", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["dry-run"]))
 )]
 pub async fn enqueue_cleanup_runs(
     State(state): State<AppState>,
@@ -153,19 +155,21 @@ pub async fn enqueue_cleanup_runs(
     path = "/maintenance/cleanup-temp-files",
     tag = "tasks",
     request_body = CleanupTempFilesParams,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body return the same task")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+        pattern = r"^(?!schedule:)[!-~]{1,255}$",
+        description = "Same key and body return the same task: 1 to 255 visible ASCII \
+            characters, not starting with `schedule:` (reserved for the tasks schedules fire)")),
     responses(
         (status = 202, description = "Accepted: durable in the ledger", body = TaskView,
             headers(("Location" = String, description = "/tasks/{id}"))),
-        (status = 200, description = "Replay of an earlier request with the same Idempotency-Key", body = TaskView),
-        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid parameters, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Ledger unavailable; nothing stored", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Replay of an earlier request with the same Idempotency-Key", body = TaskView,
+            headers(("Location" = String, description = "/tasks/{id}"),
+                ("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = 400, description = "Malformed JSON, or a malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token's scope allows no enqueue, or only a dry run (`dry_run: true`) while this is a real cleanup (`enqueue` scope)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid parameters (`field` names the one at fault), or an Idempotency-Key used before for another request (`task_id` names that task)", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["dry-run"]))
 )]
 pub async fn enqueue_cleanup_temp_files(
     State(state): State<AppState>,
@@ -230,34 +234,6 @@ async fn enqueue(
     Ok(response)
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
-        return Ok(None);
-    };
-    let bad = || {
-        ApiError::BadRequest(format!(
-            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
-        ))
-    };
-    let key = value.to_str().map_err(|_| bad())?.trim();
-    if key.is_empty()
-        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
-        || !key.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(bad());
-    }
-    // Schedules key their tasks `schedule:<name>:<window>`; a client may not take one.
-    if key.starts_with(SCHEDULE_KEY_PREFIX) {
-        return Err(ApiError::BadRequest(format!(
-            "Idempotency-Key must not start with `{SCHEDULE_KEY_PREFIX}` (reserved for the tasks schedules fire)"
-        )));
-    }
-    Ok(Some(key.to_owned()))
-}
-
-/// The prefix of the idempotency keys of scheduled tasks.
-pub const SCHEDULE_KEY_PREFIX: &str = "schedule:";
-
 /// The status monitor of one task.
 #[utoipa::path(
     get,
@@ -266,10 +242,10 @@ pub const SCHEDULE_KEY_PREFIX: &str = "schedule:";
     params(("id" = Uuid, Path, description = "Task id")),
     responses(
         (status = 200, body = TaskView),
-        (status = 400, description = "Not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown task", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 pub async fn get_task(
     State(state): State<AppState>,
@@ -289,14 +265,19 @@ pub async fn get_task(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only tasks of this kind.
+    #[param(value_type = Option<TaskKind>)]
     pub kind: Option<String>,
     /// Only tasks in this status.
+    #[param(value_type = Option<TaskStatus>)]
     pub status: Option<String>,
     /// Only tasks this actor (API token name) created.
+    #[param(pattern = r"^[^\x00]*$")]
     pub actor: Option<String>,
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     pub cursor: Option<String>,
 }
 
@@ -316,9 +297,9 @@ pub struct TaskPage {
     params(ListParams),
     responses(
         (status = 200, body = TaskPage),
-        (status = 400, description = "Bad filter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "An unknown kind or status, a limit out of range, a cursor not from this API, an unknown or repeated parameter", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["read"]))
 )]
 pub async fn list_tasks(
     State(state): State<AppState>,
@@ -326,6 +307,11 @@ pub async fn list_tasks(
 ) -> Result<Json<TaskPage>, ApiError> {
     let Query(params) =
         query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    if params.actor.as_deref().is_some_and(|a| a.contains('\0')) {
+        return Err(ApiError::BadRequest(
+            "actor must not contain a NUL character".to_owned(),
+        ));
+    }
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -378,35 +364,26 @@ pub struct RetryBody {
     path = "/tasks/{id}/retry",
     tag = "tasks",
     params(("id" = Uuid, Path, description = "Task id")),
-    request_body(content = Option<RetryBody>, description = "Optional: `{\"keep_cutoff\": true}`"),
+    request_body(content = RetryBody, description = "Optional (no body is `{}`): `{\"keep_cutoff\": true}`"),
     responses(
         (status = 202, description = "The new task", body = TaskView,
             headers(("Location" = String, description = "/tasks/{id} of the new task"))),
-        (status = 400, description = "Not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token's scope is not admin", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The id is not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown task", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not failed, dead or cancelled, or retried before", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown field, or parameters no longer valid", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a JSON object, an unknown field, or parameters no longer valid", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("bearer" = ["admin"]))
 )]
 pub async fn retry_task(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    OptionalApiJson(body): OptionalApiJson<RetryBody>,
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a task id (a UUID)")))?;
-    let body: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RetryBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidParameters {
-            detail: format!("invalid retry body: {e}"),
-            field: None,
-        })?
-    };
+    let body = body.unwrap_or_default();
     let retried = ledger::tasks::retry(
         &state.pool,
         id,

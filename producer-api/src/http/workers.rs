@@ -23,7 +23,18 @@ pub fn router() -> Router<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct WorkerFilter {
     /// Only workers in this status: up, stopped or lost.
+    #[param(value_type = Option<WorkerState>)]
     pub status: Option<String>,
+}
+
+/// A worker's status: `up` (heartbeats arrive), `stopped` (it said so), `lost` (heartbeats
+/// stopped).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    Up,
+    Stopped,
+    Lost,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -33,8 +44,9 @@ pub struct WorkerList {
 
 /// Workers known from their heartbeats.
 #[utoipa::path(get, path = "/workers", tag = "workers", params(WorkerFilter),
-    responses((status = 200, body = WorkerList), (status = 400, body = Problem, content_type = "application/problem+json")),
-    security(("bearer" = [])))]
+    responses((status = 200, body = WorkerList),
+        (status = 400, description = "An unknown status, an unknown or repeated parameter", body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = ["read"])))]
 pub async fn list_workers(
     State(state): State<AppState>,
     query: Result<Query<WorkerFilter>, QueryRejection>,
@@ -71,8 +83,8 @@ pub struct PruneResponse {
 
 /// Remove stopped and lost workers from the registry.
 #[utoipa::path(post, path = "/workers/prune", tag = "workers", request_body = PruneRequest,
-    responses((status = 200, body = PruneResponse), (status = 422, body = Problem, content_type = "application/problem+json")),
-    security(("bearer" = [])))]
+    responses((status = 200, body = PruneResponse)),
+    security(("bearer" = ["admin"])))]
 pub async fn prune_workers(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<PruneRequest>,

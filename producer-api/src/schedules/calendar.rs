@@ -61,7 +61,13 @@ impl Calendar {
                 )));
             }
         }
-        let parsed = Cron::from_str(cron).map_err(|e| bad_cron(format!("`{cron}`: {e}")))?;
+        // croner knows every nickname but `@midnight`, which is `@daily`.
+        let spelled = if cron.eq_ignore_ascii_case("@midnight") {
+            "@daily"
+        } else {
+            cron
+        };
+        let parsed = Cron::from_str(spelled).map_err(|e| bad_cron(format!("`{cron}`: {e}")))?;
         let zone = Tz::from_str(timezone.trim()).map_err(|_| CalendarError {
             field: "timezone",
             message: format!(
@@ -161,6 +167,14 @@ mod tests {
             windows(&daily, "2026-01-01T00:00:00Z", 1),
             ["2026-01-02T00:00:00+00:00"]
         );
+        // The README's `@midnight` is `@daily` (croner does not know it by that name).
+        for midnight in ["@midnight", "@MIDNIGHT"] {
+            let cal = Calendar::parse(midnight, "UTC").unwrap();
+            assert_eq!(
+                windows(&cal, "2026-01-01T00:00:00Z", 1),
+                ["2026-01-02T00:00:00+00:00"]
+            );
+        }
         // From a clock with a fraction of a second: windows still on whole minutes.
         assert_eq!(
             windows(&cal, "2026-01-01T00:15:00.200Z", 1),

@@ -5,6 +5,7 @@ mod cancel;
 mod config;
 mod enqueue;
 mod idempotency;
+mod openapi;
 mod outages;
 mod recorder;
 mod relay;

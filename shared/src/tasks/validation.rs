@@ -137,7 +137,7 @@ pub(super) fn validate_runs(
     Ok(())
 }
 
-/// Longest scope value accepted.
+/// Longest scope value accepted, in characters.
 pub const MAX_SCOPE_VALUE_LEN: usize = 256;
 
 fn validate_scope(
@@ -163,10 +163,18 @@ fn validate_scope(
             };
             return Err(ValidationError::new("scope", message));
         }
-        if value.len() > MAX_SCOPE_VALUE_LEN {
+        // PostgreSQL text holds no NUL: no column can equal such a value.
+        if value.contains('\0') {
             return Err(ValidationError::new(
                 "scope",
-                format!("the value of `{column}` is longer than {MAX_SCOPE_VALUE_LEN} bytes"),
+                format!("the value of `{column}` contains a NUL character"),
+            ));
+        }
+        // Characters, as JSON Schema's `maxLength` counts them (the document says so).
+        if value.chars().count() > MAX_SCOPE_VALUE_LEN {
+            return Err(ValidationError::new(
+                "scope",
+                format!("the value of `{column}` is longer than {MAX_SCOPE_VALUE_LEN} characters"),
             ));
         }
     }
@@ -228,14 +236,34 @@ pub fn validate_root_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// The globs of `patterns` as a regular expression (ECMA 262, for the OpenAPI document):
+/// not absolute, no `..` component, no NUL, and the glob syntax [`validate_pattern`] accepts:
+/// literal characters, `\` escaping the next one, classes (`[abc]`, `[!abc]`, and the
+/// ranges `0-9`, `a-z`, `A-Z`), and alternates `{a,b}` of those, not nested. Everything it
+/// matches is a valid pattern; [`validate_pattern`] also accepts other ranges and nested
+/// alternates, which this leaves out.
+pub const GLOB_PATTERN_REGEX: &str = concat!(
+    r"^(?!/)(?!(?:[\s\S]*/)?\.\.(?:/|(?![\s\S])))",
+    r"(?:[^\x00\[{}\\]|\\[^\x00]|",
+    r"\[[!^]?(?:0-9|a-z|A-Z|[^\x00\]\-!^])(?:0-9|a-z|A-Z|[^\x00\]\-])*\]|",
+    r"\{(?:[^\x00\[{}\\,]|\\[^\x00]|",
+    r"\[[!^]?(?:0-9|a-z|A-Z|[^\x00\]\-!^])(?:0-9|a-z|A-Z|[^\x00\]\-])*\])*",
+    r"(?:,(?:[^\x00\[{}\\,]|\\[^\x00]|",
+    r"\[[!^]?(?:0-9|a-z|A-Z|[^\x00\]\-!^])(?:0-9|a-z|A-Z|[^\x00\]\-])*\])*)*\})+$"
+);
+
 /// A glob is matched against the path relative to the root, so it must be relative and
 /// may not climb out with `..`.
 pub fn validate_pattern(pattern: &str) -> Result<(), String> {
-    if pattern.is_empty() || pattern.len() > MAX_PATTERN_LEN {
+    let chars = pattern.chars().count();
+    if chars == 0 || chars > MAX_PATTERN_LEN {
         return Err(format!(
-            "a pattern must have 1 to {MAX_PATTERN_LEN} characters, got {}",
-            pattern.len()
+            "a pattern must have 1 to {MAX_PATTERN_LEN} characters, got {chars}"
         ));
+    }
+    // No path holds a NUL, and the ledger (PostgreSQL) cannot store one.
+    if pattern.contains('\0') {
+        return Err("a pattern must not contain a NUL character".to_owned());
     }
     if pattern.starts_with('/') {
         return Err(format!(
