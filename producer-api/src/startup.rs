@@ -24,7 +24,9 @@ pub struct Application {
     relay: Option<Relay>,
     recorder: Option<Recorder>,
     retention: crate::ledger::retention::Retention,
-    schedules_file: Option<std::path::PathBuf>,
+    /// `SCHEDULES_FILE`, and the SIGHUPs that apply it again (listened to before the file
+    /// is first applied: a SIGHUP at any moment after that applies it, never kills).
+    schedules_file: Option<(std::path::PathBuf, tokio::signal::unix::Signal)>,
 }
 
 impl Application {
@@ -110,9 +112,16 @@ impl Application {
             );
         }
         // A schedules file that does not apply stops the start: nothing half-applied runs.
-        if let Some(path) = &config.schedules_file {
-            crate::schedules::file::sync(&state.pool, path, &state.rules).await?;
-        }
+        let schedules_file = match &config.schedules_file {
+            Some(path) => {
+                use tokio::signal::unix::{signal, SignalKind};
+                let hangups = signal(SignalKind::hangup())
+                    .context("cannot listen for SIGHUP (to apply SCHEDULES_FILE again)")?;
+                crate::schedules::file::sync(&state.pool, path, &state.rules).await?;
+                Some((path.clone(), hangups))
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
             port,
@@ -120,7 +129,7 @@ impl Application {
             relay,
             recorder,
             retention: config.retention(),
-            schedules_file: config.schedules_file.clone(),
+            schedules_file,
         })
     }
 
@@ -143,10 +152,11 @@ impl Application {
         }
         // Every replica runs the scheduler (claims make it safe) and the retention (one
         // replica at a time by an advisory lock).
-        if let Some(path) = self.schedules_file.clone() {
+        if let Some((path, hangups)) = self.schedules_file {
             tracker.spawn(crate::schedules::reload_on_sighup(
                 self.state.pool.clone(),
                 path,
+                hangups,
                 self.state.rules.clone(),
                 shutdown.clone(),
             ));

@@ -74,22 +74,15 @@ pub async fn run(
     }
 }
 
-/// Apply `SCHEDULES_FILE` again on every SIGHUP; a file that does not apply changes
-/// nothing (the error is logged).
+/// Apply `SCHEDULES_FILE` again on every SIGHUP (`hangups`, listened to since start-up);
+/// a file that does not apply changes nothing (the error is logged).
 pub async fn reload_on_sighup(
     pool: PgPool,
     path: std::path::PathBuf,
+    mut hangups: tokio::signal::unix::Signal,
     rules: Arc<shared::tasks::ValidationRules>,
     shutdown: CancellationToken,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGHUP; the schedules file applies at start-up only");
-            return;
-        }
-    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
