@@ -146,18 +146,37 @@ pub async fn catch_up(
     connection: &Connection,
     publisher: &Channel,
 ) -> anyhow::Result<(Channel, Consumer)> {
+    let limit = match ctx.cancellations.resume_from() {
+        AMQPValue::LongLongInt(_) => RESUME_LIMIT,
+        _ => CATCH_UP_LIMIT,
+    };
+    // Everything under the limit: a stream that is not ready after a broker restart may
+    // leave the consume, or the marker's confirmation, unanswered.
+    match tokio::time::timeout(limit, read_up_to_now(ctx, connection, publisher)).await {
+        Ok(result) => result,
+        Err(_) => {
+            // Read it from its start next time: re-reading cancellations is harmless.
+            ctx.cancellations.offset.store(-1, Ordering::Relaxed);
+            anyhow::bail!(
+                "the cancellation stream was not read up to now within {limit:?}; reading it \
+                 from its start on the next connection"
+            )
+        }
+    }
+}
+
+async fn read_up_to_now(
+    ctx: &WorkerContext,
+    connection: &Connection,
+    publisher: &Channel,
+) -> anyhow::Result<(Channel, Consumer)> {
     let channel = connection.create_channel().await?;
     // A stream consumer needs a prefetch: the credit it reads with.
     channel
         .basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
         .await?;
-    let from = ctx.cancellations.resume_from();
-    let limit = match from {
-        AMQPValue::LongLongInt(_) => RESUME_LIMIT,
-        _ => CATCH_UP_LIMIT,
-    };
     let mut arguments = FieldTable::default();
-    arguments.insert("x-stream-offset".into(), from);
+    arguments.insert("x-stream-offset".into(), ctx.cancellations.resume_from());
     let mut consumer = channel
         .basic_consume(
             ctx.topology.cancel_stream().into(),
@@ -190,17 +209,7 @@ pub async fn catch_up(
         }
         anyhow::bail!("the cancellation stream's consumer ended while catching up")
     };
-    let read = match tokio::time::timeout(limit, read).await {
-        Ok(read) => read?,
-        Err(_) => {
-            // Read it from its start next time: re-reading cancellations is harmless.
-            ctx.cancellations.offset.store(-1, Ordering::Relaxed);
-            anyhow::bail!(
-                "the cancellation stream was not read up to now within {limit:?}; reading it \
-                 from its start on the next connection"
-            );
-        }
-    };
+    let read = read.await?;
     tracing::debug!(read, "cancellation stream read up to now");
     Ok((channel, consumer))
 }

@@ -208,7 +208,14 @@ pub enum PublishError {
         exchange: String,
         routing_key: String,
     },
+    /// No confirmation came (the connection died with the publish pending, and lapin's
+    /// recovery keeps it waiting): the message may or may not have arrived.
+    #[error("no confirmation from the broker within {0:?}")]
+    Unconfirmed(Duration),
 }
+
+/// How long [`publish`] waits for a broker's confirmation.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A persistent JSON message with the service's standard properties.
 #[derive(Debug, Clone)]
@@ -285,9 +292,10 @@ pub async fn start_publish_with_headers(
     })
 }
 
-/// Publish one message and wait for the broker's confirmation.
+/// Publish one message and wait for the broker's confirmation, at most
+/// [`CONFIRM_TIMEOUT`].
 pub async fn publish(channel: &Channel, message: &OutgoingMessage<'_>) -> Result<(), PublishError> {
-    start_publish(channel, message).await?.await
+    publish_with_headers(channel, message, &[]).await
 }
 
 /// [`publish`] with extra text headers on the message.
@@ -296,9 +304,10 @@ pub async fn publish_with_headers(
     message: &OutgoingMessage<'_>,
     extra_headers: &[(&str, String)],
 ) -> Result<(), PublishError> {
-    start_publish_with_headers(channel, message, extra_headers)
-        .await?
+    let confirm = start_publish_with_headers(channel, message, extra_headers).await?;
+    tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
         .await
+        .unwrap_or(Err(PublishError::Unconfirmed(CONFIRM_TIMEOUT)))
 }
 
 impl crate::signing::Headers for FieldTable {
