@@ -173,6 +173,19 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `POST /tasks/{task_id}/cancel`: the status and the body.
+    pub async fn cancel(&self, task_id: &str) -> (u16, Value) {
+        let response = self
+            .send(
+                reqwest::Method::POST,
+                &format!("/tasks/{task_id}/cancel"),
+                None,
+            )
+            .await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
     /// The task `task_id` as `GET /tasks/{task_id}` shows it.
     pub async fn task(&self, task_id: &str) -> Value {
         self.get(&format!("/tasks/{task_id}"))

@@ -109,6 +109,26 @@ impl TestBroker {
 }
 
 impl TestBroker {
+    /// Publish `event` on the events exchange, as a worker would (confirmed).
+    pub async fn publish_event(&self, event: &shared::events::Event) {
+        use shared::runtime::amqp::{self, OutgoingMessage};
+        let channel = amqp::confirm_channel(&self._connection).await.unwrap();
+        let exchange = self.topology.events_exchange();
+        amqp::publish(
+            &channel,
+            &OutgoingMessage {
+                exchange: &exchange,
+                routing_key: event.routing_key(),
+                message_type: event.routing_key(),
+                message_id: Uuid::now_v7().to_string(),
+                body: event.to_json(),
+            },
+        )
+        .await
+        .unwrap();
+        let _ = channel.close(200, "sent".into()).await;
+    }
+
     /// The task ids of the cancellations on the cancellation stream, from its start, in
     /// stream order: reads until `expected` are there, or nothing new came for `idle`.
     pub async fn cancellations(&self, expected: usize, idle: Duration) -> Vec<Uuid> {

@@ -7,42 +7,11 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use shared::events::{ErrorClass, TaskError};
 use shared::events::{Event, TaskCancelled, TaskFailed, TaskStarted, TaskSucceeded};
-use shared::runtime::amqp::{self, OutgoingMessage};
 use shared::tasks::TaskKind;
 use test_support::*;
 use uuid::Uuid;
 
 const RUNS: &str = "/maintenance/cleanup-runs";
-
-async fn cancel(app: &TestApp, id: &str) -> (u16, Value) {
-    let response = app
-        .send(reqwest::Method::POST, &format!("/tasks/{id}/cancel"), None)
-        .await;
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
-
-async fn publish(broker: &TestBroker, event: &Event) {
-    let connection =
-        lapin::Connection::connect(&amqp_base(), lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-    let channel = amqp::confirm_channel(&connection).await.unwrap();
-    let exchange = broker.topology.events_exchange();
-    amqp::publish(
-        &channel,
-        &OutgoingMessage {
-            exchange: &exchange,
-            routing_key: event.routing_key(),
-            message_type: event.routing_key(),
-            message_id: Uuid::now_v7().to_string(),
-            body: event.to_json(),
-        },
-    )
-    .await
-    .unwrap();
-    let _ = connection.close(200, "sent".into()).await;
-}
 
 fn started(id: Uuid, attempt: u32) -> Event {
     Event::TaskStarted(TaskStarted {
@@ -89,7 +58,7 @@ async fn a_queued_task_is_cancelled_at_once_its_message_withdrawn_and_the_cancel
     let id = stack.enqueue(RUNS, json!({"max_age_hours": 48})).await;
     assert_eq!(outbox_of(app, &id).await, (1, 0));
 
-    let (status, task) = cancel(app, &id).await;
+    let (status, task) = app.cancel(&id).await;
     assert_eq!(status, 200, "{task}");
     assert_eq!(task["status"], "cancelled", "{task}");
     assert!(task["finished_at"].is_string() && task["cancel_requested_at"].is_string());
@@ -101,7 +70,7 @@ async fn a_queued_task_is_cancelled_at_once_its_message_withdrawn_and_the_cancel
         "the task message is withdrawn, a cancellation queued"
     );
     // Twice is fine, and sends nothing more.
-    let (status, again) = cancel(app, &id).await;
+    let (status, again) = app.cancel(&id).await;
     assert_eq!((status, &again["status"]), (200, &json!("cancelled")));
     assert_eq!(again["cancel_requested_at"], task["cancel_requested_at"]);
     assert_eq!(outbox_of(app, &id).await, (0, 1));
@@ -138,7 +107,7 @@ async fn a_retrying_task_loses_its_next_attempt() {
     let app = &stack.app;
     let id = stack.enqueue(RUNS, json!({"max_age_hours": 48})).await;
     let task_id: Uuid = id.parse().unwrap();
-    publish(&stack.broker, &started(task_id, 1)).await;
+    stack.broker.publish_event(&started(task_id, 1)).await;
     wait_status(app, &id, "running").await;
     let at = Utc::now();
     let failed = Event::TaskFailed(TaskFailed {
@@ -155,11 +124,11 @@ async fn a_retrying_task_loses_its_next_attempt() {
         next_attempt_at: Some(at + chrono::Duration::hours(1)),
         progress: Some(json!({"runs_deleted": 3})),
     });
-    publish(&stack.broker, &failed).await;
+    stack.broker.publish_event(&failed).await;
     wait_status(app, &id, "retrying").await;
     assert_eq!(outbox_of(app, &id).await, (1, 0), "attempt 2 waits");
 
-    let (status, task) = cancel(app, &id).await;
+    let (status, task) = app.cancel(&id).await;
     assert_eq!(
         (status, &task["status"]),
         (200, &json!("cancelled")),
@@ -188,14 +157,14 @@ async fn a_running_task_is_asked_to_stop_and_ends_cancelled_with_what_it_deleted
     let app = &stack.app;
     let id = stack.enqueue(RUNS, json!({"max_age_hours": 48})).await;
     let task_id: Uuid = id.parse().unwrap();
-    publish(&stack.broker, &started(task_id, 1)).await;
+    stack.broker.publish_event(&started(task_id, 1)).await;
     wait_status(app, &id, "running").await;
 
-    let (status, task) = cancel(app, &id).await;
+    let (status, task) = app.cancel(&id).await;
     assert_eq!(status, 202, "{task}");
     assert_eq!(task["status"], "running", "its worker stops it: {task}");
     assert!(task["cancel_requested_at"].is_string(), "{task}");
-    assert_eq!(cancel(app, &id).await.0, 202, "asking twice is fine");
+    assert_eq!(app.cancel(&id).await.0, 202, "asking twice is fine");
     // ... and sends the cancellation again, in case a worker missed it.
     let sent = stack.broker.cancellations(2, Duration::from_secs(5)).await;
     assert_eq!(sent.len(), 2, "{sent:?}");
@@ -210,16 +179,16 @@ async fn a_running_task_is_asked_to_stop_and_ends_cancelled_with_what_it_deleted
         started: true,
         progress: Some(json!({"runs_deleted": 7, "batches": 2})),
     });
-    publish(&stack.broker, &stopped).await;
+    stack.broker.publish_event(&stopped).await;
     let task = wait_status(app, &id, "cancelled").await;
     assert_eq!(task["result"]["runs_deleted"], 7, "{task}");
     assert!(task["finished_at"].is_string(), "{task}");
-    assert_eq!(cancel(app, &id).await.0, 200, "cancelled already");
+    assert_eq!(app.cancel(&id).await.0, 200, "cancelled already");
 
     // A worker that starts it anyway (a message it missed the cancel of) is answered with
     // the cancellation again.
     app.wait_outbox_empty(Duration::from_secs(10)).await;
-    publish(&stack.broker, &started(task_id, 2)).await;
+    stack.broker.publish_event(&started(task_id, 2)).await;
     let streamed = stack.broker.cancellations(3, Duration::from_secs(5)).await;
     assert_eq!(
         streamed,
@@ -244,11 +213,11 @@ async fn a_finished_task_is_not_cancelled_and_unknown_ids_are_refused() {
         at: Utc::now(),
         result: json!({"runs_deleted": 1}),
     });
-    publish(&stack.broker, &succeeded).await;
+    stack.broker.publish_event(&succeeded).await;
     wait_status(app, &id, "succeeded").await;
     let outbox_before = app.outbox_len().await;
 
-    let (status, problem) = cancel(app, &id).await;
+    let (status, problem) = app.cancel(&id).await;
     assert_eq!(status, 409, "{problem}");
     assert_eq!(problem["task_status"], "succeeded", "{problem}");
     assert_eq!(problem["task_id"], id.as_str(), "{problem}");
@@ -260,9 +229,9 @@ async fn a_finished_task_is_not_cancelled_and_unknown_ids_are_refused() {
     assert!(app.task(&id).await["cancel_requested_at"].is_null());
     assert_eq!(app.outbox_len().await, outbox_before, "nothing was sent");
 
-    let (status, problem) = cancel(app, &Uuid::now_v7().to_string()).await;
+    let (status, problem) = app.cancel(&Uuid::now_v7().to_string()).await;
     assert_eq!(status, 404, "{problem}");
-    let (status, problem) = cancel(app, "not-a-uuid").await;
+    let (status, problem) = app.cancel("not-a-uuid").await;
     assert_eq!(status, 400, "{problem}");
     stack.stop().await;
 }
@@ -278,7 +247,7 @@ async fn cancels_jump_the_backlog_and_cancelled_tasks_stay_cancelled() {
     for _ in 0..5 {
         ids.push(stack.enqueue(RUNS, json!({"max_age_hours": 48})).await);
     }
-    assert_eq!(cancel(app, &ids[4]).await.0, 200);
+    assert_eq!(app.cancel(&ids[4]).await.0, 200);
     let mut tx = app.pool.begin().await.unwrap();
     let claimed = producer_api::ledger::outbox::claim_due(&mut tx, 1)
         .await
@@ -292,7 +261,7 @@ async fn cancels_jump_the_backlog_and_cancelled_tasks_stay_cancelled() {
 
     // A message of a cancelled task that stayed in the outbox (as when a relay held it
     // while the cancel ran): put one back.
-    assert_eq!(cancel(app, &ids[3]).await.0, 200);
+    assert_eq!(app.cancel(&ids[3]).await.0, 200);
     sqlx::query(
         "INSERT INTO cleanup_outbox (task_id, attempt, kind, envelope)
          SELECT $2::uuid, 1, 'cleanup_runs', envelope FROM cleanup_outbox

@@ -3,34 +3,8 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 use shared::events::{ErrorClass, Event, TaskError, TaskFailed, TaskStarted, TaskSucceeded};
-use shared::runtime::amqp::{self, OutgoingMessage};
 use shared::tasks::TaskKind;
 use test_support::*;
-
-async fn publish(broker: &TestBroker, event: &Event) {
-    let channel = amqp::confirm_channel(&broker_connection().await)
-        .await
-        .unwrap();
-    let exchange = broker.topology.events_exchange();
-    amqp::publish(
-        &channel,
-        &OutgoingMessage {
-            exchange: &exchange,
-            routing_key: event.routing_key(),
-            message_type: event.routing_key(),
-            message_id: uuid::Uuid::now_v7().to_string(),
-            body: event.to_json(),
-        },
-    )
-    .await
-    .unwrap();
-}
-
-async fn broker_connection() -> lapin::Connection {
-    lapin::Connection::connect(&amqp_base(), lapin::ConnectionProperties::default())
-        .await
-        .unwrap()
-}
 
 fn started(task_id: &str, worker_id: &str, attempt: u32) -> Event {
     Event::TaskStarted(TaskStarted {
@@ -63,8 +37,8 @@ async fn an_event_the_ledger_refuses_is_dead_lettered_and_does_not_block_the_oth
     );
 
     // PostgreSQL text cannot hold a NUL character: this event can never be stored.
-    publish(broker, &started(a, "bad\u{0}worker", 1)).await;
-    publish(broker, &started(b, "good-worker", 1)).await;
+    broker.publish_event(&started(a, "bad\u{0}worker", 1)).await;
+    broker.publish_event(&started(b, "good-worker", 1)).await;
     eventually(
         Duration::from_secs(10),
         "the good event is applied",
@@ -146,8 +120,8 @@ async fn late_and_duplicate_events_never_move_a_task_backwards() {
     };
 
     // Attempt 2 succeeds; then attempt 1's events arrive late, and attempt 2's again.
-    publish(broker, &started(&id, "w", 2)).await;
-    publish(broker, &succeeded).await;
+    broker.publish_event(&started(&id, "w", 2)).await;
+    broker.publish_event(&succeeded).await;
     eventually(Duration::from_secs(10), "succeeded", || async {
         status(app).await == ("succeeded".into(), 2)
     })
@@ -159,7 +133,7 @@ async fn late_and_duplicate_events_never_move_a_task_backwards() {
         failed(2),
         succeeded.clone(),
     ] {
-        publish(broker, &late).await;
+        broker.publish_event(&late).await;
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(status(app).await, ("succeeded".into(), 2));
@@ -190,10 +164,9 @@ async fn a_retry_carries_the_progress_of_the_failed_attempt() {
         .unwrap();
     let id = body["task_id"].as_str().unwrap().to_owned();
     let progress = serde_json::json!({"runs_deleted": 40, "batches": 4});
-    publish(broker, &started(&id, "w", 1)).await;
-    publish(
-        broker,
-        &Event::TaskFailed(TaskFailed {
+    broker.publish_event(&started(&id, "w", 1)).await;
+    broker
+        .publish_event(&Event::TaskFailed(TaskFailed {
             task_id: id.parse().unwrap(),
             kind: TaskKind::CleanupRuns,
             attempt: 1,
@@ -206,9 +179,8 @@ async fn a_retry_carries_the_progress_of_the_failed_attempt() {
             retryable: true,
             next_attempt_at: Some(Utc::now()),
             progress: Some(progress.clone()),
-        }),
-    )
-    .await;
+        }))
+        .await;
     eventually(Duration::from_secs(10), "a retry is scheduled", || async {
         app.outbox_len().await == 2
     })
@@ -265,32 +237,36 @@ async fn the_partial_result_of_a_final_failure_is_recorded() {
     // A runs cleanup that deleted rows before a permanent error: its progress is the result.
     let runs = enqueue("/maintenance/cleanup-runs").await;
     let runs_progress = serde_json::json!({"runs_deleted": 40, "batches": 4, "dry_run": false});
-    publish(broker, &started(&runs, "w", 1)).await;
-    publish(
-        broker,
-        &failed(&runs, TaskKind::CleanupRuns, false, runs_progress.clone()),
-    )
-    .await;
+    broker.publish_event(&started(&runs, "w", 1)).await;
+    broker
+        .publish_event(&failed(
+            &runs,
+            TaskKind::CleanupRuns,
+            false,
+            runs_progress.clone(),
+        ))
+        .await;
     // A temp-file walk: its progress wraps the result.
     let temp = enqueue("/maintenance/cleanup-temp-files").await;
     let temp_result = serde_json::json!({"files_deleted": 3, "bytes_freed": 300});
-    publish(
-        broker,
-        &failed(
+    broker
+        .publish_event(&failed(
             &temp,
             TaskKind::CleanupTempFiles,
             false,
             serde_json::json!({"result": temp_result, "done": ["a", "b"]}),
-        ),
-    )
-    .await;
+        ))
+        .await;
     // A failure that is retried keeps no result: the next attempt carries the progress.
     let retried = enqueue("/maintenance/cleanup-runs").await;
-    publish(
-        broker,
-        &failed(&retried, TaskKind::CleanupRuns, true, runs_progress.clone()),
-    )
-    .await;
+    broker
+        .publish_event(&failed(
+            &retried,
+            TaskKind::CleanupRuns,
+            true,
+            runs_progress.clone(),
+        ))
+        .await;
 
     for (id, status) in [(&runs, "failed"), (&temp, "failed"), (&retried, "retrying")] {
         eventually(

@@ -2,19 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use shared::tasks::TaskKind;
 use test_support::*;
 
 const RUNS: &str = "/maintenance/cleanup-runs";
-
-async fn cancel(app: &TestApp, id: &str) -> (u16, Value) {
-    let response = app
-        .send(reqwest::Method::POST, &format!("/tasks/{id}/cancel"), None)
-        .await;
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
 
 /// The task's message is on its queue when the task is cancelled, and no worker runs; a
 /// worker started afterwards must skip it without deleting anything.
@@ -32,7 +24,7 @@ async fn a_task_cancelled_on_its_queue_is_skipped_by_a_worker_started_later() {
     )
     .await;
 
-    let (status, task) = cancel(app, &id).await;
+    let (status, task) = app.cancel(&id).await;
     assert_eq!(
         (status, &task["status"]),
         (200, &json!("cancelled")),
@@ -82,7 +74,7 @@ async fn a_running_cleanup_of_a_million_rows_stops_at_a_batch_boundary() {
     .await;
 
     let asked = Instant::now();
-    let (status, task) = cancel(app, &id).await;
+    let (status, task) = app.cancel(&id).await;
     assert!(
         status == 202 || status == 200,
         "running, or between two turns: {status} {task}"
@@ -124,7 +116,7 @@ async fn a_worker_recovers_when_the_stream_starts_over() {
                 json!({"max_age_hours": 24, "dry_run": true}),
             )
             .await;
-        assert_eq!(cancel(app, &id).await.0, 200);
+        assert_eq!(app.cancel(&id).await.0, 200);
     }
     app.wait_outbox_empty(Duration::from_secs(10)).await;
     stack
@@ -149,7 +141,7 @@ async fn a_worker_recovers_when_the_stream_starts_over() {
         || async { runs.count("SELECT count(*) FROM runs").await < ROWS },
     )
     .await;
-    let (status, task) = cancel(app, &id).await;
+    let (status, task) = app.cancel(&id).await;
     assert!(status == 202 || status == 200, "{status} {task}");
     let task = wait_for(app, &id, DONE, Duration::from_secs(10)).await;
     assert_eq!(task["status"], "cancelled", "{task}");
