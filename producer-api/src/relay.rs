@@ -116,6 +116,8 @@ pub struct Relay {
     config: RelayConfig,
     health: BrokerHealth,
     metrics: Arc<Metrics>,
+    /// Woken by this process's writes to the outbox (theirs send no NOTIFY).
+    wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// Why a relay round stopped: the broker needs a new connection, or the ledger failed.
@@ -143,7 +145,14 @@ impl Relay {
             config,
             health,
             metrics,
+            wakeup: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Wake on `wakeup` too: the process's own writes to the outbox.
+    pub fn woken_by(mut self, wakeup: Arc<tokio::sync::Notify>) -> Self {
+        self.wakeup = wakeup;
+        self
     }
 
     /// The supervisor: connect, relay until the connection is lost for good, reconnect
@@ -258,6 +267,7 @@ impl Relay {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = poll => {}
+                    _ = self.wakeup.notified() => {}
                     notification = l.recv() => {
                         if let Err(error) = notification {
                             // recv() reconnects on the next call; poll meanwhile.
@@ -274,6 +284,7 @@ impl Relay {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = poll => {}
+                    _ = self.wakeup.notified() => {}
                 }
                 *listener = self.listen().await;
             }

@@ -33,9 +33,23 @@ impl Application {
     /// Validate the config, connect to and migrate the ledger, bind the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        let relay_here = config.relay_enabled;
         let pool = PgPoolOptions::new()
             .max_connections(config.database_max_connections)
             .acquire_timeout(config.database_acquire_timeout)
+            // With a relay in this process, what this process writes to the outbox wakes
+            // that relay in-process (`AppState::outbox_written`), not by NOTIFY: see the
+            // migration `outbox_wakeup`.
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if relay_here {
+                        sqlx::query("SELECT set_config('cleanup.outbox_wakeup', 'local', false)")
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(&config.database_url)
             .await
             .with_context(|| {
@@ -59,6 +73,7 @@ impl Application {
             .with_context(|| format!("failed to listen on {}", config.listen_addr))?;
         let port = listener.local_addr()?.port();
         let metrics = Arc::new(Metrics::new());
+        let outbox_written = Arc::new(tokio::sync::Notify::new());
         let broker = BrokerHealth::default();
         let topology = config.amqp.topology().map_err(anyhow::Error::msg)?;
         let trust = config.signing.trust().map_err(anyhow::Error::msg)?;
@@ -84,6 +99,7 @@ impl Application {
                 broker.clone(),
                 metrics.clone(),
             )
+            .woken_by(outbox_written.clone())
         });
         let state = AppState {
             pool,
@@ -94,6 +110,7 @@ impl Application {
             metrics,
             broker,
             relay_enabled: config.relay_enabled,
+            outbox_written,
             topology: config.amqp.topology().map_err(anyhow::Error::msg)?,
         };
         match &trust.keys {

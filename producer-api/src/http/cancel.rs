@@ -49,6 +49,7 @@ pub async fn cancel_task(
             })
         }
     };
+    state.outbox_written.notify_one();
     tracing::info!(task_id = %id, status = %row.status, actor = %principal.name, "task cancel");
     Ok((status, Json(TaskView::from(*row))).into_response())
 }

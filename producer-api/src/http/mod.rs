@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub broker: BrokerHealth,
     pub relay_enabled: bool,
+    /// Wakes this process's relay after a handler wrote to the outbox.
+    pub outbox_written: Arc<tokio::sync::Notify>,
     pub topology: shared::topology::Topology,
 }
 

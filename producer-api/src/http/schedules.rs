@@ -425,6 +425,7 @@ pub async fn trigger_schedule(
             "schedule `{name}` cannot fire: {reason}; replace it (PUT /schedules/{name})"
         ))
     })?;
+    state.outbox_written.notify_one();
     let row = crate::ledger::get_task(&state.pool, task_id)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("triggered task {task_id} vanished")))?;

@@ -208,6 +208,7 @@ async fn enqueue(
     let (status, row) = match ledger::enqueue(&state.pool, &envelope, key.as_deref(), actor).await?
     {
         Enqueued::Created(row) => {
+            state.outbox_written.notify_one();
             state
                 .metrics
                 .tasks_enqueued
@@ -417,6 +418,7 @@ pub async fn retry_task(
             })
         }
     };
+    state.outbox_written.notify_one();
     tracing::info!(task_id = %row.id, retry_of = %id, actor = %principal.name, "task retried");
     state
         .metrics
