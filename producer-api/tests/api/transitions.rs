@@ -332,3 +332,47 @@ async fn every_state_and_change_of_the_task_state_machine() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// A start and a success of one attempt in the same batch make one change: the task is
+/// `succeeded` and keeps the start's time.
+#[tokio::test]
+async fn a_start_and_its_success_in_one_batch() {
+    let db = TestDb::create().await;
+    let pool = PgPool::connect(&db.url()).await.unwrap();
+    MIGRATOR.run(&pool).await.unwrap();
+    let id = task_in(&pool, "queued", 0).await;
+    let began = Utc::now() - chrono::Duration::seconds(5);
+    let started = TaskStarted {
+        task_id: id,
+        kind: TaskKind::CleanupRuns,
+        attempt: 1,
+        worker_id: "w-1".into(),
+        at: began,
+    };
+    let succeeded = TaskSucceeded {
+        task_id: id,
+        kind: TaskKind::CleanupRuns,
+        attempt: 1,
+        worker_id: "w-1".into(),
+        at: Utc::now(),
+        result: serde_json::json!({"runs_deleted": 2}),
+    };
+    transitions::apply(
+        &pool,
+        &[Change::Started(&started), Change::Succeeded(&succeeded)],
+    )
+    .await
+    .unwrap();
+    let (status, attempts, started_at): (String, i32, DateTime<Utc>) =
+        sqlx::query_as("SELECT status, attempts, started_at FROM cleanup_tasks WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("succeeded", 1));
+    assert_eq!(
+        started_at.timestamp_micros(),
+        began.timestamp_micros(),
+        "the start's time, not the success's"
+    );
+}
