@@ -4,8 +4,11 @@
 //! ([`crate::ledger::outbox`]), published with `mandatory` and publisher confirms
 //! (pipelined), and the confirmed messages are deleted in the same transaction, so several replicas can relay at once and each
 //! message is published once (at least once if a relay dies between confirm and commit).
-//! A `LISTEN cleanup_outbox` wakes the relay at once; polling covers missed notifications
-//! and retries that fall due later. While RabbitMQ is down, messages simply wait.
+//! The HTTP handlers of the same process wake the relay in-process (their connections
+//! send no NOTIFY: see the `outbox_wakeup` migration); a `LISTEN cleanup_outbox` wakes it
+//! for rows other processes write (API-only replicas); polling covers missed notifications,
+//! the process's scheduler and retries that fall due later. While RabbitMQ is down,
+//! messages simply wait.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
