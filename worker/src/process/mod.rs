@@ -16,9 +16,7 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::Channel;
 use shared::envelope::TaskEnvelope;
-use shared::events::{
-    ErrorClass, Event, TaskCancelled, TaskError, TaskFailed, TaskStarted, TaskSucceeded,
-};
+use shared::events::{ErrorClass, Event, TaskError, TaskFailed, TaskStarted, TaskSucceeded};
 use shared::retry::RetryPolicy;
 use shared::runtime::amqp::{self, OutgoingMessage, PublishError};
 use shared::tasks::TaskKind;
@@ -30,8 +28,10 @@ use crate::attempt::{run_attempt, Limits};
 use crate::executor::{Checkpoint, Execution, Executors};
 use crate::metrics::Metrics;
 
+mod cancelled;
 mod refuse;
 
+use cancelled::{report_cancelled, skip_cancelled, Stop};
 use refuse::{parse, reject_poison};
 
 /// Everything a step needs, shared by all in-flight tasks.
@@ -244,87 +244,6 @@ pub async fn handle_delivery(
     Ok(outcome)
 }
 
-/// Skip a delivery of a cancelled task without running it: report `task.cancelled` with
-/// what the task deleted before (for a runs cleanup, the committed count in the runs
-/// database outranks the message's, since another copy may have gone further), then ack.
-async fn skip_cancelled(
-    ctx: &WorkerContext,
-    events: &Channel,
-    envelope: &TaskEnvelope,
-    delivery: &Delivery,
-    started: bool,
-) -> Result<Outcome, StepError> {
-    let task_id = envelope.task_id;
-    let kind = envelope.task.kind();
-    let committed = match (&envelope.task, &ctx.executors.runs) {
-        (shared::tasks::TaskSpec::CleanupRuns(_), Some(runs)) => runs.committed(task_id).await,
-        _ => None,
-    };
-    let stop = Stop {
-        attempt: envelope.attempt,
-        started,
-        progress: with_committed(envelope.progress.clone(), committed),
-    };
-    report_cancelled(ctx, events, task_id, kind, stop).await?;
-    delivery.ack(BasicAckOptions::default()).await?;
-    ctx.processed.fetch_add(1, Ordering::Relaxed);
-    Ok(Outcome::Cancelled { task_id, started })
-}
-
-/// A runs task's progress with `runs_deleted` raised to the committed count.
-fn with_committed(
-    progress: Option<serde_json::Value>,
-    committed: Option<u64>,
-) -> Option<serde_json::Value> {
-    let Some(committed) = committed else {
-        return progress;
-    };
-    let mut progress = progress.unwrap_or_else(|| serde_json::json!({}));
-    let carried = progress["runs_deleted"].as_u64().unwrap_or(0);
-    if committed > carried || progress.get("runs_deleted").is_none() {
-        progress["runs_deleted"] = committed.into();
-    }
-    Some(progress)
-}
-
-/// How a cancelled task stopped, as `task.cancelled` reports it.
-struct Stop {
-    attempt: u32,
-    /// Whether this delivery ran before it stopped.
-    started: bool,
-    /// What the task did so far, every turn and attempt included.
-    progress: Option<serde_json::Value>,
-}
-
-async fn report_cancelled(
-    ctx: &WorkerContext,
-    events: &Channel,
-    task_id: Uuid,
-    kind: TaskKind,
-    stop: Stop,
-) -> Result<(), StepError> {
-    tracing::info!(%task_id, %kind, attempt = stop.attempt, started = stop.started, "task cancelled");
-    publish_event(
-        ctx,
-        events,
-        &Event::TaskCancelled(TaskCancelled {
-            task_id,
-            kind,
-            attempt: stop.attempt,
-            worker_id: ctx.worker_id.clone(),
-            at: Utc::now(),
-            started: stop.started,
-            progress: stop.progress,
-        }),
-    )
-    .await?;
-    ctx.metrics
-        .tasks_finished
-        .with_label_values(&[kind.as_str(), "cancelled"])
-        .inc();
-    Ok(())
-}
-
 /// An attempt that failed, as `task.failed` reports it.
 struct Failure {
     task_id: Uuid,
@@ -431,29 +350,4 @@ pub async fn publish_event(
         body: event.to_json(),
     };
     amqp::publish(events, &message).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_committed;
-    use serde_json::json;
-
-    #[test]
-    fn the_committed_count_outranks_the_message() {
-        assert_eq!(with_committed(None, None), None);
-        assert_eq!(
-            with_committed(None, Some(7)),
-            Some(json!({"runs_deleted": 7}))
-        );
-        let carried = json!({"runs_deleted": 5, "batches": 2});
-        assert_eq!(
-            with_committed(Some(carried.clone()), Some(9)),
-            Some(json!({"runs_deleted": 9, "batches": 2}))
-        );
-        assert_eq!(
-            with_committed(Some(carried.clone()), Some(3)),
-            Some(carried.clone())
-        );
-        assert_eq!(with_committed(Some(carried.clone()), None), Some(carried));
-    }
 }

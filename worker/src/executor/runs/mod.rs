@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use shared::envelope::TaskEnvelope;
 pub use shared::results::{RunsCursor, RunsResult};
-use shared::retry::RetryPolicy;
 use shared::tasks::CleanupRunsParams;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +30,7 @@ use super::{Checkpoint, ExecError, Execution, Report};
 mod batches;
 pub mod partitions;
 mod progress;
+mod reads;
 pub mod schema;
 mod table;
 
@@ -367,102 +367,6 @@ struct Run<'a> {
     cutoff: DateTime<Utc>,
     task_id: uuid::Uuid,
     cancel: &'a CancellationToken,
-}
-
-impl Run<'_> {
-    async fn dry_run(
-        &self,
-        max_rows: Option<u64>,
-        result: &mut RunsResult,
-    ) -> Result<(), ExecError> {
-        let count: i64 = self
-            .retry(|| {
-                sqlx::query_scalar(&self.statements.count)
-                    .bind(self.statuses)
-                    .bind(self.cutoff)
-                    .bind(0i64)
-                    .bind(self.scope)
-                    .fetch_one(&self.executor.pool)
-            })
-            .await
-            .map_err(|e| ExecError::from_sqlx("failed to count eligible runs", &e))?;
-        let count = count.max(0) as u64;
-        result.runs_matched = max_rows.map_or(count, |cap| count.min(cap));
-        result.capped = max_rows.is_some_and(|cap| count > cap);
-        result.sample_ids = self
-            .retry(|| {
-                sqlx::query_scalar(&self.statements.sample)
-                    .bind(self.statuses)
-                    .bind(self.cutoff)
-                    .bind(SAMPLE_SIZE as i64)
-                    .bind(self.scope)
-                    .fetch_all(&self.executor.pool)
-            })
-            .await
-            .map_err(|e| ExecError::from_sqlx("failed to sample eligible runs", &e))?;
-        Ok(())
-    }
-
-    /// The task's committed count (made sure the progress table exists first; expired
-    /// rows of other tasks are pruned now and then).
-    async fn committed(&self) -> Result<Option<progress::Count>, ExecError> {
-        let progress = &self.executor.progress;
-        let pool = &self.executor.pool;
-        progress.ensure(pool).await.map_err(|e| match e {
-            SchemaError::Database(db) => {
-                ExecError::from_sqlx("cannot check the runs progress table", &db)
-            }
-            other => ExecError::permanent(other.to_string()),
-        })?;
-        progress.prune(pool).await;
-        self.retry(|| progress.read(pool, self.task_id))
-            .await
-            .map_err(|e| ExecError::from_sqlx("failed to read the task's progress", &e))
-    }
-
-    /// Mark the task finished and return its final count.
-    async fn finish(&self, known: u64) -> Result<u64, ExecError> {
-        let (progress, pool) = (&self.executor.progress, &self.executor.pool);
-        self.retry(|| progress.finish(pool, self.task_id, known))
-            .await
-            .map_err(|e| ExecError::from_sqlx("failed to record the task's count", &e))
-    }
-
-    /// Age of the oldest eligible row still present (in a dry run: all of them are).
-    async fn oldest_remaining(&self) -> Result<Option<f64>, ExecError> {
-        self.retry(|| {
-            sqlx::query_scalar::<_, Option<f64>>(&self.statements.oldest)
-                .bind(self.statuses)
-                .bind(self.cutoff)
-                .bind(0i64)
-                .bind(self.scope)
-                .fetch_one(&self.executor.pool)
-        })
-        .await
-        .map_err(|e| ExecError::from_sqlx("failed to measure remaining runs", &e))
-    }
-
-    /// Retry a statement briefly while its error is transient (connection blips, lock
-    /// timeouts, serialization failures) and the turn goes on; a permanent error, or any
-    /// error once the turn is stopped, returns at once, and no try starts after a stop.
-    async fn retry<T, F, Fut>(&self, op: F) -> Result<T, sqlx::Error>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-    {
-        let cancel = self.cancel;
-        RetryPolicy::in_attempt()
-            .retry_until(
-                || cancel.is_cancelled(),
-                |e| {
-                    shared::runtime::db::is_transient(e)
-                        && !batches::is_timeout(e)
-                        && !cancel.is_cancelled()
-                },
-                op,
-            )
-            .await
-    }
 }
 
 #[cfg(test)]
