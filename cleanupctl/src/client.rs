@@ -105,6 +105,21 @@ impl Client {
         self.send(Method::GET, path, None, &[]).await
     }
 
+    /// `GET path?query`, the values percent-encoded.
+    pub async fn get_query(&self, path: &str, query: &[(&str, &str)]) -> Result<Answer, CliError> {
+        self.answer(self.request(Method::GET, path).query(query))
+            .await
+    }
+
+    /// A request to `path` with the token.
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.server));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
     pub async fn post(&self, path: &str, body: Option<Value>) -> Result<Answer, CliError> {
         self.send(Method::POST, path, body, &[]).await
     }
@@ -116,16 +131,18 @@ impl Client {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> Result<Answer, CliError> {
-        let mut request = self.http.request(method, format!("{}{path}", self.server));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let mut request = self.request(method, path);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         if let Some(body) = body {
             request = request.json(&body);
         }
+        self.answer(request).await
+    }
+
+    /// Send `request`; a success's answer, or the error the user sees.
+    async fn answer(&self, request: reqwest::RequestBuilder) -> Result<Answer, CliError> {
         let response = request.send().await.map_err(|e| CliError::Unreachable {
             server: self.server.clone(),
             reason: describe(&e),
@@ -191,4 +208,20 @@ fn describe(error: &reqwest::Error) -> String {
         source = next;
     }
     source.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_encoded() {
+        let client = Client::new("http://127.0.0.1:1", None, Duration::from_secs(1)).unwrap();
+        let request = client
+            .request(Method::GET, "/tasks")
+            .query(&[("actor", "a b&c")])
+            .build()
+            .unwrap();
+        assert_eq!(request.url().query(), Some("actor=a+b%26c"));
+    }
 }

@@ -175,12 +175,11 @@ async fn list(
         if let Some(cursor) = &cursor {
             page_query.push(("cursor".into(), cursor.clone()));
         }
-        let encoded = page_query
+        let pairs: Vec<(&str, &str)> = page_query
             .iter()
-            .map(|(k, v)| format!("{k}={}", encode(v)))
-            .collect::<Vec<_>>()
-            .join("&");
-        let page = ctx.client.get(&format!("/tasks?{encoded}")).await?.body;
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let page = ctx.client.get_query("/tasks", &pairs).await?.body;
         items.extend(page["items"].as_array().cloned().unwrap_or_default());
         cursor = page["next_cursor"].as_str().map(str::to_owned);
         if !all || cursor.is_none() {
@@ -218,19 +217,6 @@ async fn list(
         println!("(more: --all, or the next page from cursor {cursor})");
     }
     Ok(())
-}
-
-/// Percent-encode a query value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 const FINISHED: [&str; 4] = ["succeeded", "failed", "dead", "cancelled"];
@@ -347,6 +333,5 @@ mod tests {
         assert_eq!(segment("0196f7a0-aa").unwrap(), "0196f7a0-aa");
         assert!(segment("../workers/prune").is_err());
         assert!(segment("").is_err());
-        assert_eq!(encode("a b&c"), "a%20b%26c");
     }
 }

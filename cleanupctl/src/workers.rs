@@ -11,11 +11,8 @@ use crate::Ctx;
 pub async fn run(ctx: &Ctx, command: WorkersCommand) -> Result<(), CliError> {
     match command {
         WorkersCommand::List { status } => {
-            let path = match &status {
-                Some(status) => format!("/workers?status={status}"),
-                None => "/workers".to_owned(),
-            };
-            let list = ctx.client.get(&path).await?.body;
+            let query: Vec<(&str, &str)> = status.iter().map(|s| ("status", s.as_str())).collect();
+            let list = ctx.client.get_query("/workers", &query).await?.body;
             if ctx.json() {
                 return ctx.print_json(&list);
             }

@@ -146,13 +146,14 @@ pub async fn catch_up(
     connection: &Connection,
     publisher: &Channel,
 ) -> anyhow::Result<(Channel, Consumer)> {
-    let limit = match ctx.cancellations.resume_from() {
+    let from = ctx.cancellations.resume_from();
+    let limit = match from {
         AMQPValue::LongLongInt(_) => RESUME_LIMIT,
         _ => CATCH_UP_LIMIT,
     };
     // Everything under the limit: a stream that is not ready after a broker restart may
     // leave the consume, or the marker's confirmation, unanswered.
-    match tokio::time::timeout(limit, read_up_to_now(ctx, connection, publisher)).await {
+    match tokio::time::timeout(limit, read_up_to_now(ctx, connection, publisher, from)).await {
         Ok(result) => result,
         Err(_) => {
             // Read it from its start next time: re-reading cancellations is harmless.
@@ -169,6 +170,7 @@ async fn read_up_to_now(
     ctx: &WorkerContext,
     connection: &Connection,
     publisher: &Channel,
+    from: AMQPValue,
 ) -> anyhow::Result<(Channel, Consumer)> {
     let channel = connection.create_channel().await?;
     // A stream consumer needs a prefetch: the credit it reads with.
@@ -176,7 +178,7 @@ async fn read_up_to_now(
         .basic_qos(STREAM_PREFETCH, BasicQosOptions::default())
         .await?;
     let mut arguments = FieldTable::default();
-    arguments.insert("x-stream-offset".into(), ctx.cancellations.resume_from());
+    arguments.insert("x-stream-offset".into(), from);
     let mut consumer = channel
         .basic_consume(
             ctx.topology.cancel_stream().into(),

@@ -58,6 +58,19 @@ pub enum Change<'a> {
 }
 
 impl Change<'_> {
+    /// The task the change moves, if it moves one.
+    fn task(&self) -> Option<Uuid> {
+        match self {
+            Change::Started(e) => Some(e.task_id),
+            Change::Succeeded(e) => Some(e.task_id),
+            Change::Failed(e) => Some(e.task_id),
+            Change::Cancelled(e) => Some(e.task_id),
+            Change::Dead(e) => e.task_id,
+            Change::DeadLettered { task_id, .. } => Some(*task_id),
+            Change::Heartbeat(_) | Change::WorkerStopped(_) => None,
+        }
+    }
+
     /// Task rows first in id order, then worker rows in id order.
     fn lock_order(&self) -> (u8, String) {
         match self {
@@ -88,10 +101,9 @@ pub async fn apply(pool: &PgPool, changes: &[Change<'_>]) -> Result<(), sqlx::Er
                 let start = ordered[..i]
                     .iter()
                     .rev()
+                    .take_while(|earlier| earlier.task() == Some(e.task_id))
                     .find_map(|earlier| match **earlier {
-                        Change::Started(s) if s.task_id == e.task_id && s.attempt == e.attempt => {
-                            Some(s.at)
-                        }
+                        Change::Started(s) if s.attempt == e.attempt => Some(s.at),
                         _ => None,
                     });
                 succeeded(&mut tx, e, start).await?
@@ -116,7 +128,7 @@ pub async fn apply(pool: &PgPool, changes: &[Change<'_>]) -> Result<(), sqlx::Er
 fn succeeded_later(later: &[&Change<'_>], started: &TaskStarted) -> bool {
     later
         .iter()
-        .take_while(|c| c.lock_order().0 == 0 && c.lock_order().1 == started.task_id.to_string())
+        .take_while(|c| c.task() == Some(started.task_id))
         .any(|c| matches!(c, Change::Succeeded(s) if s.attempt == started.attempt))
 }
 
