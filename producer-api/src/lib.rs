@@ -9,6 +9,7 @@ pub mod recorder;
 pub mod relay;
 pub mod schedules;
 pub mod startup;
+pub mod ui;
 
 pub use config::Config;
 pub use startup::Application;

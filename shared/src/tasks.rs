@@ -227,6 +227,15 @@ impl TaskSpec {
         }
     }
 
+    /// The same task, as a dry run or as a real run.
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        match &mut self {
+            TaskSpec::CleanupRuns(p) => p.dry_run = dry_run,
+            TaskSpec::CleanupTempFiles(p) => p.dry_run = dry_run,
+        }
+        self
+    }
+
     /// Attempts the request asked for, if any.
     pub fn max_attempts(&self) -> Option<u32> {
         match self {

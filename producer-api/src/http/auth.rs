@@ -178,15 +178,46 @@ impl Tokens {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
+
+    /// Whether auth is off (`API_AUTH=disabled`): every request is `anonymous`, `admin`.
+    pub fn disabled(&self) -> bool {
+        self.disabled
+    }
+
+    /// The principal of the token whose SHA-256 is `token_digest` (what a console session
+    /// keeps instead of the token); `None` once that token is no longer configured.
+    pub fn by_digest(&self, token_digest: &[u8]) -> Option<Principal> {
+        let mut found = None;
+        for token in &self.tokens {
+            if bool::from(token.digest.as_slice().ct_eq(token_digest)) {
+                found = Some(token.principal.clone());
+            }
+        }
+        found
+    }
+
+    /// The principal `presented` belongs to, and the token's digest.
+    pub fn identify_with_digest(&self, presented: &str) -> Option<(Principal, [u8; 32])> {
+        self.identify(presented)
+            .map(|principal| (principal, digest(presented.as_bytes())))
+    }
 }
 
-fn digest(bytes: &[u8]) -> [u8; 32] {
+/// The principal of every request while auth is disabled.
+pub fn anonymous() -> Principal {
+    Principal {
+        name: "anonymous".to_owned(),
+        scope: Scope::Admin,
+    }
+}
+
+pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
 /// The scope a route needs before its handler looks at the body: every GET `read`; an
-/// enqueue at least `dry-run` (its handler asks `enqueue` for a real run); anything else
-/// `admin`.
+/// enqueue at least `dry-run` (its handler asks `enqueue` for a real run); running a dry
+/// run for real `enqueue`; anything else `admin`.
 pub(crate) fn needed(method: &Method, path: &str) -> Scope {
     if method == Method::GET || method == Method::HEAD {
         Scope::Read
@@ -197,6 +228,13 @@ pub(crate) fn needed(method: &Method, path: &str) -> Scope {
         )
     {
         Scope::DryRun
+    } else if method == Method::POST
+        && path
+            .strip_prefix("/tasks/")
+            .and_then(|rest| rest.strip_suffix("/run"))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    {
+        Scope::Enqueue
     } else {
         Scope::Admin
     }
@@ -210,10 +248,7 @@ pub async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     let principal = if state.tokens.disabled {
-        Principal {
-            name: "anonymous".to_owned(),
-            scope: Scope::Admin,
-        }
+        anonymous()
     } else {
         let mut headers = request.headers().get_all(AUTHORIZATION).iter();
         let first = headers.next();

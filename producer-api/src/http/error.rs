@@ -184,7 +184,13 @@ pub async fn problem_bodies(response: Response) -> Response {
             let essence = v.split(';').next().unwrap_or("").trim();
             essence == "application/json" || essence.ends_with("+json")
         });
-    if is_json {
+    // The console's own error pages are HTML written for a person.
+    let is_html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_json || is_html {
         return response;
     }
     let (mut parts, body) = response.into_parts();

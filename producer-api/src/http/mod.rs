@@ -17,6 +17,7 @@ use crate::relay::BrokerHealth;
 
 pub mod auth;
 pub mod cancel;
+pub mod copies;
 pub mod error;
 pub mod health;
 mod idempotency;
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .merge(protected)
         .merge(health::router())
         .merge(openapi::router(&state))
+        .merge(crate::ui::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(middleware::from_fn_with_state(

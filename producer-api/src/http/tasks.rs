@@ -18,7 +18,7 @@ use super::auth::{Principal, Scope};
 use super::error::{ApiError, Problem};
 use super::idempotency::idempotency_key;
 pub use super::idempotency::{IDEMPOTENCY_KEY, SCHEDULE_KEY_PREFIX};
-use super::json::{ApiJson, OptionalApiJson};
+use super::json::ApiJson;
 use super::AppState;
 use crate::ledger::{self, Enqueued, ListQuery, TaskRow, TaskStatus};
 
@@ -34,7 +34,8 @@ pub fn router() -> Router<AppState> {
         )
         .route("/tasks", get(list_tasks))
         .route("/tasks/{id}", get(get_task))
-        .route("/tasks/{id}/retry", post(retry_task))
+        .route("/tasks/{id}/retry", post(super::copies::retry_task))
+        .route("/tasks/{id}/run", post(super::copies::run_task))
         .route("/tasks/{id}/cancel", post(super::cancel::cancel_task))
 }
 
@@ -87,6 +88,8 @@ pub struct TaskView {
     /// Who asked for the cancel: the API token's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancelled_by: Option<String>,
+    /// The dry run this real run was made from (`POST /tasks/{id}/run`).
+    pub dry_run_of: Option<Uuid>,
 }
 
 impl From<TaskRow> for TaskView {
@@ -114,6 +117,7 @@ impl From<TaskRow> for TaskView {
             retried_by: row.retried_by,
             cancel_requested_at: row.cancel_requested_at,
             cancelled_by: row.cancelled_by,
+            dry_run_of: row.dry_run_of,
         }
     }
 }
@@ -271,6 +275,9 @@ pub struct ListParams {
     /// Only tasks in this status.
     #[param(value_type = Option<TaskStatus>)]
     pub status: Option<String>,
+    /// Only tasks this schedule fired.
+    #[param(pattern = r"^[^\x00]*$")]
+    pub schedule: Option<String>,
     /// Only tasks this actor (API token name) created.
     #[param(pattern = r"^[^\x00]*$")]
     pub actor: Option<String>,
@@ -308,10 +315,12 @@ pub async fn list_tasks(
 ) -> Result<Json<TaskPage>, ApiError> {
     let Query(params) =
         query.map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))?;
-    if params.actor.as_deref().is_some_and(|a| a.contains('\0')) {
-        return Err(ApiError::BadRequest(
-            "actor must not contain a NUL character".to_owned(),
-        ));
+    for (name, value) in [("actor", &params.actor), ("schedule", &params.schedule)] {
+        if value.as_deref().is_some_and(|a| a.contains('\0')) {
+            return Err(ApiError::BadRequest(format!(
+                "{name} must not contain a NUL character"
+            )));
+        }
     }
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -339,6 +348,7 @@ pub async fn list_tasks(
             })
             .transpose()?,
         actor: params.actor,
+        schedule: params.schedule,
         limit,
     };
     let (rows, more) = ledger::list_tasks(&state.pool, &query).await?;
@@ -347,88 +357,4 @@ pub async fn list_tasks(
         .flatten();
     let items = rows.into_iter().map(TaskView::from).collect();
     Ok(Json(TaskPage { items, next_cursor }))
-}
-
-/// `POST /tasks/{id}/retry`: optional body.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RetryBody {
-    /// Keep the original task's cutoff instead of computing one from now.
-    #[serde(default)]
-    pub keep_cutoff: bool,
-}
-
-/// Run a `failed`, `dead` or `cancelled` task again: a new task with the same kind and parameters,
-/// linked both ways (`retry_of`, `retried_by`).
-#[utoipa::path(
-    post,
-    path = "/tasks/{id}/retry",
-    tag = "tasks",
-    params(("id" = Uuid, Path, description = "Task id")),
-    request_body(content = RetryBody, description = "Optional (no body is `{}`): `{\"keep_cutoff\": true}`"),
-    responses(
-        (status = 202, description = "The new task", body = TaskView,
-            headers(("Location" = String, description = "/tasks/{id} of the new task"))),
-        (status = 400, description = "The id is not a UUID, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown task", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Not failed, dead or cancelled, or retried before", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not a JSON object, an unknown field, or parameters no longer valid", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = ["admin"]))
-)]
-pub async fn retry_task(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
-    OptionalApiJson(body): OptionalApiJson<RetryBody>,
-) -> Result<Response, ApiError> {
-    let id = Uuid::parse_str(&id)
-        .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a task id (a UUID)")))?;
-    let body = body.unwrap_or_default();
-    let retried = ledger::tasks::retry(
-        &state.pool,
-        id,
-        body.keep_cutoff,
-        &state.rules,
-        state.max_attempts,
-        Some(&principal.name),
-        Utc::now(),
-    )
-    .await?;
-    let row = match retried {
-        ledger::tasks::Retried::Created(row) => *row,
-        ledger::tasks::Retried::NotFound => {
-            return Err(ApiError::NotFound(format!("no task with id {id}")))
-        }
-        ledger::tasks::Retried::NotRetryable(status) => {
-            return Err(ApiError::Conflict(format!(
-                "task {id} is {}; only a failed, dead or cancelled task is retried",
-                status.as_str()
-            )))
-        }
-        ledger::tasks::Retried::AlreadyRetried(by) => {
-            return Err(ApiError::Conflict(format!(
-                "task {id} was retried already, by task {by}; retry that one if it failed"
-            )))
-        }
-        ledger::tasks::Retried::Invalid(reason) => {
-            return Err(ApiError::InvalidParameters {
-                detail: format!("task {id} cannot be retried: {reason}"),
-                field: None,
-            })
-        }
-    };
-    state.outbox_written.notify_one();
-    tracing::info!(task_id = %row.id, retry_of = %id, actor = %principal.name, "task retried");
-    state
-        .metrics
-        .tasks_enqueued
-        .with_label_values(&[row.kind.as_str()])
-        .inc();
-    let location = format!("/tasks/{}", row.id);
-    Ok(super::located(
-        StatusCode::ACCEPTED,
-        &location,
-        TaskView::from(row),
-    ))
 }

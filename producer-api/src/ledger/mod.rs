@@ -6,6 +6,8 @@
 //! - [`transitions`]: how worker events and dead-lettered messages move a task, every
 //!   move under one guard rule, applied in batches by the recorder;
 //! - [`cancel`]: cancelling a task (at once, or at its worker's next batch boundary);
+//! - [`copies`]: new tasks made from stored ones (a retry, a dry run run for real);
+//! - [`console`]: the operator console's sessions, and what its pages read;
 //! - [`outbox`]: what the relay claims, and what it records once RabbitMQ confirmed;
 //! - [`workers`]: the worker registry, fed by heartbeats;
 //! - [`schedules`]: schedules, and firing their windows (claim, task, advance: one
@@ -17,6 +19,8 @@
 //! writes SQL of its own.
 
 pub mod cancel;
+pub mod console;
+pub mod copies;
 pub mod outbox;
 pub mod retention;
 pub mod schedules;

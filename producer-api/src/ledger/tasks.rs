@@ -120,13 +120,15 @@ pub struct TaskRow {
     /// When a cancel was asked for, and by whom (`POST /tasks/{id}/cancel`).
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub cancelled_by: Option<String>,
+    /// The dry run this real run was made from (`POST /tasks/{id}/run`).
+    pub dry_run_of: Option<Uuid>,
 }
 
 pub(crate) const TASK_COLUMNS: &str =
     "id, kind, status, params, cutoff, attempts, max_attempts, result, \
      error, idempotency_key, worker_id, created_at, updated_at, started_at, finished_at, \
      next_attempt_at, published_at, schedule, scheduled_for, actor, retry_of, retried_by, \
-     cancel_requested_at, cancelled_by";
+     cancel_requested_at, cancelled_by, dry_run_of";
 
 impl TaskRow {
     /// The task's kind and parameters as stored.
@@ -232,6 +234,7 @@ pub struct ListQuery {
     pub kind: Option<TaskKind>,
     pub actor: Option<String>,
     pub status: Option<TaskStatus>,
+    pub schedule: Option<String>,
     pub before: Option<Uuid>,
     pub limit: u32,
 }
@@ -252,6 +255,9 @@ pub async fn list_tasks(
     }
     if let Some(actor) = &query.actor {
         sql.push(" AND actor = ").push_bind(actor.clone());
+    }
+    if let Some(schedule) = &query.schedule {
+        sql.push(" AND schedule = ").push_bind(schedule.clone());
     }
     if let Some(before) = query.before {
         sql.push(" AND id < ").push_bind(before);
@@ -281,87 +287,4 @@ pub async fn task_counts(pool: &PgPool) -> Result<Vec<(String, String, i64)>, sq
     sqlx::query_as("SELECT kind, status, count(*) FROM cleanup_tasks GROUP BY kind, status")
         .fetch_all(pool)
         .await
-}
-
-/// What a retry found.
-#[derive(Debug)]
-pub enum Retried {
-    /// The new task.
-    Created(Box<TaskRow>),
-    NotFound,
-    /// Only a `failed`, `dead` or `cancelled` task is retried: its status.
-    NotRetryable(TaskStatus),
-    /// Retried before: the task that did.
-    AlreadyRetried(Uuid),
-    /// Its parameters no longer pass today's checks.
-    Invalid(String),
-}
-
-/// Retry a `failed`, `dead` or `cancelled` task: a new task with the same kind and parameters (the
-/// cutoff from `now`, or the original's with `keep_cutoff`), linked both ways, in one
-/// transaction with its outbox row.
-pub async fn retry(
-    pool: &PgPool,
-    id: Uuid,
-    keep_cutoff: bool,
-    rules: &shared::tasks::ValidationRules,
-    default_max_attempts: u32,
-    actor: Option<&str>,
-    now: DateTime<Utc>,
-) -> Result<Retried, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let original: Option<TaskRow> = sqlx::query_as(&format!(
-        "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(original) = original else {
-        return Ok(Retried::NotFound);
-    };
-    if !matches!(
-        original.status,
-        TaskStatus::Failed | TaskStatus::Dead | TaskStatus::Cancelled
-    ) {
-        return Ok(Retried::NotRetryable(original.status));
-    }
-    if let Some(by) = original.retried_by {
-        return Ok(Retried::AlreadyRetried(by));
-    }
-    let Some(task) = original.spec() else {
-        return Ok(Retried::Invalid(
-            "its stored parameters no longer parse".to_owned(),
-        ));
-    };
-    if let Err(e) = task.validate(rules) {
-        return Ok(Retried::Invalid(format!(
-            "its parameters are no longer valid: {e}"
-        )));
-    }
-    let max_attempts = task.max_attempts().unwrap_or(default_max_attempts);
-    let mut envelope = TaskEnvelope::new(Uuid::now_v7(), task, max_attempts, now);
-    if keep_cutoff {
-        envelope.cutoff = original.cutoff;
-    }
-    let created = match enqueue_in(&mut tx, &envelope, None, None, actor).await? {
-        Enqueued::Created(row) | Enqueued::Replayed(row) | Enqueued::KeyConflict(row) => row,
-    };
-    sqlx::query("UPDATE cleanup_tasks SET retry_of = $2 WHERE id = $1")
-        .bind(created.id)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("UPDATE cleanup_tasks SET retried_by = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(created.id)
-        .execute(&mut *tx)
-        .await?;
-    let created: TaskRow = sqlx::query_as(&format!(
-        "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE id = $1"
-    ))
-    .bind(created.id)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Retried::Created(Box::new(created)))
 }

@@ -261,6 +261,18 @@ async fn failed(conn: &mut PgConnection, e: &TaskFailed) -> Result<(), sqlx::Err
     let Some(row) = row else {
         return Ok(());
     };
+    // The attempt's worker and error, for the task's timeline.
+    sqlx::query(
+        "INSERT INTO cleanup_task_attempts (task_id, attempt, worker_id, error, failed_at)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(e.task_id)
+    .bind(e.attempt as i32)
+    .bind(&e.worker_id)
+    .bind(&error)
+    .bind(e.at)
+    .execute(&mut *conn)
+    .await?;
     if row.status != TaskStatus::Retrying {
         return Ok(());
     }

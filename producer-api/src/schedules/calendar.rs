@@ -98,6 +98,34 @@ impl Calendar {
         None
     }
 
+    /// The expression in English words (croner's description), e.g. "At 02:00".
+    pub fn describe(&self) -> String {
+        self.cron.describe()
+    }
+
+    /// The next `n` windows after `after`.
+    pub fn next_times(&self, after: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        let mut times = Vec::with_capacity(n);
+        let mut at = after;
+        while times.len() < n {
+            match self.next_after(at) {
+                Some(next) => {
+                    times.push(next);
+                    at = next;
+                }
+                None => break,
+            }
+        }
+        times
+    }
+
+    /// An instant as the schedule's wall clock shows it, with the zone's abbreviation.
+    pub fn local(&self, at: DateTime<Utc>) -> String {
+        at.with_timezone(&self.zone)
+            .format("%a %Y-%m-%d %H:%M %Z")
+            .to_string()
+    }
+
     /// The next matching wall-clock time strictly after `wall` (croner on UTC, which has no
     /// clock changes, stands for the naive wall clock).
     fn next_wall(&self, wall: NaiveDateTime) -> Option<NaiveDateTime> {

@@ -1,0 +1,319 @@
+//! Signing in to the console: an API token is exchanged for a session, held by the browser
+//! in an `HttpOnly`, `SameSite=Strict` cookie scoped to `/ui`. The ledger keeps the
+//! SHA-256 of the session id (a stolen database dump opens no session), the SHA-256 of the
+//! token (its scope is looked up in `API_TOKENS` on every request: a token removed or
+//! narrowed there takes effect at once) and the session's CSRF token, which every
+//! state-changing form carries and every POST must present. POSTs from another origin are
+//! refused before that (`Sec-Fetch-Site`, `Origin`).
+
+use axum::extract::{FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use maud::html;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::page::{self, UiError};
+use crate::http::auth::{self, Principal, Scope};
+use crate::http::AppState;
+use crate::ledger::console;
+
+/// The session cookie.
+pub const COOKIE: &str = "cleanup_console";
+/// How long a session lasts; signing in again makes a new one.
+pub const LIFETIME: chrono::Duration = chrono::Duration::hours(12);
+
+/// Who is looking at a page: the token's principal, and the CSRF token their forms carry.
+#[derive(Debug, Clone)]
+pub struct Viewer {
+    pub principal: Principal,
+    pub csrf: String,
+}
+
+impl Viewer {
+    pub fn can(&self, scope: Scope) -> bool {
+        self.principal.scope >= scope
+    }
+
+    /// The form's CSRF token must be this session's (compared in constant time).
+    pub fn check_csrf(&self, presented: &str) -> Result<(), UiError> {
+        if bool::from(self.csrf.as_bytes().ct_eq(presented.as_bytes())) {
+            Ok(())
+        } else {
+            Err(UiError::forbidden(
+                "this form is stale or was not sent by the console (its CSRF token does not \
+                 match your session); reload the page and try again",
+            ))
+        }
+    }
+
+    /// 403 page unless the viewer's scope includes `needed`.
+    pub fn require(&self, needed: Scope, what: &str) -> Result<(), UiError> {
+        self.principal.require(needed, what).map_err(UiError::from)
+    }
+}
+
+/// Not signed in: a page is sent to the sign-in page, which comes back to it.
+#[derive(Debug)]
+pub struct SignInFirst(String);
+
+impl IntoResponse for SignInFirst {
+    fn into_response(self) -> Response {
+        Redirect::to(&format!(
+            "/ui/sign-in?{}",
+            form_urlencoded::Serializer::new(String::new())
+                .append_pair("next", &self.0)
+                .finish()
+        ))
+        .into_response()
+    }
+}
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let back = if parts.method == Method::GET {
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default()
+        } else {
+            "/ui".to_owned()
+        };
+        let jar = CookieJar::from_headers(&parts.headers);
+        let Some(cookie) = jar.get(COOKIE) else {
+            return Err(SignInFirst(back).into_response());
+        };
+        let found = console::find_session(&state.pool, &sha256(cookie.value()))
+            .await
+            .map_err(|e| UiError::from(crate::http::error::ApiError::from(e)).into_response())?;
+        let Some(session) = found else {
+            return Err(SignInFirst(back).into_response());
+        };
+        let principal = match &session.token_digest {
+            None if state.tokens.disabled() => auth::anonymous(),
+            None => None.ok_or_else(|| SignInFirst(back.clone()).into_response())?,
+            Some(token) => state
+                .tokens
+                .by_digest(token)
+                .ok_or_else(|| SignInFirst(back.clone()).into_response())?,
+        };
+        Ok(Viewer {
+            principal,
+            csrf: session.csrf,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Next_ {
+    next: Option<String>,
+}
+
+/// Where to go after signing in: a console page, never another site.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if (n == "/ui" || n.starts_with("/ui/") || n.starts_with("/ui?"))
+                && !n.contains('\\')
+                && !n.chars().any(char::is_control) =>
+        {
+            n.to_owned()
+        }
+        _ => "/ui".to_owned(),
+    }
+}
+
+pub async fn sign_in_page(State(state): State<AppState>, Query(query): Query<Next_>) -> Response {
+    sign_in_form(
+        &state,
+        &safe_next(query.next.as_deref()),
+        None,
+        StatusCode::OK,
+    )
+}
+
+fn sign_in_form(state: &AppState, next: &str, error: Option<&str>, status: StatusCode) -> Response {
+    let disabled = state.tokens.disabled();
+    let body = html! {
+        section.sign-in {
+            h1 { "Sign in" }
+            @if let Some(error) = error {
+                p.alert.alert-error role="alert" { (error) }
+            }
+            form method="post" action="/ui/sign-in" {
+                input type="hidden" name="next" value=(next);
+                @if disabled {
+                    p { "Authentication is disabled on this API (" code { "--auth-disabled" } "): you act as "
+                        strong { "anonymous" } " with every permission." }
+                } @else {
+                    label for="token" { "API token" }
+                    input #token type="password" name="token" required autocomplete="current-password"
+                        autofocus spellcheck="false";
+                    p.hint { "A token from " code { "API_TOKENS" } ". What you can see and do follows its scope (read, dry-run, enqueue, admin). The token itself is not stored: the browser keeps a session cookie for "
+                        (LIFETIME.num_hours()) " hours." }
+                }
+                button.primary type="submit" { "Sign in" }
+            }
+        }
+    };
+    (
+        status,
+        page::document("Sign in", None, page::Nav::None, body),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignInForm {
+    #[serde(default)]
+    token: String,
+    next: Option<String>,
+}
+
+pub async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Result<Response, UiError> {
+    let next = safe_next(form.next.as_deref());
+    let token_digest = if state.tokens.disabled() {
+        None
+    } else {
+        match state.tokens.identify_with_digest(form.token.trim()) {
+            Some((principal, digest)) => {
+                tracing::info!(actor = %principal.name, "console sign-in");
+                Some(digest)
+            }
+            None => {
+                tracing::info!("console sign-in refused: unknown token");
+                return Ok(sign_in_form(
+                    &state,
+                    &next,
+                    Some("That token is not accepted by this API."),
+                    StatusCode::UNAUTHORIZED,
+                ));
+            }
+        }
+    };
+    let id = random_hex();
+    let csrf = random_hex();
+    console::create_session(
+        &state.pool,
+        &sha256(&id),
+        token_digest.as_ref().map(|d| d.as_slice()),
+        &csrf,
+        LIFETIME,
+    )
+    .await
+    .map_err(crate::http::error::ApiError::from)?;
+    let cookie = Cookie::build((COOKIE, id))
+        .path("/ui")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(is_https(&headers))
+        .max_age(cookie::time::Duration::seconds(LIFETIME.num_seconds()))
+        .build();
+    Ok((CookieJar::new().add(cookie), Redirect::to(&next)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+pub async fn sign_out(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    jar: CookieJar,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, UiError> {
+    viewer.check_csrf(&form.csrf)?;
+    if let Some(cookie) = jar.get(COOKIE) {
+        console::end_session(&state.pool, &sha256(cookie.value()))
+            .await
+            .map_err(crate::http::error::ApiError::from)?;
+    }
+    let gone = Cookie::build((COOKIE, "")).path("/ui").build();
+    Ok((jar.remove(gone), Redirect::to("/ui/sign-in")).into_response())
+}
+
+/// Middleware: a request that changes something must come from the console's own pages.
+/// Browsers say where a request comes from (`Sec-Fetch-Site`, `Origin`); another site's
+/// form is refused here, before the CSRF token is even read.
+pub async fn same_origin(request: Request, next: Next) -> Response {
+    if request.method() == Method::GET || request.method() == Method::HEAD {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    let cross_site = matches!(site, Some("cross-site" | "same-site"));
+    let origin_host = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| *o != "null")
+        .map(|o| o.split_once("://").map_or(o, |(_, rest)| rest).to_owned());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let foreign_origin = match (origin_host, host) {
+        (Some(origin), Some(host)) => !origin.eq_ignore_ascii_case(host),
+        _ => false,
+    };
+    if cross_site || foreign_origin {
+        tracing::warn!(path = %request.uri().path(), "console POST from another origin refused");
+        return UiError::forbidden("this request came from another site; the console accepts changes only from its own pages")
+            .into_response();
+    }
+    next.run(request).await
+}
+
+fn is_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+fn sha256(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
+/// 256 random bits from the operating system, as hex.
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source");
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_console_pages_are_followed_after_sign_in() {
+        assert_eq!(
+            safe_next(Some("/ui/tasks?status=failed")),
+            "/ui/tasks?status=failed"
+        );
+        assert_eq!(safe_next(Some("/ui")), "/ui");
+        for bad in [
+            "https://evil.example/ui",
+            "//evil.example/ui",
+            "/uix",
+            "/ui\\..\\x",
+            "/tasks",
+            "",
+            "/ui/\r\nSet-Cookie: x",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/ui", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/ui");
+    }
+}

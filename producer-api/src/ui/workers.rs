@@ -1,0 +1,115 @@
+//! `/ui/workers`: the worker registry, and pruning the departed ones after a preview.
+
+use axum::extract::State;
+use axum::http::Method;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use chrono::Utc;
+use maud::html;
+
+use super::format::when;
+use super::page::{self, Nav, UiError};
+use super::session::{CsrfForm, Viewer};
+use crate::http::auth::{self, Scope};
+use crate::http::error::ApiError;
+use crate::http::json::ApiJson;
+use crate::http::workers::{prune_workers, PruneRequest};
+use crate::http::AppState;
+use crate::ledger::workers as registry;
+
+#[derive(Debug, serde::Deserialize)]
+pub struct Pruned {
+    pruned: Option<usize>,
+}
+
+pub async fn page(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    axum::extract::Query(pruned): axum::extract::Query<Pruned>,
+) -> Result<Response, UiError> {
+    let workers = registry::list(&state.pool, None)
+        .await
+        .map_err(ApiError::from)?;
+    let now = Utc::now();
+    let departed = workers.iter().filter(|w| w.status != "up").count();
+    let body = html! {
+        h1 { "Workers" }
+        @if let Some(n) = pruned.pruned { (page::notice(false, &format!("Pruned {n} worker(s) from the registry."))) }
+        @if workers.is_empty() {
+            p.muted { "No worker has reported yet." }
+        } @else {
+            div.table-wrap {
+                table.cards #workers {
+                    thead { tr {
+                        th { "worker" } th { "status" } th { "host" } th { "version" } th { "kinds" }
+                        th { "last seen" } th.num { "in flight" } th.num { "processed" }
+                    } }
+                    tbody {
+                        @for w in &workers {
+                            tr {
+                                td.mono data-label="worker" { (w.worker_id) }
+                                td data-label="status" { (page::status_badge(&w.status)) }
+                                td data-label="host" { (w.host) }
+                                td data-label="version" { (w.version) }
+                                td data-label="kinds" { (w.kinds.join(", ")) }
+                                td data-label="last seen" { (when(w.last_seen_at, now)) }
+                                td.num data-label="in flight" { (w.in_flight) }
+                                td.num data-label="processed" { (w.processed) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if viewer.can(Scope::Admin) && departed > 0 {
+            p { a.button href="/ui/workers/prune" { "Prune stopped and lost workers…" } }
+        }
+    };
+    Ok(page::live_document("Workers", Some(&viewer), Nav::Workers, Some(10), body).into_response())
+}
+
+fn allowed(viewer: &Viewer) -> Result<(), UiError> {
+    viewer.require(
+        auth::needed(&Method::POST, "/workers/prune"),
+        "POST /workers/prune",
+    )
+}
+
+/// What a prune would remove now, and the button that does it.
+pub async fn preview(State(state): State<AppState>, viewer: Viewer) -> Result<Response, UiError> {
+    allowed(&viewer)?;
+    let axum::Json(would) =
+        prune_workers(State(state), ApiJson(PruneRequest { dry_run: true })).await?;
+    let body = html! {
+        h1 { "Prune workers" }
+        section.panel {
+            @if would.pruned.is_empty() {
+                p { "No stopped or lost worker: nothing to prune." }
+            } @else {
+                p { "These workers stopped or were lost; pruning removes them from the registry (a worker that comes back registers again):" }
+                ul #prune-preview { @for id in &would.pruned { li.mono { (id) } } }
+                p.muted { (would.skipped) " worker(s) up are kept." }
+                form method="post" action="/ui/workers/prune" {
+                    (page::csrf(&viewer))
+                    div.actions {
+                        button.danger type="submit" { "Prune " (would.pruned.len()) " worker(s)" }
+                        a href="/ui/workers" { "Back" }
+                    }
+                }
+            }
+        }
+    };
+    Ok(page::document("Prune workers", Some(&viewer), Nav::Workers, body).into_response())
+}
+
+pub async fn prune(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, UiError> {
+    viewer.check_csrf(&form.csrf)?;
+    allowed(&viewer)?;
+    let axum::Json(done) =
+        prune_workers(State(state), ApiJson(PruneRequest { dry_run: false })).await?;
+    Ok(Redirect::to(&format!("/ui/workers?pruned={}", done.pruned.len())).into_response())
+}
