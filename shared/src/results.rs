@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// At most this many errors are listed in a temp-files result (all are counted).
 pub const MAX_ERRORS: usize = 20;
+/// Sample paths a temp-file result lists.
+pub const MAX_SAMPLES: usize = 10;
 
 /// The result of a `cleanup_runs` task (contract; see README). It is also the progress a
 /// continuation or a retry carries from one turn to the next.
@@ -105,6 +107,10 @@ pub struct TempFilesResult {
     pub oldest_remaining_age_seconds: Option<f64>,
     pub errors_total: u64,
     pub errors: Vec<FileError>,
+    /// A few of the files matched (dry run) or deleted, as `root/path`, at most
+    /// [`MAX_SAMPLES`].
+    #[serde(default)]
+    pub sample_paths: Vec<String>,
     /// Working time over every turn.
     pub duration_ms: u64,
     /// Turns the task took: more than one when a shutdown, the turn budget or a failed
@@ -133,6 +139,10 @@ impl TempFilesResult {
         errors.append(&mut self.errors);
         errors.truncate(MAX_ERRORS);
         self.errors = errors;
+        let mut samples = earlier.sample_paths.clone();
+        samples.append(&mut self.sample_paths);
+        samples.truncate(MAX_SAMPLES);
+        self.sample_paths = samples;
         self.duration_ms += earlier.duration_ms;
         self.turns += earlier.turns;
     }

@@ -163,7 +163,7 @@ fn params(f: &Fields) -> Result<Value, String> {
             let n: f64 = text
                 .parse()
                 .map_err(|_| format!("{name}: `{text}` is not a number"))?;
-            let value = if n.fract() == 0.0 && n >= 0.0 && n < 9.0e15 {
+            let value = if n.fract() == 0.0 && (0.0..9.0e15).contains(&n) {
                 json!(n as u64)
             } else {
                 json!(n)

@@ -256,16 +256,16 @@ pub async fn same_origin(request: Request, next: Next) -> Response {
     let headers = request.headers();
     let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     let cross_site = matches!(site, Some("cross-site" | "same-site"));
-    let origin_host = headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .filter(|o| *o != "null")
-        .map(|o| o.split_once("://").map_or(o, |(_, rest)| rest).to_owned());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let foreign_origin = match (origin_host, host) {
-        (Some(origin), Some(host)) => !origin.eq_ignore_ascii_case(host),
-        _ => false,
-    };
+    // Every `Origin` given must be this host (`null`, an opaque origin, is not).
+    let foreign_origin = headers.get_all(header::ORIGIN).iter().any(|origin| {
+        let origin = origin.to_str().unwrap_or("null");
+        let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+        match (origin_host, host) {
+            (Some(origin), Some(host)) => !origin.eq_ignore_ascii_case(host),
+            _ => true,
+        }
+    });
     if cross_site || foreign_origin {
         tracing::warn!(path = %request.uri().path(), "console POST from another origin refused");
         return UiError::forbidden("this request came from another site; the console accepts changes only from its own pages")

@@ -174,7 +174,9 @@ fn dry_run_panel(viewer: &Viewer, t: &TaskRow, real_run: Option<Uuid>) -> Markup
             @if !samples.is_empty() {
                 p { "For example: " (format::value("samples", &serde_json::Value::Array(samples))) }
             }
-            @if let Some(real) = real_run {
+            @if nothing(t) {
+                p { "Nothing to delete: there is nothing to run for real." }
+            } @else if let Some(real) = real_run {
                 p { "Run for real already: " a.mono href={ "/ui/tasks/" (real) } { (real) } }
             } @else if viewer.can(Scope::Enqueue) {
                 form method="post" action={ "/ui/tasks/" (t.id) "/run" } {
@@ -189,15 +191,30 @@ fn dry_run_panel(viewer: &Viewer, t: &TaskRow, real_run: Option<Uuid>) -> Markup
     }
 }
 
+/// Whether a dry run found nothing to delete.
+fn nothing(t: &TaskRow) -> bool {
+    let matched = |key: &str| {
+        t.result
+            .as_ref()
+            .and_then(|r| r.get(key))
+            .and_then(|v| v.as_u64())
+    };
+    matched("runs_matched")
+        .or(matched("files_matched"))
+        .unwrap_or(0)
+        == 0
+        && matched("dirs_matched").unwrap_or(0) == 0
+}
+
 /// The task's history, oldest first.
 fn timeline(t: &TaskRow, attempts: &[console::AttemptRow], now: DateTime<Utc>) -> Markup {
     let mut events: Vec<(DateTime<Utc>, &'static str, String)> = Vec::new();
     let by = match (&t.schedule, &t.actor) {
-        (Some(s), _) => format!("fired by schedule {s}"),
-        (None, Some(a)) => format!("by {a}"),
+        (Some(s), _) => format!(", fired by schedule {s}"),
+        (None, Some(a)) => format!(" from {a}"),
         (None, None) => String::new(),
     };
-    events.push((t.created_at, "", format!("Accepted {by}")));
+    events.push((t.created_at, "", format!("Accepted{by}")));
     if let Some(at) = t.published_at {
         events.push((at, "", "Published to RabbitMQ".to_owned()));
     }

@@ -169,6 +169,12 @@ async fn each_scope_is_allowed_exactly_its_routes() {
         ),
         (
             reqwest::Method::POST,
+            "/tasks/00000000-0000-0000-0000-000000000000/run",
+            None,
+            "enqueue",
+        ),
+        (
+            reqwest::Method::POST,
             "/maintenance/cleanup-runs",
             Some(real),
             "enqueue",

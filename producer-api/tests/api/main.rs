@@ -3,6 +3,7 @@
 mod auth;
 mod cancel;
 mod config;
+mod console;
 mod enqueue;
 mod idempotency;
 mod openapi;
@@ -10,6 +11,7 @@ mod outages;
 mod recorder;
 mod relay;
 mod retention;
+mod run;
 mod schedules;
 mod transitions;
 mod validation;

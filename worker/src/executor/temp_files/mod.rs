@@ -177,6 +177,7 @@ impl TempFilesExecutor {
             stop: stop.clone(),
             counters: Counters::default(),
             errors: Mutex::new(Vec::new()),
+            samples: Mutex::new(Vec::new()),
             interrupted: AtomicBool::new(false),
             done: Mutex::new(resume.clone()),
             resume,

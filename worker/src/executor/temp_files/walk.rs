@@ -78,6 +78,8 @@ pub struct Walk {
     pub stop: Arc<AtomicBool>,
     pub counters: Counters,
     pub errors: Mutex<Vec<FileError>>,
+    /// The first files matched (dry run) or deleted, as `root/path`.
+    pub samples: Mutex<Vec<String>>,
     /// Set when `stop` made the walk pass over entries: the task is not complete.
     pub interrupted: AtomicBool,
     /// What earlier turns finished (skipped now), and where they deleted.

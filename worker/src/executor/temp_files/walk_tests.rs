@@ -18,6 +18,7 @@ pub fn walk(dry_run: bool) -> Walk {
         stop: Arc::new(AtomicBool::new(false)),
         counters: Counters::default(),
         errors: Mutex::new(Vec::new()),
+        samples: Mutex::new(Vec::new()),
         interrupted: AtomicBool::new(false),
         resume: BTreeMap::new(),
         done: Mutex::new(BTreeMap::new()),
@@ -204,6 +205,16 @@ fn a_capped_dry_run_predicts_exactly_the_files_and_directories_of_the_real_run()
     let real = run(&plan(false), scratch.path());
     assert_eq!((real.files_deleted, real.dirs_removed), predictions[0]);
     assert_eq!(real.files_matched, 13);
+    // A few of the files deleted are named, as `root/path` under the root ("s").
+    assert_eq!(real.sample_paths.len(), shared::results::MAX_SAMPLES);
+    for sample in &real.sample_paths {
+        let (root, rel) = sample.split_once('/').unwrap();
+        assert_eq!(root, "s", "{sample}");
+        assert!(
+            rel.starts_with('d') && rel.contains("/sub/f") && rel.ends_with(".tmp"),
+            "{sample}"
+        );
+    }
 }
 
 /// Needs the privilege to mount (CI runs as root); says so and passes otherwise.

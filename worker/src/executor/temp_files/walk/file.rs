@@ -84,10 +84,12 @@ impl Walk {
             .fetch_add(size, Ordering::Relaxed);
         if self.dry_run {
             self.remember_remaining(meta);
+            self.sample(&at.root.name, rel);
             return true;
         }
         match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
             Ok(()) => {
+                self.sample(&at.root.name, rel);
                 self.counters.files_deleted.fetch_add(1, Ordering::Relaxed);
                 self.counters.bytes_freed.fetch_add(size, Ordering::Relaxed);
                 true

@@ -22,6 +22,14 @@ impl Walk {
         }
     }
 
+    /// A file matched (dry run) or deleted: listed while there is room.
+    pub fn sample(&self, root: &str, rel: &Path) {
+        let mut samples = self.samples.lock().expect("samples lock");
+        if samples.len() < shared::results::MAX_SAMPLES {
+            samples.push(format!("{root}/{}", rel.display()));
+        }
+    }
+
     /// The counts of this turn.
     pub fn result(&self, roots: &[TempRoot]) -> TempFilesResult {
         let c = &self.counters;
@@ -54,6 +62,7 @@ impl Walk {
                 .then(|| age_seconds(Utc::now().timestamp(), oldest)),
             errors_total: load(&c.errors_total),
             errors: self.errors.lock().expect("errors lock").clone(),
+            sample_paths: self.samples.lock().expect("samples lock").clone(),
             duration_ms: 0,
             turns: 0,
         }
