@@ -73,9 +73,8 @@ pub async fn page(
     let now = Utc::now();
     let dry = is_dry_run(&t);
     let notice = done.done.as_deref().and_then(|d| match d {
-        "cancelled" => Some("The task is cancelled."),
-        "cancel-requested" => {
-            Some("Cancel requested: the worker stops at its next batch boundary.")
+        "cancelled" | "cancel-requested" if t.status == TaskStatus::Cancelled => {
+            Some("The task is cancelled.")
         }
         "created" => Some("Accepted: the task is durable in the ledger."),
         _ => None,
@@ -126,7 +125,7 @@ pub async fn page(
             section.panel #result {
                 h2 { @if t.status == TaskStatus::Succeeded { "Result" } @else { "Done before it stopped" } }
                 p { strong { (outcome(&t)) } }
-                (format::fields(result))
+                (format::fields(&shown(result)))
             }
         }
         @if let Some(error) = &t.error {
@@ -139,6 +138,15 @@ pub async fn page(
     let refresh = (!t.status.is_finished()).then_some(2);
     let title = format!("Task {}", format::short_id(&t.id));
     Ok(page::live_document(&title, Some(&viewer), Nav::Tasks, refresh, body).into_response())
+}
+
+/// A result without what only the worker reads (where a continuation goes on from).
+fn shown(result: &serde_json::Value) -> serde_json::Value {
+    let mut result = result.clone();
+    if let Some(map) = result.as_object_mut() {
+        map.remove("cursor");
+    }
+    result
 }
 
 /// The tasks linked to this one, labelled.

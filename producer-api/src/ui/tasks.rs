@@ -133,7 +133,12 @@ pub async fn page(
             @if let Some(next_page) = next_page { a href=(next_page) { "Older →" } }
         }
     };
-    let refresh = moving.then_some(3);
+    // The first page shows new tasks as they come; any page follows its moving tasks.
+    let refresh = if moving {
+        Some(3)
+    } else {
+        query.before.is_none().then_some(10)
+    };
     Ok(page::live_document("Tasks", Some(&viewer), Nav::Tasks, refresh, body).into_response())
 }
 
