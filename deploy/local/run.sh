@@ -137,4 +137,5 @@ curl -fsS "http://127.0.0.1:$WORKER_METRICS_PORT/metrics" | grep -E '^cleanup_(r
 
 if $EXIT_AFTER; then exit 0; fi
 say "the stack is running: API $API (token: $TOKEN), logs in $STATE/run. Ctrl-C stops it."
+echo "console: $API/ui (sign in with the token above)"
 wait
