@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::stream::{SelectAll, StreamExt};
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionStatus, Consumer};
 use shared::events::{Event, WorkerHeartbeat, WorkerStopped};
@@ -148,7 +148,8 @@ impl Session {
         ));
         let _stop_heartbeats = AbortOnDrop(heartbeats);
         // Cancellations are followed apart from deliveries, so that they arrive while
-        // every slot is busy; if the stream fails, the session is rebuilt.
+        // every slot is busy; if the stream fails, or a task cannot report its result, the
+        // session is rebuilt.
         let stream_lost = CancellationToken::new();
         let follower = tokio::spawn({
             let (ctx, consumer, lost) = (ctx.clone(), self.cancels.1.clone(), stream_lost.clone());
@@ -193,6 +194,7 @@ impl Session {
             };
             let ctx = ctx.clone();
             let events = self.events.clone();
+            let report_failed = stream_lost.clone();
             // On shutdown a task stops at its next batch boundary and continues elsewhere.
             let cancel = session.child_token();
             drop(channel);
@@ -201,10 +203,14 @@ impl Session {
                 match handle_delivery(&ctx, &events, kind, &delivery, &cancel).await {
                     Ok(_) => {}
                     Err(error) => {
-                        tracing::warn!(%error, "could not report a result; returning the task to the queue");
-                        let _ = delivery
-                            .nack(BasicNackOptions { requeue: true, multiple: false })
-                            .await;
+                        // The broker cannot take events (a restart in progress, a queue not
+                        // yet back): rebuild the connection, with its backoff. No nack: it
+                        // would hand the task straight back to a worker that cannot report
+                        // either, and every return spends one of the message's deliveries
+                        // (a tight loop dead-letters it); the task returns to its queue when
+                        // this session's channels close.
+                        tracing::warn!(%error, "could not report a result; rebuilding the connection (the task returns to its queue)");
+                        report_failed.cancel();
                     }
                 }
             });

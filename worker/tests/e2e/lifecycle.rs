@@ -267,3 +267,55 @@ async fn a_temp_walk_longer_than_its_turn_budget_resumes_and_counts_every_file_o
     worker.stop().await;
     stack.stop().await;
 }
+
+/// A worker that cannot report a result (its event is unroutable, as for a moment after a
+/// broker restart, when a queue is not back yet) must not hand the task straight back:
+/// every return spends one of the message's deliveries, and a tight loop of returns
+/// dead-lettered healthy tasks. It rebuilds its connection instead (declaring the
+/// topology again), and the task succeeds on its next delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_report_rebuilds_instead_of_spending_the_deliveries() {
+    let scratch = tempfile::tempdir().unwrap();
+    let stack = Stack::start().await;
+    let worker = stack.worker(&[temp_root_flag("s", scratch.path())]).await;
+    // Connected, its topology declared and the cancellation stream read.
+    let readyz = format!("http://127.0.0.1:{}/readyz", worker.port);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !reqwest::get(&readyz).await.is_ok_and(|r| r.status() == 200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The events no longer reach the ledger queue: a worker's publish is unroutable
+    // (mandatory) and so not confirmed as delivered.
+    let topology = &stack.broker.topology;
+    for key in ["task.#", "worker.#"] {
+        stack
+            .broker
+            .channel
+            .queue_unbind(
+                topology.ledger_queue().into(),
+                topology.events_exchange().into(),
+                key.into(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let id = stack
+        .enqueue(
+            "/maintenance/cleanup-temp-files",
+            json!({"max_age_hours": 24, "root": "s", "dry_run": true}),
+        )
+        .await;
+    let task = wait_for(&stack.app, &id, DONE, Duration::from_secs(60)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(
+        stack.broker.queue_len_named(&topology.dead_queue()).await,
+        0
+    );
+    worker.stop().await;
+    stack.stop().await;
+}

@@ -185,6 +185,8 @@ impl Drop for PostgresOutage {
 pub struct Census {
     pub by_status: BTreeMap<String, usize>,
     pub lost: usize,
+    /// The errors of the tasks that did not succeed, by message: what a failed run says.
+    pub errors: BTreeMap<String, usize>,
 }
 
 impl Census {
@@ -197,9 +199,19 @@ impl Census {
         .await
         .unwrap();
         let known: usize = rows.iter().map(|(_, n)| *n as usize).sum();
+        let errors: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT coalesce(error->>'message', '(none)'), count(*) FROM cleanup_tasks
+             WHERE id = ANY($1) AND status <> 'succeeded' AND error IS NOT NULL
+             GROUP BY 1",
+        )
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .unwrap();
         Census {
             by_status: rows.into_iter().map(|(s, n)| (s, n as usize)).collect(),
             lost: ids.len() - known,
+            errors: errors.into_iter().map(|(m, n)| (m, n as usize)).collect(),
         }
     }
 
@@ -220,6 +232,9 @@ impl Census {
             self.lost,
             enqueued - self.finished() - self.lost,
         );
+        for (message, n) in &self.errors {
+            eprintln!("[{scenario}]   {n} x {message}");
+        }
     }
 }
 
