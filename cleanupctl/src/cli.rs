@@ -63,7 +63,7 @@ pub enum Command {
         after_help = "Example:\n  cleanupctl temp-files --older-than 36h --root scratch --pattern '*.tmp' --wait"
     )]
     TempFiles(TempFilesArgs),
-    /// List, inspect, follow, cancel and retry tasks.
+    /// List, inspect, follow, cancel, retry tasks, and run dry runs for real.
     #[command(
         subcommand,
         after_help = "Example:\n  cleanupctl tasks list --status running"
@@ -194,6 +194,14 @@ pub enum TasksCommand {
         /// Keep the original cutoff instead of one from now.
         #[arg(long)]
         keep_cutoff: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Run a succeeded dry run for real: same parameters, same cutoff.
+    #[command(after_help = "Example:\n  cleanupctl tasks run 0196f7a0-... --wait")]
+    Run {
+        /// The dry run's id.
+        id: String,
         #[command(flatten)]
         wait: WaitArgs,
     },

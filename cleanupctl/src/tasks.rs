@@ -1,4 +1,5 @@
-//! Tasks: enqueue (`runs`, `temp-files`), list, get, watch (`--wait`), cancel, retry.
+//! Tasks: enqueue (`runs`, `temp-files`), list, get, watch (`--wait`), cancel, retry,
+//! run (a dry run, for real).
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -132,6 +133,13 @@ pub async fn run(ctx: &Ctx, command: TasksCommand) -> Result<(), CliError> {
                 .post(&format!("/tasks/{}/retry", segment(&id)?), body)
                 .await?;
             accepted(ctx, answer, &wait, &format!("retries {id}")).await
+        }
+        TasksCommand::Run { id, wait } => {
+            let answer = ctx
+                .client
+                .post(&format!("/tasks/{}/run", segment(&id)?), None)
+                .await?;
+            accepted(ctx, answer, &wait, &format!("runs dry run {id} for real")).await
         }
     }
 }
@@ -316,7 +324,11 @@ pub fn describe(task: &Value) -> String {
     if let Some(next) = task["next_attempt_at"].as_str() {
         lines.push(format!("Next attempt at {next}."));
     }
-    for (key, label) in [("retry_of", "Retries"), ("retried_by", "Retried by")] {
+    for (key, label) in [
+        ("retry_of", "Retries"),
+        ("retried_by", "Retried by"),
+        ("dry_run_of", "Runs for real dry run"),
+    ] {
         if let Some(other) = task[key].as_str() {
             lines.push(format!("{label} task {other}."));
         }

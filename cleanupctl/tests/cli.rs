@@ -295,6 +295,35 @@ async fn wait_exits_1_when_the_task_fails_or_is_cancelled_and_3_when_it_runs_out
         "{}",
         refused.stderr
     );
+
+    // A succeeded dry run runs for real, once, with its own cutoff.
+    let dry = ctl(
+        app,
+        &[
+            "temp-files",
+            "--older-than",
+            "1d",
+            "--root",
+            "scratch",
+            "--dry-run",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(dry.code, 0, "{} {}", dry.stdout, dry.stderr);
+    let dry_id = dry.stdout.split_whitespace().nth(1).unwrap().to_owned();
+    let real = ctl(app, &["-o", "json", "tasks", "run", &dry_id, "--wait"]).await;
+    assert_eq!(real.code, 0, "{} {}", real.stdout, real.stderr);
+    assert_eq!(real.json()["dry_run_of"], dry_id.as_str());
+    assert_eq!(real.json()["params"]["dry_run"], false);
+    assert_eq!(real.json()["status"], "succeeded");
+    let twice = ctl(app, &["tasks", "run", &dry_id]).await;
+    assert_eq!(twice.code, 4, "{}", twice.stderr);
+    assert!(
+        twice.stderr.contains("was run for real already"),
+        "{}",
+        twice.stderr
+    );
     worker.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     stack.stop().await;
