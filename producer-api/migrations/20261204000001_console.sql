@@ -1,12 +1,15 @@
 -- The operator console (/ui).
 --
 -- Sessions: a signed-in browser holds a random id in an HttpOnly cookie; the ledger keeps
--- only its SHA-256, the SHA-256 of the API token it was exchanged for (the token's scope
--- is looked up again on every request, so a token removed from API_TOKENS ends its
--- sessions), and the session's CSRF token.
+-- only its SHA-256, the name of the API token it was exchanged for with a MAC binding
+-- that token's secret to the session id (HMAC-SHA256 keyed with the token's digest: the
+-- id is only in the cookie, so a copy of this table tests no guess of a secret), and the
+-- session's CSRF token. The token is looked up in API_TOKENS on every request: a token
+-- removed or given a new secret ends its sessions.
 CREATE TABLE console_sessions (
     id_digest    bytea PRIMARY KEY,
-    token_digest bytea,               -- NULL when auth is disabled (anonymous admin)
+    token_name   text,                -- NULL when auth is disabled (anonymous admin)
+    token_mac    bytea,
     csrf         text NOT NULL,
     created_at   timestamptz NOT NULL DEFAULT now(),
     expires_at   timestamptz NOT NULL

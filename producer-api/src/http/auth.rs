@@ -184,22 +184,24 @@ impl Tokens {
         self.disabled
     }
 
-    /// The principal of the token whose SHA-256 is `token_digest` (what a console session
-    /// keeps instead of the token); `None` once that token is no longer configured.
-    pub fn by_digest(&self, token_digest: &[u8]) -> Option<Principal> {
-        let mut found = None;
-        for token in &self.tokens {
-            if bool::from(token.digest.as_slice().ct_eq(token_digest)) {
-                found = Some(token.principal.clone());
-            }
-        }
-        found
+    /// The principal `presented` belongs to, and the MAC that binds its secret to the
+    /// console session `session_id` (what the ledger keeps instead of the token).
+    pub fn identify_for_session(
+        &self,
+        presented: &str,
+        session_id: &str,
+    ) -> Option<(Principal, [u8; 32])> {
+        let principal = self.identify(presented)?;
+        let mac = session_mac(&digest(presented.as_bytes()), session_id);
+        Some((principal, mac))
     }
 
-    /// The principal `presented` belongs to, and the token's digest.
-    pub fn identify_with_digest(&self, presented: &str) -> Option<(Principal, [u8; 32])> {
-        self.identify(presented)
-            .map(|principal| (principal, digest(presented.as_bytes())))
+    /// The principal of a console session made with the token called `name`, if that
+    /// token is still configured with the same secret (`mac` checks it).
+    pub fn for_session(&self, name: &str, session_id: &str, mac: &[u8]) -> Option<Principal> {
+        let token = self.tokens.iter().find(|t| t.principal.name == name)?;
+        let expected = session_mac(&token.digest, session_id);
+        bool::from(expected.as_slice().ct_eq(mac)).then(|| token.principal.clone())
     }
 }
 
@@ -211,7 +213,15 @@ pub fn anonymous() -> Principal {
     }
 }
 
-pub(crate) fn digest(bytes: &[u8]) -> [u8; 32] {
+/// HMAC-SHA256 of a console session id, keyed with a token's digest.
+fn session_mac(token_digest: &[u8; 32], session_id: &str) -> [u8; 32] {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(token_digest).expect("any key length");
+    mac.update(session_id.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
@@ -357,6 +367,28 @@ mod tests {
             false,
         );
         assert!(twice.err().unwrap().to_string().contains("used twice"));
+    }
+
+    #[test]
+    fn a_console_session_holds_while_its_token_keeps_its_name_and_secret() {
+        let before = Tokens::parse(&["ops:admin:first-secret-0123456789".into()], false).unwrap();
+        let (principal, mac) = before
+            .identify_for_session("first-secret-0123456789", "session-a")
+            .unwrap();
+        assert_eq!(principal.name, "ops");
+        assert_eq!(
+            before.for_session("ops", "session-a", &mac),
+            Some(principal)
+        );
+        // Another session's id, another name, a forged MAC: nothing.
+        assert_eq!(before.for_session("ops", "session-b", &mac), None);
+        assert_eq!(before.for_session("other", "session-a", &mac), None);
+        assert_eq!(before.for_session("ops", "session-a", &[0; 32]), None);
+        // The same name with a new secret, or the token gone: the session is over.
+        let rotated = Tokens::parse(&["ops:admin:second-secret-0123456789".into()], false).unwrap();
+        assert_eq!(rotated.for_session("ops", "session-a", &mac), None);
+        let gone = Tokens::parse(&["ci:read:third-secret-0123456789".into()], false).unwrap();
+        assert_eq!(gone.for_session("ops", "session-a", &mac), None);
     }
 
     #[test]

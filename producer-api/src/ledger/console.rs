@@ -11,8 +11,9 @@ use super::tasks::{TaskRow, TASK_COLUMNS};
 /// A live session: whose token it was made with, and its CSRF token.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SessionRow {
-    /// SHA-256 of the API token; `None` when auth is disabled.
-    pub token_digest: Option<Vec<u8>>,
+    /// The API token's name and the session's MAC of it; `None` when auth is disabled.
+    pub token_name: Option<String>,
+    pub token_mac: Option<Vec<u8>>,
     pub csrf: String,
     pub expires_at: DateTime<Utc>,
 }
@@ -21,7 +22,7 @@ pub struct SessionRow {
 pub async fn create_session(
     pool: &PgPool,
     id_digest: &[u8],
-    token_digest: Option<&[u8]>,
+    token: Option<(&str, &[u8])>,
     csrf: &str,
     lifetime: Duration,
 ) -> Result<(), sqlx::Error> {
@@ -30,11 +31,12 @@ pub async fn create_session(
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "INSERT INTO console_sessions (id_digest, token_digest, csrf, expires_at)
-         VALUES ($1, $2, $3, now() + $4)",
+        "INSERT INTO console_sessions (id_digest, token_name, token_mac, csrf, expires_at)
+         VALUES ($1, $2, $3, $4, now() + $5)",
     )
     .bind(id_digest)
-    .bind(token_digest)
+    .bind(token.map(|(name, _)| name))
+    .bind(token.map(|(_, mac)| mac))
     .bind(csrf)
     .bind(lifetime)
     .execute(&mut *tx)
@@ -48,7 +50,7 @@ pub async fn find_session(
     id_digest: &[u8],
 ) -> Result<Option<SessionRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT token_digest, csrf, expires_at FROM console_sessions
+        "SELECT token_name, token_mac, csrf, expires_at FROM console_sessions
          WHERE id_digest = $1 AND expires_at > now()",
     )
     .bind(id_digest)

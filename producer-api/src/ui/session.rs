@@ -91,19 +91,27 @@ impl FromRequestParts<AppState> for Viewer {
         let Some(cookie) = jar.get(COOKIE) else {
             return Err(SignInFirst(back).into_response());
         };
-        let found = console::find_session(&state.pool, &sha256(cookie.value()))
+        let unavailable =
+            |e: sqlx::Error| UiError::from(crate::http::error::ApiError::from(e)).into_response();
+        let id_digest = sha256(cookie.value());
+        let found = console::find_session(&state.pool, &id_digest)
             .await
-            .map_err(|e| UiError::from(crate::http::error::ApiError::from(e)).into_response())?;
+            .map_err(unavailable)?;
         let Some(session) = found else {
             return Err(SignInFirst(back).into_response());
         };
-        let principal = match &session.token_digest {
-            None if state.tokens.disabled() => auth::anonymous(),
-            None => None.ok_or_else(|| SignInFirst(back.clone()).into_response())?,
-            Some(token) => state
-                .tokens
-                .by_digest(token)
-                .ok_or_else(|| SignInFirst(back.clone()).into_response())?,
+        let principal = match (&session.token_name, &session.token_mac) {
+            (None, _) if state.tokens.disabled() => Some(auth::anonymous()),
+            (Some(name), Some(mac)) => state.tokens.for_session(name, cookie.value(), mac),
+            _ => None,
+        };
+        let Some(principal) = principal else {
+            // Its token was removed, or given a new secret (or auth was switched on): the
+            // session is over for good, even if the token comes back.
+            console::end_session(&state.pool, &id_digest)
+                .await
+                .map_err(unavailable)?;
+            return Err(SignInFirst(back).into_response());
         };
         Ok(Viewer {
             principal,
@@ -181,16 +189,18 @@ pub struct SignInForm {
 pub async fn sign_in(
     State(state): State<AppState>,
     headers: HeaderMap,
+    jar: CookieJar,
     Form(form): Form<SignInForm>,
 ) -> Result<Response, UiError> {
     let next = safe_next(form.next.as_deref());
-    let token_digest = if state.tokens.disabled() {
+    let id = random_hex();
+    let token = if state.tokens.disabled() {
         None
     } else {
-        match state.tokens.identify_with_digest(form.token.trim()) {
-            Some((principal, digest)) => {
+        match state.tokens.identify_for_session(form.token.trim(), &id) {
+            Some((principal, mac)) => {
                 tracing::info!(actor = %principal.name, "console sign-in");
-                Some(digest)
+                Some((principal.name, mac))
             }
             None => {
                 tracing::info!("console sign-in refused: unknown token");
@@ -203,12 +213,19 @@ pub async fn sign_in(
             }
         }
     };
-    let id = random_hex();
+    // A new session never continues an old one (whoever set that cookie).
+    if let Some(old) = jar.get(COOKIE) {
+        console::end_session(&state.pool, &sha256(old.value()))
+            .await
+            .map_err(crate::http::error::ApiError::from)?;
+    }
     let csrf = random_hex();
     console::create_session(
         &state.pool,
         &sha256(&id),
-        token_digest.as_ref().map(|d| d.as_slice()),
+        token
+            .as_ref()
+            .map(|(name, mac)| (name.as_str(), mac.as_slice())),
         &csrf,
         LIFETIME,
     )
@@ -256,14 +273,19 @@ pub async fn same_origin(request: Request, next: Next) -> Response {
     let headers = request.headers();
     let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
     let cross_site = matches!(site, Some("cross-site" | "same-site"));
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    // This server's name as the client addressed it (HTTP/2 carries it in the URI).
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
     // Every `Origin` given must be this host (`null`, an opaque origin, is not).
     let foreign_origin = headers.get_all(header::ORIGIN).iter().any(|origin| {
         let origin = origin.to_str().unwrap_or("null");
-        let origin_host = origin.split_once("://").map(|(_, rest)| rest);
-        match (origin_host, host) {
+        match (origin.split_once("://").map(|(_, rest)| rest), host) {
             (Some(origin), Some(host)) => !origin.eq_ignore_ascii_case(host),
-            _ => true,
+            // Unknown host: only the browser's own verdict (below) can refuse.
+            (Some(_), None) => false,
+            (None, _) => true,
         }
     });
     if cross_site || foreign_origin {

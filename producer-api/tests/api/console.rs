@@ -124,19 +124,33 @@ async fn signing_in_exchanges_the_token_for_a_session_cookie_and_signing_out_end
     }
     let cookie = browser.cookie.clone().unwrap();
     assert!(!cookie.contains(TOKEN));
-    // The ledger holds digests only: of the cookie's id, and of the token.
+    // The ledger holds no secret: the digest of the cookie's id, the token's name and a
+    // MAC keyed with the token that a copy of the table cannot test guesses against.
     let id = cookie.split_once('=').unwrap().1;
-    let stored: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM console_sessions
-         WHERE id_digest = sha256(convert_to($1, 'UTF8'))
-           AND token_digest = sha256(convert_to($2, 'UTF8'))",
+    let stored: Vec<(Vec<u8>, Option<String>, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT id_digest, token_name, token_mac FROM console_sessions")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 1);
+    let matches: bool = sqlx::query_scalar("SELECT $1 = sha256(convert_to($2, 'UTF8'))")
+        .bind(&stored[0].0)
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(matches, "the id's digest, not the id");
+    assert_eq!(stored[0].1.as_deref(), Some("token-1"));
+    let unkeyed: bool = sqlx::query_scalar(
+        "SELECT token_mac IN (sha256(convert_to($1, 'UTF8')), convert_to($1, 'UTF8'))
+         FROM console_sessions",
     )
-    .bind(id)
     .bind(TOKEN)
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!(stored, 1);
+    assert!(!unkeyed, "neither the token nor its plain digest");
+    assert_eq!(stored[0].2.as_ref().map(Vec::len), Some(32));
 
     // Every page renders on the server, readable without JavaScript.
     let tasks = browser.page("/ui/tasks").await;
@@ -184,6 +198,14 @@ async fn signing_in_exchanges_the_token_for_a_session_cookie_and_signing_out_end
         csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
         "{csp}"
     );
+
+    // Signing in again replaces the session the browser had.
+    let first = browser.cookie.clone();
+    browser.sign_in(TOKEN).await;
+    let mut old = Browser::new(app);
+    old.cookie = first;
+    assert_eq!(old.get("/ui").await.status(), 303);
+    assert_eq!(browser.get("/ui").await.status(), 200);
 
     // Signing out needs the session's CSRF token; then the cookie opens nothing.
     let refused = browser.post("/ui/sign-out", &[], &[]).await;
