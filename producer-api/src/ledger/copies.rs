@@ -72,8 +72,10 @@ pub async fn retry(
 }
 
 /// Run a succeeded dry run for real: a new task with its kind and parameters (`dry_run`
-/// false) and its cutoff, so that it deletes what the dry run reported, less what changed
-/// since (rows that turned non-terminal, files touched again). One real run per dry run.
+/// false, and what the dry run's worker chose by itself pinned: [`pinned`]) and its
+/// cutoff. It deletes what matches those rules when it runs: nothing younger than the
+/// cutoff, whatever the dry run found that still matches, and whatever came to match
+/// since (a run that finished meanwhile with an old timestamp). One real run per dry run.
 pub async fn run_dry_run(
     pool: &PgPool,
     id: Uuid,
@@ -106,7 +108,15 @@ pub async fn run_dry_run(
     if let Some(before) = before {
         return Ok(Copied::Before(before));
     }
-    let real = task.with_dry_run(false);
+    let real = match pinned(task.with_dry_run(false), original.result.as_ref()) {
+        Ok(real) => real,
+        Err(reason) => return Ok(Copied::Invalid(reason)),
+    };
+    if let Err(e) = real.validate(rules) {
+        return Ok(Copied::Invalid(format!(
+            "its parameters are no longer valid: {e}"
+        )));
+    }
     let created = store(
         &mut tx,
         real,
@@ -124,6 +134,52 @@ pub async fn run_dry_run(
     let created = read(&mut tx, created).await?;
     tx.commit().await?;
     Ok(Copied::Created(Box::new(created)))
+}
+
+/// The real run of a dry run, with what the dry run's worker chose by itself written into
+/// its parameters: the statuses (the worker's terminal statuses when none were named) and
+/// the root (every configured root when none was named). A worker with another
+/// configuration must not make the real run delete what the dry run never looked at; a
+/// dry run over several roots is refused, since another worker may have other roots.
+fn pinned(real: TaskSpec, result: Option<&serde_json::Value>) -> Result<TaskSpec, String> {
+    let strings = |key: &str| -> Option<Vec<String>> {
+        result?
+            .get(key)?
+            .as_array()?
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    match real {
+        TaskSpec::CleanupRuns(mut p) => {
+            if p.statuses.is_none() {
+                let statuses = strings("statuses")
+                    .filter(|s| !s.is_empty())
+                    .ok_or("its result does not say which statuses it took; run a new dry run")?;
+                p.statuses = Some(statuses);
+            }
+            Ok(TaskSpec::CleanupRuns(p))
+        }
+        TaskSpec::CleanupTempFiles(mut p) => {
+            if p.root.is_none() {
+                let roots = strings("roots").unwrap_or_default();
+                match roots.as_slice() {
+                    [one] => p.root = Some(one.clone()),
+                    [] => {
+                        return Err("its result names no root it cleaned; run a new dry run".into())
+                    }
+                    many => {
+                        return Err(format!(
+                            "it covered several roots ({}), and the worker that takes the real \
+                             run may have other ones; run a dry run of one root (`root`)",
+                            many.join(", ")
+                        ))
+                    }
+                }
+            }
+            Ok(TaskSpec::CleanupTempFiles(p))
+        }
+    }
 }
 
 /// The real run made from dry run `id`, if any.

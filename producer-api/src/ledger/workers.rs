@@ -122,6 +122,20 @@ pub async fn prune(pool: &PgPool, dry_run: bool) -> Result<(Vec<String>, i64), s
     Ok((pruned, kept))
 }
 
+/// Remove these workers if they are still stopped or lost (what a preview listed: one
+/// that came back up, or was never listed, stays). Returns the ids removed.
+pub async fn prune_listed(pool: &PgPool, ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
+    sweep_lost(pool).await?;
+    let mut removed: Vec<String> = sqlx::query_scalar(
+        "DELETE FROM workers WHERE id = ANY($1) AND status IN ('stopped', 'lost') RETURNING id",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    removed.sort();
+    Ok(removed)
+}
+
 /// Sweep every few seconds until shutdown, so `lost` shows without anyone asking.
 pub async fn run_sweeper(pool: PgPool, shutdown: CancellationToken) {
     loop {

@@ -189,7 +189,14 @@ fn dry_run_panel(viewer: &Viewer, t: &TaskRow, real_run: Option<Uuid>) -> Markup
             } @else if viewer.can(Scope::Enqueue) {
                 form method="post" action={ "/ui/tasks/" (t.id) "/run" } {
                     (page::csrf(viewer))
-                    p.hint { "Same parameters, same cutoff (" (exact(t.cutoff)) "): it deletes what this dry run found, less whatever changed since (rows no longer finished, files touched again)." }
+                    p.hint {
+                        "Same parameters and the same cutoff (" (exact(t.cutoff)) "), with the "
+                        @if t.kind == shared::tasks::TaskKind::CleanupRuns { "statuses" } @else { "root" }
+                        " this dry run took: nothing younger than the cutoff is deleted. It deletes what matches when it runs: what this dry run found unless it changed since, and anything that came to match meanwhile."
+                        @if t.kind == shared::tasks::TaskKind::CleanupTempFiles {
+                            " Temp roots belong to the worker that takes the task: with a root on each node, the real run may clean another node's copy of it."
+                        }
+                    }
                     button.danger type="submit" { "Run it for real" }
                 }
             } @else {
@@ -423,7 +430,8 @@ pub async fn confirm_retry(
     };
     let extra = html! {
         div.checkbox {
-            input #keep-cutoff type="checkbox" name="keep_cutoff" value="true";
+            // A real run made from a dry run keeps the cutoff that dry run showed.
+            input #keep-cutoff type="checkbox" name="keep_cutoff" value="true" checked[t.dry_run_of.is_some()];
             " " label for="keep-cutoff" { "Keep this task's cutoff (" (exact(t.cutoff)) ") instead of computing one from now" }
         }
     };

@@ -3,13 +3,12 @@
 use axum::extract::State;
 use axum::http::Method;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use chrono::Utc;
 use maud::html;
 
 use super::format::when;
 use super::page::{self, Nav, UiError};
-use super::session::{CsrfForm, Viewer};
+use super::session::Viewer;
 use crate::http::auth::{self, Scope};
 use crate::http::error::ApiError;
 use crate::http::json::ApiJson;
@@ -91,6 +90,7 @@ pub async fn preview(State(state): State<AppState>, viewer: Viewer) -> Result<Re
                 p.muted { (would.skipped) " worker(s) up are kept." }
                 form method="post" action="/ui/workers/prune" {
                     (page::csrf(&viewer))
+                    @for id in &would.pruned { input type="hidden" name="worker" value=(id); }
                     div.actions {
                         button.danger type="submit" { "Prune " (would.pruned.len()) " worker(s)" }
                         a href="/ui/workers" { "Back" }
@@ -102,14 +102,33 @@ pub async fn preview(State(state): State<AppState>, viewer: Viewer) -> Result<Re
     Ok(page::document("Prune workers", Some(&viewer), Nav::Workers, body).into_response())
 }
 
+/// Prune what the preview listed, and only that (the form carries the ids): a worker that
+/// came back up meanwhile, or was lost after the preview, stays.
 pub async fn prune(
     State(state): State<AppState>,
     viewer: Viewer,
-    Form(form): Form<CsrfForm>,
+    body: axum::body::Bytes,
 ) -> Result<Response, UiError> {
-    viewer.check_csrf(&form.csrf)?;
+    let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let values = |name: &'static str| -> Vec<String> {
+        fields
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let csrf = values("csrf").pop().unwrap_or_default();
+    viewer.check_csrf(&csrf)?;
     allowed(&viewer)?;
-    let axum::Json(done) =
-        prune_workers(State(state), ApiJson(PruneRequest { dry_run: false })).await?;
-    Ok(Redirect::to(&format!("/ui/workers?pruned={}", done.pruned.len())).into_response())
+    let listed: Vec<String> = values("worker")
+        .into_iter()
+        .filter(|id| !id.contains('\0'))
+        .collect();
+    let removed = registry::prune_listed(&state.pool, &listed)
+        .await
+        .map_err(ApiError::from)?;
+    if !removed.is_empty() {
+        tracing::info!(count = removed.len(), actor = %viewer.principal.name, "pruned workers from the registry");
+    }
+    Ok(Redirect::to(&format!("/ui/workers?pruned={}", removed.len())).into_response())
 }

@@ -407,3 +407,59 @@ async fn the_form_always_enqueues_a_dry_run_and_says_what_is_wrong() {
     assert_eq!(task["params"]["dry_run"], true);
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_workers_removes_only_what_the_preview_listed() {
+    let stack = Stack::start_with(AppOptions::without_relay()).await;
+    let app = &stack.app;
+    let add = |id: &'static str, status: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO workers (id, host, version, kinds, status, started_at, last_seen_at)
+                 VALUES ($1, 'node-1', '0.1.0', '{cleanup_runs}', $2, now(), now())",
+            )
+            .bind(id)
+            .bind(status)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    add("w-stopped", "stopped").await;
+    add("w-back", "stopped").await;
+    add("w-up", "up").await;
+    let mut browser = Browser::new(app);
+    browser.sign_in(TOKEN).await;
+    let preview = browser.page("/ui/workers/prune").await;
+    assert!(
+        preview.contains("w-stopped") && preview.contains("w-back") && !preview.contains(">w-up<"),
+        "{preview}"
+    );
+    // Between the preview and the click, one comes back and another stops.
+    sqlx::query("UPDATE workers SET status = 'up' WHERE id = 'w-back'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    add("w-late", "stopped").await;
+    let csrf = browser.csrf().await;
+    let pruned = browser
+        .post(
+            "/ui/workers/prune",
+            &[
+                ("csrf", &csrf),
+                ("worker", "w-stopped"),
+                ("worker", "w-back"),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(pruned.status(), 303);
+    assert_eq!(pruned.headers()["location"], "/ui/workers?pruned=1");
+    let left: Vec<String> = sqlx::query_scalar("SELECT id FROM workers ORDER BY id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["w-back", "w-late", "w-up"]);
+    stack.stop().await;
+}

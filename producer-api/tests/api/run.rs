@@ -9,6 +9,26 @@ use shared::tasks::TaskKind;
 use test_support::*;
 
 const DRY_RUN: &str = "ci-dry-run-token-0123456789";
+const RUNS: &str = "/maintenance/cleanup-runs";
+const TEMP: &str = "/maintenance/cleanup-temp-files";
+
+/// A dry run (no statuses, no root named) that succeeded with `result`.
+async fn dry_run_with(stack: &Stack, path: &str, result: Value) -> String {
+    let id = stack
+        .enqueue(path, json!({"max_age_hours": 48, "dry_run": true}))
+        .await;
+    succeed(&stack.app, &id, result).await;
+    id
+}
+
+async fn succeed(app: &TestApp, id: &str, result: Value) {
+    sqlx::query("UPDATE cleanup_tasks SET status = 'succeeded', result = $2 WHERE id = $1::uuid")
+        .bind(id)
+        .bind(result)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
 
 async fn mark(app: &TestApp, id: &str, status: &str) {
     sqlx::query(
@@ -103,6 +123,49 @@ async fn a_succeeded_dry_run_runs_for_real_once_with_its_own_cutoff() {
     );
     assert_eq!(run("nope".into()).await.status(), 400);
     assert_eq!(app.task_count().await, 2);
+
+    // What the dry run's worker chose by itself goes into the real run's parameters: a
+    // worker configured otherwise must not widen it.
+    let open = dry_run_with(&stack, RUNS, json!({"runs_matched": 1})).await;
+    assert_eq!(
+        run(open.clone()).await.status(),
+        422,
+        "no statuses in the result: refused"
+    );
+    succeed(
+        app,
+        &open,
+        json!({"runs_matched": 1, "statuses": ["failed", "cancelled"]}),
+    )
+    .await;
+    let pinned: Value = run(open).await.json().await.unwrap();
+    assert_eq!(
+        pinned["params"]["statuses"],
+        json!(["failed", "cancelled"]),
+        "{pinned}"
+    );
+    let several = dry_run_with(
+        &stack,
+        TEMP,
+        json!({"files_matched": 1, "roots": ["a", "b"]}),
+    )
+    .await;
+    let refused = run(several).await;
+    assert_eq!(refused.status(), 422);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("several roots (a, b)"));
+    let one = dry_run_with(
+        &stack,
+        TEMP,
+        json!({"files_matched": 1, "roots": ["scratch"]}),
+    )
+    .await;
+    let one: Value = run(one).await.json().await.unwrap();
+    assert_eq!(one["params"]["root"], "scratch", "{one}");
+    assert_eq!(one["params"]["dry_run"], false);
     stack.stop().await;
 }
 
