@@ -127,7 +127,8 @@ async fn signing_in_exchanges_the_token_for_a_session_cookie_and_signing_out_end
     // The ledger holds no secret: the digest of the cookie's id, the token's name and a
     // MAC keyed with the token that a copy of the table cannot test guesses against.
     let id = cookie.split_once('=').unwrap().1;
-    let stored: Vec<(Vec<u8>, Option<String>, Option<Vec<u8>>)> =
+    type Row = (Vec<u8>, Option<String>, Option<Vec<u8>>);
+    let stored: Vec<Row> =
         sqlx::query_as("SELECT id_digest, token_name, token_mac FROM console_sessions")
             .fetch_all(&app.pool)
             .await
