@@ -91,8 +91,7 @@ pub async fn retry_task(
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token's scope allows no real cleanup (`enqueue` scope)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown task", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The dry run has not succeeded, or was run for real before (`detail` names that task)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not a dry run, or parameters no longer valid", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task cannot be run for real as it stands: not a dry run, not succeeded, run for real before (`detail` names that task), a temp-file dry run over several roots, or parameters no longer valid", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = ["enqueue"]))
 )]
@@ -112,6 +111,15 @@ pub async fn run_task(
         Utc::now(),
     )
     .await?;
+    // The request is well formed: what stands in the way is the stored task.
+    let copied = match copied {
+        Copied::Invalid(reason) => {
+            return Err(ApiError::Conflict(format!(
+                "task {id} cannot be run for real: {reason}"
+            )))
+        }
+        other => other,
+    };
     let row = created(
         copied,
         id,

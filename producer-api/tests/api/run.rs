@@ -113,7 +113,7 @@ async fn a_succeeded_dry_run_runs_for_real_once_with_its_own_cutoff() {
     let real_id = real["task_id"].as_str().unwrap().to_owned();
     mark(app, &real_id, "succeeded").await;
     let not_dry = run(real_id).await;
-    assert_eq!(not_dry.status(), 422);
+    assert_eq!(not_dry.status(), 409);
     assert!(not_dry.text().await.unwrap().contains("not a dry run"));
     assert_eq!(
         run("00000000-0000-0000-0000-000000000000".into())
@@ -129,7 +129,7 @@ async fn a_succeeded_dry_run_runs_for_real_once_with_its_own_cutoff() {
     let open = dry_run_with(&stack, RUNS, json!({"runs_matched": 1})).await;
     assert_eq!(
         run(open.clone()).await.status(),
-        422,
+        409,
         "no statuses in the result: refused"
     );
     succeed(
@@ -151,7 +151,7 @@ async fn a_succeeded_dry_run_runs_for_real_once_with_its_own_cutoff() {
     )
     .await;
     let refused = run(several).await;
-    assert_eq!(refused.status(), 422);
+    assert_eq!(refused.status(), 409);
     assert!(refused
         .text()
         .await
