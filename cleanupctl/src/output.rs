@@ -18,23 +18,7 @@ pub fn count(n: u64) -> String {
     out
 }
 
-/// Bytes in binary units: "3.4 MiB".
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64;
-    let mut unit = "B";
-    for u in UNITS {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = u;
-    }
-    format!("{value:.1} {unit}")
-}
+pub use shared::results::human_bytes as bytes;
 
 /// An age in its largest whole unit: "41 days", "3 hours", "12 minutes".
 pub fn age(seconds: f64) -> String {

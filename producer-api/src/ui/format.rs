@@ -50,23 +50,7 @@ pub fn span(seconds: f64) -> String {
     }
 }
 
-/// A size in bytes, in binary units.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64;
-    let mut unit = "B";
-    for u in UNITS {
-        if value < 1024.0 {
-            break;
-        }
-        value /= 1024.0;
-        unit = u;
-    }
-    format!("{value:.1} {unit}")
-}
+pub use shared::results::human_bytes as bytes;
 
 /// A field name as words: `runs_deleted` → `runs deleted`.
 pub fn label(key: &str) -> String {
