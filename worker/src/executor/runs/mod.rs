@@ -52,8 +52,9 @@ struct Statements {
     table: RunsTable,
     schema: Schema,
     eligible: String,
-    count: String,
-    sample: String,
+    /// A dry run in one statement (one snapshot, one round trip): the count, a sample
+    /// (`$3` rows, oldest first) and the age of the oldest.
+    dry_run: String,
     threshold: String,
     oldest: String,
 }
@@ -77,16 +78,19 @@ impl Statements {
             ));
         }
         let (table, id, ts) = (&t.table, &t.id, &t.timestamp);
+        let oldest = format!(
+            "SELECT EXTRACT(EPOCH FROM (now() - {oldest}))::float8 FROM {table} WHERE {eligible}",
+            oldest = schema.instant(&format!("min({ts})"))
+        );
         Self {
-            count: format!("SELECT count(*) FROM {table} WHERE {eligible}"),
-            sample: format!(
-                "SELECT {id}::text FROM {table} WHERE {eligible} ORDER BY {ts}, {id} LIMIT $3"
+            dry_run: format!(
+                "SELECT (SELECT count(*) FROM {table} WHERE {eligible}),
+                        ARRAY(SELECT {id}::text FROM {table} WHERE {eligible}
+                              ORDER BY {ts}, {id} LIMIT $3),
+                        ({oldest})"
             ),
             threshold: batches::threshold_sql(t, &eligible),
-            oldest: format!(
-                "SELECT EXTRACT(EPOCH FROM (now() - {oldest}))::float8 FROM {table} WHERE {eligible}",
-                oldest = schema.instant(&format!("min({ts})"))
-            ),
+            oldest,
             table: t.clone(),
             schema: schema.clone(),
             eligible,
@@ -344,7 +348,12 @@ impl RunsExecutor {
             result.runs_matched = result.runs_deleted;
         }
         result.cursor = None;
-        let oldest = run.oldest_remaining().await;
+        let oldest = if params.dry_run {
+            // Measured with the dry run's count, in the same snapshot.
+            Ok(result.oldest_remaining_age_seconds)
+        } else {
+            run.oldest_remaining().await
+        };
         result.duration_ms += started.elapsed().as_millis() as u64;
         result.oldest_remaining_age_seconds = match oldest {
             Ok(oldest) => oldest,

@@ -1,4 +1,4 @@
-//! A run's statements outside the batches: the dry run's count and sample, the task's
+//! A run's statements outside the batches: the dry run (count, sample, oldest), the task's
 //! committed count in the progress table, the age of the oldest row left, and the brief
 //! retry of a statement whose error is transient.
 
@@ -15,12 +15,12 @@ impl Run<'_> {
         max_rows: Option<u64>,
         result: &mut RunsResult,
     ) -> Result<(), ExecError> {
-        let count: i64 = self
+        let (count, sample, oldest): (i64, Vec<String>, Option<f64>) = self
             .retry(|| {
-                sqlx::query_scalar(&self.statements.count)
+                sqlx::query_as(&self.statements.dry_run)
                     .bind(self.statuses)
                     .bind(self.cutoff)
-                    .bind(0i64)
+                    .bind(SAMPLE_SIZE as i64)
                     .bind(self.scope)
                     .fetch_one(&self.executor.pool)
             })
@@ -29,17 +29,8 @@ impl Run<'_> {
         let count = count.max(0) as u64;
         result.runs_matched = max_rows.map_or(count, |cap| count.min(cap));
         result.capped = max_rows.is_some_and(|cap| count > cap);
-        result.sample_ids = self
-            .retry(|| {
-                sqlx::query_scalar(&self.statements.sample)
-                    .bind(self.statuses)
-                    .bind(self.cutoff)
-                    .bind(SAMPLE_SIZE as i64)
-                    .bind(self.scope)
-                    .fetch_all(&self.executor.pool)
-            })
-            .await
-            .map_err(|e| ExecError::from_sqlx("failed to sample eligible runs", &e))?;
+        result.sample_ids = sample;
+        result.oldest_remaining_age_seconds = oldest;
         Ok(())
     }
 
