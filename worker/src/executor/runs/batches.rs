@@ -131,7 +131,7 @@ pub fn delete_sql(
 /// `$4` as in every statement.
 pub fn threshold_sql(t: &RunsTable, eligible: &str) -> String {
     format!(
-        "SELECT {ts}::text FROM {table} WHERE {eligible} ORDER BY {ts} OFFSET $3 - 1 LIMIT 1",
+        "SELECT {ts}::text AS threshold FROM {table} WHERE {eligible} ORDER BY {ts} OFFSET $3 - 1 LIMIT 1",
         ts = t.timestamp,
         table = t.table
     )

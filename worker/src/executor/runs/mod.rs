@@ -83,9 +83,11 @@ impl Statements {
             oldest = schema.instant(&format!("min({ts})"))
         );
         Self {
+            // Each text output is named apart from its column: `ORDER BY id` would sort by
+            // an output column of that name, in text order (1, 10, 2, ...).
             dry_run: format!(
                 "SELECT (SELECT count(*) FROM {table} WHERE {eligible}),
-                        ARRAY(SELECT {id}::text FROM {table} WHERE {eligible}
+                        ARRAY(SELECT {id}::text AS sample_id FROM {table} WHERE {eligible}
                               ORDER BY {ts}, {id} LIMIT $3),
                         ({oldest})"
             ),
