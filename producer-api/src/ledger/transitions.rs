@@ -90,17 +90,8 @@ impl Change<'_> {
 pub async fn apply(pool: &PgPool, changes: &[Change<'_>]) -> Result<(), sqlx::Error> {
     let mut ordered: Vec<&Change> = changes.iter().collect();
     ordered.sort_by_key(|change| change.lock_order());
-    let alone = success_alone(&ordered);
-    // The successes of tasks with no other change in the batch: one statement for all.
-    let mut successes: Vec<(&TaskSucceeded, Option<DateTime<Utc>>)> = Vec::new();
     let mut tx = pool.begin().await?;
     for (i, change) in ordered.iter().enumerate() {
-        if let Change::Heartbeat(_) | Change::WorkerStopped(_) = change {
-            // Task rows are locked before worker rows: the successes go now.
-            if !successes.is_empty() {
-                succeeded_all(&mut tx, &std::mem::take(&mut successes)).await?;
-            }
-        }
         match **change {
             // Its success is in the same batch (a short task): one UPDATE, with the start's
             // time, instead of two (each status change rewrites every index entry).
@@ -115,11 +106,7 @@ pub async fn apply(pool: &PgPool, changes: &[Change<'_>]) -> Result<(), sqlx::Er
                         Change::Started(s) if s.attempt == e.attempt => Some(s.at),
                         _ => None,
                     });
-                if alone.contains(&e.task_id) {
-                    successes.push((e, start));
-                } else {
-                    succeeded(&mut tx, e, start).await?
-                }
+                succeeded(&mut tx, e, start).await?
             }
             Change::Failed(e) => failed(&mut tx, e).await?,
             Change::Cancelled(e) => cancelled(&mut tx, e).await?,
@@ -133,88 +120,7 @@ pub async fn apply(pool: &PgPool, changes: &[Change<'_>]) -> Result<(), sqlx::Er
             Change::WorkerStopped(e) => workers::stopped(&mut tx, e).await?,
         }
     }
-    if !successes.is_empty() {
-        succeeded_all(&mut tx, &successes).await?;
-    }
     tx.commit().await
-}
-
-/// Tasks whose changes in this batch are one success and at most the start of the same
-/// attempt: applying the success with the others' in one statement gives what applying it
-/// in order would.
-fn success_alone(ordered: &[&Change<'_>]) -> std::collections::HashSet<Uuid> {
-    let mut alone = std::collections::HashSet::new();
-    let mut i = 0;
-    while i < ordered.len() {
-        let Some(task) = ordered[i].task() else {
-            i += 1;
-            continue;
-        };
-        let run: Vec<&Change> = ordered[i..]
-            .iter()
-            .take_while(|c| c.task() == Some(task))
-            .copied()
-            .collect();
-        i += run.len();
-        let successes: Vec<u32> = run
-            .iter()
-            .filter_map(|c| match c {
-                Change::Succeeded(s) => Some(s.attempt),
-                _ => None,
-            })
-            .collect();
-        let only_its_start = run.iter().all(|c| match c {
-            Change::Succeeded(_) => true,
-            Change::Started(s) => successes.first() == Some(&s.attempt),
-            _ => false,
-        });
-        if successes.len() == 1 && only_its_start {
-            alone.insert(task);
-        }
-    }
-    alone
-}
-
-/// [`succeeded`] for many tasks at once, each with its start's time when known; the rows
-/// locked in id order first.
-async fn succeeded_all(
-    conn: &mut PgConnection,
-    successes: &[(&TaskSucceeded, Option<DateTime<Utc>>)],
-) -> Result<(), sqlx::Error> {
-    let ids: Vec<Uuid> = successes.iter().map(|(e, _)| e.task_id).collect();
-    let attempts: Vec<i32> = successes.iter().map(|(e, _)| e.attempt as i32).collect();
-    let workers: Vec<&str> = successes
-        .iter()
-        .map(|(e, _)| e.worker_id.as_str())
-        .collect();
-    let results: Vec<&serde_json::Value> = successes.iter().map(|(e, _)| &e.result).collect();
-    let ats: Vec<DateTime<Utc>> = successes.iter().map(|(e, _)| e.at).collect();
-    let starts: Vec<Option<DateTime<Utc>>> = successes.iter().map(|(_, s)| *s).collect();
-    sqlx::query(&format!(
-        "WITH e AS (
-             SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[],
-                                  $5::timestamptz[], $6::timestamptz[])
-                 AS e(e_id, e_attempt, e_worker, e_result, e_at, e_started)
-         ), locked AS (
-             SELECT id FROM cleanup_tasks WHERE id IN (SELECT e_id FROM e) ORDER BY id FOR UPDATE
-         )
-         UPDATE cleanup_tasks SET status = 'succeeded', attempts = e_attempt, worker_id = e_worker,
-             result = e_result, error = NULL, started_at = COALESCE(started_at, e_started, e_at),
-             finished_at = e_at, next_attempt_at = NULL, updated_at = now()
-         FROM e
-         WHERE id = e_id AND id IN (SELECT id FROM locked)
-           AND ((status NOT IN {FINISHED} AND {POSITION} < (e_attempt, 2))
-                OR (status = 'cancelled' AND result IS NULL))"
-    ))
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&workers)
-    .bind(&results)
-    .bind(&ats)
-    .bind(&starts)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Whether `later` (the rest of a batch in lock order) holds the success of the attempt
