@@ -184,6 +184,11 @@ fn dry_run_panel(viewer: &Viewer, t: &TaskRow, real_run: Option<Uuid>) -> Markup
             }
             @if nothing(t) {
                 p { "Nothing to delete: there is nothing to run for real." }
+            } @else if let Some(roots) = several_roots(t) {
+                p.alert.alert-warn {
+                    "This dry run covered several roots (" (roots) "), and the worker that takes a real run may have other ones: "
+                    a href={ "/ui/new?kind=cleanup_temp_files" } { "start a dry run of one root" } " to run it for real."
+                }
             } @else if let Some(real) = real_run {
                 p { "Run for real already: " a.mono href={ "/ui/tasks/" (real) } { (real) } }
             } @else if viewer.can(Scope::Enqueue) {
@@ -204,6 +209,23 @@ fn dry_run_panel(viewer: &Viewer, t: &TaskRow, real_run: Option<Uuid>) -> Markup
             }
         }
     }
+}
+
+/// The roots of a temp-file dry run that named none and covered several (it is not run
+/// for real: `POST /tasks/{id}/run` refuses it).
+fn several_roots(t: &TaskRow) -> Option<String> {
+    if t.params.get("root").is_some_and(|r| !r.is_null()) {
+        return None;
+    }
+    let roots: Vec<&str> = t
+        .result
+        .as_ref()?
+        .get("roots")?
+        .as_array()?
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    (roots.len() > 1).then(|| roots.join(", "))
 }
 
 /// Whether a dry run found nothing to delete.

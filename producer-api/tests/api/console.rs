@@ -406,6 +406,53 @@ async fn the_form_always_enqueues_a_dry_run_and_says_what_is_wrong() {
     assert_eq!(task["params"]["patterns"], json!(["*.tmp", "*.log"]));
     assert_eq!(task["params"]["remove_empty_dirs"], true);
     assert_eq!(task["params"]["dry_run"], true);
+
+    // Its page, once it succeeded: what would go, and the way to run it for real; but a
+    // dry run over several roots is not offered (the real run would be refused).
+    let finish = |result: Value| {
+        let (pool, id) = (app.pool.clone(), id.clone());
+        async move {
+            sqlx::query(
+                "UPDATE cleanup_tasks SET status = 'succeeded', result = $2 WHERE id = $1::uuid",
+            )
+            .bind(id)
+            .bind(result)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    finish(
+        json!({"dry_run": true, "files_matched": 2, "bytes_matched": 2048, "roots": ["scratch"],
+                  "sample_paths": ["scratch/a.tmp", "scratch/<b>.tmp"]}),
+    )
+    .await;
+    let page = browser.page(&format!("/ui/tasks/{id}")).await;
+    assert!(
+        page.contains("would delete 2 files (2.0 KiB)") && page.contains("Run it for real"),
+        "{page}"
+    );
+    assert!(
+        page.contains("scratch/&lt;b&gt;.tmp") && !page.contains("<b>.tmp"),
+        "escaped"
+    );
+    let everywhere = stack
+        .enqueue(
+            "/maintenance/cleanup-temp-files",
+            json!({"max_age_hours": 24, "dry_run": true}),
+        )
+        .await;
+    sqlx::query("UPDATE cleanup_tasks SET status = 'succeeded', result = $2 WHERE id = $1::uuid")
+        .bind(&everywhere)
+        .bind(json!({"dry_run": true, "files_matched": 2, "roots": ["a", "b"]}))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let page = browser.page(&format!("/ui/tasks/{everywhere}")).await;
+    assert!(
+        page.contains("several roots (a, b)") && !page.contains("Run it for real"),
+        "{page}"
+    );
     stack.stop().await;
 }
 
