@@ -393,3 +393,7 @@ impl Walk {
 #[cfg(test)]
 #[path = "walk_tests.rs"]
 pub mod tests;
+
+#[cfg(test)]
+#[path = "walk_rmdir_tests.rs"]
+mod rmdir_tests;
