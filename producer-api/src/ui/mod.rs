@@ -15,6 +15,7 @@ use axum::Router;
 
 use crate::http::AppState;
 
+mod actions;
 mod assets;
 mod format;
 mod new;
@@ -40,13 +41,13 @@ pub fn router() -> Router<AppState> {
         .route("/ui/tasks/{id}", get(task::page))
         .route(
             "/ui/tasks/{id}/cancel",
-            get(task::confirm_cancel).post(task::cancel),
+            get(actions::confirm_cancel).post(actions::cancel),
         )
         .route(
             "/ui/tasks/{id}/retry",
-            get(task::confirm_retry).post(task::retry),
+            get(actions::confirm_retry).post(actions::retry),
         )
-        .route("/ui/tasks/{id}/run", post(task::run))
+        .route("/ui/tasks/{id}/run", post(actions::run))
         .route("/ui/new", get(new::form).post(new::submit))
         .route("/ui/workers", get(workers::page))
         .route(

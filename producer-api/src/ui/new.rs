@@ -5,7 +5,7 @@
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -14,7 +14,6 @@ use shared::tasks::{CleanupRunsParams, CleanupTempFilesParams, TaskKind};
 
 use super::page::{self, Nav, UiError};
 use super::session::Viewer;
-use crate::http::auth;
 use crate::http::error::ApiError;
 use crate::http::json::ApiJson;
 use crate::http::{tasks, AppState};
@@ -70,9 +69,9 @@ pub async fn form(
     Ok(render(&state, &viewer, &fields, None, StatusCode::OK))
 }
 
+/// A dry run: the scope `POST /maintenance/cleanup-runs` needs (either kind's route).
 fn allowed(viewer: &Viewer) -> Result<(), UiError> {
-    let path = "/maintenance/cleanup-runs";
-    viewer.require(auth::needed(&Method::POST, path), "a dry run")
+    viewer.may(Method::POST, "/maintenance/cleanup-runs")
 }
 
 fn render(
@@ -267,10 +266,7 @@ pub async fn submit(
         }
     };
     match enqueued {
-        Ok(response) => {
-            let id = super::task::located_task(&response).unwrap_or_default();
-            Ok(Redirect::to(&format!("/ui/tasks/{id}?done=created")).into_response())
-        }
+        Ok(response) => Ok(super::actions::to_created(&response)),
         Err(error @ (ApiError::InvalidParameters { .. } | ApiError::Forbidden(_))) => {
             unprocessable(error.to_string())
         }

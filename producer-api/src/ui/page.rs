@@ -1,12 +1,11 @@
 //! The page every console view renders into, and the console's error page.
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup, DOCTYPE};
 
 use super::assets;
 use super::session::Viewer;
-use crate::http::auth::Scope;
 use crate::http::error::ApiError;
 
 /// Which part of the console a page belongs to (highlighted in the navigation).
@@ -71,7 +70,7 @@ fn render(
                         nav aria-label="Console" {
                             (link(Nav::Overview, "/ui", "Overview"))
                             (link(Nav::Tasks, "/ui/tasks", "Tasks"))
-                            @if viewer.can(Scope::DryRun) {
+                            @if viewer.may(Method::POST, "/maintenance/cleanup-runs").is_ok() {
                                 (link(Nav::New, "/ui/new", "New cleanup"))
                             }
                             (link(Nav::Workers, "/ui/workers", "Workers"))

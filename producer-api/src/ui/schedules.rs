@@ -12,7 +12,6 @@ use maud::html;
 use super::format::when;
 use super::page::{self, Nav, UiError};
 use super::session::{CsrfForm, Viewer};
-use crate::http::auth::{self, Scope};
 use crate::http::error::ApiError;
 use crate::http::json::ApiJson;
 use crate::http::schedules::{patch_schedule, trigger_schedule, SchedulePatch};
@@ -73,7 +72,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> Result<Respo
                     } }
                     div { dt { "parameters" } dd { (super::format::fields(&s.params)) } }
                 }
-                @if viewer.can(Scope::Admin) && !file {
+                @if viewer.may(Method::PATCH, &format!("/schedules/{}", s.name)).is_ok() && !file {
                     div.actions {
                         @for (action, label) in [(if s.enabled { "pause" } else { "resume" }, if s.enabled { "Pause" } else { "Resume" }), ("trigger", "Trigger now")] {
                             form.inline method="post" action={ "/ui/schedules/" (s.name) "/" (action) } {
@@ -102,11 +101,7 @@ pub async fn act(
     let principal = Extension(viewer.principal.clone());
     match action.as_str() {
         "pause" | "resume" => {
-            let path = format!("/schedules/{name}");
-            viewer.require(
-                auth::needed(&Method::PATCH, &path),
-                &format!("PATCH {path}"),
-            )?;
+            viewer.may(Method::PATCH, &format!("/schedules/{name}"))?;
             let patch = SchedulePatch {
                 enabled: action == "resume",
             };
@@ -115,11 +110,9 @@ pub async fn act(
             Ok(Redirect::to("/ui/schedules").into_response())
         }
         "trigger" => {
-            let path = format!("/schedules/{name}/trigger");
-            viewer.require(auth::needed(&Method::POST, &path), &format!("POST {path}"))?;
+            viewer.may(Method::POST, &format!("/schedules/{name}/trigger"))?;
             let response = trigger_schedule(State(state), principal, Path(name)).await?;
-            let task = super::task::located_task(&response).unwrap_or_default();
-            Ok(Redirect::to(&format!("/ui/tasks/{task}?done=created")).into_response())
+            Ok(super::actions::to_created(&response))
         }
         other => Err(UiError::new(
             axum::http::StatusCode::NOT_FOUND,

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::page::{self, UiError};
-use crate::http::auth::{self, Principal, Scope};
+use crate::http::auth::{self, Principal};
 use crate::http::AppState;
 use crate::ledger::console;
 
@@ -36,10 +36,6 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    pub fn can(&self, scope: Scope) -> bool {
-        self.principal.scope >= scope
-    }
-
     /// The form's CSRF token must be this session's (compared in constant time).
     pub fn check_csrf(&self, presented: &str) -> Result<(), UiError> {
         if bool::from(self.csrf.as_bytes().ct_eq(presented.as_bytes())) {
@@ -52,9 +48,13 @@ impl Viewer {
         }
     }
 
-    /// 403 page unless the viewer's scope includes `needed`.
-    pub fn require(&self, needed: Scope, what: &str) -> Result<(), UiError> {
-        self.principal.require(needed, what).map_err(UiError::from)
+    /// 403 page unless the viewer may call this API route: the scope it needs is the API's
+    /// own rule ([`auth::needed`]).
+    pub fn may(&self, method: Method, api_path: &str) -> Result<(), UiError> {
+        let needed = auth::needed(&method, api_path);
+        self.principal
+            .require(needed, &format!("{method} {api_path}"))
+            .map_err(UiError::from)
     }
 }
 

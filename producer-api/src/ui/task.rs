@@ -1,11 +1,9 @@
-//! `/ui/tasks/{id}`: one task: what it was asked to do, its timeline, its result; cancel
-//! and retry (each after a confirmation page), and for a succeeded dry run, running it for
-//! real with the same parameters and cutoff.
+//! `/ui/tasks/{id}`: one task: what it was asked to do, its timeline, its result, and the
+//! buttons its status and the viewer's scope allow (what they do: [`super::actions`]).
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, Method};
-use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Extension, Form};
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -15,10 +13,8 @@ use super::format::{self, exact, when};
 use super::page::{self, Nav, UiError};
 use super::session::Viewer;
 use super::tasks::{is_dry_run, outcome};
-use crate::http::auth::{self, Scope};
 use crate::http::error::ApiError;
-use crate::http::json::OptionalApiJson;
-use crate::http::{cancel, copies, AppState};
+use crate::http::AppState;
 use crate::ledger::{self, console, TaskRow, TaskStatus};
 
 #[derive(Debug, Default, Deserialize)]
@@ -26,7 +22,7 @@ pub struct Done {
     done: Option<String>,
 }
 
-async fn load(state: &AppState, id: &str) -> Result<TaskRow, UiError> {
+pub(super) async fn load(state: &AppState, id: &str) -> Result<TaskRow, UiError> {
     let id = Uuid::parse_str(id)
         .map_err(|_| UiError::bad_request(format!("`{id}` is not a task id")))?;
     ledger::get_task(&state.pool, id)
@@ -41,11 +37,16 @@ async fn load(state: &AppState, id: &str) -> Result<TaskRow, UiError> {
 }
 
 fn can_cancel(viewer: &Viewer, t: &TaskRow) -> bool {
-    viewer.can(Scope::Admin) && !t.status.is_finished()
+    viewer
+        .may(Method::POST, &format!("/tasks/{}/cancel", t.id))
+        .is_ok()
+        && !t.status.is_finished()
 }
 
 fn can_retry(viewer: &Viewer, t: &TaskRow) -> bool {
-    viewer.can(Scope::Admin)
+    viewer
+        .may(Method::POST, &format!("/tasks/{}/retry", t.id))
+        .is_ok()
         && matches!(
             t.status,
             TaskStatus::Failed | TaskStatus::Dead | TaskStatus::Cancelled
@@ -191,7 +192,7 @@ fn dry_run_panel(viewer: &Viewer, t: &TaskRow, real_run: Option<Uuid>) -> Markup
                 }
             } @else if let Some(real) = real_run {
                 p { "Run for real already: " a.mono href={ "/ui/tasks/" (real) } { (real) } }
-            } @else if viewer.can(Scope::Enqueue) {
+            } @else if viewer.may(Method::POST, &format!("/tasks/{}/run", t.id)).is_ok() {
                 form method="post" action={ "/ui/tasks/" (t.id) "/run" } {
                     (page::csrf(viewer))
                     p.hint {
@@ -338,167 +339,4 @@ fn capitalized(word: &str) -> String {
         .next()
         .map(|c| c.to_uppercase().chain(chars).collect())
         .unwrap_or_default()
-}
-
-/// The viewer may call this API route (the same rule as the API's own middleware).
-fn allowed(viewer: &Viewer, api_path: &str) -> Result<(), UiError> {
-    viewer.require(
-        auth::needed(&Method::POST, api_path),
-        &format!("POST {api_path}"),
-    )
-}
-
-/// The task a handler's `Location: /tasks/{id}` names.
-pub(super) fn located_task(response: &Response) -> Option<String> {
-    response
-        .headers()
-        .get(header::LOCATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("/tasks/")
-        .map(str::to_owned)
-}
-
-fn confirm_page(
-    viewer: &Viewer,
-    t: &TaskRow,
-    action: &str,
-    title: &str,
-    explain: Markup,
-    extra: Markup,
-) -> Response {
-    let body = html! {
-        h1 { (title) }
-        section.panel {
-            p { (t.kind.as_str()) " " (page::status_badge(t.status.as_str())) " " span.mono { (t.id) } }
-            (explain)
-            form method="post" action={ "/ui/tasks/" (t.id) "/" (action) } {
-                (page::csrf(viewer))
-                (extra)
-                div.actions {
-                    button.danger type="submit" { (title) }
-                    a href={ "/ui/tasks/" (t.id) } { "Back to the task" }
-                }
-            }
-        }
-    };
-    page::document(title, Some(viewer), Nav::Tasks, body).into_response()
-}
-
-pub async fn confirm_cancel(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<String>,
-) -> Result<Response, UiError> {
-    let t = load(&state, &id).await?;
-    allowed(&viewer, &format!("/tasks/{}/cancel", t.id))?;
-    let explain = html! {
-        @if t.status == TaskStatus::Running {
-            p { "The worker stops at its next batch boundary. What it deleted before stays deleted and is shown as the task's result." }
-        } @else if t.status.is_finished() {
-            p { "This task is " (t.status.as_str()) " already; there is nothing to cancel." }
-        } @else {
-            p { "The task has not started: it is cancelled at once, and a worker that receives its message skips it." }
-        }
-    };
-    Ok(confirm_page(
-        &viewer,
-        &t,
-        "cancel",
-        "Cancel the task",
-        explain,
-        html! {},
-    ))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct ActionForm {
-    #[serde(default)]
-    csrf: String,
-    keep_cutoff: Option<String>,
-}
-
-pub async fn cancel(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Result<Response, UiError> {
-    viewer.check_csrf(&form.csrf)?;
-    allowed(&viewer, &format!("/tasks/{id}/cancel"))?;
-    let response = cancel::cancel_task(
-        State(state),
-        Extension(viewer.principal.clone()),
-        Path(id.clone()),
-    )
-    .await?;
-    let done = if response.status() == axum::http::StatusCode::ACCEPTED {
-        "cancel-requested"
-    } else {
-        "cancelled"
-    };
-    Ok(Redirect::to(&format!("/ui/tasks/{id}?done={done}")).into_response())
-}
-
-pub async fn confirm_retry(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<String>,
-) -> Result<Response, UiError> {
-    let t = load(&state, &id).await?;
-    allowed(&viewer, &format!("/tasks/{}/retry", t.id))?;
-    let explain = html! {
-        p { "A new task with the same kind and parameters, linked to this one." }
-    };
-    let extra = html! {
-        div.checkbox {
-            // A real run made from a dry run keeps the cutoff that dry run showed.
-            input #keep-cutoff type="checkbox" name="keep_cutoff" value="true" checked[t.dry_run_of.is_some()];
-            " " label for="keep-cutoff" { "Keep this task's cutoff (" (exact(t.cutoff)) ") instead of computing one from now" }
-        }
-    };
-    Ok(confirm_page(
-        &viewer,
-        &t,
-        "retry",
-        "Retry the task",
-        explain,
-        extra,
-    ))
-}
-
-pub async fn retry(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Result<Response, UiError> {
-    viewer.check_csrf(&form.csrf)?;
-    allowed(&viewer, &format!("/tasks/{id}/retry"))?;
-    let body = copies::RetryBody {
-        keep_cutoff: form.keep_cutoff.is_some(),
-    };
-    let response = copies::retry_task(
-        State(state),
-        Extension(viewer.principal.clone()),
-        Path(id),
-        OptionalApiJson(Some(body)),
-    )
-    .await?;
-    let new = located_task(&response).unwrap_or_default();
-    Ok(Redirect::to(&format!("/ui/tasks/{new}?done=created")).into_response())
-}
-
-pub async fn run(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Result<Response, UiError> {
-    viewer.check_csrf(&form.csrf)?;
-    allowed(&viewer, &format!("/tasks/{id}/run"))?;
-    let response =
-        copies::run_task(State(state), Extension(viewer.principal.clone()), Path(id)).await?;
-    let new = located_task(&response).unwrap_or_default();
-    Ok(Redirect::to(&format!("/ui/tasks/{new}?done=created")).into_response())
 }
