@@ -72,7 +72,10 @@ pub async fn retry_task(
             )
         },
         |by| format!("task {id} was retried already, by task {by}; retry that one if it failed"),
-        "cannot be retried",
+        |reason| ApiError::InvalidParameters {
+            detail: format!("task {id} cannot be retried: {reason}"),
+            field: None,
+        },
     )?;
     tracing::info!(task_id = %row.id, retry_of = %id, actor = %principal.name, "task retried");
     Ok(accepted(&state, row))
@@ -111,15 +114,6 @@ pub async fn run_task(
         Utc::now(),
     )
     .await?;
-    // The request is well formed: what stands in the way is the stored task.
-    let copied = match copied {
-        Copied::Invalid(reason) => {
-            return Err(ApiError::Conflict(format!(
-                "task {id} cannot be run for real: {reason}"
-            )))
-        }
-        other => other,
-    };
     let row = created(
         copied,
         id,
@@ -130,7 +124,8 @@ pub async fn run_task(
             )
         },
         |by| format!("dry run {id} was run for real already, by task {by}"),
-        "cannot be run for real",
+        // The request is well formed: what stands in the way is the stored task.
+        |reason| ApiError::Conflict(format!("task {id} cannot be run for real: {reason}")),
     )?;
     tracing::info!(task_id = %row.id, dry_run_of = %id, actor = %principal.name, "dry run run for real");
     Ok(accepted(&state, row))
@@ -147,17 +142,14 @@ fn created(
     id: Uuid,
     wrong_status: impl FnOnce(crate::ledger::TaskStatus) -> String,
     before: impl FnOnce(Uuid) -> String,
-    cannot: &str,
+    invalid: impl FnOnce(String) -> ApiError,
 ) -> Result<TaskRow, ApiError> {
     match copied {
         Copied::Created(row) => Ok(*row),
         Copied::NotFound => Err(ApiError::NotFound(format!("no task with id {id}"))),
         Copied::WrongStatus(status) => Err(ApiError::Conflict(wrong_status(status))),
         Copied::Before(by) => Err(ApiError::Conflict(before(by))),
-        Copied::Invalid(reason) => Err(ApiError::InvalidParameters {
-            detail: format!("task {id} {cannot}: {reason}"),
-            field: None,
-        }),
+        Copied::Invalid(reason) => Err(invalid(reason)),
     }
 }
 

@@ -15,7 +15,6 @@ pub struct SessionRow {
     pub token_name: Option<String>,
     pub token_mac: Option<Vec<u8>>,
     pub csrf: String,
-    pub expires_at: DateTime<Utc>,
 }
 
 /// Store a new session (and forget the expired ones).
@@ -50,7 +49,7 @@ pub async fn find_session(
     id_digest: &[u8],
 ) -> Result<Option<SessionRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT token_name, token_mac, csrf, expires_at FROM console_sessions
+        "SELECT token_name, token_mac, csrf FROM console_sessions
          WHERE id_digest = $1 AND expires_at > now()",
     )
     .bind(id_digest)

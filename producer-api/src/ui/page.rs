@@ -20,24 +20,14 @@ pub enum Nav {
 }
 
 /// A whole HTML document: header with navigation and who is signed in, then `body`.
-/// `refresh`: seconds after which the page reloads itself while something on it moves
-/// (with JavaScript, only the main content is fetched again; without it, the whole page).
 pub fn document(title: &str, viewer: Option<&Viewer>, nav: Nav, body: Markup) -> Markup {
-    render(title, viewer, nav, None, body)
+    live_document(title, viewer, nav, None, body)
 }
 
-/// [`document`] for a page that refreshes itself every `seconds`.
+/// [`document`] for a page that refreshes itself every `refresh` seconds while something
+/// on it moves (with JavaScript, only the main content is fetched again; without it, the
+/// whole page).
 pub fn live_document(
-    title: &str,
-    viewer: Option<&Viewer>,
-    nav: Nav,
-    seconds: Option<u32>,
-    body: Markup,
-) -> Markup {
-    render(title, viewer, nav, seconds, body)
-}
-
-fn render(
     title: &str,
     viewer: Option<&Viewer>,
     nav: Nav,
