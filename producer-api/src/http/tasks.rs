@@ -190,7 +190,8 @@ pub async fn enqueue_cleanup_temp_files(
     .await
 }
 
-async fn enqueue(
+/// Enqueue a task (what both enqueue routes and the console's form do).
+pub(crate) async fn enqueue(
     state: &AppState,
     principal: &Principal,
     headers: &HeaderMap,

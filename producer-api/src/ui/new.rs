@@ -6,16 +6,14 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use shared::tasks::{CleanupRunsParams, CleanupTempFilesParams, TaskKind};
+use shared::tasks::{TaskKind, TaskSpec};
 
 use super::page::{self, Nav, UiError};
 use super::session::Viewer;
 use crate::http::error::ApiError;
-use crate::http::json::ApiJson;
 use crate::http::{tasks, AppState};
 
 /// The form's fields as sent (repeated names keep every value).
@@ -236,35 +234,11 @@ pub async fn submit(
         Ok(params) => params,
         Err(message) => return unprocessable(message),
     };
-    let principal = Extension(viewer.principal.clone());
-    let enqueued = match f.kind() {
-        TaskKind::CleanupRuns => match serde_json::from_value::<CleanupRunsParams>(params) {
-            Ok(p) => {
-                tasks::enqueue_cleanup_runs(
-                    State(state.clone()),
-                    principal,
-                    HeaderMap::new(),
-                    ApiJson(p),
-                )
-                .await
-            }
-            Err(e) => return unprocessable(format!("invalid parameters: {e}")),
-        },
-        TaskKind::CleanupTempFiles => {
-            match serde_json::from_value::<CleanupTempFilesParams>(params) {
-                Ok(p) => {
-                    tasks::enqueue_cleanup_temp_files(
-                        State(state.clone()),
-                        principal,
-                        HeaderMap::new(),
-                        ApiJson(p),
-                    )
-                    .await
-                }
-                Err(e) => return unprocessable(format!("invalid parameters: {e}")),
-            }
-        }
+    let task = match TaskSpec::from_parts(f.kind(), params) {
+        Ok(task) => task,
+        Err(e) => return unprocessable(format!("invalid parameters: {e}")),
     };
+    let enqueued = tasks::enqueue(&state, &viewer.principal, &HeaderMap::new(), task).await;
     match enqueued {
         Ok(response) => Ok(super::actions::to_created(&response)),
         Err(error @ (ApiError::InvalidParameters { .. } | ApiError::Forbidden(_))) => {
