@@ -11,41 +11,16 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use shared::tasks::{TaskKind, TaskSpec};
 
-use super::page::{self, Nav, UiError};
+use super::page::{self, FormFields, Nav, UiError};
 use super::session::Viewer;
 use crate::http::error::ApiError;
 use crate::http::{tasks, AppState};
 
-/// The form's fields as sent (repeated names keep every value).
-#[derive(Debug, Default)]
-struct Fields(Vec<(String, String)>);
-
-impl Fields {
-    fn parse(body: &[u8]) -> Self {
-        Fields(form_urlencoded::parse(body).into_owned().collect())
-    }
-
-    fn one(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.trim())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.0
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    fn kind(&self) -> TaskKind {
-        match self.one("kind") {
-            Some("cleanup_temp_files") => TaskKind::CleanupTempFiles,
-            _ => TaskKind::CleanupRuns,
-        }
+/// The kind of cleanup a form is for.
+fn form_kind(f: &FormFields) -> TaskKind {
+    match f.one("kind") {
+        Some("cleanup_temp_files") => TaskKind::CleanupTempFiles,
+        _ => TaskKind::CleanupRuns,
     }
 }
 
@@ -60,7 +35,7 @@ pub async fn form(
     Query(query): Query<KindQuery>,
 ) -> Result<Response, UiError> {
     allowed(&viewer)?;
-    let mut fields = Fields::default();
+    let mut fields = FormFields::default();
     if let Some(kind) = query.kind {
         fields.0.push(("kind".to_owned(), kind));
     }
@@ -75,11 +50,11 @@ fn allowed(viewer: &Viewer) -> Result<(), UiError> {
 fn render(
     state: &AppState,
     viewer: &Viewer,
-    f: &Fields,
+    f: &FormFields,
     error: Option<&str>,
     status: StatusCode,
 ) -> Response {
-    let kind = f.kind();
+    let kind = form_kind(f);
     let rules = &state.rules;
     let number = |name: &str, label: &str, hint: &str, min: &str| -> Markup {
         html! {
@@ -152,7 +127,7 @@ fn render(
 
 /// The form as the API's JSON parameters (`dry_run` always true); why not, if a number is
 /// not one.
-fn params(f: &Fields) -> Result<Value, String> {
+fn params(f: &FormFields) -> Result<Value, String> {
     let mut p = Map::new();
     p.insert("dry_run".into(), json!(true));
     let number = |name: &str, p: &mut Map<String, Value>| -> Result<(), String> {
@@ -171,7 +146,7 @@ fn params(f: &Fields) -> Result<Value, String> {
     };
     number("max_age_hours", &mut p)?;
     number("max_attempts", &mut p)?;
-    match f.kind() {
+    match form_kind(f) {
         TaskKind::CleanupRuns => {
             number("batch_size", &mut p)?;
             number("max_rows", &mut p)?;
@@ -218,7 +193,7 @@ pub async fn submit(
     viewer: Viewer,
     body: Bytes,
 ) -> Result<Response, UiError> {
-    let f = Fields::parse(&body);
+    let f = FormFields::parse(&body);
     viewer.check_csrf(f.one("csrf").unwrap_or(""))?;
     allowed(&viewer)?;
     let unprocessable = |message: String| {
@@ -234,7 +209,7 @@ pub async fn submit(
         Ok(params) => params,
         Err(message) => return unprocessable(message),
     };
-    let task = match TaskSpec::from_parts(f.kind(), params) {
+    let task = match TaskSpec::from_parts(form_kind(&f), params) {
         Ok(task) => task,
         Err(e) => return unprocessable(format!("invalid parameters: {e}")),
     };

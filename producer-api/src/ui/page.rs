@@ -146,3 +146,32 @@ pub fn status_badge(status: &str) -> Markup {
 pub fn csrf(viewer: &Viewer) -> Markup {
     html! { input type="hidden" name="csrf" value=(viewer.csrf); }
 }
+
+/// A form's fields as sent (`application/x-www-form-urlencoded`; a repeated name keeps
+/// every value).
+#[derive(Debug, Default)]
+pub struct FormFields(pub Vec<(String, String)>);
+
+impl FormFields {
+    pub fn parse(body: &[u8]) -> Self {
+        FormFields(form_urlencoded::parse(body).into_owned().collect())
+    }
+
+    /// The first value of `name`, trimmed; `None` when absent or blank.
+    pub fn one(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Every value of `name`.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}

@@ -7,7 +7,7 @@ use chrono::Utc;
 use maud::html;
 
 use super::format::when;
-use super::page::{self, Nav, UiError};
+use super::page::{self, FormFields, Nav, UiError};
 use super::session::Viewer;
 use crate::http::error::ApiError;
 use crate::http::json::ApiJson;
@@ -105,20 +105,14 @@ pub async fn prune(
     viewer: Viewer,
     body: axum::body::Bytes,
 ) -> Result<Response, UiError> {
-    let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let values = |name: &'static str| -> Vec<String> {
-        fields
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .collect()
-    };
-    let csrf = values("csrf").pop().unwrap_or_default();
-    viewer.check_csrf(&csrf)?;
+    let form = FormFields::parse(&body);
+    viewer.check_csrf(form.one("csrf").unwrap_or(""))?;
     allowed(&viewer)?;
-    let listed: Vec<String> = values("worker")
+    let listed: Vec<String> = form
+        .all("worker")
         .into_iter()
         .filter(|id| !id.contains('\0'))
+        .map(str::to_owned)
         .collect();
     let removed = registry::prune_listed(&state.pool, &listed)
         .await
