@@ -150,9 +150,9 @@ impl Session {
         // Cancellations are followed apart from deliveries, so that they arrive while
         // every slot is busy; if the stream fails, or a task cannot report its result, the
         // session is rebuilt.
-        let stream_lost = CancellationToken::new();
+        let session_lost = CancellationToken::new();
         let follower = tokio::spawn({
-            let (ctx, consumer, lost) = (ctx.clone(), self.cancels.1.clone(), stream_lost.clone());
+            let (ctx, consumer, lost) = (ctx.clone(), self.cancels.1.clone(), session_lost.clone());
             async move {
                 let error = crate::cancels::follow(&ctx, consumer).await;
                 tracing::warn!(%error, "cancellation stream lost; rebuilding the connection");
@@ -163,13 +163,13 @@ impl Session {
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                _ = stream_lost.cancelled() => return SessionEnd::Lost,
+                _ = session_lost.cancelled() => return SessionEnd::Lost,
                 permit = limit.clone().acquire_owned() => permit.expect("semaphore never closed"),
             };
             let next = loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                    _ = stream_lost.cancelled() => return SessionEnd::Lost,
+                    _ = session_lost.cancelled() => return SessionEnd::Lost,
                     _ = watch.tick() => {
                         let mut channels: Vec<&Channel> = self.consumers.iter().map(|(c, _, _)| c).collect();
                         channels.push(&self.events);
@@ -194,7 +194,7 @@ impl Session {
             };
             let ctx = ctx.clone();
             let events = self.events.clone();
-            let report_failed = stream_lost.clone();
+            let report_failed = session_lost.clone();
             // On shutdown a task stops at its next batch boundary and continues elsewhere.
             let cancel = session.child_token();
             drop(channel);
