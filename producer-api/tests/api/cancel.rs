@@ -106,6 +106,8 @@ async fn a_retrying_task_loses_its_next_attempt() {
     let stack = Stack::start().await;
     let app = &stack.app;
     let id = stack.enqueue(RUNS, json!({"max_age_hours": 48})).await;
+    // Attempt 1 is on its queue (as when a worker starts it) before its events are faked.
+    app.wait_outbox_empty(Duration::from_secs(10)).await;
     let task_id: Uuid = id.parse().unwrap();
     stack.broker.publish_event(&started(task_id, 1)).await;
     wait_status(app, &id, "running").await;
