@@ -7,6 +7,7 @@ mod lifecycle;
 mod poison;
 mod runs;
 mod runs_batches;
+mod runs_census;
 mod runs_partitions;
 mod runs_safety;
 mod runs_schema;

@@ -56,10 +56,22 @@ async fn table_exists(pool: &PgPool, name: &str) -> bool {
         == 1
 }
 
+/// The indexes that let a census prove a partition eligible without reading its rows.
+const INDEXES: &str = "CREATE INDEX ON runs (status); CREATE INDEX ON runs (finished_at, id);";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_partitions_whose_every_row_is_eligible_are_dropped_whole() {
+    drop_whole(MONTHS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_partitions_proven_eligible_by_indexes_are_dropped_whole() {
+    drop_whole(&format!("{MONTHS} {INDEXES}")).await;
+}
+
+async fn drop_whole(setup: &str) {
     let stack = Stack::start().await;
-    let (runs, pool) = database(MONTHS).await;
+    let (runs, pool) = database(setup).await;
     let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
 
     let dry = stack
@@ -226,10 +238,19 @@ async fn a_partition_is_only_detached_when_so_configured() {
 /// taken before the lock would miss it, and the running row would be dropped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_committed_while_the_worker_waits_for_the_partition_keeps_it() {
+    row_committed_while_waiting("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_committed_while_the_worker_waits_keeps_a_partition_proven_by_indexes() {
+    row_committed_while_waiting(INDEXES).await;
+}
+
+async fn row_committed_while_waiting(indexes: &str) {
     use std::time::Duration;
     let stack = Stack::start().await;
     let (runs, pool) = database(&format!(
-        "{MONTHS}
+        "{MONTHS} {indexes}
          DO $$ BEGIN
              EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = %L',
                             current_database(), 'repeatable read');

@@ -63,12 +63,7 @@ impl Statements {
     /// `scope`: the columns this task narrows by (names, sorted), all checked against the
     /// catalog; each value is compared as its column's type.
     fn new(t: &RunsTable, schema: &Schema, scope: &[&String]) -> Self {
-        let mut eligible = format!(
-            "{status}::text = ANY($1) AND {ts} < {cutoff}",
-            status = t.status,
-            ts = t.timestamp,
-            cutoff = schema.cutoff_expr()
-        );
+        let mut eligible = eligible_sql(t, schema);
         for (i, name) in scope.iter().enumerate() {
             eligible.push_str(&format!(
                 " AND {column} = ($4::text[])[{n}]::{ty}",
@@ -98,6 +93,17 @@ impl Statements {
             eligible,
         }
     }
+}
+
+/// Whether a row may go, before any scope: a terminal status among `$1` and a timestamp
+/// older than the cutoff `$2`.
+fn eligible_sql(t: &RunsTable, schema: &Schema) -> String {
+    format!(
+        "{status}::text = ANY($1) AND {ts} < {cutoff}",
+        status = t.status,
+        ts = t.timestamp,
+        cutoff = schema.cutoff_expr()
+    )
 }
 
 /// How long one statement on the runs database may run, and wait for a lock.

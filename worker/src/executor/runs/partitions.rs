@@ -24,7 +24,10 @@ use super::schema::Schema;
 use super::{Run, RunsTable};
 use crate::executor::ExecError;
 
+mod census;
 mod remove;
+
+pub use census::{census, Census, Proof};
 
 /// RUNS_PARTITIONS: what happens to a partition that may go whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -55,6 +58,8 @@ pub struct Candidate {
     pub name: String,
     /// Its bound as the catalog prints it, to see that it did not change.
     pub bound: String,
+    /// How its census proves that every row is eligible.
+    pub proof: Proof,
 }
 
 /// Why the fast path is not taken for a table, if it is not. Asked before listing the
@@ -133,20 +138,23 @@ pub async fn candidates(
     schema: &Schema,
     cutoff: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Candidate>, sqlx::Error> {
-    let partitions: Vec<(i64, String, String)> = sqlx::query_as(
+    let partitions: Vec<(i64, String, String, bool)> = sqlx::query_as(&format!(
         "SELECT c.oid::int8, format('%I.%I', n.nspname, c.relname),
-                pg_get_expr(c.relpartbound, c.oid)
+                pg_get_expr(c.relpartbound, c.oid), {indexed}
          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE i.inhparent = to_regclass($1) AND NOT i.inhdetachpending",
-    )
+        indexed = census::INDEXED_SQL
+    ))
     .bind(&table.table)
+    .bind(&table.names.status)
+    .bind(&table.names.timestamp)
     .fetch_all(pool)
     .await?;
     let bounded: Vec<(usize, String)> = partitions
         .iter()
         .enumerate()
-        .filter_map(|(i, (_, _, bound))| upper_bound(bound).map(|u| (i, u)))
+        .filter_map(|(i, (_, _, bound, _))| upper_bound(bound).map(|u| (i, u)))
         .collect();
     let uppers: Vec<&str> = bounded.iter().map(|(_, u)| u.as_str()).collect();
     // 1-based positions in `uppers` of the bounds at or before the cutoff, oldest first.
@@ -164,11 +172,16 @@ pub async fn candidates(
         .into_iter()
         .filter_map(|i| bounded.get(usize::try_from(i).ok()? - 1))
         .map(|(at, _)| {
-            let (oid, name, bound) = &partitions[*at];
+            let (oid, name, bound, indexed) = &partitions[*at];
             Candidate {
                 oid: *oid,
                 name: name.clone(),
                 bound: bound.clone(),
+                proof: if *indexed {
+                    Proof::Indexes
+                } else {
+                    Proof::Scan
+                },
             }
         })
         .collect();
@@ -177,14 +190,6 @@ pub async fn candidates(
         chosen.pop();
     }
     Ok(chosen)
-}
-
-/// Rows in a partition, and how many of them are not eligible (`eligible` on `$1`/`$2`).
-pub fn census_sql(partition: &str, eligible: &str) -> String {
-    format!(
-        "SELECT count(*), count(*) FILTER (WHERE NOT coalesce({eligible}, false))
-         FROM {partition}"
-    )
 }
 
 impl Run<'_> {
@@ -224,20 +229,23 @@ impl Run<'_> {
             .await
             .map_err(|e| ExecError::from_sqlx("failed to read the runs partitions", &e))?;
         for candidate in found {
-            let census = census_sql(&candidate.name, &self.statements.eligible);
-            let (rows, blocking): (i64, i64) = self
+            let found = self
                 .retry(|| {
-                    sqlx::query_as(&census)
-                        .bind(self.statuses)
-                        .bind(self.cutoff)
-                        .fetch_one(&self.executor.pool)
+                    census(
+                        &self.executor.pool,
+                        &self.executor.table,
+                        &self.statements.schema,
+                        &candidate,
+                        self.statuses,
+                        self.cutoff,
+                    )
                 })
                 .await
                 .map_err(|e| ExecError::from_sqlx("failed to count a partition's runs", &e))?;
-            if blocking == 0 {
+            if found.blocking.is_none() {
                 result.partitions.push(RunsPartition {
                     name: candidate.name,
-                    rows: rows.max(0) as u64,
+                    rows: found.rows,
                     action: self.executor.partitions.action().to_owned(),
                 });
             }

@@ -6,7 +6,7 @@ use shared::tasks::CleanupRunsParams;
 
 use super::super::progress::ProgressTable;
 use super::super::{Run, RunsTable};
-use super::{census_sql, obstacle, Candidate, PartitionMode};
+use super::{census, obstacle, Candidate, PartitionMode};
 use crate::executor::{Checkpoint, ExecError};
 
 /// What removing one partition did.
@@ -168,17 +168,19 @@ impl Run<'_> {
                 "detached, renamed or changed meanwhile".to_owned(),
             ));
         }
-        let (rows, blocking): (i64, i64) =
-            sqlx::query_as(&census_sql(&candidate.name, &self.statements.eligible))
-                .bind(self.statuses)
-                .bind(self.cutoff)
-                .fetch_one(&mut *tx)
-                .await?;
-        if blocking > 0 {
-            return Ok(Removal::Kept(format!(
-                "{blocking} of its rows are not eligible (not finished, or not old enough)"
-            )));
+        let found = census(
+            &mut *tx,
+            &executor.table,
+            &self.statements.schema,
+            candidate,
+            self.statuses,
+            self.cutoff,
+        )
+        .await?;
+        if let Some(reason) = found.blocking {
+            return Ok(Removal::Kept(reason));
         }
+        let rows = i64::try_from(found.rows).unwrap_or(i64::MAX);
         // The count can take a while on a large partition: a stop (a cancel, shutdown, the
         // turn's budget) that came meanwhile is honoured before anything goes.
         if self.cancel.is_cancelled() {
@@ -213,7 +215,7 @@ impl Run<'_> {
             .await?;
         tx.commit().await?;
         Ok(Removal::Removed {
-            rows: rows.max(0) as u64,
+            rows: found.rows,
             total: total.max(0) as u64,
         })
     }
