@@ -10,8 +10,8 @@
 //! parallel scan, a tenth of checking every row). The verdict is the same either way: a
 //! status outside the task's, a missing status or timestamp, or a timestamp at or after
 //! the cutoff keeps the partition. The indexes only decide the speed: the statements mean
-//! the same whatever plan runs them. A nondeterministic collation on the status column
-//! (where two different strings can compare equal) always gets the full scan.
+//! the same whatever plan runs them. A status column whose equality is looser than its
+//! text (`citext`, a nondeterministic collation) always gets the full scan.
 
 use chrono::{DateTime, Utc};
 
@@ -39,7 +39,10 @@ pub struct Census {
 /// The catalog condition for [`Proof::Indexes`], on a partition `c` (a `pg_class` row),
 /// with `$2` the status column's name and `$3` the timestamp column's: a valid, complete
 /// btree index with the default operator class and the column's collation leads with each
-/// of the two columns, and the status column's collation is deterministic.
+/// of the two columns, and the status column is an enum, or `text` or `varchar` with a
+/// deterministic collation: types whose equality is that of their text, so that the
+/// distinct values the index yields are the distinct texts the test sees (`citext` and
+/// nondeterministic collations put `SUCCEEDED` and `succeeded` in one value).
 pub const INDEXED_SQL: &str = "
     (SELECT count(DISTINCT a.attname) = 2
      FROM pg_index x
@@ -50,10 +53,13 @@ pub const INDEXED_SQL: &str = "
      WHERE x.indrelid = c.oid AND a.attname IN ($2, $3) AND am.amname = 'btree'
        AND oc.opcdefault AND x.indcollation[0] = a.attcollation
        AND x.indpred IS NULL AND x.indisvalid AND x.indisready)
-    AND NOT EXISTS (SELECT 1 FROM pg_attribute a
-                    JOIN pg_collation co ON co.oid = a.attcollation
-                    WHERE a.attrelid = c.oid AND a.attname = $2
-                      AND NOT co.collisdeterministic)";
+    AND EXISTS (SELECT 1 FROM pg_attribute a
+                JOIN pg_type t ON t.oid = a.atttypid
+                LEFT JOIN pg_collation co ON co.oid = a.attcollation
+                WHERE a.attrelid = c.oid AND a.attname = $2
+                  AND (t.typtype = 'e'
+                       OR (t.oid IN ('text'::regtype, 'varchar'::regtype)
+                           AND co.collisdeterministic)))";
 
 /// The census statement of `partition` (quoted), on `$1` statuses and `$2` cutoff.
 pub fn census_sql(table: &RunsTable, schema: &Schema, partition: &str, proof: Proof) -> String {
