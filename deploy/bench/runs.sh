@@ -153,7 +153,7 @@ $PARTITIONED_RUNS
 CREATE TABLE run_logs (run_id bigint, line text);
 -- With the index on (finished_at, id), it lets the worker prove a partition eligible
 -- without reading its rows (a status outside the task's would keep the partition).
-CREATE INDEX runs_status ON runs (status);
+CREATE INDEX runs_status ON runs (status COLLATE "C");
 -- Runs still going are all recent here.
 INSERT INTO runs (id, name, status, started_at, finished_at)
 SELECT id, name, CASE WHEN status = 'running' AND id <= :half THEN 'succeeded' ELSE status END,

@@ -57,7 +57,8 @@ async fn table_exists(pool: &PgPool, name: &str) -> bool {
 }
 
 /// The indexes that let a census prove a partition eligible without reading its rows.
-const INDEXES: &str = "CREATE INDEX ON runs (status); CREATE INDEX ON runs (finished_at, id);";
+const INDEXES: &str =
+    "CREATE INDEX ON runs (status COLLATE \"C\"); CREATE INDEX ON runs (finished_at, id);";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_partitions_whose_every_row_is_eligible_are_dropped_whole() {
@@ -300,6 +301,64 @@ async fn row_committed_while_waiting(indexes: &str) {
         json!([{"name": "public.runs_2020_03", "rows": 30, "action": "dropped"}]),
         "{task}"
     );
+    worker.stop().await;
+    stack.stop().await;
+}
+
+/// The status column changes type (to `citext`, whose `>` ignores case) after the worker
+/// listed the partitions, while it waits for January's lock; a `SUCCEEDED` run arrives
+/// with it. The proof is chosen again under the lock: the scan sees that `SUCCEEDED` is not
+/// among the task's statuses, and January stays (the index walk, chosen for text, would
+/// have folded `SUCCEEDED` into `succeeded` and dropped it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_column_that_changes_type_meanwhile_keeps_the_partition() {
+    use std::time::Duration;
+    let stack = Stack::start().await;
+    let (runs, pool) = database(&format!("CREATE EXTENSION citext; {MONTHS} {INDEXES}")).await;
+    let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
+    let mut app = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO runs VALUES (9999, 'succeeded', '2020-01-15')")
+        .execute(&mut *app)
+        .await
+        .unwrap();
+    let id = stack.enqueue(RUNS, json!({"max_age_hours": 24})).await;
+    eventually(
+        Duration::from_secs(20),
+        "the worker waits for the lock on January",
+        || async {
+            count(
+                &pool,
+                "SELECT count(*) FROM pg_locks
+                 WHERE relation = 'runs_2020_01'::regclass AND NOT granted",
+            )
+            .await
+                > 0
+        },
+    )
+    .await;
+    sqlx::raw_sql(
+        "ALTER TABLE runs ALTER COLUMN status TYPE citext;
+         INSERT INTO runs VALUES (9998, 'SUCCEEDED', '2020-01-16');",
+    )
+    .execute(&mut *app)
+    .await
+    .unwrap();
+    app.commit().await.unwrap();
+    let task = wait_for(
+        &stack.app,
+        &id,
+        &["succeeded", "failed"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM runs WHERE id = 9998").await,
+        1,
+        "a run whose status is not the task's was deleted: {task}"
+    );
+    assert!(table_exists(&pool, "runs_2020_01").await, "{task}");
+    assert_eq!(task["result"]["runs_deleted"], 208, "{task}");
     worker.stop().await;
     stack.stop().await;
 }

@@ -27,7 +27,7 @@ use crate::executor::ExecError;
 mod census;
 mod remove;
 
-pub use census::{census, Census, Proof};
+pub use census::{census, proof, Census, Proof};
 
 /// RUNS_PARTITIONS: what happens to a partition that may go whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -138,7 +138,7 @@ pub async fn candidates(
     schema: &Schema,
     cutoff: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Candidate>, sqlx::Error> {
-    let partitions: Vec<(i64, String, String, bool)> = sqlx::query_as(&format!(
+    let partitions: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(&format!(
         "SELECT c.oid::int8, format('%I.%I', n.nspname, c.relname),
                 pg_get_expr(c.relpartbound, c.oid), {indexed}
          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
@@ -177,11 +177,7 @@ pub async fn candidates(
                 oid: *oid,
                 name: name.clone(),
                 bound: bound.clone(),
-                proof: if *indexed {
-                    Proof::Indexes
-                } else {
-                    Proof::Scan
-                },
+                proof: Proof::from_catalog(indexed.as_deref()),
             }
         })
         .collect();

@@ -3,15 +3,17 @@
 //! off writes to the partition when it decides a removal.
 //!
 //! Reading and checking every row costs about a third of deleting it. Where the partition
-//! has valid btree indexes led by the status column and by the timestamp column, the proof
+//! has valid btree indexes led by the status column (in an order that cannot disagree
+//! with equality, see [`INDEXED_SQL`]) and by the timestamp column, the proof
 //! needs no row read: the distinct statuses come from one index descent each (a loose
 //! index scan), the newest timestamp and any missing one from one descent each, and only
 //! the count is left to the planner, which takes the cheapest way (an index-only or
 //! parallel scan, a tenth of checking every row). The verdict is the same either way: a
 //! status outside the task's, a missing status or timestamp, or a timestamp at or after
 //! the cutoff keeps the partition. The indexes only decide the speed: the statements mean
-//! the same whatever plan runs them. A status column whose equality is looser than its
-//! text (`citext`, a nondeterministic collation) always gets the full scan.
+//! the same whatever plan runs them. The proof is chosen when the partitions are listed and
+//! chosen again under the lock that decides a removal (a column's type may change
+//! between the two).
 
 use chrono::{DateTime, Utc};
 
@@ -24,8 +26,20 @@ use crate::executor::runs::{eligible_sql, RunsTable};
 pub enum Proof {
     /// Every row is read and checked.
     Scan,
-    /// From the indexes on the status and the timestamp columns.
-    Indexes,
+    /// From the indexes on the status and the timestamp columns; `bytewise`: the status
+    /// is text, walked in the `"C"` collation (an enum is walked in its own order).
+    Indexes { bytewise: bool },
+}
+
+impl Proof {
+    /// From [`INDEXED_SQL`]'s answer.
+    pub fn from_catalog(found: Option<&str>) -> Self {
+        match found {
+            Some("enum") => Proof::Indexes { bytewise: false },
+            Some("bytes") => Proof::Indexes { bytewise: true },
+            _ => Proof::Scan,
+        }
+    }
 }
 
 /// What a census found.
@@ -36,30 +50,58 @@ pub struct Census {
     pub blocking: Option<String>,
 }
 
-/// The catalog condition for [`Proof::Indexes`], on a partition `c` (a `pg_class` row),
-/// with `$2` the status column's name and `$3` the timestamp column's: a valid, complete
-/// btree index with the default operator class and the column's collation leads with each
-/// of the two columns, and the status column is an enum, or `text` or `varchar` with a
-/// deterministic collation: types whose equality is that of their text, so that the
-/// distinct values the index yields are the distinct texts the test sees (`citext` and
-/// nondeterministic collations put `SUCCEEDED` and `succeeded` in one value).
+/// Which proof the indexes of a partition `c` (a `pg_class` row) allow, with `$2` the
+/// status column's name and `$3` the timestamp column's: `enum`, `bytes` or NULL (scan).
+/// It needs a valid, complete btree index with the default operator class led by each
+/// column. The status index must walk an order that can never disagree with equality:
+/// an enum's, or for `text` and `varchar` the `"C"` (or `"POSIX"`) collation, byte by
+/// byte (`CREATE INDEX ON runs (status COLLATE "C")`). An index in a linguistic
+/// collation can be out of order after an operating system or ICU upgrade until it is
+/// rebuilt, and its walk could then skip a status; other types (`citext`, domains) may
+/// call two different texts equal. Both get the scan.
 pub const INDEXED_SQL: &str = "
-    (SELECT count(DISTINCT a.attname) = 2
-     FROM pg_index x
-     JOIN pg_class ic ON ic.oid = x.indexrelid
-     JOIN pg_am am ON am.oid = ic.relam
-     JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
-     JOIN pg_opclass oc ON oc.oid = x.indclass[0]
-     WHERE x.indrelid = c.oid AND a.attname IN ($2, $3) AND am.amname = 'btree'
-       AND oc.opcdefault AND x.indcollation[0] = a.attcollation
-       AND x.indpred IS NULL AND x.indisvalid AND x.indisready)
-    AND EXISTS (SELECT 1 FROM pg_attribute a
-                JOIN pg_type t ON t.oid = a.atttypid
-                LEFT JOIN pg_collation co ON co.oid = a.attcollation
-                WHERE a.attrelid = c.oid AND a.attname = $2
-                  AND (t.typtype = 'e'
-                       OR (t.oid IN ('text'::regtype, 'varchar'::regtype)
-                           AND co.collisdeterministic)))";
+    CASE WHEN EXISTS (
+        SELECT 1 FROM pg_index x
+        JOIN pg_class ic ON ic.oid = x.indexrelid
+        JOIN pg_am am ON am.oid = ic.relam
+        JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+        JOIN pg_opclass oc ON oc.oid = x.indclass[0]
+        WHERE x.indrelid = c.oid AND a.attname = $3 AND am.amname = 'btree'
+          AND oc.opcdefault AND x.indpred IS NULL AND x.indisvalid AND x.indisready)
+    THEN (
+        SELECT CASE WHEN t.typtype = 'e' THEN 'enum' ELSE 'bytes' END
+        FROM pg_index x
+        JOIN pg_class ic ON ic.oid = x.indexrelid
+        JOIN pg_am am ON am.oid = ic.relam
+        JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = x.indkey[0]
+        JOIN pg_type t ON t.oid = a.atttypid
+        JOIN pg_opclass oc ON oc.oid = x.indclass[0]
+        WHERE x.indrelid = c.oid AND a.attname = $2 AND am.amname = 'btree'
+          AND oc.opcdefault AND x.indpred IS NULL AND x.indisvalid AND x.indisready
+          AND ((t.typtype = 'e' AND x.indcollation[0] = 0)
+               OR (t.oid IN ('pg_catalog.text'::regtype, 'pg_catalog.varchar'::regtype)
+                   AND x.indcollation[0] IN ('pg_catalog.\"C\"'::regcollation,
+                                             'pg_catalog.\"POSIX\"'::regcollation)))
+        LIMIT 1)
+    END";
+
+/// The proof a partition's indexes allow now, read in the caller's transaction.
+pub async fn proof<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    table: &RunsTable,
+    oid: i64,
+) -> Result<Proof, sqlx::Error> {
+    let found: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT {INDEXED_SQL} FROM pg_class c WHERE c.oid = $1::int8::oid"
+    ))
+    .bind(oid)
+    .bind(&table.names.status)
+    .bind(&table.names.timestamp)
+    .fetch_optional(executor)
+    .await?
+    .flatten();
+    Ok(Proof::from_catalog(found.as_deref()))
+}
 
 /// The census statement of `partition` (quoted), on `$1` statuses and `$2` cutoff.
 pub fn census_sql(table: &RunsTable, schema: &Schema, partition: &str, proof: Proof) -> String {
@@ -71,15 +113,17 @@ pub fn census_sql(table: &RunsTable, schema: &Schema, partition: &str, proof: Pr
              FROM {partition}",
             eligible = eligible_sql(table, schema)
         ),
-        // The count of rows; the statuses that are not the task's; whether a status or a
-        // timestamp is missing; whether the newest timestamp is not older than the cutoff.
-        Proof::Indexes => format!(
+        // The count of rows; the statuses that are not the task's (each distinct value,
+        // compared byte by byte where text: stricter than any collation's equality);
+        // whether a status or a timestamp is missing; whether the newest timestamp is not
+        // older than the cutoff.
+        Proof::Indexes { bytewise } => format!(
             "WITH RECURSIVE s(v) AS (
-                 (SELECT {status} FROM {partition} WHERE {status} IS NOT NULL
-                  ORDER BY {status} LIMIT 1)
+                 (SELECT {key} FROM {partition} WHERE {status} IS NOT NULL
+                  ORDER BY {key} LIMIT 1)
                  UNION ALL
-                 SELECT (SELECT {status} FROM {partition} WHERE {status} > s.v
-                         ORDER BY {status} LIMIT 1)
+                 SELECT (SELECT {key} FROM {partition} WHERE {key} > s.v
+                         ORDER BY {key} LIMIT 1)
                  FROM s WHERE s.v IS NOT NULL)
              SELECT (SELECT count(*) FROM {partition}), 0::int8,
                     ARRAY(SELECT v::text FROM s
@@ -87,6 +131,11 @@ pub fn census_sql(table: &RunsTable, schema: &Schema, partition: &str, proof: Pr
                     EXISTS (SELECT 1 FROM {partition} WHERE {status} IS NULL)
                         OR EXISTS (SELECT 1 FROM {partition} WHERE {ts} IS NULL),
                     NOT coalesce((SELECT max({ts}) FROM {partition}) < {cutoff}, true)",
+            key = if bytewise {
+                format!("{} COLLATE \"C\"", table.status)
+            } else {
+                table.status.clone()
+            },
             status = table.status,
             ts = table.timestamp,
             cutoff = schema.cutoff_expr()

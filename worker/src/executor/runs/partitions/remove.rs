@@ -6,7 +6,7 @@ use shared::tasks::CleanupRunsParams;
 
 use super::super::progress::ProgressTable;
 use super::super::{Run, RunsTable};
-use super::{census, obstacle, Candidate, PartitionMode};
+use super::{census, obstacle, proof, Candidate, PartitionMode};
 use crate::executor::{Checkpoint, ExecError};
 
 /// What removing one partition did.
@@ -168,11 +168,17 @@ impl Run<'_> {
                 "detached, renamed or changed meanwhile".to_owned(),
             ));
         }
+        // Under the lock the column types and the indexes stay as they are now: the proof
+        // is chosen again (the status column may have changed type since the listing).
+        let chosen = Candidate {
+            proof: proof(&mut *tx, &executor.table, candidate.oid).await?,
+            ..candidate.clone()
+        };
         let found = census(
             &mut *tx,
             &executor.table,
             &self.statements.schema,
-            candidate,
+            &chosen,
             self.statuses,
             self.cutoff,
         )
