@@ -174,6 +174,7 @@ impl Run<'_> {
             proof: proof(&mut *tx, &executor.table, candidate.oid).await?,
             ..candidate.clone()
         };
+        tracing::debug!(partition = %chosen.name, proof = ?chosen.proof, "counting a partition");
         let found = census(
             &mut *tx,
             &executor.table,
