@@ -47,6 +47,24 @@ async fn partitions(pool: &PgPool) -> Vec<String> {
     .unwrap()
 }
 
+/// Until the worker waits for a lock on January (held by the application).
+async fn worker_waits_for_january(pool: &PgPool) {
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the worker waits for the lock on January",
+        || async {
+            count(
+                pool,
+                "SELECT count(*) FROM pg_locks
+                 WHERE relation = 'runs_2020_01'::regclass AND NOT granted",
+            )
+            .await
+                > 0
+        },
+    )
+    .await;
+}
+
 async fn table_exists(pool: &PgPool, name: &str) -> bool {
     count(
         pool,
@@ -266,20 +284,7 @@ async fn row_committed_while_waiting(indexes: &str) {
         .await
         .unwrap();
     let id = stack.enqueue(RUNS, json!({"max_age_hours": 24})).await;
-    eventually(
-        Duration::from_secs(20),
-        "the worker waits for the lock on January",
-        || async {
-            count(
-                &pool,
-                "SELECT count(*) FROM pg_locks
-                 WHERE relation = 'runs_2020_01'::regclass AND NOT granted",
-            )
-            .await
-                > 0
-        },
-    )
-    .await;
+    worker_waits_for_january(&pool).await;
     app.commit().await.unwrap();
     let task = wait_for(
         &stack.app,
@@ -322,20 +327,7 @@ async fn a_status_column_that_changes_type_meanwhile_keeps_the_partition() {
         .await
         .unwrap();
     let id = stack.enqueue(RUNS, json!({"max_age_hours": 24})).await;
-    eventually(
-        Duration::from_secs(20),
-        "the worker waits for the lock on January",
-        || async {
-            count(
-                &pool,
-                "SELECT count(*) FROM pg_locks
-                 WHERE relation = 'runs_2020_01'::regclass AND NOT granted",
-            )
-            .await
-                > 0
-        },
-    )
-    .await;
+    worker_waits_for_january(&pool).await;
     sqlx::raw_sql(
         "ALTER TABLE runs ALTER COLUMN status TYPE citext;
          INSERT INTO runs VALUES (9998, 'SUCCEEDED', '2020-01-16');",
