@@ -251,3 +251,34 @@ async fn the_catalog_chooses_the_indexes_only_where_they_apply() {
         }
     }
 }
+
+/// A proof chosen for a text status and used after the column became `citext` (a dry run
+/// counts without a lock): the walk still compares text byte by byte, so `SUCCEEDED`
+/// keeps January instead of being folded into `succeeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walk_chosen_for_text_stays_byte_by_byte_when_the_type_changes() {
+    let (_db, pool) = database(&format!(
+        "CREATE EXTENSION citext; {}",
+        layout("text", INDEXES)
+    ))
+    .await;
+    let (table, schema) = table_and_schema(&pool).await;
+    let january = candidates(&pool, &table, &schema, at(2020, 6, 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(january.proof, BYTES);
+    sqlx::raw_sql(
+        "ALTER TABLE runs ALTER COLUMN status TYPE citext;
+         INSERT INTO runs VALUES (999, 'SUCCEEDED', '2020-01-15');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let statuses = ["succeeded".to_owned(), "failed".to_owned()];
+    let found = census(&pool, &table, &schema, &january, &statuses, at(2020, 6, 1))
+        .await
+        .unwrap();
+    assert_eq!(found.rows, 2001);
+    assert!(found.blocking.is_some(), "{found:?}");
+}

@@ -226,15 +226,22 @@ impl Run<'_> {
             .map_err(|e| ExecError::from_sqlx("failed to read the runs partitions", &e))?;
         for candidate in found {
             let found = self
-                .retry(|| {
+                .retry(|| async {
+                    // Chosen again just before the count, as a removal does under its lock.
+                    let chosen = Candidate {
+                        proof: proof(&self.executor.pool, &self.executor.table, candidate.oid)
+                            .await?,
+                        ..candidate.clone()
+                    };
                     census(
                         &self.executor.pool,
                         &self.executor.table,
                         &self.statements.schema,
-                        &candidate,
+                        &chosen,
                         self.statuses,
                         self.cutoff,
                     )
+                    .await
                 })
                 .await
                 .map_err(|e| ExecError::from_sqlx("failed to count a partition's runs", &e))?;

@@ -132,7 +132,9 @@ pub fn census_sql(table: &RunsTable, schema: &Schema, partition: &str, proof: Pr
                         OR EXISTS (SELECT 1 FROM {partition} WHERE {ts} IS NULL),
                     NOT coalesce((SELECT max({ts}) FROM {partition}) < {cutoff}, true)",
             key = if bytewise {
-                format!("{} COLLATE \"C\"", table.status)
+                // As text whatever the column's type is now: a type changed since the
+                // proof was chosen makes the walk slower, never looser.
+                format!("{}::text COLLATE \"C\"", table.status)
             } else {
                 table.status.clone()
             },
