@@ -13,6 +13,8 @@ use utoipa::ToSchema;
 
 /// Largest batch a `cleanup_runs` task may ask for: bounds lock time per statement.
 pub const MAX_BATCH_SIZE: u32 = 10_000;
+/// Largest `max_rows` or `max_files`: counts are kept as PostgreSQL `bigint`.
+pub const MAX_CAP: u64 = i64::MAX as u64;
 /// Batch size used when a `cleanup_runs` task names none.
 pub const DEFAULT_BATCH_SIZE: u32 = 1_000;
 /// Most glob patterns a `cleanup_temp_files` task may carry.
@@ -104,7 +106,7 @@ pub struct CleanupRunsParams {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "whole::option"
     )]
-    #[schema(minimum = 1, maximum = 18446744073709551615_usize)]
+    #[schema(minimum = 1, maximum = 9223372036854775807_usize)]
     pub max_rows: Option<u64>,
     /// Attempts for this task (default: the deployment's `MAX_ATTEMPTS`), up to its
     /// `MAX_ATTEMPTS_LIMIT` (the document served by a running API states it).
@@ -157,7 +159,7 @@ pub struct CleanupTempFilesParams {
         skip_serializing_if = "Option::is_none",
         deserialize_with = "whole::option"
     )]
-    #[schema(minimum = 1, maximum = 18446744073709551615_usize)]
+    #[schema(minimum = 1, maximum = 9223372036854775807_usize)]
     pub max_files: Option<u64>,
     /// Also remove directories that the cleanup left empty (never the root itself).
     #[serde(default)]

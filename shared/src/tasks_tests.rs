@@ -77,6 +77,12 @@ fn batch_size_and_caps_are_bounded() {
     assert!(runs(json!({"max_age_hours": 2, "batch_size": 10000})).is_ok());
     assert!(runs(json!({"max_age_hours": 2, "max_rows": 0})).is_err());
     assert!(temp(json!({"max_age_hours": 2, "max_files": 0})).is_err());
+    // Counts are PostgreSQL bigints: one more than i64::MAX is refused, not wrapped.
+    assert!(runs(json!({"max_age_hours": 2, "max_rows": 9223372036854775807_u64})).is_ok());
+    let err = runs(json!({"max_age_hours": 2, "max_rows": 9223372036854775808_u64})).unwrap_err();
+    assert!(err.contains("at most 9223372036854775807"), "{err}");
+    let err = temp(json!({"max_age_hours": 2, "max_files": 9223372036854775808_u64})).unwrap_err();
+    assert!(err.contains("max_files"), "{err}");
     assert!(runs(json!({"max_age_hours": 2, "batch_size": -1}))
         .unwrap_err()
         .contains("invalid value"));

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
-    CleanupRunsParams, CleanupTempFilesParams, MAX_AGE_HOURS_LIMIT, MAX_BATCH_SIZE, MAX_PATTERNS,
-    MAX_PATTERN_LEN,
+    CleanupRunsParams, CleanupTempFilesParams, MAX_AGE_HOURS_LIMIT, MAX_BATCH_SIZE, MAX_CAP,
+    MAX_PATTERNS, MAX_PATTERN_LEN,
 };
 
 /// Deployment-wide limits that requests are checked against.
@@ -128,9 +128,7 @@ pub(super) fn validate_runs(
             ));
         }
     }
-    if p.max_rows == Some(0) {
-        return Err(ValidationError::new("max_rows", "must be at least 1"));
-    }
+    check_cap("max_rows", p.max_rows)?;
     if let Some(scope) = &p.scope {
         validate_scope(scope, &rules.scope_columns)?;
     }
@@ -214,9 +212,7 @@ pub(super) fn validate_temp_files(p: &CleanupTempFilesParams) -> Result<(), Vali
             validate_pattern(pattern).map_err(|m| ValidationError::new("patterns", m))?;
         }
     }
-    if p.max_files == Some(0) {
-        return Err(ValidationError::new("max_files", "must be at least 1"));
-    }
+    check_cap("max_files", p.max_files)?;
     Ok(())
 }
 
@@ -276,4 +272,16 @@ pub fn validate_pattern(pattern: &str) -> Result<(), String> {
     globset::Glob::new(pattern)
         .map(|_| ())
         .map_err(|e| format!("`{pattern}` is not a valid glob: {}", e.kind()))
+}
+
+/// A cap on what one task deletes: at least 1, at most [`MAX_CAP`].
+fn check_cap(field: &'static str, cap: Option<u64>) -> Result<(), ValidationError> {
+    match cap {
+        Some(0) => Err(ValidationError::new(field, "must be at least 1")),
+        Some(n) if n > MAX_CAP => Err(ValidationError::new(
+            field,
+            format!("must be at most {MAX_CAP}, got {n}"),
+        )),
+        _ => Ok(()),
+    }
 }

@@ -59,7 +59,9 @@ fn parameters_state_the_deployments_rules() {
     assert_eq!(runs["batch_size"]["minimum"], json!(1));
     assert_eq!(runs["batch_size"]["maximum"], json!(10000));
     assert_eq!(runs["max_rows"]["minimum"], json!(1));
-    assert_eq!(runs["max_rows"]["maximum"], json!(u64::MAX));
+    assert_eq!(runs["max_rows"]["maximum"], json!(i64::MAX));
+    let temp = &schemas["CleanupTempFilesParams"]["properties"];
+    assert_eq!(temp["max_files"]["maximum"], json!(i64::MAX));
     assert_eq!(
         runs["scope"]["propertyNames"]["enum"],
         json!(["project_id", "team"])
