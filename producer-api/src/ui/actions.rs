@@ -28,6 +28,21 @@ pub(super) fn to_created(response: &Response) -> Response {
     Redirect::to(&format!("/ui/tasks/{id}?done=created")).into_response()
 }
 
+/// 403 page unless the viewer may call `POST /tasks/{id}/{action}`.
+pub(super) fn may_act(
+    viewer: &Viewer,
+    id: impl std::fmt::Display,
+    action: &str,
+) -> Result<(), UiError> {
+    viewer.may(Method::POST, &format!("/tasks/{id}/{action}"))
+}
+
+/// A posted action: the form's CSRF token, then the scope of its API route.
+fn posted(viewer: &Viewer, form: &ActionForm, id: &str, action: &str) -> Result<(), UiError> {
+    viewer.check_csrf(&form.csrf)?;
+    may_act(viewer, id, action)
+}
+
 fn confirm_page(
     viewer: &Viewer,
     t: &TaskRow,
@@ -60,7 +75,7 @@ pub async fn confirm_cancel(
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
     let t = load(&state, &id).await?;
-    viewer.may(Method::POST, &format!("/tasks/{}/cancel", t.id))?;
+    may_act(&viewer, t.id, "cancel")?;
     let explain = html! {
         @if t.status == TaskStatus::Running {
             p { "The worker stops at its next batch boundary. What it deleted before stays deleted and is shown as the task's result." }
@@ -93,8 +108,7 @@ pub async fn cancel(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, UiError> {
-    viewer.check_csrf(&form.csrf)?;
-    viewer.may(Method::POST, &format!("/tasks/{id}/cancel"))?;
+    posted(&viewer, &form, &id, "cancel")?;
     let response = cancel::cancel_task(
         State(state),
         Extension(viewer.principal.clone()),
@@ -115,7 +129,7 @@ pub async fn confirm_retry(
     Path(id): Path<String>,
 ) -> Result<Response, UiError> {
     let t = load(&state, &id).await?;
-    viewer.may(Method::POST, &format!("/tasks/{}/retry", t.id))?;
+    may_act(&viewer, t.id, "retry")?;
     let explain = html! {
         p { "A new task with the same kind and parameters, linked to this one." }
     };
@@ -142,8 +156,7 @@ pub async fn retry(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, UiError> {
-    viewer.check_csrf(&form.csrf)?;
-    viewer.may(Method::POST, &format!("/tasks/{id}/retry"))?;
+    posted(&viewer, &form, &id, "retry")?;
     let body = copies::RetryBody {
         keep_cutoff: form.keep_cutoff.is_some(),
     };
@@ -163,8 +176,7 @@ pub async fn run(
     Path(id): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Result<Response, UiError> {
-    viewer.check_csrf(&form.csrf)?;
-    viewer.may(Method::POST, &format!("/tasks/{id}/run"))?;
+    posted(&viewer, &form, &id, "run")?;
     let response =
         copies::run_task(State(state), Extension(viewer.principal.clone()), Path(id)).await?;
     Ok(to_created(&response))

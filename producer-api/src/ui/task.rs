@@ -2,13 +2,13 @@
 //! buttons its status and the viewer's scope allow (what they do: [`super::actions`]).
 
 use axum::extract::{Path, Query, State};
-use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::actions::may_act;
 use super::format::{self, exact, when};
 use super::page::{self, Nav, UiError};
 use super::session::Viewer;
@@ -37,16 +37,11 @@ pub(super) async fn load(state: &AppState, id: &str) -> Result<TaskRow, UiError>
 }
 
 fn can_cancel(viewer: &Viewer, t: &TaskRow) -> bool {
-    viewer
-        .may(Method::POST, &format!("/tasks/{}/cancel", t.id))
-        .is_ok()
-        && !t.status.is_finished()
+    may_act(viewer, t.id, "cancel").is_ok() && !t.status.is_finished()
 }
 
 fn can_retry(viewer: &Viewer, t: &TaskRow) -> bool {
-    viewer
-        .may(Method::POST, &format!("/tasks/{}/retry", t.id))
-        .is_ok()
+    may_act(viewer, t.id, "retry").is_ok()
         && matches!(
             t.status,
             TaskStatus::Failed | TaskStatus::Dead | TaskStatus::Cancelled
@@ -192,7 +187,7 @@ fn dry_run_panel(viewer: &Viewer, t: &TaskRow, real_run: Option<Uuid>) -> Markup
                 }
             } @else if let Some(real) = real_run {
                 p { "Run for real already: " a.mono href={ "/ui/tasks/" (real) } { (real) } }
-            } @else if viewer.may(Method::POST, &format!("/tasks/{}/run", t.id)).is_ok() {
+            } @else if may_act(viewer, t.id, "run").is_ok() {
                 form method="post" action={ "/ui/tasks/" (t.id) "/run" } {
                     (page::csrf(viewer))
                     p.hint {
