@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::PgPool;
-use worker::executor::runs::partitions::{candidates, census, Candidate, Proof};
+use worker::executor::runs::partitions::{candidates, census, proof, Proof};
 use worker::executor::runs::schema::{inspect, Schema};
 use worker::executor::runs::RunsTable;
 
@@ -80,26 +80,23 @@ async fn verdicts(
     let (table, schema) = table_and_schema(pool).await;
     let statuses: Vec<String> = statuses.iter().map(|s| s.to_string()).collect();
     let found = candidates(pool, &table, &schema, cutoff).await.unwrap();
-    let chosen = found.iter().map(|c| c.proof).collect();
+    let mut chosen = Vec::new();
     let mut out = Vec::new();
     for candidate in found {
-        let by = |proof| Candidate {
-            proof,
-            ..candidate.clone()
+        chosen.push(proof(pool, &table, candidate.oid).await.unwrap());
+        let by = |proof| {
+            census(
+                pool,
+                &table,
+                &schema,
+                &candidate.name,
+                proof,
+                &statuses,
+                cutoff,
+            )
         };
-        let scan = census(pool, &table, &schema, &by(Proof::Scan), &statuses, cutoff)
-            .await
-            .unwrap();
-        let indexes = census(
-            pool,
-            &table,
-            &schema,
-            &by(Proof::Indexes { bytewise }),
-            &statuses,
-            cutoff,
-        )
-        .await
-        .unwrap();
+        let scan = by(Proof::Scan).await.unwrap();
+        let indexes = by(Proof::Indexes { bytewise }).await.unwrap();
         assert_eq!(scan.rows, indexes.rows, "{}", candidate.name);
         out.push((
             candidate.name.clone(),
@@ -166,10 +163,8 @@ async fn the_proof_from_indexes_reaches_the_verdict_of_reading_every_row() {
                 &pool,
                 &table,
                 &schema,
-                &Candidate {
-                    proof,
-                    ..january.clone()
-                },
+                &january.name,
+                proof,
                 &["succeeded".to_owned(), "failed".to_owned()],
                 at(2020, 1, 2),
             )
@@ -267,7 +262,8 @@ async fn a_walk_chosen_for_text_stays_byte_by_byte_when_the_type_changes() {
         .await
         .unwrap()
         .remove(0);
-    assert_eq!(january.proof, BYTES);
+    let chosen = proof(&pool, &table, january.oid).await.unwrap();
+    assert_eq!(chosen, BYTES);
     sqlx::raw_sql(
         "ALTER TABLE runs ALTER COLUMN status TYPE citext;
          INSERT INTO runs VALUES (999, 'SUCCEEDED', '2020-01-15');",
@@ -276,9 +272,17 @@ async fn a_walk_chosen_for_text_stays_byte_by_byte_when_the_type_changes() {
     .await
     .unwrap();
     let statuses = ["succeeded".to_owned(), "failed".to_owned()];
-    let found = census(&pool, &table, &schema, &january, &statuses, at(2020, 6, 1))
-        .await
-        .unwrap();
+    let found = census(
+        &pool,
+        &table,
+        &schema,
+        &january.name,
+        chosen,
+        &statuses,
+        at(2020, 6, 1),
+    )
+    .await
+    .unwrap();
     assert_eq!(found.rows, 2001);
     assert!(found.blocking.is_some(), "{found:?}");
 }

@@ -58,8 +58,6 @@ pub struct Candidate {
     pub name: String,
     /// Its bound as the catalog prints it, to see that it did not change.
     pub bound: String,
-    /// How its census proves that every row is eligible.
-    pub proof: Proof,
 }
 
 /// Why the fast path is not taken for a table, if it is not. Asked before listing the
@@ -138,23 +136,20 @@ pub async fn candidates(
     schema: &Schema,
     cutoff: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Candidate>, sqlx::Error> {
-    let partitions: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(&format!(
+    let partitions: Vec<(i64, String, String)> = sqlx::query_as(
         "SELECT c.oid::int8, format('%I.%I', n.nspname, c.relname),
-                pg_get_expr(c.relpartbound, c.oid), {indexed}
+                pg_get_expr(c.relpartbound, c.oid)
          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE i.inhparent = to_regclass($1) AND NOT i.inhdetachpending",
-        indexed = census::INDEXED_SQL
-    ))
+    )
     .bind(&table.table)
-    .bind(&table.names.status)
-    .bind(&table.names.timestamp)
     .fetch_all(pool)
     .await?;
     let bounded: Vec<(usize, String)> = partitions
         .iter()
         .enumerate()
-        .filter_map(|(i, (_, _, bound, _))| upper_bound(bound).map(|u| (i, u)))
+        .filter_map(|(i, (_, _, bound))| upper_bound(bound).map(|u| (i, u)))
         .collect();
     let uppers: Vec<&str> = bounded.iter().map(|(_, u)| u.as_str()).collect();
     // 1-based positions in `uppers` of the bounds at or before the cutoff, oldest first.
@@ -172,12 +167,11 @@ pub async fn candidates(
         .into_iter()
         .filter_map(|i| bounded.get(usize::try_from(i).ok()? - 1))
         .map(|(at, _)| {
-            let (oid, name, bound, indexed) = &partitions[*at];
+            let (oid, name, bound) = &partitions[*at];
             Candidate {
                 oid: *oid,
                 name: name.clone(),
                 bound: bound.clone(),
-                proof: Proof::from_catalog(indexed.as_deref()),
             }
         })
         .collect();
@@ -227,17 +221,13 @@ impl Run<'_> {
         for candidate in found {
             let found = self
                 .retry(|| async {
-                    // Chosen again just before the count, as a removal does under its lock.
-                    let chosen = Candidate {
-                        proof: proof(&self.executor.pool, &self.executor.table, candidate.oid)
-                            .await?,
-                        ..candidate.clone()
-                    };
+                    let pool = &self.executor.pool;
                     census(
-                        &self.executor.pool,
+                        pool,
                         &self.executor.table,
                         &self.statements.schema,
-                        &chosen,
+                        &candidate.name,
+                        proof(pool, &self.executor.table, candidate.oid).await?,
                         self.statuses,
                         self.cutoff,
                     )

@@ -11,13 +11,11 @@
 //! parallel scan, a tenth of checking every row). The verdict is the same either way: a
 //! status outside the task's, a missing status or timestamp, or a timestamp at or after
 //! the cutoff keeps the partition. The indexes only decide the speed: the statements mean
-//! the same whatever plan runs them. The proof is chosen when the partitions are listed and
-//! chosen again under the lock that decides a removal (a column's type may change
-//! between the two).
+//! the same whatever plan runs them. A removal chooses the proof under the lock that
+//! holds the column types as they are ([`proof`]); a dry run, right before counting.
 
 use chrono::{DateTime, Utc};
 
-use super::Candidate;
 use crate::executor::runs::schema::Schema;
 use crate::executor::runs::{eligible_sql, RunsTable};
 
@@ -33,7 +31,7 @@ pub enum Proof {
 
 impl Proof {
     /// From [`INDEXED_SQL`]'s answer.
-    pub fn from_catalog(found: Option<&str>) -> Self {
+    fn from_catalog(found: Option<&str>) -> Self {
         match found {
             Some("enum") => Proof::Indexes { bytewise: false },
             Some("bytes") => Proof::Indexes { bytewise: true },
@@ -59,7 +57,7 @@ pub struct Census {
 /// collation can be out of order after an operating system or ICU upgrade until it is
 /// rebuilt, and its walk could then skip a status; other types (`citext`, domains) may
 /// call two different texts equal. Both get the scan.
-pub const INDEXED_SQL: &str = "
+const INDEXED_SQL: &str = "
     CASE WHEN EXISTS (
         SELECT 1 FROM pg_index x
         JOIN pg_class ic ON ic.oid = x.indexrelid
@@ -145,16 +143,18 @@ pub fn census_sql(table: &RunsTable, schema: &Schema, partition: &str, proof: Pr
     }
 }
 
-/// Count `candidate`'s rows and find whether any of them is not eligible.
+/// Count the rows of `partition` (quoted) and find whether any of them is not eligible,
+/// by `proof` (from [`proof`], read in the same transaction where a removal depends on it).
 pub async fn census<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     table: &RunsTable,
     schema: &Schema,
-    candidate: &Candidate,
+    partition: &str,
+    proof: Proof,
     statuses: &[String],
     cutoff: DateTime<Utc>,
 ) -> Result<Census, sqlx::Error> {
-    let sql = census_sql(table, schema, &candidate.name, candidate.proof);
+    let sql = census_sql(table, schema, partition, proof);
     let (rows, ineligible, others, missing, young): (i64, i64, Vec<String>, bool, bool) =
         sqlx::query_as(&sql)
             .bind(statuses)

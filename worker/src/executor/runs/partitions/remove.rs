@@ -168,18 +168,16 @@ impl Run<'_> {
                 "detached, renamed or changed meanwhile".to_owned(),
             ));
         }
-        // Under the lock the column types and the indexes stay as they are now: the proof
-        // is chosen again (the status column may have changed type since the listing).
-        let chosen = Candidate {
-            proof: proof(&mut *tx, &executor.table, candidate.oid).await?,
-            ..candidate.clone()
-        };
-        tracing::debug!(partition = %chosen.name, proof = ?chosen.proof, "counting a partition");
+        // Chosen under the lock, which holds the column types as they are now (the
+        // status column may have changed type since the partitions were listed).
+        let proof = proof(&mut *tx, &executor.table, candidate.oid).await?;
+        tracing::debug!(partition = %candidate.name, ?proof, "counting a partition");
         let found = census(
             &mut *tx,
             &executor.table,
             &self.statements.schema,
-            &chosen,
+            &candidate.name,
+            proof,
             self.statuses,
             self.cutoff,
         )
