@@ -98,7 +98,7 @@ curl -fsS "$API/readyz" >/dev/null || { log "producer-api did not become ready";
 log "producer-api on $API (ledger $DB, AMQP prefix $PREFIX); $MAX_EXAMPLES examples per operation, seed $SEED"
 HOOKS_DIR=$(pwd)/deploy/checks
 cd "$WORK"  # schemathesis writes its report directory into the working directory
-PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$HOOKS_DIR SCHEMATHESIS_HOOKS=schemathesis_hooks "$VENV/bin/schemathesis" run "$API/openapi.json" \
+PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=$HOOKS_DIR SCHEMATHESIS_HOOKS=schemathesis_hooks "$VENV/bin/schemathesis" --config-file "$HOOKS_DIR/schemathesis.toml" run "$API/openapi.json" \
   --checks all \
   --header "Authorization: Bearer $TOKEN" \
   --max-examples "$MAX_EXAMPLES" \
