@@ -71,8 +71,15 @@ pub fn result_sentence(kind: &str, result: &Value) -> Option<String> {
                 )
             } else {
                 let capped = if r.capped { " (max_rows reached)" } else { "" };
+                // Partitions dropped without reading them are counted from statistics.
+                let about = if r.runs_estimated > 0 { "about " } else { "" };
+                let whole = match r.partitions.len() {
+                    0 => String::new(),
+                    1 => " and 1 whole partition".to_owned(),
+                    n => format!(" and {n} whole partitions"),
+                };
                 format!(
-                    "Deleted {} runs in {} batch{} ({}){capped}.",
+                    "Deleted {about}{} runs in {} batch{}{whole} ({}){capped}.",
                     count(r.runs_deleted),
                     count(r.batches),
                     if r.batches == 1 { "" } else { "es" },
@@ -194,6 +201,14 @@ mod tests {
         assert_eq!(
             result_sentence("cleanup_runs", &real).unwrap(),
             "Deleted 1,000 runs in 3 batches (0.4 s)."
+        );
+        real["partitions"] = json!([
+            {"name": "public.runs_2026_01", "rows": 900, "action": "dropped", "estimated": true},
+            {"name": "public.runs_2026_02", "rows": 40, "action": "dropped"}]);
+        real["runs_estimated"] = json!(900);
+        assert_eq!(
+            result_sentence("cleanup_runs", &real).unwrap(),
+            "Deleted about 1,000 runs in 3 batches and 2 whole partitions (0.4 s)."
         );
     }
 

@@ -180,7 +180,7 @@ start_worker() { # runs database, log name
   local port
   port=$(free_port)
   RUNS_DATABASE_URL="$PG/$1" METRICS_ADDR=127.0.0.1:$port TASK_SIGNING_KEYS=$SIGNING_KEYS \
-    AMQP_PREFIX=$PREFIX WORKER_KINDS=cleanup_runs LOG_LEVEL=info \
+    AMQP_PREFIX=$PREFIX WORKER_KINDS=cleanup_runs LOG_LEVEL=${WORKER_LOG_LEVEL:-info} \
     "$TARGET_DIR/release/worker" > "$WORK/worker-$2.log" 2>&1 &
   WORKER_PID=$!
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return; sleep 0.2; done

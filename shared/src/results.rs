@@ -50,6 +50,14 @@ pub struct RunsResult {
     /// rows are counted in `runs_deleted` (`runs_matched`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<RunsPartition>,
+    /// How many of `runs_deleted` are estimates: the rows of partitions dropped without
+    /// reading them, from PostgreSQL's statistics (`RUNS_PARTITION_COUNT=estimate`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub runs_estimated: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A partition of the runs table removed whole: every row in it was eligible.
@@ -60,6 +68,10 @@ pub struct RunsPartition {
     pub rows: u64,
     /// `dropped`, or `detached` (kept as a table of its own: RUNS_PARTITIONS=detach).
     pub action: String,
+    /// `rows` comes from PostgreSQL's statistics: the partition was proven eligible from
+    /// its indexes and dropped without reading it (never in a dry run, which counts).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 /// The last row a batch passed, as text in the columns' own types.

@@ -80,6 +80,20 @@ pub struct Config {
     #[arg(long, env = "RUNS_PARTITIONS", value_enum, default_value = "drop")]
     pub runs_partitions: crate::executor::runs::partitions::PartitionMode,
 
+    /// How a real run counts the rows of a partition that goes whole when its indexes
+    /// prove every row eligible without reading them: `estimate` (from PostgreSQL's
+    /// statistics, marked `estimated` in the result: the drop reads nothing of the
+    /// partition, whatever its size) or `exact` (count every row first, a scan of the
+    /// whole partition). Dry runs, and partitions proven by reading every row, always
+    /// count exactly.
+    #[arg(
+        long,
+        env = "RUNS_PARTITION_COUNT",
+        value_enum,
+        default_value = "estimate"
+    )]
+    pub runs_partition_count: crate::executor::runs::partitions::PartitionCount,
+
     /// How long a dry run may reuse the runs table's last inspection (its key, timestamp
     /// type, foreign keys) instead of reading the catalog again; a real run always reads
     /// it again. `0s`: every task reads it.

@@ -98,7 +98,7 @@ impl Application {
                 },
                 config.runs_batch_target,
             )
-            .with_partitions(config.runs_partitions)
+            .with_partitions(config.runs_partitions, config.runs_partition_count)
             .with_schema_cache(config.runs_schema_cache)
         });
         if let Some(runs) = &runs {

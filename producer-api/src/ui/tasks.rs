@@ -192,7 +192,16 @@ pub fn outcome(task: &TaskRow) -> String {
             TaskKind::CleanupRuns if dry => {
                 format!("would delete {} rows", n("runs_matched").unwrap_or(0))
             }
-            TaskKind::CleanupRuns => format!("{} rows deleted", n("runs_deleted").unwrap_or(0)),
+            TaskKind::CleanupRuns => format!(
+                "{}{} rows deleted",
+                // Partitions dropped without reading them are counted from statistics.
+                if n("runs_estimated").unwrap_or(0) > 0 {
+                    "about "
+                } else {
+                    ""
+                },
+                n("runs_deleted").unwrap_or(0)
+            ),
             TaskKind::CleanupTempFiles if dry => format!(
                 "would delete {} files ({})",
                 n("files_matched").unwrap_or(0),

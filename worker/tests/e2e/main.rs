@@ -8,6 +8,7 @@ mod poison;
 mod runs;
 mod runs_batches;
 mod runs_census;
+mod runs_partition_counts;
 mod runs_partitions;
 mod runs_safety;
 mod runs_schema;

@@ -36,7 +36,7 @@ mod table;
 
 pub use table::{quote_ident, ColumnNames, RunsTable};
 
-use partitions::PartitionMode;
+use partitions::{PartitionCount, PartitionMode};
 use progress::ProgressTable;
 use schema::{Schema, SchemaError};
 
@@ -132,6 +132,8 @@ pub struct RunsExecutor {
     progress: ProgressTable,
     /// RUNS_PARTITIONS: what the partition fast path does.
     partitions: PartitionMode,
+    /// RUNS_PARTITION_COUNT: how it counts a partition that goes whole.
+    partition_count: PartitionCount,
 }
 
 impl RunsExecutor {
@@ -164,6 +166,7 @@ impl RunsExecutor {
             seen: Mutex::new(None),
             schema_cache: Duration::ZERO,
             partitions: PartitionMode::Drop,
+            partition_count: PartitionCount::Estimate,
         }
     }
 
@@ -173,9 +176,10 @@ impl RunsExecutor {
         self
     }
 
-    /// RUNS_PARTITIONS (default `drop`).
-    pub fn with_partitions(mut self, mode: PartitionMode) -> Self {
+    /// RUNS_PARTITIONS (default `drop`) and RUNS_PARTITION_COUNT (default `estimate`).
+    pub fn with_partitions(mut self, mode: PartitionMode, count: PartitionCount) -> Self {
         self.partitions = mode;
+        self.partition_count = count;
         self
     }
 

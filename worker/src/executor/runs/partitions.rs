@@ -27,7 +27,7 @@ use crate::executor::ExecError;
 mod census;
 mod remove;
 
-pub use census::{census, proof, Census, Proof};
+pub use census::{census, estimate, proof, Census, Proof};
 
 /// RUNS_PARTITIONS: what happens to a partition that may go whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -48,6 +48,18 @@ impl PartitionMode {
             PartitionMode::Detach => "detached",
         }
     }
+}
+
+/// RUNS_PARTITION_COUNT: how a real run counts the rows of a partition that goes whole
+/// when the indexes prove it eligible without reading it (a dry run always counts, and so
+/// does a proof that reads every row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PartitionCount {
+    /// From PostgreSQL's statistics, without reading the partition: the drop costs the
+    /// same whatever its size. Marked `estimated` in the result.
+    Estimate,
+    /// Count every row (a parallel scan of the whole partition).
+    Exact,
 }
 
 /// A partition whose range ends at or before the cutoff.
@@ -228,6 +240,7 @@ impl Run<'_> {
                         &self.statements.schema,
                         &candidate.name,
                         proof(pool, &self.executor.table, candidate.oid).await?,
+                        true,
                         self.statuses,
                         self.cutoff,
                     )
@@ -238,8 +251,9 @@ impl Run<'_> {
             if found.blocking.is_none() {
                 result.partitions.push(RunsPartition {
                     name: candidate.name,
-                    rows: found.rows,
+                    rows: found.rows.unwrap_or_default(),
                     action: self.executor.partitions.action().to_owned(),
+                    estimated: false,
                 });
             }
         }

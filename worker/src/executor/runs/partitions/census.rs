@@ -43,7 +43,8 @@ impl Proof {
 /// What a census found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Census {
-    pub rows: u64,
+    /// The rows it holds; `None` when the census was asked not to count them.
+    pub rows: Option<u64>,
     /// Why the partition must stay, when it must.
     pub blocking: Option<String>,
 }
@@ -101,8 +102,37 @@ pub async fn proof<'e, E: sqlx::PgExecutor<'e>>(
     Ok(Proof::from_catalog(found.as_deref()))
 }
 
-/// The census statement of `partition` (quoted), on `$1` statuses and `$2` cutoff.
-pub fn census_sql(table: &RunsTable, schema: &Schema, partition: &str, proof: Proof) -> String {
+/// The rows of partition `oid` as PostgreSQL's statistics put them (what the planner
+/// assumes: the rows per page its last `VACUUM` or `ANALYZE` saw, times the pages it has
+/// now), read without touching the partition; `None` when it has no statistics yet or is
+/// itself partitioned.
+pub async fn estimate<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    oid: i64,
+) -> Result<Option<u64>, sqlx::Error> {
+    let rows: Option<i64> = sqlx::query_scalar(
+        "SELECT CASE WHEN c.relkind = 'r' AND c.reltuples >= 0 AND c.relpages > 0
+                THEN round(c.reltuples::float8 / c.relpages
+                           * (pg_relation_size(c.oid) / current_setting('block_size')::int8))::int8
+                END
+         FROM pg_class c WHERE c.oid = $1::int8::oid",
+    )
+    .bind(oid)
+    .fetch_optional(executor)
+    .await?
+    .flatten();
+    Ok(rows.map(|n| n.max(0) as u64))
+}
+
+/// The census statement of `partition` (quoted), on `$1` statuses and `$2` cutoff; with
+/// the index proof, the rows are counted only when `count` (the scan counts as it reads).
+pub fn census_sql(
+    table: &RunsTable,
+    schema: &Schema,
+    partition: &str,
+    proof: Proof,
+    count: bool,
+) -> String {
     match proof {
         // The count of rows, and of rows that are not eligible.
         Proof::Scan => format!(
@@ -123,7 +153,7 @@ pub fn census_sql(table: &RunsTable, schema: &Schema, partition: &str, proof: Pr
                  SELECT (SELECT {key} FROM {partition} WHERE {key} > s.v
                          ORDER BY {key} LIMIT 1)
                  FROM s WHERE s.v IS NOT NULL)
-             SELECT (SELECT count(*) FROM {partition}), 0::int8,
+             SELECT {rows}, 0::int8,
                     ARRAY(SELECT v::text FROM s
                           WHERE v IS NOT NULL AND NOT coalesce(v::text = ANY($1), false)),
                     EXISTS (SELECT 1 FROM {partition} WHERE {status} IS NULL)
@@ -136,6 +166,11 @@ pub fn census_sql(table: &RunsTable, schema: &Schema, partition: &str, proof: Pr
             } else {
                 table.status.clone()
             },
+            rows = if count {
+                format!("(SELECT count(*) FROM {partition})")
+            } else {
+                "NULL::int8".to_owned()
+            },
             status = table.status,
             ts = table.timestamp,
             cutoff = schema.cutoff_expr()
@@ -143,19 +178,22 @@ pub fn census_sql(table: &RunsTable, schema: &Schema, partition: &str, proof: Pr
     }
 }
 
-/// Count the rows of `partition` (quoted) and find whether any of them is not eligible,
-/// by `proof` (from [`proof`], read in the same transaction where a removal depends on it).
+/// Find whether any row of `partition` (quoted) is not eligible, by `proof` (from
+/// [`proof`], read in the same transaction where a removal depends on it), and count its
+/// rows when `count` (or when the proof reads them anyway).
+#[allow(clippy::too_many_arguments)]
 pub async fn census<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     table: &RunsTable,
     schema: &Schema,
     partition: &str,
     proof: Proof,
+    count: bool,
     statuses: &[String],
     cutoff: DateTime<Utc>,
 ) -> Result<Census, sqlx::Error> {
-    let sql = census_sql(table, schema, partition, proof);
-    let (rows, ineligible, others, missing, young): (i64, i64, Vec<String>, bool, bool) =
+    let sql = census_sql(table, schema, partition, proof, count);
+    let (rows, ineligible, others, missing, young): (Option<i64>, i64, Vec<String>, bool, bool) =
         sqlx::query_as(&sql)
             .bind(statuses)
             .bind(cutoff)
@@ -180,7 +218,7 @@ pub async fn census<'e, E: sqlx::PgExecutor<'e>>(
         reasons.push("it holds runs not older than the cutoff".to_owned());
     }
     Ok(Census {
-        rows: rows.max(0) as u64,
+        rows: rows.map(|n| n.max(0) as u64),
         blocking: (!reasons.is_empty()).then(|| reasons.join("; ")),
     })
 }

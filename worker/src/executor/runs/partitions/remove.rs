@@ -6,13 +6,18 @@ use shared::tasks::CleanupRunsParams;
 
 use super::super::progress::ProgressTable;
 use super::super::{Run, RunsTable};
-use super::{census, obstacle, proof, Candidate, PartitionMode};
+use super::{census, estimate, obstacle, proof, Candidate, PartitionCount, PartitionMode, Proof};
 use crate::executor::{Checkpoint, ExecError};
 
 /// What removing one partition did.
 pub enum Removal {
-    /// Removed: its rows, and the task's committed count after it.
-    Removed { rows: u64, total: u64 },
+    /// Removed: its rows (`estimated` from statistics, or counted), and the task's
+    /// committed count after it.
+    Removed {
+        rows: u64,
+        estimated: bool,
+        total: u64,
+    },
     /// Left to the batches: why.
     Kept(String),
     /// Another copy of the task finished it.
@@ -111,14 +116,22 @@ impl Run<'_> {
                 Removal::Kept(reason) => {
                     tracing::info!(partition = %candidate.name, %reason, "partition left to the batches");
                 }
-                Removal::Removed { rows, total } => {
+                Removal::Removed {
+                    rows,
+                    estimated,
+                    total,
+                } => {
                     let action = self.executor.partitions.action();
-                    tracing::info!(partition = %candidate.name, rows, action, "removed a whole partition of runs");
+                    tracing::info!(partition = %candidate.name, rows, estimated, action, "removed a whole partition of runs");
                     result.runs_deleted = result.runs_deleted.max(total);
+                    if estimated {
+                        result.runs_estimated += rows;
+                    }
                     result.partitions.push(RunsPartition {
                         name: candidate.name.clone(),
                         rows,
                         action: action.to_owned(),
+                        estimated,
                     });
                     checkpoint.record(serde_json::to_value(&*result).expect("progress serializes"));
                 }
@@ -171,13 +184,22 @@ impl Run<'_> {
         // Chosen under the lock, which holds the column types as they are now (the
         // status column may have changed type since the partitions were listed).
         let proof = proof(&mut *tx, &executor.table, candidate.oid).await?;
-        tracing::debug!(partition = %candidate.name, ?proof, "counting a partition");
+        // Where the indexes prove the rows eligible without reading them, counting them
+        // would be the one read of the whole partition: its statistics say how many.
+        let estimated = match (executor.partition_count, proof) {
+            (PartitionCount::Estimate, Proof::Indexes { .. }) => {
+                estimate(&mut *tx, candidate.oid).await?
+            }
+            _ => None,
+        };
+        tracing::debug!(partition = %candidate.name, ?proof, ?estimated, "checking a partition");
         let found = census(
             &mut *tx,
             &executor.table,
             &self.statements.schema,
             &candidate.name,
             proof,
+            estimated.is_none(),
             self.statuses,
             self.cutoff,
         )
@@ -185,7 +207,10 @@ impl Run<'_> {
         if let Some(reason) = found.blocking {
             return Ok(Removal::Kept(reason));
         }
-        let rows = i64::try_from(found.rows).unwrap_or(i64::MAX);
+        let Some(counted) = estimated.or(found.rows) else {
+            return Ok(Removal::Kept("its rows were not counted".to_owned()));
+        };
+        let rows = i64::try_from(counted).unwrap_or(i64::MAX);
         // The count can take a while on a large partition: a stop (a cancel, shutdown, the
         // turn's budget) that came meanwhile is honoured before anything goes.
         if self.cancel.is_cancelled() {
@@ -220,7 +245,8 @@ impl Run<'_> {
             .await?;
         tx.commit().await?;
         Ok(Removal::Removed {
-            rows: found.rows,
+            rows: counted,
+            estimated: estimated.is_some(),
             total: total.max(0) as u64,
         })
     }
