@@ -17,7 +17,9 @@
 #      index on status, no table referencing runs and no `running` row in the older half, so every eligible
 #      row lies in a monthly partition entirely older than the cutoff: the partition fast
 #      path (RUNS_PARTITIONS=drop) against one DELETE of the same rows
-# CASES="1 3" runs a subset. A task not finished after TIMEOUT seconds (default 300) is
+# CASES="1 3" runs a subset. The worker inherits the environment, so its settings can be
+# compared (RUNS_PARTITION_COUNT=exact CASES=5 ...); WORKER_LOG_LEVEL (default info) sets
+# its log level (debug shows each partition's proof and count). A task not finished after TIMEOUT seconds (default 300) is
 # reported as such and the next case starts. Databases are named bench_runs_<pid>_* and
 # dropped on exit. Run by hand, not in CI.
 set -euo pipefail
