@@ -63,7 +63,7 @@ impl Metrics {
         );
         let runs_deleted = counter(
             names::RUNS_DELETED_TOTAL,
-            "Rows of the runs table deleted.",
+            "Rows of the runs table deleted (a partition dropped whole without being read counts the rows its statistics give: RUNS_PARTITION_COUNT).",
             &["table"],
         );
         let files_deleted = counter(
