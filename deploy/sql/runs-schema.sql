@@ -33,6 +33,7 @@ CREATE INDEX IF NOT EXISTS run_logs_run_id ON run_logs (run_id);
 CREATE TABLE IF NOT EXISTS cleanup_runs_progress (
     task_id      uuid PRIMARY KEY,
     runs_deleted bigint NOT NULL DEFAULT 0 CHECK (runs_deleted >= 0),
+    runs_estimated bigint NOT NULL DEFAULT 0 CHECK (runs_estimated >= 0),
     finished_at  timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );

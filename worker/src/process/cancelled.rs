@@ -27,7 +27,10 @@ pub(super) async fn skip_cancelled(
     let task_id = envelope.task_id;
     let kind = envelope.task.kind();
     let committed = match (&envelope.task, &ctx.executors.runs) {
-        (shared::tasks::TaskSpec::CleanupRuns(_), Some(runs)) => runs.committed(task_id).await,
+        (shared::tasks::TaskSpec::CleanupRuns(_), Some(runs)) => runs
+            .committed(task_id)
+            .await
+            .map(|c| (c.runs_deleted, c.runs_estimated)),
         _ => None,
     };
     let stop = Stop {
@@ -41,18 +44,22 @@ pub(super) async fn skip_cancelled(
     Ok(Outcome::Cancelled { task_id, started })
 }
 
-/// A runs task's progress with `runs_deleted` raised to the committed count.
+/// A runs task's progress with `runs_deleted` raised to the committed count, and
+/// `runs_estimated` to the committed estimates among them.
 fn with_committed(
     progress: Option<serde_json::Value>,
-    committed: Option<u64>,
+    committed: Option<(u64, u64)>,
 ) -> Option<serde_json::Value> {
-    let Some(committed) = committed else {
+    let Some((committed, estimated)) = committed else {
         return progress;
     };
     let mut progress = progress.unwrap_or_else(|| serde_json::json!({}));
     let carried = progress["runs_deleted"].as_u64().unwrap_or(0);
     if committed > carried || progress.get("runs_deleted").is_none() {
         progress["runs_deleted"] = committed.into();
+    }
+    if estimated > progress["runs_estimated"].as_u64().unwrap_or(0) {
+        progress["runs_estimated"] = estimated.into();
     }
     Some(progress)
 }
@@ -104,18 +111,23 @@ mod tests {
     fn the_committed_count_outranks_the_message() {
         assert_eq!(with_committed(None, None), None);
         assert_eq!(
-            with_committed(None, Some(7)),
+            with_committed(None, Some((7, 0))),
             Some(json!({"runs_deleted": 7}))
         );
         let carried = json!({"runs_deleted": 5, "batches": 2});
         assert_eq!(
-            with_committed(Some(carried.clone()), Some(9)),
+            with_committed(Some(carried.clone()), Some((9, 0))),
             Some(json!({"runs_deleted": 9, "batches": 2}))
         );
         assert_eq!(
-            with_committed(Some(carried.clone()), Some(3)),
+            with_committed(Some(carried.clone()), Some((3, 0))),
             Some(carried.clone())
         );
         assert_eq!(with_committed(Some(carried.clone()), None), Some(carried));
+        // A partition dropped by an attempt whose report was lost: its estimate shows.
+        assert_eq!(
+            with_committed(Some(json!({"runs_deleted": 5})), Some((905, 900))),
+            Some(json!({"runs_deleted": 905, "runs_estimated": 900}))
+        );
     }
 }

@@ -137,11 +137,12 @@ pub struct RunsExecutor {
 }
 
 impl RunsExecutor {
-    /// The rows a task deleted, as its committed count in the progress table says; `None`
-    /// when the table has no row for it or cannot be read.
-    pub async fn committed(&self, task_id: uuid::Uuid) -> Option<u64> {
+    /// The rows a task deleted (and how many of them are estimates), as its committed
+    /// count in the progress table says; `None` when the table has no row for it or cannot
+    /// be read.
+    pub async fn committed(&self, task_id: uuid::Uuid) -> Option<progress::Count> {
         match self.progress.read(&self.pool, task_id).await {
-            Ok(count) => count.map(|c| c.runs_deleted),
+            Ok(count) => count,
             Err(error) => {
                 tracing::warn!(%task_id, %error, "cannot read the task's committed count");
                 None
@@ -329,6 +330,7 @@ impl RunsExecutor {
             // The table is the authority once the task has a row there.
             if let Some(count) = count {
                 result.runs_deleted = count.runs_deleted;
+                result.runs_estimated = result.runs_estimated.max(count.runs_estimated);
             }
             let mut finished = count.is_some_and(|c| c.finished);
             if !finished {
@@ -354,7 +356,11 @@ impl RunsExecutor {
             }
             // The final count: whichever copy marks the task finished first fixes it.
             match run.finish(result.runs_deleted).await {
-                Ok(total) => result.runs_deleted = total,
+                Ok(total) => {
+                    result.runs_deleted = total.runs_deleted;
+                    // Estimates committed by any copy, even one whose report was lost.
+                    result.runs_estimated = result.runs_estimated.max(total.runs_estimated);
+                }
                 Err(error) => return Err(failed(&result, error)),
             }
             result.runs_matched = result.runs_deleted;

@@ -32,12 +32,18 @@ pub const RETENTION: &str = "30 days";
 /// How often one worker removes expired rows.
 const PRUNE_EVERY_SECONDS: i64 = 3600;
 
+/// How many of `runs_deleted` are estimates (partitions dropped without being read),
+/// committed with them. Added to a table created before it existed.
+const ESTIMATED_COLUMN: &str =
+    "runs_estimated bigint NOT NULL DEFAULT 0 CHECK (runs_estimated >= 0)";
+
 /// The table, as the worker creates it when it is missing.
 pub fn ddl(table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (
     task_id      uuid PRIMARY KEY,
     runs_deleted bigint NOT NULL DEFAULT 0 CHECK (runs_deleted >= 0),
+    {ESTIMATED_COLUMN},
     finished_at  timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now()
 )"
@@ -48,6 +54,8 @@ pub fn ddl(table: &str) -> String {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Count {
     pub runs_deleted: u64,
+    /// Of `runs_deleted`, how many are estimates.
+    pub runs_estimated: u64,
     pub finished: bool,
 }
 
@@ -60,6 +68,8 @@ pub struct ProgressTable {
     /// was read.
     name: OnceLock<String>,
     ready: AtomicBool,
+    /// Whether the table has the `runs_estimated` column (else nothing is estimated).
+    estimates: AtomicBool,
     pruned_at: AtomicI64,
 }
 
@@ -81,6 +91,7 @@ impl ProgressTable {
             runs: runs.to_owned(),
             name,
             ready: AtomicBool::new(false),
+            estimates: AtomicBool::new(false),
             pruned_at: AtomicI64::new(0),
         }
     }
@@ -172,21 +183,81 @@ impl ProgressTable {
                 ddl(table)
             )));
         }
+        self.estimates
+            .store(self.ensure_estimated(pool).await?, Ordering::Release);
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
 
+    /// Whether the table can record estimated rows: it has the column, or the worker
+    /// adds it now (to a table made before the column existed). Where it cannot, every
+    /// partition dropped whole is counted.
+    async fn ensure_estimated(&self, pool: &PgPool) -> Result<bool, sqlx::Error> {
+        let table = &self.name();
+        let has = || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)
+                                AND attname = 'runs_estimated' AND NOT attisdropped)",
+            )
+            .bind(table)
+            .fetch_one(pool)
+            .await
+        };
+        if has().await? {
+            return Ok(true);
+        }
+        let added = sqlx::query(&format!(
+            "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {ESTIMATED_COLUMN}"
+        ))
+        .execute(pool)
+        .await;
+        match added {
+            Ok(_) => tracing::info!(%table, "added runs_estimated to the runs progress table"),
+            Err(e) if shared::runtime::db::is_transient(&e) => return Err(e),
+            Err(error) => {
+                // Another worker may have added it meanwhile.
+                if has().await? {
+                    return Ok(true);
+                }
+                tracing::warn!(
+                    %table, %error,
+                    "cannot add the runs_estimated column to the runs progress table; \
+                     partitions dropped whole are counted row by row (ALTER TABLE {table} \
+                     ADD COLUMN {ESTIMATED_COLUMN})"
+                );
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether a removal may record estimated rows (the table has the column).
+    pub fn records_estimates(&self) -> bool {
+        self.estimates.load(Ordering::Acquire)
+    }
+
+    /// The `runs_estimated` column where the table has it, else 0.
+    fn estimated_column(&self) -> &'static str {
+        if self.records_estimates() {
+            "runs_estimated"
+        } else {
+            "0::int8"
+        }
+    }
+
     /// The task's committed count, if it has one.
     pub async fn read(&self, pool: &PgPool, task_id: Uuid) -> Result<Option<Count>, sqlx::Error> {
-        let row: Option<(i64, bool)> = sqlx::query_as(&format!(
-            "SELECT runs_deleted, finished_at IS NOT NULL FROM {} WHERE task_id = $1",
+        let row: Option<(i64, i64, bool)> = sqlx::query_as(&format!(
+            "SELECT runs_deleted, {}, finished_at IS NOT NULL FROM {} WHERE task_id = $1",
+            self.estimated_column(),
             self.name()
         ))
         .bind(task_id)
         .fetch_optional(pool)
         .await?;
-        Ok(row.map(|(n, finished)| Count {
+        Ok(row.map(|(n, estimated, finished)| Count {
             runs_deleted: n.max(0) as u64,
+            runs_estimated: estimated.max(0) as u64,
             finished,
         }))
     }
@@ -209,19 +280,24 @@ impl ProgressTable {
         pool: &PgPool,
         task_id: Uuid,
         known: u64,
-    ) -> Result<u64, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar(&format!(
+    ) -> Result<Count, sqlx::Error> {
+        let (n, estimated): (i64, i64) = sqlx::query_as(&format!(
             "INSERT INTO {} AS p (task_id, runs_deleted, finished_at) VALUES ($1, $2, now())
              ON CONFLICT (task_id) DO UPDATE
                  SET finished_at = coalesce(p.finished_at, now()), updated_at = now()
-             RETURNING runs_deleted",
-            self.name()
+             RETURNING runs_deleted, {}",
+            self.name(),
+            self.estimated_column()
         ))
         .bind(task_id)
         .bind(known as i64)
         .fetch_one(pool)
         .await?;
-        Ok(n.max(0) as u64)
+        Ok(Count {
+            runs_deleted: n.max(0) as u64,
+            runs_estimated: estimated.max(0) as u64,
+            finished: true,
+        })
     }
 
     /// Remove rows untouched for [`RETENTION`], at most once an hour per worker; a failure

@@ -104,16 +104,18 @@ pub async fn proof<'e, E: sqlx::PgExecutor<'e>>(
 
 /// The rows of partition `oid` as PostgreSQL's statistics put them (what the planner
 /// assumes: the rows per page its last `VACUUM` or `ANALYZE` saw, times the pages it has
-/// now), read without touching the partition; `None` when it has no statistics yet or is
-/// itself partitioned.
+/// now), read without touching the partition; `None` when it has no statistics yet, saw
+/// no row (a table vacuumed empty and filled since would be reported empty), or is itself
+/// partitioned.
 pub async fn estimate<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     oid: i64,
 ) -> Result<Option<u64>, sqlx::Error> {
     let rows: Option<i64> = sqlx::query_scalar(
-        "SELECT CASE WHEN c.relkind = 'r' AND c.reltuples >= 0 AND c.relpages > 0
-                THEN round(c.reltuples::float8 / c.relpages
-                           * (pg_relation_size(c.oid) / current_setting('block_size')::int8))::int8
+        "SELECT CASE WHEN c.relkind = 'r' AND c.reltuples > 0 AND c.relpages > 0
+                THEN least(round(c.reltuples::float8 / c.relpages
+                                 * (pg_relation_size(c.oid) / current_setting('block_size')::int8)),
+                           1e18)::int8
                 END
          FROM pg_class c WHERE c.oid = $1::int8::oid",
     )

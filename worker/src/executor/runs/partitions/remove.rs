@@ -41,7 +41,11 @@ pub struct RemoveSql {
     pub others: String,
     pub detach: String,
     pub drop: Option<String>,
+    /// `$1` task, `$2` rows (and `$3` of them estimated, where `estimates`): added to the
+    /// committed count.
     pub count: String,
+    /// Whether the progress table records estimated rows.
+    pub estimates: bool,
 }
 
 /// The longest wait for the exclusive locks of a removal.
@@ -79,11 +83,27 @@ impl RemoveSql {
             detach: format!("ALTER TABLE {} DETACH PARTITION {}", table.table, c.name),
             drop: (mode == PartitionMode::Drop).then(|| format!("DROP TABLE {}", c.name)),
             count: format!(
-                "UPDATE {} SET runs_deleted = runs_deleted + $2 WHERE task_id = $1 RETURNING runs_deleted",
-                progress.name()
+                "UPDATE {} SET runs_deleted = runs_deleted + $2{} WHERE task_id = $1
+                 RETURNING runs_deleted",
+                progress.name(),
+                if progress.records_estimates() {
+                    ", runs_estimated = runs_estimated + $3"
+                } else {
+                    ""
+                }
             ),
+            estimates: progress.records_estimates(),
         }
     }
+}
+
+/// Whether a partition's rows may be taken from its statistics: only while every row
+/// counted so far went with a whole partition. Once batches (of any turn, attempt or copy
+/// of the task) deleted rows, a partition's statistics may still count rows that are gone,
+/// and they would be counted twice.
+fn may_estimate(result: &RunsResult) -> bool {
+    let by_partitions: u64 = result.partitions.iter().map(|p| p.rows).sum();
+    result.batches == 0 && result.cursor.is_none() && result.runs_deleted <= by_partitions
 }
 
 impl Run<'_> {
@@ -105,7 +125,9 @@ impl Run<'_> {
                 break;
             }
             let began = std::time::Instant::now();
-            let removal = match self.remove_partition(&candidate, result.runs_deleted).await {
+            let removal =
+                self.remove_partition(&candidate, result.runs_deleted, may_estimate(result));
+            let removal = match removal.await {
                 Ok(removal) => removal,
                 Err(error) => Removal::Kept(error.to_string()),
             };
@@ -147,6 +169,7 @@ impl Run<'_> {
         &self,
         candidate: &Candidate,
         known: u64,
+        may_estimate: bool,
     ) -> Result<Removal, sqlx::Error> {
         let executor = self.executor;
         let sql = RemoveSql::new(
@@ -186,8 +209,10 @@ impl Run<'_> {
         let proof = proof(&mut *tx, &executor.table, candidate.oid).await?;
         // Where the indexes prove the rows eligible without reading them, counting them
         // would be the one read of the whole partition: its statistics say how many.
+        // The estimate is committed with the count (`runs_estimated`), so that a report
+        // rebuilt from the table still says which rows were estimated.
         let estimated = match (executor.partition_count, proof) {
-            (PartitionCount::Estimate, Proof::Indexes { .. }) => {
+            (PartitionCount::Estimate, Proof::Indexes { .. }) if may_estimate && sql.estimates => {
                 estimate(&mut *tx, candidate.oid).await?
             }
             _ => None,
@@ -238,16 +263,46 @@ impl Run<'_> {
         if let Some(drop) = &sql.drop {
             sqlx::query(drop).execute(&mut *tx).await?;
         }
-        let total: i64 = sqlx::query_scalar(&sql.count)
-            .bind(self.task_id)
-            .bind(rows)
-            .fetch_one(&mut *tx)
-            .await?;
+        let mut count = sqlx::query_scalar(&sql.count).bind(self.task_id).bind(rows);
+        if sql.estimates {
+            count = count.bind(if estimated.is_some() { rows } else { 0 });
+        }
+        let total: i64 = count.fetch_one(&mut *tx).await?;
         tx.commit().await?;
         Ok(Removal::Removed {
             rows: counted,
             estimated: estimated.is_some(),
             total: total.max(0) as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared::results::{RunsCursor, RunsPartition, RunsResult};
+
+    use super::may_estimate;
+
+    #[test]
+    fn statistics_are_used_only_before_any_row_went_by_batch() {
+        let mut result = RunsResult::default();
+        assert!(may_estimate(&result), "nothing deleted yet");
+        result.partitions.push(RunsPartition {
+            name: "public.runs_2020_01".into(),
+            rows: 90,
+            action: "dropped".into(),
+            estimated: true,
+        });
+        result.runs_deleted = 90;
+        assert!(may_estimate(&result), "only a partition went");
+        // A copy of the task (or a lost report) committed rows that no partition explains.
+        result.runs_deleted = 91;
+        assert!(!may_estimate(&result));
+        result.runs_deleted = 90;
+        result.batches = 1;
+        assert!(!may_estimate(&result), "an earlier turn deleted by batch");
+        result.batches = 0;
+        result.cursor = Some(RunsCursor::default());
+        assert!(!may_estimate(&result), "an earlier turn walked by batch");
     }
 }
