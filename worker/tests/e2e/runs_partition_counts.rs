@@ -119,3 +119,34 @@ async fn an_exact_count_is_taken_when_so_configured() {
     worker.stop().await;
     stack.stop().await;
 }
+
+/// A progress table without the estimates' column that is busy when the worker starts:
+/// the worker does not wait for it (every batch would queue behind its ALTER TABLE) and
+/// counts every partition instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_older_progress_table_means_exact_counts() {
+    let stack = Stack::start().await;
+    let (runs, pool) = stale_statistics().await;
+    let mut busy = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE cleanup_runs_progress IN ACCESS SHARE MODE")
+        .execute(&mut *busy)
+        .await
+        .unwrap();
+    let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
+    busy.commit().await.unwrap();
+    let task = stack.run(RUNS, json!({"max_age_hours": 24})).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["result"]["partitions"][0]["rows"], 100, "{task}");
+    assert!(task["result"].get("runs_estimated").is_none(), "{task}");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'cleanup_runs_progress'::regclass
+             AND attname = 'runs_estimated'"
+        )
+        .await,
+        0
+    );
+    worker.stop().await;
+    stack.stop().await;
+}

@@ -327,12 +327,14 @@ impl Run<'_> {
         if self.cancel.is_cancelled() {
             return Ok(None);
         }
-        let (committed, finished): (i64, bool) =
-            sqlx::query_as(&self.executor.progress.open_batch_sql())
-                .bind(self.task_id)
-                .bind(known as i64)
-                .fetch_one(&mut *tx)
-                .await?;
+        let progress = &self.executor.progress;
+        let sql = progress.open_batch_sql();
+        let mut open = sqlx::query_as(&sql).bind(self.task_id).bind(known as i64);
+        if progress.records_estimates() {
+            // Seeds a row the task does not have yet (pruned, or never made).
+            open = open.bind(self.estimated as i64);
+        }
+        let (committed, finished): (i64, bool) = open.fetch_one(&mut *tx).await?;
         if self.cancel.is_cancelled() {
             return Ok(None);
         }

@@ -308,6 +308,7 @@ impl RunsExecutor {
             scope: &scope_values,
             cutoff: envelope.cutoff,
             task_id: envelope.task_id,
+            estimated: result.runs_estimated,
             cancel,
         };
         // Rows deleted before a failure are gone: they are reported, and the next attempt
@@ -330,7 +331,9 @@ impl RunsExecutor {
             // The table is the authority once the task has a row there.
             if let Some(count) = count {
                 result.runs_deleted = count.runs_deleted;
-                result.runs_estimated = result.runs_estimated.max(count.runs_estimated);
+                if self.progress.records_estimates() {
+                    result.runs_estimated = count.runs_estimated;
+                }
             }
             let mut finished = count.is_some_and(|c| c.finished);
             if !finished {
@@ -359,7 +362,9 @@ impl RunsExecutor {
                 Ok(total) => {
                     result.runs_deleted = total.runs_deleted;
                     // Estimates committed by any copy, even one whose report was lost.
-                    result.runs_estimated = result.runs_estimated.max(total.runs_estimated);
+                    if self.progress.records_estimates() {
+                        result.runs_estimated = total.runs_estimated;
+                    }
                 }
                 Err(error) => return Err(failed(&result, error)),
             }
@@ -393,6 +398,9 @@ struct Run<'a> {
     scope: &'a [String],
     cutoff: DateTime<Utc>,
     task_id: uuid::Uuid,
+    /// The estimated rows among those the task's message says were deleted: seeds the
+    /// task's progress row with `runs_deleted` when it has none.
+    estimated: u64,
     cancel: &'a CancellationToken,
 }
 

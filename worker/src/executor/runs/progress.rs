@@ -23,6 +23,7 @@ use std::sync::OnceLock;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::batches::is_timeout;
 use super::schema::SchemaError;
 
 /// The table's name when RUNS_PROGRESS_TABLE is not set.
@@ -36,6 +37,20 @@ const PRUNE_EVERY_SECONDS: i64 = 3600;
 /// committed with them. Added to a table created before it existed.
 const ESTIMATED_COLUMN: &str =
     "runs_estimated bigint NOT NULL DEFAULT 0 CHECK (runs_estimated >= 0)";
+
+/// Add the estimates' column to a table made before it existed, waiting at most a second
+/// for the table's lock.
+async fn add_estimated_column(pool: &PgPool, table: &str) -> Result<(), sqlx::Error> {
+    let mut tx = pool
+        .begin_with("BEGIN; SET LOCAL lock_timeout = '1s'; SET LOCAL statement_timeout = '5s'")
+        .await?;
+    sqlx::query(&format!(
+        "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {ESTIMATED_COLUMN}"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
 
 /// The table, as the worker creates it when it is missing.
 pub fn ddl(table: &str) -> String {
@@ -206,14 +221,11 @@ impl ProgressTable {
         if has().await? {
             return Ok(true);
         }
-        let added = sqlx::query(&format!(
-            "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {ESTIMATED_COLUMN}"
-        ))
-        .execute(pool)
-        .await;
-        match added {
-            Ok(_) => tracing::info!(%table, "added runs_estimated to the runs progress table"),
-            Err(e) if shared::runtime::db::is_transient(&e) => return Err(e),
+        // Briefly: every batch queues behind a waiting ALTER TABLE. A table busy for
+        // longer keeps counting partitions until the worker starts again.
+        match add_estimated_column(pool, table).await {
+            Ok(()) => tracing::info!(%table, "added runs_estimated to the runs progress table"),
+            Err(e) if shared::runtime::db::is_transient(&e) && !is_timeout(&e) => return Err(e),
             Err(error) => {
                 // Another worker may have added it meanwhile.
                 if has().await? {
@@ -223,7 +235,7 @@ impl ProgressTable {
                     %table, %error,
                     "cannot add the runs_estimated column to the runs progress table; \
                      partitions dropped whole are counted row by row (ALTER TABLE {table} \
-                     ADD COLUMN {ESTIMATED_COLUMN})"
+                     ADD COLUMN {ESTIMATED_COLUMN}, then restart the workers)"
                 );
                 return Ok(false);
             }
@@ -263,36 +275,50 @@ impl ProgressTable {
     }
 
     /// The first statement of a batch: lock the task's row (made, if it has none, with
-    /// `$2`, the count the task's message carries) and say what is committed (`$1`: the task).
+    /// `$2`, the count the task's message carries, and where [`Self::records_estimates`]
+    /// `$3`, the estimates among it) and say what is committed (`$1`: the task).
     pub fn open_batch_sql(&self) -> String {
+        let (column, value) = self.seed();
         format!(
-            "INSERT INTO {} AS p (task_id, runs_deleted) VALUES ($1, $2)
+            "INSERT INTO {} AS p (task_id, runs_deleted{column}) VALUES ($1, $2{value})
              ON CONFLICT (task_id) DO UPDATE SET updated_at = now()
              RETURNING runs_deleted, finished_at IS NOT NULL",
             self.name()
         )
     }
 
+    /// The column and the `$3` that seed a new row's estimates, where the table has them.
+    fn seed(&self) -> (&'static str, &'static str) {
+        if self.records_estimates() {
+            (", runs_estimated", ", $3")
+        } else {
+            ("", "")
+        }
+    }
+
     /// Mark the task finished (unless a copy did first) and return its final count;
-    /// `known` seeds a row the task does not have yet.
+    /// `known` (its deleted and estimated rows) seeds a row the task does not have yet.
     pub async fn finish(
         &self,
         pool: &PgPool,
         task_id: Uuid,
-        known: u64,
+        known: (u64, u64),
     ) -> Result<Count, sqlx::Error> {
-        let (n, estimated): (i64, i64) = sqlx::query_as(&format!(
-            "INSERT INTO {} AS p (task_id, runs_deleted, finished_at) VALUES ($1, $2, now())
+        let (column, value) = self.seed();
+        let sql = format!(
+            "INSERT INTO {} AS p (task_id, runs_deleted, finished_at{column})
+             VALUES ($1, $2, now(){value})
              ON CONFLICT (task_id) DO UPDATE
                  SET finished_at = coalesce(p.finished_at, now()), updated_at = now()
              RETURNING runs_deleted, {}",
             self.name(),
             self.estimated_column()
-        ))
-        .bind(task_id)
-        .bind(known as i64)
-        .fetch_one(pool)
-        .await?;
+        );
+        let mut query = sqlx::query_as(&sql).bind(task_id).bind(known.0 as i64);
+        if self.records_estimates() {
+            query = query.bind(known.1 as i64);
+        }
+        let (n, estimated): (i64, i64) = query.fetch_one(pool).await?;
         Ok(Count {
             runs_deleted: n.max(0) as u64,
             runs_estimated: estimated.max(0) as u64,

@@ -54,7 +54,7 @@ impl Run<'_> {
     /// Mark the task finished and return its final count.
     pub(super) async fn finish(&self, known: u64) -> Result<progress::Count, ExecError> {
         let (progress, pool) = (&self.executor.progress, &self.executor.pool);
-        self.retry(|| progress.finish(pool, self.task_id, known))
+        self.retry(|| progress.finish(pool, self.task_id, (known, self.estimated)))
             .await
             .map_err(|e| ExecError::from_sqlx("failed to record the task's count", &e))
     }

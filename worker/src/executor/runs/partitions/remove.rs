@@ -59,6 +59,7 @@ impl RemoveSql {
         mode: PartitionMode,
         lock_timeout: std::time::Duration,
     ) -> Self {
+        let estimates = progress.records_estimates();
         Self {
             hold: format!("LOCK TABLE {} IN SHARE MODE", c.name),
             still_attached: "SELECT EXISTS (
@@ -86,13 +87,13 @@ impl RemoveSql {
                 "UPDATE {} SET runs_deleted = runs_deleted + $2{} WHERE task_id = $1
                  RETURNING runs_deleted",
                 progress.name(),
-                if progress.records_estimates() {
+                if estimates {
                     ", runs_estimated = runs_estimated + $3"
                 } else {
                     ""
                 }
             ),
-            estimates: progress.records_estimates(),
+            estimates,
         }
     }
 }
@@ -185,7 +186,7 @@ impl Run<'_> {
         let opened = self
             .open_task_tx("; SET LOCAL row_security = off", known)
             .await?;
-        let Some((mut tx, _, finished)) = opened else {
+        let Some((mut tx, committed, finished)) = opened else {
             return Ok(Removal::Kept("the turn was stopped".to_owned()));
         };
         if finished {
@@ -212,7 +213,10 @@ impl Run<'_> {
         // The estimate is committed with the count (`runs_estimated`), so that a report
         // rebuilt from the table still says which rows were estimated.
         let estimated = match (executor.partition_count, proof) {
-            (PartitionCount::Estimate, Proof::Indexes { .. }) if may_estimate && sql.estimates => {
+            // A copy of the task may have deleted rows by batch since this one looked.
+            (PartitionCount::Estimate, Proof::Indexes { .. })
+                if may_estimate && committed == known && sql.estimates =>
+            {
                 estimate(&mut *tx, candidate.oid).await?
             }
             _ => None,
