@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS cleanup_runs_progress (
     task_id      uuid PRIMARY KEY,
     runs_deleted bigint NOT NULL DEFAULT 0 CHECK (runs_deleted >= 0),
     runs_estimated bigint NOT NULL DEFAULT 0 CHECK (runs_estimated >= 0),
+    pending_drop text,
     finished_at  timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now()
 );

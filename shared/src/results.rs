@@ -31,8 +31,8 @@ pub struct RunsResult {
     pub oldest_remaining_age_seconds: Option<f64>,
     /// Working time over every turn.
     pub duration_ms: u64,
-    /// The longest transaction of the run (a batch, or a partition's removal): about how
-    /// long the run held any lock at once.
+    /// The longest transaction of the run that locked the runs table (a batch, or a
+    /// partition's detach): about how long the run held any lock on it at once.
     #[serde(default)]
     pub longest_batch_ms: u64,
     /// Turns the task took: more than one when a shutdown or the turn budget handed it on.

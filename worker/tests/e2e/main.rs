@@ -9,6 +9,7 @@ mod runs;
 mod runs_batches;
 mod runs_census;
 mod runs_partition_counts;
+mod runs_partition_drops;
 mod runs_partitions;
 mod runs_safety;
 mod runs_schema;

@@ -78,6 +78,15 @@ async fn a_partition_proven_by_its_indexes_is_counted_from_its_statistics() {
         .await,
         90
     );
+    // Each partition was dropped after its detach, and nothing is left pending.
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM cleanup_runs_progress WHERE pending_drop IS NOT NULL"
+        )
+        .await,
+        0
+    );
     assert_eq!(
         result["runs_deleted"], 197,
         "77 rows by batches, 120 by drops: {task}"

@@ -12,9 +12,11 @@
 //! off (`SHARE`) while the worker checks that it is still attached under its name with the
 //! same bounds and that every row in it is eligible; then the table and the partition
 //! locked `ACCESS EXCLUSIVE`, in the order queries lock them, waiting at most a second;
-//! the conditions checked again; detach, drop, and the rows added to the task's committed
-//! count. The last partition is never removed (the table would accept no row). A partition
-//! that fails any of this is left to the row-by-row batches.
+//! the conditions checked again; detach, and the rows added to the task's committed count
+//! (with the partition recorded as still to drop). The drop follows in a transaction of
+//! its own that locks only the detached table ([`drop`]). The last partition is never
+//! removed (the table would accept no row). A partition that fails any of this is left to
+//! the row-by-row batches.
 
 use shared::results::{RunsPartition, RunsResult};
 use shared::tasks::CleanupRunsParams;
@@ -25,6 +27,7 @@ use super::{Run, RunsTable};
 use crate::executor::ExecError;
 
 mod census;
+mod drop;
 mod remove;
 
 pub use census::{census, estimate, proof, Census, Proof};

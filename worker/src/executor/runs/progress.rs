@@ -33,22 +33,31 @@ pub const RETENTION: &str = "30 days";
 /// How often one worker removes expired rows.
 const PRUNE_EVERY_SECONDS: i64 = 3600;
 
-/// How many of `runs_deleted` are estimates (partitions dropped without being read),
-/// committed with them. Added to a table created before it existed.
-const ESTIMATED_COLUMN: &str =
-    "runs_estimated bigint NOT NULL DEFAULT 0 CHECK (runs_estimated >= 0)";
+/// Columns the table gained after its first version, added to a table made before them:
+/// how many of `runs_deleted` are estimates (partitions dropped without being read), and
+/// the partition a removal detached and has yet to drop (`<oid> <name>`), both committed
+/// with the count.
+const LATER_COLUMNS: [(&str, &str); 2] = [
+    (
+        "runs_estimated",
+        "runs_estimated bigint NOT NULL DEFAULT 0 CHECK (runs_estimated >= 0)",
+    ),
+    ("pending_drop", "pending_drop text"),
+];
 
-/// Add the estimates' column to a table made before it existed, waiting at most a second
-/// for the table's lock.
-async fn add_estimated_column(pool: &PgPool, table: &str) -> Result<(), sqlx::Error> {
+/// Add [`LATER_COLUMNS`] to a table made before them, waiting at most a second for the
+/// table's lock.
+async fn add_later_columns(pool: &PgPool, table: &str) -> Result<(), sqlx::Error> {
     let mut tx = pool
         .begin_with("BEGIN; SET LOCAL lock_timeout = '1s'; SET LOCAL statement_timeout = '5s'")
         .await?;
-    sqlx::query(&format!(
-        "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {ESTIMATED_COLUMN}"
-    ))
-    .execute(&mut *tx)
-    .await?;
+    let columns: Vec<String> = LATER_COLUMNS
+        .iter()
+        .map(|(_, column)| format!("ADD COLUMN IF NOT EXISTS {column}"))
+        .collect();
+    sqlx::query(&format!("ALTER TABLE {table} {}", columns.join(", ")))
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await
 }
 
@@ -58,10 +67,13 @@ pub fn ddl(table: &str) -> String {
         "CREATE TABLE IF NOT EXISTS {table} (
     task_id      uuid PRIMARY KEY,
     runs_deleted bigint NOT NULL DEFAULT 0 CHECK (runs_deleted >= 0),
-    {ESTIMATED_COLUMN},
+    {estimated},
+    {pending},
     finished_at  timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now()
-)"
+)",
+        estimated = LATER_COLUMNS[0].1,
+        pending = LATER_COLUMNS[1].1
     )
 }
 
@@ -83,8 +95,9 @@ pub struct ProgressTable {
     /// was read.
     name: OnceLock<String>,
     ready: AtomicBool,
-    /// Whether the table has the `runs_estimated` column (else nothing is estimated).
-    estimates: AtomicBool,
+    /// Whether the table has [`LATER_COLUMNS`] (else nothing is estimated, and a partition
+    /// is detached and dropped in one transaction).
+    extended: AtomicBool,
     pruned_at: AtomicI64,
 }
 
@@ -106,7 +119,7 @@ impl ProgressTable {
             runs: runs.to_owned(),
             name,
             ready: AtomicBool::new(false),
-            estimates: AtomicBool::new(false),
+            extended: AtomicBool::new(false),
             pruned_at: AtomicI64::new(0),
         }
     }
@@ -198,23 +211,25 @@ impl ProgressTable {
                 ddl(table)
             )));
         }
-        self.estimates
-            .store(self.ensure_estimated(pool).await?, Ordering::Release);
+        self.extended
+            .store(self.ensure_later_columns(pool).await?, Ordering::Release);
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// Whether the table can record estimated rows: it has the column, or the worker
-    /// adds it now (to a table made before the column existed). Where it cannot, every
-    /// partition dropped whole is counted.
-    async fn ensure_estimated(&self, pool: &PgPool) -> Result<bool, sqlx::Error> {
+    /// Whether the table has [`LATER_COLUMNS`], or the worker adds them now (to a table
+    /// made before them). Where it cannot, every partition dropped whole is counted, and
+    /// detached and dropped in one transaction.
+    async fn ensure_later_columns(&self, pool: &PgPool) -> Result<bool, sqlx::Error> {
         let table = &self.name();
+        let names: Vec<&str> = LATER_COLUMNS.iter().map(|(name, _)| *name).collect();
         let has = || async {
             sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)
-                                AND attname = 'runs_estimated' AND NOT attisdropped)",
+                "SELECT count(*) = cardinality($2::text[]) FROM pg_attribute
+                 WHERE attrelid = to_regclass($1) AND attname = ANY($2) AND NOT attisdropped",
             )
             .bind(table)
+            .bind(&names)
             .fetch_one(pool)
             .await
         };
@@ -223,8 +238,10 @@ impl ProgressTable {
         }
         // Briefly: every batch queues behind a waiting ALTER TABLE. A table busy for
         // longer keeps counting partitions until the worker starts again.
-        match add_estimated_column(pool, table).await {
-            Ok(()) => tracing::info!(%table, "added runs_estimated to the runs progress table"),
+        match add_later_columns(pool, table).await {
+            Ok(()) => {
+                tracing::info!(%table, columns = ?names, "added columns to the runs progress table")
+            }
             Err(e) if shared::runtime::db::is_transient(&e) && !is_timeout(&e) => return Err(e),
             Err(error) => {
                 // Another worker may have added it meanwhile.
@@ -232,10 +249,10 @@ impl ProgressTable {
                     return Ok(true);
                 }
                 tracing::warn!(
-                    %table, %error,
-                    "cannot add the runs_estimated column to the runs progress table; \
-                     partitions dropped whole are counted row by row (ALTER TABLE {table} \
-                     ADD COLUMN {ESTIMATED_COLUMN}, then restart the workers)"
+                    %table, %error, columns = ?names,
+                    "cannot add columns to the runs progress table; partitions dropped whole \
+                     are counted row by row, and detached and dropped in one transaction (add \
+                     them with ALTER TABLE, then restart the workers)"
                 );
                 return Ok(false);
             }
@@ -243,9 +260,41 @@ impl ProgressTable {
         Ok(true)
     }
 
-    /// Whether a removal may record estimated rows (the table has the column).
+    /// Whether a removal may record estimated rows, and a partition detached and still to
+    /// drop (the table has [`LATER_COLUMNS`]).
     pub fn records_estimates(&self) -> bool {
-        self.estimates.load(Ordering::Acquire)
+        self.extended.load(Ordering::Acquire)
+    }
+
+    /// The partition the task detached and has yet to drop, as `(oid, name)`.
+    pub async fn pending_drop(
+        &self,
+        pool: &PgPool,
+        task_id: Uuid,
+    ) -> Result<Option<(i64, String)>, sqlx::Error> {
+        if !self.records_estimates() {
+            return Ok(None);
+        }
+        let pending: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT pending_drop FROM {} WHERE task_id = $1",
+            self.name()
+        ))
+        .bind(task_id)
+        .fetch_optional(pool)
+        .await?
+        .flatten();
+        Ok(pending.and_then(|p| {
+            let (oid, name) = p.split_once(' ')?;
+            Some((oid.parse().ok()?, name.to_owned()))
+        }))
+    }
+
+    /// `$1` task: it has no partition to drop any more.
+    pub fn dropped_sql(&self) -> String {
+        format!(
+            "UPDATE {} SET pending_drop = NULL WHERE task_id = $1",
+            self.name()
+        )
     }
 
     /// The `runs_estimated` column where the table has it, else 0.

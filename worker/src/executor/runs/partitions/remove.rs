@@ -1,5 +1,6 @@
 //! Removing one partition, in one transaction: writes held off while its rows are
-//! counted, then the table and the partition locked exclusively for the detach and drop.
+//! counted, then the table and the partition locked exclusively for the detach (and the
+//! drop, where the progress table cannot keep a drop pending: see [`super::drop`]).
 
 use shared::results::{RunsPartition, RunsResult};
 use shared::tasks::CleanupRunsParams;
@@ -11,12 +12,15 @@ use crate::executor::{Checkpoint, ExecError};
 
 /// What removing one partition did.
 pub enum Removal {
-    /// Removed: its rows (`estimated` from statistics, or counted), and the task's
-    /// committed count after it.
+    /// Removed: its rows (`estimated` from statistics, or counted), the task's committed
+    /// count after it, what became of it (`dropped`, `detached`) and how long the
+    /// transaction that locked the runs table took.
     Removed {
         rows: u64,
         estimated: bool,
         total: u64,
+        action: &'static str,
+        held: std::time::Duration,
     },
     /// Left to the batches: why.
     Kept(String),
@@ -40,12 +44,15 @@ pub struct RemoveSql {
     /// `$1` runs table, `$2` oid: other partitions that stay attached.
     pub others: String,
     pub detach: String,
+    /// The drop in the same transaction, where it cannot be left to a second one.
     pub drop: Option<String>,
-    /// `$1` task, `$2` rows (and `$3` of them estimated, where `estimates`): added to the
-    /// committed count.
+    /// `$1` task, `$2` rows (and where `estimates`, `$3` of them estimated and `$4` the
+    /// partition to drop next): added to the committed count.
     pub count: String,
-    /// Whether the progress table records estimated rows.
+    /// Whether the progress table records estimated rows and a pending drop.
     pub estimates: bool,
+    /// Whether the partition is dropped in a transaction of its own after the detach.
+    pub drop_after: bool,
 }
 
 /// The longest wait for the exclusive locks of a removal.
@@ -60,6 +67,7 @@ impl RemoveSql {
         lock_timeout: std::time::Duration,
     ) -> Self {
         let estimates = progress.records_estimates();
+        let drop = mode == PartitionMode::Drop;
         Self {
             hold: format!("LOCK TABLE {} IN SHARE MODE", c.name),
             still_attached: "SELECT EXISTS (
@@ -82,18 +90,19 @@ impl RemoveSql {
                        AND NOT inhdetachpending"
                 .to_owned(),
             detach: format!("ALTER TABLE {} DETACH PARTITION {}", table.table, c.name),
-            drop: (mode == PartitionMode::Drop).then(|| format!("DROP TABLE {}", c.name)),
+            drop: (drop && !estimates).then(|| format!("DROP TABLE {}", c.name)),
             count: format!(
                 "UPDATE {} SET runs_deleted = runs_deleted + $2{} WHERE task_id = $1
                  RETURNING runs_deleted",
                 progress.name(),
                 if estimates {
-                    ", runs_estimated = runs_estimated + $3"
+                    ", runs_estimated = runs_estimated + $3, pending_drop = $4"
                 } else {
                     ""
                 }
             ),
             estimates,
+            drop_after: drop && estimates,
         }
     }
 }
@@ -121,6 +130,8 @@ impl Run<'_> {
             .retry(|| self.fast_path(params))
             .await
             .map_err(|e| ExecError::from_sqlx("failed to read the runs partitions", &e))?;
+        // A partition an earlier attempt detached but did not live to drop.
+        self.finish_pending_drop().await;
         for candidate in found {
             if self.cancel.is_cancelled() {
                 break;
@@ -132,8 +143,12 @@ impl Run<'_> {
                 Ok(removal) => removal,
                 Err(error) => Removal::Kept(error.to_string()),
             };
-            let took = began.elapsed().as_millis() as u64;
-            result.longest_batch_ms = result.longest_batch_ms.max(took);
+            let took = match &removal {
+                // The drop's own transaction locks only the detached table.
+                Removal::Removed { held, .. } => *held,
+                _ => began.elapsed(),
+            };
+            result.longest_batch_ms = result.longest_batch_ms.max(took.as_millis() as u64);
             match removal {
                 Removal::Finished => return Ok(true),
                 Removal::Kept(reason) => {
@@ -143,8 +158,9 @@ impl Run<'_> {
                     rows,
                     estimated,
                     total,
+                    action,
+                    ..
                 } => {
-                    let action = self.executor.partitions.action();
                     tracing::info!(partition = %candidate.name, rows, estimated, action, "removed a whole partition of runs");
                     result.runs_deleted = result.runs_deleted.max(total);
                     if estimated {
@@ -183,6 +199,7 @@ impl Run<'_> {
         // READ COMMITTED (whatever the database's default): each statement sees what was
         // committed before it, so the count below sees every row once the lock is held.
         // Row security off: a policy that would hide rows makes the count fail instead.
+        let began = std::time::Instant::now();
         let opened = self
             .open_task_tx("; SET LOCAL row_security = off", known)
             .await?;
@@ -269,14 +286,37 @@ impl Run<'_> {
         }
         let mut count = sqlx::query_scalar(&sql.count).bind(self.task_id).bind(rows);
         if sql.estimates {
-            count = count.bind(if estimated.is_some() { rows } else { 0 });
+            count = count.bind(if estimated.is_some() { rows } else { 0 }).bind(
+                sql.drop_after
+                    .then(|| format!("{} {}", candidate.oid, candidate.name)),
+            );
         }
         let total: i64 = count.fetch_one(&mut *tx).await?;
         tx.commit().await?;
+        let held = began.elapsed();
+        // Dropped apart: the files go back to the filesystem when the drop commits, and
+        // its transaction holds no lock on the runs table meanwhile.
+        let action = if sql.drop_after {
+            match self.drop_detached(candidate.oid, &candidate.name).await {
+                Ok(None) => "dropped",
+                Ok(Some(reason)) => {
+                    tracing::warn!(partition = %candidate.name, %reason, "detached partition not dropped");
+                    "detached"
+                }
+                Err(error) => {
+                    tracing::warn!(partition = %candidate.name, %error, "detached partition not dropped yet; the task's next attempt tries again");
+                    "detached"
+                }
+            }
+        } else {
+            executor.partitions.action()
+        };
         Ok(Removal::Removed {
             rows: counted,
             estimated: estimated.is_some(),
             total: total.max(0) as u64,
+            action,
+            held,
         })
     }
 }
