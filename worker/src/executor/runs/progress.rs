@@ -275,18 +275,23 @@ impl ProgressTable {
         if !self.records_estimates() {
             return Ok(None);
         }
-        let pending: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT pending_drop FROM {} WHERE task_id = $1",
-            self.name()
-        ))
-        .bind(task_id)
-        .fetch_optional(pool)
-        .await?
-        .flatten();
+        let pending: Option<String> = sqlx::query_scalar(&self.pending_sql())
+            .bind(task_id)
+            .fetch_optional(pool)
+            .await?
+            .flatten();
         Ok(pending.and_then(|p| {
             let (oid, name) = p.split_once(' ')?;
             Some((oid.parse().ok()?, name.to_owned()))
         }))
+    }
+
+    /// `$1` task: the partition it detached and has yet to drop (`<oid> <name>`), if any.
+    pub fn pending_sql(&self) -> String {
+        format!(
+            "SELECT pending_drop FROM {} WHERE task_id = $1",
+            self.name()
+        )
     }
 
     /// `$1` task: it has no partition to drop any more.

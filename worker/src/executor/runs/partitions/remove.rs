@@ -53,6 +53,8 @@ pub struct RemoveSql {
     pub estimates: bool,
     /// Whether the partition is dropped in a transaction of its own after the detach.
     pub drop_after: bool,
+    /// `$1` task: the partition it detached and has yet to drop, if any.
+    pub pending: String,
 }
 
 /// The longest wait for the exclusive locks of a removal.
@@ -103,6 +105,7 @@ impl RemoveSql {
             ),
             estimates,
             drop_after: drop && estimates,
+            pending: progress.pending_sql(),
         }
     }
 }
@@ -208,6 +211,18 @@ impl Run<'_> {
         };
         if finished {
             return Ok(Removal::Finished);
+        }
+        if sql.estimates {
+            // One pending drop at a time: a record is never overwritten.
+            let pending: Option<String> = sqlx::query_scalar(&sql.pending)
+                .bind(self.task_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if let Some(pending) = pending {
+                return Ok(Removal::Kept(format!(
+                    "the partition detached before ({pending}) is still to be dropped"
+                )));
+            }
         }
         sqlx::query(&sql.hold).execute(&mut *tx).await?;
         let attached: bool = sqlx::query_scalar(&sql.still_attached)
