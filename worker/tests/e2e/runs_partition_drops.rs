@@ -15,8 +15,19 @@ use test_support::*;
 
 const RUNS: &str = "/maintenance/cleanup-runs";
 
-async fn oid(pool: &PgPool, table: &str) -> i64 {
-    count(pool, &format!("SELECT '{table}'::regclass::oid::int8")).await
+/// A record of `table` as a detach would write it (oid, the xmin of its catalog row,
+/// name), under `name` unless told otherwise.
+async fn record_of(pool: &PgPool, table: &str, name: Option<&str>) -> String {
+    let (oid, xmin): (i64, String) =
+        sqlx::query_as("SELECT oid::int8, xmin::text FROM pg_class WHERE oid = to_regclass($1)")
+            .bind(table)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    format!(
+        "{oid} {xmin} {}",
+        name.unwrap_or(&format!("public.{table}"))
+    )
 }
 
 async fn record(pool: &PgPool, task: &str, pending: &str) {
@@ -28,10 +39,27 @@ async fn record(pool: &PgPool, task: &str, pending: &str) {
         .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pending_drop_is_finished_only_while_it_names_the_same_table() {
-    let stack = Stack::start().await;
-    let (runs, pool) = database(&format!(
+async fn exists(pool: &PgPool, name: &str) -> bool {
+    count(
+        pool,
+        &format!("SELECT count(*) FROM pg_class WHERE relname = '{name}'"),
+    )
+    .await
+        == 1
+}
+
+async fn pending_records(pool: &PgPool) -> i64 {
+    count(
+        pool,
+        "SELECT count(*) FROM cleanup_runs_progress WHERE pending_drop IS NOT NULL",
+    )
+    .await
+}
+
+/// The runs table of [`MONTHS`], a progress table, a table as a detach leaves one, and
+/// other tables a record might name.
+async fn setup() -> (TestDb, PgPool) {
+    database(&format!(
         "{MONTHS}
          CREATE TABLE cleanup_runs_progress (
              task_id      uuid PRIMARY KEY,
@@ -41,72 +69,83 @@ async fn a_pending_drop_is_finished_only_while_it_names_the_same_table() {
              finished_at  timestamptz,
              updated_at   timestamptz NOT NULL DEFAULT now());
          CREATE TABLE leftover (LIKE runs);
-         CREATE TABLE renamed (LIKE runs);"
+         CREATE TABLE renamed (LIKE runs);
+         CREATE TABLE altered (LIKE runs);"
     ))
-    .await;
-    // Three tasks, queued before any worker runs: one whose earlier attempt detached
-    // `leftover` and died; one whose record names a partition that is attached (again);
-    // one whose record names a table by an oid that is now another name's.
-    let body = json!({"max_age_hours": 24});
-    let finished = stack.enqueue(RUNS, body.clone()).await;
-    let attached = stack.enqueue(RUNS, body.clone()).await;
-    let replaced = stack.enqueue(RUNS, body).await;
-    record(
-        &pool,
-        &finished,
-        &format!("{} public.leftover", oid(&pool, "leftover").await),
-    )
-    .await;
-    record(
-        &pool,
-        &attached,
-        &format!("{} public.runs_2020_02", oid(&pool, "runs_2020_02").await),
-    )
-    .await;
-    record(
-        &pool,
-        &replaced,
-        &format!("{} public.leftover2", oid(&pool, "renamed").await),
-    )
-    .await;
+    .await
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_drop_is_finished_only_while_it_names_the_same_table() {
+    let stack = Stack::start().await;
+    let (runs, pool) = setup().await;
+    // Tasks queued before any worker runs, each with a record: one whose earlier attempt
+    // detached `leftover` and died; the others name tables that must stay: a partition
+    // that is attached, a table by another name's oid, a table altered since its record,
+    // and the progress table itself (a forged record).
+    let mut records = vec![
+        record_of(&pool, "leftover", None).await,
+        record_of(&pool, "runs_2020_02", None).await,
+        record_of(&pool, "renamed", Some("public.leftover2")).await,
+        record_of(&pool, "altered", None).await,
+        record_of(&pool, "cleanup_runs_progress", None).await,
+    ];
+    sqlx::raw_sql("ALTER TABLE altered ADD COLUMN note text")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for pending in records.drain(..) {
+        let id = stack.enqueue(RUNS, json!({"max_age_hours": 24})).await;
+        record(&pool, &id, &pending).await;
+        tasks.push(id);
+    }
     let worker = stack.worker(&[runs_database_flag(runs.url())]).await;
-    for id in [&finished, &attached, &replaced] {
+    for id in &tasks {
         let task = wait_for(&stack.app, id, DONE, Duration::from_secs(30)).await;
         assert_eq!(task["status"], "succeeded", "{task}");
     }
-    let exists = |name: &'static str| {
-        let pool = pool.clone();
-        async move {
-            count(
-                &pool,
-                &format!("SELECT count(*) FROM pg_class WHERE relname = '{name}'"),
-            )
-            .await
-                == 1
-        }
-    };
-    assert!(!exists("leftover").await, "the pending drop was finished");
     assert!(
-        exists("runs_2020_02").await,
-        "an attached partition is never dropped"
+        !exists(&pool, "leftover").await,
+        "the pending drop was finished"
     );
-    assert!(
-        exists("renamed").await,
-        "a table under another name is never dropped"
-    );
+    for kept in [
+        "runs_2020_02",
+        "renamed",
+        "altered",
+        "cleanup_runs_progress",
+    ] {
+        assert!(exists(&pool, kept).await, "{kept} was dropped");
+    }
     assert_eq!(
         partitions(&pool).await,
         ["runs_2020_02", "runs_default", "runs_later"]
     );
+    assert_eq!(pending_records(&pool).await, 0, "every record is settled");
+    worker.stop().await;
+    stack.stop().await;
+}
+
+/// With `RUNS_PARTITIONS=detach` a detached table stays, whatever a record says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_only_detaches_finishes_no_drop() {
+    let stack = Stack::start().await;
+    let (runs, pool) = setup().await;
+    let id = stack.enqueue(RUNS, json!({"max_age_hours": 24})).await;
+    record(&pool, &id, &record_of(&pool, "leftover", None).await).await;
+    let worker = stack
+        .worker(&[
+            runs_database_flag(runs.url()),
+            "--runs-partitions=detach".into(),
+        ])
+        .await;
+    let task = wait_for(&stack.app, &id, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    assert!(exists(&pool, "leftover").await);
     assert_eq!(
-        count(
-            &pool,
-            "SELECT count(*) FROM cleanup_runs_progress WHERE pending_drop IS NOT NULL"
-        )
-        .await,
-        0,
-        "every record is settled"
+        pending_records(&pool).await,
+        1,
+        "the record waits for a drop worker"
     );
     worker.stop().await;
     stack.stop().await;

@@ -335,6 +335,9 @@ impl RunsExecutor {
                     result.runs_estimated = count.runs_estimated;
                 }
             }
+            // A partition an earlier attempt detached but did not live to drop (also when a
+            // copy finished the task meanwhile).
+            run.finish_pending_drop().await;
             let mut finished = count.is_some_and(|c| c.finished);
             if !finished {
                 // Whole partitions first, where that is exactly what deleting would do.

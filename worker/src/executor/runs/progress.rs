@@ -266,12 +266,13 @@ impl ProgressTable {
         self.extended.load(Ordering::Acquire)
     }
 
-    /// The partition the task detached and has yet to drop, as `(oid, name)`.
+    /// The partition the task detached and has yet to drop, as `(oid, xmin, name)`: its
+    /// catalog row as the detach wrote it.
     pub async fn pending_drop(
         &self,
         pool: &PgPool,
         task_id: Uuid,
-    ) -> Result<Option<(i64, String)>, sqlx::Error> {
+    ) -> Result<Option<(i64, String, String)>, sqlx::Error> {
         if !self.records_estimates() {
             return Ok(None);
         }
@@ -281,8 +282,9 @@ impl ProgressTable {
             .await?
             .flatten();
         Ok(pending.and_then(|p| {
-            let (oid, name) = p.split_once(' ')?;
-            Some((oid.parse().ok()?, name.to_owned()))
+            let mut parts = p.splitn(3, ' ');
+            let (oid, xmin, name) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((oid.parse().ok()?, xmin.to_owned(), name.to_owned()))
         }))
     }
 
@@ -294,10 +296,10 @@ impl ProgressTable {
         )
     }
 
-    /// `$1` task: it has no partition to drop any more.
+    /// `$1` task, `$2` its record: that partition is settled (a copy's newer record stays).
     pub fn dropped_sql(&self) -> String {
         format!(
-            "UPDATE {} SET pending_drop = NULL WHERE task_id = $1",
+            "UPDATE {} SET pending_drop = NULL WHERE task_id = $1 AND pending_drop = $2",
             self.name()
         )
     }

@@ -5,71 +5,90 @@
 //! on common disks. Dropped in the detach's transaction, the runs table would stay locked
 //! `ACCESS EXCLUSIVE` (every query of it waiting) for that long. So the detach commits
 //! first, with the partition recorded as pending in the task's progress row (the same
-//! transaction that commits its count), and the drop follows, locking only the detached
-//! table. A worker that dies in between leaves the record: the task's next attempt drops
-//! the table before anything else.
+//! transaction that commits its count), and the drop follows; it locks the detached table
+//! (and, as any drop, the tables its foreign keys reference), not the runs table. A worker
+//! that dies in between leaves the record: the task's next attempt drops the table first.
 //!
-//! The record names the table by oid and name; the drop goes ahead only while both still
-//! match one table that is not a partition (again), checked under its lock. A table
-//! renamed, attached again, or replaced by another of the same name is left alone.
+//! The record names the table by oid, by the `xmin` of its catalog row as the detach wrote
+//! it, and by name. The drop goes ahead only while all three still match one plain table
+//! that is not a partition and has the runs table's columns, checked under its lock: a
+//! table renamed, attached again, altered or replaced since is left alone, and so is any
+//! table a stale or forged record could name. Only with `RUNS_PARTITIONS=drop`.
 
 use super::super::Run;
+use super::PartitionMode;
 use crate::executor::runs::batches::begin_sql;
 
+/// `$1` oid, `$2` xmin, `$3` name, `$4` runs table: the table is the one the record names,
+/// as the detach left it, with the runs table's columns.
+const SAME_TABLE: &str = "
+    SELECT EXISTS (
+        SELECT 1 FROM pg_class c
+        WHERE c.oid = $1::int8::oid AND c.xmin::text = $2 AND c.oid = to_regclass($3)
+          AND c.relkind = 'r' AND NOT c.relispartition
+          AND c.oid <> to_regclass($4)
+          AND (SELECT array_agg((a.attname, a.atttypid) ORDER BY a.attname)
+               FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                 AND NOT a.attisdropped)
+            = (SELECT array_agg((a.attname, a.atttypid) ORDER BY a.attname)
+               FROM pg_attribute a WHERE a.attrelid = to_regclass($4) AND a.attnum > 0
+                 AND NOT a.attisdropped))";
+
+/// Whether [`SAME_TABLE`] holds.
+async fn same_table(
+    tx: &mut sqlx::PgConnection,
+    oid: i64,
+    xmin: &str,
+    name: &str,
+    runs: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(SAME_TABLE)
+        .bind(oid)
+        .bind(xmin)
+        .bind(name)
+        .bind(runs)
+        .fetch_one(tx)
+        .await
+}
+
 impl Run<'_> {
-    /// Drop the table a removal detached (`oid`, `name` as the catalog printed it), and
-    /// clear the task's record of it. `Some(reason)` when it was not dropped and never
-    /// will be by this task (the record is cleared too); an error leaves the record.
+    /// Drop the table a removal detached (`oid`, its catalog row's `xmin` after the
+    /// detach, `name` as the catalog printed it), and clear the task's record of it.
+    /// `Some(reason)` when it was not dropped and never will be by this task (the record
+    /// is cleared too); an error leaves the record.
     pub(in crate::executor::runs) async fn drop_detached(
         &self,
         oid: i64,
+        xmin: &str,
         name: &str,
     ) -> Result<Option<String>, sqlx::Error> {
         let executor = self.executor;
+        let record = format!("{oid} {xmin} {name}");
         let mut tx = executor
             .pool
             .begin_with(begin_sql(executor.timeouts))
             .await?;
-        // The table with this oid as the catalog names it now, if it is a plain table
-        // that is not a partition.
-        let current: Option<String> = sqlx::query_scalar(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.oid = $1::int8::oid AND c.relkind = 'r' AND NOT c.relispartition",
-        )
-        .bind(oid)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let kept = match current {
-            None => Some("it is gone, or attached again".to_owned()),
-            Some(current) if current != name => Some(format!("it was renamed to {current}")),
-            Some(current) => {
-                // The name comes from the catalog, quoted by `format('%I')`.
-                sqlx::query(&format!("LOCK TABLE {current} IN ACCESS EXCLUSIVE MODE"))
+        let runs = &executor.table.table;
+        let kept = if !same_table(&mut tx, oid, xmin, name, runs).await? {
+            Some("it is gone, or changed since it was detached".to_owned())
+        } else {
+            // The name was printed by the catalog (`format('%I.%I')`) and matches it.
+            sqlx::query(&format!("LOCK TABLE {name} IN ACCESS EXCLUSIVE MODE"))
+                .execute(&mut *tx)
+                .await?;
+            // Under the lock: still that table, as the detach left it.
+            if same_table(&mut tx, oid, xmin, name, runs).await? {
+                sqlx::query(&format!("DROP TABLE {name}"))
                     .execute(&mut *tx)
                     .await?;
-                // Under the lock: still that table, still no partition.
-                let same: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM pg_class c
-                                    WHERE c.oid = $1::int8::oid AND c.oid = to_regclass($2)
-                                      AND c.relkind = 'r' AND NOT c.relispartition)",
-                )
-                .bind(oid)
-                .bind(&current)
-                .fetch_one(&mut *tx)
-                .await?;
-                if same {
-                    sqlx::query(&format!("DROP TABLE {current}"))
-                        .execute(&mut *tx)
-                        .await?;
-                    None
-                } else {
-                    Some("it changed before it was locked".to_owned())
-                }
+                None
+            } else {
+                Some("it changed before it was locked".to_owned())
             }
         };
         sqlx::query(&executor.progress.dropped_sql())
             .bind(self.task_id)
+            .bind(&record)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -77,10 +96,14 @@ impl Run<'_> {
     }
 
     /// Drop the partition an earlier attempt of the task detached and did not drop (it
-    /// stopped in between); only logged, whatever happens.
+    /// stopped in between); only logged, whatever happens. Nothing with a mode other than
+    /// `drop`: a table left detached then stays.
     pub(in crate::executor::runs) async fn finish_pending_drop(&self) {
+        if self.executor.partitions != PartitionMode::Drop {
+            return;
+        }
         let (progress, pool) = (&self.executor.progress, &self.executor.pool);
-        let pending = match progress.pending_drop(pool, self.task_id).await {
+        let (oid, xmin, name) = match progress.pending_drop(pool, self.task_id).await {
             Ok(Some(pending)) => pending,
             Ok(None) => return,
             Err(error) => {
@@ -88,8 +111,7 @@ impl Run<'_> {
                 return;
             }
         };
-        let (oid, name) = pending;
-        match self.drop_detached(oid, &name).await {
+        match self.drop_detached(oid, &xmin, &name).await {
             Ok(None) => {
                 tracing::info!(partition = %name, "dropped a partition an earlier attempt detached")
             }

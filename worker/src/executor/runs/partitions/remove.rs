@@ -55,6 +55,8 @@ pub struct RemoveSql {
     pub drop_after: bool,
     /// `$1` task: the partition it detached and has yet to drop, if any.
     pub pending: String,
+    /// `$1` oid: the `xmin` of the table's catalog row.
+    pub xmin: String,
 }
 
 /// The longest wait for the exclusive locks of a removal.
@@ -106,6 +108,7 @@ impl RemoveSql {
             estimates,
             drop_after: drop && estimates,
             pending: progress.pending_sql(),
+            xmin: "SELECT xmin::text FROM pg_class WHERE oid = $1::int8::oid".to_owned(),
         }
     }
 }
@@ -133,8 +136,6 @@ impl Run<'_> {
             .retry(|| self.fast_path(params))
             .await
             .map_err(|e| ExecError::from_sqlx("failed to read the runs partitions", &e))?;
-        // A partition an earlier attempt detached but did not live to drop.
-        self.finish_pending_drop().await;
         for candidate in found {
             if self.cancel.is_cancelled() {
                 break;
@@ -299,20 +300,36 @@ impl Run<'_> {
         if let Some(drop) = &sql.drop {
             sqlx::query(drop).execute(&mut *tx).await?;
         }
+        // The detached table's catalog row as this transaction wrote it: a drop goes ahead
+        // only while nothing changed the table since (renamed, attached, replaced).
+        let xmin: Option<String> = if sql.drop_after {
+            let xmin = sqlx::query_scalar(&sql.xmin)
+                .bind(candidate.oid)
+                .fetch_one(&mut *tx)
+                .await?;
+            Some(xmin)
+        } else {
+            None
+        };
         let mut count = sqlx::query_scalar(&sql.count).bind(self.task_id).bind(rows);
         if sql.estimates {
-            count = count.bind(if estimated.is_some() { rows } else { 0 }).bind(
-                sql.drop_after
-                    .then(|| format!("{} {}", candidate.oid, candidate.name)),
-            );
+            let pending = xmin
+                .as_ref()
+                .map(|xmin| format!("{} {xmin} {}", candidate.oid, candidate.name));
+            count = count
+                .bind(if estimated.is_some() { rows } else { 0 })
+                .bind(pending);
         }
         let total: i64 = count.fetch_one(&mut *tx).await?;
         tx.commit().await?;
         let held = began.elapsed();
         // Dropped apart: the files go back to the filesystem when the drop commits, and
         // its transaction holds no lock on the runs table meanwhile.
-        let action = if sql.drop_after {
-            match self.drop_detached(candidate.oid, &candidate.name).await {
+        let action = if let Some(xmin) = &xmin {
+            match self
+                .drop_detached(candidate.oid, xmin, &candidate.name)
+                .await
+            {
                 Ok(None) => "dropped",
                 Ok(Some(reason)) => {
                     tracing::warn!(partition = %candidate.name, %reason, "detached partition not dropped");
