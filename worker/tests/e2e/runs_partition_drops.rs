@@ -81,12 +81,14 @@ async fn a_pending_drop_is_finished_only_while_it_names_the_same_table() {
     let (runs, pool) = setup().await;
     // Tasks queued before any worker runs, each with a record: one whose earlier attempt
     // detached `leftover` and died; the others name tables that must stay: a partition
-    // that is attached, a table by another name's oid, a table altered since its record,
-    // and the progress table itself (a forged record).
+    // that is attached, a table by another name's oid (and by a name that is no valid
+    // name), a table altered since its record, and the progress table itself (a forged
+    // record).
     let mut records = vec![
         record_of(&pool, "leftover", None).await,
         record_of(&pool, "runs_2020_02", None).await,
         record_of(&pool, "renamed", Some("public.leftover2")).await,
+        record_of(&pool, "renamed", Some("public.\"unterminated")).await,
         record_of(&pool, "altered", None).await,
         record_of(&pool, "cleanup_runs_progress", None).await,
     ];

@@ -354,6 +354,9 @@ impl RunsExecutor {
                     Err(error) => return Err(failed(&result, error)),
                 };
             }
+            // A drop that failed right after its detach: once more before the task ends
+            // (its record stays for a later attempt if this fails too).
+            run.finish_pending_drop().await;
             if !finished {
                 result.runs_matched = result.runs_deleted;
                 result.duration_ms += started.elapsed().as_millis() as u64;

@@ -35,8 +35,8 @@ const PRUNE_EVERY_SECONDS: i64 = 3600;
 
 /// Columns the table gained after its first version, added to a table made before them:
 /// how many of `runs_deleted` are estimates (partitions dropped without being read), and
-/// the partition a removal detached and has yet to drop (`<oid> <name>`), both committed
-/// with the count.
+/// the partition a removal detached and has yet to drop (`<oid> <xmin> <name>`), both
+/// committed with the count.
 const LATER_COLUMNS: [(&str, &str); 2] = [
     (
         "runs_estimated",
@@ -288,7 +288,8 @@ impl ProgressTable {
         }))
     }
 
-    /// `$1` task: the partition it detached and has yet to drop (`<oid> <name>`), if any.
+    /// `$1` task: the partition it detached and has yet to drop (`<oid> <xmin> <name>`), if
+    /// any.
     pub fn pending_sql(&self) -> String {
         format!(
             "SELECT pending_drop FROM {} WHERE task_id = $1",

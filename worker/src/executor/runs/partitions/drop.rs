@@ -23,8 +23,9 @@ use crate::executor::runs::batches::begin_sql;
 /// as the detach left it, with the runs table's columns.
 const SAME_TABLE: &str = "
     SELECT EXISTS (
-        SELECT 1 FROM pg_class c
-        WHERE c.oid = $1::int8::oid AND c.xmin::text = $2 AND c.oid = to_regclass($3)
+        SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = $1::int8::oid AND c.xmin::text = $2
+          AND format('%I.%I', n.nspname, c.relname) = $3
           AND c.relkind = 'r' AND NOT c.relispartition
           AND c.oid <> to_regclass($4)
           AND (SELECT array_agg((a.attname, a.atttypid) ORDER BY a.attname)

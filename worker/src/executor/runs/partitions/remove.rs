@@ -336,7 +336,7 @@ impl Run<'_> {
                     "detached"
                 }
                 Err(error) => {
-                    tracing::warn!(partition = %candidate.name, %error, "detached partition not dropped yet; the task's next attempt tries again");
+                    tracing::warn!(partition = %candidate.name, %error, "detached partition not dropped yet; tried again when the task's batches are done");
                     "detached"
                 }
             }
