@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::runs_partitions::{partitions, MONTHS};
+use crate::runs_partitions::{partitions, table_exists as exists, MONTHS};
 use crate::runs_safety::{count, database};
 use test_support::*;
 
@@ -37,15 +37,6 @@ async fn record(pool: &PgPool, task: &str, pending: &str) {
         .execute(pool)
         .await
         .unwrap();
-}
-
-async fn exists(pool: &PgPool, name: &str) -> bool {
-    count(
-        pool,
-        &format!("SELECT count(*) FROM pg_class WHERE relname = '{name}'"),
-    )
-    .await
-        == 1
 }
 
 async fn pending_records(pool: &PgPool) -> i64 {

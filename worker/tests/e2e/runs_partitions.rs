@@ -65,7 +65,7 @@ async fn worker_waits_for_january(pool: &PgPool) {
     .await;
 }
 
-async fn table_exists(pool: &PgPool, name: &str) -> bool {
+pub(crate) async fn table_exists(pool: &PgPool, name: &str) -> bool {
     count(
         pool,
         &format!("SELECT count(*) FROM pg_tables WHERE tablename = '{name}'"),
