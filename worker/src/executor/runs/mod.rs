@@ -329,15 +329,17 @@ impl RunsExecutor {
                 Err(error) => return Err(failed(&result, error)),
             };
             // The table is the authority once the task has a row there.
-            if let Some(count) = count {
+            if let Some(count) = &count {
                 result.runs_deleted = count.runs_deleted;
                 if self.progress.records_estimates() {
                     result.runs_estimated = count.runs_estimated;
                 }
+                // A partition an earlier attempt detached but did not live to drop (also
+                // when a copy finished the task meanwhile).
+                if let Some(pending) = &count.pending_drop {
+                    run.finish_pending_drop(pending).await;
+                }
             }
-            // A partition an earlier attempt detached but did not live to drop (also when a
-            // copy finished the task meanwhile).
-            run.finish_pending_drop().await;
             let mut finished = count.is_some_and(|c| c.finished);
             if !finished {
                 // Whole partitions first, where that is exactly what deleting would do.
@@ -354,9 +356,27 @@ impl RunsExecutor {
                     Err(error) => return Err(failed(&result, error)),
                 };
             }
-            // A drop that failed right after its detach: once more before the task ends
-            // (its record stays for a later attempt if this fails too).
-            run.finish_pending_drop().await;
+            // A drop that failed right after its detach (the partition says `detached` in
+            // drop mode): once more before the task ends (its record stays for a later
+            // attempt if this fails too).
+            if self.partitions == PartitionMode::Drop
+                && result
+                    .partitions
+                    .iter()
+                    .any(|p| p.action == PartitionMode::Detach.action())
+            {
+                match self
+                    .progress
+                    .pending_drop(&self.pool, envelope.task_id)
+                    .await
+                {
+                    Ok(Some(pending)) => run.finish_pending_drop(&pending).await,
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the task's pending partition drop")
+                    }
+                }
+            }
             if !finished {
                 result.runs_matched = result.runs_deleted;
                 result.duration_ms += started.elapsed().as_millis() as u64;

@@ -78,12 +78,42 @@ pub fn ddl(table: &str) -> String {
 }
 
 /// What the table says about one task.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Count {
     pub runs_deleted: u64,
     /// Of `runs_deleted`, how many are estimates.
     pub runs_estimated: u64,
     pub finished: bool,
+    /// A partition the task detached and has yet to drop.
+    pub pending_drop: Option<PendingDrop>,
+}
+
+/// The task's record of a partition it detached and has yet to drop: the table by oid,
+/// by the `xmin` of its catalog row as the detach wrote it, and by name (as the catalog
+/// prints it). Kept as `<oid> <xmin> <name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDrop {
+    pub oid: i64,
+    pub xmin: String,
+    pub name: String,
+}
+
+impl PendingDrop {
+    /// From the column's text; `None` when it is not a record.
+    pub fn parse(record: &str) -> Option<Self> {
+        let mut parts = record.splitn(3, ' ');
+        let (oid, xmin, name) = (parts.next()?, parts.next()?, parts.next()?);
+        Some(Self {
+            oid: oid.parse().ok()?,
+            xmin: xmin.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The column's text.
+    pub fn record(&self) -> String {
+        format!("{} {} {}", self.oid, self.xmin, self.name)
+    }
 }
 
 /// The progress table of one executor: made sure of once, pruned now and then.
@@ -266,13 +296,12 @@ impl ProgressTable {
         self.extended.load(Ordering::Acquire)
     }
 
-    /// The partition the task detached and has yet to drop, as `(oid, xmin, name)`: its
-    /// catalog row as the detach wrote it.
+    /// The partition the task detached and has yet to drop, if the table can keep one.
     pub async fn pending_drop(
         &self,
         pool: &PgPool,
         task_id: Uuid,
-    ) -> Result<Option<(i64, String, String)>, sqlx::Error> {
+    ) -> Result<Option<PendingDrop>, sqlx::Error> {
         if !self.records_estimates() {
             return Ok(None);
         }
@@ -281,11 +310,7 @@ impl ProgressTable {
             .fetch_optional(pool)
             .await?
             .flatten();
-        Ok(pending.and_then(|p| {
-            let mut parts = p.splitn(3, ' ');
-            let (oid, xmin, name) = (parts.next()?, parts.next()?, parts.next()?);
-            Some((oid.parse().ok()?, xmin.to_owned(), name.to_owned()))
-        }))
+        Ok(pending.as_deref().and_then(PendingDrop::parse))
     }
 
     /// `$1` task: the partition it detached and has yet to drop (`<oid> <xmin> <name>`), if
@@ -316,18 +341,24 @@ impl ProgressTable {
 
     /// The task's committed count, if it has one.
     pub async fn read(&self, pool: &PgPool, task_id: Uuid) -> Result<Option<Count>, sqlx::Error> {
-        let row: Option<(i64, i64, bool)> = sqlx::query_as(&format!(
-            "SELECT runs_deleted, {}, finished_at IS NOT NULL FROM {} WHERE task_id = $1",
+        let pending = if self.records_estimates() {
+            "pending_drop"
+        } else {
+            "NULL::text"
+        };
+        let row: Option<(i64, i64, bool, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT runs_deleted, {}, finished_at IS NOT NULL, {pending} FROM {} WHERE task_id = $1",
             self.estimated_column(),
             self.name()
         ))
         .bind(task_id)
         .fetch_optional(pool)
         .await?;
-        Ok(row.map(|(n, estimated, finished)| Count {
+        Ok(row.map(|(n, estimated, finished, pending)| Count {
             runs_deleted: n.max(0) as u64,
             runs_estimated: estimated.max(0) as u64,
             finished,
+            pending_drop: pending.as_deref().and_then(PendingDrop::parse),
         }))
     }
 
@@ -380,6 +411,7 @@ impl ProgressTable {
             runs_deleted: n.max(0) as u64,
             runs_estimated: estimated.max(0) as u64,
             finished: true,
+            pending_drop: None,
         })
     }
 

@@ -15,6 +15,7 @@
 //! table renamed, attached again, altered or replaced since is left alone, and so is any
 //! table a stale or forged record could name. Only with `RUNS_PARTITIONS=drop`.
 
+use super::super::progress::PendingDrop;
 use super::super::Run;
 use super::PartitionMode;
 use crate::executor::runs::batches::begin_sql;
@@ -35,42 +36,37 @@ const SAME_TABLE: &str = "
                FROM pg_attribute a WHERE a.attrelid = to_regclass($4) AND a.attnum > 0
                  AND NOT a.attisdropped))";
 
-/// Whether [`SAME_TABLE`] holds.
+/// Whether [`SAME_TABLE`] holds for `pending` and the runs table `runs`.
 async fn same_table(
     tx: &mut sqlx::PgConnection,
-    oid: i64,
-    xmin: &str,
-    name: &str,
+    pending: &PendingDrop,
     runs: &str,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(SAME_TABLE)
-        .bind(oid)
-        .bind(xmin)
-        .bind(name)
+        .bind(pending.oid)
+        .bind(&pending.xmin)
+        .bind(&pending.name)
         .bind(runs)
         .fetch_one(tx)
         .await
 }
 
 impl Run<'_> {
-    /// Drop the table a removal detached (`oid`, its catalog row's `xmin` after the
-    /// detach, `name` as the catalog printed it), and clear the task's record of it.
+    /// Drop the table a removal detached, and clear the task's record of it.
     /// `Some(reason)` when it was not dropped and never will be by this task (the record
     /// is cleared too); an error leaves the record.
     pub(in crate::executor::runs) async fn drop_detached(
         &self,
-        oid: i64,
-        xmin: &str,
-        name: &str,
+        pending: &PendingDrop,
     ) -> Result<Option<String>, sqlx::Error> {
         let executor = self.executor;
-        let record = format!("{oid} {xmin} {name}");
+        let name = &pending.name;
         let mut tx = executor
             .pool
             .begin_with(begin_sql(executor.timeouts))
             .await?;
         let runs = &executor.table.table;
-        let kept = if !same_table(&mut tx, oid, xmin, name, runs).await? {
+        let kept = if !same_table(&mut tx, pending, runs).await? {
             Some("it is gone, or changed since it was detached".to_owned())
         } else {
             // The name was printed by the catalog (`format('%I.%I')`) and matches it.
@@ -78,7 +74,7 @@ impl Run<'_> {
                 .execute(&mut *tx)
                 .await?;
             // Under the lock: still that table, as the detach left it.
-            if same_table(&mut tx, oid, xmin, name, runs).await? {
+            if same_table(&mut tx, pending, runs).await? {
                 sqlx::query(&format!("DROP TABLE {name}"))
                     .execute(&mut *tx)
                     .await?;
@@ -89,30 +85,22 @@ impl Run<'_> {
         };
         sqlx::query(&executor.progress.dropped_sql())
             .bind(self.task_id)
-            .bind(&record)
+            .bind(pending.record())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(kept)
     }
 
-    /// Drop the partition an earlier attempt of the task detached and did not drop (it
-    /// stopped in between); only logged, whatever happens. Nothing with a mode other than
-    /// `drop`: a table left detached then stays.
-    pub(in crate::executor::runs) async fn finish_pending_drop(&self) {
+    /// Drop the partition `pending` that an earlier attempt (or turn) of the task
+    /// detached and did not drop; only logged, whatever happens. Nothing with a mode
+    /// other than `drop`: a table left detached then stays.
+    pub(in crate::executor::runs) async fn finish_pending_drop(&self, pending: &PendingDrop) {
         if self.executor.partitions != PartitionMode::Drop {
             return;
         }
-        let (progress, pool) = (&self.executor.progress, &self.executor.pool);
-        let (oid, xmin, name) = match progress.pending_drop(pool, self.task_id).await {
-            Ok(Some(pending)) => pending,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the task's pending partition drop");
-                return;
-            }
-        };
-        match self.drop_detached(oid, &xmin, &name).await {
+        let name = &pending.name;
+        match self.drop_detached(pending).await {
             Ok(None) => {
                 tracing::info!(partition = %name, "dropped a partition an earlier attempt detached")
             }

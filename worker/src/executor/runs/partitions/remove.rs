@@ -5,7 +5,7 @@
 use shared::results::{RunsPartition, RunsResult};
 use shared::tasks::CleanupRunsParams;
 
-use super::super::progress::ProgressTable;
+use super::super::progress::{PendingDrop, ProgressTable};
 use super::super::{Run, RunsTable};
 use super::{census, estimate, obstacle, proof, Candidate, PartitionCount, PartitionMode, Proof};
 use crate::executor::{Checkpoint, ExecError};
@@ -302,42 +302,40 @@ impl Run<'_> {
         }
         // The detached table's catalog row as this transaction wrote it: a drop goes ahead
         // only while nothing changed the table since (renamed, attached, replaced).
-        let xmin: Option<String> = if sql.drop_after {
+        let pending = if sql.drop_after {
             let xmin = sqlx::query_scalar(&sql.xmin)
                 .bind(candidate.oid)
                 .fetch_one(&mut *tx)
                 .await?;
-            Some(xmin)
+            Some(PendingDrop {
+                oid: candidate.oid,
+                xmin,
+                name: candidate.name.clone(),
+            })
         } else {
             None
         };
         let mut count = sqlx::query_scalar(&sql.count).bind(self.task_id).bind(rows);
         if sql.estimates {
-            let pending = xmin
-                .as_ref()
-                .map(|xmin| format!("{} {xmin} {}", candidate.oid, candidate.name));
             count = count
                 .bind(if estimated.is_some() { rows } else { 0 })
-                .bind(pending);
+                .bind(pending.as_ref().map(PendingDrop::record));
         }
         let total: i64 = count.fetch_one(&mut *tx).await?;
         tx.commit().await?;
         let held = began.elapsed();
         // Dropped apart: the files go back to the filesystem when the drop commits, and
         // its transaction holds no lock on the runs table meanwhile.
-        let action = if let Some(xmin) = &xmin {
-            match self
-                .drop_detached(candidate.oid, xmin, &candidate.name)
-                .await
-            {
-                Ok(None) => "dropped",
+        let action = if let Some(pending) = &pending {
+            match self.drop_detached(pending).await {
+                Ok(None) => PartitionMode::Drop.action(),
                 Ok(Some(reason)) => {
                     tracing::warn!(partition = %candidate.name, %reason, "detached partition not dropped");
-                    "detached"
+                    PartitionMode::Detach.action()
                 }
                 Err(error) => {
                     tracing::warn!(partition = %candidate.name, %error, "detached partition not dropped yet; tried again when the task's batches are done");
-                    "detached"
+                    PartitionMode::Detach.action()
                 }
             }
         } else {
