@@ -33,7 +33,9 @@ CODE="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ -n "$(git status --porcelain -- Cargo.lock shared producer-api worker 2>/dev/null)" ]; then
   CODE="$CODE + uncommitted changes"
 fi
-cargo build --release --locked -p producer-api -p worker -p test-support --bin bench-post
+# Two builds: `--bin` would limit the first one to that binary.
+cargo build --release --locked -p producer-api -p worker
+cargo build --release --locked -p test-support --bin bench-post
 mkdir -p "$WORK"
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -80,7 +82,7 @@ for setup in $RUNS; do
   API_PORT=$(free_port)
   API="http://127.0.0.1:$API_PORT"
   DATABASE_URL="$PG/$LEDGER" API_TOKENS=$TOKEN TASK_SIGNING_KEYS=$SIGNING_KEYS \
-    LISTEN_ADDR=127.0.0.1:$API_PORT AMQP_PREFIX=$PREFIX LOG_LEVEL=warn \
+    LISTEN_ADDR=127.0.0.1:$API_PORT AMQP_PREFIX=$PREFIX LOG_LEVEL=${API_LOG_LEVEL:-warn} \
     "$TARGET_DIR/release/producer-api" > "$WORK/producer-api-$run.log" 2>&1 &
   api_pid=$!
   pids+=("$api_pid")
@@ -135,5 +137,18 @@ print(f'{q(0.50):.1f} {q(0.99):.1f}')")
   e2e_rate=$(python3 -c "print(f'{$N / ($last_success - $load_start):.0f}')")
   cpu="api $(per_k $((api_after - api_before))) ${workers_cpu}postgres $(per_k $((pg_after - pg_before))) rabbitmq $(per_k $((beam_after - beam_before))) load $(python3 -c "print(f'{$load_cpu / $N * 1000:.2f}')")"
   printf '%-6s %-5s %10s %10s %8s %8s   %s; rss api %sM, workers %s\n' "$W" "$CONC" "$enqueue_rate" "$e2e_rate" "$p50" "$p99" "$cpu" "$(( $(hwm "$api_pid") / 1024 ))" "$workers_rss"
+  # Where each task waited, from the ledger's own timestamps (ms, p50 / p99): the outbox
+  # until the relay's claim, the queue until the worker started it, the work, the
+  # worker's result until the recorder's commit.
+  value "$LEDGER" "
+    WITH s AS (SELECT extract(epoch FROM published_at - created_at) * 1000 AS relay,
+                      extract(epoch FROM started_at - published_at) * 1000 AS queue,
+                      extract(epoch FROM finished_at - started_at) * 1000 AS work,
+                      extract(epoch FROM updated_at - finished_at) * 1000 AS record
+               FROM cleanup_tasks WHERE status = 'succeeded')
+    SELECT format('       stages ms p50/p99: relay %s/%s, queue %s/%s, work %s/%s, record %s/%s', $(
+      for c in relay queue work record; do
+        printf "round(percentile_cont(0.5) WITHIN GROUP (ORDER BY %s)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY %s)::numeric, 1)," "$c" "$c"
+      done | sed 's/,$//')) FROM s"
   for p in "${worker_pids[@]}" "$api_pid"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 done

@@ -43,6 +43,11 @@ pub struct TaskSucceeded {
     pub attempt: u32,
     pub worker_id: String,
     pub at: DateTime<Utc>,
+    /// When this attempt started. A worker announces a start with `task.started` only when
+    /// the task is still running after its `STARTED_EVENT_AFTER`; a shorter task reports
+    /// its start here, with its result. Absent in events of older workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
     /// The executor's result (see the README for each kind's fields).
     pub result: serde_json::Value,
 }
@@ -54,6 +59,11 @@ pub struct TaskFailed {
     pub attempt: u32,
     pub worker_id: String,
     pub at: DateTime<Utc>,
+    /// When this attempt started. A worker announces a start with `task.started` only when
+    /// the task is still running after its `STARTED_EVENT_AFTER`; a shorter task reports
+    /// its start here, with its result. Absent in events of older workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
     pub error: TaskError,
     /// True when another attempt is due at `next_attempt_at`.
     pub retryable: bool,
@@ -194,6 +204,7 @@ mod tests {
                 attempt: 1,
                 worker_id: "w1".into(),
                 at,
+                started_at: Some(at),
                 result: serde_json::json!({"runs_deleted": 3}),
             }),
             Event::TaskFailed(TaskFailed {
@@ -202,6 +213,7 @@ mod tests {
                 attempt: 2,
                 worker_id: "w2".into(),
                 at,
+                started_at: None,
                 error: TaskError {
                     class: ErrorClass::Transient,
                     message: "connection refused".into(),

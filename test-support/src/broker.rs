@@ -76,19 +76,47 @@ impl TestBroker {
 
     /// Take (and ack) every message in the queue of `kind`.
     pub async fn drain(&self, kind: TaskKind) -> Vec<lapin::message::BasicGetMessage> {
+        self.drain_named(&self.topology.task_queue(kind)).await
+    }
+
+    /// Take (and ack) every message in the queue called `name`.
+    pub async fn drain_named(&self, name: &str) -> Vec<lapin::message::BasicGetMessage> {
         let mut messages = Vec::new();
         while let Some(message) = self
             .channel
-            .basic_get(
-                self.topology.task_queue(kind).into(),
-                BasicGetOptions { no_ack: true },
-            )
+            .basic_get(name.into(), BasicGetOptions { no_ack: true })
             .await
             .unwrap()
         {
             messages.push(message);
         }
         messages
+    }
+
+    /// A queue of the test's own receiving the events whose routing key matches
+    /// `pattern` (`task.#`, ...) from now on; gone with the test's connection.
+    pub async fn tap_events(&self, pattern: &str) -> String {
+        let name = format!("{}.tap.{}", self.prefix(), Uuid::new_v4().simple());
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        self.channel
+            .queue_declare(name.as_str().into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        self.channel
+            .queue_bind(
+                name.as_str().into(),
+                self.topology.events_exchange().into(),
+                pattern.into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        name
     }
 
     /// [`drain`](Self::drain) the queue of `kind`; the message ids, in queue order.

@@ -155,6 +155,13 @@ pub struct Config {
     #[arg(long, env = "TURN_BUDGET", default_value = "5m", value_parser = humantime::parse_duration)]
     pub turn_budget: Duration,
 
+    /// How long a task runs before the worker announces it with `task.started` (the ledger
+    /// shows it `running`). A real run is announced anyway before it writes anything; a
+    /// dry run done sooner reports its start with its result instead, one event fewer
+    /// through RabbitMQ and the ledger. `0s`: announce every task before it starts.
+    #[arg(long, env = "STARTED_EVENT_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub started_event_after: Duration,
+
     /// Hard limit of one turn (a batch that hangs); past it the attempt fails as transient.
     /// Must exceed TURN_BUDGET.
     #[arg(long, env = "TASK_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]

@@ -125,6 +125,7 @@ impl Application {
             retry: config.retry.policy(1).map_err(anyhow::Error::msg)?,
             task_timeout: config.task_timeout,
             turn_budget: config.turn_budget,
+            started_event_after: config.started_event_after,
             // Long enough for a batch already under way: its lock wait, its statement, its
             // commit.
             stop_grace: std::time::Duration::from_secs(10).max(

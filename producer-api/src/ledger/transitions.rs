@@ -196,7 +196,9 @@ async fn succeeded(
     .bind(&e.worker_id)
     .bind(&e.result)
     .bind(e.at)
-    .bind(started_at)
+    // The worker's own record of the start (a short task is never announced), else the
+    // start that came in the same batch.
+    .bind(e.started_at.or(started_at))
     .execute(conn)
     .await?;
     Ok(())
@@ -239,7 +241,8 @@ async fn failed(conn: &mut PgConnection, e: &TaskFailed) -> Result<(), sqlx::Err
                  next_attempt_at = CASE WHEN {again} THEN $5 ELSE NULL END,
                  finished_at = CASE WHEN {again} THEN NULL ELSE $6 END,
                  result = CASE WHEN {again} THEN result ELSE COALESCE($8::jsonb, result) END,
-                 attempts = $2, worker_id = $3, error = $7, started_at = COALESCE(started_at, $6),
+                 attempts = $2, worker_id = $3, error = $7,
+                 started_at = COALESCE(started_at, $9, $6),
                  updated_at = now()
              WHERE {} OR {CANCELLED_UNREPORTED}
              RETURNING status, kind, params, cutoff, created_at, max_attempts",
@@ -256,6 +259,7 @@ async fn failed(conn: &mut PgConnection, e: &TaskFailed) -> Result<(), sqlx::Err
     .bind(e.at)
     .bind(&error)
     .bind(&partial)
+    .bind(e.started_at)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {

@@ -57,11 +57,11 @@ impl Recorder {
     pub async fn run(self, shutdown: CancellationToken) {
         let this = &self;
         let connect = || this.connect();
-        let session = |(connection, channel): (Connection, Channel)| {
+        let session = |(connection, channels): (Connection, [Channel; 2])| {
             let shutdown = &shutdown;
             async move {
                 tracing::info!("recorder consuming events");
-                let end = this.consume(&channel, shutdown).await;
+                let end = this.consume(&channels, shutdown).await;
                 amqp::retire(connection, "recorder stopping").await;
                 end
             }
@@ -69,22 +69,31 @@ impl Recorder {
         amqp::supervise("recorder", &shutdown, connect, session).await;
     }
 
-    async fn connect(&self) -> anyhow::Result<(Connection, Channel)> {
+    /// A connection and two channels: one for the ledger queue, one for the dead-letter
+    /// ledger queue. Each consumer has its own channel so that its deliveries, in order,
+    /// are all its channel has: one ack with `multiple` can settle them.
+    async fn connect(&self) -> anyhow::Result<(Connection, [Channel; 2])> {
         let connection = amqp::connect(&self.amqp_url, "producer-api recorder").await?;
-        let channel = connection.create_channel().await?;
-        self.topology.declare(&channel).await?;
-        channel
-            .basic_qos((MAX_BATCH * 2) as u16, BasicQosOptions::default())
-            .await?;
-        Ok((connection, channel))
+        let mut channels = Vec::new();
+        for _ in 0..2 {
+            let channel = connection.create_channel().await?;
+            self.topology.declare(&channel).await?;
+            channel
+                .basic_qos((MAX_BATCH * 2) as u16, BasicQosOptions::default())
+                .await?;
+            channels.push(channel);
+        }
+        let channels: [Channel; 2] = channels.try_into().expect("two channels");
+        Ok((connection, channels))
     }
 
     /// Apply deliveries until shutdown or until the connection is lost.
-    async fn consume(&self, channel: &Channel, shutdown: &CancellationToken) -> SessionEnd {
+    async fn consume(&self, channels: &[Channel; 2], shutdown: &CancellationToken) -> SessionEnd {
+        let channel = &channels[0];
         let mut streams = futures::stream::SelectAll::new();
-        for (queue, dead) in [
-            (self.topology.ledger_queue(), false),
-            (self.topology.dead_ledger_queue(), true),
+        for (queue, dead, channel) in [
+            (self.topology.ledger_queue(), false, &channels[0]),
+            (self.topology.dead_ledger_queue(), true, &channels[1]),
         ] {
             let consumer = match channel
                 .basic_consume(
@@ -116,7 +125,7 @@ impl Recorder {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                 _ = watch.tick() => {
-                    if !watchdog.check(&[channel]) || self.stalled(channel, last_delivery).await {
+                    if !watchdog.check(&[&channels[0], &channels[1]]) || self.stalled(channel, last_delivery).await {
                         return SessionEnd::Lost;
                     }
                     continue;
@@ -234,14 +243,21 @@ impl Recorder {
             }
         }
         let now = Utc::now();
-        for ((delivery, _), item) in batch.iter().zip(&items) {
+        let rejected: Vec<bool> = items.iter().map(|i| matches!(i, Item::Reject(_))).collect();
+        let queues: Vec<bool> = batch.iter().map(|(_, dead)| *dead).collect();
+        let acks = acks(&queues, &rejected);
+        // The rejections first: the acks with `multiple` that follow settle only what is
+        // still unsettled.
+        let order = (0..batch.len()).filter(|&i| rejected[i]).chain(acks);
+        for i in order {
+            let ((delivery, _), item) = (&batch[i], &items[i]);
             let settle = async {
                 match item {
                     Item::Reject(reason) => {
                         tracing::error!(%reason, "rejecting an unreadable event to the dead-letter queue");
                         delivery.reject(BasicRejectOptions { requeue: false }).await
                     }
-                    _ => delivery.ack(BasicAckOptions::default()).await,
+                    _ => delivery.ack(BasicAckOptions { multiple: true }).await,
                 }
             };
             // An ack on a channel caught in a broker restart may never complete: give up on
@@ -257,6 +273,8 @@ impl Recorder {
                     return ControlFlow::Break(SessionEnd::Lost);
                 }
             }
+        }
+        for item in &items {
             if let Item::Event(event) = item {
                 self.metrics
                     .recorder_events
@@ -288,5 +306,39 @@ impl Recorder {
             }
         }
         Ok(())
+    }
+}
+
+/// Which deliveries of a batch to ack, with `multiple`: on each queue's channel (`queues`:
+/// whether each delivery came from the dead-letter ledger queue) the last one that is not
+/// `rejected`. A channel carries one consumer's deliveries in order, and every batch is
+/// settled before the next is taken, so that ack settles exactly the batch's deliveries of
+/// the channel (the rejected ones are rejected before it).
+fn acks(queues: &[bool], rejected: &[bool]) -> Vec<usize> {
+    [false, true]
+        .into_iter()
+        .filter_map(|queue| {
+            (0..queues.len())
+                .rev()
+                .find(|&i| queues[i] == queue && !rejected[i])
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acks;
+
+    #[test]
+    fn a_batch_is_acked_by_the_last_delivery_of_each_channel_that_is_not_rejected() {
+        assert_eq!(acks(&[false, false, false], &[false; 3]), [2]);
+        assert_eq!(acks(&[false, true, false, true], &[false; 4]), [2, 3]);
+        assert_eq!(
+            acks(&[false, false, true], &[false, true, false]),
+            [0, 2],
+            "the last of the ledger queue is rejected: the one before it is acked"
+        );
+        assert_eq!(acks(&[false, false], &[true, true]), Vec::<usize>::new());
+        assert_eq!(acks(&[], &[]), Vec::<usize>::new());
     }
 }

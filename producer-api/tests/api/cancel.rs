@@ -118,6 +118,7 @@ async fn a_retrying_task_loses_its_next_attempt() {
         attempt: 1,
         worker_id: "w-test".into(),
         at,
+        started_at: None,
         error: TaskError {
             class: ErrorClass::Transient,
             message: "connection refused".into(),
@@ -213,6 +214,7 @@ async fn a_finished_task_is_not_cancelled_and_unknown_ids_are_refused() {
         attempt: 1,
         worker_id: "w-test".into(),
         at: Utc::now(),
+        started_at: None,
         result: json!({"runs_deleted": 1}),
     });
     stack.broker.publish_event(&succeeded).await;

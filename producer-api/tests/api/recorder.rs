@@ -81,6 +81,7 @@ async fn late_and_duplicate_events_never_move_a_task_backwards() {
             attempt,
             worker_id: "w".into(),
             at: Utc::now(),
+            started_at: None,
             error: TaskError {
                 class: ErrorClass::Transient,
                 message: "late".into(),
@@ -96,6 +97,7 @@ async fn late_and_duplicate_events_never_move_a_task_backwards() {
         attempt: 2,
         worker_id: "w".into(),
         at: Utc::now(),
+        started_at: None,
         result: serde_json::json!({"runs_deleted": 7}),
     });
     let status = |app: &TestApp| {
@@ -172,6 +174,7 @@ async fn a_retry_carries_the_progress_of_the_failed_attempt() {
             attempt: 1,
             worker_id: "w".into(),
             at: Utc::now(),
+            started_at: None,
             error: TaskError {
                 class: ErrorClass::Transient,
                 message: "connection reset".into(),
@@ -221,6 +224,7 @@ async fn the_partial_result_of_a_final_failure_is_recorded() {
             attempt: 1,
             worker_id: "w".into(),
             at: Utc::now(),
+            started_at: None,
             error: TaskError {
                 class: if retryable {
                     ErrorClass::Transient

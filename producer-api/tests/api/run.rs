@@ -184,6 +184,7 @@ async fn every_failed_attempt_is_kept_for_the_timeline() {
             attempt,
             worker_id: worker.into(),
             at: Utc::now(),
+            started_at: None,
             error: TaskError {
                 class: ErrorClass::Transient,
                 message: message.into(),

@@ -43,6 +43,12 @@ impl ExecError {
         }
     }
 
+    /// The task could not be announced (`task.started` was not confirmed): nothing was
+    /// written. The worker does not report it; the delivery goes back to its queue.
+    pub fn unannounced() -> Self {
+        Self::transient("task.started was not confirmed by RabbitMQ; nothing was written")
+    }
+
     /// Attach the progress made before the failure.
     pub fn with_progress(mut self, progress: serde_json::Value) -> Self {
         self.progress = Some(progress);
@@ -183,9 +189,23 @@ impl Report {
 /// The latest progress of a running turn, readable from outside the executor: when an
 /// attempt must be reported before its executor returns (it panicked, or it ignored the
 /// hard time limit), the report still carries what was deleted so far, so counts and caps
-/// span attempts on every path.
+/// span attempts on every path. Also how an executor asks the worker to announce the task
+/// (`task.started`) before it writes anything.
 #[derive(Default)]
-pub struct Checkpoint(Mutex<Snapshot>);
+pub struct Checkpoint(Mutex<Snapshot>, Option<Announcer>);
+
+/// The executor's side of an announcement: ask, then wait for the worker's answer
+/// (whether `task.started` was confirmed).
+struct Announcer {
+    ask: tokio::sync::mpsc::UnboundedSender<()>,
+    answer: tokio::sync::watch::Receiver<Option<bool>>,
+}
+
+/// The worker's side of an announcement: the executor's asks, and where the answer goes.
+pub struct Announcement {
+    pub asks: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pub answer: tokio::sync::watch::Sender<Option<bool>>,
+}
 
 #[derive(Default)]
 enum Snapshot {
@@ -208,6 +228,32 @@ impl Checkpoint {
             checkpoint.record(progress.clone());
         }
         checkpoint
+    }
+
+    /// A checkpoint whose executor must have the task announced before it writes: the
+    /// worker answers through the returned [`Announcement`].
+    pub fn announcing(mut self) -> (Self, Announcement) {
+        let (ask, asks) = tokio::sync::mpsc::unbounded_channel();
+        let (answer_tx, answer) = tokio::sync::watch::channel(None);
+        self.1 = Some(Announcer { ask, answer });
+        let announcement = Announcement {
+            asks,
+            answer: answer_tx,
+        };
+        (self, announcement)
+    }
+
+    /// Before the first write of a real run: make sure the task was announced with
+    /// `task.started` and RabbitMQ confirmed it. False: it could not be; write nothing.
+    /// (Without an announcer the worker announced the task before it started.)
+    pub async fn announce(&self) -> bool {
+        let Some(Announcer { ask, answer }) = &self.1 else {
+            return true;
+        };
+        let _ = ask.send(());
+        let mut answer = answer.clone();
+        let answered = answer.wait_for(Option::is_some).await;
+        answered.is_ok_and(|answer| *answer == Some(true))
     }
 
     /// Progress as of now (runs: after each committed batch).

@@ -1,9 +1,11 @@
 //! One delivery, start to finish: the worker's step. Tests call it directly.
 //!
 //! Parse the envelope (an unprocessable message is poison: reported as `task.dead` and
-//! rejected to the dead-letter exchange), publish `task.started`, execute within the
-//! time limit, publish `task.succeeded` or `task.failed` (with the next attempt's time for
-//! transient errors), and only then ack: an ack always follows a confirmed result event.
+//! rejected to the dead-letter exchange), execute within the time limit, announcing the
+//! task with `task.started` before a real run's first write or once it has run for
+//! `STARTED_EVENT_AFTER` (with `0s`: before it starts; see `announce`), publish `task.succeeded` or `task.failed` (with the attempt's start, and
+//! the next attempt's time for transient errors), and only then ack: an ack always follows
+//! a confirmed result event, and a result follows its confirmed `task.started`, if any.
 //! A task this worker knows is cancelled is skipped before it starts, and a running one
 //! stops at its next batch boundary when its cancel arrives: both reported as
 //! `task.cancelled`.
@@ -28,9 +30,11 @@ use crate::attempt::{run_attempt, Limits};
 use crate::executor::{Checkpoint, Execution, Executors};
 use crate::metrics::Metrics;
 
+mod announce;
 mod cancelled;
 mod refuse;
 
+use announce::announced;
 use cancelled::{report_cancelled, skip_cancelled, Stop};
 use refuse::{parse, reject_poison};
 
@@ -43,6 +47,9 @@ pub struct WorkerContext {
     pub task_timeout: Duration,
     /// Working time of one turn before the task is handed on in a continuation.
     pub turn_budget: Duration,
+    /// A task still running after this long is announced with `task.started`; zero:
+    /// announced (and confirmed) before it starts.
+    pub started_event_after: Duration,
     /// How long an executor may take to stop once its hard time limit is reached: longer
     /// than any one statement may run (RUNS_STATEMENT_TIMEOUT), so that nothing an attempt
     /// started can still commit after the attempt is reported.
@@ -122,21 +129,20 @@ pub async fn handle_delivery(
         // Cancelled before this delivery started: nothing is touched.
         return skip_cancelled(ctx, events, &envelope, delivery, false).await;
     };
-    publish_event(
-        ctx,
-        events,
-        &Event::TaskStarted(TaskStarted {
-            task_id,
-            kind,
-            attempt: envelope.attempt,
-            worker_id: ctx.worker_id.clone(),
-            at: Utc::now(),
-        }),
-    )
-    .await?;
-    if watch.cancelled() {
-        // The cancel came while `task.started` was on its way: still nothing is touched.
-        return skip_cancelled(ctx, events, &envelope, delivery, true).await;
+    let started_at = Utc::now();
+    let started_event = Event::TaskStarted(TaskStarted {
+        task_id,
+        kind,
+        attempt: envelope.attempt,
+        worker_id: ctx.worker_id.clone(),
+        at: started_at,
+    });
+    if ctx.started_event_after.is_zero() {
+        publish_event(ctx, events, &started_event).await?;
+        if watch.cancelled() {
+            // The cancel came while `task.started` was on its way: still nothing is touched.
+            return skip_cancelled(ctx, events, &envelope, delivery, true).await;
+        }
     }
     ctx.metrics
         .tasks_started
@@ -152,18 +158,32 @@ pub async fn handle_delivery(
             turn.cancel();
         })
     };
-    let checkpoint = Checkpoint::resuming(&envelope);
+    let (checkpoint, announcement) = match ctx.started_event_after.is_zero() {
+        true => (Checkpoint::resuming(&envelope), None),
+        false => {
+            let (checkpoint, announcement) = Checkpoint::resuming(&envelope).announcing();
+            (checkpoint, Some(announcement))
+        }
+    };
     let limits = Limits {
         task_timeout: ctx.task_timeout,
         stop_grace: ctx.stop_grace,
     };
-    let result = run_attempt(
+    let attempt = run_attempt(
         ctx.executors.execute(&envelope, &turn, &checkpoint),
         &turn,
         &checkpoint,
         limits,
-    )
-    .await;
+    );
+    let result = match announcement {
+        None => Ok(attempt.await),
+        Some(asked) => {
+            let publish = publish_event(ctx, events, &started_event);
+            announced(attempt, ctx.started_event_after, asked, publish, &turn)
+                .await
+                .map_err(StepError)
+        }
+    };
     budget.abort();
     ctx.metrics.in_flight.dec();
     ctx.metrics
@@ -171,6 +191,9 @@ pub async fn handle_delivery(
         .with_label_values(&[kind.as_str()])
         .observe(started.elapsed().as_secs_f64());
 
+    // `task.started` could not be published: the turn was stopped, and the delivery is
+    // left to be redelivered (what the turn deleted stays deleted: cleanup is idempotent).
+    let result = result?;
     if !delivery.acker.usable() {
         // The channel this delivery came on is gone: RabbitMQ has already put the task back
         // on its queue and will deliver it again. Reporting a result or a continuation now
@@ -215,6 +238,7 @@ pub async fn handle_delivery(
                     attempt: envelope.attempt,
                     worker_id: ctx.worker_id.clone(),
                     at: Utc::now(),
+                    started_at: Some(started_at),
                     result: result.to_json(),
                 }),
             )
@@ -234,6 +258,7 @@ pub async fn handle_delivery(
                 error: error.to_task_error(),
                 // A retry continues from it; a final failure reports it as the result.
                 progress: error.progress.clone(),
+                started_at: Some(started_at),
             };
             let retryable = report_failure(ctx, events, failure, "task attempt failed").await?;
             Outcome::Failed { task_id, retryable }
@@ -253,6 +278,8 @@ struct Failure {
     error: TaskError,
     /// What the task did so far: a retry continues from it.
     progress: Option<serde_json::Value>,
+    /// When the attempt started (`None`: it never did).
+    started_at: Option<chrono::DateTime<Utc>>,
 }
 
 /// Report a failed attempt: decide whether another is due (a transient error, while the
@@ -271,6 +298,7 @@ async fn report_failure(
         max_attempts,
         error,
         progress,
+        started_at,
     } = failure;
     let failed_at = Utc::now();
     let next_attempt_at = match error.class {
@@ -292,6 +320,7 @@ async fn report_failure(
             attempt,
             worker_id: ctx.worker_id.clone(),
             at: failed_at,
+            started_at,
             error,
             retryable,
             next_attempt_at,

@@ -159,6 +159,7 @@ async fn report_newer_schema(
         },
         // Carried back untouched, so the retry keeps the work done so far.
         progress: head.progress,
+        started_at: None,
     };
     let retryable = report_failure(
         ctx,

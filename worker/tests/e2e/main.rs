@@ -13,4 +13,5 @@ mod runs_partition_drops;
 mod runs_partitions;
 mod runs_safety;
 mod runs_schema;
+mod started;
 mod temp_files;

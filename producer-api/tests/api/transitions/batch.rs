@@ -17,6 +17,7 @@ async fn a_batch_of_successes_ends_as_applying_them_one_by_one() {
         attempt,
         worker_id: format!("w-{attempt}"),
         at: Utc::now(),
+        started_at: None,
         result: serde_json::json!({"runs_deleted": attempt}),
     };
     // Alone: 20 queued tasks succeed; one already succeeded (a duplicate changes nothing);

@@ -208,6 +208,7 @@ async fn apply(pool: &PgPool, task_id: Uuid, ev: Ev) {
         attempt,
         worker_id: worker_id.clone(),
         at,
+        started_at: None,
         error: TaskError {
             class,
             message: "boom".into(),
@@ -235,6 +236,7 @@ async fn apply(pool: &PgPool, task_id: Uuid, ev: Ev) {
                 attempt,
                 worker_id: worker_id.clone(),
                 at,
+                started_at: None,
                 result: serde_json::json!({"runs_deleted": 0}),
             };
             Change::Succeeded(&succeeded)
@@ -357,6 +359,7 @@ async fn a_start_and_its_success_in_one_batch() {
         attempt: 1,
         worker_id: "w-1".into(),
         at: Utc::now(),
+        started_at: None,
         result: serde_json::json!({"runs_deleted": 2}),
     };
     transitions::apply(

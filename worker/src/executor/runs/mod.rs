@@ -323,6 +323,10 @@ impl RunsExecutor {
             run.dry_run(params.max_rows, &mut result).await?;
             run.partitions_dry_run(params, &mut result).await?;
         } else {
+            // The ledger hears of a real run before it writes anything.
+            if !checkpoint.announce().await {
+                return Err(failed(&result, ExecError::unannounced()));
+            }
             // What every copy of this task committed so far (a message delivered twice).
             let count = match run.committed().await {
                 Ok(count) => count,

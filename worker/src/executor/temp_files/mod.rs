@@ -163,6 +163,10 @@ impl TempFilesExecutor {
             Some(patterns) => Some(build_globset(patterns).map_err(ExecError::permanent)?),
             None => None,
         };
+        // The ledger hears of a real run before it deletes anything.
+        if !params.dry_run && !checkpoint.announce().await {
+            return Err(ExecError::unannounced());
+        }
         // A turn stopped before it began deletes nothing: the walk checks this flag before
         // each entry, and the watcher below sets it only once it runs.
         let stop = Arc::new(AtomicBool::new(cancel.is_cancelled()));
