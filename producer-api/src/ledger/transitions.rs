@@ -91,23 +91,39 @@ pub async fn apply(pool: &PgPool, changes: &[Change<'_>]) -> Result<(), sqlx::Er
     let mut ordered: Vec<&Change> = changes.iter().collect();
     ordered.sort_by_key(|change| change.lock_order());
     let mut tx = pool.begin().await?;
+    // Successes in a row, of different tasks: applied by one statement, in lock order,
+    // when the next change is of another kind or task, or at the end.
+    let mut successes: Vec<Success> = Vec::new();
     for (i, change) in ordered.iter().enumerate() {
-        match **change {
+        if let Change::Succeeded(e) = **change {
+            if successes
+                .last()
+                .is_some_and(|(last, _)| last.task_id == e.task_id)
+            {
+                succeeded(&mut tx, &std::mem::take(&mut successes)).await?;
+            }
+            let start = ordered[..i]
+                .iter()
+                .rev()
+                .take_while(|earlier| earlier.task() == Some(e.task_id))
+                .find_map(|earlier| match **earlier {
+                    Change::Started(s) if s.attempt == e.attempt => Some(s.at),
+                    _ => None,
+                });
+            successes.push((e, start));
+            continue;
+        }
+        if matches!(change, Change::Started(e) if succeeded_later(&ordered[i + 1..], e)) {
             // Its success is in the same batch (a short task): one UPDATE, with the start's
             // time, instead of two (each status change rewrites every index entry).
-            Change::Started(e) if succeeded_later(&ordered[i + 1..], e) => {}
+            continue;
+        }
+        if !successes.is_empty() {
+            succeeded(&mut tx, &std::mem::take(&mut successes)).await?;
+        }
+        match **change {
             Change::Started(e) => started(&mut tx, e).await?,
-            Change::Succeeded(e) => {
-                let start = ordered[..i]
-                    .iter()
-                    .rev()
-                    .take_while(|earlier| earlier.task() == Some(e.task_id))
-                    .find_map(|earlier| match **earlier {
-                        Change::Started(s) if s.attempt == e.attempt => Some(s.at),
-                        _ => None,
-                    });
-                succeeded(&mut tx, e, start).await?
-            }
+            Change::Succeeded(_) => unreachable!("successes are applied above"),
             Change::Failed(e) => failed(&mut tx, e).await?,
             Change::Cancelled(e) => cancelled(&mut tx, e).await?,
             Change::Dead(e) => dead(&mut tx, e).await?,
@@ -120,6 +136,7 @@ pub async fn apply(pool: &PgPool, changes: &[Change<'_>]) -> Result<(), sqlx::Er
             Change::WorkerStopped(e) => workers::stopped(&mut tx, e).await?,
         }
     }
+    succeeded(&mut tx, &successes).await?;
     tx.commit().await
 }
 
@@ -144,12 +161,19 @@ const FINISHED_BUT_DEAD: &str = "('succeeded', 'failed', 'cancelled')";
 /// leads past its position. `$1` is the task id, `$2` the change's attempt (NULL when
 /// unknown: any position).
 fn guard(phase: u8, finished: &str) -> String {
-    format!("id = $1 AND status NOT IN {finished} AND ($2::int IS NULL OR {POSITION} < ($2::int, {phase}))")
+    guard_on("$1", "$2::int", phase, finished)
+}
+
+/// [`guard`] with the task id and the attempt from expressions of the statement.
+fn guard_on(id: &str, attempt: &str, phase: u8, finished: &str) -> String {
+    format!("id = {id} AND status NOT IN {finished} AND ({attempt} IS NULL OR {POSITION} < ({attempt}, {phase}))")
 }
 
 /// A task cancelled while its message was already out, whose worker had not heard of
-/// the cancel yet: the worker's first report of it is still recorded (`$1`: the task).
-const CANCELLED_UNREPORTED: &str = "(id = $1 AND status = 'cancelled' AND result IS NULL)";
+/// the cancel yet: the worker's first report of it is still recorded (`id`: the task).
+fn unreported(id: &str) -> String {
+    format!("(id = {id} AND status = 'cancelled' AND result IS NULL)")
+}
 
 async fn started(conn: &mut PgConnection, e: &TaskStarted) -> Result<(), sqlx::Error> {
     let asked_to_cancel: Option<bool> = sqlx::query_scalar(&format!(
@@ -157,9 +181,10 @@ async fn started(conn: &mut PgConnection, e: &TaskStarted) -> Result<(), sqlx::E
              status = CASE WHEN status = 'cancelled' THEN status ELSE 'running' END,
              attempts = $2, worker_id = $3,
              started_at = COALESCE(started_at, $4), next_attempt_at = NULL, updated_at = now()
-         WHERE {} OR ({CANCELLED_UNREPORTED} AND attempts < $2)
+         WHERE {} OR ({} AND attempts < $2)
          RETURNING cancel_requested_at IS NOT NULL",
-        guard(1, FINISHED)
+        guard(1, FINISHED),
+        unreported("$1")
     ))
     .bind(e.task_id)
     .bind(e.attempt as i32)
@@ -175,30 +200,49 @@ async fn started(conn: &mut PgConnection, e: &TaskStarted) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// A success, and when its attempt started if its `task.started` came in the same batch.
+type Success<'a> = (&'a TaskSucceeded, Option<DateTime<Utc>>);
+
 /// Succeeded; also a task cancelled while its message was out, whose worker finished it
-/// before the cancel reached it: what it deleted is deleted, and the ledger says so.
-/// `started_at`: when the attempt started, if its `task.started` came in the same batch.
-async fn succeeded(
-    conn: &mut PgConnection,
-    e: &TaskSucceeded,
-    started_at: Option<DateTime<Utc>>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "UPDATE cleanup_tasks SET status = 'succeeded', attempts = $2, worker_id = $3,
-             result = $4, error = NULL, started_at = COALESCE(started_at, $6, $5),
-             finished_at = $5,
-             next_attempt_at = NULL, updated_at = now()
-         WHERE {} OR {CANCELLED_UNREPORTED}",
-        guard(2, FINISHED)
-    ))
-    .bind(e.task_id)
-    .bind(e.attempt as i32)
-    .bind(&e.worker_id)
-    .bind(&e.result)
-    .bind(e.at)
+/// before the cancel reached it: what it deleted is deleted, and the ledger says so. One
+/// statement for successes of different tasks.
+async fn succeeded(conn: &mut PgConnection, successes: &[Success<'_>]) -> Result<(), sqlx::Error> {
+    if successes.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::new();
+    let mut attempts = Vec::new();
+    let mut workers = Vec::new();
+    let mut results = Vec::new();
+    let mut ats = Vec::new();
     // The worker's own record of the start (a short task is never announced), else the
     // start that came in the same batch.
-    .bind(e.started_at.or(started_at))
+    let mut starts = Vec::new();
+    for (e, started_at) in successes {
+        ids.push(e.task_id);
+        attempts.push(e.attempt as i32);
+        workers.push(e.worker_id.as_str());
+        results.push(&e.result);
+        ats.push(e.at);
+        starts.push(e.started_at.or(*started_at));
+    }
+    sqlx::query(&format!(
+        "UPDATE cleanup_tasks SET status = 'succeeded', attempts = c_attempt,
+             worker_id = c_worker, result = c_result, error = NULL,
+             started_at = COALESCE(started_at, c_started, c_at), finished_at = c_at,
+             next_attempt_at = NULL, updated_at = now()
+         FROM unnest($1::uuid[], $2::int[], $3::text[], $4::jsonb[], $5::timestamptz[],
+                     $6::timestamptz[]) AS c(c_id, c_attempt, c_worker, c_result, c_at, c_started)
+         WHERE {} OR {}",
+        guard_on("c_id", "c_attempt", 2, FINISHED),
+        unreported("c_id")
+    ))
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&workers)
+    .bind(&results)
+    .bind(&ats)
+    .bind(&starts)
     .execute(conn)
     .await?;
     Ok(())
@@ -244,9 +288,10 @@ async fn failed(conn: &mut PgConnection, e: &TaskFailed) -> Result<(), sqlx::Err
                  attempts = $2, worker_id = $3, error = $7,
                  started_at = COALESCE(started_at, $9, $6),
                  updated_at = now()
-             WHERE {} OR {CANCELLED_UNREPORTED}
+             WHERE {} OR {}
              RETURNING status, kind, params, cutoff, created_at, max_attempts",
         guard(2, FINISHED),
+        unreported("$1"),
         // Another attempt is due: the worker says so, `max_attempts` allows it, and no
         // cancel was asked for.
         again = "($4 AND $2 < max_attempts AND cancel_requested_at IS NULL)",
