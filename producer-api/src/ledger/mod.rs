@@ -33,5 +33,21 @@ pub use tasks::{
     TaskStatus,
 };
 
+/// Lock these tasks' rows for the transaction, in id order. Every transaction that
+/// changes several task rows (the relay stamping `published_at`, the recorder applying a
+/// batch) takes their locks in this one order, so that two of them never wait for each
+/// other (a deadlock, which PostgreSQL breaks only after `deadlock_timeout`, 1 s by
+/// default, by aborting one of them).
+pub(crate) async fn lock_tasks(
+    conn: &mut sqlx::PgConnection,
+    ids: &[uuid::Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT FROM cleanup_tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// The migrations of the ledger, run at start-up by every replica (sqlx takes a lock).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

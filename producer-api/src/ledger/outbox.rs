@@ -77,6 +77,7 @@ pub async fn record_published(
         .bind(ids)
         .execute(&mut *conn)
         .await?;
+    super::lock_tasks(conn, task_ids).await?;
     sqlx::query("UPDATE cleanup_tasks SET published_at = now() WHERE id = ANY($1)")
         .bind(task_ids)
         .execute(&mut *conn)

@@ -226,6 +226,8 @@ async fn succeeded(conn: &mut PgConnection, successes: &[Success<'_>]) -> Result
         ats.push(e.at);
         starts.push(e.started_at.or(*started_at));
     }
+    // One statement would lock its rows in whatever order its plan takes them.
+    super::lock_tasks(conn, &ids).await?;
     sqlx::query(&format!(
         "UPDATE cleanup_tasks SET status = 'succeeded', attempts = c_attempt,
              worker_id = c_worker, result = c_result, error = NULL,

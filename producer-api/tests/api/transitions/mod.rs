@@ -15,6 +15,7 @@ use uuid::Uuid;
 use test_support::TestDb;
 
 mod batch;
+mod locks;
 
 #[derive(Debug, Clone, Copy)]
 enum Ev {
