@@ -134,6 +134,7 @@ impl Recorder {
             };
             last_delivery = std::time::Instant::now();
             let mut batch = Vec::new();
+            let mut consumer_failed = false;
             let mut next = first;
             loop {
                 match next {
@@ -144,6 +145,8 @@ impl Recorder {
                     Some((Err(error), _)) => {
                         tracing::warn!(%error, "recorder consumer failed; rebuilding the connection");
                         if !batch.is_empty() {
+                            // Settled first; then the other queue's consumer goes too.
+                            consumer_failed = true;
                             break;
                         }
                         return SessionEnd::Lost;
@@ -164,6 +167,9 @@ impl Recorder {
             }
             if let ControlFlow::Break(end) = self.settle(batch, shutdown).await {
                 return end;
+            }
+            if consumer_failed {
+                return SessionEnd::Lost;
             }
         }
     }

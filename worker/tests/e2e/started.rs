@@ -25,6 +25,19 @@ async fn events_of(broker: &TestBroker, tap: &str, task_id: &str) -> Vec<(String
         .collect()
 }
 
+/// A stack, a runs table of 10 old rows, a worker with `flag` (if any), and a tap on the
+/// task events.
+async fn setup(flag: Option<&str>) -> (RunsDb, Stack, TestWorker, String) {
+    let runs = RunsDb::create().await;
+    let stack = Stack::start().await;
+    runs.insert(10, "succeeded", Some(100.0), 0).await;
+    let mut flags = vec![runs_database_flag(runs.db.url())];
+    flags.extend(flag.map(str::to_owned));
+    let worker = stack.worker(&flags).await;
+    let tap = stack.broker.tap_events("task.#").await;
+    (runs, stack, worker, tap)
+}
+
 /// A timestamp to the microsecond (the ledger's precision).
 fn time(value: &Value) -> i64 {
     let at: DateTime<Utc> = value
@@ -37,11 +50,7 @@ fn time(value: &Value) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_task_reports_its_start_with_its_result() {
-    let runs = RunsDb::create().await;
-    let stack = Stack::start().await;
-    runs.insert(10, "succeeded", Some(100.0), 0).await;
-    let worker = stack.worker(&[runs_database_flag(runs.db.url())]).await;
-    let tap = stack.broker.tap_events("task.#").await;
+    let (_runs, stack, worker, tap) = setup(None).await;
 
     let id = enqueue(
         &stack.app,
@@ -68,16 +77,7 @@ async fn a_short_task_reports_its_start_with_its_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_still_running_after_the_delay_is_announced_while_it_runs() {
-    let runs = RunsDb::create().await;
-    let stack = Stack::start().await;
-    runs.insert(10, "succeeded", Some(100.0), 0).await;
-    let worker = stack
-        .worker(&[
-            runs_database_flag(runs.db.url()),
-            "--started-event-after=100ms".into(),
-        ])
-        .await;
-    let tap = stack.broker.tap_events("task.#").await;
+    let (runs, stack, worker, tap) = setup(Some("--started-event-after=100ms")).await;
 
     // The dry run waits for this lock for 600 ms: far longer than 100 ms.
     let mut holder = runs.pool.begin().await.unwrap();
@@ -115,16 +115,7 @@ async fn a_dry_run_still_running_after_the_delay_is_announced_while_it_runs() {
 /// test removes again as soon as it reconnects.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_run_is_announced_before_it_writes() {
-    let runs = RunsDb::create().await;
-    let stack = Stack::start().await;
-    runs.insert(10, "succeeded", Some(100.0), 0).await;
-    let tap = stack.broker.tap_events("task.#").await;
-    let worker = stack
-        .worker(&[
-            runs_database_flag(runs.db.url()),
-            "--started-event-after=1h".into(),
-        ])
-        .await;
+    let (_runs, stack, worker, tap) = setup(Some("--started-event-after=1h")).await;
     let id = enqueue(&stack.app, RUNS, json!({"max_age_hours": 24})).await;
     let task = wait_for(&stack.app, &id, DONE, Duration::from_secs(30)).await;
     assert_eq!(task["status"], "succeeded", "{task}");
@@ -141,16 +132,7 @@ async fn a_real_run_is_announced_before_it_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_delay_every_task_is_announced_before_it_starts() {
-    let runs = RunsDb::create().await;
-    let stack = Stack::start().await;
-    runs.insert(10, "succeeded", Some(100.0), 0).await;
-    let worker = stack
-        .worker(&[
-            runs_database_flag(runs.db.url()),
-            "--started-event-after=0s".into(),
-        ])
-        .await;
-    let tap = stack.broker.tap_events("task.#").await;
+    let (_runs, stack, worker, tap) = setup(Some("--started-event-after=0s")).await;
 
     let id = enqueue(
         &stack.app,

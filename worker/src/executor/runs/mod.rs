@@ -327,6 +327,12 @@ impl RunsExecutor {
             if !checkpoint.announce().await {
                 return Err(failed(&result, ExecError::unannounced()));
             }
+            if cancel.is_cancelled() {
+                // Cancelled (or stopped) while it was announced: still nothing is touched.
+                result.duration_ms += started.elapsed().as_millis() as u64;
+                let progress = serde_json::to_value(&result).expect("progress serializes");
+                return Ok(Execution::Interrupted { progress });
+            }
             // What every copy of this task committed so far (a message delivered twice).
             let count = match run.committed().await {
                 Ok(count) => count,

@@ -163,7 +163,8 @@ impl TempFilesExecutor {
             Some(patterns) => Some(build_globset(patterns).map_err(ExecError::permanent)?),
             None => None,
         };
-        // The ledger hears of a real run before it deletes anything.
+        // The ledger hears of a real run before it deletes anything (a cancel that comes
+        // meanwhile sets the stop flag below before the walk's first entry).
         if !params.dry_run && !checkpoint.announce().await {
             return Err(ExecError::unannounced());
         }
