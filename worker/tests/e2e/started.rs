@@ -38,6 +38,20 @@ async fn setup(flag: Option<&str>) -> (RunsDb, Stack, TestWorker, String) {
     (runs, stack, worker, tap)
 }
 
+/// Enqueue `body` at `path`, wait for it to succeed; the task and its events in `tap`.
+async fn succeed(
+    stack: &Stack,
+    tap: &str,
+    path: &str,
+    body: Value,
+) -> (Value, Vec<(String, Value)>) {
+    let id = enqueue(&stack.app, path, body).await;
+    let task = wait_for(&stack.app, &id, DONE, Duration::from_secs(60)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let events = events_of(&stack.broker, tap, &id).await;
+    (task, events)
+}
+
 /// A timestamp to the microsecond (the ledger's precision).
 fn time(value: &Value) -> i64 {
     let at: DateTime<Utc> = value
@@ -52,16 +66,13 @@ fn time(value: &Value) -> i64 {
 async fn a_short_task_reports_its_start_with_its_result() {
     let (_runs, stack, worker, tap) = setup(None).await;
 
-    let id = enqueue(
-        &stack.app,
+    let (task, events) = succeed(
+        &stack,
+        &tap,
         RUNS,
         json!({"max_age_hours": 24, "dry_run": true}),
     )
     .await;
-    let task = wait_for(&stack.app, &id, DONE, Duration::from_secs(30)).await;
-    assert_eq!(task["status"], "succeeded", "{task}");
-
-    let events = events_of(&stack.broker, &tap, &id).await;
     let keys: Vec<&str> = events.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(keys, ["task.succeeded"], "no task.started for a short task");
     let started_at = time(&events[0].1["started_at"]);
@@ -116,15 +127,9 @@ async fn a_dry_run_still_running_after_the_delay_is_announced_while_it_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_run_is_announced_before_it_writes() {
     let (_runs, stack, worker, tap) = setup(Some("--started-event-after=1h")).await;
-    let id = enqueue(&stack.app, RUNS, json!({"max_age_hours": 24})).await;
-    let task = wait_for(&stack.app, &id, DONE, Duration::from_secs(30)).await;
-    assert_eq!(task["status"], "succeeded", "{task}");
+    let (task, events) = succeed(&stack, &tap, RUNS, json!({"max_age_hours": 24})).await;
     assert_eq!(task["result"]["runs_deleted"], 10, "{task}");
-    let keys: Vec<String> = events_of(&stack.broker, &tap, &id)
-        .await
-        .into_iter()
-        .map(|(key, _)| key)
-        .collect();
+    let keys: Vec<String> = events.into_iter().map(|(key, _)| key).collect();
     assert_eq!(keys, ["task.started", "task.succeeded"]);
     worker.stop().await;
     stack.stop().await;
@@ -134,16 +139,13 @@ async fn a_real_run_is_announced_before_it_writes() {
 async fn with_no_delay_every_task_is_announced_before_it_starts() {
     let (_runs, stack, worker, tap) = setup(Some("--started-event-after=0s")).await;
 
-    let id = enqueue(
-        &stack.app,
+    let (task, events) = succeed(
+        &stack,
+        &tap,
         RUNS,
         json!({"max_age_hours": 24, "dry_run": true}),
     )
     .await;
-    let task = wait_for(&stack.app, &id, DONE, Duration::from_secs(30)).await;
-    assert_eq!(task["status"], "succeeded", "{task}");
-
-    let events = events_of(&stack.broker, &tap, &id).await;
     let keys: Vec<&str> = events.iter().map(|(key, _)| key.as_str()).collect();
     assert_eq!(keys, ["task.started", "task.succeeded"], "{events:?}");
     assert_eq!(
@@ -181,10 +183,7 @@ async fn a_real_temp_file_run_is_announced_before_it_deletes() {
     let mut keys = Vec::new();
     for dry_run in [true, false] {
         let body = json!({"max_age_hours": 24, "root": "scratch", "dry_run": dry_run});
-        let id = enqueue(&stack.app, TEMP, body).await;
-        let task = wait_for(&stack.app, &id, DONE, Duration::from_secs(30)).await;
-        assert_eq!(task["status"], "succeeded", "{task}");
-        let events = events_of(&stack.broker, &tap, &id).await;
+        let (_, events) = succeed(&stack, &tap, TEMP, body).await;
         keys.push(events.into_iter().map(|(key, _)| key).collect::<Vec<_>>());
     }
     assert_eq!(keys[0], ["task.succeeded"], "the dry run");
