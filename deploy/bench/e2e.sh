@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The whole loop, end to end: N dry-run cleanup_runs tasks POSTed by C concurrent clients
 # (HTTP keep-alive) -> ledger + outbox -> relay (confirms) -> quorum queue -> W workers
-# (WORKER_CONCURRENCY each) -> task.started / task.succeeded (confirms) -> recorder ->
+# (WORKER_CONCURRENCY each) -> task.succeeded (confirms; a dry run sends no task.started
+# unless it runs longer than STARTED_EVENT_AFTER) -> recorder ->
 # ledger `succeeded`. Everything runs on this machine: release builds of producer-api and
 # the worker, the local PostgreSQL and RabbitMQ.
 #
 # Prints: enqueue rate (202s per second while the clients post), end-to-end rate (tasks
 # `succeeded` per second, from the first POST to the last success), enqueue latency p50 /
 # p99, CPU seconds per 1,000 tasks of each process (API, each worker, every PostgreSQL
-# process, RabbitMQ's beam.smp, the load generator) and the peak RSS of API and workers.
+# process, RabbitMQ's beam.smp, the load generator) and the peak RSS of API and workers;
+# then where the tasks waited (p50 / p99, from the ledger's timestamps: outbox to the
+# relay's claim, queue to the worker, the work, the result to the recorder's commit).
+# API_LOG_LEVEL sets producer-api's LOG_LEVEL (e.g. warn,producer_api::relay=debug).
 #
 #   N=3000 C=32 W=1 WORKER_CONCURRENCY=8 deploy/bench/e2e.sh
 #   RUNS="1:8 1:16 2:16" deploy/bench/e2e.sh     # several setups in one run (W:CONCURRENCY)
