@@ -2,7 +2,7 @@
 //! transient or permanent where it arises.
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -192,18 +192,22 @@ impl Report {
 /// span attempts on every path. Also how an executor asks the worker to announce the task
 /// (`task.started`) before it writes anything.
 #[derive(Default)]
-pub struct Checkpoint(Mutex<Snapshot>, Option<Announcer>);
+pub struct Checkpoint {
+    snapshot: Mutex<Snapshot>,
+    /// Set when the task is announced only on demand ([`Checkpoint::announcing`]).
+    announcer: Option<Announcer>,
+}
 
 /// The executor's side of an announcement: ask, then wait for the worker's answer
 /// (whether `task.started` was confirmed).
 struct Announcer {
-    ask: tokio::sync::mpsc::UnboundedSender<()>,
+    ask: Arc<tokio::sync::Notify>,
     answer: tokio::sync::watch::Receiver<Option<bool>>,
 }
 
-/// The worker's side of an announcement: the executor's asks, and where the answer goes.
+/// The worker's side of an announcement: the executor's ask, and where the answer goes.
 pub struct Announcement {
-    pub asks: tokio::sync::mpsc::UnboundedReceiver<()>,
+    pub asked: Arc<tokio::sync::Notify>,
     pub answer: tokio::sync::watch::Sender<Option<bool>>,
 }
 
@@ -230,27 +234,26 @@ impl Checkpoint {
         checkpoint
     }
 
-    /// A checkpoint whose executor must have the task announced before it writes: the
+    /// From now on the executor must have the task announced before it writes: the
     /// worker answers through the returned [`Announcement`].
-    pub fn announcing(mut self) -> (Self, Announcement) {
-        let (ask, asks) = tokio::sync::mpsc::unbounded_channel();
-        let (answer_tx, answer) = tokio::sync::watch::channel(None);
-        self.1 = Some(Announcer { ask, answer });
-        let announcement = Announcement {
-            asks,
-            answer: answer_tx,
-        };
-        (self, announcement)
+    pub fn announcing(&mut self) -> Announcement {
+        let asked = Arc::new(tokio::sync::Notify::new());
+        let (answer, answers) = tokio::sync::watch::channel(None);
+        self.announcer = Some(Announcer {
+            ask: asked.clone(),
+            answer: answers,
+        });
+        Announcement { asked, answer }
     }
 
     /// Before the first write of a real run: make sure the task was announced with
     /// `task.started` and RabbitMQ confirmed it. False: it could not be; write nothing.
     /// (Without an announcer the worker announced the task before it started.)
     pub async fn announce(&self) -> bool {
-        let Some(Announcer { ask, answer }) = &self.1 else {
+        let Some(Announcer { ask, answer }) = &self.announcer else {
             return true;
         };
-        let _ = ask.send(());
+        ask.notify_one();
         let mut answer = answer.clone();
         let answered = answer.wait_for(Option::is_some).await;
         answered.is_ok_and(|answer| *answer == Some(true))
@@ -258,17 +261,17 @@ impl Checkpoint {
 
     /// Progress as of now (runs: after each committed batch).
     pub fn record(&self, progress: Value) {
-        *self.0.lock().expect("checkpoint lock") = Snapshot::Value(progress);
+        *self.snapshot.lock().expect("checkpoint lock") = Snapshot::Value(progress);
     }
 
     /// Progress computed when asked.
     pub fn source(&self, source: impl Fn() -> Value + Send + Sync + 'static) {
-        *self.0.lock().expect("checkpoint lock") = Snapshot::Source(Box::new(source));
+        *self.snapshot.lock().expect("checkpoint lock") = Snapshot::Source(Box::new(source));
     }
 
     pub fn snapshot(&self) -> Option<Value> {
         match &*self
-            .0
+            .snapshot
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
         {

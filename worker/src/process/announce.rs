@@ -17,7 +17,7 @@ use crate::executor::Announcement;
 pub(super) async fn announced<T, E>(
     attempt: impl Future<Output = T>,
     after: Duration,
-    mut announcement: Announcement,
+    announcement: Announcement,
     publish: impl Future<Output = Result<(), E>>,
     turn: &CancellationToken,
 ) -> Result<T, E> {
@@ -25,7 +25,7 @@ pub(super) async fn announced<T, E>(
     tokio::select! {
         done = &mut attempt => return Ok(done),
         _ = tokio::time::sleep(after) => {}
-        Some(()) = announcement.asks.recv() => {}
+        _ = announcement.asked.notified() => {}
     }
     let publish = async {
         let published = publish.await;

@@ -27,7 +27,8 @@ async fn publish(log: Log, outcome: Result<(), &'static str>) -> Result<(), &'st
 #[tokio::test]
 async fn a_short_task_that_writes_nothing_is_never_announced() {
     let log = Log::default();
-    let (checkpoint, announcement) = Checkpoint::default().announcing();
+    let mut checkpoint = Checkpoint::default();
+    let announcement = checkpoint.announcing();
     let attempt = async { log.lock().unwrap().push("done") };
     let turn = CancellationToken::new();
     let hour = Duration::from_secs(3600);
@@ -46,7 +47,8 @@ async fn a_short_task_that_writes_nothing_is_never_announced() {
 #[tokio::test]
 async fn a_write_waits_for_the_announcement() {
     let log = Log::default();
-    let (checkpoint, announcement) = Checkpoint::default().announcing();
+    let mut checkpoint = Checkpoint::default();
+    let announcement = checkpoint.announcing();
     let turn = CancellationToken::new();
     let hour = Duration::from_secs(3600);
     let attempt = real_run(&checkpoint, &log);
@@ -65,7 +67,8 @@ async fn a_write_waits_for_the_announcement() {
 #[tokio::test]
 async fn nothing_is_written_when_the_announcement_fails() {
     let log = Log::default();
-    let (checkpoint, announcement) = Checkpoint::default().announcing();
+    let mut checkpoint = Checkpoint::default();
+    let announcement = checkpoint.announcing();
     let turn = CancellationToken::new();
     let hour = Duration::from_secs(3600);
     let attempt = real_run(&checkpoint, &log);
@@ -79,7 +82,8 @@ async fn nothing_is_written_when_the_announcement_fails() {
 #[tokio::test]
 async fn nothing_is_written_while_the_announcement_is_unconfirmed() {
     let log = Log::default();
-    let (checkpoint, announcement) = Checkpoint::default().announcing();
+    let mut checkpoint = Checkpoint::default();
+    let announcement = checkpoint.announcing();
     let turn = CancellationToken::new();
     let hour = Duration::from_secs(3600);
     let attempt = real_run(&checkpoint, &log);
@@ -93,7 +97,8 @@ async fn nothing_is_written_while_the_announcement_is_unconfirmed() {
 #[tokio::test]
 async fn a_task_still_running_after_the_delay_is_announced_while_it_runs() {
     let log = Log::default();
-    let (_checkpoint, announcement) = Checkpoint::default().announcing();
+    let mut checkpoint = Checkpoint::default();
+    let announcement = checkpoint.announcing();
     let turn = CancellationToken::new();
     let attempt = async {
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -137,7 +137,11 @@ pub async fn handle_delivery(
         worker_id: ctx.worker_id.clone(),
         at: started_at,
     });
-    if ctx.started_event_after.is_zero() {
+    let mut checkpoint = Checkpoint::resuming(&envelope);
+    // With a delay, the task is announced when its executor asks, before it writes, or
+    // once the delay is over; without, before it starts.
+    let announcement = (!ctx.started_event_after.is_zero()).then(|| checkpoint.announcing());
+    if announcement.is_none() {
         publish_event(ctx, events, &started_event).await?;
         if watch.cancelled() {
             // The cancel came while `task.started` was on its way: still nothing is touched.
@@ -157,13 +161,6 @@ pub async fn handle_delivery(
             tokio::time::sleep(limit).await;
             turn.cancel();
         })
-    };
-    let (checkpoint, announcement) = match ctx.started_event_after.is_zero() {
-        true => (Checkpoint::resuming(&envelope), None),
-        false => {
-            let (checkpoint, announcement) = Checkpoint::resuming(&envelope).announcing();
-            (checkpoint, Some(announcement))
-        }
     };
     let limits = Limits {
         task_timeout: ctx.task_timeout,

@@ -37,7 +37,7 @@ mod table;
 pub use table::{quote_ident, ColumnNames, RunsTable};
 
 use partitions::{PartitionCount, PartitionMode};
-use progress::ProgressTable;
+use progress::{Count, ProgressTable};
 use schema::{Schema, SchemaError};
 
 /// Ids shown in a result, as a sample of what was (or would be) deleted.
@@ -311,14 +311,15 @@ impl RunsExecutor {
             estimated: result.runs_estimated,
             cancel,
         };
-        // Rows deleted before a failure are gone: they are reported, and the next attempt
-        // (if any) counts on from them.
-        let failed = |result: &RunsResult, error: ExecError| {
+        // The progress so far, with this turn's working time: what a failure reports (rows
+        // deleted before it are gone, and the next attempt counts on from them) and what a
+        // stopped turn hands on.
+        let so_far = |result: &RunsResult| {
             let mut result = result.clone();
             result.duration_ms += started.elapsed().as_millis() as u64;
-            let progress = serde_json::to_value(&result).expect("progress serializes");
-            error.with_progress(progress)
+            serde_json::to_value(&result).expect("progress serializes")
         };
+        let failed = |result: &RunsResult, error: ExecError| error.with_progress(so_far(result));
         if params.dry_run {
             run.dry_run(params.max_rows, &mut result).await?;
             run.partitions_dry_run(params, &mut result).await?;
@@ -329,8 +330,7 @@ impl RunsExecutor {
             }
             if cancel.is_cancelled() {
                 // Cancelled (or stopped) while it was announced: still nothing is touched.
-                result.duration_ms += started.elapsed().as_millis() as u64;
-                let progress = serde_json::to_value(&result).expect("progress serializes");
+                let progress = so_far(&result);
                 return Ok(Execution::Interrupted { progress });
             }
             // What every copy of this task committed so far (a message delivered twice).
@@ -375,13 +375,12 @@ impl RunsExecutor {
                     .iter()
                     .any(|p| p.action == PartitionMode::Detach.action())
             {
-                match self
-                    .progress
-                    .pending_drop(&self.pool, envelope.task_id)
-                    .await
-                {
-                    Ok(Some(pending)) => run.finish_pending_drop(&pending).await,
-                    Ok(None) => {}
+                match self.progress.read(&self.pool, envelope.task_id).await {
+                    Ok(Some(Count {
+                        pending_drop: Some(pending),
+                        ..
+                    })) => run.finish_pending_drop(&pending).await,
+                    Ok(_) => {}
                     Err(error) => {
                         tracing::warn!(%error, "cannot read the task's pending partition drop")
                     }
@@ -389,8 +388,7 @@ impl RunsExecutor {
             }
             if !finished {
                 result.runs_matched = result.runs_deleted;
-                result.duration_ms += started.elapsed().as_millis() as u64;
-                let progress = serde_json::to_value(&result).expect("progress serializes");
+                let progress = so_far(&result);
                 return Ok(Execution::Interrupted { progress });
             }
             // The final count: whichever copy marks the task finished first fixes it.

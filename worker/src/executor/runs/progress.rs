@@ -296,23 +296,6 @@ impl ProgressTable {
         self.extended.load(Ordering::Acquire)
     }
 
-    /// The partition the task detached and has yet to drop, if the table can keep one.
-    pub async fn pending_drop(
-        &self,
-        pool: &PgPool,
-        task_id: Uuid,
-    ) -> Result<Option<PendingDrop>, sqlx::Error> {
-        if !self.records_estimates() {
-            return Ok(None);
-        }
-        let pending: Option<String> = sqlx::query_scalar(&self.pending_sql())
-            .bind(task_id)
-            .fetch_optional(pool)
-            .await?
-            .flatten();
-        Ok(pending.as_deref().and_then(PendingDrop::parse))
-    }
-
     /// `$1` task: the partition it detached and has yet to drop (`<oid> <xmin> <name>`), if
     /// any.
     pub fn pending_sql(&self) -> String {
