@@ -107,7 +107,11 @@ impl TestApp {
         let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         TestApp {
             address,
-            client: reqwest::Client::new(),
+            // No request of a test takes a minute: one that does fails instead of hanging.
+            client: reqwest::Client::builder()
+                .timeout(crate::STOP_LIMIT)
+                .build()
+                .expect("an HTTP client"),
             pool,
             shutdown,
             handle: Some(handle),
@@ -231,7 +235,7 @@ impl TestApp {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
-            handle.await.unwrap().unwrap();
+            crate::stopped("the API", handle).await;
         }
         self.pool.close().await;
     }

@@ -201,7 +201,7 @@ impl TestBroker {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         let topology = self.topology.clone();
-        crate::teardown(async move {
+        crate::teardown("the test's AMQP prefix", async move {
             if let Ok(conn) =
                 Connection::connect(&amqp_base(), ConnectionProperties::default()).await
             {

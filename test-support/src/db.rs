@@ -49,7 +49,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        crate::teardown(async move {
+        crate::teardown("the test database", async move {
             if let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", pg_base())).await {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .execute(&mut admin)

@@ -38,9 +38,14 @@ pub use signing::{key_ring, SIGNING_KEYS};
 pub use stack::Stack;
 pub use workers::{build_worker, runs_database_flag, temp_root_flag, TestWorker};
 
-/// Run `cleanup` to its end on a thread and runtime of its own, and wait for it: a `Drop`
-/// runs outside any async context it could await in.
-fn teardown<F>(cleanup: F)
+/// Longest a test waits for a component to stop or for a teardown: a hang there fails the
+/// test with a message instead of holding the whole suite until CI gives up.
+pub const STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Run `cleanup` on a thread and runtime of its own, and wait for it, at most
+/// [`STOP_LIMIT`]: a `Drop` runs outside any async context it could await in. What it
+/// leaves behind when it times out is said on stderr (the test's output).
+fn teardown<F>(what: &'static str, cleanup: F)
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -49,7 +54,23 @@ where
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(cleanup);
+        if rt
+            .block_on(async { tokio::time::timeout(STOP_LIMIT, cleanup).await })
+            .is_err()
+        {
+            eprintln!("teardown of {what} did not finish within {STOP_LIMIT:?}; left behind");
+        }
     })
     .join();
+}
+
+/// Wait for a spawned component (API, worker) to exit, at most [`STOP_LIMIT`]; it must
+/// exit cleanly.
+async fn stopped(what: &str, handle: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    match tokio::time::timeout(STOP_LIMIT, handle).await {
+        Ok(exit) => exit
+            .unwrap_or_else(|e| panic!("{what} panicked: {e}"))
+            .unwrap_or_else(|e| panic!("{what} exited with an error: {e:#}")),
+        Err(_) => panic!("{what} did not stop within {STOP_LIMIT:?} of its shutdown"),
+    }
 }

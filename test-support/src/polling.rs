@@ -6,18 +6,21 @@ use serde_json::Value;
 
 use crate::app::TestApp;
 
-/// Wait until `check` holds, polling; fail with `what` after `within`.
+/// Wait until `check` holds, polling; fail with `what` after `within`, also when a check
+/// itself hangs.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+    loop {
+        match tokio::time::timeout_at(deadline, check()).await {
+            Ok(true) => return,
+            Ok(false) if tokio::time::Instant::now() < deadline => {}
+            Ok(false) => panic!("timed out waiting for: {what}"),
+            Err(_) => panic!("timed out waiting for: {what} (the last check was still running)"),
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -34,6 +37,7 @@ pub async fn enqueue(app: &TestApp, path: &str, body: Value) -> String {
 pub async fn wait_for(app: &TestApp, task_id: &str, finished: &[&str], within: Duration) -> Value {
     let deadline = tokio::time::Instant::now() + within;
     loop {
+        // The client gives up on a request that does not answer (`STOP_LIMIT`).
         let task: Value = app
             .get(&format!("/tasks/{task_id}"))
             .await

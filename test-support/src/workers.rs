@@ -87,7 +87,7 @@ impl TestWorker {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
-            handle.await.unwrap().unwrap();
+            crate::stopped("the worker", handle).await;
         }
     }
 }
