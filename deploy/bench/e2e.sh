@@ -12,7 +12,9 @@
 # process, RabbitMQ's beam.smp, the load generator) and the peak RSS of API and workers;
 # then where the tasks waited (p50 / p99, from the ledger's timestamps: outbox to the
 # relay's claim, queue to the worker, the work, the result to the recorder's commit).
-# API_LOG_LEVEL sets producer-api's LOG_LEVEL (e.g. warn,producer_api::relay=debug).
+# API_LOG_LEVEL sets producer-api's LOG_LEVEL (e.g. warn,producer_api::relay=debug);
+# LEDGER_SQL runs on the ledger once the API has migrated it, before the load (what-if
+# experiments: "ALTER TABLE cleanup_tasks SET (fillfactor = 70)").
 #
 #   N=3000 C=32 W=1 WORKER_CONCURRENCY=8 deploy/bench/e2e.sh
 #   RUNS="1:8 1:16 2:16" deploy/bench/e2e.sh     # several setups in one run (W:CONCURRENCY)
@@ -103,6 +105,8 @@ for setup in $RUNS; do
     pids+=($!)
     for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
   done
+  # What-if experiments on the ledger (a fillfactor, an index dropped) without a rebuild.
+  [ -z "${LEDGER_SQL:-}" ] || sql "$LEDGER" -c "$LEDGER_SQL"
   sleep 1
   pg_before=$(ticks $(pg_pids)) beam_before=$(ticks $(beam_pids)) api_before=$(ticks "$api_pid")
   declare -A worker_before=()
@@ -154,5 +158,13 @@ print(f'{q(0.50):.1f} {q(0.99):.1f}')")
       for c in relay queue work record; do
         printf "round(percentile_cont(0.5) WITHIN GROUP (ORDER BY %s)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY %s)::numeric, 1)," "$c" "$c"
       done | sed 's/,$//')) FROM s"
+  # What the ledger wrote per task (its database is this run's own): row updates, the
+  # share of them HOT (no new index entries), and bytes of table and of indexes.
+  value "$LEDGER" "
+    SELECT format('       ledger per task: %s row updates (%s%% HOT), %s B of tables, %s B of indexes',
+      round(sum(n_tup_upd)::numeric / $N, 2),
+      round(100.0 * sum(n_tup_hot_upd) / greatest(sum(n_tup_upd), 1)),
+      sum(pg_table_size(relid)) / $N, sum(pg_indexes_size(relid)) / $N)
+    FROM pg_stat_user_tables WHERE relname IN ('cleanup_tasks', 'cleanup_outbox')"
   for p in "${worker_pids[@]}" "$api_pid"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 done

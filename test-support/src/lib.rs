@@ -13,7 +13,8 @@
 //! - [`workers`]: [`TestWorker`], an in-process worker on port 0; its command-line flags.
 //! - [`runs_db`]: [`RunsDb`], a database holding the shipped runs schema.
 //! - [`stack`]: [`Stack`], database + prefix + API in one call, the start of most tests.
-//! - [`polling`]: [`eventually`], [`enqueue`], [`wait_for`], [`DONE`], [`run_task`].
+//! - [`polling`]: [`eventually`], [`enqueue`], [`wait_for`], [`wait_until`], [`DONE`],
+//!   [`run_task`].
 //! - [`net`]: [`TcpProxy`], to cut a service off for one test; [`free_port`].
 //!
 //! Everything is also re-exported here: `use test_support::*;`.
@@ -32,7 +33,7 @@ pub use app::{runs_body, AppOptions, TestApp, TOKEN};
 pub use broker::{amqp_base, TestBroker};
 pub use db::{pg_base, TestDb};
 pub use net::{free_port, TcpProxy};
-pub use polling::{enqueue, eventually, run_task, wait_for, DONE};
+pub use polling::{enqueue, eventually, run_task, wait_for, wait_until, DONE};
 pub use runs_db::RunsDb;
 pub use signing::{key_ring, SIGNING_KEYS};
 pub use stack::Stack;

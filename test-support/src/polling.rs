@@ -35,21 +35,32 @@ pub async fn enqueue(app: &TestApp, path: &str, body: Value) -> String {
 
 /// Poll `GET /tasks/{id}` until its status is one of `finished`; return the task.
 pub async fn wait_for(app: &TestApp, task_id: &str, finished: &[&str], within: Duration) -> Value {
+    let what = format!("{finished:?}");
+    wait_until(app, task_id, within, &what, |task| {
+        finished.contains(&task["status"].as_str().unwrap_or_default())
+    })
+    .await
+}
+
+/// Poll `GET /tasks/{id}` until the task satisfies `check` (described by `what`); return
+/// the task.
+pub async fn wait_until(
+    app: &TestApp,
+    task_id: &str,
+    within: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         // The client gives up on a request that does not answer (`STOP_LIMIT`).
-        let task: Value = app
-            .get(&format!("/tasks/{task_id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if finished.contains(&task["status"].as_str().unwrap_or_default()) {
+        let task = app.task(task_id).await;
+        if check(&task) {
             return task;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "task {task_id} did not reach {finished:?} within {within:?}: {task}"
+            "task {task_id} did not reach {what} within {within:?}: {task}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
