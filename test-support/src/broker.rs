@@ -17,6 +17,23 @@ pub fn amqp_base() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The broker's `host:port` (of [`amqp_base`]), for a [`crate::TcpProxy`] in front of it.
+pub fn amqp_address() -> String {
+    let uri: lapin::uri::AMQPUri = amqp_base().parse().expect("a valid TEST_AMQP_URL");
+    format!("{}:{}", uri.authority.host, uri.authority.port)
+}
+
+/// [`amqp_base`] through a proxy listening on `proxy` instead of the broker itself.
+pub fn amqp_via(proxy: std::net::SocketAddr) -> String {
+    let base = amqp_base();
+    let address = amqp_address();
+    assert!(
+        base.contains(&address),
+        "TEST_AMQP_URL must spell out host and port: {base}"
+    );
+    base.replacen(&address, &proxy.to_string(), 1)
+}
+
 /// An AMQP prefix of its own for one test; its exchanges and queues are deleted at the end.
 pub struct TestBroker {
     pub topology: Topology,

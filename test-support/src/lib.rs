@@ -30,7 +30,7 @@ pub mod stack;
 pub mod workers;
 
 pub use app::{runs_body, AppOptions, TestApp, TOKEN};
-pub use broker::{amqp_base, TestBroker};
+pub use broker::{amqp_address, amqp_base, amqp_via, TestBroker};
 pub use db::{pg_base, TestDb};
 pub use net::{free_port, TcpProxy};
 pub use polling::{enqueue, eventually, run_task, wait_for, wait_until, DONE};

@@ -13,6 +13,7 @@ pub struct TcpProxy {
     /// Where to connect instead of the service.
     pub addr: SocketAddr,
     enabled: Arc<AtomicBool>,
+    frozen: Arc<AtomicBool>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -24,14 +25,15 @@ impl TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let enabled = Arc::new(AtomicBool::new(enabled));
+        let frozen = Arc::new(AtomicBool::new(false));
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let upstream = upstream.to_owned();
         let accept = {
-            let enabled = enabled.clone();
+            let (enabled, frozen) = (enabled.clone(), frozen.clone());
             let connections = connections.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((mut inbound, _)) = listener.accept().await else {
+                    let Ok((inbound, _)) = listener.accept().await else {
                         return;
                     };
                     if !enabled.load(Ordering::SeqCst) {
@@ -39,10 +41,15 @@ impl TcpProxy {
                         continue;
                     }
                     let upstream = upstream.clone();
+                    let frozen = frozen.clone();
                     let task = tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        if let Ok(outbound) = TcpStream::connect(&upstream).await {
+                            let (from_client, to_client) = inbound.into_split();
+                            let (from_service, to_service) = outbound.into_split();
+                            tokio::join!(
+                                forward(from_client, to_service, &frozen),
+                                forward(from_service, to_client, &frozen),
+                            );
                         }
                     });
                     connections.lock().unwrap().push(task);
@@ -52,9 +59,16 @@ impl TcpProxy {
         Self {
             addr,
             enabled,
+            frozen,
             connections,
             accept,
         }
+    }
+
+    /// Stop passing bytes either way on the open connections, leaving them open: a peer
+    /// that stops answering (a network partition, a hung service).
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
     }
 
     /// Refuse new connections and cut the open ones.
@@ -85,4 +99,26 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Copy bytes from `from` to `to` until either side closes, holding them while `frozen`.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: &AtomicBool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
 }

@@ -13,9 +13,14 @@ use crate::signing::SIGNING_KEYS;
 /// The flags every test worker starts with: the broker, `broker`'s prefix, metrics on
 /// port 0.
 fn base_args(broker: &TestBroker) -> Vec<String> {
+    base_args_via(broker, &amqp_base())
+}
+
+/// [`base_args`] on another URL of the broker (through a proxy, say).
+fn base_args_via(broker: &TestBroker, amqp_url: &str) -> Vec<String> {
     vec![
         "worker".to_owned(),
-        format!("--amqp-url={}", amqp_base()),
+        format!("--amqp-url={amqp_url}"),
         format!("--amqp-prefix={}", broker.prefix()),
         "--metrics-addr=127.0.0.1:0".to_owned(),
     ]
@@ -44,7 +49,13 @@ impl TestWorker {
     /// `--temp-roots=…`, ...): concurrency 2, retries after 300 ms without jitter, the
     /// test key ring.
     pub async fn spawn(broker: &TestBroker, extra: &[String]) -> Self {
-        let mut args = base_args(broker);
+        Self::spawn_via(broker, &amqp_base(), extra).await
+    }
+
+    /// [`TestWorker::spawn`], reaching the broker at `amqp_url` ([`crate::amqp_via`] a
+    /// proxy).
+    pub async fn spawn_via(broker: &TestBroker, amqp_url: &str, extra: &[String]) -> Self {
+        let mut args = base_args_via(broker, amqp_url);
         args.extend([
             "--worker-concurrency=2".to_owned(),
             "--retry-initial-delay=300ms".to_owned(),

@@ -253,7 +253,11 @@ async fn receive(ctx: &WorkerContext, delivery: &Delivery) -> anyhow::Result<Opt
             .offset
             .fetch_max(*offset, Ordering::Relaxed);
     }
-    delivery.ack(BasicAckOptions::default()).await?;
+    amqp::settled(delivery.ack(BasicAckOptions::default()))
+        .await
+        .ok_or_else(|| {
+            anyhow::anyhow!("the broker did not answer an ack on the cancellation stream")
+        })??;
     Ok(marker)
 }
 

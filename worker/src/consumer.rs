@@ -259,19 +259,45 @@ impl Session {
     /// Graceful end: stop taking deliveries, let in-flight tasks finish, say goodbye.
     async fn finish(self, ctx: &WorkerContext, tasks: &TaskTracker) {
         for (channel, consumer, _) in &self.consumers {
-            let _ = channel
-                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                .await;
+            // Unanswered when the connection is dropping right now; closing it below ends
+            // the consumer anyway.
+            let _ =
+                amqp::settled(channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()))
+                    .await;
         }
         tasks.close();
-        tasks.wait().await;
+        // A turn stops within the stop grace, then publishes its continuation and acks,
+        // each bounded; past that, what is left returns to its queue when the connection
+        // closes (as after a crash).
+        let limit = ctx.stop_grace + amqp::CONFIRM_TIMEOUT + amqp::SETTLE_TIMEOUT;
+        if tokio::time::timeout(limit, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                in_flight = tasks.len(),
+                ?limit,
+                "in-flight tasks did not end in time; they return to their queues"
+            );
+        }
         let event = Event::WorkerStopped(WorkerStopped {
             worker_id: ctx.worker_id.clone(),
             at: Utc::now(),
             processed: ctx.processed.load(Ordering::Relaxed),
         });
-        if let Err(error) = publish_event(ctx, &self.events, &event).await {
-            tracing::warn!(%error, "worker.stopped not published");
+        // A goodbye is a courtesy: without it the ledger marks this worker lost once its
+        // heartbeats stop. So it gets only a short wait.
+        let goodbye = tokio::time::timeout(
+            amqp::SETTLE_TIMEOUT,
+            publish_event(ctx, &self.events, &event),
+        );
+        if !self.connection.status().connected() {
+            tracing::warn!("no broker connection; worker.stopped not published");
+        } else {
+            match goodbye.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "worker.stopped not published"),
+                Err(_) => {
+                    tracing::warn!(timeout = ?amqp::SETTLE_TIMEOUT, "worker.stopped not confirmed in time")
+                }
+            }
         }
         amqp::close(&self.connection, "worker stopping").await;
         tracing::info!("worker stopped consuming");

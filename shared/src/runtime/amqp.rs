@@ -142,6 +142,10 @@ pub async fn retire(connection: Connection, reason: &str) {
 /// How long a replaced connection is watched for a late recovery ([`retire`]).
 const RETIRE_WATCH: Duration = Duration::from_secs(300);
 
+/// Longest a supervisor waits for `connect` to set a session up: longer than any step's
+/// own limit (a worker reads the cancellation stream up to now for at most 60 s).
+pub const SETUP_LIMIT: Duration = Duration::from_secs(90);
+
 /// How a session on one connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionEnd {
@@ -172,7 +176,13 @@ pub async fn supervise<T, C, CF, S, SF>(
     };
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        match connect().await {
+        // Setting up a session may wait on a broker that accepts TCP but does not answer.
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            connected = tokio::time::timeout(SETUP_LIMIT, connect()) => connected
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no session within {SETUP_LIMIT:?}"))),
+        };
+        match connected {
             Ok(connected) => {
                 failures = 0;
                 match session(connected).await {
@@ -293,7 +303,7 @@ pub async fn start_publish_with_headers(
 }
 
 /// Publish one message and wait for the broker's confirmation, at most
-/// [`CONFIRM_TIMEOUT`].
+/// [`CONFIRM_TIMEOUT`] for the send and the confirmation together.
 pub async fn publish(channel: &Channel, message: &OutgoingMessage<'_>) -> Result<(), PublishError> {
     publish_with_headers(channel, message, &[]).await
 }
@@ -304,10 +314,27 @@ pub async fn publish_with_headers(
     message: &OutgoingMessage<'_>,
     extra_headers: &[(&str, String)],
 ) -> Result<(), PublishError> {
-    let confirm = start_publish_with_headers(channel, message, extra_headers).await?;
-    tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+    // The send too: lapin holds frames while the broker blocks the connection (a memory
+    // or disk alarm) or while it recovers one.
+    let published = async {
+        let confirm = start_publish_with_headers(channel, message, extra_headers).await?;
+        confirm.await
+    };
+    tokio::time::timeout(CONFIRM_TIMEOUT, published)
         .await
         .unwrap_or(Err(PublishError::Unconfirmed(CONFIRM_TIMEOUT)))
+}
+
+/// How long an ack, a reject or a consumer's cancel may take: one on a connection caught
+/// in a broker restart may never complete (lapin holds it for its recovery).
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Await an ack, a reject or another small request to the broker, at most
+/// [`SETTLE_TIMEOUT`]; `None` when it timed out.
+pub async fn settled<T>(
+    request: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Option<lapin::Result<T>> {
+    tokio::time::timeout(SETTLE_TIMEOUT, request).await.ok()
 }
 
 impl crate::signing::Headers for FieldTable {

@@ -97,14 +97,29 @@ pub enum Outcome {
 }
 
 /// The step failed before the delivery could be settled (the broker is unreachable for
-/// events); the caller leaves the delivery to be redelivered.
+/// events, or does not take the ack); the caller leaves the delivery to be redelivered.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot settle the delivery: {0}")]
-pub struct StepError(#[from] pub PublishError);
+pub enum StepError {
+    #[error("cannot settle the delivery: {0}")]
+    Publish(#[from] PublishError),
+    #[error("cannot settle the delivery: the broker did not answer the ack within {0:?}")]
+    Unsettled(std::time::Duration),
+}
 
 impl From<lapin::Error> for StepError {
     fn from(error: lapin::Error) -> Self {
-        StepError(PublishError::Amqp(error))
+        StepError::Publish(PublishError::Amqp(error))
+    }
+}
+
+/// Ack or reject a delivery, at most [`amqp::SETTLE_TIMEOUT`]: one on a connection caught
+/// in a broker restart may never be answered.
+pub(crate) async fn settle<T>(
+    request: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, StepError> {
+    match amqp::settled(request).await {
+        Some(result) => Ok(result?),
+        None => Err(StepError::Unsettled(amqp::SETTLE_TIMEOUT)),
     }
 }
 
@@ -178,7 +193,7 @@ pub async fn handle_delivery(
             let publish = publish_event(ctx, events, &started_event);
             announced(attempt, ctx.started_event_after, asked, publish, &turn)
                 .await
-                .map_err(StepError)
+                .map_err(StepError::Publish)
         }
     };
     budget.abort();
@@ -261,7 +276,7 @@ pub async fn handle_delivery(
             Outcome::Failed { task_id, retryable }
         }
     };
-    delivery.ack(BasicAckOptions::default()).await?;
+    settle(delivery.ack(BasicAckOptions::default())).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(outcome)
 }

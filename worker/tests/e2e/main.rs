@@ -13,5 +13,6 @@ mod runs_partition_drops;
 mod runs_partitions;
 mod runs_safety;
 mod runs_schema;
+mod shutdown;
 mod started;
 mod temp_files;
