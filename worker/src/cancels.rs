@@ -253,11 +253,7 @@ async fn receive(ctx: &WorkerContext, delivery: &Delivery) -> anyhow::Result<Opt
             .offset
             .fetch_max(*offset, Ordering::Relaxed);
     }
-    amqp::settled(delivery.ack(BasicAckOptions::default()))
-        .await
-        .ok_or_else(|| {
-            anyhow::anyhow!("the broker did not answer an ack on the cancellation stream")
-        })??;
+    delivery.ack(BasicAckOptions::default()).await?;
     Ok(marker)
 }
 

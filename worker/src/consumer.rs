@@ -81,7 +81,9 @@ struct Session {
 }
 
 async fn connect(ctx: &WorkerContext, config: &ConsumerConfig) -> anyhow::Result<Session> {
-    let connection = amqp::connect(&config.amqp_url, &format!("worker {}", ctx.worker_id)).await?;
+    let connection = amqp::Setup::new(
+        amqp::connect(&config.amqp_url, &format!("worker {}", ctx.worker_id)).await?,
+    );
     let events = amqp::confirm_channel(&connection).await?;
     ctx.topology.declare(&events).await?;
     // Every cancellation published so far is known before the first task is taken.
@@ -103,7 +105,7 @@ async fn connect(ctx: &WorkerContext, config: &ConsumerConfig) -> anyhow::Result
         consumers.push((channel, consumer, *kind));
     }
     Ok(Session {
-        connection,
+        connection: connection.done(),
         events,
         cancels,
         consumers,
@@ -258,18 +260,18 @@ async fn heartbeat_loop(
 impl Session {
     /// Graceful end: stop taking deliveries, let in-flight tasks finish, say goodbye.
     async fn finish(self, ctx: &WorkerContext, tasks: &TaskTracker) {
-        for (channel, consumer, _) in &self.consumers {
-            // Unanswered when the connection is dropping right now; closing it below ends
-            // the consumer anyway.
-            let _ =
-                amqp::settled(channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()))
-                    .await;
-        }
+        // Each cancel is unanswered when the broker stops answering right now (lapin then
+        // holds it for a recovery); closing the connection below ends the consumers anyway.
+        let cancels = self.consumers.iter().map(|(channel, consumer, _)| {
+            let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+            tokio::time::timeout(amqp::STOP_REQUEST_TIMEOUT, cancel)
+        });
+        futures::future::join_all(cancels).await;
         tasks.close();
-        // A turn stops within the stop grace, then publishes its continuation and acks,
-        // each bounded; past that, what is left returns to its queue when the connection
-        // closes (as after a crash).
-        let limit = ctx.stop_grace + amqp::CONFIRM_TIMEOUT + amqp::SETTLE_TIMEOUT;
+        // A turn stops within the stop grace, then publishes its continuation (its confirm
+        // bounded) and acks. Past that, what is left returns to its queue when the
+        // connection closes, as after a crash.
+        let limit = ctx.stop_grace + amqp::CONFIRM_TIMEOUT + amqp::STOP_REQUEST_TIMEOUT;
         if tokio::time::timeout(limit, tasks.wait()).await.is_err() {
             tracing::warn!(
                 in_flight = tasks.len(),
@@ -285,7 +287,7 @@ impl Session {
         // A goodbye is a courtesy: without it the ledger marks this worker lost once its
         // heartbeats stop. So it gets only a short wait.
         let goodbye = tokio::time::timeout(
-            amqp::SETTLE_TIMEOUT,
+            amqp::STOP_REQUEST_TIMEOUT,
             publish_event(ctx, &self.events, &event),
         );
         if !self.connection.status().connected() {
@@ -295,7 +297,7 @@ impl Session {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::warn!(%error, "worker.stopped not published"),
                 Err(_) => {
-                    tracing::warn!(timeout = ?amqp::SETTLE_TIMEOUT, "worker.stopped not confirmed in time")
+                    tracing::warn!(timeout = ?amqp::STOP_REQUEST_TIMEOUT, "worker.stopped not confirmed in time")
                 }
             }
         }

@@ -139,6 +139,40 @@ pub async fn retire(connection: Connection, reason: &str) {
     });
 }
 
+/// A connection whose session is being set up: retired ([`retire`]) if the setup fails or
+/// is abandoned (past [`SETUP_LIMIT`], on shutdown), so that a recovery lapin completes
+/// later cannot bring back consumers that nobody reads.
+pub struct Setup(Option<Connection>);
+
+impl Setup {
+    pub fn new(connection: Connection) -> Self {
+        Self(Some(connection))
+    }
+
+    /// The setup succeeded: the session owns the connection from now on.
+    pub fn done(mut self) -> Connection {
+        self.0.take().expect("a setup is done once")
+    }
+}
+
+impl std::ops::Deref for Setup {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.0.as_ref().expect("a setup is done once")
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let (Some(connection), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(retire(connection, "session setup failed"));
+        }
+    }
+}
+
 /// How long a replaced connection is watched for a late recovery ([`retire`]).
 const RETIRE_WATCH: Duration = Duration::from_secs(300);
 
@@ -303,7 +337,7 @@ pub async fn start_publish_with_headers(
 }
 
 /// Publish one message and wait for the broker's confirmation, at most
-/// [`CONFIRM_TIMEOUT`] for the send and the confirmation together.
+/// [`CONFIRM_TIMEOUT`].
 pub async fn publish(channel: &Channel, message: &OutgoingMessage<'_>) -> Result<(), PublishError> {
     publish_with_headers(channel, message, &[]).await
 }
@@ -314,28 +348,19 @@ pub async fn publish_with_headers(
     message: &OutgoingMessage<'_>,
     extra_headers: &[(&str, String)],
 ) -> Result<(), PublishError> {
-    // The send too: lapin holds frames while the broker blocks the connection (a memory
-    // or disk alarm) or while it recovers one.
-    let published = async {
-        let confirm = start_publish_with_headers(channel, message, extra_headers).await?;
-        confirm.await
-    };
-    tokio::time::timeout(CONFIRM_TIMEOUT, published)
+    // Only the confirm is bounded: the send waits while RabbitMQ blocks publishers (a
+    // memory or disk alarm), and a send given up on would still go out once the alarm
+    // clears, so the caller could not treat it as unsent.
+    let confirm = start_publish_with_headers(channel, message, extra_headers).await?;
+    tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
         .await
         .unwrap_or(Err(PublishError::Unconfirmed(CONFIRM_TIMEOUT)))
 }
 
-/// How long an ack, a reject or a consumer's cancel may take: one on a connection caught
-/// in a broker restart may never complete (lapin holds it for its recovery).
-pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Await an ack, a reject or another small request to the broker, at most
-/// [`SETTLE_TIMEOUT`]; `None` when it timed out.
-pub async fn settled<T>(
-    request: impl std::future::Future<Output = lapin::Result<T>>,
-) -> Option<lapin::Result<T>> {
-    tokio::time::timeout(SETTLE_TIMEOUT, request).await.ok()
-}
+/// How long a stopping process waits for a consumer's cancel or its goodbye: on a
+/// connection caught in a partition they may never be answered (lapin holds them for a
+/// recovery).
+pub const STOP_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl crate::signing::Headers for FieldTable {
     fn text(&self, key: &str) -> Option<String> {

@@ -12,7 +12,7 @@ use shared::events::{Event, TaskCancelled};
 use shared::tasks::TaskKind;
 use uuid::Uuid;
 
-use super::{publish_event, settle, Outcome, StepError, WorkerContext};
+use super::{publish_event, Outcome, StepError, WorkerContext};
 
 /// Skip a delivery of a cancelled task without running it: report `task.cancelled` with
 /// what the task deleted before (for a runs cleanup, the committed count in the runs
@@ -39,7 +39,7 @@ pub(super) async fn skip_cancelled(
         progress: with_committed(envelope.progress.clone(), committed),
     };
     report_cancelled(ctx, events, task_id, kind, stop).await?;
-    settle(delivery.ack(BasicAckOptions::default())).await?;
+    delivery.ack(BasicAckOptions::default()).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(Outcome::Cancelled { task_id, started })
 }

@@ -97,29 +97,14 @@ pub enum Outcome {
 }
 
 /// The step failed before the delivery could be settled (the broker is unreachable for
-/// events, or does not take the ack); the caller leaves the delivery to be redelivered.
+/// events); the caller leaves the delivery to be redelivered.
 #[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    #[error("cannot settle the delivery: {0}")]
-    Publish(#[from] PublishError),
-    #[error("cannot settle the delivery: the broker did not answer the ack within {0:?}")]
-    Unsettled(std::time::Duration),
-}
+#[error("cannot settle the delivery: {0}")]
+pub struct StepError(#[from] pub PublishError);
 
 impl From<lapin::Error> for StepError {
     fn from(error: lapin::Error) -> Self {
-        StepError::Publish(PublishError::Amqp(error))
-    }
-}
-
-/// Ack or reject a delivery, at most [`amqp::SETTLE_TIMEOUT`]: one on a connection caught
-/// in a broker restart may never be answered.
-pub(crate) async fn settle<T>(
-    request: impl std::future::Future<Output = lapin::Result<T>>,
-) -> Result<T, StepError> {
-    match amqp::settled(request).await {
-        Some(result) => Ok(result?),
-        None => Err(StepError::Unsettled(amqp::SETTLE_TIMEOUT)),
+        StepError(PublishError::Amqp(error))
     }
 }
 
@@ -193,7 +178,7 @@ pub async fn handle_delivery(
             let publish = publish_event(ctx, events, &started_event);
             announced(attempt, ctx.started_event_after, asked, publish, &turn)
                 .await
-                .map_err(StepError::Publish)
+                .map_err(StepError)
         }
     };
     budget.abort();
@@ -276,7 +261,7 @@ pub async fn handle_delivery(
             Outcome::Failed { task_id, retryable }
         }
     };
-    settle(delivery.ack(BasicAckOptions::default())).await?;
+    delivery.ack(BasicAckOptions::default()).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(outcome)
 }

@@ -14,7 +14,7 @@ use shared::events::{ErrorClass, Event, TaskDead, TaskError};
 use shared::tasks::TaskKind;
 use uuid::Uuid;
 
-use super::{publish_event, report_failure, settle, Failure, Outcome, StepError, WorkerContext};
+use super::{publish_event, report_failure, Failure, Outcome, StepError, WorkerContext};
 
 /// Why a delivery is not run.
 #[derive(Debug)]
@@ -122,7 +122,9 @@ pub(super) async fn reject_poison(
         }),
     )
     .await?;
-    settle(delivery.reject(BasicRejectOptions { requeue: false })).await?;
+    delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await?;
     ctx.metrics
         .poison
         .with_label_values(&[queue_kind.as_str()])
@@ -166,7 +168,7 @@ async fn report_newer_schema(
         "task message of a newer schema version",
     )
     .await?;
-    settle(delivery.ack(BasicAckOptions::default())).await?;
+    delivery.ack(BasicAckOptions::default()).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(Outcome::Failed {
         task_id: head.task_id,

@@ -49,6 +49,7 @@ async fn a_worker_whose_broker_stops_answering_as_it_stops_still_exits() {
     let worker = stack.worker(&[runs_database_flag(runs.db.url())]).await;
     let task = wait_for(&stack.app, &id, DONE, Duration::from_secs(120)).await;
     assert_eq!(task["status"], "succeeded", "{task}");
+    assert_eq!(task["result"]["runs_deleted"], ROWS, "every row counted once: {task}");
     assert_eq!(runs.count("SELECT count(*) FROM runs").await, 0);
     worker.stop().await;
     stack.stop().await;
