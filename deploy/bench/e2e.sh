@@ -164,7 +164,7 @@ print(f'{q(0.50):.1f} {q(0.99):.1f}')")
     SELECT format('       ledger per task: %s row updates (%s%% HOT), %s B of tables, %s B of indexes',
       round(sum(n_tup_upd)::numeric / $N, 2),
       round(100.0 * sum(n_tup_hot_upd) / greatest(sum(n_tup_upd), 1)),
-      sum(pg_table_size(relid)) / $N, sum(pg_indexes_size(relid)) / $N)
+      round(sum(pg_table_size(relid))::numeric / $N), round(sum(pg_indexes_size(relid))::numeric / $N))
     FROM pg_stat_user_tables WHERE relname IN ('cleanup_tasks', 'cleanup_outbox')"
   for p in "${worker_pids[@]}" "$api_pid"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 done
