@@ -8,7 +8,8 @@ use serde_json::Value;
 use crate::app::{AppOptions, TestApp};
 use crate::broker::TestBroker;
 use crate::db::TestDb;
-use crate::polling::{enqueue, run_task};
+use crate::polling::{enqueue, eventually, run_task};
+use crate::runs_db::RunsDb;
 use crate::workers::TestWorker;
 
 /// A [`TestDb`], a [`TestBroker`] and a [`TestApp`] on them. Dropping it stops the API,
@@ -50,6 +51,25 @@ impl Stack {
     /// A worker on the stack's prefix with these extra flags ([`TestWorker::spawn`]).
     pub async fn worker(&self, extra: &[String]) -> TestWorker {
         TestWorker::spawn(&self.broker, extra).await
+    }
+
+    /// Enqueue a real `cleanup_runs` (rows older than 24 h, batches of 1,000) and wait,
+    /// at most `within`, until its worker has deleted some of the rows `runs` holds; the
+    /// task id.
+    pub async fn cleanup_under_way(&self, runs: &RunsDb, within: Duration) -> String {
+        let count = "SELECT count(*) FROM runs";
+        let before = runs.count(count).await;
+        let id = self
+            .enqueue(
+                "/maintenance/cleanup-runs",
+                serde_json::json!({"max_age_hours": 24, "batch_size": 1000}),
+            )
+            .await;
+        eventually(within, "the cleanup is deleting", || async {
+            runs.count(count).await < before
+        })
+        .await;
+        id
     }
 
     /// [`enqueue`] through the stack's API; the task id.
