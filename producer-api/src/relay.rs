@@ -217,7 +217,21 @@ impl Relay {
                 }
                 continue;
             }
-            match self.relay_batch(channel).await {
+            let batch = self.relay_batch(channel);
+            tokio::pin!(batch);
+            let result = tokio::select! {
+                result = &mut batch => result,
+                // A batch under way gets a moment to finish; one the broker does not
+                // answer is rolled back (its messages go out again from the next relay).
+                _ = shutdown.cancelled() => match tokio::time::timeout(amqp::STOP_REQUEST_TIMEOUT, &mut batch).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("relay batch unfinished at shutdown; rolled back");
+                        return SessionEnd::Shutdown;
+                    }
+                },
+            };
+            match result {
                 Ok(sent) if sent as u32 >= self.config.batch_size => continue,
                 Ok(_) => {}
                 Err(RoundError::Broker(error)) => {

@@ -4,14 +4,10 @@ use serde_json::Value;
 use shared::tasks::TaskKind;
 use test_support::*;
 
-fn amqp_via(addr: std::net::SocketAddr) -> String {
-    format!("amqp://guest:guest@{addr}/%2f")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_accepted_while_rabbitmq_is_unreachable_are_published_when_it_is_back() {
     // Start with the broker unreachable.
-    let proxy = TcpProxy::start("127.0.0.1:5672", false).await;
+    let proxy = TcpProxy::start(&amqp_address(), false).await;
     let stack = Stack::start_with(AppOptions {
         amqp_url: Some(amqp_via(proxy.addr)),
         ..Default::default()
@@ -113,4 +109,35 @@ async fn enqueue_answers_503_while_the_database_is_unreachable() {
         "the refused requests stored nothing"
     );
     app.stop().await;
+}
+
+/// RabbitMQ stops answering the API (a partition: its connections stay open, nothing
+/// passes) while its relay has a task to publish, and the API is then told to stop: it
+/// must still exit, its relay and recorder included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_whose_broker_stops_answering_still_stops() {
+    let proxy = TcpProxy::start(&amqp_address(), true).await;
+    let stack = Stack::start_with(AppOptions {
+        amqp_url: Some(amqp_via(proxy.addr)),
+        ..Default::default()
+    })
+    .await;
+    let app = &stack.app;
+    enqueue(app, "/maintenance/cleanup-runs", runs_body()).await;
+    app.wait_outbox_empty(Duration::from_secs(10)).await;
+
+    proxy.freeze();
+    enqueue(app, "/maintenance/cleanup-runs", runs_body()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = std::time::Instant::now();
+    // Fails the test if the API has not exited within the harness's STOP_LIMIT.
+    stack.stop().await;
+    let took = asked.elapsed();
+    eprintln!("the API exited {took:?} after it was told to stop");
+    // Not a performance bound: a stop that waits out the relay's publish timeout (30 s)
+    // instead of giving the batch a short grace is the bug this test is about.
+    assert!(
+        took < Duration::from_secs(25),
+        "the API waited out the relay batch: {took:?}"
+    );
 }
