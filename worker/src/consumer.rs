@@ -285,21 +285,22 @@ impl Session {
             processed: ctx.processed.load(Ordering::Relaxed),
         });
         // A goodbye is a courtesy: without it the ledger marks this worker lost once its
-        // heartbeats stop. So it gets only a short wait.
-        let goodbye = tokio::time::timeout(
-            amqp::STOP_REQUEST_TIMEOUT,
-            publish_event(ctx, &self.events, &event),
-        );
-        if !self.connection.status().connected() {
-            tracing::warn!("no broker connection; worker.stopped not published");
-        } else {
-            match goodbye.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::warn!(%error, "worker.stopped not published"),
-                Err(_) => {
-                    tracing::warn!(timeout = ?amqp::STOP_REQUEST_TIMEOUT, "worker.stopped not confirmed in time")
-                }
+        // heartbeats stop. So it gets only a short wait, and none without a connection.
+        let goodbye = async {
+            if !self.connection.status().connected() {
+                return Err("no broker connection".to_owned());
             }
+            let publish = publish_event(ctx, &self.events, &event);
+            match tokio::time::timeout(amqp::STOP_REQUEST_TIMEOUT, publish).await {
+                Ok(published) => published.map_err(|error| error.to_string()),
+                Err(_) => Err(format!(
+                    "not confirmed within {:?}",
+                    amqp::STOP_REQUEST_TIMEOUT
+                )),
+            }
+        };
+        if let Err(error) = goodbye.await {
+            tracing::warn!(%error, "worker.stopped not published");
         }
         amqp::close(&self.connection, "worker stopping").await;
         tracing::info!("worker stopped consuming");

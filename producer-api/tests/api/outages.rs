@@ -4,15 +4,20 @@ use serde_json::Value;
 use shared::tasks::TaskKind;
 use test_support::*;
 
+/// A stack whose API reaches RabbitMQ through `proxy`.
+async fn behind(proxy: &TcpProxy) -> Stack {
+    Stack::start_with(AppOptions {
+        amqp_url: Some(amqp_via(proxy.addr)),
+        ..Default::default()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_accepted_while_rabbitmq_is_unreachable_are_published_when_it_is_back() {
     // Start with the broker unreachable.
     let proxy = TcpProxy::start(&amqp_address(), false).await;
-    let stack = Stack::start_with(AppOptions {
-        amqp_url: Some(amqp_via(proxy.addr)),
-        ..Default::default()
-    })
-    .await;
+    let stack = behind(&proxy).await;
     let (app, broker) = (&stack.app, &stack.broker);
 
     let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
@@ -117,11 +122,7 @@ async fn enqueue_answers_503_while_the_database_is_unreachable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_whose_broker_stops_answering_still_stops() {
     let proxy = TcpProxy::start(&amqp_address(), true).await;
-    let stack = Stack::start_with(AppOptions {
-        amqp_url: Some(amqp_via(proxy.addr)),
-        ..Default::default()
-    })
-    .await;
+    let stack = behind(&proxy).await;
     let app = &stack.app;
     enqueue(app, "/maintenance/cleanup-runs", runs_body()).await;
     app.wait_outbox_empty(Duration::from_secs(10)).await;
