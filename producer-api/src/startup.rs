@@ -201,7 +201,8 @@ impl Application {
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;
-        pool.close().await;
+        use shared::runtime::db;
+        db::close(&pool, "ledger", db::CLOSE_LIMIT).await;
         tracing::info!("producer-api stopped");
         result
     }

@@ -253,7 +253,10 @@ async fn receive(ctx: &WorkerContext, delivery: &Delivery) -> anyhow::Result<Opt
             .offset
             .fetch_max(*offset, Ordering::Relaxed);
     }
-    delivery.ack(BasicAckOptions::default()).await?;
+    anyhow::ensure!(
+        delivery.ack(BasicAckOptions::default()).await?,
+        "the cancellation stream's channel closed before its ack could be sent"
+    );
     Ok(marker)
 }
 

@@ -55,6 +55,9 @@ pub async fn run(
             let end = session.consume(ctx, config, tasks, shutdown).await;
             let _ = connected.send(None);
             ctx.metrics.amqp_connected.set(0);
+            // Whatever blocked this connection went with it.
+            ctx.metrics.amqp_blocked.set(0);
+            *ctx.blocked.lock().expect("blocked lock") = None;
             if end == SessionEnd::Shutdown {
                 session.finish(ctx, tasks).await;
                 return SessionEnd::Shutdown;
@@ -162,6 +165,11 @@ impl Session {
             }
         });
         let _stop_follower = AbortOnDrop(follower);
+        let blocked = tokio::spawn(follow_blocked(
+            ctx.clone(),
+            self.connection.events_listener(),
+        ));
+        let _stop_blocked = AbortOnDrop(blocked);
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -211,13 +219,31 @@ impl Session {
                         // either, and every return spends one of the message's deliveries
                         // (a tight loop dead-letters it); the task returns to its queue when
                         // this session's channels close.
-                        tracing::warn!(%error, "could not report a result; rebuilding the connection (the task returns to its queue)");
+                        tracing::warn!(%error, "could not report or settle a task; rebuilding the connection (the task returns to its queue)");
                         report_failed.cancel();
                     }
                 }
             });
         }
     }
+}
+
+/// Follow RabbitMQ's `connection.blocked` / `unblocked` for a session: logged, exported as
+/// `cleanup_amqp_blocked`, shown by `/readyz`. A task running meanwhile waits to report its
+/// result (and its delivery stays unacked) until the alarm lifts.
+async fn follow_blocked(
+    ctx: Arc<WorkerContext>,
+    events: impl futures::Stream<Item = lapin::Event>,
+) {
+    amqp::follow_blocked(events, |reason| {
+        match &reason {
+            Some(reason) => tracing::warn!(%reason, "RabbitMQ blocks publishing on the worker's connection (memory or disk alarm); results wait until it lifts"),
+            None => tracing::info!("RabbitMQ unblocked the worker's connection; results go out again"),
+        }
+        ctx.metrics.amqp_blocked.set(i64::from(reason.is_some()));
+        *ctx.blocked.lock().expect("blocked lock") = reason;
+    })
+    .await
 }
 
 /// Aborts a background task when the session that started it ends.

@@ -55,9 +55,11 @@ async fn readyz(State(state): State<ProbeState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Not a reason to be unready: the worker holds its tasks until the alarm lifts.
+    let blocked = state.ctx.blocked.lock().expect("blocked lock").clone();
     (
         status,
-        Json(json!({"ready": ready, "broker": broker, "database": database})),
+        Json(json!({"ready": ready, "broker": broker, "database": database, "blocked": blocked})),
     )
 }
 

@@ -21,6 +21,7 @@ pub struct Metrics {
     /// Labels: kind, target (table name or root name).
     pub oldest_eligible_age: GaugeVec,
     pub amqp_connected: IntGauge,
+    pub amqp_blocked: IntGauge,
 }
 
 impl Metrics {
@@ -97,6 +98,11 @@ impl Metrics {
             "1 while the worker holds a RabbitMQ connection.",
         )
         .expect("valid metric");
+        let amqp_blocked = IntGauge::new(
+            names::AMQP_BLOCKED,
+            "1 while RabbitMQ blocks the worker's connection from publishing (memory or disk alarm).",
+        )
+        .expect("valid metric");
         let registry = names::registry_with(
             "worker",
             vec![
@@ -112,6 +118,7 @@ impl Metrics {
                 Box::new(last_success.clone()),
                 Box::new(oldest_eligible_age.clone()),
                 Box::new(amqp_connected.clone()),
+                Box::new(amqp_blocked.clone()),
             ],
         );
         Self {
@@ -128,6 +135,7 @@ impl Metrics {
             last_success,
             oldest_eligible_age,
             amqp_connected,
+            amqp_blocked,
         }
     }
 

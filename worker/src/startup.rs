@@ -138,6 +138,7 @@ impl Application {
             runs_table_label: config.runs_table.clone(),
             trust: trust.clone(),
             cancellations: Default::default(),
+            blocked: Default::default(),
         });
         let listener = TcpListener::bind(config.metrics_addr)
             .await
@@ -194,7 +195,8 @@ impl Application {
         server_stop.cancel();
         let _ = server.await;
         if let Some(pool) = self.runs_pool {
-            pool.close().await;
+            use shared::runtime::db;
+            db::close(&pool, "runs", db::CLOSE_LIMIT).await;
         }
         tracing::info!("worker stopped");
         Ok(())

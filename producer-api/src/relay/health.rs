@@ -7,6 +7,7 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, ConnectionStatus};
+use shared::runtime::amqp;
 
 use crate::metrics::Metrics;
 
@@ -85,21 +86,13 @@ pub(super) async fn watch_blocked(
     health: BrokerHealth,
     metrics: Arc<Metrics>,
 ) {
-    use futures::StreamExt;
-    let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        match event {
-            lapin::Event::ConnectionBlocked(reason) => {
-                tracing::warn!(%reason, "RabbitMQ blocks publishing on the relay's connection (memory or disk alarm); tasks wait in the outbox");
-                metrics.amqp_blocked.set(1);
-                health.set_blocked(Some(reason));
-            }
-            lapin::Event::ConnectionUnblocked => {
-                tracing::info!("RabbitMQ unblocked the relay's connection; publishing resumes");
-                metrics.amqp_blocked.set(0);
-                health.set_blocked(None);
-            }
-            _ => {}
+    amqp::follow_blocked(events, |reason| {
+        match &reason {
+            Some(reason) => tracing::warn!(%reason, "RabbitMQ blocks publishing on the relay's connection (memory or disk alarm); tasks wait in the outbox"),
+            None => tracing::info!("RabbitMQ unblocked the relay's connection; publishing resumes"),
         }
-    }
+        metrics.amqp_blocked.set(i64::from(reason.is_some()));
+        health.set_blocked(reason);
+    })
+    .await
 }

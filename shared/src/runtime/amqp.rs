@@ -377,6 +377,25 @@ pub fn header_text(headers: &FieldTable, key: &str) -> Option<String> {
     }
 }
 
+/// Follow `connection.blocked` / `connection.unblocked` in a connection's events
+/// (`Connection::events_listener`; RabbitMQ's memory and disk alarms stop its publishers):
+/// `on_change` gets the broker's reason when the connection is blocked, `None` when it is
+/// unblocked. Ends with the events.
+pub async fn follow_blocked(
+    events: impl futures::Stream<Item = lapin::Event>,
+    mut on_change: impl FnMut(Option<String>),
+) {
+    use futures::StreamExt;
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        match event {
+            lapin::Event::ConnectionBlocked(reason) => on_change(Some(reason)),
+            lapin::Event::ConnectionUnblocked => on_change(None),
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

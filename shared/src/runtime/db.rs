@@ -1,4 +1,26 @@
-//! Classifying database errors: the one place that knows which failures pass.
+//! Classifying database errors (the one place that knows which failures pass), and
+//! closing a pool on the way out.
+
+use std::time::Duration;
+
+/// How long a stopping process waits for its pool's connections to come back.
+pub const CLOSE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Close `pool` gracefully, but give up after `limit` ([`CLOSE_LIMIT`] on the way out): a
+/// connection still held (a statement the database does not answer) must not keep the
+/// process from exiting. The process ends either way; the database ends the sessions it
+/// leaves behind. False when it gave up.
+pub async fn close(pool: &sqlx::PgPool, what: &str, limit: Duration) -> bool {
+    let closed = tokio::time::timeout(limit, pool.close()).await.is_ok();
+    if !closed {
+        tracing::warn!(
+            pool = what,
+            ?limit,
+            "database connections still in use at exit; leaving them"
+        );
+    }
+    closed
+}
 
 /// Connection trouble, restarts, exhausted resources, serialization failures, deadlocks,
 /// lock and statement timeouts pass with time; anything else (a missing table, a type

@@ -5,14 +5,13 @@ use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
 use lapin::Channel;
 use shared::envelope::TaskEnvelope;
 use shared::events::{Event, TaskCancelled};
 use shared::tasks::TaskKind;
 use uuid::Uuid;
 
-use super::{publish_event, Outcome, StepError, WorkerContext};
+use super::{ack, publish_event, Outcome, StepError, WorkerContext};
 
 /// Skip a delivery of a cancelled task without running it: report `task.cancelled` with
 /// what the task deleted before (for a runs cleanup, the committed count in the runs
@@ -39,7 +38,7 @@ pub(super) async fn skip_cancelled(
         progress: with_committed(envelope.progress.clone(), committed),
     };
     report_cancelled(ctx, events, task_id, kind, stop).await?;
-    delivery.ack(BasicAckOptions::default()).await?;
+    ack(delivery).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(Outcome::Cancelled { task_id, started })
 }

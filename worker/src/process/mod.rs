@@ -61,6 +61,9 @@ pub struct WorkerContext {
     pub trust: shared::signing::TaskTrust,
     /// The tasks cancelled, as read from the cancellation stream.
     pub cancellations: crate::cancels::Cancellations,
+    /// Why RabbitMQ blocks the connection's publishers (a memory or disk alarm), while it
+    /// does: results and heartbeats wait until it lifts.
+    pub blocked: std::sync::Mutex<Option<String>>,
 }
 
 /// How a delivery ended; the delivery has been acked or rejected accordingly.
@@ -96,15 +99,36 @@ pub enum Outcome {
     },
 }
 
-/// The step failed before the delivery could be settled (the broker is unreachable for
-/// events); the caller leaves the delivery to be redelivered.
+/// The step failed before the delivery could be settled; the caller leaves the delivery
+/// to be redelivered.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot settle the delivery: {0}")]
-pub struct StepError(#[from] pub PublishError);
+pub enum StepError {
+    /// The broker is unreachable for events, or refused one.
+    #[error("cannot settle the delivery: {0}")]
+    Report(#[from] PublishError),
+    /// lapin would not send the settlement: the delivery's channel closed first, so
+    /// RabbitMQ delivers the task again and this one does not count as processed.
+    #[error("cannot settle the delivery: its channel closed before the {0} could be sent (RabbitMQ delivers it again)")]
+    ChannelClosed(&'static str),
+}
 
 impl From<lapin::Error> for StepError {
     fn from(error: lapin::Error) -> Self {
-        StepError(PublishError::Amqp(error))
+        StepError::Report(PublishError::Amqp(error))
+    }
+}
+
+/// Ack the delivery: an error unless lapin sent the ack.
+pub(crate) async fn ack(delivery: &Delivery) -> Result<(), StepError> {
+    sent("ack", delivery.ack(BasicAckOptions::default()).await)
+}
+
+/// What lapin said of a settlement: `Ok(false)` means it sent nothing (the channel is
+/// gone, or the delivery was settled already).
+pub(crate) fn sent(what: &'static str, result: lapin::Result<bool>) -> Result<(), StepError> {
+    match result? {
+        true => Ok(()),
+        false => Err(StepError::ChannelClosed(what)),
     }
 }
 
@@ -178,7 +202,7 @@ pub async fn handle_delivery(
             let publish = publish_event(ctx, events, &started_event);
             announced(attempt, ctx.started_event_after, asked, publish, &turn)
                 .await
-                .map_err(StepError)
+                .map_err(StepError::Report)
         }
     };
     budget.abort();
@@ -261,7 +285,7 @@ pub async fn handle_delivery(
             Outcome::Failed { task_id, retryable }
         }
     };
-    delivery.ack(BasicAckOptions::default()).await?;
+    ack(delivery).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(outcome)
 }

@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 
 use chrono::Utc;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicRejectOptions};
+use lapin::options::BasicRejectOptions;
 use lapin::Channel;
 use shared::envelope::TaskEnvelope;
 use shared::events::{ErrorClass, Event, TaskDead, TaskError};
 use shared::tasks::TaskKind;
 use uuid::Uuid;
 
-use super::{publish_event, report_failure, Failure, Outcome, StepError, WorkerContext};
+use super::{ack, publish_event, report_failure, sent, Failure, Outcome, StepError, WorkerContext};
 
 /// Why a delivery is not run.
 #[derive(Debug)]
@@ -122,9 +122,10 @@ pub(super) async fn reject_poison(
         }),
     )
     .await?;
-    delivery
-        .reject(BasicRejectOptions { requeue: false })
-        .await?;
+    sent(
+        "reject",
+        delivery.reject(BasicRejectOptions { requeue: false }).await,
+    )?;
     ctx.metrics
         .poison
         .with_label_values(&[queue_kind.as_str()])
@@ -168,10 +169,26 @@ async fn report_newer_schema(
         "task message of a newer schema version",
     )
     .await?;
-    delivery.ack(BasicAckOptions::default()).await?;
+    ack(delivery).await?;
     ctx.processed.fetch_add(1, Ordering::Relaxed);
     Ok(Outcome::Failed {
         task_id: head.task_id,
         retryable,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settlement_lapin_did_not_send_is_an_error() {
+        assert!(sent("ack", Ok(true)).is_ok());
+        let error = sent("reject", Ok(false)).unwrap_err();
+        assert!(matches!(error, StepError::ChannelClosed("reject")));
+        assert!(
+            error.to_string().contains("RabbitMQ delivers it again"),
+            "{error}"
+        );
+    }
 }

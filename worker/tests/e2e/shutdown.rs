@@ -47,3 +47,22 @@ async fn a_worker_whose_broker_stops_answering_as_it_stops_still_exits() {
     worker.stop().await;
     stack.stop().await;
 }
+
+/// A connection still in use when the process stops (a statement the database does not
+/// answer) does not hold the exit: closing the pool gives up after its limit.
+#[tokio::test]
+async fn closing_a_pool_with_a_connection_in_use_gives_up_after_its_limit() {
+    use shared::runtime::db;
+    let test_db = TestDb::create().await;
+    let pool = sqlx::PgPool::connect(&test_db.url()).await.unwrap();
+    let held = pool.acquire().await.unwrap();
+    let asked = Instant::now();
+    assert!(!db::close(&pool, "test", Duration::from_millis(300)).await);
+    let waited = asked.elapsed();
+    assert!(waited < Duration::from_secs(5), "close waited {waited:?}");
+    assert!(pool.is_closed());
+    drop(held);
+    // Once nothing holds a connection, it closes at once.
+    let pool = sqlx::PgPool::connect(&test_db.url()).await.unwrap();
+    assert!(db::close(&pool, "test", Duration::from_secs(5)).await);
+}

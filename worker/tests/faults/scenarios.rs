@@ -386,6 +386,19 @@ async fn a_rabbitmq_memory_alarm_makes_the_api_unready_and_holds_tasks_until_it_
     );
     let scrape = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
     assert!(scrape.contains("cleanup_amqp_blocked 1"), "{scrape}");
+    // The worker is blocked too once it publishes (a heartbeat a second): it says so.
+    let worker_readyz = format!("http://127.0.0.1:{}/readyz", worker.port);
+    eventually(
+        Duration::from_secs(30),
+        "the worker reports the broker blocking it",
+        || async {
+            let (status, body) = ready(worker_readyz.clone()).await;
+            worker.metric("cleanup_amqp_blocked").await == Some(1.0)
+                && status == 200
+                && body["blocked"].as_str().is_some_and(|r| !r.is_empty())
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let task: serde_json::Value = app.task(&during.to_string()).await;
     assert_eq!(task["status"], "queued", "{task}");
@@ -401,6 +414,15 @@ async fn a_rabbitmq_memory_alarm_makes_the_api_unready_and_holds_tasks_until_it_
     .await;
     let scrape = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
     assert!(scrape.contains("cleanup_amqp_blocked 0"), "{scrape}");
+    eventually(
+        Duration::from_secs(30),
+        "the worker is unblocked",
+        || async {
+            worker.metric("cleanup_amqp_blocked").await == Some(0.0)
+                && ready(worker_readyz.clone()).await.1["blocked"].is_null()
+        },
+    )
+    .await;
     // RabbitMQ blocks a connection when it first publishes under the alarm: the batch of
     // `during` hung, timed out, was rolled back and published again after the alarm.
     let timeouts: u64 = scrape
