@@ -17,7 +17,9 @@
 #      index on status, no table referencing runs and no `running` row in the older half, so every eligible
 #      row lies in a monthly partition entirely older than the cutoff: the partition fast
 #      path (RUNS_PARTITIONS=drop) against one DELETE of the same rows
-# CASES="1 3" runs a subset. The worker inherits the environment, so its settings can be
+# CASES="1 3" runs a subset. REPEAT=n (default 1) runs the cases n times over, in turn,
+# each on fresh copies, and adds each case's medians (the machine is noisy: one DELETE of
+# the same data varies by a third from run to run). The worker inherits the environment, so its settings can be
 # compared (RUNS_PARTITION_COUNT=exact CASES=5 ...); WORKER_LOG_LEVEL (default info) sets
 # its log level (debug shows each partition's proof and count). A task not finished after TIMEOUT seconds (default 300) is
 # reported as such and the next case starts. Databases are named bench_runs_<pid>_* and
@@ -28,6 +30,7 @@ ROWS=${ROWS:-200000}
 TIMEOUT=${TIMEOUT:-300}
 PART_ROWS=${PART_ROWS:-1000000}
 CASES=${CASES:-"1 2 3 3x 4 5"}
+REPEAT=${REPEAT:-1}
 MAX_AGE_HOURS=720
 STATUSES="'succeeded', 'failed', 'cancelled'"
 TOKEN=bench-token-0123456789abcdef
@@ -267,12 +270,14 @@ if has_case 3x; then build_plain "${DB}_tpl_noindex_2x" "$((2 * ROWS))" no; fi
 if has_case 4; then build_partitioned "${DB}_tpl_partitioned" "$ROWS"; fi
 if has_case 5; then build_retention "${DB}_tpl_retention" "$PART_ROWS"; fi
 
-has_case 1 && run_case indexed "1 indexed" "${DB}_tpl_indexed" ""
-has_case 2 && run_case indexed1k "2 indexed, batch_size 1000" "${DB}_tpl_indexed" 1000
-has_case 3 && run_case noindex "3 no index" "${DB}_tpl_noindex" ""
-has_case 3x && run_case noindex2x "3x no index, 2xROWS" "${DB}_tpl_noindex_2x" ""
-has_case 4 && run_case partitioned "4 partitioned" "${DB}_tpl_partitioned" ""
-has_case 5 && run_case retention "5 partitions dropped, PART_ROWS" "${DB}_tpl_retention" ""
+for _ in $(seq 1 "$REPEAT"); do
+  has_case 1 && run_case indexed "1 indexed" "${DB}_tpl_indexed" ""
+  has_case 2 && run_case indexed1k "2 indexed, batch_size 1000" "${DB}_tpl_indexed" 1000
+  has_case 3 && run_case noindex "3 no index" "${DB}_tpl_noindex" ""
+  has_case 3x && run_case noindex2x "3x no index, 2xROWS" "${DB}_tpl_noindex_2x" ""
+  has_case 4 && run_case partitioned "4 partitioned" "${DB}_tpl_partitioned" ""
+  has_case 5 && run_case retention "5 partitions dropped, PART_ROWS" "${DB}_tpl_retention" ""
+done
 
 echo
 echo "ROWS=$ROWS runs (+1 run_logs row each), cutoff $MAX_AGE_HOURS h, $(nproc) cores, one worker, load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -297,15 +302,26 @@ widths = [max(len(r[i]) for r in out + [head]) for i in range(len(head))]
 fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
 print(fmt(head)); print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 for r in out: print(fmt(r))
-by = {r[0].split()[0]: r for r in rows}
+from statistics import median
+groups = {}
+for r in rows:
+    groups.setdefault(r[0], []).append(r)
+def med(group, i):
+    values = [secs(r[i]) for r in group]
+    return median(values) if values and None not in values else None
+if any(len(g) > 1 for g in groups.values()):
+    print("\nmedians per case (ratio: median and range of the rounds' wall / one DELETE):")
+    for label, group in groups.items():
+        ratios = sorted(secs(r[3]) / (secs(r[2]) / 1000) for r in group if secs(r[3]) and secs(r[2]))
+        d, w, u = med(group, 2), med(group, 3), med(group, 4)
+        print(f"  {label}: {len(group)} rounds, one DELETE {d / 1000:.2f} s, wall {w:.2f} s, duration {u:.0f} ms, "
+              f"ratio {median(ratios):.1f}x ({ratios[0]:.1f}-{ratios[-1]:.1f}x)" if d and w and u and ratios else f"  {label}: -")
+by = {label.split()[0]: group for label, group in groups.items()}
 if "3" in by and "3x" in by:
     a, b = by["3"], by["3x"]
-    print(f"\nlinearity, no index (rows eligible {a[1]} -> {b[1]}; 2.0 = linear):")
-    da, db = secs(a[2]), secs(b[2])
-    print(f"  one DELETE:            {db / da:.2f}x" if da and db else "  one DELETE: -")
-    wa, wb = secs(a[3]), secs(b[3])
-    print(f"  cleanup_runs wall:     {wb / wa:.2f}x" if wa and wb else "  cleanup_runs wall: -")
-    ua, ub = secs(a[4]), secs(b[4])
-    print(f"  cleanup_runs duration: {ub / ua:.2f}x" if ua and ub else "  cleanup_runs duration: -")
+    print(f"\nlinearity, no index (rows eligible {a[0][1]} -> {b[0][1]}; 2.0 = linear; medians):")
+    for name, i in (("one DELETE:           ", 2), ("cleanup_runs wall:    ", 3), ("cleanup_runs duration:", 4)):
+        x, y = med(a, i), med(b, i)
+        print(f"  {name} {y / x:.2f}x" if x and y else f"  {name} -")
 PY
 echo "(wall: POST 202 -> GET /tasks/{id} says succeeded, polled every 50 ms: relay, RabbitMQ, worker, events and ledger included; ratio = wall / one DELETE)"
