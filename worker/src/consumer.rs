@@ -55,9 +55,13 @@ pub async fn run(
             let end = session.consume(ctx, config, tasks, shutdown).await;
             let _ = connected.send(None);
             ctx.metrics.amqp_connected.set(0);
-            // Whatever blocked this connection went with it.
-            ctx.metrics.amqp_blocked.set(0);
-            *ctx.blocked.lock().expect("blocked lock") = None;
+            // Whatever blocked this connection went with it (the session's token is
+            // cancelled by now, so its follower writes no more).
+            {
+                let mut blocked = ctx.blocked.lock().expect("blocked lock");
+                ctx.metrics.amqp_blocked.set(0);
+                *blocked = None;
+            }
             if end == SessionEnd::Shutdown {
                 session.finish(ctx, tasks).await;
                 return SessionEnd::Shutdown;
@@ -168,7 +172,12 @@ impl Session {
         let blocked = tokio::spawn(follow_blocked(
             ctx.clone(),
             self.connection.events_listener(),
+            session.clone(),
         ));
+        if self.connection.status().blocked() {
+            // Blocked before the events were followed (RabbitMQ gives its reason only once).
+            set_blocked(ctx, &session, Some("reason not known".to_owned()));
+        }
         let _stop_blocked = AbortOnDrop(blocked);
         loop {
             let permit = tokio::select! {
@@ -219,7 +228,7 @@ impl Session {
                         // either, and every return spends one of the message's deliveries
                         // (a tight loop dead-letters it); the task returns to its queue when
                         // this session's channels close.
-                        tracing::warn!(%error, "could not report or settle a task; rebuilding the connection (the task returns to its queue)");
+                        tracing::warn!(%error, "could not report a result; rebuilding the connection (the task returns to its queue)");
                         report_failed.cancel();
                     }
                 }
@@ -229,21 +238,34 @@ impl Session {
 }
 
 /// Follow RabbitMQ's `connection.blocked` / `unblocked` for a session: logged, exported as
-/// `cleanup_amqp_blocked`, shown by `/readyz`. A task running meanwhile waits to report its
-/// result (and its delivery stays unacked) until the alarm lifts.
+/// `cleanup_amqp_blocked`, shown by `/readyz`. Meanwhile the worker's publishes wait: a
+/// result for at most its confirm timeout, after which the session is rebuilt and the
+/// task returns to its queue.
 async fn follow_blocked(
     ctx: Arc<WorkerContext>,
     events: impl futures::Stream<Item = lapin::Event>,
+    session: CancellationToken,
 ) {
     amqp::follow_blocked(events, |reason| {
         match &reason {
             Some(reason) => tracing::warn!(%reason, "RabbitMQ blocks publishing on the worker's connection (memory or disk alarm); results wait until it lifts"),
-            None => tracing::info!("RabbitMQ unblocked the worker's connection; results go out again"),
+            None => tracing::info!("RabbitMQ no longer blocks the worker's connection; results go out again"),
         }
-        ctx.metrics.amqp_blocked.set(i64::from(reason.is_some()));
-        *ctx.blocked.lock().expect("blocked lock") = reason;
+        set_blocked(&ctx, &session, reason);
     })
     .await
+}
+
+/// Record whether the session's connection is blocked, unless the session has ended:
+/// the session's end clears the state under the same lock, so a late word from an old
+/// session's follower cannot outlive it.
+fn set_blocked(ctx: &WorkerContext, session: &CancellationToken, reason: Option<String>) {
+    let mut blocked = ctx.blocked.lock().expect("blocked lock");
+    if session.is_cancelled() {
+        return;
+    }
+    ctx.metrics.amqp_blocked.set(i64::from(reason.is_some()));
+    *blocked = reason;
 }
 
 /// Aborts a background task when the session that started it ends.

@@ -1,8 +1,6 @@
 //! A delivery of a cancelled task: skipped before it runs, or stopped at a batch
 //! boundary; either way reported as `task.cancelled` with what the task deleted so far.
 
-use std::sync::atomic::Ordering;
-
 use chrono::Utc;
 use lapin::message::Delivery;
 use lapin::Channel;
@@ -38,8 +36,9 @@ pub(super) async fn skip_cancelled(
         progress: with_committed(envelope.progress.clone(), committed),
     };
     report_cancelled(ctx, events, task_id, kind, stop).await?;
-    ack(delivery).await?;
-    ctx.processed.fetch_add(1, Ordering::Relaxed);
+    if !ack(ctx, delivery).await? {
+        return Ok(Outcome::Abandoned { task_id });
+    }
     Ok(Outcome::Cancelled { task_id, started })
 }
 

@@ -81,8 +81,8 @@ pub enum Outcome {
         task_id: Uuid,
         retryable: bool,
     },
-    /// The delivery died with the broker connection mid-task: nothing reported, the
-    /// broker redelivers the task.
+    /// The delivery died with the broker connection mid-task (nothing reported), or just
+    /// before its ack could be sent: the broker redelivers the task.
     Abandoned {
         task_id: Uuid,
     },
@@ -99,37 +99,37 @@ pub enum Outcome {
     },
 }
 
-/// The step failed before the delivery could be settled; the caller leaves the delivery
-/// to be redelivered.
+/// The step failed before the delivery could be settled (the broker is unreachable for
+/// events); the caller leaves the delivery to be redelivered.
 #[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    /// The broker is unreachable for events, or refused one.
-    #[error("cannot settle the delivery: {0}")]
-    Report(#[from] PublishError),
-    /// lapin would not send the settlement: the delivery's channel closed first, so
-    /// RabbitMQ delivers the task again and this one does not count as processed.
-    #[error("cannot settle the delivery: its channel closed before the {0} could be sent (RabbitMQ delivers it again)")]
-    ChannelClosed(&'static str),
-}
+#[error("cannot settle the delivery: {0}")]
+pub struct StepError(#[from] pub PublishError);
 
 impl From<lapin::Error> for StepError {
     fn from(error: lapin::Error) -> Self {
-        StepError::Report(PublishError::Amqp(error))
+        StepError(PublishError::Amqp(error))
     }
 }
 
-/// Ack the delivery: an error unless lapin sent the ack.
-pub(crate) async fn ack(delivery: &Delivery) -> Result<(), StepError> {
-    sent("ack", delivery.ack(BasicAckOptions::default()).await)
+/// Ack the delivery and count it processed; false when lapin sent nothing (see [`sent`]).
+pub(crate) async fn ack(ctx: &WorkerContext, delivery: &Delivery) -> Result<bool, StepError> {
+    let sent = sent("ack", delivery.ack(BasicAckOptions::default()).await)?;
+    if sent {
+        ctx.processed.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(sent)
 }
 
-/// What lapin said of a settlement: `Ok(false)` means it sent nothing (the channel is
-/// gone, or the delivery was settled already).
-pub(crate) fn sent(what: &'static str, result: lapin::Result<bool>) -> Result<(), StepError> {
-    match result? {
-        true => Ok(()),
-        false => Err(StepError::ChannelClosed(what)),
+/// Whether lapin sent a settlement. `Ok(false)`: it sent nothing, because the delivery's
+/// channel closed (or began its recovery) after the step's result went out. RabbitMQ
+/// delivers the task again, so it does not count as processed here: the same as a
+/// delivery found lost before its result ([`Outcome::Abandoned`]); no session rebuild.
+pub(crate) fn sent(what: &'static str, result: lapin::Result<bool>) -> Result<bool, StepError> {
+    let sent = result?;
+    if !sent {
+        tracing::warn!("the delivery's channel closed before its {what} could be sent; RabbitMQ delivers the task again");
     }
+    Ok(sent)
 }
 
 /// Process one delivery of the queue of `queue_kind`.
@@ -202,7 +202,7 @@ pub async fn handle_delivery(
             let publish = publish_event(ctx, events, &started_event);
             announced(attempt, ctx.started_event_after, asked, publish, &turn)
                 .await
-                .map_err(StepError::Report)
+                .map_err(StepError)
         }
     };
     budget.abort();
@@ -285,8 +285,9 @@ pub async fn handle_delivery(
             Outcome::Failed { task_id, retryable }
         }
     };
-    ack(delivery).await?;
-    ctx.processed.fetch_add(1, Ordering::Relaxed);
+    if !ack(ctx, delivery).await? {
+        return Ok(Outcome::Abandoned { task_id });
+    }
     Ok(outcome)
 }
 

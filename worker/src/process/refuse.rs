@@ -122,15 +122,14 @@ pub(super) async fn reject_poison(
         }),
     )
     .await?;
-    sent(
-        "reject",
-        delivery.reject(BasicRejectOptions { requeue: false }).await,
-    )?;
-    ctx.metrics
-        .poison
-        .with_label_values(&[queue_kind.as_str()])
-        .inc();
-    ctx.processed.fetch_add(1, Ordering::Relaxed);
+    let rejection = delivery.reject(BasicRejectOptions { requeue: false }).await;
+    if sent("reject", rejection)? {
+        ctx.metrics
+            .poison
+            .with_label_values(&[queue_kind.as_str()])
+            .inc();
+        ctx.processed.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(Outcome::Poison { task_id, reason })
 }
 
@@ -169,8 +168,11 @@ async fn report_newer_schema(
         "task message of a newer schema version",
     )
     .await?;
-    ack(delivery).await?;
-    ctx.processed.fetch_add(1, Ordering::Relaxed);
+    if !ack(ctx, delivery).await? {
+        return Ok(Outcome::Abandoned {
+            task_id: head.task_id,
+        });
+    }
     Ok(Outcome::Failed {
         task_id: head.task_id,
         retryable,
@@ -182,13 +184,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_settlement_lapin_did_not_send_is_an_error() {
-        assert!(sent("ack", Ok(true)).is_ok());
-        let error = sent("reject", Ok(false)).unwrap_err();
-        assert!(matches!(error, StepError::ChannelClosed("reject")));
-        assert!(
-            error.to_string().contains("RabbitMQ delivers it again"),
-            "{error}"
-        );
+    fn a_settlement_lapin_did_not_send_is_told_apart() {
+        assert!(sent("ack", Ok(true)).unwrap());
+        assert!(!sent("reject", Ok(false)).unwrap());
+        let failed = sent("ack", Err(lapin::ErrorKind::ChannelsLimitReached.into()));
+        assert!(failed.is_err());
     }
 }
