@@ -288,6 +288,8 @@ rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 def secs(x):
     try: return float(x)
     except ValueError: return None
+def ratio(r):  # wall / one DELETE; below 1, also how many times faster
+    return f"{r:.1f}x" if r >= 1 else f"{r:.2f}x ({1 / r:.1f}x faster)"
 head = ["case", "rows eligible", "one DELETE", "cleanup_runs (wall)", "cleanup_runs (duration_ms)", "ratio", "runs_deleted / batches / strategy"]
 out = []
 for label, eligible, ms, wall, dur, runs, batches, strategy in rows:
@@ -296,7 +298,7 @@ for label, eligible, ms, wall, dur, runs, batches, strategy in rows:
     out.append([label, eligible, f"{d:.2f} s" if d is not None else "-",
                 f"{w:.2f} s" if w is not None else wall,
                 f"{dur} ms" if dur != "-" else "-",
-                f"{w / d:.1f}x" if w is not None and d else "-",
+                ratio(w / d) if w is not None and d else "-",
                 f"{runs} / {batches} / {strategy}"])
 widths = [max(len(r[i]) for r in out + [head]) for i in range(len(head))]
 fmt = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
@@ -315,7 +317,7 @@ if any(len(g) > 1 for g in groups.values()):
         ratios = sorted(secs(r[3]) / (secs(r[2]) / 1000) for r in group if secs(r[3]) and secs(r[2]))
         d, w, u = med(group, 2), med(group, 3), med(group, 4)
         print(f"  {label}: {len(group)} rounds, one DELETE {d / 1000:.2f} s, wall {w:.2f} s, duration {u:.0f} ms, "
-              f"ratio {median(ratios):.1f}x ({ratios[0]:.1f}-{ratios[-1]:.1f}x)" if d and w and u and ratios else f"  {label}: -")
+              f"ratio {ratio(median(ratios))} (range {ratio(ratios[0])} to {ratio(ratios[-1])})" if d and w and u and ratios else f"  {label}: -")
 by = {label.split()[0]: group for label, group in groups.items()}
 if "3" in by and "3x" in by:
     a, b = by["3"], by["3x"]
