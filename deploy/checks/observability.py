@@ -207,8 +207,15 @@ def main():
         for q in queues:
             if q.startswith(prefix + "."):
                 subprocess.run(["rabbitmqctl", "-q", "delete_queue", q], stdout=subprocess.DEVNULL)
-        for exchange in ("tasks", "events", "dead"):
-            subprocess.run(["rabbitmqadmin", "delete", "exchange", f"name={prefix}.{exchange}"], capture_output=True)
+        # rabbitmqctl has no delete_exchange, and rabbitmqadmin needs the management
+        # plugin: the broker's own function, through rabbitmqctl eval.
+        exchanges = subprocess.run(["rabbitmqctl", "-q", "list_exchanges", "name"], capture_output=True, text=True).stdout.split()
+        for name in exchanges:
+            if name.startswith(prefix + "."):
+                erl = f'rabbit_exchange:delete(rabbit_misc:r(<<"/">>, exchange, <<"{name}">>), false, <<"observability-check">>).'
+                deleted = subprocess.run(["rabbitmqctl", "-q", "eval", erl], capture_output=True, text=True)
+                if deleted.stdout.strip() != "ok":
+                    print(f"observability check: exchange {name} left behind: {deleted.stdout}{deleted.stderr}".strip(), file=sys.stderr)
         if failures:
             print((work / "services.log").read_text()[-4000:], file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
