@@ -57,11 +57,7 @@ pub async fn run(
             ctx.metrics.amqp_connected.set(0);
             // Whatever blocked this connection went with it (the session's token is
             // cancelled by now, so its follower writes no more).
-            {
-                let mut blocked = ctx.blocked.lock().expect("blocked lock");
-                ctx.metrics.amqp_blocked.set(0);
-                *blocked = None;
-            }
+            *ctx.blocked.lock().expect("blocked lock") = None;
             if end == SessionEnd::Shutdown {
                 session.finish(ctx, tasks).await;
                 return SessionEnd::Shutdown;
@@ -261,11 +257,9 @@ async fn follow_blocked(
 /// session's follower cannot outlive it.
 fn set_blocked(ctx: &WorkerContext, session: &CancellationToken, reason: Option<String>) {
     let mut blocked = ctx.blocked.lock().expect("blocked lock");
-    if session.is_cancelled() {
-        return;
+    if !session.is_cancelled() {
+        *blocked = reason;
     }
-    ctx.metrics.amqp_blocked.set(i64::from(reason.is_some()));
-    *blocked = reason;
 }
 
 /// Aborts a background task when the session that started it ends.

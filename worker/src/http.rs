@@ -64,6 +64,8 @@ async fn readyz(State(state): State<ProbeState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<ProbeState>) -> impl IntoResponse {
+    let blocked = state.ctx.blocked.lock().expect("blocked lock").is_some();
+    state.ctx.metrics.amqp_blocked.set(i64::from(blocked));
     (
         [(
             header::CONTENT_TYPE,

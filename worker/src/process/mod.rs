@@ -62,7 +62,8 @@ pub struct WorkerContext {
     /// The tasks cancelled, as read from the cancellation stream.
     pub cancellations: crate::cancels::Cancellations,
     /// Why RabbitMQ blocks the connection's publishers (a memory or disk alarm), while it
-    /// does: results and heartbeats wait until it lifts.
+    /// does: results and heartbeats wait until it lifts. `/readyz` shows it, and
+    /// `cleanup_amqp_blocked` is read from it at each scrape.
     pub blocked: std::sync::Mutex<Option<String>>,
 }
 
