@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod http;
+pub mod intake;
 pub mod ledger;
 pub mod metrics;
 pub mod recorder;

@@ -102,6 +102,7 @@ impl Application {
             .woken_by(outbox_written.clone())
         });
         let state = AppState {
+            intake: crate::intake::Intake::start(pool.clone()),
             pool,
             rules: Arc::new(config.validation_rules()?),
             max_attempts: config.max_attempts,

@@ -31,6 +31,8 @@ pub mod workers;
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
+    /// Stores new tasks, several per statement under load.
+    pub intake: crate::intake::Intake,
     pub rules: Arc<ValidationRules>,
     pub max_attempts: u32,
     pub max_body_bytes: usize,

@@ -210,7 +210,10 @@ pub(crate) async fn enqueue(
     let envelope = TaskEnvelope::new(Uuid::now_v7(), task, max_attempts, Utc::now());
     let kind = envelope.task.kind();
     let actor = Some(principal.name.as_str());
-    let (status, row) = match ledger::enqueue(&state.pool, &envelope, key.as_deref(), actor).await?
+    let (status, row) = match state
+        .intake
+        .enqueue(&envelope, key.as_deref(), actor)
+        .await?
     {
         Enqueued::Created(row) => {
             state.outbox_written.notify_one();

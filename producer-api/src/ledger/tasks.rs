@@ -219,6 +219,62 @@ pub async fn enqueue_in(
     }
 }
 
+/// Store several new tasks, each with its first outbox message, in one statement (one
+/// transaction, one commit): what [`enqueue_in`] does for one, for tasks without an
+/// idempotency key (so none can conflict). All or none: an error stores nothing. The
+/// stored rows come back in no particular order.
+pub async fn enqueue_many(
+    pool: &PgPool,
+    tasks: &[(&TaskEnvelope, Option<&str>)],
+) -> Result<Vec<TaskRow>, sqlx::Error> {
+    let mut ids = Vec::with_capacity(tasks.len());
+    let mut kinds = Vec::with_capacity(tasks.len());
+    let mut params = Vec::with_capacity(tasks.len());
+    let mut cutoffs = Vec::with_capacity(tasks.len());
+    let mut max_attempts = Vec::with_capacity(tasks.len());
+    let mut created = Vec::with_capacity(tasks.len());
+    let mut envelopes = Vec::with_capacity(tasks.len());
+    let mut actors = Vec::with_capacity(tasks.len());
+    for (envelope, actor) in tasks {
+        ids.push(envelope.task_id);
+        kinds.push(envelope.task.kind().as_str());
+        params.push(envelope.task.params_json());
+        cutoffs.push(envelope.cutoff);
+        max_attempts.push(envelope.max_attempts as i32);
+        created.push(envelope.enqueued_at);
+        envelopes.push(serde_json::to_value(envelope).expect("envelope serializes"));
+        actors.push(*actor);
+    }
+    sqlx::query_as(&format!(
+        "WITH input AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::timestamptz[],
+                                  $5::int4[], $6::timestamptz[], $7::jsonb[], $8::text[])
+                 AS i(id, kind, params, cutoff, max_attempts, created_at, envelope, actor)
+         ), inserted AS (
+             INSERT INTO cleanup_tasks
+                 (id, kind, params, cutoff, max_attempts, created_at, updated_at, actor)
+             SELECT id, kind, params, cutoff, max_attempts, created_at, created_at, actor
+             FROM input
+             RETURNING {TASK_COLUMNS}
+         ), outbox AS (
+             INSERT INTO cleanup_outbox (task_id, attempt, kind, envelope, due_at)
+             SELECT t.id, 1, t.kind, i.envelope, t.created_at
+             FROM inserted t JOIN input i ON i.id = t.id
+         )
+         SELECT {TASK_COLUMNS} FROM inserted"
+    ))
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&params)
+    .bind(&cutoffs)
+    .bind(&max_attempts)
+    .bind(&created)
+    .bind(&envelopes)
+    .bind(&actors)
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn get_task(pool: &PgPool, id: Uuid) -> Result<Option<TaskRow>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE id = $1"

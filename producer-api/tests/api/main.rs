@@ -6,6 +6,7 @@ mod config;
 mod console;
 mod enqueue;
 mod idempotency;
+mod intake;
 mod openapi;
 mod outages;
 mod recorder;
