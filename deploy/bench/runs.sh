@@ -294,7 +294,7 @@ def secs(x):
     try: return float(x)
     except ValueError: return None
 def ratio(r):  # ledger time / one DELETE; below 1, also how many times faster
-    return f"{r:.1f}x" if r >= 1 else f"{r:.2f}x ({1 / r:.1f}x faster)"
+    return f"{r:.2f}x" if r >= 1 else f"{r:.2f}x ({1 / r:.1f}x faster)"
 head = ["case", "rows eligible", "one DELETE", "cleanup_runs (ledger)", "cleanup_runs (duration_ms)", "(polled)", "ratio", "runs_deleted / batches / strategy"]
 out = []
 for label, eligible, ms, ledger, dur, wall, runs, batches, strategy in rows:
