@@ -25,7 +25,8 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Connections in the ledger pool; enqueue throughput grows with it up to the cores.
+    /// Connections in the ledger pool (enqueues without an idempotency key use at most 4,
+    /// several tasks per statement under load).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
 

@@ -10,16 +10,21 @@
 //! statement that stored its task committed, so a 202 still means the task is durable.
 //!
 //! A task with an idempotency key is written on its own (a key can conflict, and what a
-//! conflict means is decided per request). If a batch fails, each of its tasks is tried
-//! again alone, so that one task cannot fail the others.
+//! conflict means is decided per request). If a batch fails on its data, each of its
+//! tasks is tried again alone, so that one task cannot fail the others; if it fails on the
+//! connection (the database is down, the pool exhausted), every caller hears so at once.
+//! A task whose caller went away before its statement began (the request timed out, the
+//! client disconnected) is not stored: that caller was told nothing was.
 
 use std::sync::Arc;
 
 use shared::envelope::TaskEnvelope;
+use shared::runtime::db::is_transient;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 use crate::ledger::{self, Enqueued, TaskRow};
+use crate::metrics::Metrics;
 
 /// The most tasks one statement stores.
 pub const MAX_BATCH: usize = 64;
@@ -33,19 +38,59 @@ struct Pending {
     reply: oneshot::Sender<Result<TaskRow, sqlx::Error>>,
 }
 
+/// Why an enqueue has no task to show.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error(transparent)]
+    Ledger(#[from] sqlx::Error),
+    /// The writer stopped before it answered (the runtime is shutting down): the task may
+    /// or may not be stored.
+    #[error("the enqueue's outcome is unknown: the writer stopped before answering")]
+    Unknown,
+}
+
+/// What happens once a task is stored, whoever waits for it: this replica's relay is
+/// woken and the task counted.
+#[derive(Clone)]
+struct Stored {
+    metrics: Arc<Metrics>,
+    outbox_written: Arc<Notify>,
+}
+
+impl Stored {
+    fn record(&self, row: &TaskRow) {
+        self.outbox_written.notify_one();
+        self.metrics
+            .tasks_enqueued
+            .with_label_values(&[row.kind.as_str()])
+            .inc();
+        tracing::info!(task_id = %row.id, kind = %row.kind.as_str(), actor = row.actor.as_deref().unwrap_or_default(), "task enqueued");
+    }
+}
+
 /// The handle the enqueue handlers share. Its writer lives as long as any handle.
 #[derive(Clone)]
 pub struct Intake {
     pool: PgPool,
     queue: mpsc::Sender<Pending>,
+    stored: Stored,
 }
 
 impl Intake {
-    /// Start the writer (on the current Tokio runtime).
-    pub fn start(pool: PgPool) -> Self {
+    /// Start the writer (on the current Tokio runtime). Every task it stores wakes
+    /// `outbox_written` and counts in `tasks_enqueued`.
+    pub fn start(pool: PgPool, metrics: Arc<Metrics>, outbox_written: Arc<Notify>) -> Self {
         let (queue, waiting) = mpsc::channel(MAX_BATCH * IN_FLIGHT);
-        tokio::spawn(write_batches(pool.clone(), waiting));
-        Self { pool, queue }
+        let stored = Stored {
+            metrics,
+            outbox_written,
+        };
+        tokio::spawn(write_batches(pool.clone(), waiting, stored.clone()));
+        Self {
+            pool,
+            queue,
+            stored,
+        }
     }
 
     /// Store a new task and its first outbox message (or find the task the idempotency
@@ -55,9 +100,13 @@ impl Intake {
         envelope: &TaskEnvelope,
         idempotency_key: Option<&str>,
         actor: Option<&str>,
-    ) -> Result<Enqueued, sqlx::Error> {
+    ) -> Result<Enqueued, IntakeError> {
         if idempotency_key.is_some() {
-            return ledger::enqueue(&self.pool, envelope, idempotency_key, actor).await;
+            let enqueued = ledger::enqueue(&self.pool, envelope, idempotency_key, actor).await?;
+            if let Enqueued::Created(row) = &enqueued {
+                self.stored.record(row);
+            }
+            return Ok(enqueued);
         }
         let (reply, stored) = oneshot::channel();
         let pending = Pending {
@@ -67,13 +116,11 @@ impl Intake {
         };
         if self.queue.send(pending).await.is_err() {
             // The writer is gone (the runtime is shutting down): nothing was stored.
-            return Err(sqlx::Error::PoolClosed);
+            return Err(sqlx::Error::PoolClosed.into());
         }
         match stored.await {
-            Ok(result) => result.map(Enqueued::Created),
-            // The writer's task ended without an answer (the runtime is shutting down);
-            // its statement may or may not have committed, like a lost connection's.
-            Err(_) => Err(sqlx::Error::PoolClosed),
+            Ok(result) => Ok(Enqueued::Created(result?)),
+            Err(_) => Err(IntakeError::Unknown),
         }
     }
 }
@@ -81,7 +128,7 @@ impl Intake {
 /// Take the waiting tasks, up to [`MAX_BATCH`] at a time, whenever one of the
 /// [`IN_FLIGHT`] statements is free, and store each batch in a task of its own (so that a
 /// caller that goes away cannot stop a statement its batch shares with others).
-async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>) {
+async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, stored: Stored) {
     let free = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         let permit = free
@@ -99,16 +146,21 @@ async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
+        // Nobody waits for these any more: their callers were told nothing was stored.
+        batch.retain(|pending| !pending.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        let (pool, stored) = (pool.clone(), stored.clone());
         tokio::spawn(async move {
-            store(&pool, batch).await;
+            store(&pool, batch, &stored).await;
             drop(permit);
         });
     }
 }
 
 /// Store one batch and answer each of its callers.
-async fn store(pool: &PgPool, batch: Vec<Pending>) {
+async fn store(pool: &PgPool, batch: Vec<Pending>, stored: &Stored) {
     if batch.len() > 1 {
         let tasks: Vec<(&TaskEnvelope, Option<&str>)> = batch
             .iter()
@@ -123,7 +175,20 @@ async fn store(pool: &PgPool, batch: Vec<Pending>) {
                     let row = rows
                         .remove(&pending.envelope.task_id)
                         .ok_or(sqlx::Error::RowNotFound);
+                    if let Ok(row) = &row {
+                        stored.record(row);
+                    }
                     let _ = pending.reply.send(row);
+                }
+                return;
+            }
+            Err(error) if is_transient(&error) => {
+                // The same for each of them: tell every caller now rather than try each
+                // alone (each would wait for a connection in turn).
+                tracing::warn!(%error, tasks = batch.len(), "a batch of enqueues failed");
+                for pending in batch {
+                    let error = std::io::Error::other(error.to_string());
+                    let _ = pending.reply.send(Err(sqlx::Error::Io(error)));
                 }
                 return;
             }

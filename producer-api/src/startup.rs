@@ -102,7 +102,11 @@ impl Application {
             .woken_by(outbox_written.clone())
         });
         let state = AppState {
-            intake: crate::intake::Intake::start(pool.clone()),
+            intake: crate::intake::Intake::start(
+                pool.clone(),
+                metrics.clone(),
+                outbox_written.clone(),
+            ),
             pool,
             rules: Arc::new(config.validation_rules()?),
             max_attempts: config.max_attempts,

@@ -58,6 +58,15 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+impl From<crate::intake::IntakeError> for ApiError {
+    fn from(error: crate::intake::IntakeError) -> Self {
+        match error {
+            crate::intake::IntakeError::Ledger(error) => error.into(),
+            unknown => ApiError::Internal(unknown.into()),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         if is_unavailable(&error) {

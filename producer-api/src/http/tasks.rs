@@ -208,23 +208,14 @@ pub(crate) async fn enqueue(
     let key = idempotency_key(headers)?;
     let max_attempts = task.max_attempts().unwrap_or(state.max_attempts);
     let envelope = TaskEnvelope::new(Uuid::now_v7(), task, max_attempts, Utc::now());
-    let kind = envelope.task.kind();
     let actor = Some(principal.name.as_str());
     let (status, row) = match state
         .intake
         .enqueue(&envelope, key.as_deref(), actor)
         .await?
     {
-        Enqueued::Created(row) => {
-            state.outbox_written.notify_one();
-            state
-                .metrics
-                .tasks_enqueued
-                .with_label_values(&[kind.as_str()])
-                .inc();
-            tracing::info!(task_id = %row.id, %kind, actor = %principal.name, "task enqueued");
-            (StatusCode::ACCEPTED, row)
-        }
+        // Counted, logged and handed to this replica's relay by the intake.
+        Enqueued::Created(row) => (StatusCode::ACCEPTED, row),
         Enqueued::Replayed(row) => (StatusCode::OK, row),
         Enqueued::KeyConflict(row) => {
             return Err(ApiError::IdempotencyKeyReused {

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use test_support::*;
 use tokio::task::JoinSet;
 
-/// What one POST got: its status and body.
-type Answer = (StatusCode, Value);
+/// What one POST sent (its `max_age_hours`) and got: its status and body.
+type Answer = (f64, StatusCode, Value);
 
 /// POST `first` (one per statement the intake runs at once) while the task table is
 /// locked against writes, wait until each of their statements waits on the lock, then
@@ -29,6 +29,7 @@ async fn enqueue_while_locked(app: &TestApp, first: Vec<Value>, rest: Vec<Value>
             app.client.clone(),
             format!("{}/maintenance/cleanup-runs", app.address),
         );
+        let sent = body["max_age_hours"].as_f64().unwrap();
         posts.spawn(async move {
             let response = client
                 .post(url)
@@ -38,7 +39,7 @@ async fn enqueue_while_locked(app: &TestApp, first: Vec<Value>, rest: Vec<Value>
                 .await
                 .unwrap();
             let status = response.status();
-            (status, response.json().await.unwrap_or(Value::Null))
+            (sent, status, response.json().await.unwrap_or(Value::Null))
         });
     };
     // One at a time, each once the one before waits: sent together, two could share a
@@ -113,8 +114,14 @@ async fn enqueues_that_arrive_together_are_stored_together_and_answered_after_th
     assert_eq!(answers.len(), IN_FLIGHT + 40);
     let mut answered: Vec<(String, i64)> = answers
         .iter()
-        .map(|(status, body)| {
+        .map(|(sent, status, body)| {
             assert_eq!(*status, StatusCode::ACCEPTED, "{body}");
+            // Each caller is answered with its own task.
+            assert_eq!(
+                body["params"]["max_age_hours"].as_f64(),
+                Some(*sent),
+                "{body}"
+            );
             (
                 body["task_id"].as_str().unwrap().to_owned(),
                 body["params"]["max_age_hours"].as_f64().unwrap() as i64,
@@ -171,10 +178,13 @@ async fn a_task_that_fails_to_store_fails_no_other_task_of_its_batch() {
 
     let failed: Vec<&Answer> = answers
         .iter()
-        .filter(|(s, _)| *s != StatusCode::ACCEPTED)
+        .filter(|(_, s, _)| *s != StatusCode::ACCEPTED)
         .collect();
     assert_eq!(failed.len(), 1, "only the poisoned task fails: {failed:?}");
-    assert_eq!(failed[0].0, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        (failed[0].0, failed[0].1),
+        (13.0, StatusCode::INTERNAL_SERVER_ERROR)
+    );
     let rows = stored(app).await;
     assert_eq!(rows.len(), IN_FLIGHT + 20, "every other task is stored");
     assert!(rows.iter().all(|r| r.1 != 13 && r.2 == 1), "{rows:?}");
