@@ -42,6 +42,10 @@ pub struct Recorder {
     metrics: Arc<Metrics>,
 }
 
+/// How long the recorder waits for the broker to say how many events wait; no answer
+/// means the connection is not healthy.
+const STALL_CHECK_LIMIT: Duration = Duration::from_secs(5);
+
 impl Recorder {
     pub fn new(pool: PgPool, amqp_url: String, topology: Topology, metrics: Arc<Metrics>) -> Self {
         Self {
@@ -125,7 +129,15 @@ impl Recorder {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                 _ = watch.tick() => {
-                    if !watchdog.check(&[&channels[0], &channels[1]]) || self.stalled(channel, last_delivery).await {
+                    if !watchdog.check(&[&channels[0], &channels[1]]) {
+                        return SessionEnd::Lost;
+                    }
+                    // The check asks the broker: a stop must not wait for its answer.
+                    let stalled = tokio::select! {
+                        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                        stalled = self.stalled(channel, last_delivery) => stalled,
+                    };
+                    if stalled {
                         return SessionEnd::Lost;
                     }
                     continue;
@@ -185,10 +197,15 @@ impl Recorder {
             ..Default::default()
         };
         let queue = self.topology.ledger_queue();
-        match channel
-            .queue_declare(queue.as_str().into(), options, FieldTable::default())
-            .await
-        {
+        let declared = channel.queue_declare(queue.as_str().into(), options, FieldTable::default());
+        let Ok(declared) = tokio::time::timeout(STALL_CHECK_LIMIT, declared).await else {
+            tracing::warn!(
+                limit = ?STALL_CHECK_LIMIT,
+                "the broker does not answer on the recorder's connection; rebuilding it"
+            );
+            return true;
+        };
+        match declared {
             Ok(queue) if queue.message_count() > 0 => {
                 tracing::warn!(
                     waiting = queue.message_count(),

@@ -142,3 +142,23 @@ async fn an_api_whose_broker_stops_answering_still_stops() {
         "the API waited out the relay batch: {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_idle_longer_than_the_recovery_grace_stops_while_its_broker_does_not_answer() {
+    let proxy = TcpProxy::start(&amqp_address(), true).await;
+    let stack = behind(&proxy).await;
+    // No event for longer than the recorder waits before it asks the broker whether
+    // events are stuck; then the broker stops answering, and the recorder asks.
+    tokio::time::sleep(shared::runtime::amqp::RECOVERY_GRACE + Duration::from_secs(1)).await;
+    proxy.freeze();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = std::time::Instant::now();
+    // Fails the test if the API has not exited within the harness's STOP_LIMIT.
+    stack.stop().await;
+    let took = asked.elapsed();
+    eprintln!("the API exited {took:?} after it was told to stop");
+    assert!(
+        took < Duration::from_secs(25),
+        "the API waited for a broker that does not answer: {took:?}"
+    );
+}
