@@ -29,6 +29,10 @@ pub struct Application {
     schedules_file: Option<(std::path::PathBuf, tokio::signal::unix::Signal)>,
 }
 
+/// How long a stop waits for the relay, the recorder, the scheduler and the sweepers,
+/// after the HTTP server drained (each stops within seconds when its peers answer).
+const BACKGROUND_STOP_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 impl Application {
     /// Validate the config, connect to and migrate the ledger, bind the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
@@ -205,7 +209,18 @@ impl Application {
             .context("HTTP server failed");
         shutdown.cancel();
         tracker.close();
-        tracker.wait().await;
+        // Each of them stops at once on its own; one stuck on a peer that keeps its
+        // connection open and says nothing does not hold the exit.
+        if tokio::time::timeout(BACKGROUND_STOP_LIMIT, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                limit = ?BACKGROUND_STOP_LIMIT,
+                still_running = tracker.len(),
+                "background tasks did not stop in time; exiting without them"
+            );
+        }
         use shared::runtime::db;
         db::close(&pool, "ledger", db::CLOSE_LIMIT).await;
         tracing::info!("producer-api stopped");

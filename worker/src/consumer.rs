@@ -65,8 +65,17 @@ pub async fn run(
             // Deliveries of the old channels are void: let in-flight work end first
             // (its acks fail harmlessly; RabbitMQ redelivers those tasks), and close the
             // old connection so that it does not recover consumers of its own.
+            // Bounded as at a stop: past the stop grace a task has stopped its work and
+            // waits only on the old connection (an ack or a publish that a broker under an
+            // alarm holds back); a stop meanwhile ends the wait.
             tasks.close();
-            tasks.wait().await;
+            let limit = ctx.stop_grace + amqp::CONFIRM_TIMEOUT + amqp::STOP_REQUEST_TIMEOUT;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                waited = tokio::time::timeout(limit, tasks.wait()) => if waited.is_err() {
+                    tracing::warn!(in_flight = tasks.len(), ?limit, "tasks of the lost session did not end in time; rebuilding without them");
+                }
+            }
             tasks.reopen();
             amqp::retire(session.connection, "rebuilding").await;
             SessionEnd::Lost

@@ -99,24 +99,31 @@ impl Recorder {
             (self.topology.ledger_queue(), false, &channels[0]),
             (self.topology.dead_ledger_queue(), true, &channels[1]),
         ] {
-            let consumer = match channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    // An explicit tag: lapin re-registers it on recovery.
-                    format!(
-                        "recorder-{}-{}",
-                        std::process::id(),
-                        uuid::Uuid::new_v4().simple()
-                    )
-                    .into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
+            let consume = channel.basic_consume(
+                queue.as_str().into(),
+                // An explicit tag: lapin re-registers it on recovery.
+                format!(
+                    "recorder-{}-{}",
+                    std::process::id(),
+                    uuid::Uuid::new_v4().simple()
                 )
-                .await
-            {
-                Ok(consumer) => consumer,
-                Err(error) => {
+                .into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            );
+            // A broker that stops answering now would hold the answer for a recovery.
+            let consumed = tokio::select! {
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                consumed = tokio::time::timeout(amqp::SETUP_LIMIT, consume) => consumed,
+            };
+            let consumer = match consumed {
+                Ok(Ok(consumer)) => consumer,
+                Ok(Err(error)) => {
                     tracing::warn!(%error, %queue, "cannot consume");
+                    return SessionEnd::Lost;
+                }
+                Err(_) => {
+                    tracing::warn!(%queue, limit = ?amqp::SETUP_LIMIT, "no answer to consume");
                     return SessionEnd::Lost;
                 }
             };

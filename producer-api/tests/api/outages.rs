@@ -162,3 +162,38 @@ async fn an_api_idle_longer_than_the_recovery_grace_stops_while_its_broker_does_
         "the API waited for a broker that does not answer: {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_whose_database_stops_answering_still_stops() {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            database_url: Some(db.url_via(proxy.addr)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        app.post("/maintenance/cleanup-runs", runs_body())
+            .await
+            .status(),
+        202
+    );
+    // Connections stay open and nothing comes back: the relay's, the scheduler's and the
+    // sweeper's next statements wait for ever.
+    proxy.freeze();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = std::time::Instant::now();
+    // Fails the test if the API has not exited within the harness's STOP_LIMIT.
+    app.stop().await;
+    let took = asked.elapsed();
+    eprintln!("the API exited {took:?} after it was told to stop");
+    assert!(
+        took < Duration::from_secs(40),
+        "the API waited for a database that does not answer: {took:?}"
+    );
+}
