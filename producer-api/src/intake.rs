@@ -198,13 +198,22 @@ async fn store(pool: &PgPool, batch: Vec<Pending>, stored: &Stored) {
         }
     }
     for pending in batch {
-        let stored = ledger::enqueue(pool, &pending.envelope, None, pending.actor.as_deref())
+        if pending.reply.is_closed() {
+            continue;
+        }
+        let result = ledger::enqueue(pool, &pending.envelope, None, pending.actor.as_deref())
             .await
             .and_then(|enqueued| match enqueued {
                 Enqueued::Created(row) => Ok(row),
                 // Never: without a key nothing can conflict.
                 Enqueued::Replayed(_) | Enqueued::KeyConflict(_) => Err(sqlx::Error::RowNotFound),
             });
-        let _ = pending.reply.send(stored);
+        match &result {
+            Ok(row) => stored.record(row),
+            Err(error) => {
+                tracing::warn!(task_id = %pending.envelope.task_id, %error, "an enqueue failed")
+            }
+        }
+        let _ = pending.reply.send(result);
     }
 }

@@ -84,6 +84,20 @@ async fn enqueue_while_locked(app: &TestApp, first: Vec<Value>, rest: Vec<Value>
     answers
 }
 
+/// `cleanup_tasks_enqueued_total` of cleanup_runs, as `/metrics` shows it.
+async fn counted(app: &TestApp) -> f64 {
+    let text = app
+        .get_without_token("/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|line| line.starts_with("cleanup_tasks_enqueued_total{kind=\"cleanup_runs\"}"))
+        .and_then(|line| line.rsplit(' ').next())
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
 fn runs(max_age_hours: u32) -> Value {
     json!({"max_age_hours": max_age_hours, "dry_run": true})
 }
@@ -142,6 +156,8 @@ async fn enqueues_that_arrive_together_are_stored_together_and_answered_after_th
     let mut asked: Vec<i64> = (1..=IN_FLIGHT as i64).chain(100..140).collect();
     asked.sort();
     assert_eq!(ages, asked, "every request stored once");
+    // Whether stored alone or together, every task is counted.
+    assert_eq!(counted(app).await, (IN_FLIGHT + 40) as f64);
     // The 40 that queued behind the lock went in far fewer statements than tasks.
     let mut transactions: Vec<&String> = rows.iter().map(|r| &r.3).collect();
     transactions.sort();
@@ -188,4 +204,6 @@ async fn a_task_that_fails_to_store_fails_no_other_task_of_its_batch() {
     let rows = stored(app).await;
     assert_eq!(rows.len(), IN_FLIGHT + 20, "every other task is stored");
     assert!(rows.iter().all(|r| r.1 != 13 && r.2 == 1), "{rows:?}");
+    // Those stored one by one after the batch failed are counted too.
+    assert_eq!(counted(app).await, (IN_FLIGHT + 20) as f64);
 }
