@@ -13,6 +13,39 @@ async fn behind(proxy: &TcpProxy) -> Stack {
     .await
 }
 
+/// An API on a database of its own that it reaches through `proxy`, and one task it
+/// accepted. The database and the broker's names live as long as the returned guards.
+async fn with_database_behind(proxy: &TcpProxy) -> (TestDb, TestBroker, TestApp) {
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            database_url: Some(db.url_via(proxy.addr)),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        app.post("/maintenance/cleanup-runs", runs_body())
+            .await
+            .status(),
+        202
+    );
+    (db, broker, app)
+}
+
+/// How long `stop` took to end (the harness fails the test past its `STOP_LIMIT`),
+/// printed and checked against `limit`.
+async fn stops_within(stop: impl std::future::Future<Output = ()>, limit: Duration, what: &str) {
+    let asked = std::time::Instant::now();
+    stop.await;
+    let took = asked.elapsed();
+    eprintln!("the API exited {took:?} after it was told to stop");
+    assert!(took < limit, "{what}: {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_accepted_while_rabbitmq_is_unreachable_are_published_when_it_is_back() {
     // Start with the broker unreachable.
@@ -63,24 +96,8 @@ async fn tasks_accepted_while_rabbitmq_is_unreachable_are_published_when_it_is_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enqueue_answers_503_while_the_database_is_unreachable() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            database_url: Some(db.url_via(proxy.addr)),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_eq!(
-        app.post("/maintenance/cleanup-runs", runs_body())
-            .await
-            .status(),
-        202
-    );
+    let (_db, _broker, app) = with_database_behind(&proxy).await;
 
     proxy.cut();
     for _ in 0..3 {
@@ -130,17 +147,14 @@ async fn an_api_whose_broker_stops_answering_still_stops() {
     proxy.freeze();
     enqueue(app, "/maintenance/cleanup-runs", runs_body()).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let asked = std::time::Instant::now();
-    // Fails the test if the API has not exited within the harness's STOP_LIMIT.
-    stack.stop().await;
-    let took = asked.elapsed();
-    eprintln!("the API exited {took:?} after it was told to stop");
     // Not a performance bound: a stop that waits out the relay's publish timeout (30 s)
     // instead of giving the batch a short grace is the bug this test is about.
-    assert!(
-        took < Duration::from_secs(25),
-        "the API waited out the relay batch: {took:?}"
-    );
+    stops_within(
+        stack.stop(),
+        Duration::from_secs(25),
+        "the API waited out the relay batch",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,48 +166,26 @@ async fn an_api_idle_longer_than_the_recovery_grace_stops_while_its_broker_does_
     tokio::time::sleep(shared::runtime::amqp::RECOVERY_GRACE + Duration::from_secs(1)).await;
     proxy.freeze();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let asked = std::time::Instant::now();
-    // Fails the test if the API has not exited within the harness's STOP_LIMIT.
-    stack.stop().await;
-    let took = asked.elapsed();
-    eprintln!("the API exited {took:?} after it was told to stop");
-    assert!(
-        took < Duration::from_secs(25),
-        "the API waited for a broker that does not answer: {took:?}"
-    );
+    stops_within(
+        stack.stop(),
+        Duration::from_secs(25),
+        "the API waited for a broker that does not answer",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_whose_database_stops_answering_still_stops() {
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
-        AppOptions {
-            database_url: Some(db.url_via(proxy.addr)),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_eq!(
-        app.post("/maintenance/cleanup-runs", runs_body())
-            .await
-            .status(),
-        202
-    );
+    let (_db, _broker, app) = with_database_behind(&proxy).await;
     // Connections stay open and nothing comes back: the relay's, the scheduler's and the
     // sweeper's next statements wait for ever.
     proxy.freeze();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let asked = std::time::Instant::now();
-    // Fails the test if the API has not exited within the harness's STOP_LIMIT.
-    app.stop().await;
-    let took = asked.elapsed();
-    eprintln!("the API exited {took:?} after it was told to stop");
-    assert!(
-        took < Duration::from_secs(40),
-        "the API waited for a database that does not answer: {took:?}"
-    );
+    stops_within(
+        app.stop(),
+        Duration::from_secs(40),
+        "the API waited for a database that does not answer",
+    )
+    .await;
 }
