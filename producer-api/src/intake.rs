@@ -97,12 +97,12 @@ impl Intake {
     /// key names): [`ledger::enqueue`], batched with other enqueues when it has no key.
     pub async fn enqueue(
         &self,
-        envelope: &TaskEnvelope,
+        envelope: TaskEnvelope,
         idempotency_key: Option<&str>,
         actor: Option<&str>,
     ) -> Result<Enqueued, IntakeError> {
         if idempotency_key.is_some() {
-            let enqueued = ledger::enqueue(&self.pool, envelope, idempotency_key, actor).await?;
+            let enqueued = ledger::enqueue(&self.pool, &envelope, idempotency_key, actor).await?;
             if let Enqueued::Created(row) = &enqueued {
                 self.stored.record(row);
             }
@@ -110,7 +110,7 @@ impl Intake {
         }
         let (reply, stored) = oneshot::channel();
         let pending = Pending {
-            envelope: envelope.clone(),
+            envelope,
             actor: actor.map(str::to_owned),
             reply,
         };
@@ -161,59 +161,66 @@ async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, store
 
 /// Store one batch and answer each of its callers.
 async fn store(pool: &PgPool, batch: Vec<Pending>, stored: &Stored) {
-    if batch.len() > 1 {
-        let tasks: Vec<(&TaskEnvelope, Option<&str>)> = batch
-            .iter()
-            .map(|p| (&p.envelope, p.actor.as_deref()))
-            .collect();
-        match ledger::tasks::enqueue_many(pool, &tasks).await {
-            Ok(rows) => {
-                let mut rows: std::collections::HashMap<_, _> =
-                    rows.into_iter().map(|row| (row.id, row)).collect();
-                for pending in batch {
-                    // Never: the statement returns every row it stored.
-                    let row = rows
-                        .remove(&pending.envelope.task_id)
-                        .ok_or(sqlx::Error::RowNotFound);
-                    if let Ok(row) = &row {
-                        stored.record(row);
-                    }
-                    let _ = pending.reply.send(row);
-                }
-                return;
-            }
-            Err(error) if is_transient(&error) => {
-                // The same for each of them: tell every caller now rather than try each
-                // alone (each would wait for a connection in turn).
-                tracing::warn!(%error, tasks = batch.len(), "a batch of enqueues failed");
-                for pending in batch {
-                    let error = std::io::Error::other(error.to_string());
-                    let _ = pending.reply.send(Err(sqlx::Error::Io(error)));
-                }
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(%error, tasks = batch.len(), "a batch of enqueues failed; storing each on its own");
-            }
-        }
+    let error = match insert(pool, &batch).await {
+        Ok(rows) => return settle(batch, rows, stored),
+        Err(error) => error,
+    };
+    if batch.len() == 1 || is_transient(&error) {
+        // Tried alone, each would fail the same way (and wait for a connection in turn).
+        tracing::warn!(%error, tasks = batch.len(), "enqueue failed");
+        return refuse(batch, error);
     }
+    tracing::warn!(%error, tasks = batch.len(), "a batch of enqueues failed; storing each on its own");
     for pending in batch {
         if pending.reply.is_closed() {
             continue;
         }
-        let result = ledger::enqueue(pool, &pending.envelope, None, pending.actor.as_deref())
-            .await
-            .and_then(|enqueued| match enqueued {
-                Enqueued::Created(row) => Ok(row),
-                // Never: without a key nothing can conflict.
-                Enqueued::Replayed(_) | Enqueued::KeyConflict(_) => Err(sqlx::Error::RowNotFound),
-            });
-        match &result {
-            Ok(row) => stored.record(row),
+        let one = vec![pending];
+        match insert(pool, &one).await {
+            Ok(rows) => settle(one, rows, stored),
             Err(error) => {
-                tracing::warn!(task_id = %pending.envelope.task_id, %error, "an enqueue failed")
+                tracing::warn!(task_id = %one[0].envelope.task_id, %error, "enqueue failed");
+                refuse(one, error)
             }
         }
-        let _ = pending.reply.send(result);
+    }
+}
+
+/// The batch's tasks and their outbox messages, in one statement.
+async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<Vec<TaskRow>, sqlx::Error> {
+    let tasks: Vec<(&TaskEnvelope, Option<&str>)> = batch
+        .iter()
+        .map(|p| (&p.envelope, p.actor.as_deref()))
+        .collect();
+    ledger::tasks::enqueue_many(pool, &tasks).await
+}
+
+/// Answer each caller of a stored batch with its own task (matched by id).
+fn settle(batch: Vec<Pending>, rows: Vec<TaskRow>, stored: &Stored) {
+    let mut rows: std::collections::HashMap<_, _> =
+        rows.into_iter().map(|row| (row.id, row)).collect();
+    for pending in batch {
+        // Never: the statement returns every row it stored.
+        let row = rows
+            .remove(&pending.envelope.task_id)
+            .ok_or(sqlx::Error::RowNotFound);
+        if let Ok(row) = &row {
+            stored.record(row);
+        }
+        let _ = pending.reply.send(row);
+    }
+}
+
+/// Tell each caller of a batch that stored nothing why: the error itself to a task tried
+/// alone, its text (a connection-level failure, answered 503) to each of several.
+fn refuse(mut batch: Vec<Pending>, error: sqlx::Error) {
+    if batch.len() == 1 {
+        let pending = batch.pop().expect("one task");
+        let _ = pending.reply.send(Err(error));
+        return;
+    }
+    for pending in batch {
+        let error = std::io::Error::other(error.to_string());
+        let _ = pending.reply.send(Err(sqlx::Error::Io(error)));
     }
 }

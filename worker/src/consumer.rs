@@ -69,7 +69,7 @@ pub async fn run(
             // waits only on the old connection (an ack or a publish that a broker under an
             // alarm holds back); a stop meanwhile ends the wait.
             tasks.close();
-            let limit = ctx.stop_grace + amqp::CONFIRM_TIMEOUT + amqp::STOP_REQUEST_TIMEOUT;
+            let limit = in_flight_limit(ctx);
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 waited = tokio::time::timeout(limit, tasks.wait()) => if waited.is_err() {
@@ -242,6 +242,12 @@ impl Session {
     }
 }
 
+/// How long the tasks of an ending session get: a turn stops within the stop grace, then
+/// publishes its continuation (its confirm bounded) and acks.
+fn in_flight_limit(ctx: &WorkerContext) -> std::time::Duration {
+    ctx.stop_grace + amqp::CONFIRM_TIMEOUT + amqp::STOP_REQUEST_TIMEOUT
+}
+
 /// Follow RabbitMQ's `connection.blocked` / `unblocked` for a session: logged, exported as
 /// `cleanup_amqp_blocked`, shown by `/readyz`. Meanwhile the worker's publishes wait: a
 /// result for at most its confirm timeout, after which the session is rebuilt and the
@@ -319,10 +325,9 @@ impl Session {
         });
         futures::future::join_all(cancels).await;
         tasks.close();
-        // A turn stops within the stop grace, then publishes its continuation (its confirm
-        // bounded) and acks. Past that, what is left returns to its queue when the
-        // connection closes, as after a crash.
-        let limit = ctx.stop_grace + amqp::CONFIRM_TIMEOUT + amqp::STOP_REQUEST_TIMEOUT;
+        // Past the limit, what is left returns to its queue when the connection closes, as
+        // after a crash.
+        let limit = in_flight_limit(ctx);
         if tokio::time::timeout(limit, tasks.wait()).await.is_err() {
             tracing::warn!(
                 in_flight = tasks.len(),

@@ -211,7 +211,7 @@ pub(crate) async fn enqueue(
     let actor = Some(principal.name.as_str());
     let (status, row) = match state
         .intake
-        .enqueue(&envelope, key.as_deref(), actor)
+        .enqueue(envelope, key.as_deref(), actor)
         .await?
     {
         // Counted, logged and handed to this replica's relay by the intake.

@@ -114,7 +114,16 @@ impl From<lapin::Error> for StepError {
 
 /// Ack the delivery and count it processed; false when lapin sent nothing (see [`sent`]).
 pub(crate) async fn ack(ctx: &WorkerContext, delivery: &Delivery) -> Result<bool, StepError> {
-    let sent = sent("ack", delivery.ack(BasicAckOptions::default()).await)?;
+    settled(ctx, "ack", delivery.ack(BasicAckOptions::default()).await)
+}
+
+/// [`sent`], and the delivery counted processed when it was.
+pub(crate) fn settled(
+    ctx: &WorkerContext,
+    what: &'static str,
+    result: lapin::Result<bool>,
+) -> Result<bool, StepError> {
+    let sent = sent(what, result)?;
     if sent {
         ctx.processed.fetch_add(1, Ordering::Relaxed);
     }
@@ -402,4 +411,17 @@ pub async fn publish_event(
         body: event.to_json(),
     };
     amqp::publish(events, &message).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settlement_lapin_did_not_send_is_told_apart() {
+        assert!(sent("ack", Ok(true)).unwrap());
+        assert!(!sent("reject", Ok(false)).unwrap());
+        let failed = sent("ack", Err(lapin::ErrorKind::ChannelsLimitReached.into()));
+        assert!(failed.is_err());
+    }
 }
