@@ -62,22 +62,39 @@ pub async fn run(
                 session.finish(ctx, tasks).await;
                 return SessionEnd::Shutdown;
             }
-            // Deliveries of the old channels are void: let in-flight work end first
-            // (its acks fail harmlessly; RabbitMQ redelivers those tasks), and close the
-            // old connection so that it does not recover consumers of its own.
-            // Bounded as at a stop: past the stop grace a task has stopped its work and
-            // waits only on the old connection (an ack or a publish that a broker under an
-            // alarm holds back); a stop meanwhile ends the wait.
+            // Deliveries of the old channels are void (RabbitMQ redelivers those tasks).
+            // Their work stops at its next batch boundary (the session's token is
+            // cancelled): wait for that, so that no copy of a task still deletes when
+            // its redelivery starts, then close the old connection so that it recovers no
+            // consumers of its own. What a task still has to report then fails at once
+            // instead of waiting on a connection that lapin holds for a recovery (an ack
+            // has no limit of its own). A stop meanwhile ends the waits.
             tasks.close();
-            let limit = in_flight_limit(ctx);
+            ctx.executing.close();
+            let waits = async {
+                let limit = ctx.stop_grace;
+                if tokio::time::timeout(limit, ctx.executing.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        executing = ctx.executing.len(),
+                        ?limit,
+                        "work of the lost session did not stop in time; rebuilding without it"
+                    );
+                }
+                amqp::retire(session.connection, "rebuilding").await;
+                let limit = amqp::STOP_REQUEST_TIMEOUT;
+                if tokio::time::timeout(limit, tasks.wait()).await.is_err() {
+                    tracing::warn!(in_flight = tasks.len(), "tasks of the lost session still report on the closed connection; rebuilding without them");
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                waited = tokio::time::timeout(limit, tasks.wait()) => if waited.is_err() {
-                    tracing::warn!(in_flight = tasks.len(), ?limit, "tasks of the lost session did not end in time; rebuilding without them");
-                }
+                _ = waits => {}
             }
+            ctx.executing.reopen();
             tasks.reopen();
-            amqp::retire(session.connection, "rebuilding").await;
             SessionEnd::Lost
         }
     };

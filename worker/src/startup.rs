@@ -138,6 +138,7 @@ impl Application {
             runs_table_label: config.runs_table.clone(),
             trust: trust.clone(),
             cancellations: Default::default(),
+            executing: Default::default(),
             blocked: Default::default(),
         });
         let listener = TcpListener::bind(config.metrics_addr)

@@ -61,6 +61,9 @@ pub struct WorkerContext {
     pub trust: shared::signing::TaskTrust,
     /// The tasks cancelled, as read from the cancellation stream.
     pub cancellations: crate::cancels::Cancellations,
+    /// Attempts whose work is under way (not their reporting): a lost session waits for
+    /// them to stop before it closes its connection and a new one takes deliveries.
+    pub executing: tokio_util::task::TaskTracker,
     /// Why RabbitMQ blocks the connection's publishers (a memory or disk alarm), while it
     /// does: results and heartbeats wait until it lifts. `/readyz` shows it, and
     /// `cleanup_amqp_blocked` is read from it at each scrape.
@@ -200,12 +203,12 @@ pub async fn handle_delivery(
         task_timeout: ctx.task_timeout,
         stop_grace: ctx.stop_grace,
     };
-    let attempt = run_attempt(
+    let attempt = ctx.executing.track_future(run_attempt(
         ctx.executors.execute(&envelope, &turn, &checkpoint),
         &turn,
         &checkpoint,
         limits,
-    );
+    ));
     let result = match announcement {
         None => Ok(attempt.await),
         Some(asked) => {
