@@ -136,7 +136,7 @@ for setup in $RUNS; do
     workers_rss+="$(( $(hwm "$p") / 1024 ))M "
   done
   read -r p50 p99 < <(python3 -c "
-import sys; xs = sorted(float(l) for l in open('$WORK/latencies-$run.txt') if l.strip())
+import sys; xs = sorted(float(l.split()[1]) for l in open('$WORK/latencies-$run.txt') if l.strip())
 q = lambda p: xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
 print(f'{q(0.50):.1f} {q(0.99):.1f}')")
   enqueue_rate=$(python3 -c "print(f'{$N / $load_took:.0f}')")

@@ -1,5 +1,5 @@
 //! The load of `deploy/bench/e2e.sh`: N POSTs of one JSON body by C concurrent keep-alive
-//! clients, each answer's latency written to a file, one line of summary on stdout.
+//! clients, when each request was sent and how long its answer took written to a file, one line of summary on stdout.
 //! A Python client took about a tenth of the two cores it shares with what it measures;
 //! this one takes a fraction of that.
 //!
@@ -55,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Err(_) => false,
                 };
-                latencies.push(sent.elapsed().as_secs_f64());
+                latencies.push((
+                    sent.duration_since(started).as_secs_f64(),
+                    sent.elapsed().as_secs_f64(),
+                ));
                 if !accepted {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -68,7 +71,11 @@ async fn main() -> anyhow::Result<()> {
         latencies.extend(client.await?);
     }
     let took = started.elapsed().as_secs_f64();
-    let lines: Vec<String> = latencies.iter().map(|l| format!("{l:.6}")).collect();
+    // When each request was sent (seconds from the start) and how long its answer took.
+    let lines: Vec<String> = latencies
+        .iter()
+        .map(|(at, took)| format!("{at:.6} {took:.6}"))
+        .collect();
     std::fs::write(out, lines.join("\n")).context("writing the latencies")?;
     println!(
         "{started_at} {took} {} {}",
