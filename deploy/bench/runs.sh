@@ -2,7 +2,7 @@
 # Compare one plain `DELETE FROM runs WHERE status IN (...) AND finished_at < cutoff` with a
 # real cleanup_runs task (POST /maintenance/cleanup-runs -> relay -> RabbitMQ -> one
 # release-built worker -> GET /tasks/{id} says succeeded), on identical fresh copies of
-# the same data (CREATE DATABASE ... TEMPLATE). ROWS runs (default 200,000) plus one
+# the same data (CREATE DATABASE ... TEMPLATE). ROWS runs (default 1,000,000: the size issue 10 measured) plus one
 # run_logs row per run (ON DELETE CASCADE); the older half finished 60 to 120 days ago,
 # the younger half 1 to 20 days ago, a third of each half is `running`; the cutoff is 720
 # hours. Cases:
@@ -26,7 +26,7 @@
 # dropped on exit. Run by hand, not in CI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROWS=${ROWS:-200000}
+ROWS=${ROWS:-1000000}
 TIMEOUT=${TIMEOUT:-300}
 PART_ROWS=${PART_ROWS:-1000000}
 CASES=${CASES:-"1 2 3 3x 4 5"}
