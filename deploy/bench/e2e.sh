@@ -12,6 +12,8 @@
 # process, RabbitMQ's beam.smp, the load generator) and the peak RSS of API and workers;
 # then where the tasks waited (p50 / p99, from the ledger's timestamps: outbox to the
 # relay's claim, queue to the worker, the work, the result to the recorder's commit).
+# The API's /metrics at the end of each setup is kept in the logs directory
+# (api-metrics-<n>.txt: its own latency histogram of the same POSTs).
 # API_LOG_LEVEL sets producer-api's LOG_LEVEL (e.g. warn,producer_api::relay=debug);
 # LEDGER_SQL runs on the ledger once the API has migrated it, before the load (what-if
 # experiments: "ALTER TABLE cleanup_tasks SET (fillfactor = 70)").
@@ -166,5 +168,8 @@ print(f'{q(0.50):.1f} {q(0.99):.1f}')")
       round(100.0 * sum(n_tup_hot_upd) / greatest(sum(n_tup_upd), 1)),
       round(sum(pg_table_size(relid))::numeric / $N), round(sum(pg_indexes_size(relid))::numeric / $N))
     FROM pg_stat_user_tables WHERE relname IN ('cleanup_tasks', 'cleanup_outbox')"
+  # The API's own view of the same requests (its latency histogram), for comparison with
+  # the clients' (what lies between is the kernel and the scheduler of the shared cores).
+  curl -fsS "$API/metrics" > "$WORK/api-metrics-$run.txt" 2>/dev/null || true
   for p in "${worker_pids[@]}" "$api_pid"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
 done
