@@ -66,32 +66,26 @@ pub async fn run(
             // Their work stops at its next batch boundary (the session's token is
             // cancelled): wait for that, so that no copy of a task still deletes when
             // its redelivery starts, then close the old connection so that it recovers no
-            // consumers of its own. What a task still has to report then fails at once
-            // instead of waiting on a connection that lapin holds for a recovery (an ack
-            // has no limit of its own). A stop meanwhile ends the waits.
+            // consumers of its own. What a task still has to report then goes to a closed
+            // connection; the rebuild waits for it at most STOP_REQUEST_TIMEOUT, not for
+            // an ack (which has no limit of its own) that lapin holds for a recovery of
+            // the old connection. A stop meanwhile ends the waits.
             tasks.close();
             ctx.executing.close();
-            let waits = async {
-                let limit = ctx.stop_grace;
-                if tokio::time::timeout(limit, ctx.executing.wait())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(
-                        executing = ctx.executing.len(),
-                        ?limit,
-                        "work of the lost session did not stop in time; rebuilding without it"
-                    );
-                }
-                amqp::retire(session.connection, "rebuilding").await;
-                let limit = amqp::STOP_REQUEST_TIMEOUT;
-                if tokio::time::timeout(limit, tasks.wait()).await.is_err() {
-                    tracing::warn!(in_flight = tasks.len(), "tasks of the lost session still report on the closed connection; rebuilding without them");
-                }
-            };
+            let limit = ctx.stop_grace;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = waits => {}
+                waited = tokio::time::timeout(limit, ctx.executing.wait()) => if waited.is_err() {
+                    tracing::warn!(executing = ctx.executing.len(), ?limit, "work of the lost session did not stop in time; rebuilding without it");
+                }
+            }
+            amqp::retire(session.connection, "rebuilding").await;
+            let limit = amqp::STOP_REQUEST_TIMEOUT;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                waited = tokio::time::timeout(limit, tasks.wait()) => if waited.is_err() {
+                    tracing::warn!(in_flight = tasks.len(), "tasks of the lost session still report on its closed connection; rebuilding without them");
+                }
             }
             ctx.executing.reopen();
             tasks.reopen();
