@@ -64,29 +64,33 @@ pub async fn run(
             }
             // Deliveries of the old channels are void (RabbitMQ redelivers those tasks).
             // Their work stops at its next batch boundary (the session's token is
-            // cancelled): wait for that, so that no copy of a task still deletes when
-            // its redelivery starts, then close the old connection so that it recovers no
-            // consumers of its own. What a task still has to report then goes to a closed
-            // connection; the rebuild waits for it at most STOP_REQUEST_TIMEOUT, not for
-            // an ack (which has no limit of its own) that lapin holds for a recovery of
-            // the old connection. A stop meanwhile ends the waits.
+            // cancelled): wait for that first, so that no copy of a task still deletes
+            // when its redelivery starts. While the old connection still works (the
+            // session ended for another reason: a consumer failed, a result was refused),
+            // the tasks then report over it as at a stop, so that a continuation is never
+            // left without the ack of the delivery it replaces. Once it does not work
+            // (lapin holds their acks and confirms for a recovery, an ack without limit),
+            // they are not waited for: the old connection is closed, so that it recovers
+            // no consumers of its own, and the rebuild goes on. A stop ends the waits.
             tasks.close();
             ctx.executing.close();
-            let limit = ctx.stop_grace;
+            let stopped = tokio::time::timeout(ctx.stop_grace, ctx.executing.wait());
+            let reported = tokio::time::timeout(
+                amqp::CONFIRM_TIMEOUT + amqp::STOP_REQUEST_TIMEOUT,
+                reported_while_connected(&session.connection, tasks),
+            );
+            let waits = async {
+                if stopped.await.is_err() {
+                    tracing::warn!(executing = ctx.executing.len(), limit = ?ctx.stop_grace, "work of the lost session did not stop in time; rebuilding without it");
+                } else if !matches!(reported.await, Ok(true)) {
+                    tracing::warn!(in_flight = tasks.len(), "tasks of the lost session could not report on its connection; rebuilding without them");
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                waited = tokio::time::timeout(limit, ctx.executing.wait()) => if waited.is_err() {
-                    tracing::warn!(executing = ctx.executing.len(), ?limit, "work of the lost session did not stop in time; rebuilding without it");
-                }
+                _ = waits => {}
             }
             amqp::retire(session.connection, "rebuilding").await;
-            let limit = amqp::STOP_REQUEST_TIMEOUT;
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                waited = tokio::time::timeout(limit, tasks.wait()) => if waited.is_err() {
-                    tracing::warn!(in_flight = tasks.len(), "tasks of the lost session still report on its closed connection; rebuilding without them");
-                }
-            }
             ctx.executing.reopen();
             tasks.reopen();
             SessionEnd::Lost
@@ -249,6 +253,22 @@ impl Session {
                     }
                 }
             });
+        }
+    }
+}
+
+/// Wait for `tasks` to end for as long as `connection` works; false when it stopped
+/// working first.
+async fn reported_while_connected(connection: &Connection, tasks: &TaskTracker) -> bool {
+    let ended = tasks.wait();
+    tokio::pin!(ended);
+    let mut look = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut ended => return true,
+            _ = look.tick() => if !connection.status().connected() {
+                return false;
+            }
         }
     }
 }

@@ -203,12 +203,19 @@ pub async fn handle_delivery(
         task_timeout: ctx.task_timeout,
         stop_grace: ctx.stop_grace,
     };
-    let attempt = ctx.executing.track_future(run_attempt(
-        ctx.executors.execute(&envelope, &turn, &checkpoint),
-        &turn,
-        &checkpoint,
-        limits,
-    ));
+    // Tracked while the work runs, not while `task.started` may still wait to be confirmed.
+    let executing = ctx.executing.token();
+    let attempt = async {
+        let result = run_attempt(
+            ctx.executors.execute(&envelope, &turn, &checkpoint),
+            &turn,
+            &checkpoint,
+            limits,
+        )
+        .await;
+        drop(executing);
+        result
+    };
     let result = match announcement {
         None => Ok(attempt.await),
         Some(asked) => {
