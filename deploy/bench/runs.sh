@@ -2,10 +2,10 @@
 # Compare one plain `DELETE FROM runs WHERE status IN (...) AND finished_at < cutoff` with a
 # real cleanup_runs task (POST /maintenance/cleanup-runs -> relay -> RabbitMQ -> one
 # release-built worker -> GET /tasks/{id} says succeeded), on identical fresh copies of
-# the same data (CREATE DATABASE ... TEMPLATE). ROWS runs (default 1,000,000: the size issue 10 measured) plus one
-# run_logs row per run (ON DELETE CASCADE); the older half finished 60 to 120 days ago,
-# the younger half 1 to 20 days ago, a third of each half is `running`; the cutoff is 720
-# hours. Cases:
+# the same data (CREATE DATABASE ... TEMPLATE). ROWS runs (default 1,000,000, the size
+# issue 10 measured) plus one run_logs row per run (ON DELETE CASCADE); the older half
+# finished 60 to 120 days ago, the younger half 1 to 20 days ago, a third of each half is
+# `running`; the cutoff is 720 hours. Cases:
 #   1  finished_at indexed (deploy/sql/runs-schema.sql as shipped), batch_size default
 #   2  the same, batch_size 1000 (the default before it became 10000, the largest)
 #   3  no index on finished_at, batch_size default

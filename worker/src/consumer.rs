@@ -74,15 +74,11 @@ pub async fn run(
             // no consumers of its own, and the rebuild goes on. A stop ends the waits.
             tasks.close();
             ctx.executing.close();
-            let stopped = tokio::time::timeout(ctx.stop_grace, ctx.executing.wait());
-            let reported = tokio::time::timeout(
-                amqp::CONFIRM_TIMEOUT + amqp::STOP_REQUEST_TIMEOUT,
-                reported_while_connected(&session.connection, tasks),
-            );
             let waits = async {
-                if stopped.await.is_err() {
+                let stopped = tokio::time::timeout(ctx.stop_grace, ctx.executing.wait()).await;
+                if stopped.is_err() {
                     tracing::warn!(executing = ctx.executing.len(), limit = ?ctx.stop_grace, "work of the lost session did not stop in time; rebuilding without it");
-                } else if !matches!(reported.await, Ok(true)) {
+                } else if !reported_while_connected(&session.connection, tasks).await {
                     tracing::warn!(in_flight = tasks.len(), "tasks of the lost session could not report on its connection; rebuilding without them");
                 }
             };
@@ -257,26 +253,29 @@ impl Session {
     }
 }
 
-/// Wait for `tasks` to end for as long as `connection` works; false when it stopped
-/// working first.
+/// How long stopped tasks get to report: a continuation or result and its confirm, then
+/// the ack.
+const REPORT_LIMIT: Duration = amqp::CONFIRM_TIMEOUT.saturating_add(amqp::STOP_REQUEST_TIMEOUT);
+
+/// Wait for `tasks` to end, at most [`REPORT_LIMIT`] and for as long as `connection`
+/// works; false when they did not.
 async fn reported_while_connected(connection: &Connection, tasks: &TaskTracker) -> bool {
-    let ended = tasks.wait();
-    tokio::pin!(ended);
-    let mut look = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            _ = &mut ended => return true,
-            _ = look.tick() => if !connection.status().connected() {
-                return false;
+    let reported = async {
+        let ended = tasks.wait();
+        tokio::pin!(ended);
+        let mut look = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = &mut ended => return true,
+                _ = look.tick() => if !connection.status().connected() {
+                    return false;
+                }
             }
         }
-    }
-}
-
-/// How long the tasks of an ending session get: a turn stops within the stop grace, then
-/// publishes its continuation (its confirm bounded) and acks.
-fn in_flight_limit(ctx: &WorkerContext) -> std::time::Duration {
-    ctx.stop_grace + amqp::CONFIRM_TIMEOUT + amqp::STOP_REQUEST_TIMEOUT
+    };
+    tokio::time::timeout(REPORT_LIMIT, reported)
+        .await
+        .unwrap_or(false)
 }
 
 /// Follow RabbitMQ's `connection.blocked` / `unblocked` for a session: logged, exported as
@@ -356,9 +355,9 @@ impl Session {
         });
         futures::future::join_all(cancels).await;
         tasks.close();
-        // Past the limit, what is left returns to its queue when the connection closes, as
-        // after a crash.
-        let limit = in_flight_limit(ctx);
+        // A turn stops within the stop grace, then reports. Past that, what is left returns
+        // to its queue when the connection closes, as after a crash.
+        let limit = ctx.stop_grace + REPORT_LIMIT;
         if tokio::time::timeout(limit, tasks.wait()).await.is_err() {
             tracing::warn!(
                 in_flight = tasks.len(),

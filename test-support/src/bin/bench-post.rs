@@ -1,5 +1,6 @@
 //! The load of `deploy/bench/e2e.sh`: N POSTs of one JSON body by C concurrent keep-alive
-//! clients, when each request was sent and how long its answer took written to a file, one line of summary on stdout.
+//! clients; when each request was sent and how long its answer took go to a file, one
+//! line of summary to stdout.
 //! A Python client took about a tenth of the two cores it shares with what it measures;
 //! this one takes a fraction of that.
 //!
@@ -71,7 +72,7 @@ async fn main() -> anyhow::Result<()> {
         latencies.extend(client.await?);
     }
     let took = started.elapsed().as_secs_f64();
-    // When each request was sent (seconds from the start) and how long its answer took.
+    // Seconds from the start, seconds to the answer.
     let lines: Vec<String> = latencies
         .iter()
         .map(|(at, took)| format!("{at:.6} {took:.6}"))
