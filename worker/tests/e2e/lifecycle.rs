@@ -215,14 +215,19 @@ async fn a_scheduled_retry_survives_a_restart_of_every_process() {
 
 /// A walk longer than its turn budget resumes where it stopped: dry and real runs count
 /// every file once over several turns.
+///
+/// The directories are small beside the budget: a turn that makes no progress counts as
+/// stalled, and three in a row fail the task. With 150 files a directory and an 8 ms
+/// budget, a worker starved of CPU (four busy loops beside it on two cores; once, the
+/// whole suite in parallel) stalled three turns running and failed the task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_temp_walk_longer_than_its_turn_budget_resumes_and_counts_every_file_once() {
     let scratch = tempfile::tempdir().unwrap();
     let old = std::time::SystemTime::now() - Duration::from_secs(48 * 3600);
-    for d in 0..60 {
-        let dir = scratch.path().join(format!("d{d:02}"));
+    for d in 0..300 {
+        let dir = scratch.path().join(format!("d{d:03}"));
         std::fs::create_dir(&dir).unwrap();
-        for f in 0..150 {
+        for f in 0..30 {
             let path = dir.join(format!("f{f}"));
             std::fs::write(&path, b"xy").unwrap();
             std::fs::File::options()
@@ -238,7 +243,7 @@ async fn a_temp_walk_longer_than_its_turn_budget_resumes_and_counts_every_file_o
     let worker = stack
         .worker(&[
             temp_root_flag("s", scratch.path()),
-            "--turn-budget=8ms".into(),
+            "--turn-budget=20ms".into(),
             "--temp-walk-threads=1".into(),
         ])
         .await;
