@@ -177,6 +177,9 @@ impl TempFilesExecutor {
             dry_run: params.dry_run,
             remove_empty_dirs: params.remove_empty_dirs,
             max_files: params.max_files,
+            task_id: envelope.task_id,
+            claims: Default::default(),
+            claims_failed: Mutex::new(None),
             check_locks: self.check_locks,
             privileges: self.privileges,
             stop: stop.clone(),
@@ -311,3 +314,7 @@ pub fn build_globset(patterns: &[String]) -> Result<GlobSet, String> {
 #[cfg(test)]
 #[path = "tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "copies_tests.rs"]
+mod copies_tests;

@@ -32,7 +32,10 @@
 //!   empty before, or that no pattern reached. Across turns it is known by device, inode
 //!   and birth time (ext4 reuses a freed inode at once); without a birth time it is kept.
 //! - With `max_files`, the walk is sequential in name order, so which files a capped run
-//!   takes is the same in the dry run and in the real run.
+//!   takes is the same in the dry run and in the real run. A capped real run claims its
+//!   files against a count every copy of the task shares, kept in each root and written
+//!   before the files claimed are deleted ([`claims`]); the walk never enters that
+//!   directory.
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -52,12 +55,14 @@ use super::roots::{AgeBy, RootError, TempRoot};
 use super::{DirId, FileError, RootProgress, TempFilesResult};
 use crate::executor::ExecError;
 
+pub mod claims;
 mod file;
 mod guard;
 mod meta;
 mod rmdir;
 mod tally;
 
+use claims::{Claims, ClaimsError, CLAIMS_DIR};
 use guard::Reach;
 use meta::read_entries;
 pub use meta::{age_seconds, encode, Counters, DirOutcome, Kept, Meta, Privileges, Unlink};
@@ -73,6 +78,12 @@ pub struct Walk {
     pub dry_run: bool,
     pub remove_empty_dirs: bool,
     pub max_files: Option<u64>,
+    /// The task: a capped real run keeps its count under this id ([`claims`]).
+    pub task_id: uuid::Uuid,
+    /// The count every copy of a capped real run shares, opened when the run starts.
+    pub claims: std::sync::OnceLock<Claims>,
+    /// Why the shared count could not be kept: the walk stopped deleting.
+    pub claims_failed: Mutex<Option<ClaimsError>>,
     pub check_locks: bool,
     pub privileges: Privileges,
     pub stop: Arc<AtomicBool>,
@@ -115,6 +126,51 @@ impl Walk {
         self.counters
             .oldest_remaining
             .store(i64::MAX, Ordering::Relaxed);
+        if self.max_files.is_some() && !self.dry_run {
+            // Before anything is deleted: a count that cannot be kept deletes nothing.
+            let claims =
+                Claims::open(roots, self.task_id, self.privileges.euid).map_err(claims_error)?;
+            let _ = self.claims.set(claims);
+        }
+        let walked = self.walk_roots(roots);
+        if let Some(claims) = self.claims.get() {
+            // Not given back, they stay claimed: the task may delete fewer files, never more.
+            if let Err(error) = claims.release() {
+                tracing::warn!(%error, task_id = %self.task_id, "files claimed against max_files and not used could not be given back");
+            }
+        }
+        if let Some(error) = self.claims_failed.lock().expect("claims lock").take() {
+            return Err(claims_error(error));
+        }
+        walked
+    }
+
+    /// Claim one file against `max_files` (true: it may go). A real run claims from the
+    /// count every copy shares; when that count cannot be kept, the walk stops.
+    fn claim(&self, cap: u64) -> bool {
+        let own = self.counters.claimed.load(Ordering::Relaxed);
+        let granted = match self.claims.get() {
+            Some(claims) => match claims.take(cap, own) {
+                Ok(granted) => granted,
+                Err(error) => {
+                    self.stop.store(true, Ordering::SeqCst);
+                    self.interrupted.store(true, Ordering::SeqCst);
+                    self.claims_failed
+                        .lock()
+                        .expect("claims lock")
+                        .get_or_insert(error);
+                    return false;
+                }
+            },
+            None => own < cap,
+        };
+        if granted {
+            self.counters.claimed.fetch_add(1, Ordering::Relaxed);
+        }
+        granted
+    }
+
+    fn walk_roots(&self, roots: &[TempRoot]) -> Result<(), ExecError> {
         for root in roots {
             let prior = self.resume.get(&root.name).cloned().unwrap_or_default();
             if prior.complete {
@@ -209,6 +265,10 @@ impl Walk {
         let mut reach = Reach::default();
         let mut subdirs = Vec::new();
         for name in entries {
+            if top.is_some() && name.as_bytes() == CLAIMS_DIR.as_bytes() {
+                // The counts of capped tasks: never judged, counted or entered.
+                continue;
+            }
             let rel = at.rel.join(OsStr::from_bytes(name.as_bytes()));
             if let Some(prior) = top {
                 if prior.subdirs_done.contains(&encode(name.as_bytes())) {
@@ -387,6 +447,14 @@ impl Walk {
             };
         }
         self.remove_emptied(parent, name, fd, &meta, rule, at, &position.rel)
+    }
+}
+
+fn claims_error(error: ClaimsError) -> ExecError {
+    let message = format!("max_files cannot be kept across copies of the task: {error}");
+    match error {
+        ClaimsError::Refused(_) => ExecError::permanent(message),
+        ClaimsError::Io(_) => ExecError::transient(message),
     }
 }
 

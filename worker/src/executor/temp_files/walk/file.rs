@@ -71,9 +71,12 @@ impl Walk {
         }
         if let Some(cap) = self.max_files {
             // Sequential when capped: the check above and this claim cannot interleave.
-            if self.counters.claimed.fetch_add(1, Ordering::Relaxed) >= cap {
-                self.counters.capped.store(true, Ordering::Relaxed);
-                self.keep(Kept::Capped);
+            if !self.claim(cap) {
+                if self.claims_failed.lock().expect("claims lock").is_none() {
+                    self.counters.capped.store(true, Ordering::Relaxed);
+                    self.keep(Kept::Capped);
+                }
+                self.remember_remaining(meta);
                 return false;
             }
         }

@@ -1,0 +1,299 @@
+//! `max_files` shared by every copy of a task: the count of files claimed, kept beside
+//! the files.
+//!
+//! Delivery is at least once, so one task can run twice, one copy after the other or
+//! both at once, each starting from the progress its own message carries. Counting only
+//! what a copy's message carries would let every copy delete up to `max_files`. So a
+//! capped real run keeps the task's count in each of its roots, in
+//! [`CLAIMS_DIR`]`/<task id>`: whoever sees the same files sees the same count.
+//!
+//! - A copy claims files in chunks of [`CHUNK`]: under an exclusive `flock` of the task's
+//!   file in every root (in root order), it reads the highest count, adds what it claims
+//!   (never past `max_files`), writes the new count to every file and `fsync`s them,
+//!   before it deletes any of the files claimed. What a turn claimed and did not use is
+//!   given back when the turn ends; a copy that dies keeps it claimed, so the task can
+//!   delete up to one chunk less than `max_files`, never more.
+//! - The count is the highest of the files and what the copy's own message carries (a
+//!   task that began before the files existed, or whose file was removed).
+//! - The directory is the worker's own (created `0700`, opened without following a
+//!   symlink, owned by the worker, writable by no one else), and every file in it is
+//!   opened without following a symlink and must be a regular file of the worker's. A
+//!   capped real run refuses to start when any of this does not hold, deleting nothing.
+//! - The walk never enters or counts the directory. Files in it untouched for
+//!   [`KEEP_FOR`] are removed when a capped run opens it.
+
+use std::ffi::CStr;
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::super::roots::{RootError, TempRoot};
+use super::Meta;
+
+/// The directory, at the top of each root, that holds the counts of capped tasks.
+pub const CLAIMS_DIR: &str = ".cleanup-service-claims";
+/// Files a copy claims at a time (one write and `fsync` of the count per chunk).
+pub const CHUNK: u64 = 64;
+/// A task's file untouched for this long is removed (a copy arriving later starts from
+/// the count its message carries).
+pub const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The task's count in each root that could be opened, and what this turn claimed and
+/// has not used yet.
+pub struct Claims {
+    /// One open file per root, in root order.
+    files: Vec<(String, OwnedFd)>,
+    unused: Mutex<u64>,
+}
+
+/// Why a capped real run cannot keep its count (it then deletes nothing more).
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimsError {
+    /// The directory or a file in it is not what the worker made: refused for good.
+    #[error("{0}")]
+    Refused(String),
+    /// An I/O error: worth another attempt.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl Claims {
+    /// Open (creating them when missing) the task's count in every root that can be
+    /// opened now. A root that cannot be opened has no count here; the walk fails when it
+    /// reaches it.
+    pub fn open(roots: &[TempRoot], task_id: uuid::Uuid, euid: u32) -> Result<Self, ClaimsError> {
+        let name = std::ffi::CString::new(task_id.to_string()).expect("a uuid has no NUL");
+        let mut files = Vec::new();
+        for root in roots {
+            let fd = match root.open() {
+                Ok((fd, _)) => fd,
+                Err(RootError::Unavailable(_)) => continue,
+                Err(RootError::Refused(message)) => return Err(ClaimsError::Refused(message)),
+            };
+            let where_ = format!("temp root `{}`: {CLAIMS_DIR}", root.name);
+            let dir = claims_dir(&fd, euid).map_err(|e| e.context(&where_))?;
+            sweep(&dir);
+            let file = claims_file(&dir, &name, euid).map_err(|e| e.context(&where_))?;
+            files.push((root.name.clone(), file));
+        }
+        Ok(Self {
+            files,
+            unused: Mutex::new(0),
+        })
+    }
+
+    /// Claim one file against `cap`: from what this turn claimed already, else a new
+    /// chunk. `own` is the count this copy knows of (its message's and this turn's
+    /// claims). False: the task reached `cap`.
+    pub fn take(&self, cap: u64, own: u64) -> Result<bool, ClaimsError> {
+        let mut unused = self.unused.lock().expect("claims lock");
+        if *unused == 0 {
+            *unused = self.reserve(cap, own)?;
+        }
+        if *unused == 0 {
+            return Ok(false);
+        }
+        *unused -= 1;
+        Ok(true)
+    }
+
+    /// Give back what this turn claimed and did not use.
+    pub fn release(&self) -> Result<(), ClaimsError> {
+        let mut unused = self.unused.lock().expect("claims lock");
+        if *unused == 0 {
+            return Ok(());
+        }
+        let _locks = self.lock()?;
+        let count = self.read_highest()?;
+        self.write(count.saturating_sub(*unused))?;
+        *unused = 0;
+        Ok(())
+    }
+
+    /// Add up to [`CHUNK`] to the count, never past `cap`; returns how many were added.
+    fn reserve(&self, cap: u64, own: u64) -> Result<u64, ClaimsError> {
+        let _locks = self.lock()?;
+        let count = self.read_highest()?.max(own);
+        let added = CHUNK.min(cap.saturating_sub(count));
+        if added > 0 {
+            self.write(count + added)?;
+        }
+        Ok(added)
+    }
+
+    fn lock(&self) -> Result<Locks<'_>, ClaimsError> {
+        let mut held = Vec::with_capacity(self.files.len());
+        for (root, file) in &self.files {
+            rustix::fs::flock(file, FlockOperation::LockExclusive)
+                .map_err(|e| io(root, "cannot lock the count", e))?;
+            held.push(file);
+        }
+        Ok(Locks(held))
+    }
+
+    fn read_highest(&self) -> Result<u64, ClaimsError> {
+        let mut highest = 0;
+        for (root, file) in &self.files {
+            let mut buf = [0u8; 32];
+            let n = rustix::io::pread(file, &mut buf, 0)
+                .map_err(|e| io(root, "cannot read the count", e))?;
+            let text = std::str::from_utf8(&buf[..n]).unwrap_or("?").trim();
+            let count = match text {
+                "" => 0,
+                text => text.parse::<u64>().map_err(|_| {
+                    ClaimsError::Refused(format!(
+                        "temp root `{root}`: {CLAIMS_DIR}: the count reads {text:?}, not a number; \
+                         refusing to guess how many files the task deleted"
+                    ))
+                })?,
+            };
+            highest = highest.max(count);
+        }
+        Ok(highest)
+    }
+
+    fn write(&self, count: u64) -> Result<(), ClaimsError> {
+        let text = format!("{count:>20}\n");
+        for (root, file) in &self.files {
+            let n = rustix::io::pwrite(file, text.as_bytes(), 0)
+                .map_err(|e| io(root, "cannot write the count", e))?;
+            if n != text.len() {
+                return Err(ClaimsError::Io(format!(
+                    "temp root `{root}`: {CLAIMS_DIR}: short write of the count"
+                )));
+            }
+            rustix::fs::fsync(file).map_err(|e| io(root, "cannot sync the count", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The `flock`s of one reservation, released when dropped.
+struct Locks<'a>(Vec<&'a OwnedFd>);
+
+impl Drop for Locks<'_> {
+    fn drop(&mut self) {
+        for file in self.0.iter().rev() {
+            let _ = rustix::fs::flock(file, FlockOperation::Unlock);
+        }
+    }
+}
+
+fn io(root: &str, what: &str, e: Errno) -> ClaimsError {
+    ClaimsError::Io(format!(
+        "temp root `{root}`: {CLAIMS_DIR}: {what}: {}",
+        std::io::Error::from(e)
+    ))
+}
+
+impl ClaimsError {
+    fn context(self, where_: &str) -> Self {
+        match self {
+            Self::Refused(m) => Self::Refused(format!("{where_}: {m}")),
+            Self::Io(m) => Self::Io(format!("{where_}: {m}")),
+        }
+    }
+}
+
+/// The worker's own directory at the top of the root, created when missing.
+fn claims_dir(root: &OwnedFd, euid: u32) -> Result<OwnedFd, ClaimsError> {
+    match rustix::fs::mkdirat(root, CLAIMS_DIR, Mode::from_raw_mode(0o700)) {
+        Ok(()) => {
+            // The new directory's entry survives a crash before the first count does.
+            rustix::fs::fsync(root).map_err(|e| ClaimsError::Io(describe("cannot sync", e)))?;
+        }
+        Err(Errno::EXIST) => {}
+        Err(e @ (Errno::ACCESS | Errno::PERM | Errno::ROFS)) => {
+            return Err(ClaimsError::Refused(format!(
+                "{}; a capped real run keeps its count there: let the worker write in \
+                 the root, or run without max_files",
+                describe("cannot be created", e)
+            )))
+        }
+        Err(e) => return Err(ClaimsError::Io(describe("cannot create", e))),
+    }
+    let dir = rustix::fs::openat(
+        root,
+        CLAIMS_DIR,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::LOOP | Errno::NOTDIR => ClaimsError::Refused(
+            "is not a directory (a symlink or a file is in its place); not followed".into(),
+        ),
+        e => ClaimsError::Io(describe("cannot open", e)),
+    })?;
+    let meta = Meta::of(&dir).map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?;
+    let root_meta = Meta::of(root).map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?;
+    if meta.kind != FileType::Directory {
+        return Err(ClaimsError::Refused("is not a directory".into()));
+    }
+    if meta.uid != euid {
+        return Err(ClaimsError::Refused(format!(
+            "belongs to uid {}, not to this worker (uid {euid}); remove it",
+            meta.uid
+        )));
+    }
+    if meta.mode & 0o022 != 0 {
+        return Err(ClaimsError::Refused(format!(
+            "others may write in it (mode {:o}); it must be the worker's alone",
+            meta.mode & 0o7777
+        )));
+    }
+    if meta.dev != root_meta.dev {
+        return Err(ClaimsError::Refused(
+            "is on another filesystem than the root (a mount); not used".into(),
+        ));
+    }
+    Ok(dir)
+}
+
+/// The task's file in the directory, created (empty: a count of 0) when missing.
+fn claims_file(dir: &OwnedFd, name: &CStr, euid: u32) -> Result<OwnedFd, ClaimsError> {
+    let file = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| match e {
+        Errno::LOOP => ClaimsError::Refused("the task's count is a symlink; not followed".into()),
+        e => ClaimsError::Io(describe("cannot open the task's count", e)),
+    })?;
+    let meta = Meta::of(&file).map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?;
+    if meta.kind != FileType::RegularFile || meta.uid != euid {
+        return Err(ClaimsError::Refused(
+            "the task's count is not a regular file of this worker's".into(),
+        ));
+    }
+    Ok(file)
+}
+
+/// Remove the counts untouched for [`KEEP_FOR`] (best effort).
+fn sweep(dir: &OwnedFd) {
+    let Some(horizon) = SystemTime::now()
+        .checked_sub(KEEP_FOR)
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+    else {
+        return;
+    };
+    let Ok(names) = super::meta::read_entries(dir) else {
+        return;
+    };
+    for name in names {
+        let Ok(meta) = Meta::at(dir, &name) else {
+            continue;
+        };
+        if meta.kind == FileType::RegularFile && meta.mtime.0 < horizon.as_secs() as i64 {
+            let _ = rustix::fs::unlinkat(dir, &name, rustix::fs::AtFlags::empty());
+        }
+    }
+}
+
+fn describe(what: &str, e: Errno) -> String {
+    format!("{what}: {}", std::io::Error::from(e))
+}
