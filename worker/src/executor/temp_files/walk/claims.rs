@@ -13,8 +13,12 @@
 //!   before it deletes any of the files claimed. What a turn claimed and did not use is
 //!   given back when the turn ends; a copy that dies keeps it claimed, so the task can
 //!   delete up to one chunk less than `max_files`, never more.
-//! - The count is the highest of the files and what the copy's own message carries (a
-//!   task that began before the files existed, or whose file was removed).
+//! - The files are the authority: the highest count among them is the task's. Only when
+//!   none holds a count yet (the task's first capped turn here, a task that began on an
+//!   older worker, or one whose file was removed) does the copy's own count, what its
+//!   message carries, seed them: as for `cleanup_runs`' progress table. (A floor taken
+//!   from every copy's message would let a copy's count absorb what another copy claimed
+//!   and has not used yet, and that copy's giving it back would then undercount.)
 //! - The directory is the worker's own (created `0700`, opened without following a
 //!   symlink, owned by the worker, writable by no one else), and every file in it is
 //!   opened without following a symlink and must be a regular file of the worker's. A
@@ -87,7 +91,7 @@ impl Claims {
 
     /// Claim one file against `cap`: from what this turn claimed already, else a new
     /// chunk. `own` is the count this copy knows of (its message's and this turn's
-    /// claims). False: the task reached `cap`.
+    /// claims), used only while no count is kept. False: the task reached `cap`.
     pub fn take(&self, cap: u64, own: u64) -> Result<bool, ClaimsError> {
         let mut unused = self.unused.lock().expect("claims lock");
         if *unused == 0 {
@@ -107,7 +111,8 @@ impl Claims {
             return Ok(());
         }
         let _locks = self.lock()?;
-        let count = self.read_highest()?;
+        // Written by this turn's claims, so never missing here.
+        let count = self.read_highest()?.unwrap_or(0);
         self.write(count.saturating_sub(*unused))?;
         *unused = 0;
         Ok(())
@@ -116,7 +121,7 @@ impl Claims {
     /// Add up to [`CHUNK`] to the count, never past `cap`; returns how many were added.
     fn reserve(&self, cap: u64, own: u64) -> Result<u64, ClaimsError> {
         let _locks = self.lock()?;
-        let count = self.read_highest()?.max(own);
+        let count = self.read_highest()?.unwrap_or(own);
         let added = CHUNK.min(cap.saturating_sub(count));
         if added > 0 {
             self.write(count + added)?;
@@ -134,15 +139,16 @@ impl Claims {
         Ok(Locks(held))
     }
 
-    fn read_highest(&self) -> Result<u64, ClaimsError> {
-        let mut highest = 0;
+    /// The highest count kept, `None` when no file holds one yet.
+    fn read_highest(&self) -> Result<Option<u64>, ClaimsError> {
+        let mut highest = None;
         for (root, file) in &self.files {
             let mut buf = [0u8; 32];
             let n = rustix::io::pread(file, &mut buf, 0)
                 .map_err(|e| io(root, "cannot read the count", e))?;
             let text = std::str::from_utf8(&buf[..n]).unwrap_or("?").trim();
             let count = match text {
-                "" => 0,
+                "" => continue,
                 text => text.parse::<u64>().map_err(|_| {
                     ClaimsError::Refused(format!(
                         "temp root `{root}`: {CLAIMS_DIR}: the count reads {text:?}, not a number; \
@@ -150,7 +156,7 @@ impl Claims {
                     ))
                 })?,
             };
-            highest = highest.max(count);
+            highest = highest.max(Some(count));
         }
         Ok(highest)
     }
