@@ -3,6 +3,8 @@
 # same tree (default 200,000 files in 2,000 directories, 3/4 of them old), on fresh copies,
 # alternating the tools: find, the executor with lock checks (the default: an open and a
 # non-blocking flock per old file), and the executor without them (TEMP_CHECK_LOCKS=false).
+# MAX_FILES=N adds a capped real run (sequential; its count kept beside the files, one
+# write and fsync per 64 files claimed).
 # Run by hand, not in CI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,12 +41,15 @@ r = json.load(open('$2'))
 print(f'{$t1-$t0:.2f}s, {r[\"files_deleted\"]} deleted, left $(find "$1" -type f | wc -l), errors {r[\"errors_total\"]}, kept {r[\"kept\"]}')"
 }
 for round in $(seq 1 "$ROUNDS"); do
-  rm -rf "$WORK/a" "$WORK/b" "$WORK/c"
-  for copy in a b c; do cp -a "$WORK/template" "$WORK/$copy"; done
+  rm -rf "$WORK/a" "$WORK/b" "$WORK/c" "$WORK/d"
+  for copy in a b c ${MAX_FILES:+d}; do cp -a "$WORK/template" "$WORK/$copy"; done
   sync
   t0=$(date +%s.%N); find "$WORK/a" -type f -mmin +1440 -delete; t1=$(date +%s.%N)
   echo "round $round: find -delete          $(python3 -c "print(f'{$t1-$t0:.2f}s')"), left $(find "$WORK/a" -type f | wc -l)"
   echo "round $round: executor, lock checks $(walk "$WORK/b" "$WORK/result-b.json")"
   echo "round $round: executor, no locks    $(walk "$WORK/c" "$WORK/result-c.json" --no-locks)"
+  if [ -n "${MAX_FILES:-}" ]; then
+    echo "round $round: executor, max_files=$MAX_FILES $(walk "$WORK/d" "$WORK/result-d.json" "--max-files=$MAX_FILES")"
+  fi
 done
 rm -rf "$WORK"

@@ -4,6 +4,7 @@
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use walk::claims::{CHUNK, CLAIMS_DIR};
 use walk::tests::old_file;
@@ -255,4 +256,106 @@ async fn the_walk_never_touches_the_counts() {
         !scratch.path().join("d00").exists(),
         "d00 was emptied and removed"
     );
+}
+
+/// Two root names for one directory (a bind mount) share one count file: locking it
+/// twice from one copy would wait for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_root_names_for_one_directory_share_one_count() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("dir");
+    old_files(&dir, 2, 10);
+    // Another spelling of the same directory (in production, a bind mount).
+    let again = dir.join(".");
+    let roots = BTreeMap::from([
+        ("a".to_string(), TempRoot::new("a", &dir)),
+        ("b".to_string(), TempRoot::new("b", &again)),
+    ]);
+    let executor = TempFilesExecutor::new(roots, 2, true).unwrap();
+    let (envelope, params) = capped(Some(7));
+    let result = tokio::time::timeout(Duration::from_secs(20), run(&executor, &envelope, &params))
+        .await
+        .expect("the copy waited for its own lock")
+        .unwrap();
+    assert_eq!(result["files_deleted"], 7, "{result}");
+    assert_eq!(files_left(&dir), 13);
+}
+
+/// A copy whose claim waits for another copy's lock still stops when told to (a cancel,
+/// the end of its turn), deleting nothing meanwhile; the files it passed over are judged
+/// by a later turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_waiting_for_the_count_still_stops() {
+    let scratch = tempfile::tempdir().unwrap();
+    old_files(scratch.path(), 1, 10);
+    let (envelope, params) = capped(Some(4));
+    let claims = scratch.path().join(CLAIMS_DIR);
+    std::fs::create_dir(&claims).unwrap();
+    std::fs::set_permissions(&claims, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let count = std::fs::File::create(claims.join(envelope.task_id.to_string())).unwrap();
+    // Another copy holds the count's lock (and never lets go while this one runs).
+    rustix::fs::flock(&count, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let executor = executor(scratch.path());
+    let cancel = CancellationToken::new();
+    let stop = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel();
+        })
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(20),
+        executor.execute(&envelope, &params, &cancel, &Checkpoint::default()),
+    )
+    .await
+    .expect("a stop did not end the wait for the lock")
+    .unwrap();
+    stop.await.unwrap();
+    let Execution::Interrupted { progress } = outcome else {
+        panic!("not interrupted: {outcome:?}")
+    };
+    assert_eq!(files_left(scratch.path()), 10, "deleted without the count");
+    // The lock is free again: the next turn judges the files passed over.
+    drop(count);
+    let mut next = envelope.clone();
+    next.progress = Some(progress);
+    let result = run(&executor, &next, &params).await.unwrap();
+    assert_eq!(result["files_deleted"], 4, "{result}");
+    assert_eq!(files_left(scratch.path()), 6);
+}
+
+/// Counts untouched for 30 days are removed when a capped run opens the directory,
+/// except the task's own and one another copy holds locked; younger ones stay.
+#[tokio::test]
+async fn old_counts_are_swept_but_never_one_in_use() {
+    let scratch = tempfile::tempdir().unwrap();
+    old_files(scratch.path(), 1, 3);
+    let (envelope, params) = capped(Some(2));
+    let claims = scratch.path().join(CLAIMS_DIR);
+    std::fs::create_dir(&claims).unwrap();
+    std::fs::set_permissions(&claims, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let count = |name: &str, days: u64| {
+        let path = claims.join(name);
+        std::fs::write(&path, b"1\n").unwrap();
+        walk::tests::age(&path, days * 24);
+        path
+    };
+    let stale = count("stale", 31);
+    let young = count("young", 29);
+    let locked = count("locked", 31);
+    let held = std::fs::File::open(&locked).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    // The task's own count, as a copy arriving after 31 days finds it: still used.
+    let own = count(&envelope.task_id.to_string(), 31);
+    let result = run(&executor(scratch.path()), &envelope, &params)
+        .await
+        .unwrap();
+    assert!(!stale.exists(), "an old count was not swept");
+    assert!(
+        young.exists() && locked.exists(),
+        "a count in use or young was swept"
+    );
+    assert_eq!(result["files_deleted"], 1, "{result}");
+    assert_eq!(std::fs::read_to_string(own).unwrap().trim(), "2");
 }

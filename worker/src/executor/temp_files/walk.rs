@@ -62,7 +62,7 @@ mod meta;
 mod rmdir;
 mod tally;
 
-use claims::{Claims, ClaimsError, CLAIMS_DIR};
+use claims::{Claim, Claims, ClaimsError, CLAIMS_DIR};
 use guard::Reach;
 use meta::read_entries;
 pub use meta::{age_seconds, encode, Counters, DirOutcome, Kept, Meta, Privileges, Unlink};
@@ -128,8 +128,8 @@ impl Walk {
             .store(i64::MAX, Ordering::Relaxed);
         if self.max_files.is_some() && !self.dry_run {
             // Before anything is deleted: a count that cannot be kept deletes nothing.
-            let claims =
-                Claims::open(roots, self.task_id, self.privileges.euid).map_err(claims_error)?;
+            let claims = Claims::open(roots, &self.resume, self.task_id, self.privileges.euid)
+                .map_err(claims_error)?;
             let _ = self.claims.set(claims);
         }
         let walked = self.walk_roots(roots);
@@ -145,13 +145,13 @@ impl Walk {
         walked
     }
 
-    /// Claim one file against `max_files` (true: it may go). A real run claims from the
-    /// count every copy shares; when that count cannot be kept, the walk stops.
-    fn claim(&self, cap: u64) -> bool {
+    /// Claim one file against `max_files`. A real run claims from the count every copy
+    /// shares; when that count cannot be kept, the walk stops (and fails).
+    fn claim(&self, cap: u64) -> Claim {
         let own = self.counters.claimed.load(Ordering::Relaxed);
-        let granted = match self.claims.get() {
-            Some(claims) => match claims.take(cap, own) {
-                Ok(granted) => granted,
+        let claim = match self.claims.get() {
+            Some(claims) => match claims.take(cap, own, &self.stop) {
+                Ok(claim) => claim,
                 Err(error) => {
                     self.stop.store(true, Ordering::SeqCst);
                     self.interrupted.store(true, Ordering::SeqCst);
@@ -159,15 +159,21 @@ impl Walk {
                         .lock()
                         .expect("claims lock")
                         .get_or_insert(error);
-                    return false;
+                    return Claim::Stopped;
                 }
             },
-            None => own < cap,
+            None if own < cap => Claim::Granted,
+            None => Claim::Capped,
         };
-        if granted {
-            self.counters.claimed.fetch_add(1, Ordering::Relaxed);
+        match claim {
+            Claim::Granted => {
+                self.counters.claimed.fetch_add(1, Ordering::Relaxed);
+            }
+            // Told to stop while waiting for another copy: this entry is passed over.
+            Claim::Stopped => self.interrupted.store(true, Ordering::SeqCst),
+            Claim::Capped => {}
         }
-        granted
+        claim
     }
 
     fn walk_roots(&self, roots: &[TempRoot]) -> Result<(), ExecError> {
@@ -314,6 +320,11 @@ impl Walk {
                         outcome.removed_any = true;
                     } else {
                         outcome.remaining += 1;
+                        // Perhaps passed over for the stop (its claim waited for another
+                        // copy's lock): a later turn judges this directory again.
+                        if !self.dry_run && self.stop.load(Ordering::Relaxed) {
+                            outcome.incomplete = true;
+                        }
                     }
                 }
                 _ => {
@@ -453,6 +464,9 @@ impl Walk {
 fn claims_error(error: ClaimsError) -> ExecError {
     let message = format!("max_files cannot be kept across copies of the task: {error}");
     match error {
+        // A missing mount or volume may appear later: worth another attempt.
+        ClaimsError::Root(RootError::Unavailable(message)) => ExecError::transient(message),
+        ClaimsError::Root(RootError::Refused(message)) => ExecError::permanent(message),
         ClaimsError::Refused(_) => ExecError::permanent(message),
         ClaimsError::Io(_) => ExecError::transient(message),
     }

@@ -23,18 +23,28 @@
 //!   symlink, owned by the worker, writable by no one else), and every file in it is
 //!   opened without following a symlink and must be a regular file of the worker's. A
 //!   capped real run refuses to start when any of this does not hold, deleting nothing.
+//! - Every root the task still has to walk must be open to hold its count: a capped real
+//!   run deletes nothing while one of them cannot be opened (a count it cannot read may be
+//!   higher than the others). Two root names for one directory share one count file.
+//! - A copy waits for another's lock without blocking its walk's stop, and a copy that
+//!   found the cap reached does not ask again in that turn.
 //! - The walk never enters or counts the directory. Files in it untouched for
-//!   [`KEEP_FOR`] are removed when a capped run opens it.
+//!   [`KEEP_FOR`] are removed (at most once an hour per root and process; never the task's
+//!   own, and only under their lock, old still), when a capped run opens it.
 
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::CStr;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::super::roots::{RootError, TempRoot};
+use super::super::RootProgress;
 use super::Meta;
 
 /// The directory, at the top of each root, that holds the counts of capped tasks.
@@ -44,18 +54,36 @@ pub const CHUNK: u64 = 64;
 /// A task's file untouched for this long is removed (a copy arriving later starts from
 /// the count its message carries).
 pub const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often one process sweeps one root's counts.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
 /// The task's count in each root that could be opened, and what this turn claimed and
 /// has not used yet.
 pub struct Claims {
-    /// One open file per root, in root order.
+    /// One open file per root, in root order (one for two names of the same directory).
     files: Vec<(String, OwnedFd)>,
     unused: Mutex<u64>,
+    /// The cap was found reached: no more asking in this turn.
+    reached: AtomicBool,
+}
+
+/// What a claim got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The file may go.
+    Granted,
+    /// The task reached `max_files`.
+    Capped,
+    /// The walk was told to stop while the claim waited for another copy's lock.
+    Stopped,
 }
 
 /// Why a capped real run cannot keep its count (it then deletes nothing more).
 #[derive(Debug, thiserror::Error)]
 pub enum ClaimsError {
+    /// A root the task still has to walk cannot be opened, or is refused.
+    #[error(transparent)]
+    Root(RootError),
     /// The directory or a file in it is not what the worker made: refused for good.
     #[error("{0}")]
     Refused(String),
@@ -65,43 +93,63 @@ pub enum ClaimsError {
 }
 
 impl Claims {
-    /// Open (creating them when missing) the task's count in every root that can be
-    /// opened now. A root that cannot be opened has no count here; the walk fails when it
-    /// reaches it.
-    pub fn open(roots: &[TempRoot], task_id: uuid::Uuid, euid: u32) -> Result<Self, ClaimsError> {
+    /// Open (creating them when missing) the task's count in each of its roots. A root
+    /// that earlier turns finished is skipped when it cannot be opened (the others hold
+    /// the same count); any other root that cannot be opened fails the open.
+    pub fn open(
+        roots: &[TempRoot],
+        done: &BTreeMap<String, RootProgress>,
+        task_id: uuid::Uuid,
+        euid: u32,
+    ) -> Result<Self, ClaimsError> {
         let name = std::ffi::CString::new(task_id.to_string()).expect("a uuid has no NUL");
-        let mut files = Vec::new();
+        let mut files: Vec<(String, OwnedFd)> = Vec::new();
+        let mut seen = Vec::new();
         for root in roots {
             let fd = match root.open() {
                 Ok((fd, _)) => fd,
-                Err(RootError::Unavailable(_)) => continue,
-                Err(RootError::Refused(message)) => return Err(ClaimsError::Refused(message)),
+                Err(_) if done.get(&root.name).is_some_and(|p| p.complete) => continue,
+                Err(error) => return Err(ClaimsError::Root(error)),
             };
             let where_ = format!("temp root `{}`: {CLAIMS_DIR}", root.name);
             let dir = claims_dir(&fd, euid).map_err(|e| e.context(&where_))?;
-            sweep(&dir);
+            sweep(root, &dir, &name);
             let file = claims_file(&dir, &name, euid).map_err(|e| e.context(&where_))?;
+            // Locking a second description of the same file would wait for ever.
+            let meta = Meta::of(&file).map_err(|e| io(&root.name, "cannot examine", e))?;
+            if seen.contains(&(meta.dev, meta.ino)) {
+                continue;
+            }
+            seen.push((meta.dev, meta.ino));
             files.push((root.name.clone(), file));
         }
         Ok(Self {
             files,
             unused: Mutex::new(0),
+            reached: AtomicBool::new(false),
         })
     }
 
     /// Claim one file against `cap`: from what this turn claimed already, else a new
     /// chunk. `own` is the count this copy knows of (its message's and this turn's
-    /// claims), used only while no count is kept. False: the task reached `cap`.
-    pub fn take(&self, cap: u64, own: u64) -> Result<bool, ClaimsError> {
+    /// claims), used only while no count is kept.
+    pub fn take(&self, cap: u64, own: u64, stop: &AtomicBool) -> Result<Claim, ClaimsError> {
+        if self.reached.load(Ordering::Relaxed) {
+            return Ok(Claim::Capped);
+        }
         let mut unused = self.unused.lock().expect("claims lock");
         if *unused == 0 {
-            *unused = self.reserve(cap, own)?;
+            let Some(locks) = self.lock(Some(stop))? else {
+                return Ok(Claim::Stopped);
+            };
+            *unused = self.reserve(&locks, cap, own)?;
         }
         if *unused == 0 {
-            return Ok(false);
+            self.reached.store(true, Ordering::Relaxed);
+            return Ok(Claim::Capped);
         }
         *unused -= 1;
-        Ok(true)
+        Ok(Claim::Granted)
     }
 
     /// Give back what this turn claimed and did not use.
@@ -110,7 +158,7 @@ impl Claims {
         if *unused == 0 {
             return Ok(());
         }
-        let _locks = self.lock()?;
+        let _locks = self.lock(None)?;
         // Written by this turn's claims, so never missing here.
         let count = self.read_highest()?.unwrap_or(0);
         self.write(count.saturating_sub(*unused))?;
@@ -119,8 +167,7 @@ impl Claims {
     }
 
     /// Add up to [`CHUNK`] to the count, never past `cap`; returns how many were added.
-    fn reserve(&self, cap: u64, own: u64) -> Result<u64, ClaimsError> {
-        let _locks = self.lock()?;
+    fn reserve(&self, _locks: &Locks<'_>, cap: u64, own: u64) -> Result<u64, ClaimsError> {
         let count = self.read_highest()?.unwrap_or(own);
         let added = CHUNK.min(cap.saturating_sub(count));
         if added > 0 {
@@ -129,14 +176,28 @@ impl Claims {
         Ok(added)
     }
 
-    fn lock(&self) -> Result<Locks<'_>, ClaimsError> {
-        let mut held = Vec::with_capacity(self.files.len());
+    /// Every file's lock, in root order. With `stop`: `None` once the walk is told to
+    /// stop while another copy holds a lock (what is held is released).
+    fn lock(&self, stop: Option<&AtomicBool>) -> Result<Option<Locks<'_>>, ClaimsError> {
+        let mut held = Locks(Vec::with_capacity(self.files.len()));
         for (root, file) in &self.files {
-            rustix::fs::flock(file, FlockOperation::LockExclusive)
-                .map_err(|e| io(root, "cannot lock the count", e))?;
-            held.push(file);
+            let mut wait = Duration::from_millis(1);
+            loop {
+                match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+                    Ok(()) => break,
+                    Err(Errno::WOULDBLOCK) | Err(Errno::INTR) => {
+                        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
+                            return Ok(None);
+                        }
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(io(root, "cannot lock the count", e)),
+                }
+            }
+            held.0.push(file);
         }
-        Ok(Locks(held))
+        Ok(Some(held))
     }
 
     /// The highest count kept, `None` when no file holds one yet.
@@ -200,7 +261,25 @@ impl ClaimsError {
         match self {
             Self::Refused(m) => Self::Refused(format!("{where_}: {m}")),
             Self::Io(m) => Self::Io(format!("{where_}: {m}")),
+            root @ Self::Root(_) => root,
         }
+    }
+}
+
+/// A cause the operator has to act on: retrying would not help.
+fn refused_when_denied(what: &str, e: Errno) -> ClaimsError {
+    match e {
+        Errno::ACCESS | Errno::PERM | Errno::ROFS => ClaimsError::Refused(format!(
+            "{}; a capped real run keeps its count there: let the worker write in the \
+             root, or run without max_files",
+            describe(what, e)
+        )),
+        Errno::NOSPC | Errno::DQUOT => ClaimsError::Refused(format!(
+            "{}; a capped real run keeps its count there: run without max_files to free \
+             space first",
+            describe(what, e)
+        )),
+        e => ClaimsError::Io(describe(what, e)),
     }
 }
 
@@ -212,14 +291,7 @@ fn claims_dir(root: &OwnedFd, euid: u32) -> Result<OwnedFd, ClaimsError> {
             rustix::fs::fsync(root).map_err(|e| ClaimsError::Io(describe("cannot sync", e)))?;
         }
         Err(Errno::EXIST) => {}
-        Err(e @ (Errno::ACCESS | Errno::PERM | Errno::ROFS)) => {
-            return Err(ClaimsError::Refused(format!(
-                "{}; a capped real run keeps its count there: let the worker write in \
-                 the root, or run without max_files",
-                describe("cannot be created", e)
-            )))
-        }
-        Err(e) => return Err(ClaimsError::Io(describe("cannot create", e))),
+        Err(e) => return Err(refused_when_denied("cannot be created", e)),
     }
     let dir = rustix::fs::openat(
         root,
@@ -260,15 +332,16 @@ fn claims_dir(root: &OwnedFd, euid: u32) -> Result<OwnedFd, ClaimsError> {
 
 /// The task's file in the directory, created (empty: a count of 0) when missing.
 fn claims_file(dir: &OwnedFd, name: &CStr, euid: u32) -> Result<OwnedFd, ClaimsError> {
+    // Non-blocking: a FIFO in its place must not hang the open (it is refused below).
     let file = rustix::fs::openat(
         dir,
         name,
-        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
     )
     .map_err(|e| match e {
         Errno::LOOP => ClaimsError::Refused("the task's count is a symlink; not followed".into()),
-        e => ClaimsError::Io(describe("cannot open the task's count", e)),
+        e => refused_when_denied("cannot open the task's count", e),
     })?;
     let meta = Meta::of(&file).map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?;
     if meta.kind != FileType::RegularFile || meta.uid != euid {
@@ -276,25 +349,58 @@ fn claims_file(dir: &OwnedFd, name: &CStr, euid: u32) -> Result<OwnedFd, ClaimsE
             "the task's count is not a regular file of this worker's".into(),
         ));
     }
+    // A new file's entry survives a crash before its first count does.
+    rustix::fs::fsync(dir).map_err(|e| ClaimsError::Io(describe("cannot sync", e)))?;
     Ok(file)
 }
 
-/// Remove the counts untouched for [`KEEP_FOR`] (best effort).
-fn sweep(dir: &OwnedFd) {
+/// Remove the counts untouched for [`KEEP_FOR`] (best effort; at most once per
+/// [`SWEEP_EVERY`] for one root in this process). Never the task's own, and a count only
+/// under its lock (a copy may be using it) and while still old.
+fn sweep(root: &TempRoot, dir: &OwnedFd, own: &CStr) {
+    static SWEPT: Mutex<Option<HashMap<PathBuf, Instant>>> = Mutex::new(None);
+    {
+        let mut swept = SWEPT.lock().expect("sweep lock");
+        let swept = swept.get_or_insert_with(HashMap::new);
+        if swept
+            .get(&root.path)
+            .is_some_and(|at| at.elapsed() < SWEEP_EVERY)
+        {
+            return;
+        }
+        swept.insert(root.path.clone(), Instant::now());
+    }
     let Some(horizon) = SystemTime::now()
         .checked_sub(KEEP_FOR)
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
     else {
         return;
     };
+    let old =
+        |meta: &Meta| meta.kind == FileType::RegularFile && meta.mtime.0 < horizon.as_secs() as i64;
     let Ok(names) = super::meta::read_entries(dir) else {
         return;
     };
     for name in names {
-        let Ok(meta) = Meta::at(dir, &name) else {
+        if name.as_c_str() == own || !Meta::at(dir, &name).is_ok_and(|m| old(&m)) {
+            continue;
+        }
+        let Ok(file) = rustix::fs::openat(
+            dir,
+            &name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
             continue;
         };
-        if meta.kind == FileType::RegularFile && meta.mtime.0 < horizon.as_secs() as i64 {
+        if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue;
+        }
+        let same = match (Meta::of(&file), Meta::at(dir, &name)) {
+            (Ok(held), Ok(named)) => old(&held) && (held.dev, held.ino) == (named.dev, named.ino),
+            _ => false,
+        };
+        if same {
             let _ = rustix::fs::unlinkat(dir, &name, rustix::fs::AtFlags::empty());
         }
     }

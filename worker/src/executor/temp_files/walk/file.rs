@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 
-use super::{Kept, Meta, Position, Reach, Unlink, Walk};
+use super::{Claim, Kept, Meta, Position, Reach, Unlink, Walk};
 
 impl Walk {
     fn capped(&self) -> bool {
@@ -71,13 +71,18 @@ impl Walk {
         }
         if let Some(cap) = self.max_files {
             // Sequential when capped: the check above and this claim cannot interleave.
-            if !self.claim(cap) {
-                if self.claims_failed.lock().expect("claims lock").is_none() {
+            match self.claim(cap) {
+                Claim::Granted => {}
+                Claim::Capped => {
                     self.counters.capped.store(true, Ordering::Relaxed);
                     self.keep(Kept::Capped);
+                    self.remember_remaining(meta);
+                    return false;
                 }
-                self.remember_remaining(meta);
-                return false;
+                Claim::Stopped => {
+                    self.remember_remaining(meta);
+                    return false;
+                }
             }
         }
         let size = meta.size;
