@@ -225,7 +225,8 @@ async fn a_capped_run_refuses_a_count_directory_it_did_not_make() {
 }
 
 /// The counts are never judged, counted or removed by any run, however old and
-/// whatever the patterns; a directory of that name deeper in the tree is nothing special.
+/// whatever the patterns; nor is a directory of that name deeper in the tree (another
+/// root's counts, when a bind mount makes roots overlap).
 #[tokio::test]
 async fn the_walk_never_touches_the_counts() {
     let scratch = tempfile::tempdir().unwrap();
@@ -248,14 +249,20 @@ async fn the_walk_never_touches_the_counts() {
         let result = run(&executor(scratch.path()), &envelope, &params)
             .await
             .unwrap();
-        // d00's last file and the file under d00's own CLAIMS_DIR.
-        assert_eq!(result["files_matched"], 2, "{result}");
+        // d00's last file only.
+        assert_eq!(result["files_matched"], 1, "{result}");
     }
     assert!(count.exists(), "a count was deleted");
     assert!(
-        !scratch.path().join("d00").exists(),
-        "d00 was emptied and removed"
+        scratch
+            .path()
+            .join("d00")
+            .join(CLAIMS_DIR)
+            .join("f")
+            .exists(),
+        "a deeper count directory was entered"
     );
+    assert!(!scratch.path().join("d00/f002").exists());
 }
 
 /// Two root names for one directory (a bind mount) share one count file: locking it
@@ -341,9 +348,14 @@ async fn old_counts_are_swept_but_never_one_in_use() {
         walk::tests::age(&path, days * 24);
         path
     };
-    let stale = count("stale", 31);
-    let young = count("young", 29);
-    let locked = count("locked", 31);
+    let id = || uuid::Uuid::now_v7().to_string();
+    let stale = count(&id(), 31);
+    let young = count(&id(), 29);
+    let locked = count(&id(), 31);
+    // Not a count: not the sweep's to remove, however old.
+    let other = count("notes.txt", 31);
+    let foreign = count(&id(), 31);
+    std::os::unix::fs::chown(&foreign, Some(54321), None).unwrap();
     let held = std::fs::File::open(&locked).unwrap();
     rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
     // The task's own count, as a copy arriving after 31 days finds it: still used.
@@ -355,6 +367,10 @@ async fn old_counts_are_swept_but_never_one_in_use() {
     assert!(
         young.exists() && locked.exists(),
         "a count in use or young was swept"
+    );
+    assert!(
+        other.exists() && foreign.exists(),
+        "swept what is not the worker's count"
     );
     assert_eq!(result["files_deleted"], 1, "{result}");
     assert_eq!(std::fs::read_to_string(own).unwrap().trim(), "2");

@@ -34,8 +34,8 @@
 //! - With `max_files`, the walk is sequential in name order, so which files a capped run
 //!   takes is the same in the dry run and in the real run. A capped real run claims its
 //!   files against a count every copy of the task shares, kept in each root and written
-//!   before the files claimed are deleted ([`claims`]); the walk never enters that
-//!   directory.
+//!   before the files claimed are deleted ([`claims`]); the walk never enters a
+//!   directory of that name (at a root's top, whatever it is, it is not even counted).
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -128,9 +128,18 @@ impl Walk {
             .store(i64::MAX, Ordering::Relaxed);
         if self.max_files.is_some() && !self.dry_run {
             // Before anything is deleted: a count that cannot be kept deletes nothing.
-            let claims = Claims::open(roots, &self.resume, self.task_id, self.privileges.euid)
-                .map_err(claims_error)?;
-            let _ = self.claims.set(claims);
+            let euid = self.privileges.euid;
+            match Claims::open(roots, &self.resume, self.task_id, euid, &self.stop) {
+                Ok(Some(claims)) => {
+                    let _ = self.claims.set(claims);
+                }
+                Ok(None) => {
+                    // Told to stop while another copy held the count: nothing was done.
+                    self.interrupted.store(true, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Err(error) => return Err(claims_error(error)),
+            }
         }
         let walked = self.walk_roots(roots);
         if let Some(claims) = self.claims.get() {
@@ -301,6 +310,11 @@ impl Walk {
                     continue;
                 }
             };
+            if entry.kind == FileType::Directory && name.as_bytes() == CLAIMS_DIR.as_bytes() {
+                // Another root's counts, seen through an overlapping mount: left alone.
+                outcome.remaining += 1;
+                continue;
+            }
             if entry.other_mount(at) {
                 // A mount point (or a file bind-mounted here): never entered, never removed.
                 self.keep(Kept::OtherMount);

@@ -56,11 +56,15 @@ pub const CHUNK: u64 = 64;
 pub const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How often one process sweeps one root's counts.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How long opening a count, or giving back what a turn did not use, waits for another
+/// copy's lock.
+const LOCK_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The task's count in each root that could be opened, and what this turn claimed and
 /// has not used yet.
 pub struct Claims {
-    /// One open file per root, in root order (one for two names of the same directory).
+    /// One open file per root (one for two names of the same directory), in the order of
+    /// their device and inode: the order every copy locks them in.
     files: Vec<(String, OwnedFd)>,
     unused: Mutex<u64>,
     /// The cap was found reached: no more asking in this turn.
@@ -95,15 +99,17 @@ pub enum ClaimsError {
 impl Claims {
     /// Open (creating them when missing) the task's count in each of its roots. A root
     /// that earlier turns finished is skipped when it cannot be opened (the others hold
-    /// the same count); any other root that cannot be opened fails the open.
+    /// the same count); any other root that cannot be opened fails the open. `None`: the
+    /// walk was told to stop while another copy held a count's lock.
     pub fn open(
         roots: &[TempRoot],
         done: &BTreeMap<String, RootProgress>,
         task_id: uuid::Uuid,
         euid: u32,
-    ) -> Result<Self, ClaimsError> {
+        stop: &AtomicBool,
+    ) -> Result<Option<Self>, ClaimsError> {
         let name = std::ffi::CString::new(task_id.to_string()).expect("a uuid has no NUL");
-        let mut files: Vec<(String, OwnedFd)> = Vec::new();
+        let mut files = Vec::new();
         let mut seen = Vec::new();
         for root in roots {
             let fd = match root.open() {
@@ -113,21 +119,31 @@ impl Claims {
             };
             let where_ = format!("temp root `{}`: {CLAIMS_DIR}", root.name);
             let dir = claims_dir(&fd, euid).map_err(|e| e.context(&where_))?;
-            sweep(root, &dir, &name);
-            let file = claims_file(&dir, &name, euid).map_err(|e| e.context(&where_))?;
+            sweep(root, &dir, &name, euid);
+            let Some(file) =
+                claims_file(&dir, &name, euid, stop).map_err(|e| e.context(&where_))?
+            else {
+                return Ok(None);
+            };
             // Locking a second description of the same file would wait for ever.
             let meta = Meta::of(&file).map_err(|e| io(&root.name, "cannot examine", e))?;
             if seen.contains(&(meta.dev, meta.ino)) {
                 continue;
             }
             seen.push((meta.dev, meta.ino));
-            files.push((root.name.clone(), file));
+            files.push(((meta.dev, meta.ino), root.name.clone(), file));
         }
-        Ok(Self {
+        // One lock order for every copy, whatever names its configuration gives the roots.
+        files.sort_by_key(|(identity, _, _)| *identity);
+        let files = files
+            .into_iter()
+            .map(|(_, root, file)| (root, file))
+            .collect();
+        Ok(Some(Self {
             files,
             unused: Mutex::new(0),
             reached: AtomicBool::new(false),
-        })
+        }))
     }
 
     /// Claim one file against `cap`: from what this turn claimed already, else a new
@@ -139,7 +155,7 @@ impl Claims {
         }
         let mut unused = self.unused.lock().expect("claims lock");
         if *unused == 0 {
-            let Some(locks) = self.lock(Some(stop))? else {
+            let Some(locks) = self.lock(|| stop.load(Ordering::Relaxed))? else {
                 return Ok(Claim::Stopped);
             };
             *unused = self.reserve(&locks, cap, own)?;
@@ -152,13 +168,23 @@ impl Claims {
         Ok(Claim::Granted)
     }
 
+    /// The cap was found reached in this turn.
+    pub fn reached(&self) -> bool {
+        self.reached.load(Ordering::Relaxed)
+    }
+
     /// Give back what this turn claimed and did not use.
     pub fn release(&self) -> Result<(), ClaimsError> {
         let mut unused = self.unused.lock().expect("claims lock");
         if *unused == 0 {
             return Ok(());
         }
-        let _locks = self.lock(None)?;
+        let deadline = Instant::now() + LOCK_PATIENCE;
+        let Some(_locks) = self.lock(|| Instant::now() > deadline)? else {
+            return Err(ClaimsError::Io(format!(
+                "{CLAIMS_DIR}: another copy held the count's lock for {LOCK_PATIENCE:?}"
+            )));
+        };
         // Written by this turn's claims, so never missing here.
         let count = self.read_highest()?.unwrap_or(0);
         self.write(count.saturating_sub(*unused))?;
@@ -176,24 +202,13 @@ impl Claims {
         Ok(added)
     }
 
-    /// Every file's lock, in root order. With `stop`: `None` once the walk is told to
-    /// stop while another copy holds a lock (what is held is released).
-    fn lock(&self, stop: Option<&AtomicBool>) -> Result<Option<Locks<'_>>, ClaimsError> {
+    /// Every file's lock, in the files' order. `None` once `give_up` says so while
+    /// another copy holds a lock (what is held is released).
+    fn lock(&self, give_up: impl Fn() -> bool) -> Result<Option<Locks<'_>>, ClaimsError> {
         let mut held = Locks(Vec::with_capacity(self.files.len()));
         for (root, file) in &self.files {
-            let mut wait = Duration::from_millis(1);
-            loop {
-                match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
-                    Ok(()) => break,
-                    Err(Errno::WOULDBLOCK) | Err(Errno::INTR) => {
-                        if stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-                            return Ok(None);
-                        }
-                        std::thread::sleep(wait);
-                        wait = (wait * 2).min(Duration::from_millis(50));
-                    }
-                    Err(e) => return Err(io(root, "cannot lock the count", e)),
-                }
+            if !lock_one(file, &give_up).map_err(|e| io(root, "cannot lock the count", e))? {
+                return Ok(None);
             }
             held.0.push(file);
         }
@@ -225,16 +240,40 @@ impl Claims {
     fn write(&self, count: u64) -> Result<(), ClaimsError> {
         let text = format!("{count:>20}\n");
         for (root, file) in &self.files {
-            let n = rustix::io::pwrite(file, text.as_bytes(), 0)
-                .map_err(|e| io(root, "cannot write the count", e))?;
+            let n = rustix::io::pwrite(file, text.as_bytes(), 0).map_err(|e| {
+                refused_when_denied("cannot write the count", e)
+                    .context(&format!("temp root `{root}`: {CLAIMS_DIR}"))
+            })?;
             if n != text.len() {
                 return Err(ClaimsError::Io(format!(
                     "temp root `{root}`: {CLAIMS_DIR}: short write of the count"
                 )));
             }
-            rustix::fs::fsync(file).map_err(|e| io(root, "cannot sync the count", e))?;
+            rustix::fs::fsync(file).map_err(|e| {
+                refused_when_denied("cannot sync the count", e)
+                    .context(&format!("temp root `{root}`: {CLAIMS_DIR}"))
+            })?;
         }
         Ok(())
+    }
+}
+
+/// Take `file`'s exclusive `flock`, retrying while another holder has it (false: `give_up`
+/// said so first).
+fn lock_one(file: &OwnedFd, give_up: &impl Fn() -> bool) -> Result<bool, Errno> {
+    let mut wait = Duration::from_millis(1);
+    loop {
+        match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(true),
+            Err(Errno::WOULDBLOCK) | Err(Errno::INTR) => {
+                if give_up() {
+                    return Ok(false);
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -330,34 +369,80 @@ fn claims_dir(root: &OwnedFd, euid: u32) -> Result<OwnedFd, ClaimsError> {
     Ok(dir)
 }
 
-/// The task's file in the directory, created (empty: a count of 0) when missing.
-fn claims_file(dir: &OwnedFd, name: &CStr, euid: u32) -> Result<OwnedFd, ClaimsError> {
-    // Non-blocking: a FIFO in its place must not hang the open (it is refused below).
-    let file = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )
-    .map_err(|e| match e {
-        Errno::LOOP => ClaimsError::Refused("the task's count is a symlink; not followed".into()),
-        e => refused_when_denied("cannot open the task's count", e),
-    })?;
-    let meta = Meta::of(&file).map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?;
-    if meta.kind != FileType::RegularFile || meta.uid != euid {
-        return Err(ClaimsError::Refused(
-            "the task's count is not a regular file of this worker's".into(),
-        ));
+/// The task's file in the directory, created (empty: a count of 0) when missing, and
+/// touched under its lock: a sweep removes a count only under its lock and while it is
+/// old, so the file this returns is not removed under the copy using it (one removed just
+/// before is opened again). `None`: told to stop while another copy held its lock.
+fn claims_file(
+    dir: &OwnedFd,
+    name: &CStr,
+    euid: u32,
+    stop: &AtomicBool,
+) -> Result<Option<OwnedFd>, ClaimsError> {
+    for _ in 0..3 {
+        // Non-blocking: a FIFO in its place must not hang the open (it is refused below).
+        let file = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| match e {
+            Errno::LOOP => {
+                ClaimsError::Refused("the task's count is a symlink; not followed".into())
+            }
+            e => refused_when_denied("cannot open the task's count", e),
+        })?;
+        let meta = Meta::of(&file).map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?;
+        if meta.kind != FileType::RegularFile || meta.uid != euid {
+            return Err(ClaimsError::Refused(
+                "the task's count is not a regular file of this worker's".into(),
+            ));
+        }
+        let deadline = Instant::now() + LOCK_PATIENCE;
+        let give_up = || stop.load(Ordering::Relaxed) || Instant::now() > deadline;
+        if !lock_one(&file, &give_up)
+            .map_err(|e| ClaimsError::Io(describe("cannot lock the task's count", e)))?
+        {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            return Err(ClaimsError::Io(format!(
+                "another copy held the task's count locked for {LOCK_PATIENCE:?}"
+            )));
+        }
+        let now = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            },
+        };
+        rustix::fs::futimens(&file, &now)
+            .map_err(|e| refused_when_denied("cannot touch the task's count", e))?;
+        let linked = rustix::fs::fstat(&file)
+            .map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?
+            .st_nlink
+            > 0;
+        let _ = rustix::fs::flock(&file, FlockOperation::Unlock);
+        if linked {
+            // A new file's entry survives a crash before its first count does.
+            rustix::fs::fsync(dir).map_err(|e| ClaimsError::Io(describe("cannot sync", e)))?;
+            return Ok(Some(file));
+        }
     }
-    // A new file's entry survives a crash before its first count does.
-    rustix::fs::fsync(dir).map_err(|e| ClaimsError::Io(describe("cannot sync", e)))?;
-    Ok(file)
+    Err(ClaimsError::Io(
+        "the task's count was removed three times as it was opened".into(),
+    ))
 }
 
 /// Remove the counts untouched for [`KEEP_FOR`] (best effort; at most once per
 /// [`SWEEP_EVERY`] for one root in this process). Never the task's own, and a count only
 /// under its lock (a copy may be using it) and while still old.
-fn sweep(root: &TempRoot, dir: &OwnedFd, own: &CStr) {
+fn sweep(root: &TempRoot, dir: &OwnedFd, own: &CStr, euid: u32) {
     static SWEPT: Mutex<Option<HashMap<PathBuf, Instant>>> = Mutex::new(None);
     {
         let mut swept = SWEPT.lock().expect("sweep lock");
@@ -376,13 +461,20 @@ fn sweep(root: &TempRoot, dir: &OwnedFd, own: &CStr) {
     else {
         return;
     };
-    let old =
-        |meta: &Meta| meta.kind == FileType::RegularFile && meta.mtime.0 < horizon.as_secs() as i64;
+    let old = |meta: &Meta| {
+        meta.kind == FileType::RegularFile
+            && meta.uid == euid
+            && meta.mtime.0 < horizon.as_secs() as i64
+    };
     let Ok(names) = super::meta::read_entries(dir) else {
         return;
     };
     for name in names {
-        if name.as_c_str() == own || !Meta::at(dir, &name).is_ok_and(|m| old(&m)) {
+        // Only a task's count (named by its id), never the task's own.
+        let a_count = name
+            .to_str()
+            .is_ok_and(|n| uuid::Uuid::parse_str(n).is_ok());
+        if !a_count || name.as_c_str() == own || !Meta::at(dir, &name).is_ok_and(|m| old(&m)) {
             continue;
         }
         let Ok(file) = rustix::fs::openat(

@@ -14,6 +14,7 @@ impl Walk {
     fn capped(&self) -> bool {
         self.max_files
             .is_some_and(|cap| self.counters.claimed.load(Ordering::Relaxed) >= cap)
+            || self.claims.get().is_some_and(|claims| claims.reached())
     }
 
     /// Decide on one file or symlink, examined just now; delete it when eligible.
