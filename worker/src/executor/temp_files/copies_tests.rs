@@ -61,6 +61,14 @@ fn old_files(root: &Path, dirs: usize, per_dir: usize) {
     }
 }
 
+/// The counts' directory as the worker makes it (`0700`), made ahead of a run.
+fn claims_dir(root: &Path) -> std::path::PathBuf {
+    let claims = root.join(CLAIMS_DIR);
+    std::fs::create_dir(&claims).unwrap();
+    std::fs::set_permissions(&claims, std::fs::Permissions::from_mode(0o700)).unwrap();
+    claims
+}
+
 fn files_left(root: &Path) -> usize {
     walkdir(root)
         .into_iter()
@@ -135,39 +143,6 @@ async fn two_copies_at_once_delete_no_more_than_max_files_together() {
     let third = run(&a, &envelope, &params).await.unwrap();
     assert_eq!(third["files_deleted"], 0, "{third}");
     assert_eq!(third["capped"], true, "{third}");
-}
-
-/// A task that began before the count existed (or whose count was removed after 30
-/// days) counts from what its own message carries.
-#[tokio::test]
-async fn a_copy_counts_from_its_message_when_no_count_is_kept() {
-    let scratch = tempfile::tempdir().unwrap();
-    old_files(scratch.path(), 1, 10);
-    let (mut envelope, params) = capped(Some(4));
-    envelope.progress = Some(
-        serde_json::to_value(TempFilesProgress {
-            result: TempFilesResult {
-                files_matched: 3,
-                files_deleted: 3,
-                turns: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .unwrap(),
-    );
-    let result = run(&executor(scratch.path()), &envelope, &params)
-        .await
-        .unwrap();
-    assert_eq!(result["files_deleted"], 4, "{result}");
-    assert_eq!(files_left(scratch.path()), 9);
-    // And the count kept now says so to a copy that carries nothing.
-    envelope.progress = None;
-    let copy = run(&executor(scratch.path()), &envelope, &params)
-        .await
-        .unwrap();
-    assert_eq!(copy["files_deleted"], 0, "{copy}");
-    assert_eq!(files_left(scratch.path()), 9);
 }
 
 /// Whatever sits where the counts go, a capped real run that cannot trust it deletes
@@ -296,9 +271,7 @@ async fn a_copy_waiting_for_the_count_still_stops() {
     let scratch = tempfile::tempdir().unwrap();
     old_files(scratch.path(), 1, 10);
     let (envelope, params) = capped(Some(4));
-    let claims = scratch.path().join(CLAIMS_DIR);
-    std::fs::create_dir(&claims).unwrap();
-    std::fs::set_permissions(&claims, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let claims = claims_dir(scratch.path());
     let count = std::fs::File::create(claims.join(envelope.task_id.to_string())).unwrap();
     // Another copy holds the count's lock (and never lets go while this one runs).
     rustix::fs::flock(&count, rustix::fs::FlockOperation::LockExclusive).unwrap();
@@ -339,9 +312,7 @@ async fn old_counts_are_swept_but_never_one_in_use() {
     let scratch = tempfile::tempdir().unwrap();
     old_files(scratch.path(), 1, 3);
     let (envelope, params) = capped(Some(2));
-    let claims = scratch.path().join(CLAIMS_DIR);
-    std::fs::create_dir(&claims).unwrap();
-    std::fs::set_permissions(&claims, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let claims = claims_dir(scratch.path());
     let count = |name: &str, days: u64| {
         let path = claims.join(name);
         std::fs::write(&path, b"1\n").unwrap();

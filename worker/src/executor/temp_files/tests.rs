@@ -99,6 +99,9 @@ async fn a_continuation_skips_what_earlier_turns_finished_and_adds_their_counts(
     assert!(!scratch.path().join("d1/f0").exists());
 }
 
+/// The count an earlier turn's message carries seeds the count kept beside the files (a
+/// task that began before it existed, or whose count was removed after 30 days), which
+/// then holds for a copy that carries nothing.
 #[tokio::test]
 async fn max_files_counts_over_every_turn() {
     let scratch = tempfile::tempdir().unwrap();
@@ -129,6 +132,23 @@ async fn max_files_counts_over_every_turn() {
     assert_eq!(result["capped"], true);
     let left = std::fs::read_dir(scratch.path().join("d")).unwrap().count();
     assert_eq!(left, 5, "only one more file in this turn");
+    let copy = TaskEnvelope {
+        progress: None,
+        ..env.clone()
+    };
+    let Execution::Done(result) = executor
+        .execute(&copy, &p, &CancellationToken::new(), &Checkpoint::default())
+        .await
+        .unwrap()
+    else {
+        panic!("not done")
+    };
+    assert_eq!(result.to_json()["files_deleted"], 0);
+    let left = std::fs::read_dir(scratch.path().join("d")).unwrap().count();
+    assert_eq!(
+        left, 5,
+        "a copy that carries nothing deleted past the count kept"
+    );
 }
 
 async fn run_once(
