@@ -180,6 +180,23 @@ async fn a_capped_run_refuses_a_count_directory_it_did_not_make() {
         if what == "a forged count" {
             std::fs::write(claims.join(envelope.task_id.to_string()), b"zero\n").unwrap();
         }
+        if what != "a forged count" {
+            // The dry run predicts the refusal (it reads no count).
+            let dry = CleanupTempFilesParams {
+                dry_run: true,
+                ..params.clone()
+            };
+            let error = run(&executor(&root), &envelope, &dry)
+                .await
+                .expect_err(what);
+            assert!(!error.is_transient(), "{what}: {error}");
+            assert!(
+                error
+                    .message
+                    .contains("max_files cannot be kept across copies"),
+                "{what}: {error}"
+            );
+        }
         let error = run(&executor(&root), &envelope, &params)
             .await
             .expect_err(what);

@@ -126,6 +126,10 @@ impl Walk {
         self.counters
             .oldest_remaining
             .store(i64::MAX, Ordering::Relaxed);
+        if self.max_files.is_some() && self.dry_run {
+            // The real run would refuse: so does its dry run.
+            Claims::check(roots, self.privileges.euid).map_err(claims_error)?;
+        }
         if self.max_files.is_some() && !self.dry_run {
             // Before anything is deleted: a count that cannot be kept deletes nothing.
             let euid = self.privileges.euid;

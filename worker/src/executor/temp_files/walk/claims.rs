@@ -168,6 +168,32 @@ impl Claims {
         Ok(Claim::Granted)
     }
 
+    /// What a capped dry run checks, writing nothing: that the real run could keep its
+    /// count in each root that can be opened now (the walk reports the others). A
+    /// directory the real run would refuse, or a root where it could not make one, is
+    /// refused the same way.
+    pub fn check(roots: &[TempRoot], euid: u32) -> Result<(), ClaimsError> {
+        for root in roots {
+            let Ok((fd, _)) = root.open() else {
+                continue;
+            };
+            let where_ = format!("temp root `{}`: {CLAIMS_DIR}", root.name);
+            if existing_claims_dir(&fd, euid)
+                .map_err(|e| e.context(&where_))?
+                .is_none()
+            {
+                rustix::fs::accessat(
+                    &fd,
+                    ".",
+                    rustix::fs::Access::WRITE_OK,
+                    rustix::fs::AtFlags::EACCESS,
+                )
+                .map_err(|e| refused_when_denied("cannot be created", e).context(&where_))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The cap was found reached in this turn.
     pub fn reached(&self) -> bool {
         self.reached.load(Ordering::Relaxed)
@@ -332,18 +358,28 @@ fn claims_dir(root: &OwnedFd, euid: u32) -> Result<OwnedFd, ClaimsError> {
         Err(Errno::EXIST) => {}
         Err(e) => return Err(refused_when_denied("cannot be created", e)),
     }
-    let dir = rustix::fs::openat(
+    existing_claims_dir(root, euid)?
+        .ok_or_else(|| ClaimsError::Io("vanished as it was created".into()))
+}
+
+/// The directory at the top of the root, when there is one, once checked to be the
+/// worker's own.
+fn existing_claims_dir(root: &OwnedFd, euid: u32) -> Result<Option<OwnedFd>, ClaimsError> {
+    let dir = match rustix::fs::openat(
         root,
         CLAIMS_DIR,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
-    )
-    .map_err(|e| match e {
-        Errno::LOOP | Errno::NOTDIR => ClaimsError::Refused(
-            "is not a directory (a symlink or a file is in its place); not followed".into(),
-        ),
-        e => ClaimsError::Io(describe("cannot open", e)),
-    })?;
+    ) {
+        Ok(dir) => dir,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP | Errno::NOTDIR) => {
+            return Err(ClaimsError::Refused(
+                "is not a directory (a symlink or a file is in its place); not followed".into(),
+            ))
+        }
+        Err(e) => return Err(ClaimsError::Io(describe("cannot open", e))),
+    };
     let meta = Meta::of(&dir).map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?;
     let root_meta = Meta::of(root).map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?;
     if meta.kind != FileType::Directory {
@@ -366,7 +402,7 @@ fn claims_dir(root: &OwnedFd, euid: u32) -> Result<OwnedFd, ClaimsError> {
             "is on another filesystem than the root (a mount); not used".into(),
         ));
     }
-    Ok(dir)
+    Ok(Some(dir))
 }
 
 /// The task's file in the directory, created (empty: a count of 0) when missing, and
