@@ -189,3 +189,68 @@ async fn an_api_whose_database_stops_answering_still_stops() {
     )
     .await;
 }
+
+/// The relay holds its claimed outbox rows locked while it publishes them. An API cut off
+/// from its database in that moment (a partition: the connection stays open, nothing
+/// passes) must not keep them locked until PostgreSQL notices the connection is dead
+/// (hours, with the default keepalives), for every other replica skips locked rows:
+/// PostgreSQL ends the session once it has been idle in its transaction longer than the
+/// relay's publish timeout and a margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_rows_a_partitioned_relay_held_are_released() {
+    let db_proxy = TcpProxy::start("127.0.0.1:5432", true).await;
+    let amqp_proxy = TcpProxy::start(&amqp_address(), true).await;
+    let db = TestDb::create().await;
+    let broker = TestBroker::create().await;
+    let app = TestApp::spawn(
+        &db,
+        &broker,
+        AppOptions {
+            database_url: Some(db.url_via(db_proxy.addr)),
+            amqp_url: Some(amqp_via(amqp_proxy.addr)),
+            extra_args: vec!["--relay-publish-timeout=2s".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    enqueue(&app, "/maintenance/cleanup-runs", runs_body()).await;
+    app.wait_outbox_empty(Duration::from_secs(10)).await;
+
+    // The broker stops answering: the relay claims the next row and waits for a confirm.
+    amqp_proxy.freeze();
+    enqueue(&app, "/maintenance/cleanup-runs", runs_body()).await;
+    let claimable = || async {
+        sqlx::query_scalar::<_, i64>(
+            "WITH free AS (SELECT id FROM cleanup_outbox FOR UPDATE SKIP LOCKED) \
+             SELECT count(*) FROM free",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(app.outbox_len().await == 1 && claimable().await == 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never held the row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Now the database is cut off too, in the middle of the relay's transaction.
+    db_proxy.freeze();
+    let frozen = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while claimable().await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the row stayed locked {:?} after the partition",
+            frozen.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = frozen.elapsed();
+    eprintln!("the row was free again {took:?} after the partition");
+    // Not before the publish timeout and its margin: the relay's own wait is allowed.
+    assert!(took >= Duration::from_secs(10), "released after {took:?}");
+    app.stop().await;
+}
