@@ -56,8 +56,8 @@ pub const CHUNK: u64 = 64;
 pub const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How often one process sweeps one root's counts.
 const SWEEP_EVERY: Duration = Duration::from_secs(3600);
-/// How long opening a count, or giving back what a turn did not use, waits for another
-/// copy's lock.
+/// How long a claim, opening a count, or giving back what a turn did not use waits for
+/// another copy's lock (each holds it for one read, write and `fsync`).
 const LOCK_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The task's count in each root that could be opened, and what this turn claimed and
@@ -155,8 +155,15 @@ impl Claims {
         }
         let mut unused = self.unused.lock().expect("claims lock");
         if *unused == 0 {
-            let Some(locks) = self.lock(|| stop.load(Ordering::Relaxed))? else {
-                return Ok(Claim::Stopped);
+            let deadline = Instant::now() + LOCK_PATIENCE;
+            let give_up = || stop.load(Ordering::Relaxed) || Instant::now() > deadline;
+            let Some(locks) = self.lock(give_up)? else {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(Claim::Stopped);
+                }
+                return Err(ClaimsError::Io(format!(
+                    "{CLAIMS_DIR}: another copy held the count's lock for {LOCK_PATIENCE:?}"
+                )));
             };
             *unused = self.reserve(&locks, cap, own)?;
         }
@@ -182,13 +189,16 @@ impl Claims {
                 .map_err(|e| e.context(&where_))?
                 .is_none()
             {
-                rustix::fs::accessat(
+                // Only a clear no is a refusal: an older seccomp profile answers the
+                // syscall itself with EPERM, and the real run then says what holds.
+                if let Err(e @ (Errno::ACCESS | Errno::ROFS)) = rustix::fs::accessat(
                     &fd,
                     ".",
                     rustix::fs::Access::WRITE_OK,
                     rustix::fs::AtFlags::EACCESS,
-                )
-                .map_err(|e| refused_when_denied("cannot be created", e).context(&where_))?;
+                ) {
+                    return Err(refused_when_denied("cannot be created", e).context(&where_));
+                }
             }
         }
         Ok(())
@@ -516,7 +526,8 @@ fn sweep(root: &TempRoot, dir: &OwnedFd, own: &CStr, euid: u32) {
         let Ok(file) = rustix::fs::openat(
             dir,
             &name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            // Writable: NFS takes an exclusive `flock` only on a file open for writing.
+            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
             Mode::empty(),
         ) else {
             continue;
