@@ -13,9 +13,12 @@ async fn behind(proxy: &TcpProxy) -> Stack {
     .await
 }
 
-/// An API on a database of its own that it reaches through `proxy`, and one task it
-/// accepted. The database and the broker's names live as long as the returned guards.
-async fn with_database_behind(proxy: &TcpProxy) -> (TestDb, TestBroker, TestApp) {
+/// An API on a database of its own that it reaches through `proxy` (with `options`
+/// besides). The database and the broker's names live as long as the returned guards.
+async fn on_database_behind(
+    proxy: &TcpProxy,
+    options: AppOptions,
+) -> (TestDb, TestBroker, TestApp) {
     let db = TestDb::create().await;
     let broker = TestBroker::create().await;
     let app = TestApp::spawn(
@@ -23,10 +26,17 @@ async fn with_database_behind(proxy: &TcpProxy) -> (TestDb, TestBroker, TestApp)
         &broker,
         AppOptions {
             database_url: Some(db.url_via(proxy.addr)),
-            ..Default::default()
+            ..options
         },
     )
     .await;
+    (db, broker, app)
+}
+
+/// An API on a database of its own that it reaches through `proxy`, and one task it
+/// accepted.
+async fn with_database_behind(proxy: &TcpProxy) -> (TestDb, TestBroker, TestApp) {
+    let (db, broker, app) = on_database_behind(proxy, AppOptions::default()).await;
     assert_eq!(
         app.post("/maintenance/cleanup-runs", runs_body())
             .await
@@ -200,13 +210,9 @@ async fn an_api_whose_database_stops_answering_still_stops() {
 async fn outbox_rows_a_partitioned_relay_held_are_released() {
     let db_proxy = TcpProxy::start("127.0.0.1:5432", true).await;
     let amqp_proxy = TcpProxy::start(&amqp_address(), true).await;
-    let db = TestDb::create().await;
-    let broker = TestBroker::create().await;
-    let app = TestApp::spawn(
-        &db,
-        &broker,
+    let (_db, _broker, app) = on_database_behind(
+        &db_proxy,
         AppOptions {
-            database_url: Some(db.url_via(db_proxy.addr)),
             amqp_url: Some(amqp_via(amqp_proxy.addr)),
             extra_args: vec!["--relay-publish-timeout=2s".into()],
             ..Default::default()

@@ -180,33 +180,27 @@ async fn a_capped_run_refuses_a_count_directory_it_did_not_make() {
         if what == "a forged count" {
             std::fs::write(claims.join(envelope.task_id.to_string()), b"zero\n").unwrap();
         }
-        if what != "a forged count" {
-            // The dry run predicts the refusal (it reads no count).
-            let dry = CleanupTempFilesParams {
-                dry_run: true,
-                ..params.clone()
-            };
-            let error = run(&executor(&root), &envelope, &dry)
-                .await
-                .expect_err(what);
+        // The dry run predicts the refusal (all but the forged count, which it never reads).
+        let dry = CleanupTempFilesParams {
+            dry_run: true,
+            ..params.clone()
+        };
+        let runs = if what == "a forged count" {
+            vec![&params]
+        } else {
+            vec![&dry, &params]
+        };
+        for p in runs {
+            let error = run(&executor(&root), &envelope, p).await.expect_err(what);
             assert!(!error.is_transient(), "{what}: {error}");
             assert!(
                 error
                     .message
                     .contains("max_files cannot be kept across copies"),
-                "{what}: {error}"
+                "{what} (dry run: {}): {error}",
+                p.dry_run
             );
         }
-        let error = run(&executor(&root), &envelope, &params)
-            .await
-            .expect_err(what);
-        assert!(!error.is_transient(), "{what}: {error}");
-        assert!(
-            error
-                .message
-                .contains("max_files cannot be kept across copies"),
-            "{what}: {error}"
-        );
         assert_eq!(files_left(&root), 5, "{what}: deleted with no count kept");
         assert_eq!(
             std::fs::read_dir(&elsewhere).unwrap().count(),
