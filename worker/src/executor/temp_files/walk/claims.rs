@@ -8,7 +8,7 @@
 //! [`CLAIMS_DIR`]`/<task id>`: whoever sees the same files sees the same count.
 //!
 //! - A copy claims files in chunks of [`CHUNK`]: under an exclusive `flock` of the task's
-//!   file in every root (in root order), it reads the highest count, adds what it claims
+//!   file in every root (taken in the files' device and inode order), it reads the highest count, adds what it claims
 //!   (never past `max_files`), writes the new count to every file and `fsync`s them,
 //!   before it deletes any of the files claimed. What a turn claimed and did not use is
 //!   given back when the turn ends; a copy that dies keeps it claimed, so the task can
@@ -22,15 +22,19 @@
 //! - The directory is the worker's own (created `0700`, opened without following a
 //!   symlink, owned by the worker, writable by no one else), and every file in it is
 //!   opened without following a symlink and must be a regular file of the worker's. A
-//!   capped real run refuses to start when any of this does not hold, deleting nothing.
+//!   capped real run refuses to start when any of this does not hold, deleting nothing,
+//!   and so does its dry run ([`Claims::check`], which writes nothing).
 //! - Every root the task still has to walk must be open to hold its count: a capped real
 //!   run deletes nothing while one of them cannot be opened (a count it cannot read may be
 //!   higher than the others). Two root names for one directory share one count file.
-//! - A copy waits for another's lock without blocking its walk's stop, and a copy that
-//!   found the cap reached does not ask again in that turn.
-//! - The walk never enters or counts the directory. Files in it untouched for
-//!   [`KEEP_FOR`] are removed (at most once an hour per root and process; never the task's
-//!   own, and only under their lock, old still), when a capped run opens it.
+//! - A copy waits for another's lock at most [`LOCK_PATIENCE`], and no longer than its
+//!   walk is allowed to go on; a copy that found the cap reached does not ask again in
+//!   that turn.
+//! - The walk never enters a directory of that name. Counts untouched for [`KEEP_FOR`] are
+//!   removed when a capped run opens the directory (at most once an hour per root and
+//!   process): only the worker's own files named by a task id, never the task's own, and
+//!   only under their lock while still old. A copy touches its count under the lock as it
+//!   opens it, so a count in use is never removed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CStr;
