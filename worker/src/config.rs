@@ -125,8 +125,8 @@ pub struct Config {
 
     /// Temp roots this worker may clean, as `name=/path,...`; per root, options after `;`:
     /// `age_by=mtime` (or `atime`, `ctime`, joined with `+`: a file is young if any is
-    /// recent) and `allow_system_path` (permit a root in or above /etc, /usr, /var/lib,
-    /// /home/<user>, ...). Tasks name a root, never a path.
+    /// recent) and `allow_system_path` (permit a root in or above `/etc`, `/usr`, `/var/lib`,
+    /// `/home/<user>`, ...). Tasks name a root, never a path.
     #[arg(long, env = "TEMP_ROOTS", default_value = "")]
     pub temp_roots: String,
 

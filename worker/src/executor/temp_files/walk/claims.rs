@@ -27,7 +27,7 @@
 //! - Every root the task still has to walk must be open to hold its count: a capped real
 //!   run deletes nothing while one of them cannot be opened (a count it cannot read may be
 //!   higher than the others). Two root names for one directory share one count file.
-//! - A copy waits for another's lock at most [`LOCK_PATIENCE`], and no longer than its
+//! - A copy waits for another's lock at most 5 s (`LOCK_PATIENCE`), and no longer than its
 //!   walk is allowed to go on; a copy that found the cap reached does not ask again in
 //!   that turn.
 //! - The walk never enters a directory of that name. Counts untouched for [`KEEP_FOR`] are
