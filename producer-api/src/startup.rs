@@ -32,7 +32,7 @@ pub struct Application {
 /// How long a ledger session may sit idle inside a transaction before PostgreSQL ends it
 /// (and releases its locks): the relay's publish timeout, the longest such wait of this
 /// process, and a margin.
-pub fn idle_in_transaction_limit(config: &Config) -> std::time::Duration {
+fn idle_in_transaction_limit(config: &Config) -> std::time::Duration {
     config.relay_publish_timeout + std::time::Duration::from_secs(10)
 }
 

@@ -48,13 +48,14 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use globset::GlobSet;
 use rayon::prelude::*;
-use rustix::fs::{FileType, Mode, OFlags};
+use rustix::fs::FileType;
 use rustix::io::Errno;
 
 use super::roots::{AgeBy, RootError, TempRoot};
 use super::{DirId, FileError, RootProgress, TempFilesResult};
 use crate::executor::ExecError;
 
+mod cap;
 pub mod claims;
 mod file;
 mod guard;
@@ -64,8 +65,8 @@ mod tally;
 
 use claims::{Claim, Claims, ClaimsError, CLAIMS_DIR};
 use guard::Reach;
-use meta::read_entries;
 pub use meta::{age_seconds, encode, Counters, DirOutcome, Kept, Meta, Privileges, Unlink};
+use meta::{open_dir_at, read_entries};
 
 /// Errors kept in a result; the rest are only counted.
 pub use shared::results::MAX_ERRORS;
@@ -126,67 +127,13 @@ impl Walk {
         self.counters
             .oldest_remaining
             .store(i64::MAX, Ordering::Relaxed);
-        if self.max_files.is_some() && self.dry_run {
-            // The real run would refuse: so does its dry run.
-            Claims::check(roots, self.privileges.euid).map_err(claims_error)?;
-        }
-        if self.max_files.is_some() && !self.dry_run {
-            // Before anything is deleted: a count that cannot be kept deletes nothing.
-            let euid = self.privileges.euid;
-            match Claims::open(roots, &self.resume, self.task_id, euid, &self.stop) {
-                Ok(Some(claims)) => {
-                    let _ = self.claims.set(claims);
-                }
-                Ok(None) => {
-                    // Told to stop while another copy held the count: nothing was done.
-                    self.interrupted.store(true, Ordering::SeqCst);
-                    return Ok(());
-                }
-                Err(error) => return Err(claims_error(error)),
-            }
+        // Before anything is deleted: a count that cannot be kept deletes nothing.
+        if !self.open_count(roots)? {
+            return Ok(());
         }
         let walked = self.walk_roots(roots);
-        if let Some(claims) = self.claims.get() {
-            // Not given back, they stay claimed: the task may delete fewer files, never more.
-            if let Err(error) = claims.release() {
-                tracing::warn!(%error, task_id = %self.task_id, "files claimed against max_files and not used could not be given back");
-            }
-        }
-        if let Some(error) = self.claims_failed.lock().expect("claims lock").take() {
-            return Err(claims_error(error));
-        }
+        self.close_count()?;
         walked
-    }
-
-    /// Claim one file against `max_files`. A real run claims from the count every copy
-    /// shares; when that count cannot be kept, the walk stops (and fails).
-    fn claim(&self, cap: u64) -> Claim {
-        let own = self.counters.claimed.load(Ordering::Relaxed);
-        let claim = match self.claims.get() {
-            Some(claims) => match claims.take(cap, own, &self.stop) {
-                Ok(claim) => claim,
-                Err(error) => {
-                    self.stop.store(true, Ordering::SeqCst);
-                    self.interrupted.store(true, Ordering::SeqCst);
-                    self.claims_failed
-                        .lock()
-                        .expect("claims lock")
-                        .get_or_insert(error);
-                    return Claim::Stopped;
-                }
-            },
-            None if own < cap => Claim::Granted,
-            None => Claim::Capped,
-        };
-        match claim {
-            Claim::Granted => {
-                self.counters.claimed.fetch_add(1, Ordering::Relaxed);
-            }
-            // Told to stop while waiting for another copy: this entry is passed over.
-            Claim::Stopped => self.interrupted.store(true, Ordering::SeqCst),
-            Claim::Capped => {}
-        }
-        claim
     }
 
     fn walk_roots(&self, roots: &[TempRoot]) -> Result<(), ExecError> {
@@ -195,11 +142,7 @@ impl Walk {
             if prior.complete {
                 continue;
             }
-            let (fd, identity) = root.open().map_err(|e| match e {
-                // A missing mount or volume may appear later: worth another attempt.
-                RootError::Unavailable(message) => ExecError::transient(message),
-                RootError::Refused(message) => ExecError::permanent(message),
-            })?;
+            let (fd, identity) = root.open().map_err(root_error)?;
             let root_moved = AtomicBool::new(false);
             let position = Position {
                 root,
@@ -411,12 +354,7 @@ impl Walk {
             );
             return DirOutcome::kept();
         }
-        let fd = match rustix::fs::openat(
-            parent,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) {
+        let fd = match open_dir_at(parent, name) {
             Ok(fd) => fd,
             Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
                 // It was a directory when examined and is not any more: swapped mid-walk.
@@ -479,14 +417,12 @@ impl Walk {
     }
 }
 
-fn claims_error(error: ClaimsError) -> ExecError {
-    let message = format!("max_files cannot be kept across copies of the task: {error}");
+/// A root that cannot be walked: a missing mount or volume may appear later (worth
+/// another attempt); one that is not the configured directory never will.
+fn root_error(error: RootError) -> ExecError {
     match error {
-        // A missing mount or volume may appear later: worth another attempt.
-        ClaimsError::Root(RootError::Unavailable(message)) => ExecError::transient(message),
-        ClaimsError::Root(RootError::Refused(message)) => ExecError::permanent(message),
-        ClaimsError::Refused(_) => ExecError::permanent(message),
-        ClaimsError::Io(_) => ExecError::transient(message),
+        RootError::Unavailable(message) => ExecError::transient(message),
+        RootError::Refused(message) => ExecError::permanent(message),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The walk's safety rules, each tried the way it could go wrong.
 
 use super::*;
+use rustix::fs::{Mode, OFlags};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};

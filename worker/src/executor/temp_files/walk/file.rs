@@ -11,12 +11,6 @@ use rustix::io::Errno;
 use super::{Claim, Kept, Meta, Position, Reach, Unlink, Walk};
 
 impl Walk {
-    fn capped(&self) -> bool {
-        self.max_files
-            .is_some_and(|cap| self.counters.claimed.load(Ordering::Relaxed) >= cap)
-            || self.claims.get().is_some_and(|claims| claims.reached())
-    }
-
     /// Decide on one file or symlink, examined just now; delete it when eligible.
     /// Returns true when it is (or, in a dry run, would be) gone.
     #[allow(clippy::too_many_arguments)]

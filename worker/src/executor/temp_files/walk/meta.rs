@@ -230,6 +230,23 @@ pub fn encode(bytes: &[u8]) -> String {
     }
 }
 
+/// Open the directory `name` in `parent` to read it, never through a symlink (`ELOOP` or
+/// `ENOTDIR` when something else is there).
+pub(super) fn open_dir_at(
+    parent: &OwnedFd,
+    name: impl rustix::path::Arg,
+) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        parent,
+        name,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+}
+
 /// The names in a directory, without `.` and `..`.
 pub(super) fn read_entries(dir: &OwnedFd) -> std::io::Result<Vec<CString>> {
     let mut names = Vec::new();

@@ -30,36 +30,33 @@
 //! - A copy waits for another's lock at most 5 s (`LOCK_PATIENCE`), and no longer than its
 //!   walk is allowed to go on; a copy that found the cap reached does not ask again in
 //!   that turn.
-//! - The walk never enters a directory of that name. Counts untouched for [`KEEP_FOR`] are
-//!   removed when a capped run opens the directory (at most once an hour per root and
-//!   process): only the worker's own files named by a task id, never the task's own, and
-//!   only under their lock while still old. A copy touches its count under the lock as it
-//!   opens it, so a count in use is never removed.
+//! - The walk never enters a directory of that name. Counts untouched for 30 days are
+//!   removed when a capped run opens the directory (`store.rs`; at most once an hour per
+//!   root and process): only the worker's own files named by a task id, never the task's
+//!   own, and only under their lock while still old. A copy touches its count under the
+//!   lock as it opens it, so a count in use is never removed.
 
-use std::collections::{BTreeMap, HashMap};
-use std::ffi::CStr;
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
+use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 
 use super::super::roots::{RootError, TempRoot};
 use super::super::RootProgress;
 use super::Meta;
 
+mod store;
+
+use store::{claims_dir, claims_file, existing_claims_dir, sweep};
+
 /// The directory, at the top of each root, that holds the counts of capped tasks.
 pub const CLAIMS_DIR: &str = ".cleanup-service-claims";
 /// Files a copy claims at a time (one write and `fsync` of the count per chunk).
 pub const CHUNK: u64 = 64;
-/// A task's file untouched for this long is removed (a copy arriving later starts from
-/// the count its message carries).
-pub const KEEP_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
-/// How often one process sweeps one root's counts.
-const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// How long a claim, opening a count, or giving back what a turn did not use waits for
 /// another copy's lock (each holds it for one read, write and `fsync`).
 const LOCK_PATIENCE: Duration = Duration::from_secs(5);
@@ -114,31 +111,27 @@ impl Claims {
     ) -> Result<Option<Self>, ClaimsError> {
         let name = std::ffi::CString::new(task_id.to_string()).expect("a uuid has no NUL");
         let mut files = Vec::new();
-        let mut seen = Vec::new();
         for root in roots {
             let fd = match root.open() {
                 Ok((fd, _)) => fd,
                 Err(_) if done.get(&root.name).is_some_and(|p| p.complete) => continue,
                 Err(error) => return Err(ClaimsError::Root(error)),
             };
-            let where_ = format!("temp root `{}`: {CLAIMS_DIR}", root.name);
+            let where_ = at(&root.name);
             let dir = claims_dir(&fd, euid).map_err(|e| e.context(&where_))?;
             sweep(root, &dir, &name, euid);
-            let Some(file) =
+            let Some((file, identity)) =
                 claims_file(&dir, &name, euid, stop).map_err(|e| e.context(&where_))?
             else {
                 return Ok(None);
             };
-            // Locking a second description of the same file would wait for ever.
-            let meta = Meta::of(&file).map_err(|e| io(&root.name, "cannot examine", e))?;
-            if seen.contains(&(meta.dev, meta.ino)) {
-                continue;
-            }
-            seen.push((meta.dev, meta.ino));
-            files.push(((meta.dev, meta.ino), root.name.clone(), file));
+            files.push((identity, root.name.clone(), file));
         }
-        // One lock order for every copy, whatever names its configuration gives the roots.
+        // One lock order for every copy, whatever names its configuration gives the roots;
+        // and one file for two names of a directory (locking a second description of the
+        // same file would wait for ever).
         files.sort_by_key(|(identity, _, _)| *identity);
+        files.dedup_by_key(|(identity, _, _)| *identity);
         let files = files
             .into_iter()
             .map(|(_, root, file)| (root, file))
@@ -159,15 +152,8 @@ impl Claims {
         }
         let mut unused = self.unused.lock().expect("claims lock");
         if *unused == 0 {
-            let deadline = Instant::now() + LOCK_PATIENCE;
-            let give_up = || stop.load(Ordering::Relaxed) || Instant::now() > deadline;
-            let Some(locks) = self.lock(give_up)? else {
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(Claim::Stopped);
-                }
-                return Err(ClaimsError::Io(format!(
-                    "{CLAIMS_DIR}: another copy held the count's lock for {LOCK_PATIENCE:?}"
-                )));
+            let Some(locks) = patiently(Some(stop), |give_up| self.lock(give_up))? else {
+                return Ok(Claim::Stopped);
             };
             *unused = self.reserve(&locks, cap, own)?;
         }
@@ -188,7 +174,7 @@ impl Claims {
             let Ok((fd, _)) = root.open() else {
                 continue;
             };
-            let where_ = format!("temp root `{}`: {CLAIMS_DIR}", root.name);
+            let where_ = at(&root.name);
             if existing_claims_dir(&fd, euid)
                 .map_err(|e| e.context(&where_))?
                 .is_none()
@@ -219,11 +205,9 @@ impl Claims {
         if *unused == 0 {
             return Ok(());
         }
-        let deadline = Instant::now() + LOCK_PATIENCE;
-        let Some(_locks) = self.lock(|| Instant::now() > deadline)? else {
-            return Err(ClaimsError::Io(format!(
-                "{CLAIMS_DIR}: another copy held the count's lock for {LOCK_PATIENCE:?}"
-            )));
+        // Without a stop, `None` never comes: the wait ends in the locks or an error.
+        let Some(_locks) = patiently(None, |give_up| self.lock(give_up))? else {
+            return Ok(());
         };
         // Written by this turn's claims, so never missing here.
         let count = self.read_highest()?.unwrap_or(0);
@@ -244,10 +228,10 @@ impl Claims {
 
     /// Every file's lock, in the files' order. `None` once `give_up` says so while
     /// another copy holds a lock (what is held is released).
-    fn lock(&self, give_up: impl Fn() -> bool) -> Result<Option<Locks<'_>>, ClaimsError> {
+    fn lock(&self, give_up: &dyn Fn() -> bool) -> Result<Option<Locks<'_>>, ClaimsError> {
         let mut held = Locks(Vec::with_capacity(self.files.len()));
         for (root, file) in &self.files {
-            if !lock_one(file, &give_up).map_err(|e| io(root, "cannot lock the count", e))? {
+            if !lock_one(file, give_up).map_err(|e| io(root, "cannot lock the count", e))? {
                 return Ok(None);
             }
             held.0.push(file);
@@ -267,9 +251,10 @@ impl Claims {
                 "" => continue,
                 text => text.parse::<u64>().map_err(|_| {
                     ClaimsError::Refused(format!(
-                        "temp root `{root}`: {CLAIMS_DIR}: the count reads {text:?}, not a number; \
-                         refusing to guess how many files the task deleted"
+                        "the count reads {text:?}, not a number; refusing to guess how many \
+                         files the task deleted"
                     ))
+                    .context(&at(root))
                 })?,
             };
             highest = highest.max(Some(count));
@@ -280,27 +265,38 @@ impl Claims {
     fn write(&self, count: u64) -> Result<(), ClaimsError> {
         let text = format!("{count:>20}\n");
         for (root, file) in &self.files {
-            let n = rustix::io::pwrite(file, text.as_bytes(), 0).map_err(|e| {
-                refused_when_denied("cannot write the count", e)
-                    .context(&format!("temp root `{root}`: {CLAIMS_DIR}"))
-            })?;
+            let n = rustix::io::pwrite(file, text.as_bytes(), 0)
+                .map_err(|e| refused_when_denied("cannot write the count", e).context(&at(root)))?;
             if n != text.len() {
-                return Err(ClaimsError::Io(format!(
-                    "temp root `{root}`: {CLAIMS_DIR}: short write of the count"
-                )));
+                return Err(ClaimsError::Io("short write of the count".into()).context(&at(root)));
             }
-            rustix::fs::fsync(file).map_err(|e| {
-                refused_when_denied("cannot sync the count", e)
-                    .context(&format!("temp root `{root}`: {CLAIMS_DIR}"))
-            })?;
+            rustix::fs::fsync(file)
+                .map_err(|e| refused_when_denied("cannot sync the count", e).context(&at(root)))?;
         }
         Ok(())
     }
 }
 
+/// Wait for locks (`lock`, given when to give up) at most [`LOCK_PATIENCE`], and no
+/// longer than `stop` allows: `None` once stopped; an error once the patience ran out.
+fn patiently<T>(
+    stop: Option<&AtomicBool>,
+    lock: impl FnOnce(&dyn Fn() -> bool) -> Result<Option<T>, ClaimsError>,
+) -> Result<Option<T>, ClaimsError> {
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
+    match lock(&|| stopped() || Instant::now() > deadline)? {
+        Some(held) => Ok(Some(held)),
+        None if stopped() => Ok(None),
+        None => Err(ClaimsError::Io(format!(
+            "another copy held the task's count locked for {LOCK_PATIENCE:?}"
+        ))),
+    }
+}
+
 /// Take `file`'s exclusive `flock`, retrying while another holder has it (false: `give_up`
 /// said so first).
-fn lock_one(file: &OwnedFd, give_up: &impl Fn() -> bool) -> Result<bool, Errno> {
+fn lock_one(file: &OwnedFd, give_up: &dyn Fn() -> bool) -> Result<bool, Errno> {
     let mut wait = Duration::from_millis(1);
     loop {
         match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
@@ -328,11 +324,13 @@ impl Drop for Locks<'_> {
     }
 }
 
+/// Where a count is, for messages.
+fn at(root: &str) -> String {
+    format!("temp root `{root}`: {CLAIMS_DIR}")
+}
+
 fn io(root: &str, what: &str, e: Errno) -> ClaimsError {
-    ClaimsError::Io(format!(
-        "temp root `{root}`: {CLAIMS_DIR}: {what}: {}",
-        std::io::Error::from(e)
-    ))
+    ClaimsError::Io(describe(what, e)).context(&at(root))
 }
 
 impl ClaimsError {
@@ -359,193 +357,6 @@ fn refused_when_denied(what: &str, e: Errno) -> ClaimsError {
             describe(what, e)
         )),
         e => ClaimsError::Io(describe(what, e)),
-    }
-}
-
-/// The worker's own directory at the top of the root, created when missing.
-fn claims_dir(root: &OwnedFd, euid: u32) -> Result<OwnedFd, ClaimsError> {
-    match rustix::fs::mkdirat(root, CLAIMS_DIR, Mode::from_raw_mode(0o700)) {
-        Ok(()) => {
-            // The new directory's entry survives a crash before the first count does.
-            rustix::fs::fsync(root).map_err(|e| ClaimsError::Io(describe("cannot sync", e)))?;
-        }
-        Err(Errno::EXIST) => {}
-        Err(e) => return Err(refused_when_denied("cannot be created", e)),
-    }
-    existing_claims_dir(root, euid)?
-        .ok_or_else(|| ClaimsError::Io("vanished as it was created".into()))
-}
-
-/// The directory at the top of the root, when there is one, once checked to be the
-/// worker's own.
-fn existing_claims_dir(root: &OwnedFd, euid: u32) -> Result<Option<OwnedFd>, ClaimsError> {
-    let dir = match rustix::fs::openat(
-        root,
-        CLAIMS_DIR,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(dir) => dir,
-        Err(Errno::NOENT) => return Ok(None),
-        Err(Errno::LOOP | Errno::NOTDIR) => {
-            return Err(ClaimsError::Refused(
-                "is not a directory (a symlink or a file is in its place); not followed".into(),
-            ))
-        }
-        Err(e) => return Err(ClaimsError::Io(describe("cannot open", e))),
-    };
-    let meta = Meta::of(&dir).map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?;
-    let root_meta = Meta::of(root).map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?;
-    if meta.kind != FileType::Directory {
-        return Err(ClaimsError::Refused("is not a directory".into()));
-    }
-    if meta.uid != euid {
-        return Err(ClaimsError::Refused(format!(
-            "belongs to uid {}, not to this worker (uid {euid}); remove it",
-            meta.uid
-        )));
-    }
-    if meta.mode & 0o022 != 0 {
-        return Err(ClaimsError::Refused(format!(
-            "others may write in it (mode {:o}); it must be the worker's alone",
-            meta.mode & 0o7777
-        )));
-    }
-    if meta.dev != root_meta.dev {
-        return Err(ClaimsError::Refused(
-            "is on another filesystem than the root (a mount); not used".into(),
-        ));
-    }
-    Ok(Some(dir))
-}
-
-/// The task's file in the directory, created (empty: a count of 0) when missing, and
-/// touched under its lock: a sweep removes a count only under its lock and while it is
-/// old, so the file this returns is not removed under the copy using it (one removed just
-/// before is opened again). `None`: told to stop while another copy held its lock.
-fn claims_file(
-    dir: &OwnedFd,
-    name: &CStr,
-    euid: u32,
-    stop: &AtomicBool,
-) -> Result<Option<OwnedFd>, ClaimsError> {
-    for _ in 0..3 {
-        // Non-blocking: a FIFO in its place must not hang the open (it is refused below).
-        let file = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| match e {
-            Errno::LOOP => {
-                ClaimsError::Refused("the task's count is a symlink; not followed".into())
-            }
-            e => refused_when_denied("cannot open the task's count", e),
-        })?;
-        let meta = Meta::of(&file).map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?;
-        if meta.kind != FileType::RegularFile || meta.uid != euid {
-            return Err(ClaimsError::Refused(
-                "the task's count is not a regular file of this worker's".into(),
-            ));
-        }
-        let deadline = Instant::now() + LOCK_PATIENCE;
-        let give_up = || stop.load(Ordering::Relaxed) || Instant::now() > deadline;
-        if !lock_one(&file, &give_up)
-            .map_err(|e| ClaimsError::Io(describe("cannot lock the task's count", e)))?
-        {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(None);
-            }
-            return Err(ClaimsError::Io(format!(
-                "another copy held the task's count locked for {LOCK_PATIENCE:?}"
-            )));
-        }
-        let now = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_NOW,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: 0,
-                tv_nsec: rustix::fs::UTIME_NOW,
-            },
-        };
-        rustix::fs::futimens(&file, &now)
-            .map_err(|e| refused_when_denied("cannot touch the task's count", e))?;
-        let linked = rustix::fs::fstat(&file)
-            .map_err(|e| ClaimsError::Io(describe("cannot examine", e)))?
-            .st_nlink
-            > 0;
-        let _ = rustix::fs::flock(&file, FlockOperation::Unlock);
-        if linked {
-            // A new file's entry survives a crash before its first count does.
-            rustix::fs::fsync(dir).map_err(|e| ClaimsError::Io(describe("cannot sync", e)))?;
-            return Ok(Some(file));
-        }
-    }
-    Err(ClaimsError::Io(
-        "the task's count was removed three times as it was opened".into(),
-    ))
-}
-
-/// Remove the counts untouched for [`KEEP_FOR`] (best effort; at most once per
-/// [`SWEEP_EVERY`] for one root in this process). Never the task's own, and a count only
-/// under its lock (a copy may be using it) and while still old.
-fn sweep(root: &TempRoot, dir: &OwnedFd, own: &CStr, euid: u32) {
-    static SWEPT: Mutex<Option<HashMap<PathBuf, Instant>>> = Mutex::new(None);
-    {
-        let mut swept = SWEPT.lock().expect("sweep lock");
-        let swept = swept.get_or_insert_with(HashMap::new);
-        if swept
-            .get(&root.path)
-            .is_some_and(|at| at.elapsed() < SWEEP_EVERY)
-        {
-            return;
-        }
-        swept.insert(root.path.clone(), Instant::now());
-    }
-    let Some(horizon) = SystemTime::now()
-        .checked_sub(KEEP_FOR)
-        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-    else {
-        return;
-    };
-    let old = |meta: &Meta| {
-        meta.kind == FileType::RegularFile
-            && meta.uid == euid
-            && meta.mtime.0 < horizon.as_secs() as i64
-    };
-    let Ok(names) = super::meta::read_entries(dir) else {
-        return;
-    };
-    for name in names {
-        // Only a task's count (named by its id), never the task's own.
-        let a_count = name
-            .to_str()
-            .is_ok_and(|n| uuid::Uuid::parse_str(n).is_ok());
-        if !a_count || name.as_c_str() == own || !Meta::at(dir, &name).is_ok_and(|m| old(&m)) {
-            continue;
-        }
-        let Ok(file) = rustix::fs::openat(
-            dir,
-            &name,
-            // Writable: NFS takes an exclusive `flock` only on a file open for writing.
-            OFlags::RDWR | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        ) else {
-            continue;
-        };
-        if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
-            continue;
-        }
-        let same = match (Meta::of(&file), Meta::at(dir, &name)) {
-            (Ok(held), Ok(named)) => old(&held) && (held.dev, held.ino) == (named.dev, named.ino),
-            _ => false,
-        };
-        if same {
-            let _ = rustix::fs::unlinkat(dir, &name, rustix::fs::AtFlags::empty());
-        }
     }
 }
 
