@@ -120,12 +120,8 @@ async fn max_files_counts_over_every_turn() {
     };
     let p = params(Some(4));
     let env = envelope(&p, Some(serde_json::to_value(&progress).unwrap()));
-    let Execution::Done(result) = executor
-        .execute(&env, &p, &CancellationToken::new(), &Checkpoint::default())
-        .await
-        .unwrap()
-    else {
-        panic!("not interrupted")
+    let Execution::Done(result) = run_envelope(&executor, &env, &p).await.unwrap() else {
+        panic!("not done")
     };
     let result = result.to_json();
     assert_eq!(result["files_deleted"], 4, "{result}");
@@ -136,11 +132,7 @@ async fn max_files_counts_over_every_turn() {
         progress: None,
         ..env.clone()
     };
-    let Execution::Done(result) = executor
-        .execute(&copy, &p, &CancellationToken::new(), &Checkpoint::default())
-        .await
-        .unwrap()
-    else {
+    let Execution::Done(result) = run_envelope(&executor, &copy, &p).await.unwrap() else {
         panic!("not done")
     };
     assert_eq!(result.to_json()["files_deleted"], 0);
@@ -156,9 +148,17 @@ async fn run_once(
     p: &CleanupTempFilesParams,
     progress: Option<serde_json::Value>,
 ) -> Result<Execution, ExecError> {
-    let env = envelope(p, progress);
+    run_envelope(executor, &envelope(p, progress), p).await
+}
+
+/// One turn of the task `env` (the same task id every time it is passed).
+async fn run_envelope(
+    executor: &TempFilesExecutor,
+    env: &TaskEnvelope,
+    p: &CleanupTempFilesParams,
+) -> Result<Execution, ExecError> {
     executor
-        .execute(&env, p, &CancellationToken::new(), &Checkpoint::default())
+        .execute(env, p, &CancellationToken::new(), &Checkpoint::default())
         .await
 }
 
