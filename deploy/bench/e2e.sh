@@ -17,6 +17,9 @@
 # API_LOG_LEVEL sets producer-api's LOG_LEVEL (e.g. warn,producer_api::relay=debug);
 # LEDGER_SQL runs on the ledger once the API has migrated it, before the load (what-if
 # experiments: "ALTER TABLE cleanup_tasks SET (fillfactor = 70)").
+# The workers take their other settings from the environment (RESULTS_LINGER=0s: each
+# result reported as soon as its task ends); WORKER_WRAP runs each under a command
+# ("nice -n 10": what the loop does when the workers yield the cores to the rest).
 #
 #   N=3000 C=32 W=1 WORKER_CONCURRENCY=8 deploy/bench/e2e.sh
 #   RUNS="1:8 1:16 2:16" deploy/bench/e2e.sh     # several setups in one run (W:CONCURRENCY)
@@ -102,7 +105,7 @@ for setup in $RUNS; do
     RUNS_DATABASE_URL="$PG/${DB}_runs" METRICS_ADDR=127.0.0.1:$port TASK_SIGNING_KEYS=$SIGNING_KEYS \
       AMQP_PREFIX=$PREFIX WORKER_KINDS=cleanup_runs WORKER_CONCURRENCY=$CONC LOG_LEVEL=warn \
       WORKER_ID=bench-$run-$i \
-      "$TARGET_DIR/release/worker" > "$WORK/worker-$run-$i.log" 2>&1 &
+      ${WORKER_WRAP:-} "$TARGET_DIR/release/worker" > "$WORK/worker-$run-$i.log" 2>&1 &
     worker_pids+=($!)
     pids+=($!)
     for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done

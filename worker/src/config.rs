@@ -162,6 +162,14 @@ pub struct Config {
     #[arg(long, env = "STARTED_EVENT_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
     pub started_event_after: Duration,
 
+    /// How long a turn's report (its result, failure, continuation or cancellation) waits
+    /// for the reports of other turns ending at about the same time, so that they reach
+    /// RabbitMQ together: a message arriving alone costs RabbitMQ several times the CPU of
+    /// one arriving with others. The report's time (`at`) is when it goes out. `0s`: each
+    /// report goes out as soon as its turn ends.
+    #[arg(long, env = "RESULTS_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub results_linger: Duration,
+
     /// Hard limit of one turn (a batch that hangs); past it the attempt fails as transient.
     /// Must exceed TURN_BUDGET.
     #[arg(long, env = "TASK_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]

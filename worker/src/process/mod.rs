@@ -32,7 +32,10 @@ use crate::metrics::Metrics;
 
 mod announce;
 mod cancelled;
+mod gather;
 mod refuse;
+
+pub use gather::Gathering;
 
 use announce::announced;
 use cancelled::{report_cancelled, skip_cancelled, Stop};
@@ -50,6 +53,8 @@ pub struct WorkerContext {
     /// A task still running after this long is announced with `task.started`; zero:
     /// announced (and confirmed) before it starts.
     pub started_event_after: Duration,
+    /// Reports of turns that end close together go out together (`RESULTS_LINGER`).
+    pub reports: Gathering,
     /// How long an executor may take to stop once its hard time limit is reached: longer
     /// than any one statement may run (RUNS_STATEMENT_TIMEOUT), so that nothing an attempt
     /// started can still commit after the attempt is reported.
@@ -242,6 +247,7 @@ pub async fn handle_delivery(
         tracing::warn!(%task_id, %kind, "delivery lost with the broker connection; the task will be redelivered");
         return Ok(Outcome::Abandoned { task_id });
     }
+    ctx.reports.join().await;
     let outcome = match result {
         // Stopped because the task was cancelled: report it, no continuation.
         Ok(Execution::Interrupted { progress }) if watch.cancelled() => {

@@ -1,6 +1,7 @@
 //! `task.started`: announced only for a task still running after STARTED_EVENT_AFTER (or
 //! for every task, before it starts, with `0s`); a shorter task reports its start with its
 //! result, and the ledger keeps it either way.
+//! And RESULTS_LINGER: the reports of tasks that end close together go out together.
 
 use std::time::Duration;
 
@@ -189,6 +190,48 @@ async fn a_real_temp_file_run_is_announced_before_it_deletes() {
     assert_eq!(keys[0], ["task.succeeded"], "the dry run");
     assert_eq!(keys[1], ["task.started", "task.succeeded"], "the real run");
     assert!(!old.exists(), "the real run deleted the old file");
+    worker.stop().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_of_tasks_ending_within_one_linger_go_out_together() {
+    let (_runs, stack, worker, tap) = setup(Some("--results-linger=2s")).await;
+    let body = json!({"max_age_hours": 24, "dry_run": true});
+
+    // The first dry run ends at once and waits; the second starts 700 ms later, on the
+    // worker's other slot, and ends well inside the first one's linger.
+    let first = enqueue(&stack.app, RUNS, body.clone()).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = enqueue(&stack.app, RUNS, body).await;
+    for id in [&first, &second] {
+        let task = wait_for(&stack.app, id, DONE, Duration::from_secs(30)).await;
+        assert_eq!(task["status"], "succeeded", "{task}");
+    }
+    let events = stack.broker.drain_named(&tap).await;
+    let reports: Vec<(i64, i64)> = [&first, &second]
+        .into_iter()
+        .map(|id| {
+            let report = events
+                .iter()
+                .map(|m| serde_json::from_slice::<Value>(&m.delivery.data).unwrap())
+                .find(|body| body["task_id"] == id.as_str())
+                .expect("a result event");
+            (time(&report["started_at"]), time(&report["at"]))
+        })
+        .collect();
+    let [(started_1, out_1), (started_2, out_2)] = reports[..] else {
+        unreachable!()
+    };
+    assert!(started_2 - started_1 >= 600_000, "{reports:?}");
+    assert!(
+        out_1 - started_1 >= 1_900_000,
+        "the first report waited for the linger: {reports:?}"
+    );
+    assert!(
+        (out_2 - out_1).abs() < 300_000,
+        "the second report went out with the first: {reports:?}"
+    );
     worker.stop().await;
     stack.stop().await;
 }
