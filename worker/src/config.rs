@@ -162,11 +162,12 @@ pub struct Config {
     #[arg(long, env = "STARTED_EVENT_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
     pub started_event_after: Duration,
 
-    /// How long a turn's report (its result, failure, continuation or cancellation) waits
-    /// for the reports of other turns ending at about the same time, so that they reach
-    /// RabbitMQ together: a message arriving alone costs RabbitMQ several times the CPU of
-    /// one arriving with others. The report's time (`at`) is when it goes out. `0s`: each
-    /// report goes out as soon as its turn ends.
+    /// How long a turn's report (its result, failure, continuation or cancellation) may
+    /// wait for the reports of the turns still running, so that they reach RabbitMQ
+    /// together: a message arriving alone costs RabbitMQ several times the CPU of one
+    /// arriving with others. The wait ends once no other turn is running. The report's
+    /// time (`at`) is when it goes out. `0s`: each report goes out as soon as its turn
+    /// ends.
     #[arg(long, env = "RESULTS_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
     pub results_linger: Duration,
 

@@ -247,7 +247,9 @@ pub async fn handle_delivery(
         tracing::warn!(%task_id, %kind, "delivery lost with the broker connection; the task will be redelivered");
         return Ok(Outcome::Abandoned { task_id });
     }
-    ctx.reports.join().await;
+    // This turn's work is over (its `executing` token is dropped): wait for the reports of
+    // the turns still running, at most RESULTS_LINGER.
+    ctx.reports.join(ctx.executing.len()).await;
     let outcome = match result {
         // Stopped because the task was cancelled: report it, no continuation.
         Ok(Execution::Interrupted { progress }) if watch.cancelled() => {

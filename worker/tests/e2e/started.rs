@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use test_support::*;
 
 const RUNS: &str = "/maintenance/cleanup-runs";
+const TEMP: &str = "/maintenance/cleanup-temp-files";
 
 /// The task events in the tap for `task_id`, in the order they were published: (routing
 /// key, body).
@@ -26,14 +27,14 @@ async fn events_of(broker: &TestBroker, tap: &str, task_id: &str) -> Vec<(String
         .collect()
 }
 
-/// A stack, a runs table of 10 old rows, a worker with `flag` (if any), and a tap on the
-/// task events.
-async fn setup(flag: Option<&str>) -> (RunsDb, Stack, TestWorker, String) {
+/// A stack, a runs table of 10 old rows, a worker with these extra flags, and a tap on
+/// the task events.
+async fn setup(extra: &[String]) -> (RunsDb, Stack, TestWorker, String) {
     let runs = RunsDb::create().await;
     let stack = Stack::start().await;
     runs.insert(10, "succeeded", Some(100.0), 0).await;
     let mut flags = vec![runs_database_flag(runs.db.url())];
-    flags.extend(flag.map(str::to_owned));
+    flags.extend_from_slice(extra);
     let worker = stack.worker(&flags).await;
     let tap = stack.broker.tap_events("task.#").await;
     (runs, stack, worker, tap)
@@ -65,7 +66,7 @@ fn time(value: &Value) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_task_reports_its_start_with_its_result() {
-    let (_runs, stack, worker, tap) = setup(None).await;
+    let (_runs, stack, worker, tap) = setup(&[]).await;
 
     let (task, events) = succeed(
         &stack,
@@ -89,7 +90,7 @@ async fn a_short_task_reports_its_start_with_its_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_still_running_after_the_delay_is_announced_while_it_runs() {
-    let (runs, stack, worker, tap) = setup(Some("--started-event-after=100ms")).await;
+    let (runs, stack, worker, tap) = setup(&["--started-event-after=100ms".into()]).await;
 
     // The dry run waits for this lock for 600 ms: far longer than 100 ms.
     let mut holder = runs.pool.begin().await.unwrap();
@@ -127,7 +128,7 @@ async fn a_dry_run_still_running_after_the_delay_is_announced_while_it_runs() {
 /// test removes again as soon as it reconnects.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_run_is_announced_before_it_writes() {
-    let (_runs, stack, worker, tap) = setup(Some("--started-event-after=1h")).await;
+    let (_runs, stack, worker, tap) = setup(&["--started-event-after=1h".into()]).await;
     let (task, events) = succeed(&stack, &tap, RUNS, json!({"max_age_hours": 24})).await;
     assert_eq!(task["result"]["runs_deleted"], 10, "{task}");
     let keys: Vec<String> = events.into_iter().map(|(key, _)| key).collect();
@@ -138,7 +139,7 @@ async fn a_real_run_is_announced_before_it_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_delay_every_task_is_announced_before_it_starts() {
-    let (_runs, stack, worker, tap) = setup(Some("--started-event-after=0s")).await;
+    let (_runs, stack, worker, tap) = setup(&["--started-event-after=0s".into()]).await;
 
     let (task, events) = succeed(
         &stack,
@@ -180,7 +181,6 @@ async fn a_real_temp_file_run_is_announced_before_it_deletes() {
             "--started-event-after=1h".into(),
         ])
         .await;
-    const TEMP: &str = "/maintenance/cleanup-temp-files";
     let mut keys = Vec::new();
     for dry_run in [true, false] {
         let body = json!({"max_age_hours": 24, "root": "scratch", "dry_run": dry_run});
@@ -194,43 +194,69 @@ async fn a_real_temp_file_run_is_announced_before_it_deletes() {
     stack.stop().await;
 }
 
+/// The report of a turn that ends while another still runs waits for it (at most
+/// RESULTS_LINGER), and the two go out together once the last one ends; a turn that ends
+/// with none other running reports at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reports_of_tasks_ending_within_one_linger_go_out_together() {
-    let (_runs, stack, worker, tap) = setup(Some("--results-linger=2s")).await;
-    let body = json!({"max_age_hours": 24, "dry_run": true});
+async fn reports_of_turns_ending_close_together_go_out_together() {
+    let scratch = tempfile::tempdir().unwrap();
+    let flags = [
+        "--results-linger=5s".to_owned(),
+        temp_root_flag("scratch", scratch.path()),
+    ];
+    let (runs, stack, worker, tap) = setup(&flags).await;
+    let runs_dry = json!({"max_age_hours": 24, "dry_run": true});
+    let temp_dry = json!({"max_age_hours": 24, "root": "scratch", "dry_run": true});
 
-    // The first dry run ends at once and waits; the second starts 700 ms later, on the
-    // worker's other slot, and ends well inside the first one's linger.
-    let first = enqueue(&stack.app, RUNS, body.clone()).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let second = enqueue(&stack.app, RUNS, body).await;
-    for id in [&first, &second] {
+    // The runs dry run waits for this lock; the temp-file dry run, started 300 ms later on
+    // the worker's other slot, ends at once and waits for it.
+    let mut holder = runs.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let long = enqueue(&stack.app, RUNS, runs_dry.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let short = enqueue(&stack.app, TEMP, temp_dry).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    holder.commit().await.unwrap();
+    // Then a lone dry run, with nothing else running.
+    for id in [&long, &short] {
         let task = wait_for(&stack.app, id, DONE, Duration::from_secs(30)).await;
         assert_eq!(task["status"], "succeeded", "{task}");
     }
+    let alone = enqueue(&stack.app, RUNS, runs_dry).await;
+    let task = wait_for(&stack.app, &alone, DONE, Duration::from_secs(30)).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+
     let events = stack.broker.drain_named(&tap).await;
-    let reports: Vec<(i64, i64)> = [&first, &second]
-        .into_iter()
-        .map(|id| {
-            let report = events
-                .iter()
-                .map(|m| serde_json::from_slice::<Value>(&m.delivery.data).unwrap())
-                .find(|body| body["task_id"] == id.as_str())
-                .expect("a result event");
-            (time(&report["started_at"]), time(&report["at"]))
-        })
-        .collect();
-    let [(started_1, out_1), (started_2, out_2)] = reports[..] else {
-        unreachable!()
+    let report = |id: &str| {
+        let body = events
+            .iter()
+            .filter(|m| m.delivery.routing_key.as_str() == "task.succeeded")
+            .map(|m| serde_json::from_slice::<Value>(&m.delivery.data).unwrap())
+            .find(|body| body["task_id"] == id)
+            .expect("a result event");
+        (time(&body["started_at"]), time(&body["at"]))
     };
-    assert!(started_2 - started_1 >= 600_000, "{reports:?}");
+    let ((long_started, long_out), (short_started, short_out)) = (report(&long), report(&short));
+    let waited = short_out - short_started;
     assert!(
-        out_1 - started_1 >= 1_900_000,
-        "the first report waited for the linger: {reports:?}"
+        waited >= 700_000,
+        "the short report waited for the long turn: {waited} µs"
     );
     assert!(
-        (out_2 - out_1).abs() < 300_000,
-        "the second report went out with the first: {reports:?}"
+        waited < 3_000_000,
+        "and went out when it ended, not at the end of the 5 s linger: {waited} µs"
+    );
+    assert!(
+        (short_out - long_out).abs() < 300_000,
+        "the two went out together: {short_out} and {long_out} (long started {long_started})"
+    );
+    let (alone_started, alone_out) = report(&alone);
+    assert!(
+        alone_out - alone_started < 2_000_000,
+        "a report with no other turn running goes out at once"
     );
     worker.stop().await;
     stack.stop().await;
