@@ -23,6 +23,7 @@
 #
 #   N=3000 C=32 W=1 WORKER_CONCURRENCY=8 deploy/bench/e2e.sh
 #   RUNS="1:8 1:16 2:16" deploy/bench/e2e.sh     # several setups in one run (W:CONCURRENCY)
+#   RUNS="0:0 2:16" deploy/bench/e2e.sh          # W=0: the enqueue path alone (relay on)
 #
 # Databases bench_e2e_<pid>_* and the AMQP prefix bench-e2e-<pid>-* are removed on exit.
 # Run by hand, not in CI.
@@ -125,7 +126,8 @@ for setup in $RUNS; do
   wait "$load_pid"
   # Until every task succeeded, looking once a second (each look starts a psql, whose cost
   # would land on the measured cores); the time comes from the ledger itself.
-  while :; do
+  # With no worker (W=0: the enqueue path alone, the relay publishing), nothing to wait for.
+  while [ "$W" -gt 0 ]; do
     done_count=$(value "$LEDGER" "SELECT count(*) FROM cleanup_tasks WHERE status = 'succeeded'")
     [ "$done_count" -ge "$N" ] && break
     if [ $(( $(date +%s) - t0 )) -gt "$TIMEOUT" ]; then echo "timed out: $done_count of $N succeeded"; break; fi
@@ -146,8 +148,11 @@ q = lambda p: xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
 print(f'{q(0.50):.1f} {q(0.99):.1f}')")
   enqueue_rate=$(python3 -c "print(f'{$N / $load_took:.0f}')")
   # From the first POST to the last task recorded `succeeded` (the recorder's commit time).
-  last_success=$(value "$LEDGER" "SELECT extract(epoch FROM max(updated_at)) FROM cleanup_tasks WHERE status = 'succeeded'")
-  e2e_rate=$(python3 -c "print(f'{$N / ($last_success - $load_start):.0f}')")
+  e2e_rate=-
+  if [ "$W" -gt 0 ]; then
+    last_success=$(value "$LEDGER" "SELECT extract(epoch FROM max(updated_at)) FROM cleanup_tasks WHERE status = 'succeeded'")
+    e2e_rate=$(python3 -c "print(f'{$N / ($last_success - $load_start):.0f}')")
+  fi
   cpu="api $(per_k $((api_after - api_before))) ${workers_cpu}postgres $(per_k $((pg_after - pg_before))) rabbitmq $(per_k $((beam_after - beam_before))) load $(python3 -c "print(f'{$load_cpu / $N * 1000:.2f}')")"
   printf '%-6s %-5s %10s %10s %8s %8s   %s; rss api %sM, workers %s\n' "$W" "$CONC" "$enqueue_rate" "$e2e_rate" "$p50" "$p99" "$cpu" "$(( $(hwm "$api_pid") / 1024 ))" "$workers_rss"
   # Where each task waited, from the ledger's own timestamps (ms, p50 / p99): the outbox
