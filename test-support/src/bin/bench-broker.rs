@@ -69,91 +69,34 @@ async fn measure<F: std::future::Future<Output = anyhow::Result<()>>>(
     Ok(())
 }
 
-async fn publish(
+/// `n` messages, `group` at a time, each group's confirms awaited before the next group;
+/// at most `rate` a second when given.
+async fn publish_groups(
     channel: &Channel,
     queue: &str,
     body: &[u8],
     n: u64,
-    k: u64,
-) -> anyhow::Result<()> {
-    let properties = BasicProperties::default().with_delivery_mode(2);
-    if k == 0 {
-        let mut pending = Vec::new();
-        for _ in 0..n {
-            let confirm = channel
-                .basic_publish(
-                    "".into(),
-                    queue.into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties.clone(),
-                )
-                .await?;
-            pending.push(confirm);
-            if pending.len() == 500 {
-                for confirm in pending.drain(..) {
-                    confirm.await?;
-                }
-            }
-        }
-        for confirm in pending {
-            confirm.await?;
-        }
-        return Ok(());
-    }
-    let publishers = (0..k).map(|i| {
-        let share = n / k + u64::from(i < n % k);
-        let properties = properties.clone();
-        async move {
-            for _ in 0..share {
-                channel
-                    .basic_publish(
-                        "".into(),
-                        queue.into(),
-                        BasicPublishOptions::default(),
-                        body,
-                        properties.clone(),
-                    )
-                    .await?
-                    .await?;
-            }
-            anyhow::Ok(())
-        }
-    });
-    futures::future::try_join_all(publishers).await?;
-    Ok(())
-}
-
-/// Seconds of each paced phase.
-const PACED_FOR: f64 = 5.0;
-
-/// N messages at `rate` a second, `group` at a time, each group's confirms awaited.
-async fn paced_publish(
-    channel: &Channel,
-    queue: &str,
-    body: &[u8],
-    n: u64,
-    rate: f64,
     group: u64,
+    rate: Option<f64>,
 ) -> anyhow::Result<()> {
     let properties = BasicProperties::default().with_delivery_mode(2);
-    let mut ticks = tokio::time::interval(std::time::Duration::from_secs_f64(group as f64 / rate));
+    let period = rate.map(|rate| std::time::Duration::from_secs_f64(group as f64 / rate));
+    let mut ticks = period.map(tokio::time::interval);
     let mut left = n;
     while left > 0 {
-        ticks.tick().await;
+        if let Some(ticks) = &mut ticks {
+            ticks.tick().await;
+        }
         let mut confirms = Vec::new();
         for _ in 0..group.min(left) {
-            confirms.push(
-                channel
-                    .basic_publish(
-                        "".into(),
-                        queue.into(),
-                        BasicPublishOptions::default(),
-                        body,
-                        properties.clone(),
-                    )
-                    .await?,
+            let publish = channel.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties.clone(),
             );
+            confirms.push(publish.await?);
         }
         left -= confirms.len() as u64;
         for confirm in confirms {
@@ -162,6 +105,29 @@ async fn paced_publish(
     }
     Ok(())
 }
+
+/// `n` messages from `k` concurrent publishers, each waiting for its message's confirm
+/// before the next; `k` = 0: pipelined, 500 unconfirmed at most.
+async fn publish(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    n: u64,
+    k: u64,
+) -> anyhow::Result<()> {
+    if k == 0 {
+        return publish_groups(channel, queue, body, n, 500, None).await;
+    }
+    let publishers = (0..k).map(|i| {
+        let share = n / k + u64::from(i < n % k);
+        publish_groups(channel, queue, body, share, 1, None)
+    });
+    futures::future::try_join_all(publishers).await?;
+    Ok(())
+}
+
+/// Seconds of each paced phase.
+const PACED_FOR: f64 = 5.0;
 
 async fn consume(connection: &Connection, queue: &str, n: u64, group: u64) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
@@ -241,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
         for &(rate, group) in &paced {
             let what = format!("publish, {rate}/s, {group} at a time");
             let count = (rate * PACED_FOR) as u64;
-            let phase = paced_publish(&channel, queue, &body, count, rate, group);
+            let phase = publish_groups(&channel, queue, &body, count, group, Some(rate));
             measure(&what, count, phase).await?;
             messages += count;
         }
