@@ -11,6 +11,9 @@ use shared::tasks::TaskKind;
 use crate::executor::runs::RunsTable;
 pub use crate::executor::temp_files::TempRoot;
 
+/// The longest RESULTS_LINGER: reports wait milliseconds, not seconds.
+pub const MAX_RESULTS_LINGER: Duration = Duration::from_secs(1);
+
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
     name = "worker",
@@ -162,12 +165,13 @@ pub struct Config {
     #[arg(long, env = "STARTED_EVENT_AFTER", default_value = "1s", value_parser = humantime::parse_duration)]
     pub started_event_after: Duration,
 
-    /// How long a turn's report (its result, failure, continuation or cancellation) may
-    /// wait for the reports of the turns still running, so that they reach RabbitMQ
-    /// together: a message arriving alone costs RabbitMQ several times the CPU of one
-    /// arriving with others. The wait ends once no other turn is running. The report's
-    /// time (`at`) is when it goes out. `0s`: each report goes out as soon as its turn
-    /// ends.
+    /// How long a running turn's report (its result, failure, continuation or
+    /// cancellation) may wait for the reports of the turns still running, so that they
+    /// reach RabbitMQ together: a message arriving alone costs RabbitMQ several times the
+    /// CPU of one arriving with others. The wait ends once no other turn is running, or
+    /// once half the slots (WORKER_CONCURRENCY) wait: with fewer than 4 slots nothing
+    /// waits. The report's time (`at`) is when it goes out. At most 1s; `0s`: each report
+    /// goes out as soon as its turn ends.
     #[arg(long, env = "RESULTS_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
     pub results_linger: Duration,
 
@@ -295,6 +299,12 @@ impl Config {
         {
             anyhow::bail!(
                 "RUNS_BATCH_TARGET must be longer than 0 and shorter than RUNS_STATEMENT_TIMEOUT"
+            );
+        }
+        if self.results_linger > MAX_RESULTS_LINGER {
+            anyhow::bail!(
+                "RESULTS_LINGER must be at most {MAX_RESULTS_LINGER:?}: it holds reports for \
+                 milliseconds, and a stop waits for them"
             );
         }
         if self.worker_concurrency == 0 {

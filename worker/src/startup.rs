@@ -126,7 +126,10 @@ impl Application {
             task_timeout: config.task_timeout,
             turn_budget: config.turn_budget,
             started_event_after: config.started_event_after,
-            reports: crate::process::Gathering::new(config.results_linger),
+            reports: crate::process::Gathering::new(
+                config.results_linger,
+                usize::from(config.worker_concurrency),
+            ),
             // Long enough for a batch already under way: its lock wait, its statement, its
             // commit.
             stop_grace: std::time::Duration::from_secs(10).max(

@@ -240,6 +240,10 @@ pub async fn handle_delivery(
     // `task.started` could not be published: the turn was stopped, and the delivery is
     // left to be redelivered (what the turn deleted stays deleted: cleanup is idempotent).
     let result = result?;
+    // This turn's work is over (its `executing` token is dropped): wait for the reports of
+    // the turns still running, at most RESULTS_LINGER; then see whether the delivery is
+    // still good, so that a channel lost meanwhile is not reported on either.
+    ctx.reports.join(ctx.executing.len()).await;
     if !delivery.acker.usable() {
         // The channel this delivery came on is gone: RabbitMQ has already put the task back
         // on its queue and will deliver it again. Reporting a result or a continuation now
@@ -247,9 +251,6 @@ pub async fn handle_delivery(
         tracing::warn!(%task_id, %kind, "delivery lost with the broker connection; the task will be redelivered");
         return Ok(Outcome::Abandoned { task_id });
     }
-    // This turn's work is over (its `executing` token is dropped): wait for the reports of
-    // the turns still running, at most RESULTS_LINGER.
-    ctx.reports.join(ctx.executing.len()).await;
     let outcome = match result {
         // Stopped because the task was cancelled: report it, no continuation.
         Ok(Execution::Interrupted { progress }) if watch.cancelled() => {

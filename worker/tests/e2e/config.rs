@@ -48,6 +48,25 @@ fn a_worker_with_nothing_to_do_refuses_to_start() {
         .contains("not a valid SQL identifier"));
 }
 
+/// Reports wait milliseconds: a linger of more than a second is refused, not left to hold
+/// every report (and a stop) that long.
+#[test]
+fn a_results_linger_longer_than_a_second_is_refused() {
+    use clap::Parser;
+    let runs = "--runs-database-url=postgres://localhost/x";
+    for (linger, refused) in [("1s", false), ("1001ms", true), ("30000y", true)] {
+        let flag = format!("--results-linger={linger}");
+        let config = worker::Config::try_parse_from(["worker", runs, flag.as_str()]).unwrap();
+        match config.validate() {
+            Ok(()) => assert!(!refused, "{linger} was accepted"),
+            Err(error) => {
+                assert!(refused, "{linger}: {error}");
+                assert!(error.to_string().contains("RESULTS_LINGER"), "{error}");
+            }
+        }
+    }
+}
+
 /// A root that resolves to `/` or to a system tree is refused at start-up, whatever the
 /// configured path looks like; `allow_system_path` is the explicit way to permit a tree.
 #[test]
