@@ -342,10 +342,6 @@ impl Relay {
         let cancels = self.config.topology.cancels_exchange();
         let mut pending = Vec::with_capacity(rows.len());
         for row in rows {
-            // Signing and framing hundreds of messages is work between two awaits that
-            // yield nothing (lapin takes each publish at once): give the runtime's threads
-            // back now and then, to the requests waiting for them.
-            tokio::task::consume_budget().await;
             let (exchange, routing_key, message_type) = if row.is_cancel() {
                 (&cancels, "", CANCEL_MESSAGE_TYPE)
             } else {
