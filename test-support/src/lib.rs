@@ -16,11 +16,13 @@
 //! - [`polling`]: [`eventually`], [`enqueue`], [`wait_for`], [`wait_until`], [`DONE`],
 //!   [`run_task`].
 //! - [`net`]: [`TcpProxy`], to cut a service off for one test; [`free_port`].
+//! - [`cpu`]: CPU time of processes from `/proc`, for the benchmark binaries.
 //!
 //! Everything is also re-exported here: `use test_support::*;`.
 
 pub mod app;
 pub mod broker;
+pub mod cpu;
 pub mod db;
 pub mod net;
 pub mod polling;

@@ -12,7 +12,7 @@ use crate::executor::runs::RunsTable;
 pub use crate::executor::temp_files::TempRoot;
 
 /// The longest RESULTS_LINGER: reports wait milliseconds, not seconds.
-pub const MAX_RESULTS_LINGER: Duration = Duration::from_secs(1);
+const MAX_RESULTS_LINGER: Duration = Duration::from_secs(1);
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(

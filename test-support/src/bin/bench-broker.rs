@@ -8,10 +8,10 @@
 //! on one confirm channel, each waiting for its message's confirm before the next (as a
 //! worker publishes results); K = 0 publishes them pipelined, 500 confirms outstanding (as
 //! the relay publishes a batch). PACED (comma-separated RATE:GROUP, or `-`): 5 seconds of
-//! messages at RATE a second, GROUP at a time, each group's confirms awaited (as results arrive from
-//! tasks ending one by one, or together). Then everything published is consumed with
-//! prefetch 32: half acked one by one, half 16 at a time with `multiple` (as the recorder
-//! acks a batch).
+//! messages at RATE a second, GROUP at a time, each group's confirms awaited (as results
+//! arrive from tasks ending one by one, or together). Then everything published is
+//! consumed with prefetch 32: half acked one by one, half 16 at a time with `multiple` (as
+//! the recorder acks a batch).
 //! Prints one line per phase: messages per second and RabbitMQ's (every `beam.smp`) CPU
 //! milliseconds per message. The queue is deleted at the end.
 
@@ -25,6 +25,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use test_support::cpu::{ticks_in_stat, SECONDS_PER_TICK};
 
 /// CPU ticks (user + system) of every `beam.smp` process.
 fn beam_ticks() -> anyhow::Result<u64> {
@@ -34,18 +35,10 @@ fn beam_ticks() -> anyhow::Result<u64> {
         let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
             continue;
         };
-        if comm.trim() != "beam.smp" {
-            continue;
+        if comm.trim() == "beam.smp" {
+            let stat = std::fs::read_to_string(path.join("stat"))?;
+            total += ticks_in_stat(&stat).context("a /proc stat")?;
         }
-        let stat = std::fs::read_to_string(path.join("stat"))?;
-        // The fields after the command's closing parenthesis; utime and stime are 14 and 15.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("stat")?
-            .1
-            .split_whitespace()
-            .collect();
-        total += fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     }
     Ok(total)
 }
@@ -59,8 +52,7 @@ async fn measure<F: std::future::Future<Output = anyhow::Result<()>>>(
     let (ticks, started) = (beam_ticks()?, Instant::now());
     phase.await?;
     let took = started.elapsed().as_secs_f64();
-    // Ticks are 1/100 s (USER_HZ) on Linux.
-    let cpu_ms = (beam_ticks()? - ticks) as f64 * 10.0;
+    let cpu_ms = (beam_ticks()? - ticks) as f64 * SECONDS_PER_TICK * 1000.0;
     println!(
         "{what:<44} {:>8.0} msg/s   rabbitmq {:.3} ms CPU per message",
         n as f64 / took,

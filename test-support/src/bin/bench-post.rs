@@ -86,19 +86,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// User and system CPU of this process, from /proc (in USER_HZ, 100 a second on Linux).
+/// User and system CPU of this process, from /proc.
 fn own_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    let ticks = |i: usize| {
-        fields
-            .get(i - 3)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(14) + ticks(15)) / 100.0
+    test_support::cpu::ticks_in_stat(&stat).unwrap_or(0) as f64
+        * test_support::cpu::SECONDS_PER_TICK
 }

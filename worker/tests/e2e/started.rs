@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use lapin::message::BasicGetMessage;
 use serde_json::{json, Value};
 use test_support::*;
 
@@ -13,12 +14,15 @@ const RUNS: &str = "/maintenance/cleanup-runs";
 const TEMP: &str = "/maintenance/cleanup-temp-files";
 
 /// The task events in the tap for `task_id`, in the order they were published: (routing
-/// key, body).
+/// key, body). The tap is emptied.
 async fn events_of(broker: &TestBroker, tap: &str, task_id: &str) -> Vec<(String, Value)> {
-    broker
-        .drain_named(tap)
-        .await
-        .into_iter()
+    task_events(&broker.drain_named(tap).await, task_id)
+}
+
+/// The events among `messages` for `task_id`, in their order: (routing key, body).
+fn task_events(messages: &[BasicGetMessage], task_id: &str) -> Vec<(String, Value)> {
+    messages
+        .iter()
         .map(|m| {
             let body: Value = serde_json::from_slice(&m.delivery.data).unwrap();
             (m.delivery.routing_key.to_string(), body)
@@ -256,11 +260,9 @@ async fn reports_of_turns_ending_close_together_go_out_together() {
 
     let events = stack.broker.drain_named(&tap).await;
     let report = |id: &str| {
-        let body = events
-            .iter()
-            .filter(|m| m.delivery.routing_key.as_str() == "task.succeeded")
-            .map(|m| serde_json::from_slice::<Value>(&m.delivery.data).unwrap())
-            .find(|body| body["task_id"] == id)
+        let (_, body) = task_events(&events, id)
+            .into_iter()
+            .find(|(key, _)| key == "task.succeeded")
             .expect("a result event");
         (time(&body["started_at"]), time(&body["at"]))
     };
