@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole loop, end to end: N dry-run cleanup_runs tasks POSTed by C concurrent clients
-# (HTTP keep-alive) -> ledger + outbox -> relay (confirms) -> quorum queue -> W workers
+# The whole loop, end to end: N dry-run cleanup_runs tasks POSTed by C concurrent clients (or
+# at RATE a second; HTTP keep-alive) -> ledger + outbox -> relay (confirms) -> quorum queue -> W workers
 # (WORKER_CONCURRENCY each) -> task.succeeded (confirms; a dry run sends no task.started
 # unless it runs longer than STARTED_EVENT_AFTER) -> recorder ->
 # ledger `succeeded`. Everything runs on this machine: release builds of producer-api and
@@ -11,7 +11,8 @@
 # p99, CPU seconds per 1,000 tasks of each process (API, each worker, every PostgreSQL
 # process, RabbitMQ's beam.smp, the load generator) and the peak RSS of API and workers;
 # then where the tasks waited (p50 / p99, from the ledger's timestamps: outbox to the
-# relay's claim, queue to the worker, the work, the result to the recorder's commit).
+# relay's claim, queue to the worker, the work, the result to the recorder's commit),
+# PostgreSQL's CPU per task on each database (ledger, runs) and what the ledger wrote.
 # The API's /metrics at the end of each setup is kept in the logs directory
 # (api-metrics-<n>.txt: its own latency histogram of the same POSTs).
 # API_LOG_LEVEL sets producer-api's LOG_LEVEL (e.g. warn,producer_api::relay=debug);
@@ -24,6 +25,13 @@
 #   N=3000 C=32 W=1 WORKER_CONCURRENCY=8 deploy/bench/e2e.sh
 #   RUNS="1:8 1:16 2:16" deploy/bench/e2e.sh     # several setups in one run (W:CONCURRENCY)
 #   RUNS="0:0 2:16" deploy/bench/e2e.sh          # W=0: the enqueue path alone (relay on)
+#   RATE=1500 RUNS="2:16" deploy/bench/e2e.sh     # open loop: 1,500 POSTs a second
+#
+# The load is a closed loop by default: C clients, each sending its next POST when its
+# last is answered, as fast as the API answers (its latency is mostly its own queueing:
+# C / rate). With RATE, an open loop: POST i is due at i / RATE seconds, at most C in
+# flight, and its latency counts from when it was due (what a steady arrival of tasks at
+# that rate would see, stalls included).
 #
 # Databases bench_e2e_<pid>_* and the AMQP prefix bench-e2e-<pid>-* are removed on exit.
 # Run by hand, not in CI.
@@ -32,6 +40,7 @@ cd "$(dirname "$0")/../.."
 N=${N:-3000}
 C=${C:-32}
 RUNS=${RUNS:-"${W:-1}:${WORKER_CONCURRENCY:-8}"}
+RATE=${RATE:-0}
 TIMEOUT=${TIMEOUT:-300}
 TOKEN=bench-token-0123456789abcdef
 SIGNING_KEYS=bench:bench-signing-secret-0123456789abcdef
@@ -73,6 +82,12 @@ trap 'exit 130' INT TERM
 ticks() { local t=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 pg_pids() { pgrep -x postgres | tr '\n' ' '; }
+# "<pid> <database> <ticks>" of each PostgreSQL session of this run's databases.
+pg_sessions() {
+  local pid db
+  value postgres "SELECT pid, datname FROM pg_stat_activity WHERE datname LIKE '${DB}_%'" \
+    | while IFS='|' read -r pid db; do echo "$pid $db $(ticks "$pid")"; done
+}
 beam_pids() { pgrep -f beam.smp | tr '\n' ' '; }
 HZ=$(getconf CLK_TCK)
 
@@ -81,7 +96,8 @@ create_db "${DB}_runs"
 sql "${DB}_runs" -f deploy/sql/runs-schema.sql
 sql "${DB}_runs" -c "INSERT INTO runs (status, finished_at) SELECT 'succeeded', now() - interval '60 days' FROM generate_series(1, 100)"
 
-echo "commit $CODE; N=$N tasks, C=$C clients; $(nproc) cores"
+if [ "$RATE" = 0 ]; then LOAD="C=$C clients (closed loop)"; else LOAD="RATE=$RATE POSTs/s (open loop, at most C=$C in flight)"; fi
+echo "commit $CODE; N=$N tasks, $LOAD; $(nproc) cores"
 printf '%-6s %-5s %10s %10s %8s %8s   %s\n' workers conc "enqueue/s" "e2e/s" "p50 ms" "p99 ms" "CPU s per 1,000 tasks; peak RSS"
 run=0
 for setup in $RUNS; do
@@ -115,12 +131,13 @@ for setup in $RUNS; do
   [ -z "${LEDGER_SQL:-}" ] || sql "$LEDGER" -c "$LEDGER_SQL"
   sleep 1
   pg_before=$(ticks $(pg_pids)) beam_before=$(ticks $(beam_pids)) api_before=$(ticks "$api_pid")
+  pg_sessions > "$WORK/sessions-before-$run.txt"
   declare -A worker_before=()
   for p in "${worker_pids[@]}"; do worker_before[$p]=$(ticks "$p"); done
-  # The load: C concurrent keep-alive clients (test-support/src/bin/bench-post.rs, a
-  # fraction of the CPU of a Python client); latencies to a file.
+  # The load: keep-alive clients (test-support/src/bin/bench-post.rs, a fraction of the
+  # CPU of a Python client), closed or open loop; latencies to a file.
   "$TARGET_DIR/release/bench-post" "$API/maintenance/cleanup-runs" "$TOKEN" "$N" "$C" \
-    '{"max_age_hours": 720, "dry_run": true}' "$WORK/latencies-$run.txt" > "$WORK/load-$run.txt" &
+    '{"max_age_hours": 720, "dry_run": true}' "$WORK/latencies-$run.txt" "$RATE" > "$WORK/load-$run.txt" &
   load_pid=$!
   t0=$(date +%s)
   wait "$load_pid"
@@ -134,6 +151,7 @@ for setup in $RUNS; do
     sleep 1
   done
   pg_after=$(ticks $(pg_pids)) beam_after=$(ticks $(beam_pids)) api_after=$(ticks "$api_pid")
+  pg_sessions > "$WORK/sessions-after-$run.txt"
   read -r load_start load_took load_errors load_cpu < "$WORK/load-$run.txt"
   [ "$load_errors" = 0 ] || echo "warning: $load_errors enqueue requests were not answered 202"
   per_k() { python3 -c "print(f'{$1 / $HZ / $N * 1000:.2f}')"; }
@@ -168,6 +186,19 @@ print(f'{q(0.50):.1f} {q(0.99):.1f}')")
       for c in relay queue work record; do
         printf "round(percentile_cont(0.5) WITHIN GROUP (ORDER BY %s)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY %s)::numeric, 1)," "$c" "$c"
       done | sed 's/,$//')) FROM s"
+  # PostgreSQL's CPU by database: the API's sessions on the ledger (enqueues, relay,
+  # recorder) and the workers' on the runs database (the dry runs themselves); the rest
+  # of its total is its background processes and this script's own queries. A session
+  # opened during the load counts from zero.
+  python3 -c "
+before = {l.split()[0]: int(l.split()[2]) for l in open('$WORK/sessions-before-$run.txt') if l.strip()}
+by_db = {'ledger': 0, 'runs': 0}
+for line in open('$WORK/sessions-after-$run.txt'):
+    if not line.strip(): continue
+    pid, db, ticks = line.split()
+    key = 'runs' if db.endswith('_runs') else 'ledger'
+    by_db[key] += int(ticks) - before.get(pid, 0)
+print('       postgres per task by database: ' + ', '.join(f'{k} {v / $HZ / $N * 1000:.2f} ms' for k, v in by_db.items()))"
   # What the ledger wrote per task (its database is this run's own): row updates, the
   # share of them HOT (no new index entries), and bytes of table and of indexes.
   value "$LEDGER" "

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +45,7 @@ impl Application {
         config.validate()?;
         let relay_here = config.relay_enabled;
         let idle_limit = idle_in_transaction_limit(&config);
-        let pool = PgPoolOptions::new()
+        let pool = shared::runtime::db::pool_options()
             .max_connections(config.database_max_connections)
             .acquire_timeout(config.database_acquire_timeout)
             .after_connect(move |conn, _| {

@@ -9,7 +9,7 @@ use chrono::Utc;
 use shared::tasks::{TaskKind, ValidationRules};
 use std::str::FromStr;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -63,7 +63,7 @@ impl Application {
                         ),
                     ]);
                 Some(
-                    PgPoolOptions::new()
+                    shared::runtime::db::pool_options()
                         .max_connections(config.runs_database_max_connections)
                         .acquire_timeout(config.runs_database_acquire_timeout)
                         // Connect on first use: the worker starts (and reports not ready)

@@ -9,6 +9,7 @@ mod idempotency;
 mod intake;
 mod openapi;
 mod outages;
+mod pools;
 mod recorder;
 mod relay;
 mod retention;
