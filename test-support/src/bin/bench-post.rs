@@ -104,6 +104,15 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A request counted from `from` (when it was sent, or when it was due) until now.
+fn latency(started: Instant, from: Instant, accepted: bool) -> Latency {
+    (
+        from.duration_since(started).as_secs_f64(),
+        from.elapsed().as_secs_f64(),
+        accepted,
+    )
+}
+
 /// C clients, each sending its next request as soon as its last is answered.
 async fn closed_loop(
     post: Post,
@@ -123,11 +132,7 @@ async fn closed_loop(
             {
                 let sent = Instant::now();
                 let accepted = post.send().await;
-                latencies.push((
-                    sent.duration_since(started).as_secs_f64(),
-                    sent.elapsed().as_secs_f64(),
-                    accepted,
-                ));
+                latencies.push(latency(started, sent, accepted));
             }
             latencies
         }));
@@ -159,11 +164,7 @@ async fn open_loop(
         requests.push(tokio::spawn(async move {
             let accepted = post.send().await;
             drop(permit);
-            (
-                due.duration_since(started).as_secs_f64(),
-                due.elapsed().as_secs_f64(),
-                accepted,
-            )
+            latency(started, due, accepted)
         }));
     }
     let mut latencies = Vec::with_capacity(n);
