@@ -85,7 +85,7 @@ pg_pids() { pgrep -x postgres | tr '\n' ' '; }
 # "<pid> <database> <ticks>" of each PostgreSQL session of this run's databases.
 pg_sessions() {
   local pid db
-  value postgres "SELECT pid, datname FROM pg_stat_activity WHERE datname LIKE '${DB}_%'" \
+  value postgres "SELECT pid, datname FROM pg_stat_activity WHERE starts_with(datname, '${DB}_')" \
     | while IFS='|' read -r pid db; do echo "$pid $db $(ticks "$pid")"; done
 }
 beam_pids() { pgrep -f beam.smp | tr '\n' ' '; }

@@ -2,8 +2,8 @@
 # What a pooled connection costs per checkout (test-support/src/bin/bench-pool.rs): N
 # short statements, each on a connection taken from the pool and given back, with sqlx's
 # default (a ping as the connection is taken, and one as it goes back) against the
-# service's pools (shared/src/runtime/db.rs, `pool_options`: no ping on taking a
-# connection used less than a second ago). CPU of the backend and of the client, and the
+# worker's runs pool (shared/src/runtime/db.rs, `pool_options`: no ping on taking a
+# connection given back less than 500 ms ago). CPU of the backend and of the client, and the
 # wall time, in microseconds per statement; the two setups alternate ROUNDS times.
 #
 #   deploy/bench/pool.sh                 # N=20000, ROUNDS=3

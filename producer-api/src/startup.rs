@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +46,7 @@ impl Application {
         config.validate()?;
         let relay_here = config.relay_enabled;
         let idle_limit = idle_in_transaction_limit(&config);
-        let pool = shared::runtime::db::pool_options()
+        let pool = PgPoolOptions::new()
             .max_connections(config.database_max_connections)
             .acquire_timeout(config.database_acquire_timeout)
             .after_connect(move |conn, _| {

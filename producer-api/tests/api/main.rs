@@ -9,7 +9,6 @@ mod idempotency;
 mod intake;
 mod openapi;
 mod outages;
-mod pools;
 mod recorder;
 mod relay;
 mod retention;

@@ -1,4 +1,4 @@
-//! How every pool of the service is set up, classifying database errors (the one place
+//! How the worker's runs pool is set up, classifying database errors (the one place
 //! that knows which failures pass), and closing a pool on the way out.
 
 use std::time::Duration;
@@ -6,27 +6,39 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::Connection;
 
-/// A pooled connection idle for less than this is handed out without a ping first.
+/// A pooled connection idle for less than this is handed out without a ping first (the
+/// worker's runs pool, [`pool_options`]).
 pub const PING_IDLE_AFTER: Duration = Duration::from_millis(500);
 
-/// The options every pool starts from. sqlx pings a connection as it goes back to the
-/// pool, and by default pings it again as it is taken out: one statement on a connection
-/// of its own (a dry run, an enqueue batch) cost three round trips, each a wake-up of the
-/// backend and of this process (`deploy/bench/pool.sh`: 98-104 µs of the backend's CPU
-/// and 90-94 µs of the client's per statement, against 68 and 63 without the second
-/// ping). Here a connection is pinged as it is taken out only if it sat idle for
-/// [`PING_IDLE_AFTER`] or more, as HikariCP does by default; one given back less than
-/// that ago passed its ping on release just then. A connection that broke in between (its
-/// session killed, the database restarted within that half second) fails its next
-/// statement instead, as a transient error that every caller handles (a retry, or a 503
-/// to a client), and is then discarded.
+/// The options of a pool whose every statement is retried when it fails on a dead
+/// connection: the worker's runs pool. sqlx pings a connection as it goes back to the
+/// pool, and by default pings it again as it is taken out, so one statement on a
+/// connection of its own (a dry run) cost three round trips, each a wake-up of the backend
+/// and of the worker (`deploy/bench/pool.sh`: 98-104 µs of the backend's CPU and 90-94 µs
+/// of the client's per statement, against 68 and 63 without the second ping). These
+/// pools ping a connection as it is taken only if it sat idle for [`PING_IDLE_AFTER`] or
+/// more, as HikariCP does by default: one given back less than that ago passed its ping
+/// on release just then (or sqlx's idle reaper, every few minutes, put it back without
+/// one). A connection that broke in between (its session killed, the database
+/// restarting) fails its next statement instead, as a transient error, and is discarded;
+/// the caller's retry takes another connection. Every statement of a runs cleanup is
+/// tried again so (`worker/src/executor/runs/reads.rs`); the worker's `/readyz` answers
+/// `503` once.
+///
+/// The API's ledger pool keeps sqlx's ping: a failed enqueue would reach a client as a
+/// `503` where the ping finds a dead connection and opens a new one unseen.
 pub fn pool_options() -> PgPoolOptions {
+    pool_options_with(PING_IDLE_AFTER)
+}
+
+/// [`pool_options`] with another idle time before a ping (tests).
+pub fn pool_options_with(ping_after: Duration) -> PgPoolOptions {
     PgPoolOptions::new()
         .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
+        .before_acquire(move |conn, meta| {
             Box::pin(async move {
-                if meta.idle_for >= PING_IDLE_AFTER {
-                    // An error discards the connection; the pool takes or opens another.
+                if meta.idle_for >= ping_after {
+                    // An error closes the connection; the pool opens another.
                     conn.ping().await?;
                 }
                 Ok(true)

@@ -1,8 +1,8 @@
 //! The baseline of `deploy/bench/pool.sh`: what a pooled connection costs per checkout,
 //! one short statement each (as a dry run or an enqueue batch takes one), with sqlx's
 //! default (a ping as the connection is taken, besides the one as it goes back) against
-//! the service's pools (`shared::runtime::db::pool_options`: no ping on taking a
-//! connection used less than a second ago). The two alternate, ROUNDS times each.
+//! the worker's runs pool (`shared::runtime::db::pool_options`: no ping on taking a
+//! connection given back less than 500 ms ago). The two alternate, ROUNDS times each.
 //!
 //!   bench-pool DATABASE_URL N ROUNDS
 //!
@@ -23,17 +23,20 @@ async fn main() -> anyhow::Result<()> {
     };
     let n: u32 = n.parse().context("N")?;
     let rounds: u32 = rounds.parse().context("ROUNDS")?;
-    println!("setup                        backend µs   client µs   wall µs  (per statement)");
+    println!("setup                          backend µs   client µs   wall µs  (per statement)");
     for round in 1..=rounds {
         for (name, options) in [
             ("sqlx default (ping on take)", PgPoolOptions::new()),
-            ("service pools", shared::runtime::db::pool_options()),
+            (
+                "runs pool (ping after 500 ms)",
+                shared::runtime::db::pool_options(),
+            ),
         ] {
             let pool = options.max_connections(1).connect(url).await?;
             let figures = measure(&pool, n).await?;
             pool.close().await;
             println!(
-                "{name:<28} {:>11.1} {:>11.1} {:>9.1}  (round {round})",
+                "{name:<30} {:>11.1} {:>11.1} {:>9.1}  (round {round})",
                 figures.0, figures.1, figures.2
             );
         }

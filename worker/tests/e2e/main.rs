@@ -5,6 +5,7 @@ mod config;
 mod lifecycle;
 
 mod poison;
+mod pools;
 mod runs;
 mod runs_batches;
 mod runs_census;

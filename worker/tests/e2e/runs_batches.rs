@@ -109,7 +109,7 @@ async fn a_capped_run_takes_the_oldest_rows_whatever_the_strategy() {
 }
 
 /// An executor of `runs (id, status, finished_at)` in `pool`, statuses `succeeded`.
-fn executor(pool: &PgPool) -> worker::executor::runs::RunsExecutor {
+pub(crate) fn executor(pool: &PgPool) -> worker::executor::runs::RunsExecutor {
     use worker::executor::runs::{RunsExecutor, RunsTable, Timeouts};
     let table = RunsTable::new(
         "runs",
@@ -135,7 +135,7 @@ fn executor(pool: &PgPool) -> worker::executor::runs::RunsExecutor {
 }
 
 /// A task's envelope and parameters: `max_age_hours` 24, the given batch size and cap.
-fn task(
+pub(crate) fn task(
     dry_run: bool,
     batch_size: u32,
     max_rows: Option<u64>,
@@ -163,7 +163,7 @@ fn task(
 }
 
 /// One turn of `envelope`, run to its end.
-async fn run_to_the_end(
+pub(crate) async fn run_to_the_end(
     executor: &worker::executor::runs::RunsExecutor,
     envelope: &shared::envelope::TaskEnvelope,
     params: &shared::tasks::CleanupRunsParams,

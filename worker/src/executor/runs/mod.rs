@@ -258,15 +258,13 @@ impl RunsExecutor {
         let no_scope = BTreeMap::new();
         let scope = params.scope.as_ref().unwrap_or(&no_scope);
         let scope_values: Vec<String> = scope.values().cloned().collect();
-        let statements = self
-            .statements(scope, params.dry_run)
-            .await
-            .map_err(|e| match e {
-                SchemaError::Database(db) => {
-                    ExecError::from_sqlx("cannot check the runs table", &db)
-                }
-                other => ExecError::permanent(other.to_string()),
-            })?;
+        let statements = reads::retry_in_turn(cancel, SchemaError::passes, || {
+            self.statements(scope, params.dry_run)
+        });
+        let statements = statements.await.map_err(|e| match e {
+            SchemaError::Database(db) => ExecError::from_sqlx("cannot check the runs table", &db),
+            other => ExecError::permanent(other.to_string()),
+        })?;
         let statuses = match &params.statuses {
             Some(asked) => {
                 if let Some(bad) = asked

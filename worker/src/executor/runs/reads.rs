@@ -4,6 +4,7 @@
 
 use shared::results::RunsResult;
 use shared::retry::RetryPolicy;
+use tokio_util::sync::CancellationToken;
 
 use super::schema::SchemaError;
 use super::{batches, progress, Run, SAMPLE_SIZE};
@@ -39,7 +40,8 @@ impl Run<'_> {
     pub(super) async fn committed(&self) -> Result<Option<progress::Count>, ExecError> {
         let progress = &self.executor.progress;
         let pool = &self.executor.pool;
-        progress.ensure(pool).await.map_err(|e| match e {
+        let ensured = retry_in_turn(self.cancel, SchemaError::passes, || progress.ensure(pool));
+        ensured.await.map_err(|e| match e {
             SchemaError::Database(db) => {
                 ExecError::from_sqlx("cannot check the runs progress table", &db)
             }
@@ -81,17 +83,43 @@ impl Run<'_> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
     {
-        let cancel = self.cancel;
-        RetryPolicy::in_attempt()
-            .retry_until(
-                || cancel.is_cancelled(),
-                |e| {
-                    shared::runtime::db::is_transient(e)
-                        && !batches::is_timeout(e)
-                        && !cancel.is_cancelled()
-                },
-                op,
-            )
-            .await
+        retry_in_turn(self.cancel, passes, op).await
     }
+}
+
+/// Whether a statement's error may pass when it is tried again within the turn: it is
+/// transient, and not a statement timeout (a batch that timed out is tried again smaller,
+/// by its caller).
+fn passes(error: &sqlx::Error) -> bool {
+    shared::runtime::db::is_transient(error) && !batches::is_timeout(error)
+}
+
+impl SchemaError {
+    /// [`passes`], for a reading of the catalog.
+    pub(super) fn passes(&self) -> bool {
+        matches!(self, SchemaError::Database(error) if passes(error))
+    }
+}
+
+/// Try `op` again briefly while `retryable` says its error passes and `cancel` (the turn's
+/// stop) is not set. Every statement of a turn goes through it: the runs pool hands out a
+/// connection given back moments ago without a ping (`shared::runtime::db::pool_options`),
+/// so the first statement after the database restarted, or after its session was
+/// killed, fails on a dead connection and must be tried again on another.
+pub(super) async fn retry_in_turn<T, E, F, Fut>(
+    cancel: &CancellationToken,
+    retryable: impl Fn(&E) -> bool,
+    op: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    RetryPolicy::in_attempt()
+        .retry_until(
+            || cancel.is_cancelled(),
+            |e| retryable(e) && !cancel.is_cancelled(),
+            op,
+        )
+        .await
 }
