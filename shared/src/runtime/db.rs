@@ -21,9 +21,10 @@ pub const PING_IDLE_AFTER: Duration = Duration::from_millis(500);
 /// on release just then (or sqlx's idle reaper, every few minutes, put it back without
 /// one). A connection that broke in between (its session killed, the database
 /// restarting) fails its next statement instead, as a transient error, and is discarded;
-/// the caller's retry takes another connection. Every statement of a runs cleanup is
-/// tried again so (`worker/src/executor/runs/reads.rs`); the worker's `/readyz` answers
-/// `503` once.
+/// the caller's retry takes another connection. A runs cleanup tries again whatever it
+/// starts on a connection taken from the pool (`worker/src/executor/runs/reads.rs`,
+/// `retry_in_turn`); the hourly pruning of old progress rows waits for its next round,
+/// and the worker's `/readyz` answers `503` once.
 ///
 /// The API's ledger pool keeps sqlx's ping: a failed enqueue would reach a client as a
 /// `503` where the ping finds a dead connection and opens a new one unseen.

@@ -141,7 +141,11 @@ impl RunsExecutor {
     /// count in the progress table says; `None` when the table has no row for it or cannot
     /// be read.
     pub async fn committed(&self, task_id: uuid::Uuid) -> Option<progress::Count> {
-        match self.progress.read(&self.pool, task_id).await {
+        let never_stopped = CancellationToken::new();
+        let read = reads::retry_in_turn(&never_stopped, reads::passes, || {
+            self.progress.read(&self.pool, task_id)
+        });
+        match read.await {
             Ok(count) => count,
             Err(error) => {
                 tracing::warn!(%task_id, %error, "cannot read the task's committed count");
@@ -373,7 +377,8 @@ impl RunsExecutor {
                     .iter()
                     .any(|p| p.action == PartitionMode::Detach.action())
             {
-                match self.progress.read(&self.pool, envelope.task_id).await {
+                let read = run.retry(|| self.progress.read(&self.pool, envelope.task_id));
+                match read.await {
                     Ok(Some(Count {
                         pending_drop: Some(pending),
                         ..

@@ -90,7 +90,7 @@ impl Run<'_> {
 /// Whether a statement's error may pass when it is tried again within the turn: it is
 /// transient, and not a statement timeout (a batch that timed out is tried again smaller,
 /// by its caller).
-fn passes(error: &sqlx::Error) -> bool {
+pub(super) fn passes(error: &sqlx::Error) -> bool {
     shared::runtime::db::is_transient(error) && !batches::is_timeout(error)
 }
 
@@ -102,10 +102,12 @@ impl SchemaError {
 }
 
 /// Try `op` again briefly while `retryable` says its error passes and `cancel` (the turn's
-/// stop) is not set. Every statement of a turn goes through it: the runs pool hands out a
-/// connection given back moments ago without a ping (`shared::runtime::db::pool_options`),
-/// so the first statement after the database restarted, or after its session was
-/// killed, fails on a dead connection and must be tried again on another.
+/// stop) is not set. Whatever a turn runs on a connection it takes from the pool goes
+/// through it: the runs pool hands out a connection given back moments ago without a ping
+/// (`shared::runtime::db::pool_options`), so the first statement after the database
+/// restarted, or after its session was killed, fails on a dead connection and must be
+/// tried again on another. (The hourly pruning of old progress rows only waits for its
+/// next round.)
 pub(super) async fn retry_in_turn<T, E, F, Fut>(
     cancel: &CancellationToken,
     retryable: impl Fn(&E) -> bool,

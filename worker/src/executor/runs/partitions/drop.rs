@@ -54,8 +54,17 @@ async fn same_table(
 impl Run<'_> {
     /// Drop the table a removal detached, and clear the task's record of it.
     /// `Some(reason)` when it was not dropped and never will be by this task (the record
-    /// is cleared too); an error leaves the record.
+    /// is cleared too); an error leaves the record. Tried again on a transient error: a
+    /// try that did not commit changed nothing, and one whose answer was lost finds the
+    /// table gone (it says so, and clears the record).
     pub(in crate::executor::runs) async fn drop_detached(
+        &self,
+        pending: &PendingDrop,
+    ) -> Result<Option<String>, sqlx::Error> {
+        self.retry(|| self.try_drop_detached(pending)).await
+    }
+
+    async fn try_drop_detached(
         &self,
         pending: &PendingDrop,
     ) -> Result<Option<String>, sqlx::Error> {

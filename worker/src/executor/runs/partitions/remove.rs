@@ -204,8 +204,10 @@ impl Run<'_> {
         // committed before it, so the count below sees every row once the lock is held.
         // Row security off: a policy that would hide rows makes the count fail instead.
         let began = std::time::Instant::now();
+        // Opening it reads and locks only: a try that failed (a dead connection) did
+        // nothing, and another takes a new connection.
         let opened = self
-            .open_task_tx("; SET LOCAL row_security = off", known)
+            .retry(|| self.open_task_tx("; SET LOCAL row_security = off", known))
             .await?;
         let Some((mut tx, committed, finished)) = opened else {
             return Ok(Removal::Kept("the turn was stopped".to_owned()));
