@@ -130,8 +130,9 @@ for setup in $RUNS; do
   # What-if experiments on the ledger (a fillfactor, an index dropped) without a rebuild.
   [ -z "${LEDGER_SQL:-}" ] || sql "$LEDGER" -c "$LEDGER_SQL"
   sleep 1
-  pg_before=$(ticks $(pg_pids)) beam_before=$(ticks $(beam_pids)) api_before=$(ticks "$api_pid")
+  # (The sessions' snapshot first: its own psql must not land in the totals.)
   pg_sessions > "$WORK/sessions-before-$run.txt"
+  pg_before=$(ticks $(pg_pids)) beam_before=$(ticks $(beam_pids)) api_before=$(ticks "$api_pid")
   declare -A worker_before=()
   for p in "${worker_pids[@]}"; do worker_before[$p]=$(ticks "$p"); done
   # The load: keep-alive clients (test-support/src/bin/bench-post.rs, a fraction of the

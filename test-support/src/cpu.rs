@@ -1,4 +1,5 @@
-//! CPU time of processes, as the benchmark binaries (`bench-post`, `bench-broker`) read it.
+//! CPU time of processes, as the benchmark binaries (`bench-post`, `bench-broker`,
+//! `bench-pool`) read it.
 
 /// User and system CPU ticks (USER_HZ: 100 a second on Linux) in the text of a
 /// `/proc/<pid>/stat`; `None` when it cannot be read as one.
@@ -14,6 +15,13 @@ pub fn ticks_in_stat(stat: &str) -> Option<u64> {
 /// Seconds per tick of [`ticks_in_stat`].
 pub const SECONDS_PER_TICK: f64 = 0.01;
 
+/// User and system CPU seconds of the process `pid` (`self`: this one) so far; `None`
+/// when its `/proc/<pid>/stat` cannot be read (it has ended).
+pub fn cpu_seconds(pid: impl std::fmt::Display) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(ticks_in_stat(&stat)? as f64 * SECONDS_PER_TICK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -24,5 +32,11 @@ mod tests {
         let stat = "4242 (we (ird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 31 0 0 20 0";
         assert_eq!(ticks_in_stat(stat), Some(281));
         assert_eq!(ticks_in_stat("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_can_be_read_and_a_process_that_does_not_exist_cannot() {
+        assert!(cpu_seconds("self").is_some_and(|s| s >= 0.0));
+        assert_eq!(cpu_seconds(u32::MAX), None);
     }
 }

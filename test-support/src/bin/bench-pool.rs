@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use test_support::cpu::{ticks_in_stat, SECONDS_PER_TICK};
+use test_support::cpu::cpu_seconds;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -50,13 +50,10 @@ async fn measure(pool: &PgPool, n: u32) -> anyhow::Result<(f64, f64, f64)> {
     let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
         .fetch_one(pool)
         .await?;
-    let backend_stat = format!("/proc/{backend}/stat");
-    let cpu = |path: &str| -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        let ticks = ticks_in_stat(&stat).context("an unreadable stat")?;
-        Ok(ticks as f64 * SECONDS_PER_TICK)
+    let cpu = |pid: &dyn std::fmt::Display| {
+        cpu_seconds(pid).with_context(|| format!("reading the CPU time of process {pid}"))
     };
-    let (backend_before, own_before) = (cpu(&backend_stat)?, cpu("/proc/self/stat")?);
+    let (backend_before, own_before) = (cpu(&backend)?, cpu(&"self")?);
     let started = Instant::now();
     for i in 0..n {
         let one: i32 = sqlx::query_scalar("SELECT $1")
@@ -68,8 +65,8 @@ async fn measure(pool: &PgPool, n: u32) -> anyhow::Result<(f64, f64, f64)> {
     let wall = started.elapsed().as_secs_f64();
     let per = |seconds: f64| seconds * 1e6 / f64::from(n);
     Ok((
-        per(cpu(&backend_stat)? - backend_before),
-        per(cpu("/proc/self/stat")? - own_before),
+        per(cpu(&backend)? - backend_before),
+        per(cpu(&"self")? - own_before),
         per(wall),
     ))
 }

@@ -100,7 +100,8 @@ async fn main() -> anyhow::Result<()> {
         .map(|(at, took, _)| format!("{at:.6} {took:.6}"))
         .collect();
     std::fs::write(out, lines.join("\n")).context("writing the latencies")?;
-    println!("{started_at} {took} {errors} {}", own_cpu_seconds());
+    let cpu = test_support::cpu::cpu_seconds("self").unwrap_or(0.0);
+    println!("{started_at} {took} {errors} {cpu}");
     Ok(())
 }
 
@@ -172,11 +173,4 @@ async fn open_loop(
         latencies.push(request.await?);
     }
     Ok(latencies)
-}
-
-/// User and system CPU of this process, from /proc.
-fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    test_support::cpu::ticks_in_stat(&stat).unwrap_or(0) as f64
-        * test_support::cpu::SECONDS_PER_TICK
 }

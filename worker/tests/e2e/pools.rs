@@ -24,9 +24,10 @@ async fn one_connection(
     (pool, admin)
 }
 
-async fn backend_of(pool: &PgPool) -> Result<i32, sqlx::Error> {
+/// The session behind `on` (a pool: the connection it hands out).
+async fn backend_of<'c>(on: impl sqlx::PgExecutor<'c>) -> Result<i32, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(pool)
+        .fetch_one(on)
         .await
 }
 
@@ -91,10 +92,7 @@ async fn a_connection_whose_session_died_while_it_was_out_is_not_given_back() {
     let db = TestDb::create().await;
     let (pool, mut admin) = one_connection(&db, pool_options_with(NEVER)).await;
     let mut out = pool.acquire().await.unwrap();
-    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut *out)
-        .await
-        .unwrap();
+    let backend = backend_of(&mut *out).await.unwrap();
     terminate(&mut admin, backend).await;
     drop(out);
 
