@@ -88,6 +88,10 @@ pg_sessions() {
   value postgres "SELECT pid, datname FROM pg_stat_activity WHERE starts_with(datname, '${DB}_')" \
     | while IFS='|' read -r pid db; do echo "$pid $db $(ticks "$pid")"; done
 }
+# "<database> <transactions committed>" of this run's databases.
+pg_commits() {
+  value postgres "SELECT datname, xact_commit FROM pg_stat_database WHERE starts_with(datname, '${DB}_')" | tr '|' ' '
+}
 beam_pids() { pgrep -f beam.smp | tr '\n' ' '; }
 HZ=$(getconf CLK_TCK)
 
@@ -132,6 +136,7 @@ for setup in $RUNS; do
   sleep 1
   # (The sessions' snapshot first: its own psql must not land in the totals.)
   pg_sessions > "$WORK/sessions-before-$run.txt"
+  pg_commits > "$WORK/commits-before-$run.txt"
   pg_before=$(ticks $(pg_pids)) beam_before=$(ticks $(beam_pids)) api_before=$(ticks "$api_pid")
   declare -A worker_before=()
   for p in "${worker_pids[@]}"; do worker_before[$p]=$(ticks "$p"); done
@@ -153,6 +158,7 @@ for setup in $RUNS; do
   done
   pg_after=$(ticks $(pg_pids)) beam_after=$(ticks $(beam_pids)) api_after=$(ticks "$api_pid")
   pg_sessions > "$WORK/sessions-after-$run.txt"
+  pg_commits > "$WORK/commits-after-$run.txt"
   read -r load_start load_took load_errors load_cpu < "$WORK/load-$run.txt"
   [ "$load_errors" = 0 ] || echo "warning: $load_errors enqueue requests were not answered 202"
   per_k() { python3 -c "print(f'{$1 / $HZ / $N * 1000:.2f}')"; }
@@ -199,7 +205,14 @@ for line in open('$WORK/sessions-after-$run.txt'):
     pid, db, ticks = line.split()
     key = 'runs' if db.endswith('_runs') else 'ledger'
     by_db[key] += int(ticks) - before.get(pid, 0)
-print('       postgres per task by database: ' + ', '.join(f'{k} {v / $HZ / $N * 1000:.2f} ms' for k, v in by_db.items()))"
+commits = {'ledger': 0, 'runs': 0}
+before = {l.split()[0]: int(l.split()[1]) for l in open('$WORK/commits-before-$run.txt') if l.strip()}
+for line in open('$WORK/commits-after-$run.txt'):
+    if not line.strip(): continue
+    db, n = line.split()
+    key = 'runs' if db.endswith('_runs') else 'ledger'
+    commits[key] += int(n) - before.get(db, 0)
+print('       postgres per task by database: ' + ', '.join(f'{k} {v / $HZ / $N * 1000:.2f} ms CPU, {commits[k] / $N:.2f} commits' for k, v in by_db.items()))"
   # What the ledger wrote per task (its database is this run's own): row updates, the
   # share of them HOT (no new index entries), and bytes of table and of indexes.
   value "$LEDGER" "

@@ -15,13 +15,30 @@
 //! connection (the database is down, the pool exhausted), every caller hears so at once.
 //! A task whose caller went away before its statement began (the request timed out, the
 //! client disconnected) is not stored: that caller was told nothing was.
+//!
+//! Each of the [`IN_FLIGHT`] statements keeps its connection from one batch to the next,
+//! rather than taking one from the pool each time: the pool checks a connection it hands
+//! out and one given back with a round trip each, and at a steady trickle of enqueues,
+//! where batches hold a task or two, those round trips cost the database as much as the
+//! statement, one of them on the way to every 202. A kept connection may have died since
+//! its last batch (the database restarted, the session was ended): when the connection
+//! fails, the statement is tried once more on a new one from the pool. The first try may
+//! have committed before its answer was lost; the tasks' ids are fixed, so the second
+//! finds them stored (a primary-key conflict) and answers with the stored rows: each task
+//! is stored once and its caller hears so. If no new connection can be had either (the
+//! database is down), the callers hear that the ledger is unavailable and nothing was
+//! stored: the kept connection had died before its statement, unless the database went
+//! away in the middle of that very statement, whose outcome no client can know (as with
+//! any connection that fails mid-statement).
 
 use std::sync::Arc;
 
 use shared::envelope::TaskEnvelope;
-use shared::runtime::db::is_transient;
-use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use shared::runtime::db::{connection_lost, is_transient};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
+use tokio::sync::{mpsc, oneshot, Notify};
+use uuid::Uuid;
 
 use crate::ledger::{self, Enqueued, TaskRow};
 use crate::metrics::Metrics;
@@ -35,7 +52,7 @@ pub const IN_FLIGHT: usize = 4;
 struct Pending {
     envelope: TaskEnvelope,
     actor: Option<String>,
-    reply: oneshot::Sender<Result<TaskRow, sqlx::Error>>,
+    reply: oneshot::Sender<Result<TaskRow, IntakeError>>,
 }
 
 /// Why an enqueue has no task to show.
@@ -43,10 +60,10 @@ struct Pending {
 pub enum IntakeError {
     #[error(transparent)]
     Ledger(#[from] sqlx::Error),
-    /// The writer stopped before it answered (the runtime is shutting down): the task may
-    /// or may not be stored.
-    #[error("the enqueue's outcome is unknown: the writer stopped before answering")]
-    Unknown,
+    /// The task may or may not be stored: the writer stopped before it answered (the
+    /// runtime is shutting down), or the task is stored but its row could not be read.
+    #[error("the enqueue's outcome is unknown: {0}")]
+    Unknown(&'static str),
 }
 
 /// What happens once a task is stored, whoever waits for it: this replica's relay is
@@ -120,22 +137,43 @@ impl Intake {
         }
         match stored.await {
             Ok(result) => Ok(Enqueued::Created(result?)),
-            Err(_) => Err(IntakeError::Unknown),
+            Err(_) => Err(IntakeError::Unknown("the writer stopped before answering")),
         }
     }
 }
 
+/// One of the [`IN_FLIGHT`] statements' places: the connection it keeps between batches
+/// (none before its first batch, or after its connection failed).
+type Slot = Option<PoolConnection<Postgres>>;
+
+/// A place taken by a batch. It goes back to the free ones when dropped, with the
+/// connection the batch left in it (none if the batch's task panicked while using it).
+struct Place {
+    slot: Slot,
+    free: mpsc::Sender<Slot>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        // There is room for every place; the channel is gone only when the writer is.
+        let _ = self.free.try_send(self.slot.take());
+    }
+}
+
 /// Take the waiting tasks, up to [`MAX_BATCH`] at a time, whenever one of the
-/// [`IN_FLIGHT`] statements is free, and store each batch in a task of its own (so that a
+/// [`IN_FLIGHT`] places is free, and store each batch in a task of its own (so that a
 /// caller that goes away cannot stop a statement its batch shares with others).
 async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, stored: Stored) {
-    let free = Arc::new(Semaphore::new(IN_FLIGHT));
+    let (places, mut free) = mpsc::channel::<Slot>(IN_FLIGHT);
+    for _ in 0..IN_FLIGHT {
+        places.try_send(None).expect("room for every place");
+    }
     loop {
-        let permit = free
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        let slot = free.recv().await.expect("this loop keeps a sender");
+        let mut place = Place {
+            slot,
+            free: places.clone(),
+        };
         let Some(first) = waiting.recv().await else {
             return;
         };
@@ -153,19 +191,18 @@ async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, store
         }
         let (pool, stored) = (pool.clone(), stored.clone());
         tokio::spawn(async move {
-            store(&pool, batch, &stored).await;
-            drop(permit);
+            store(&pool, &mut place.slot, batch, &stored).await;
         });
     }
 }
 
 /// Store one batch and answer each of its callers.
-async fn store(pool: &PgPool, batch: Vec<Pending>, stored: &Stored) {
-    let error = match insert(pool, &batch).await {
+async fn store(pool: &PgPool, slot: &mut Slot, batch: Vec<Pending>, stored: &Stored) {
+    let error = match insert(pool, slot, &batch).await {
         Ok(rows) => return settle(batch, rows, stored),
         Err(error) => error,
     };
-    if batch.len() == 1 || is_transient(&error) {
+    if batch.len() == 1 || !matches!(&error, IntakeError::Ledger(e) if !is_transient(e)) {
         // Tried alone, each would fail the same way (and wait for a connection in turn).
         tracing::warn!(%error, tasks = batch.len(), "enqueue failed");
         return refuse(batch, error);
@@ -176,7 +213,7 @@ async fn store(pool: &PgPool, batch: Vec<Pending>, stored: &Stored) {
             continue;
         }
         let one = vec![pending];
-        match insert(pool, &one).await {
+        match insert(pool, slot, &one).await {
             Ok(rows) => settle(one, rows, stored),
             Err(error) => {
                 tracing::warn!(task_id = %one[0].envelope.task_id, %error, "enqueue failed");
@@ -186,13 +223,66 @@ async fn store(pool: &PgPool, batch: Vec<Pending>, stored: &Stored) {
     }
 }
 
-/// The batch's tasks and their outbox messages, in one statement.
-async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<Vec<TaskRow>, sqlx::Error> {
+/// The batch's tasks and their outbox messages, in one statement, on the place's kept
+/// connection or a new one from the pool; if that connection fails, once more on a new one
+/// (see the module's documentation).
+async fn insert(
+    pool: &PgPool,
+    slot: &mut Slot,
+    batch: &[Pending],
+) -> Result<Vec<TaskRow>, IntakeError> {
     let tasks: Vec<(&TaskEnvelope, Option<&str>)> = batch
         .iter()
         .map(|p| (&p.envelope, p.actor.as_deref()))
         .collect();
-    ledger::tasks::enqueue_many(pool, &tasks).await
+    let mut conn = match slot.take() {
+        Some(kept) => kept,
+        None => pool.acquire().await?,
+    };
+    let first = ledger::tasks::enqueue_many(&mut conn, &tasks).await;
+    let lost = match keep(conn, slot, first) {
+        Err(error) if connection_lost(&error) => error,
+        result => return Ok(result?),
+    };
+    tracing::warn!(error = %lost, tasks = batch.len(), "the connection of an enqueue statement failed; trying once more on a new one");
+    let mut conn = pool.acquire().await?;
+    let second = ledger::tasks::enqueue_many(&mut conn, &tasks).await;
+    match second {
+        Err(sqlx::Error::Database(conflict))
+            if conflict.is_unique_violation()
+                && conflict.constraint() == Some("cleanup_tasks_pkey") =>
+        {
+            // The first try committed; its answer was lost with its connection.
+            let ids: Vec<Uuid> = batch.iter().map(|p| p.envelope.task_id).collect();
+            let stored = ledger::tasks::get_tasks(&mut conn, &ids).await;
+            match keep(conn, slot, stored) {
+                Ok(rows) if rows.len() == ids.len() => {
+                    tracing::info!(
+                        tasks = ids.len(),
+                        "an enqueue's first try had committed before its connection failed"
+                    );
+                    Ok(rows)
+                }
+                Ok(_) | Err(_) => Err(IntakeError::Unknown(
+                    "the tasks were stored, but reading them back failed",
+                )),
+            }
+        }
+        second => Ok(keep(conn, slot, second)?),
+    }
+}
+
+/// Keep `conn` in `slot` for the next batch unless `result` says the connection failed;
+/// pass `result` on.
+fn keep<T>(
+    conn: PoolConnection<Postgres>,
+    slot: &mut Slot,
+    result: Result<T, sqlx::Error>,
+) -> Result<T, sqlx::Error> {
+    if !matches!(&result, Err(error) if connection_lost(error)) {
+        *slot = Some(conn);
+    }
+    result
 }
 
 /// Answer each caller of a stored batch with its own task (matched by id).
@@ -203,7 +293,7 @@ fn settle(batch: Vec<Pending>, rows: Vec<TaskRow>, stored: &Stored) {
         // Never: the statement returns every row it stored.
         let row = rows
             .remove(&pending.envelope.task_id)
-            .ok_or(sqlx::Error::RowNotFound);
+            .ok_or(IntakeError::Ledger(sqlx::Error::RowNotFound));
         if let Ok(row) = &row {
             stored.record(row);
         }
@@ -211,16 +301,22 @@ fn settle(batch: Vec<Pending>, rows: Vec<TaskRow>, stored: &Stored) {
     }
 }
 
-/// Tell each caller of a batch that stored nothing why: the error itself to a task tried
-/// alone, its text (a connection-level failure, answered 503) to each of several.
-fn refuse(mut batch: Vec<Pending>, error: sqlx::Error) {
+/// Tell each caller of a batch that was not stored (or may have been) why: the error
+/// itself to a task tried alone; to each of several, its text (a connection-level failure,
+/// answered 503) or the same unknown outcome.
+fn refuse(mut batch: Vec<Pending>, error: IntakeError) {
     if batch.len() == 1 {
         let pending = batch.pop().expect("one task");
         let _ = pending.reply.send(Err(error));
         return;
     }
     for pending in batch {
-        let error = std::io::Error::other(error.to_string());
-        let _ = pending.reply.send(Err(sqlx::Error::Io(error)));
+        let error = match &error {
+            IntakeError::Unknown(why) => IntakeError::Unknown(why),
+            IntakeError::Ledger(error) => {
+                IntakeError::Ledger(sqlx::Error::Io(std::io::Error::other(error.to_string())))
+            }
+        };
+        let _ = pending.reply.send(Err(error));
     }
 }

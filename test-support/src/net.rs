@@ -79,6 +79,18 @@ impl TcpProxy {
         }
     }
 
+    /// End every open connection (each peer sees its connection close, and what a frozen
+    /// connection held back is never delivered), then pass bytes again on the connections
+    /// made from now on: a path through the network reset, or a service restarted.
+    pub async fn reset(&self) {
+        let open: Vec<JoinHandle<()>> = self.connections.lock().unwrap().drain(..).collect();
+        for task in open {
+            task.abort();
+            let _ = task.await;
+        }
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
     /// Accept connections again.
     pub fn restore(&self) {
         self.enabled.store(true, Ordering::SeqCst);

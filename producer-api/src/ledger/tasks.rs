@@ -224,7 +224,7 @@ pub async fn enqueue_in(
 /// idempotency key (so none can conflict). All or none: an error stores nothing. The
 /// stored rows come back in no particular order.
 pub async fn enqueue_many(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     tasks: &[(&TaskEnvelope, Option<&str>)],
 ) -> Result<Vec<TaskRow>, sqlx::Error> {
     let mut ids = Vec::with_capacity(tasks.len());
@@ -271,7 +271,17 @@ pub async fn enqueue_many(
     .bind(&created)
     .bind(&envelopes)
     .bind(&actors)
-    .fetch_all(pool)
+    .fetch_all(conn)
+    .await
+}
+
+/// The tasks of these ids that exist, in no particular order.
+pub async fn get_tasks(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<TaskRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
     .await
 }
 

@@ -1,7 +1,9 @@
 use std::time::Duration;
 
+use producer_api::intake;
 use serde_json::Value;
 use shared::tasks::TaskKind;
+use sqlx::Connection as _;
 use test_support::*;
 
 /// A stack whose API reaches RabbitMQ through `proxy`.
@@ -141,6 +143,130 @@ async fn enqueue_answers_503_while_the_database_is_unreachable() {
         "the refused requests stored nothing"
     );
     app.stop().await;
+}
+
+/// The intake keeps its connections from one enqueue to the next. When they have all died
+/// since (the database restarted, the network path was reset), the next enqueues are still
+/// answered 202, each stored once: the statement is tried again on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueues_on_kept_connections_that_died_since_are_stored_once_and_answered_202() {
+    let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
+    let (_db, _broker, app) = on_database_behind(&proxy, AppOptions::default()).await;
+    // One after the other, so that each of the intake's statements has used (and kept) a
+    // connection.
+    for _ in 0..intake::IN_FLIGHT {
+        let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
+        assert_eq!(response.status(), 202);
+    }
+
+    proxy.reset().await;
+    for _ in 0..intake::IN_FLIGHT {
+        let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
+        assert_eq!(
+            response.status(),
+            202,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+    assert_eq!(app.task_count().await, 2 * intake::IN_FLIGHT as i64);
+    app.stop().await;
+}
+
+/// The enqueue statement commits, and its answer is lost with its connection: the client
+/// is still answered 202 with that task, stored once (not 503 "nothing was stored", which
+/// would make it send the task again). The statement is held on a lock until the proxy
+/// holds every byte back, so that it commits while its answer cannot reach the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_whose_answer_is_lost_after_its_commit_is_answered_with_its_task() {
+    let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
+    let (db, _broker, app) = on_database_behind(&proxy, AppOptions::default()).await;
+    // Each of the intake's connections has prepared the statement (preparing it takes the
+    // lock too, and its answer would then be what the proxy holds back).
+    for _ in 0..intake::IN_FLIGHT {
+        assert_eq!(
+            app.post("/maintenance/cleanup-runs", runs_body())
+                .await
+                .status(),
+            202
+        );
+    }
+    app.wait_outbox_empty(Duration::from_secs(10)).await;
+    let before = stored_ids(&app).await;
+    let mut locker = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE cleanup_outbox IN EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+
+    let client = app.client.clone();
+    let url = format!("{}/maintenance/cleanup-runs", app.address);
+    let post = tokio::spawn(async move {
+        client
+            .post(url)
+            .bearer_auth(TOKEN)
+            .json(&runs_body())
+            .send()
+            .await
+            .unwrap()
+    });
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'
+                     AND query LIKE 'WITH input AS%'";
+    eventually(
+        Duration::from_secs(10),
+        "the enqueue waits for the lock",
+        || async {
+            sqlx::query_scalar::<_, i64>(waiting)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap()
+                == 1
+        },
+    )
+    .await;
+    proxy.freeze();
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    eventually(Duration::from_secs(10), "the enqueue commits", || async {
+        app.task_count().await == before.len() as i64 + 1
+    })
+    .await;
+    // Its answer is held back; now its connection ends.
+    proxy.reset().await;
+
+    let response = post.await.unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let answered: uuid::Uuid = body["task_id"].as_str().unwrap().parse().unwrap();
+    let new: Vec<uuid::Uuid> = stored_ids(&app)
+        .await
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(
+        new,
+        vec![answered],
+        "the task answered is the one stored, once"
+    );
+    let messages: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM cleanup_outbox WHERE task_id = $1)
+              + (SELECT count(*) FROM cleanup_tasks WHERE id = $1 AND published_at IS NOT NULL)",
+    )
+    .bind(answered)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(messages, 1, "its one message is in the outbox or published");
+    app.stop().await;
+}
+
+/// The ids in the ledger.
+async fn stored_ids(app: &TestApp) -> Vec<uuid::Uuid> {
+    sqlx::query_scalar("SELECT id FROM cleanup_tasks")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
 }
 
 /// RabbitMQ stops answering the API (a partition: its connections stay open, nothing

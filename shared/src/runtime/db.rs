@@ -66,6 +66,24 @@ pub async fn close(pool: &sqlx::PgPool, what: &str, limit: Duration) -> bool {
     closed
 }
 
+/// The connection itself failed (it broke, or the server ended the session): it is of no
+/// further use, and a statement that was under way on it may or may not have committed.
+/// A statement that failed on its own (a constraint, a timeout, a deadlock) leaves its
+/// connection usable.
+pub fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P01..03: the server shut the session down.
+            code.starts_with("08") || ["57P01", "57P02", "57P03"].contains(&code.as_ref())
+        }),
+        _ => false,
+    }
+}
+
 /// Connection trouble, restarts, exhausted resources, serialization failures, deadlocks,
 /// lock and statement timeouts pass with time; anything else (a missing table, a type
 /// mismatch, a constraint, a value the database cannot store) fails again.
@@ -95,5 +113,14 @@ mod tests {
     fn pool_timeouts_pass_and_missing_rows_do_not() {
         assert!(super::is_transient(&sqlx::Error::PoolTimedOut));
         assert!(!super::is_transient(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn a_broken_connection_is_lost_and_an_exhausted_pool_is_not() {
+        let broken = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(super::connection_lost(&sqlx::Error::Io(broken)));
+        // No connection was taken, so none was lost.
+        assert!(!super::connection_lost(&sqlx::Error::PoolTimedOut));
+        assert!(!super::connection_lost(&sqlx::Error::RowNotFound));
     }
 }
