@@ -12,7 +12,8 @@
 # process, RabbitMQ's beam.smp, the load generator) and the peak RSS of API and workers;
 # then where the tasks waited (p50 / p99, from the ledger's timestamps: outbox to the
 # relay's claim, queue to the worker, the work, the result to the recorder's commit),
-# PostgreSQL's CPU per task on each database (ledger, runs) and what the ledger wrote.
+# PostgreSQL's CPU and transactions committed per task on each database (ledger, runs) and
+# what the ledger wrote.
 # The API's /metrics at the end of each setup is kept in the logs directory
 # (api-metrics-<n>.txt: its own latency histogram of the same POSTs).
 # API_LOG_LEVEL sets producer-api's LOG_LEVEL (e.g. warn,producer_api::relay=debug);
