@@ -159,7 +159,6 @@ for setup in $RUNS; do
   done
   pg_after=$(ticks $(pg_pids)) beam_after=$(ticks $(beam_pids)) api_after=$(ticks "$api_pid")
   pg_sessions > "$WORK/sessions-after-$run.txt"
-  pg_commits > "$WORK/commits-after-$run.txt"
   read -r load_start load_took load_errors load_cpu < "$WORK/load-$run.txt"
   [ "$load_errors" = 0 ] || echo "warning: $load_errors enqueue requests were not answered 202"
   per_k() { python3 -c "print(f'{$1 / $HZ / $N * 1000:.2f}')"; }
@@ -206,14 +205,7 @@ for line in open('$WORK/sessions-after-$run.txt'):
     pid, db, ticks = line.split()
     key = 'runs' if db.endswith('_runs') else 'ledger'
     by_db[key] += int(ticks) - before.get(pid, 0)
-commits = {'ledger': 0, 'runs': 0}
-before = {l.split()[0]: int(l.split()[1]) for l in open('$WORK/commits-before-$run.txt') if l.strip()}
-for line in open('$WORK/commits-after-$run.txt'):
-    if not line.strip(): continue
-    db, n = line.split()
-    key = 'runs' if db.endswith('_runs') else 'ledger'
-    commits[key] += int(n) - before.get(db, 0)
-print('       postgres per task by database: ' + ', '.join(f'{k} {v / $HZ / $N * 1000:.2f} ms CPU, {commits[k] / $N:.2f} commits' for k, v in by_db.items()))"
+print('       postgres per task by database: ' + ', '.join(f'{k} {v / $HZ / $N * 1000:.2f} ms CPU' for k, v in by_db.items()))"
   # What the ledger wrote per task (its database is this run's own): row updates, the
   # share of them HOT (no new index entries), and bytes of table and of indexes.
   value "$LEDGER" "
@@ -226,4 +218,20 @@ print('       postgres per task by database: ' + ', '.join(f'{k} {v / $HZ / $N *
   # the clients' (what lies between is the kernel and the scheduler of the shared cores).
   curl -fsS "$API/metrics" > "$WORK/api-metrics-$run.txt" 2>/dev/null || true
   for p in "${worker_pids[@]}" "$api_pid"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  # Transactions committed per task on each database. A session reports its counts at most
+  # once a second while busy, and all of them as it ends: so they are read once this
+  # setup's API and workers have exited and their sessions ended.
+  for _ in $(seq 1 50); do
+    [ "$(value postgres "SELECT count(*) FROM pg_stat_activity WHERE starts_with(datname, '${DB}_')")" = 0 ] && break
+    sleep 0.1
+  done
+  pg_commits > "$WORK/commits-after-$run.txt"
+  python3 -c "
+commits = {'ledger': 0, 'runs': 0}
+before = {l.split()[0]: int(l.split()[1]) for l in open('$WORK/commits-before-$run.txt') if l.strip()}
+for line in open('$WORK/commits-after-$run.txt'):
+    if not line.strip(): continue
+    db, n = line.split()
+    commits['runs' if db.endswith('_runs') else 'ledger'] += int(n) - before.get(db, 0)
+print('       transactions committed per task: ' + ', '.join(f'{k} {v / $N:.2f}' for k, v in commits.items()))"
 done

@@ -8,6 +8,10 @@ use shared::runtime::config::{split_list, AmqpArgs, SigningArgs};
 use shared::runtime::telemetry::LogArgs;
 use shared::tasks::ValidationRules;
 
+/// The smallest ledger pool the API runs with: the intake's statements, the relay's
+/// listener, and one each for the relay, the recorder, the scheduler and reads.
+pub const MIN_DATABASE_CONNECTIONS: usize = crate::intake::IN_FLIGHT + 4;
+
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
     name = "producer-api",
@@ -187,6 +191,12 @@ impl Config {
         }
         if self.validation_rules()?.terminal_statuses.is_empty() {
             anyhow::bail!("RUNS_TERMINAL_STATUSES must name at least one status");
+        }
+        if (self.database_max_connections as usize) < MIN_DATABASE_CONNECTIONS {
+            anyhow::bail!(
+                "DATABASE_MAX_CONNECTIONS must be at least {MIN_DATABASE_CONNECTIONS}: the intake keeps up to {} connections, the relay's listener one, and the relay, the recorder, the scheduler and the requests that read need the rest",
+                crate::intake::IN_FLIGHT
+            );
         }
         if self.relay_batch_size == 0 {
             anyhow::bail!("RELAY_BATCH_SIZE must be at least 1");

@@ -16,25 +16,27 @@
 //! A task whose caller went away before its statement began (the request timed out, the
 //! client disconnected) is not stored: that caller was told nothing was.
 //!
-//! Each of the [`IN_FLIGHT`] statements keeps its connection from one batch to the next,
-//! rather than taking one from the pool each time: the pool checks a connection it hands
-//! out and one given back with a round trip each, and at a steady trickle of enqueues,
-//! where batches hold a task or two, those round trips cost the database as much as the
-//! statement, one of them on the way to every 202. A kept connection may have died since
-//! its last batch (the database restarted, the session was ended): when the connection
-//! fails, the statement is tried once more on a new one from the pool. The first try may
-//! have committed before its answer was lost; the tasks' ids are fixed, so the second
-//! finds them stored (a primary-key conflict) and answers with the stored rows: each task
-//! is stored once and its caller hears so. If no new connection can be had either (the
-//! database is down), the callers hear that the ledger is unavailable and nothing was
-//! stored: the kept connection had died before its statement, unless the database went
-//! away in the middle of that very statement, whose outcome no client can know (as with
-//! any connection that fails mid-statement).
+//! Each of the [`IN_FLIGHT`] statements keeps its connection from one batch to the next
+//! while batches follow each other (less than [`PING_IDLE_AFTER`] apart, for at most
+//! [`KEEP_AT_MOST`]), rather than taking one from the pool each time: the pool checks a
+//! connection it hands out and one given back with a round trip each, and at a steady
+//! trickle of enqueues, where batches hold a task or two, those round trips cost the
+//! database as much as the statement, one of them on the way to every 202. After a pause
+//! the connection comes from the pool again, checked within its acquire timeout.
+//!
+//! A connection can still fail under a statement (the database restarted, the session was
+//! ended): then the statement is tried once more on a new one from the pool, for the
+//! callers still waiting. The first try may have committed before its answer was lost;
+//! the tasks' ids are fixed, so the second finds them stored (a primary-key conflict) and
+//! answers with the stored rows: each task is stored once and its caller hears so. If the
+//! second try cannot tell (no new connection, or it fails too), the callers hear that the
+//! outcome is unknown ([`IntakeError::Unknown`]), not that nothing was stored.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use shared::envelope::TaskEnvelope;
-use shared::runtime::db::{connection_lost, is_transient};
+use shared::runtime::db::{connection_lost, is_transient, PING_IDLE_AFTER};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -142,9 +144,30 @@ impl Intake {
     }
 }
 
+/// The longest a place keeps one connection before it gives it back to the pool (which
+/// retires connections past their lifetime, and after a failover hands out new ones).
+const KEEP_AT_MOST: Duration = Duration::from_secs(60);
+
 /// One of the [`IN_FLIGHT`] statements' places: the connection it keeps between batches
 /// (none before its first batch, or after its connection failed).
-type Slot = Option<PoolConnection<Postgres>>;
+type Slot = Option<Kept>;
+
+/// A kept connection: when it was taken from the pool, and when last used.
+struct Kept {
+    conn: PoolConnection<Postgres>,
+    taken: Instant,
+    used: Instant,
+}
+
+impl Kept {
+    fn new(conn: PoolConnection<Postgres>, taken: Instant) -> Self {
+        Self {
+            conn,
+            taken,
+            used: taken,
+        }
+    }
+}
 
 /// A place taken by a batch. It goes back to the free ones when dropped, with the
 /// connection the batch left in it (none if the batch's task panicked while using it).
@@ -235,51 +258,91 @@ async fn insert(
         .iter()
         .map(|p| (&p.envelope, p.actor.as_deref()))
         .collect();
-    let mut conn = match slot.take() {
-        Some(kept) => kept,
-        None => pool.acquire().await?,
-    };
-    let first = ledger::tasks::enqueue_many(&mut conn, &tasks).await;
+    let mut conn = connection(pool, slot).await?;
+    let first = ledger::tasks::enqueue_many(&mut conn.conn, &tasks).await;
     let lost = match keep(conn, slot, first) {
         Err(error) if connection_lost(&error) => error,
         result => return Ok(result?),
     };
+    // From here the first try may have committed: whatever stops the second from telling
+    // leaves the outcome unknown, never "nothing was stored".
     tracing::warn!(error = %lost, tasks = batch.len(), "the connection of an enqueue statement failed; trying once more on a new one");
-    let mut conn = pool.acquire().await?;
+    // A caller gone since (its request timed out) was told to send it again: not stored
+    // now, unless the first try was.
+    let (batch, tasks): (Vec<&Pending>, Vec<_>) = batch
+        .iter()
+        .zip(tasks)
+        .filter(|(pending, _)| !pending.reply.is_closed())
+        .unzip();
+    if batch.is_empty() {
+        return Err(IntakeError::Unknown("every caller went away"));
+    }
+    const AGAIN_FAILED: &str = "the ledger connection failed during the statement that stores \
+        the task, and trying it again failed too";
+    let Ok(mut conn) = pool.acquire().await else {
+        return Err(IntakeError::Unknown(AGAIN_FAILED));
+    };
     let second = ledger::tasks::enqueue_many(&mut conn, &tasks).await;
+    let used = Instant::now();
     match second {
+        Ok(rows) => {
+            *slot = Some(Kept::new(conn, used));
+            Ok(rows)
+        }
         Err(sqlx::Error::Database(conflict))
             if conflict.is_unique_violation()
                 && conflict.constraint() == Some("cleanup_tasks_pkey") =>
         {
-            // The first try committed; its answer was lost with its connection.
+            // The first try committed; its answer was lost with its connection. (All or
+            // nothing: every task of the batch is stored.)
             let ids: Vec<Uuid> = batch.iter().map(|p| p.envelope.task_id).collect();
-            let stored = ledger::tasks::get_tasks(&mut conn, &ids).await;
-            match keep(conn, slot, stored) {
+            match ledger::tasks::get_tasks(&mut conn, &ids).await {
                 Ok(rows) if rows.len() == ids.len() => {
                     tracing::info!(
                         tasks = ids.len(),
                         "an enqueue's first try had committed before its connection failed"
                     );
+                    *slot = Some(Kept::new(conn, used));
                     Ok(rows)
                 }
-                Ok(_) | Err(_) => Err(IntakeError::Unknown(
-                    "the tasks were stored, but reading them back failed",
+                _ => Err(IntakeError::Unknown(
+                    "the task was stored before the ledger connection failed, but reading it \
+                     back failed",
                 )),
             }
         }
-        second => Ok(keep(conn, slot, second)?),
+        Err(error) => {
+            tracing::warn!(%error, "the second try of an enqueue statement failed");
+            Err(IntakeError::Unknown(AGAIN_FAILED))
+        }
+    }
+}
+
+/// The place's kept connection if it was used within [`PING_IDLE_AFTER`] and taken from
+/// the pool within [`KEEP_AT_MOST`]; otherwise one from the pool, which checks it within
+/// its acquire timeout (a kept connection idle longer may have been cut off without a
+/// word, and a statement on it would wait until TCP gives up).
+async fn connection(pool: &PgPool, slot: &mut Slot) -> Result<Kept, sqlx::Error> {
+    match slot.take() {
+        Some(kept)
+            if kept.used.elapsed() < PING_IDLE_AFTER && kept.taken.elapsed() < KEEP_AT_MOST =>
+        {
+            Ok(kept)
+        }
+        // An old one goes back to the pool, which retires it if it is past its lifetime.
+        _ => Ok(Kept::new(pool.acquire().await?, Instant::now())),
     }
 }
 
 /// Keep `conn` in `slot` for the next batch unless `result` says the connection failed;
 /// pass `result` on.
 fn keep<T>(
-    conn: PoolConnection<Postgres>,
+    mut conn: Kept,
     slot: &mut Slot,
     result: Result<T, sqlx::Error>,
 ) -> Result<T, sqlx::Error> {
     if !matches!(&result, Err(error) if connection_lost(error)) {
+        conn.used = Instant::now();
         *slot = Some(conn);
     }
     result

@@ -84,8 +84,11 @@ impl TcpProxy {
     /// made from now on: a path through the network reset, or a service restarted.
     pub async fn reset(&self) {
         let open: Vec<JoinHandle<()>> = self.connections.lock().unwrap().drain(..).collect();
-        for task in open {
+        // Every one told first, then each awaited: none passes bytes once one has ended.
+        for task in &open {
             task.abort();
+        }
+        for task in open {
             let _ = task.await;
         }
         self.frozen.store(false, Ordering::SeqCst);

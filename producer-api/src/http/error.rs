@@ -53,6 +53,11 @@ pub enum ApiError {
     /// 503: the ledger is unreachable; nothing was stored, the client should retry.
     #[error("the task ledger is unavailable; nothing was stored, retry later")]
     LedgerUnavailable(#[source] sqlx::Error),
+    /// 503: the task may or may not be stored (the ledger connection failed under the
+    /// statement storing it, and trying again could not tell). Sending it again may store
+    /// it twice; an `Idempotency-Key` makes that safe.
+    #[error("the task may or may not have been stored: {0}; look for it (GET /tasks) before sending it again, or send enqueues with an Idempotency-Key, which makes sending one again safe")]
+    OutcomeUnknown(&'static str),
     /// 500: a bug or an unexpected failure; details are logged, not shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -62,7 +67,7 @@ impl From<crate::intake::IntakeError> for ApiError {
     fn from(error: crate::intake::IntakeError) -> Self {
         match error {
             crate::intake::IntakeError::Ledger(error) => error.into(),
-            unknown => ApiError::Internal(unknown.into()),
+            crate::intake::IntakeError::Unknown(why) => ApiError::OutcomeUnknown(why),
         }
     }
 }
@@ -130,7 +135,9 @@ impl ApiError {
             ApiError::InvalidParameters { .. } | ApiError::IdempotencyKeyReused { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::LedgerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::LedgerUnavailable(_) | ApiError::OutcomeUnknown(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -148,6 +155,7 @@ impl ApiError {
             ApiError::InvalidParameters { .. } => "invalid-parameters",
             ApiError::IdempotencyKeyReused { .. } => "idempotency-key-reused",
             ApiError::LedgerUnavailable(_) => "ledger-unavailable",
+            ApiError::OutcomeUnknown(_) => "outcome-unknown",
             ApiError::Internal(_) => "internal-error",
         }
     }
@@ -255,6 +263,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::LedgerUnavailable(error) => {
                 tracing::warn!(%error, "ledger unavailable")
+            }
+            ApiError::OutcomeUnknown(why) => {
+                tracing::error!(why, "an enqueue's outcome is unknown")
             }
             _ => {}
         }

@@ -34,3 +34,27 @@ fn every_metric_is_documented_in_the_readme() {
         .collect();
     assert!(missing.is_empty(), "README lacks metrics: {missing:?}");
 }
+
+/// A ledger pool too small for the connections the intake keeps is refused at start, with
+/// the setting named.
+#[test]
+fn a_ledger_pool_smaller_than_the_intake_needs_is_refused() {
+    use clap::Parser as _;
+    let config = |connections: usize| {
+        producer_api::Config::try_parse_from([
+            "producer-api".to_owned(),
+            "--database-url=postgres://postgres@127.0.0.1/unused".to_owned(),
+            format!("--database-max-connections={connections}"),
+            format!("--api-tokens={}", test_support::TOKEN),
+            format!("--task-signing-keys={}", test_support::SIGNING_KEYS),
+        ])
+        .expect("parses")
+    };
+    let least = producer_api::config::MIN_DATABASE_CONNECTIONS;
+    let refused = config(least - 1).validate().unwrap_err().to_string();
+    assert!(
+        refused.contains("DATABASE_MAX_CONNECTIONS must be at least"),
+        "{refused}"
+    );
+    config(least).validate().expect("the smallest pool allowed");
+}

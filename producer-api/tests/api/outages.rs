@@ -173,6 +173,40 @@ async fn enqueues_on_kept_connections_that_died_since_are_stored_once_and_answer
     app.stop().await;
 }
 
+/// The network path to the database goes silent (a firewall drops the connections without
+/// a word) after a pause in enqueues: the next enqueue is not sent on a kept connection,
+/// which would hang until TCP gives up, but on one the pool checks within its acquire
+/// timeout, and is answered 503 "nothing was stored" at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_pause_an_enqueue_does_not_hang_on_a_kept_connection_gone_silent() {
+    let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
+    let (_db, _broker, app) = on_database_behind(&proxy, AppOptions::default()).await;
+    for _ in 0..intake::IN_FLIGHT {
+        assert_eq!(
+            app.post("/maintenance/cleanup-runs", runs_body())
+                .await
+                .status(),
+            202
+        );
+    }
+    proxy.freeze();
+    tokio::time::sleep(shared::runtime::db::PING_IDLE_AFTER + Duration::from_millis(100)).await;
+
+    let asked = std::time::Instant::now();
+    let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
+    assert_eq!(response.status(), 503);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:cleanup:problem:ledger-unavailable");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "answered after {:?}",
+        asked.elapsed()
+    );
+    proxy.reset().await;
+    assert_eq!(app.task_count().await, intake::IN_FLIGHT as i64);
+    app.stop().await;
+}
+
 /// The enqueue statement commits, and its answer is lost with its connection: the client
 /// is still answered 202 with that task, stored once (not 503 "nothing was stored", which
 /// would make it send the task again). The statement is held on a lock until the proxy
@@ -258,6 +292,76 @@ async fn an_enqueue_whose_answer_is_lost_after_its_commit_is_answered_with_its_t
     .await
     .unwrap();
     assert_eq!(messages, 1, "its one message is in the outbox or published");
+    app.stop().await;
+}
+
+/// The enqueue statement's connection fails while it waits, and no new connection can be
+/// had to try again: the client hears that the outcome is unknown, not "nothing was
+/// stored", and indeed the statement still commits once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_that_cannot_be_tried_again_is_answered_outcome_unknown() {
+    let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
+    let (db, _broker, app) = on_database_behind(&proxy, AppOptions::default()).await;
+    for _ in 0..intake::IN_FLIGHT {
+        assert_eq!(
+            app.post("/maintenance/cleanup-runs", runs_body())
+                .await
+                .status(),
+            202
+        );
+    }
+    app.wait_outbox_empty(Duration::from_secs(10)).await;
+    let before = stored_ids(&app).await;
+    let mut locker = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE cleanup_outbox IN EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let client = app.client.clone();
+    let url = format!("{}/maintenance/cleanup-runs", app.address);
+    let post = tokio::spawn(async move {
+        client
+            .post(url)
+            .bearer_auth(TOKEN)
+            .json(&runs_body())
+            .send()
+            .await
+            .unwrap()
+    });
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'
+                     AND query LIKE 'WITH input AS%'";
+    eventually(
+        Duration::from_secs(10),
+        "the enqueue waits for the lock",
+        || async {
+            sqlx::query_scalar::<_, i64>(waiting)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap()
+                == 1
+        },
+    )
+    .await;
+
+    proxy.cut();
+    let response = post.await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(!response.headers().contains_key("retry-after"));
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "urn:cleanup:problem:outcome-unknown",
+        "{problem}"
+    );
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the statement commits after all",
+        || async { app.task_count().await == before.len() as i64 + 1 },
+    )
+    .await;
+    proxy.restore();
     app.stop().await;
 }
 

@@ -76,10 +76,22 @@ pub fn connection_lost(error: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 57P01..03: the server shut the session down.
-            code.starts_with("08") || ["57P01", "57P02", "57P03"].contains(&code.as_ref())
-        }),
+        sqlx::Error::Database(db) => {
+            // FATAL or PANIC: the server ended the session (an idle-session timeout among
+            // them, 57P05); 08: connection exception; 57P: shutdown, session ended.
+            let fatal = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some_and(|pg| {
+                    matches!(
+                        pg.severity(),
+                        sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
+                    )
+                });
+            fatal
+                || db
+                    .code()
+                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
+        }
         _ => false,
     }
 }

@@ -68,7 +68,9 @@ impl Modify for Answers {
                         ),
                         (
                             "503",
-                            "The ledger is unavailable; nothing was stored (Retry-After)",
+                            "The ledger is unavailable; nothing was stored (Retry-After). \
+                             On an enqueue, rarely, the outcome is unknown instead (type \
+                             outcome-unknown): the connection failed under the statement",
                         ),
                     ]);
                 }
