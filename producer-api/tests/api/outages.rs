@@ -215,57 +215,9 @@ async fn after_a_pause_an_enqueue_does_not_hang_on_a_kept_connection_gone_silent
 async fn an_enqueue_whose_answer_is_lost_after_its_commit_is_answered_with_its_task() {
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
     let (db, _broker, app) = on_database_behind(&proxy, AppOptions::default()).await;
-    // Each of the intake's connections has prepared the statement (preparing it takes the
-    // lock too, and its answer would then be what the proxy holds back).
-    for _ in 0..intake::IN_FLIGHT {
-        assert_eq!(
-            app.post("/maintenance/cleanup-runs", runs_body())
-                .await
-                .status(),
-            202
-        );
-    }
-    app.wait_outbox_empty(Duration::from_secs(10)).await;
-    let before = stored_ids(&app).await;
-    let mut locker = sqlx::PgConnection::connect(&db.url()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-    sqlx::query("LOCK TABLE cleanup_outbox IN EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
-
-    let client = app.client.clone();
-    let url = format!("{}/maintenance/cleanup-runs", app.address);
-    let post = tokio::spawn(async move {
-        client
-            .post(url)
-            .bearer_auth(TOKEN)
-            .json(&runs_body())
-            .send()
-            .await
-            .unwrap()
-    });
-    let waiting = "SELECT count(*) FROM pg_stat_activity
-                   WHERE datname = current_database() AND wait_event_type = 'Lock'
-                     AND query LIKE 'WITH input AS%'";
-    eventually(
-        Duration::from_secs(10),
-        "the enqueue waits for the lock",
-        || async {
-            sqlx::query_scalar::<_, i64>(waiting)
-                .fetch_one(&app.pool)
-                .await
-                .unwrap()
-                == 1
-        },
-    )
-    .await;
+    let held = HeldEnqueue::start(&db, &app).await;
     proxy.freeze();
-    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
-    eventually(Duration::from_secs(10), "the enqueue commits", || async {
-        app.task_count().await == before.len() as i64 + 1
-    })
-    .await;
+    let (before, post) = held.release(&app).await;
     // Its answer is held back; now its connection ends.
     proxy.reset().await;
 
@@ -302,51 +254,10 @@ async fn an_enqueue_whose_answer_is_lost_after_its_commit_is_answered_with_its_t
 async fn an_enqueue_that_cannot_be_tried_again_is_answered_outcome_unknown() {
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
     let (db, _broker, app) = on_database_behind(&proxy, AppOptions::default()).await;
-    for _ in 0..intake::IN_FLIGHT {
-        assert_eq!(
-            app.post("/maintenance/cleanup-runs", runs_body())
-                .await
-                .status(),
-            202
-        );
-    }
-    app.wait_outbox_empty(Duration::from_secs(10)).await;
-    let before = stored_ids(&app).await;
-    let mut locker = sqlx::PgConnection::connect(&db.url()).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-    sqlx::query("LOCK TABLE cleanup_outbox IN EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
-    let client = app.client.clone();
-    let url = format!("{}/maintenance/cleanup-runs", app.address);
-    let post = tokio::spawn(async move {
-        client
-            .post(url)
-            .bearer_auth(TOKEN)
-            .json(&runs_body())
-            .send()
-            .await
-            .unwrap()
-    });
-    let waiting = "SELECT count(*) FROM pg_stat_activity
-                   WHERE datname = current_database() AND wait_event_type = 'Lock'
-                     AND query LIKE 'WITH input AS%'";
-    eventually(
-        Duration::from_secs(10),
-        "the enqueue waits for the lock",
-        || async {
-            sqlx::query_scalar::<_, i64>(waiting)
-                .fetch_one(&app.pool)
-                .await
-                .unwrap()
-                == 1
-        },
-    )
-    .await;
+    let mut held = HeldEnqueue::start(&db, &app).await;
 
     proxy.cut();
-    let response = post.await.unwrap();
+    let response = (&mut held.post).await.unwrap();
     assert_eq!(response.status(), 503);
     assert!(!response.headers().contains_key("retry-after"));
     let problem: Value = response.json().await.unwrap();
@@ -354,15 +265,79 @@ async fn an_enqueue_that_cannot_be_tried_again_is_answered_outcome_unknown() {
         problem["type"], "urn:cleanup:problem:outcome-unknown",
         "{problem}"
     );
-    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the statement commits after all",
-        || async { app.task_count().await == before.len() as i64 + 1 },
-    )
-    .await;
+    // And yet it commits.
+    held.release(&app).await;
     proxy.restore();
     app.stop().await;
+}
+
+/// An enqueue held on a lock: each of the intake's connections has enqueued once first (so
+/// each has prepared the statement: preparing it takes the lock too, and would be what
+/// stops), then the outbox is locked and one more task POSTed, until its statement waits.
+struct HeldEnqueue {
+    before: Vec<uuid::Uuid>,
+    locker: sqlx::PgConnection,
+    post: tokio::task::JoinHandle<reqwest::Response>,
+}
+
+impl HeldEnqueue {
+    async fn start(db: &TestDb, app: &TestApp) -> Self {
+        for _ in 0..intake::IN_FLIGHT {
+            let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
+            assert_eq!(response.status(), 202);
+        }
+        app.wait_outbox_empty(Duration::from_secs(10)).await;
+        let before = stored_ids(app).await;
+        let mut locker = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+        sqlx::query("LOCK TABLE cleanup_outbox IN EXCLUSIVE MODE")
+            .execute(&mut locker)
+            .await
+            .unwrap();
+        let client = app.client.clone();
+        let url = format!("{}/maintenance/cleanup-runs", app.address);
+        let post = tokio::spawn(async move {
+            let request = client.post(url).bearer_auth(TOKEN).json(&runs_body());
+            request.send().await.unwrap()
+        });
+        let waiting = "SELECT count(*) FROM pg_stat_activity
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'
+                         AND query LIKE 'WITH input AS%'";
+        eventually(
+            Duration::from_secs(10),
+            "the enqueue waits for the lock",
+            || async {
+                let waiting: i64 = sqlx::query_scalar(waiting)
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+                waiting == 1
+            },
+        )
+        .await;
+        Self {
+            before,
+            locker,
+            post,
+        }
+    }
+
+    /// Let the statement go on, and wait until it committed: the tasks stored before it,
+    /// and its request.
+    async fn release(
+        mut self,
+        app: &TestApp,
+    ) -> (Vec<uuid::Uuid>, tokio::task::JoinHandle<reqwest::Response>) {
+        sqlx::query("COMMIT")
+            .execute(&mut self.locker)
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(10), "the enqueue commits", || async {
+            app.task_count().await == self.before.len() as i64 + 1
+        })
+        .await;
+        (self.before, self.post)
+    }
 }
 
 /// The ids in the ledger.
