@@ -16,21 +16,27 @@
 //! A task whose caller went away before its statement began (the request timed out, the
 //! client disconnected) is not stored: that caller was told nothing was.
 //!
-//! Each of the [`IN_FLIGHT`] statements keeps its connection from one batch to the next
-//! while batches follow each other (less than [`PING_IDLE_AFTER`] apart, for at most
-//! [`KEEP_AT_MOST`]), rather than taking one from the pool each time: the pool checks a
-//! connection it hands out and one given back with a round trip each, and at a steady
-//! trickle of enqueues, where batches hold a task or two, those round trips cost the
-//! database as much as the statement, one of them on the way to every 202. After a pause
-//! the connection comes from the pool again, checked within its acquire timeout.
+//! The [`IN_FLIGHT`] statements keep their connections from one batch to the next, rather
+//! than taking one from the pool each time: the pool checks a connection it hands out and
+//! one given back with a round trip each, and at a steady trickle of enqueues, where
+//! batches hold a task or two, those round trips cost the database as much as the
+//! statement, one of them on the way to every 202. A batch takes the connection used last
+//! if that was less than [`PING_IDLE_AFTER`] ago (and it was taken from the pool less than
+//! [`KEEP_AT_MOST`] ago); after a pause it takes one from the pool, checked within the
+//! pool's acquire timeout, so that a connection cut off without a word during the pause
+//! does not hold the enqueue until TCP gives up. (One cut off under a statement still
+//! does, as any pool connection could.)
 //!
 //! A connection can still fail under a statement (the database restarted, the session was
 //! ended): then the statement is tried once more on a new one from the pool, for the
 //! callers still waiting. The first try may have committed before its answer was lost;
 //! the tasks' ids are fixed, so the second finds them stored (a primary-key conflict) and
 //! answers with the stored rows: each task is stored once and its caller hears so. If the
-//! second try cannot tell (no new connection, or it fails too), the callers hear that the
-//! outcome is unknown ([`IntakeError::Unknown`]), not that nothing was stored.
+//! second try cannot tell (no new connection, or it fails too) and the first connection
+//! broke without an answer, the callers hear that the outcome is unknown
+//! ([`IntakeError::Unknown`], with their task's id), not that nothing was stored. (A
+//! session the server ended, by a restart or a terminated backend, answers with its error:
+//! that statement did not commit, and the callers hear the ledger is unavailable.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +45,7 @@ use shared::envelope::TaskEnvelope;
 use shared::runtime::db::{connection_lost, is_transient, PING_IDLE_AFTER};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::ledger::{self, Enqueued, TaskRow};
@@ -63,9 +69,20 @@ pub enum IntakeError {
     #[error(transparent)]
     Ledger(#[from] sqlx::Error),
     /// The task may or may not be stored: the writer stopped before it answered (the
-    /// runtime is shutting down), or the task is stored but its row could not be read.
-    #[error("the enqueue's outcome is unknown: {0}")]
-    Unknown(&'static str),
+    /// runtime is shutting down), or the statement's connection failed and trying again
+    /// could not tell (see the module's documentation). `task_id` is the id it has if it
+    /// was stored (known to [`Intake::enqueue`], not to the writer).
+    #[error("the enqueue's outcome is unknown: {why}")]
+    Unknown {
+        why: &'static str,
+        task_id: Option<Uuid>,
+    },
+}
+
+impl IntakeError {
+    fn unknown(why: &'static str) -> Self {
+        IntakeError::Unknown { why, task_id: None }
+    }
 }
 
 /// What happens once a task is stored, whoever waits for it: this replica's relay is
@@ -127,6 +144,7 @@ impl Intake {
             }
             return Ok(enqueued);
         }
+        let task_id = envelope.task_id;
         let (reply, stored) = oneshot::channel();
         let pending = Pending {
             envelope,
@@ -138,8 +156,15 @@ impl Intake {
             return Err(sqlx::Error::PoolClosed.into());
         }
         match stored.await {
+            Ok(Err(IntakeError::Unknown { why, .. })) => Err(IntakeError::Unknown {
+                why,
+                task_id: Some(task_id),
+            }),
             Ok(result) => Ok(Enqueued::Created(result?)),
-            Err(_) => Err(IntakeError::Unknown("the writer stopped before answering")),
+            Err(_) => Err(IntakeError::Unknown {
+                why: "the writer stopped before answering",
+                task_id: Some(task_id),
+            }),
         }
     }
 }
@@ -167,19 +192,36 @@ impl Kept {
             used: taken,
         }
     }
+
+    /// Used within [`PING_IDLE_AFTER`] and taken from the pool within [`KEEP_AT_MOST`].
+    fn fresh(&self) -> bool {
+        self.used.elapsed() < PING_IDLE_AFTER && self.taken.elapsed() < KEEP_AT_MOST
+    }
+}
+
+/// The places: how many are free, and the connections kept by the free ones, the most
+/// recently used last (a batch takes that one: under a trickle of enqueues one warm
+/// connection serves them, and the others age out).
+struct Places {
+    free: Arc<Semaphore>,
+    kept: std::sync::Mutex<Vec<Kept>>,
 }
 
 /// A place taken by a batch. It goes back to the free ones when dropped, with the
 /// connection the batch left in it (none if the batch's task panicked while using it).
 struct Place {
     slot: Slot,
-    free: mpsc::Sender<Slot>,
+    places: Arc<Places>,
+    _free: OwnedSemaphorePermit,
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        // There is room for every place; the channel is gone only when the writer is.
-        let _ = self.free.try_send(self.slot.take());
+        let mut kept = self.places.kept.lock().unwrap_or_else(|e| e.into_inner());
+        // Those idle too long to be used again go back to the pool now.
+        kept.retain(|k| k.fresh());
+        kept.extend(self.slot.take());
+        // (The permit is given back after this, with the fields.)
     }
 }
 
@@ -187,15 +229,22 @@ impl Drop for Place {
 /// [`IN_FLIGHT`] places is free, and store each batch in a task of its own (so that a
 /// caller that goes away cannot stop a statement its batch shares with others).
 async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, stored: Stored) {
-    let (places, mut free) = mpsc::channel::<Slot>(IN_FLIGHT);
-    for _ in 0..IN_FLIGHT {
-        places.try_send(None).expect("room for every place");
-    }
+    let places = Arc::new(Places {
+        free: Arc::new(Semaphore::new(IN_FLIGHT)),
+        kept: std::sync::Mutex::new(Vec::with_capacity(IN_FLIGHT)),
+    });
     loop {
-        let slot = free.recv().await.expect("this loop keeps a sender");
+        let free = places
+            .free
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let slot = places.kept.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut place = Place {
             slot,
-            free: places.clone(),
+            places: places.clone(),
+            _free: free,
         };
         let Some(first) = waiting.recv().await else {
             return;
@@ -275,12 +324,18 @@ async fn insert(
         .filter(|(pending, _)| !pending.reply.is_closed())
         .unzip();
     if batch.is_empty() {
-        return Err(IntakeError::Unknown("every caller went away"));
+        return Err(IntakeError::unknown("every caller went away"));
     }
     const AGAIN_FAILED: &str = "the ledger connection failed during the statement that stores \
         the task, and trying it again failed too";
-    let Ok(mut conn) = pool.acquire().await else {
-        return Err(IntakeError::Unknown(AGAIN_FAILED));
+    // A session the server ended answers the statement with its error (a restart, a
+    // terminated backend): that statement did not commit. Only a connection that broke
+    // without an answer leaves the first try's outcome open.
+    let first_unknown = !matches!(lost, sqlx::Error::Database(_));
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(error) if !first_unknown => return Err(error.into()),
+        Err(_) => return Err(IntakeError::unknown(AGAIN_FAILED)),
     };
     let second = ledger::tasks::enqueue_many(&mut conn, &tasks).await;
     let used = Instant::now();
@@ -305,15 +360,27 @@ async fn insert(
                     *slot = Some(Kept::new(conn, used));
                     Ok(rows)
                 }
-                _ => Err(IntakeError::Unknown(
+                _ => Err(IntakeError::unknown(
                     "the task was stored before the ledger connection failed, but reading it \
                      back failed",
                 )),
             }
         }
+        // The same statement failing on its data proves the first did not commit either.
+        Err(error) if !connection_lost(&error) && !is_transient(&error) => {
+            *slot = Some(Kept::new(conn, used));
+            Err(error.into())
+        }
+        // Neither committed: the second's answer is the server's own error.
+        Err(error @ sqlx::Error::Database(_)) if !first_unknown => {
+            if !connection_lost(&error) {
+                *slot = Some(Kept::new(conn, used));
+            }
+            Err(error.into())
+        }
         Err(error) => {
             tracing::warn!(%error, "the second try of an enqueue statement failed");
-            Err(IntakeError::Unknown(AGAIN_FAILED))
+            Err(IntakeError::unknown(AGAIN_FAILED))
         }
     }
 }
@@ -323,15 +390,15 @@ async fn insert(
 /// its acquire timeout (a kept connection idle longer may have been cut off without a
 /// word, and a statement on it would wait until TCP gives up).
 async fn connection(pool: &PgPool, slot: &mut Slot) -> Result<Kept, sqlx::Error> {
-    match slot.take() {
-        Some(kept)
-            if kept.used.elapsed() < PING_IDLE_AFTER && kept.taken.elapsed() < KEEP_AT_MOST =>
-        {
-            Ok(kept)
+    if let Some(kept) = slot.take() {
+        if kept.fresh() {
+            return Ok(kept);
         }
-        // An old one goes back to the pool, which retires it if it is past its lifetime.
-        _ => Ok(Kept::new(pool.acquire().await?, Instant::now())),
+        // Back to the pool (which retires it if it is past its lifetime) before another
+        // is taken: the intake never holds more than one connection per place.
+        drop(kept);
     }
+    Ok(Kept::new(pool.acquire().await?, Instant::now()))
 }
 
 /// Keep `conn` in `slot` for the next batch unless `result` says the connection failed;
@@ -375,7 +442,10 @@ fn refuse(mut batch: Vec<Pending>, error: IntakeError) {
     }
     for pending in batch {
         let error = match &error {
-            IntakeError::Unknown(why) => IntakeError::Unknown(why),
+            IntakeError::Unknown { why, task_id } => IntakeError::Unknown {
+                why,
+                task_id: *task_id,
+            },
             IntakeError::Ledger(error) => {
                 IntakeError::Ledger(sqlx::Error::Io(std::io::Error::other(error.to_string())))
             }

@@ -56,8 +56,12 @@ pub enum ApiError {
     /// 503: the task may or may not be stored (the ledger connection failed under the
     /// statement storing it, and trying again could not tell). Sending it again may store
     /// it twice; an `Idempotency-Key` makes that safe.
-    #[error("the task may or may not have been stored: {0}; look for it (GET /tasks) before sending it again, or send enqueues with an Idempotency-Key, which makes sending one again safe")]
-    OutcomeUnknown(&'static str),
+    #[error("the task may or may not have been stored: {why}; look it up by its task_id (GET /tasks/{{task_id}}) before sending it again, or send enqueues with an Idempotency-Key, which makes sending one again safe")]
+    OutcomeUnknown {
+        why: &'static str,
+        /// The id the task has if it was stored.
+        task_id: Option<Uuid>,
+    },
     /// 500: a bug or an unexpected failure; details are logged, not shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -67,7 +71,9 @@ impl From<crate::intake::IntakeError> for ApiError {
     fn from(error: crate::intake::IntakeError) -> Self {
         match error {
             crate::intake::IntakeError::Ledger(error) => error.into(),
-            crate::intake::IntakeError::Unknown(why) => ApiError::OutcomeUnknown(why),
+            crate::intake::IntakeError::Unknown { why, task_id } => {
+                ApiError::OutcomeUnknown { why, task_id }
+            }
         }
     }
 }
@@ -114,7 +120,8 @@ pub struct Problem {
     /// The request field at fault, for invalid parameters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// The task an idempotency key already names, or the task that finished already.
+    /// The task an idempotency key already names, the task that finished already, or the
+    /// id an enqueue's task has if it was stored (outcome unknown).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<Uuid>,
     /// The task's status, when it finished already (a cancel answered 409).
@@ -135,7 +142,7 @@ impl ApiError {
             ApiError::InvalidParameters { .. } | ApiError::IdempotencyKeyReused { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::LedgerUnavailable(_) | ApiError::OutcomeUnknown(_) => {
+            ApiError::LedgerUnavailable(_) | ApiError::OutcomeUnknown { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -155,7 +162,7 @@ impl ApiError {
             ApiError::InvalidParameters { .. } => "invalid-parameters",
             ApiError::IdempotencyKeyReused { .. } => "idempotency-key-reused",
             ApiError::LedgerUnavailable(_) => "ledger-unavailable",
-            ApiError::OutcomeUnknown(_) => "outcome-unknown",
+            ApiError::OutcomeUnknown { .. } => "outcome-unknown",
             ApiError::Internal(_) => "internal-error",
         }
     }
@@ -174,6 +181,7 @@ impl ApiError {
             task_id: match self {
                 ApiError::IdempotencyKeyReused { task_id, .. }
                 | ApiError::TaskFinished { task_id, .. } => Some(*task_id),
+                ApiError::OutcomeUnknown { task_id, .. } => *task_id,
                 _ => None,
             },
             task_status: match self {
@@ -264,8 +272,8 @@ impl IntoResponse for ApiError {
             ApiError::LedgerUnavailable(error) => {
                 tracing::warn!(%error, "ledger unavailable")
             }
-            ApiError::OutcomeUnknown(why) => {
-                tracing::error!(why, "an enqueue's outcome is unknown")
+            ApiError::OutcomeUnknown { why, task_id } => {
+                tracing::error!(why, ?task_id, "an enqueue's outcome is unknown")
             }
             _ => {}
         }

@@ -112,6 +112,10 @@ async fn enqueue_answers_503_while_the_database_is_unreachable() {
     let (_db, _broker, app) = with_database_behind(&proxy).await;
 
     proxy.cut();
+    // After a pause, so that the intake does not send on the connection it kept, which
+    // the cut broke without an answer: whether an enqueue sent on it had committed, nobody
+    // could tell (`an_enqueue_that_cannot_be_tried_again_is_answered_outcome_unknown`).
+    tokio::time::sleep(shared::runtime::db::PING_IDLE_AFTER + Duration::from_millis(100)).await;
     for _ in 0..3 {
         let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
         assert_eq!(response.status(), 503);
@@ -160,6 +164,42 @@ async fn enqueues_on_kept_connections_that_died_since_are_stored_once_and_answer
     }
 
     proxy.reset().await;
+    for _ in 0..intake::IN_FLIGHT {
+        let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
+        assert_eq!(
+            response.status(),
+            202,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+    assert_eq!(app.task_count().await, 2 * intake::IN_FLIGHT as i64);
+    app.stop().await;
+}
+
+/// The server ends the sessions of the intake's kept connections (a restart, an operator's
+/// `pg_terminate_backend`): the next enqueue on one hears the server's error, which means
+/// its statement did not run, and is stored on a new connection, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueues_on_kept_connections_whose_sessions_were_ended_are_stored_once() {
+    let (db, broker) = (TestDb::create().await, TestBroker::create().await);
+    let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
+    for _ in 0..intake::IN_FLIGHT {
+        assert_eq!(
+            app.post("/maintenance/cleanup-runs", runs_body())
+                .await
+                .status(),
+            202
+        );
+    }
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(ended >= 1, "no session to end");
     for _ in 0..intake::IN_FLIGHT {
         let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
         assert_eq!(
@@ -265,32 +305,59 @@ async fn an_enqueue_that_cannot_be_tried_again_is_answered_outcome_unknown() {
         problem["type"], "urn:cleanup:problem:outcome-unknown",
         "{problem}"
     );
-    // And yet it commits.
-    held.release(&app).await;
+    // And yet it commits, with the id the answer gave.
+    let (before, _) = held.release(&app).await;
+    let new: Vec<uuid::Uuid> = stored_ids(&app)
+        .await
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert_eq!(
+        new,
+        vec![problem["task_id"]
+            .as_str()
+            .unwrap()
+            .parse::<uuid::Uuid>()
+            .unwrap()]
+    );
     proxy.restore();
     app.stop().await;
 }
 
-/// An enqueue held on a lock: each of the intake's connections has enqueued once first (so
-/// each has prepared the statement: preparing it takes the lock too, and would be what
-/// stops), then the outbox is locked and one more task POSTed, until its statement waits.
+/// An enqueue held on a lock: the outbox trigger (which runs after the statement's
+/// inserts, before its commit) is made to wait for an advisory lock the test holds, then
+/// one task is POSTed, until its statement waits there. (A lock on a table would stop the
+/// statement's preparation instead, on a connection that has not prepared it, and hold
+/// back that answer rather than the commit's.)
 struct HeldEnqueue {
     before: Vec<uuid::Uuid>,
     locker: sqlx::PgConnection,
     post: tokio::task::JoinHandle<reqwest::Response>,
 }
 
+/// The advisory lock key the outbox trigger waits for in [`HeldEnqueue`].
+const HOLD: i64 = 4242;
+
 impl HeldEnqueue {
     async fn start(db: &TestDb, app: &TestApp) -> Self {
-        for _ in 0..intake::IN_FLIGHT {
-            let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
-            assert_eq!(response.status(), 202);
-        }
-        app.wait_outbox_empty(Duration::from_secs(10)).await;
+        // A task stored first, so that the intake has a connection that stored one.
+        let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
+        assert_eq!(response.status(), 202);
         let before = stored_ids(app).await;
         let mut locker = sqlx::PgConnection::connect(&db.url()).await.unwrap();
-        sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
-        sqlx::query("LOCK TABLE cleanup_outbox IN EXCLUSIVE MODE")
+        sqlx::query(&format!(
+            "CREATE OR REPLACE FUNCTION cleanup_outbox_notify() RETURNS trigger
+             LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM pg_advisory_xact_lock_shared({HOLD});
+                 RETURN NULL;
+             END $$"
+        ))
+        .execute(&mut locker)
+        .await
+        .unwrap();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(HOLD)
             .execute(&mut locker)
             .await
             .unwrap();
@@ -301,7 +368,7 @@ impl HeldEnqueue {
             request.send().await.unwrap()
         });
         let waiting = "SELECT count(*) FROM pg_stat_activity
-                       WHERE datname = current_database() AND wait_event_type = 'Lock'
+                       WHERE datname = current_database() AND wait_event = 'advisory'
                          AND query LIKE 'WITH input AS%'";
         eventually(
             Duration::from_secs(10),
@@ -328,7 +395,8 @@ impl HeldEnqueue {
         mut self,
         app: &TestApp,
     ) -> (Vec<uuid::Uuid>, tokio::task::JoinHandle<reqwest::Response>) {
-        sqlx::query("COMMIT")
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(HOLD)
             .execute(&mut self.locker)
             .await
             .unwrap();

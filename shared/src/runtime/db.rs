@@ -7,7 +7,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::Connection;
 
 /// A pooled connection idle for less than this is handed out without a ping first (the
-/// worker's runs pool, [`pool_options`]).
+/// worker's runs pool, [`pool_options`]); the API's intake reuses a connection it keeps
+/// only if it used it less than this ago.
 pub const PING_IDLE_AFTER: Duration = Duration::from_millis(500);
 
 /// The options of a pool whose every statement is retried when it fails on a dead
@@ -26,8 +27,9 @@ pub const PING_IDLE_AFTER: Duration = Duration::from_millis(500);
 /// `retry_in_turn`); the hourly pruning of old progress rows waits for its next round,
 /// and the worker's `/readyz` answers `503` once.
 ///
-/// The API's ledger pool keeps sqlx's ping: a failed enqueue would reach a client as a
-/// `503` where the ping finds a dead connection and opens a new one unseen.
+/// The API's ledger pool keeps sqlx's ping: its requests do not retry a statement. (Its
+/// intake keeps its own connections between batches instead, and does retry; see
+/// `producer-api/src/intake.rs`.)
 pub fn pool_options() -> PgPoolOptions {
     pool_options_with(PING_IDLE_AFTER)
 }
