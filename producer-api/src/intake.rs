@@ -240,12 +240,6 @@ async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, store
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let slot = places.kept.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut place = Place {
-            slot,
-            places: places.clone(),
-            _free: free,
-        };
         let Some(first) = waiting.recv().await else {
             return;
         };
@@ -261,6 +255,14 @@ async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, store
         if batch.is_empty() {
             continue;
         }
+        // The connection used last, taken now that the batch is ready (the batch before
+        // may just have given it back).
+        let slot = places.kept.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut place = Place {
+            slot,
+            places: places.clone(),
+            _free: free,
+        };
         let (pool, stored) = (pool.clone(), stored.clone());
         tokio::spawn(async move {
             store(&pool, &mut place.slot, batch, &stored).await;
