@@ -156,24 +156,7 @@ async fn enqueue_answers_503_while_the_database_is_unreachable() {
 async fn enqueues_on_kept_connections_that_died_since_are_stored_once_and_answered_202() {
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
     let (_db, _broker, app) = on_database_behind(&proxy, AppOptions::default()).await;
-    // One after the other, so that each of the intake's statements has used (and kept) a
-    // connection.
-    for _ in 0..intake::IN_FLIGHT {
-        let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
-        assert_eq!(response.status(), 202);
-    }
-
-    proxy.reset().await;
-    for _ in 0..intake::IN_FLIGHT {
-        let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
-        assert_eq!(
-            response.status(),
-            202,
-            "{}",
-            response.text().await.unwrap_or_default()
-        );
-    }
-    assert_eq!(app.task_count().await, 2 * intake::IN_FLIGHT as i64);
+    stored_once_across(&app, proxy.reset()).await;
     app.stop().await;
 }
 
@@ -184,32 +167,17 @@ async fn enqueues_on_kept_connections_that_died_since_are_stored_once_and_answer
 async fn enqueues_on_kept_connections_whose_sessions_were_ended_are_stored_once() {
     let (db, broker) = (TestDb::create().await, TestBroker::create().await);
     let app = TestApp::spawn(&db, &broker, AppOptions::default()).await;
-    for _ in 0..intake::IN_FLIGHT {
-        assert_eq!(
-            app.post("/maintenance/cleanup-runs", runs_body())
-                .await
-                .status(),
-            202
-        );
-    }
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    assert!(ended >= 1, "no session to end");
-    for _ in 0..intake::IN_FLIGHT {
-        let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
-        assert_eq!(
-            response.status(),
-            202,
-            "{}",
-            response.text().await.unwrap_or_default()
-        );
-    }
-    assert_eq!(app.task_count().await, 2 * intake::IN_FLIGHT as i64);
+    let end_sessions = async {
+        let ended: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        assert!(ended >= 1, "no session to end");
+    };
+    stored_once_across(&app, end_sessions).await;
     app.stop().await;
 }
 
@@ -265,13 +233,8 @@ async fn an_enqueue_whose_answer_is_lost_after_its_commit_is_answered_with_its_t
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
     let answered: uuid::Uuid = body["task_id"].as_str().unwrap().parse().unwrap();
-    let new: Vec<uuid::Uuid> = stored_ids(&app)
-        .await
-        .into_iter()
-        .filter(|id| !before.contains(id))
-        .collect();
     assert_eq!(
-        new,
+        stored_since(&app, &before).await,
         vec![answered],
         "the task answered is the one stored, once"
     );
@@ -307,13 +270,8 @@ async fn an_enqueue_that_cannot_be_tried_again_is_answered_outcome_unknown() {
     );
     // And yet it commits, with the id the answer gave.
     let (before, _) = held.release(&app).await;
-    let new: Vec<uuid::Uuid> = stored_ids(&app)
-        .await
-        .into_iter()
-        .filter(|id| !before.contains(id))
-        .collect();
     assert_eq!(
-        new,
+        stored_since(&app, &before).await,
         vec![problem["task_id"]
             .as_str()
             .unwrap()
@@ -406,6 +364,34 @@ impl HeldEnqueue {
         .await;
         (self.before, self.post)
     }
+}
+
+/// Enqueue once on each of the intake's connections (one after the other, so that each
+/// is used and kept), then `breaking` them, then as many again: every enqueue is answered
+/// 202 and stored once.
+async fn stored_once_across(app: &TestApp, breaking: impl std::future::Future<Output = ()>) {
+    for _ in 0..intake::IN_FLIGHT {
+        let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
+        assert_eq!(response.status(), 202);
+    }
+    breaking.await;
+    for _ in 0..intake::IN_FLIGHT {
+        let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
+        assert_eq!(
+            response.status(),
+            202,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+    }
+    assert_eq!(app.task_count().await, 2 * intake::IN_FLIGHT as i64);
+}
+
+/// The ids in the ledger that are not in `before`.
+async fn stored_since(app: &TestApp, before: &[uuid::Uuid]) -> Vec<uuid::Uuid> {
+    let mut ids = stored_ids(app).await;
+    ids.retain(|id| !before.contains(id));
+    ids
 }
 
 /// The ids in the ledger.
