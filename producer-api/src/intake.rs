@@ -21,8 +21,8 @@
 //! one given back with a round trip each, and at a steady trickle of enqueues, where
 //! batches hold a task or two, those round trips cost the database as much as the
 //! statement, one of them on the way to every 202. A batch takes the connection used last
-//! if that was less than [`PING_IDLE_AFTER`] ago (and it was taken from the pool less than
-//! [`KEEP_AT_MOST`] ago); after a pause it takes one from the pool, checked within the
+//! if that was less than [`PING_IDLE_AFTER`](shared::runtime::db::PING_IDLE_AFTER) ago (and it was taken from the pool less than
+//! `KEEP_AT_MOST` (60 s) ago); after a pause it takes one from the pool, checked within the
 //! pool's acquire timeout, so that a connection cut off without a word during the pause
 //! does not hold the enqueue until TCP gives up. (One cut off under a statement still
 //! does, as any pool connection could.)
@@ -39,17 +39,19 @@
 //! that statement did not commit, and the callers hear the ledger is unavailable.)
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shared::envelope::TaskEnvelope;
-use shared::runtime::db::{connection_lost, is_transient, PING_IDLE_AFTER};
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
-use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+use shared::runtime::db::{connection_lost, is_transient};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 use crate::ledger::{self, Enqueued, TaskRow};
 use crate::metrics::Metrics;
+
+mod places;
+use places::{connection, keep, Kept, Place, Places, Slot};
 
 /// The most tasks one statement stores.
 pub const MAX_BATCH: usize = 64;
@@ -169,77 +171,13 @@ impl Intake {
     }
 }
 
-/// The longest a place keeps one connection before it gives it back to the pool (which
-/// retires connections past their lifetime, and after a failover hands out new ones).
-const KEEP_AT_MOST: Duration = Duration::from_secs(60);
-
-/// One of the [`IN_FLIGHT`] statements' places: the connection it keeps between batches
-/// (none before its first batch, or after its connection failed).
-type Slot = Option<Kept>;
-
-/// A kept connection: when it was taken from the pool, and when last used.
-struct Kept {
-    conn: PoolConnection<Postgres>,
-    taken: Instant,
-    used: Instant,
-}
-
-impl Kept {
-    fn new(conn: PoolConnection<Postgres>, taken: Instant) -> Self {
-        Self {
-            conn,
-            taken,
-            used: taken,
-        }
-    }
-
-    /// Used within [`PING_IDLE_AFTER`] and taken from the pool within [`KEEP_AT_MOST`].
-    fn fresh(&self) -> bool {
-        self.used.elapsed() < PING_IDLE_AFTER && self.taken.elapsed() < KEEP_AT_MOST
-    }
-}
-
-/// The places: how many are free, and the connections kept by the free ones, the most
-/// recently used last (a batch takes that one: under a trickle of enqueues one warm
-/// connection serves them, and the others age out).
-struct Places {
-    free: Arc<Semaphore>,
-    kept: std::sync::Mutex<Vec<Kept>>,
-}
-
-/// A place taken by a batch. It goes back to the free ones when dropped, with the
-/// connection the batch left in it (none if the batch's task panicked while using it).
-struct Place {
-    slot: Slot,
-    places: Arc<Places>,
-    _free: OwnedSemaphorePermit,
-}
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        let mut kept = self.places.kept.lock().unwrap_or_else(|e| e.into_inner());
-        // Those idle too long to be used again go back to the pool now.
-        kept.retain(|k| k.fresh());
-        kept.extend(self.slot.take());
-        // (The permit is given back after this, with the fields.)
-    }
-}
-
 /// Take the waiting tasks, up to [`MAX_BATCH`] at a time, whenever one of the
 /// [`IN_FLIGHT`] places is free, and store each batch in a task of its own (so that a
 /// caller that goes away cannot stop a statement its batch shares with others).
 async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, stored: Stored) {
-    let places = Arc::new(Places {
-        free: Arc::new(Semaphore::new(IN_FLIGHT)),
-        kept: std::sync::Mutex::new(Vec::with_capacity(IN_FLIGHT)),
-    });
+    let places = Arc::new(Places::new(IN_FLIGHT));
     loop {
-        let free = places
-            .free
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
+        let free = places.wait_for_one().await;
         let Some(first) = waiting.recv().await else {
             return;
         };
@@ -255,14 +193,7 @@ async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, store
         if batch.is_empty() {
             continue;
         }
-        // The connection used last, taken now that the batch is ready (the batch before
-        // may just have given it back).
-        let slot = places.kept.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut place = Place {
-            slot,
-            places: places.clone(),
-            _free: free,
-        };
+        let mut place = Place::take(&places, free);
         let (pool, stored) = (pool.clone(), stored.clone());
         tokio::spawn(async move {
             store(&pool, &mut place.slot, batch, &stored).await;
@@ -385,36 +316,6 @@ async fn insert(
             Err(IntakeError::unknown(AGAIN_FAILED))
         }
     }
-}
-
-/// The place's kept connection if it was used within [`PING_IDLE_AFTER`] and taken from
-/// the pool within [`KEEP_AT_MOST`]; otherwise one from the pool, which checks it within
-/// its acquire timeout (a kept connection idle longer may have been cut off without a
-/// word, and a statement on it would wait until TCP gives up).
-async fn connection(pool: &PgPool, slot: &mut Slot) -> Result<Kept, sqlx::Error> {
-    if let Some(kept) = slot.take() {
-        if kept.fresh() {
-            return Ok(kept);
-        }
-        // Back to the pool (which retires it if it is past its lifetime) before another
-        // is taken: the intake never holds more than one connection per place.
-        drop(kept);
-    }
-    Ok(Kept::new(pool.acquire().await?, Instant::now()))
-}
-
-/// Keep `conn` in `slot` for the next batch unless `result` says the connection failed;
-/// pass `result` on.
-fn keep<T>(
-    mut conn: Kept,
-    slot: &mut Slot,
-    result: Result<T, sqlx::Error>,
-) -> Result<T, sqlx::Error> {
-    if !matches!(&result, Err(error) if connection_lost(error)) {
-        conn.used = Instant::now();
-        *slot = Some(conn);
-    }
-    result
 }
 
 /// Answer each caller of a stored batch with its own task (matched by id).
