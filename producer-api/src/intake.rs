@@ -266,17 +266,11 @@ async fn insert(
     // without an answer leaves the first try's outcome open.
     let first_unknown = !matches!(lost, sqlx::Error::Database(_));
     let mut conn = match pool.acquire().await {
-        Ok(conn) => conn,
+        Ok(conn) => Kept::new(conn, Instant::now()),
         Err(error) if !first_unknown => return Err(error.into()),
         Err(_) => return Err(IntakeError::unknown(AGAIN_FAILED)),
     };
-    let second = ledger::tasks::enqueue_many(&mut conn, &tasks).await;
-    let used = Instant::now();
-    match second {
-        Ok(rows) => {
-            *slot = Some(Kept::new(conn, used));
-            Ok(rows)
-        }
+    match ledger::tasks::enqueue_many(&mut conn.conn, &tasks).await {
         Err(sqlx::Error::Database(conflict))
             if conflict.is_unique_violation()
                 && conflict.constraint() == Some("cleanup_tasks_pkey") =>
@@ -284,13 +278,13 @@ async fn insert(
             // The first try committed; its answer was lost with its connection. (All or
             // nothing: every task of the batch is stored.)
             let ids: Vec<Uuid> = batch.iter().map(|p| p.envelope.task_id).collect();
-            match ledger::tasks::get_tasks(&mut conn, &ids).await {
+            let stored = ledger::tasks::get_tasks(&mut conn.conn, &ids).await;
+            match keep(conn, slot, stored) {
                 Ok(rows) if rows.len() == ids.len() => {
                     tracing::info!(
                         tasks = ids.len(),
                         "an enqueue's first try had committed before its connection failed"
                     );
-                    *slot = Some(Kept::new(conn, used));
                     Ok(rows)
                 }
                 _ => Err(IntakeError::unknown(
@@ -299,22 +293,17 @@ async fn insert(
                 )),
             }
         }
-        // The same statement failing on its data proves the first did not commit either.
-        Err(error) if !connection_lost(&error) && !is_transient(&error) => {
-            *slot = Some(Kept::new(conn, used));
-            Err(error.into())
-        }
-        // Neither committed: the second's answer is the server's own error.
-        Err(error @ sqlx::Error::Database(_)) if !first_unknown => {
-            if !connection_lost(&error) {
-                *slot = Some(Kept::new(conn, used));
+        second => match keep(conn, slot, second) {
+            Ok(rows) => Ok(rows),
+            // The same statement failing on its data proves the first did not commit either.
+            Err(error) if !connection_lost(&error) && !is_transient(&error) => Err(error.into()),
+            // Neither committed: the second's answer is the server's own error.
+            Err(error @ sqlx::Error::Database(_)) if !first_unknown => Err(error.into()),
+            Err(error) => {
+                tracing::warn!(%error, "the second try of an enqueue statement failed");
+                Err(IntakeError::unknown(AGAIN_FAILED))
             }
-            Err(error.into())
-        }
-        Err(error) => {
-            tracing::warn!(%error, "the second try of an enqueue statement failed");
-            Err(IntakeError::unknown(AGAIN_FAILED))
-        }
+        },
     }
 }
 
