@@ -38,6 +38,12 @@ pub struct Config {
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub database_acquire_timeout: Duration,
 
+    /// How long an enqueue statement may go unanswered before its connection is taken for
+    /// lost (a network path gone silent): the statement is then tried once more on a new
+    /// connection, which finds the task if the first try committed after all.
+    #[arg(long, env = "ENQUEUE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub enqueue_statement_timeout: Duration,
+
     /// Address the HTTP API listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen_addr: SocketAddr,
@@ -196,6 +202,18 @@ impl Config {
             anyhow::bail!(
                 "DATABASE_MAX_CONNECTIONS must be at least {MIN_DATABASE_CONNECTIONS}: the intake keeps up to {} connections, the relay's listener one, and the relay, the recorder, the scheduler and the requests that read need the rest",
                 crate::intake::IN_FLIGHT
+            );
+        }
+        let (statement, acquire) = (
+            self.enqueue_statement_timeout,
+            self.database_acquire_timeout,
+        );
+        if statement.is_zero() || 3 * statement + 2 * acquire >= crate::http::REQUEST_TIMEOUT {
+            anyhow::bail!(
+                "ENQUEUE_STATEMENT_TIMEOUT ({}) must be longer than 0, and three times it plus twice DATABASE_ACQUIRE_TIMEOUT ({}) less than the {} a request may take: an enqueue whose connection fails waits for a connection, its statement, a new connection, the statement again and a read",
+                humantime::format_duration(statement),
+                humantime::format_duration(acquire),
+                humantime::format_duration(crate::http::REQUEST_TIMEOUT),
             );
         }
         if self.relay_batch_size == 0 {

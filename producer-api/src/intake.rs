@@ -21,29 +21,32 @@
 //! one given back with a round trip each, and at a steady trickle of enqueues, where
 //! batches hold a task or two, those round trips cost the database as much as the
 //! statement, one of them on the way to every 202. A batch takes the connection used last
-//! if that was less than [`PING_IDLE_AFTER`](shared::runtime::db::PING_IDLE_AFTER) ago (and it was taken from the pool less than
-//! `KEEP_AT_MOST` (60 s) ago); after a pause it takes one from the pool, checked within the
-//! pool's acquire timeout, so that a connection cut off without a word during the pause
-//! does not hold the enqueue until TCP gives up. (One cut off under a statement still
-//! does, as any pool connection could.)
+//! if that was less than [`PING_IDLE_AFTER`](shared::runtime::db::PING_IDLE_AFTER) ago
+//! (and it was taken from the pool less than `KEEP_AT_MOST` (60 s) ago); after a pause it
+//! takes one from the pool, checked within the pool's acquire timeout, so that a
+//! connection cut off without a word during the pause does not hold the enqueue until TCP
+//! gives up.
 //!
 //! A connection can still fail under a statement (the database restarted, the session was
-//! ended): then the statement is tried once more on a new one from the pool, for the
-//! callers still waiting. The first try may have committed before its answer was lost;
-//! the tasks' ids are fixed, so the second finds them stored (a primary-key conflict) and
-//! answers with the stored rows: each task is stored once and its caller hears so. If the
-//! second try cannot tell (no new connection, or it fails too) and the first connection
-//! broke without an answer, the callers hear that the outcome is unknown
-//! ([`IntakeError::Unknown`], with their task's id), not that nothing was stored. (A
-//! session the server ended, by a restart or a terminated backend, answers with its error:
-//! that statement did not commit, and the callers hear the ledger is unavailable.)
+//! ended), or go silent (a network path that drops its packets): a statement unanswered
+//! for [`Connections::statement_timeout`] (`ENQUEUE_STATEMENT_TIMEOUT`) counts as a
+//! failed connection, which is closed rather than given back to the pool. Then the
+//! statement is tried once more, for the callers still waiting, on a connection the
+//! intake opens itself (the pool's idle ones may have gone silent too, and the pool's
+//! check of one would take its whole acquire timeout). The first try may have committed
+//! before its answer was lost; the tasks' ids are fixed, so the second finds them stored
+//! (a primary-key conflict) and answers with the stored rows: each task is stored once
+//! and its caller hears so. If the second try cannot tell (no new connection, or it fails
+//! too) and the first connection broke without an answer, the callers hear that the
+//! outcome is unknown ([`IntakeError::Unknown`], with their task's id), not that nothing
+//! was stored. (A session the server ended, by a restart or a terminated backend, answers
+//! with its error: that statement did not commit, and the callers hear the ledger is
+//! unavailable.)
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use shared::envelope::TaskEnvelope;
 use shared::runtime::db::{connection_lost, is_transient};
-use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
@@ -51,7 +54,8 @@ use crate::ledger::{self, Enqueued, TaskRow};
 use crate::metrics::Metrics;
 
 mod places;
-use places::{connection, keep, Kept, Place, Places, Slot};
+pub use places::Connections;
+use places::{close, connection, keep, Place, Places, Slot};
 
 /// The most tasks one statement stores.
 pub const MAX_BATCH: usize = 64;
@@ -109,23 +113,23 @@ impl Stored {
 /// The handle the enqueue handlers share. Its writer lives as long as any handle.
 #[derive(Clone)]
 pub struct Intake {
-    pool: PgPool,
+    conns: Connections,
     queue: mpsc::Sender<Pending>,
     stored: Stored,
 }
 
 impl Intake {
-    /// Start the writer (on the current Tokio runtime). Every task it stores wakes
-    /// `outbox_written` and counts in `tasks_enqueued`.
-    pub fn start(pool: PgPool, metrics: Arc<Metrics>, outbox_written: Arc<Notify>) -> Self {
+    /// Start the writer (on the current Tokio runtime), storing through `conns`. Every
+    /// task it stores wakes `outbox_written` and counts in `tasks_enqueued`.
+    pub fn start(conns: Connections, metrics: Arc<Metrics>, outbox_written: Arc<Notify>) -> Self {
         let (queue, waiting) = mpsc::channel(MAX_BATCH * IN_FLIGHT);
         let stored = Stored {
             metrics,
             outbox_written,
         };
-        tokio::spawn(write_batches(pool.clone(), waiting, stored.clone()));
+        tokio::spawn(write_batches(conns.clone(), waiting, stored.clone()));
         Self {
-            pool,
+            conns,
             queue,
             stored,
         }
@@ -140,7 +144,8 @@ impl Intake {
         actor: Option<&str>,
     ) -> Result<Enqueued, IntakeError> {
         if idempotency_key.is_some() {
-            let enqueued = ledger::enqueue(&self.pool, &envelope, idempotency_key, actor).await?;
+            let enqueued =
+                ledger::enqueue(&self.conns.pool, &envelope, idempotency_key, actor).await?;
             if let Enqueued::Created(row) = &enqueued {
                 self.stored.record(row);
             }
@@ -174,7 +179,7 @@ impl Intake {
 /// Take the waiting tasks, up to [`MAX_BATCH`] at a time, whenever one of the
 /// [`IN_FLIGHT`] places is free, and store each batch in a task of its own (so that a
 /// caller that goes away cannot stop a statement its batch shares with others).
-async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, stored: Stored) {
+async fn write_batches(conns: Connections, mut waiting: mpsc::Receiver<Pending>, stored: Stored) {
     let places = Arc::new(Places::new(IN_FLIGHT));
     loop {
         let free = places.wait_for_one().await;
@@ -194,16 +199,16 @@ async fn write_batches(pool: PgPool, mut waiting: mpsc::Receiver<Pending>, store
             continue;
         }
         let mut place = Place::take(&places, free);
-        let (pool, stored) = (pool.clone(), stored.clone());
+        let (conns, stored) = (conns.clone(), stored.clone());
         tokio::spawn(async move {
-            store(&pool, &mut place.slot, batch, &stored).await;
+            store(&conns, &mut place.slot, batch, &stored).await;
         });
     }
 }
 
 /// Store one batch and answer each of its callers.
-async fn store(pool: &PgPool, slot: &mut Slot, batch: Vec<Pending>, stored: &Stored) {
-    let error = match insert(pool, slot, &batch).await {
+async fn store(conns: &Connections, slot: &mut Slot, batch: Vec<Pending>, stored: &Stored) {
+    let error = match insert(conns, slot, &batch).await {
         Ok(rows) => return settle(batch, rows, stored),
         Err(error) => error,
     };
@@ -218,7 +223,7 @@ async fn store(pool: &PgPool, slot: &mut Slot, batch: Vec<Pending>, stored: &Sto
             continue;
         }
         let one = vec![pending];
-        match insert(pool, slot, &one).await {
+        match insert(conns, slot, &one).await {
             Ok(rows) => settle(one, rows, stored),
             Err(error) => {
                 tracing::warn!(task_id = %one[0].envelope.task_id, %error, "enqueue failed");
@@ -232,7 +237,7 @@ async fn store(pool: &PgPool, slot: &mut Slot, batch: Vec<Pending>, stored: &Sto
 /// connection or a new one from the pool; if that connection fails, once more on a new one
 /// (see the module's documentation).
 async fn insert(
-    pool: &PgPool,
+    conns: &Connections,
     slot: &mut Slot,
     batch: &[Pending],
 ) -> Result<Vec<TaskRow>, IntakeError> {
@@ -240,8 +245,10 @@ async fn insert(
         .iter()
         .map(|p| (&p.envelope, p.actor.as_deref()))
         .collect();
-    let mut conn = connection(pool, slot).await?;
-    let first = ledger::tasks::enqueue_many(&mut conn.conn, &tasks).await;
+    let mut conn = connection(&conns.pool, slot).await?;
+    let first = conns
+        .answer(ledger::tasks::enqueue_many(&mut conn.conn, &tasks))
+        .await;
     let lost = match keep(conn, slot, first) {
         Err(error) if connection_lost(&error) => error,
         result => return Ok(result?),
@@ -259,27 +266,41 @@ async fn insert(
     if batch.is_empty() {
         return Err(IntakeError::unknown("every caller went away"));
     }
-    const AGAIN_FAILED: &str = "the ledger connection failed during the statement that stores \
-        the task, and trying it again failed too";
     // A session the server ended answers the statement with its error (a restart, a
-    // terminated backend): that statement did not commit. Only a connection that broke
-    // without an answer leaves the first try's outcome open.
+    // terminated backend): that statement did not commit. Only a connection that broke or
+    // went silent without an answer leaves the first try's outcome open.
     let first_unknown = !matches!(lost, sqlx::Error::Database(_));
-    let mut conn = match pool.acquire().await {
-        Ok(conn) => Kept::new(conn, Instant::now()),
+    let mut conn = match conns.open().await {
+        Ok(conn) => conn,
         Err(error) if !first_unknown => return Err(error.into()),
         Err(_) => return Err(IntakeError::unknown(AGAIN_FAILED)),
     };
-    match ledger::tasks::enqueue_many(&mut conn.conn, &tasks).await {
+    let ids: Vec<Uuid> = batch.iter().map(|p| p.envelope.task_id).collect();
+    let second = again(conns, &mut conn, &tasks, &ids, first_unknown).await;
+    close(conn);
+    second
+}
+
+const AGAIN_FAILED: &str = "the ledger connection failed during the statement that stores \
+    the task, and trying it again failed too";
+
+/// The second try of a batch (tasks `ids`) whose first try's connection failed, on `conn`.
+async fn again(
+    conns: &Connections,
+    conn: &mut sqlx::PgConnection,
+    tasks: &[(&TaskEnvelope, Option<&str>)],
+    ids: &[Uuid],
+    first_unknown: bool,
+) -> Result<Vec<TaskRow>, IntakeError> {
+    match conns.answer(ledger::tasks::enqueue_many(conn, tasks)).await {
+        Ok(rows) => Ok(rows),
         Err(sqlx::Error::Database(conflict))
             if conflict.is_unique_violation()
                 && conflict.constraint() == Some("cleanup_tasks_pkey") =>
         {
             // The first try committed; its answer was lost with its connection. (All or
             // nothing: every task of the batch is stored.)
-            let ids: Vec<Uuid> = batch.iter().map(|p| p.envelope.task_id).collect();
-            let stored = ledger::tasks::get_tasks(&mut conn.conn, &ids).await;
-            match keep(conn, slot, stored) {
+            match conns.answer(ledger::tasks::get_tasks(conn, ids)).await {
                 Ok(rows) if rows.len() == ids.len() => {
                     tracing::info!(
                         tasks = ids.len(),
@@ -293,17 +314,14 @@ async fn insert(
                 )),
             }
         }
-        second => match keep(conn, slot, second) {
-            Ok(rows) => Ok(rows),
-            // The same statement failing on its data proves the first did not commit either.
-            Err(error) if !connection_lost(&error) && !is_transient(&error) => Err(error.into()),
-            // Neither committed: the second's answer is the server's own error.
-            Err(error @ sqlx::Error::Database(_)) if !first_unknown => Err(error.into()),
-            Err(error) => {
-                tracing::warn!(%error, "the second try of an enqueue statement failed");
-                Err(IntakeError::unknown(AGAIN_FAILED))
-            }
-        },
+        // The same statement failing on its data proves the first did not commit either.
+        Err(error) if !connection_lost(&error) && !is_transient(&error) => Err(error.into()),
+        // Neither committed: the second's answer is the server's own error.
+        Err(error @ sqlx::Error::Database(_)) if !first_unknown => Err(error.into()),
+        Err(error) => {
+            tracing::warn!(%error, "the second try of an enqueue statement failed");
+            Err(IntakeError::unknown(AGAIN_FAILED))
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::http::{self, auth::Tokens, AppState};
+use crate::ledger::session::SessionSetup;
 use crate::ledger::MIGRATOR;
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
@@ -29,11 +30,15 @@ pub struct Application {
     schedules_file: Option<(std::path::PathBuf, tokio::signal::unix::Signal)>,
 }
 
-/// How long a ledger session may sit idle inside a transaction before PostgreSQL ends it
-/// (and releases its locks): the relay's publish timeout, the longest such wait of this
-/// process, and a margin.
-fn idle_in_transaction_limit(config: &Config) -> std::time::Duration {
-    config.relay_publish_timeout + std::time::Duration::from_secs(10)
+/// How this process's ledger sessions are set up. One may sit idle inside a transaction
+/// for the relay's publish timeout (the longest such wait of this process) and a margin
+/// before PostgreSQL ends it and releases its locks.
+fn session_setup(config: &Config) -> SessionSetup {
+    SessionSetup {
+        idle_in_transaction_limit: config.relay_publish_timeout
+            + std::time::Duration::from_secs(10),
+        relay_here: config.relay_enabled,
+    }
 }
 
 /// How long a stop waits for the relay, the recorder, the scheduler and the sweepers,
@@ -44,38 +49,11 @@ impl Application {
     /// Validate the config, connect to and migrate the ledger, bind the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
-        let relay_here = config.relay_enabled;
-        let idle_limit = idle_in_transaction_limit(&config);
+        let session = session_setup(&config);
         let pool = PgPoolOptions::new()
             .max_connections(config.database_max_connections)
             .acquire_timeout(config.database_acquire_timeout)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    // A session that stops talking in the middle of a transaction (this
-                    // process cut off from the database by a partition) would hold its
-                    // row locks until PostgreSQL notices the connection is dead, hours
-                    // with the default keepalives: the relay's claimed outbox rows, which
-                    // every other replica then skips. PostgreSQL ends such a session once
-                    // it has been idle in a transaction longer than any transaction of
-                    // this process waits between two statements (the relay's, across its
-                    // publish).
-                    sqlx::query(
-                        "SELECT set_config('idle_in_transaction_session_timeout', $1, false)",
-                    )
-                    .bind(format!("{}ms", idle_limit.as_millis()))
-                    .execute(&mut *conn)
-                    .await?;
-                    // With a relay in this process, what this process writes to the outbox
-                    // wakes that relay in-process (`AppState::outbox_written`), not by
-                    // NOTIFY: see the migration `outbox_wakeup`.
-                    if relay_here {
-                        sqlx::query("SELECT set_config('cleanup.outbox_wakeup', 'local', false)")
-                            .execute(conn)
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
+            .after_connect(move |conn, _| Box::pin(session.apply(conn)))
             .connect(&config.database_url)
             .await
             .with_context(|| {
@@ -129,7 +107,11 @@ impl Application {
         });
         let state = AppState {
             intake: crate::intake::Intake::start(
-                pool.clone(),
+                crate::intake::Connections {
+                    pool: pool.clone(),
+                    session: session_setup(&config),
+                    statement_timeout: config.enqueue_statement_timeout,
+                },
                 metrics.clone(),
                 outbox_written.clone(),
             ),

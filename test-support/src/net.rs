@@ -14,8 +14,14 @@ pub struct TcpProxy {
     pub addr: SocketAddr,
     enabled: Arc<AtomicBool>,
     frozen: Arc<AtomicBool>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    connections: Arc<Mutex<Vec<Passing>>>,
     accept: JoinHandle<()>,
+}
+
+/// A connection the proxy passes, and whether it alone is frozen.
+struct Passing {
+    task: JoinHandle<()>,
+    frozen: Arc<AtomicBool>,
 }
 
 impl TcpProxy {
@@ -26,7 +32,7 @@ impl TcpProxy {
         let addr = listener.local_addr().unwrap();
         let enabled = Arc::new(AtomicBool::new(enabled));
         let frozen = Arc::new(AtomicBool::new(false));
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let connections: Arc<Mutex<Vec<Passing>>> = Arc::default();
         let upstream = upstream.to_owned();
         let accept = {
             let (enabled, frozen) = (enabled.clone(), frozen.clone());
@@ -41,7 +47,8 @@ impl TcpProxy {
                         continue;
                     }
                     let upstream = upstream.clone();
-                    let frozen = frozen.clone();
+                    let frozen = [frozen.clone(), Arc::default()];
+                    let this = frozen[1].clone();
                     let task = tokio::spawn(async move {
                         if let Ok(outbound) = TcpStream::connect(&upstream).await {
                             let (from_client, to_client) = inbound.into_split();
@@ -52,7 +59,10 @@ impl TcpProxy {
                             );
                         }
                     });
-                    connections.lock().unwrap().push(task);
+                    connections
+                        .lock()
+                        .unwrap()
+                        .push(Passing { task, frozen: this });
                 }
             })
         };
@@ -71,11 +81,20 @@ impl TcpProxy {
         self.frozen.store(true, Ordering::SeqCst);
     }
 
+    /// Stop passing bytes either way on the connections open now, leaving them open, and
+    /// pass those made from now on: one path through the network goes silent while a new
+    /// one works (a firewall or NAT forgot the connection, a load balancer's backend left).
+    pub fn freeze_open(&self) {
+        for open in self.connections.lock().unwrap().iter() {
+            open.frozen.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Refuse new connections and cut the open ones.
     pub fn cut(&self) {
         self.enabled.store(false, Ordering::SeqCst);
-        for task in self.connections.lock().unwrap().drain(..) {
-            task.abort();
+        for open in self.connections.lock().unwrap().drain(..) {
+            open.task.abort();
         }
     }
 
@@ -83,13 +102,13 @@ impl TcpProxy {
     /// connection held back is never delivered), then pass bytes again on the connections
     /// made from now on: a path through the network reset, or a service restarted.
     pub async fn reset(&self) {
-        let open: Vec<JoinHandle<()>> = self.connections.lock().unwrap().drain(..).collect();
+        let open: Vec<Passing> = self.connections.lock().unwrap().drain(..).collect();
         // Every one told first, then each awaited: none passes bytes once one has ended.
-        for task in &open {
-            task.abort();
+        for open in &open {
+            open.task.abort();
         }
-        for task in open {
-            let _ = task.await;
+        for open in open {
+            let _ = open.task.await;
         }
         self.frozen.store(false, Ordering::SeqCst);
     }
@@ -116,11 +135,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Copy bytes from `from` to `to` until either side closes, holding them while `frozen`.
+/// Copy bytes from `from` to `to` until either side closes, holding them while either of
+/// `frozen` is set (the proxy's, the connection's own).
 async fn forward(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: &AtomicBool,
+    frozen: &[Arc<AtomicBool>; 2],
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buffer = vec![0u8; 64 * 1024];
@@ -129,7 +149,7 @@ async fn forward(
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
-        while frozen.load(Ordering::SeqCst) {
+        while frozen.iter().any(|f| f.load(Ordering::SeqCst)) {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         if to.write_all(&buffer[..read]).await.is_err() {

@@ -46,7 +46,7 @@ pub struct AppState {
 }
 
 /// Requests that take longer are answered 408; the body and the ledger are bounded well below.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(state: AppState) -> Router {
     let protected = tasks::router()

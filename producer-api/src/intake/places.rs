@@ -1,13 +1,71 @@
 //! The intake's places: the [`super::IN_FLIGHT`] statements, each with the connection it
 //! keeps between batches (see the intake's documentation).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shared::runtime::db::{connection_lost, PING_IDLE_AFTER};
 use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::ledger::session::SessionSetup;
+
+/// Where the intake's statements get their connections, and how long one may go
+/// unanswered.
+#[derive(Clone)]
+pub struct Connections {
+    /// The ledger pool: a batch's connection is kept from the batch before, or taken from it.
+    pub pool: PgPool,
+    /// How a connection the intake opens on its own is set up (as the pool's are).
+    pub session: SessionSetup,
+    /// How long a statement may go unanswered before its connection is taken for lost.
+    pub statement_timeout: Duration,
+}
+
+impl Connections {
+    /// `statement`'s answer, or, if none came within the statement timeout, an I/O error
+    /// (`TimedOut`) that [`connection_lost`] counts as lost: the connection is in the
+    /// middle of a statement and must not be used again.
+    pub(super) async fn answer<T>(
+        &self,
+        statement: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        let limit = self.statement_timeout;
+        tokio::time::timeout(limit, statement)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("no answer from the ledger", limit)))
+    }
+
+    /// A connection of the intake's own, opened and set up within the pool's acquire
+    /// timeout. After a connection failed, the pool's idle ones may have too (a network
+    /// path gone silent), and the pool's check of one would take its whole acquire timeout.
+    pub(super) async fn open(&self) -> Result<PgConnection, sqlx::Error> {
+        let limit = self.pool.options().get_acquire_timeout();
+        let opening = async {
+            let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
+            self.session.apply(&mut conn).await?;
+            Ok(conn)
+        };
+        tokio::time::timeout(limit, opening)
+            .await
+            .unwrap_or_else(|_| Err(timed_out("no new connection to the ledger", limit)))
+    }
+}
+
+fn timed_out(what: &str, limit: Duration) -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} within {}", humantime::format_duration(limit)),
+    ))
+}
+
+/// Close a connection the intake opened, in the background (politely, so that the server
+/// does not log a lost client, within a second).
+pub(super) fn close(conn: PgConnection) {
+    tokio::spawn(tokio::time::timeout(Duration::from_secs(1), conn.close()));
+}
 
 /// The longest a place keeps one connection before it gives it back to the pool (which
 /// retires connections past their lifetime, and after a failover hands out new ones).
@@ -116,13 +174,17 @@ pub(super) async fn connection(pool: &PgPool, slot: &mut Slot) -> Result<Kept, s
 }
 
 /// Keep `conn` in `slot` for the next batch unless `result` says the connection failed;
-/// pass `result` on.
+/// pass `result` on. A failed one is taken out of the pool and closed: given back, the
+/// pool would check it, which on a connection gone silent (or left in the middle of a
+/// statement) waits until TCP gives up, holding one of the pool's places.
 pub(super) fn keep<T>(
     mut conn: Kept,
     slot: &mut Slot,
     result: Result<T, sqlx::Error>,
 ) -> Result<T, sqlx::Error> {
-    if !matches!(&result, Err(error) if connection_lost(error)) {
+    if matches!(&result, Err(error) if connection_lost(error)) {
+        drop(conn.conn.detach());
+    } else {
         conn.used = Instant::now();
         *slot = Some(conn);
     }

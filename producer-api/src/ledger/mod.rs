@@ -24,6 +24,7 @@ pub mod copies;
 pub mod outbox;
 pub mod retention;
 pub mod schedules;
+pub mod session;
 pub mod tasks;
 pub mod transitions;
 pub mod workers;

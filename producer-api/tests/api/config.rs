@@ -58,3 +58,36 @@ fn a_ledger_pool_smaller_than_the_intake_needs_is_refused() {
     );
     config(least).validate().expect("the smallest pool allowed");
 }
+
+/// An enqueue statement's deadline that would let an enqueue outlast the requests' own
+/// limit (and be answered 408 with its outcome unknown), or a zero one, is refused at
+/// start, with the setting named.
+#[test]
+fn an_enqueue_statement_timeout_a_request_cannot_wait_for_is_refused() {
+    use clap::Parser as _;
+    let config = |statement: &str, acquire: &str| {
+        producer_api::Config::try_parse_from([
+            "producer-api".to_owned(),
+            "--database-url=postgres://postgres@127.0.0.1/unused".to_owned(),
+            format!("--enqueue-statement-timeout={statement}"),
+            format!("--database-acquire-timeout={acquire}"),
+            format!("--api-tokens={}", test_support::TOKEN),
+            format!("--task-signing-keys={}", test_support::SIGNING_KEYS),
+        ])
+        .expect("parses")
+    };
+    for (statement, acquire) in [("0s", "3s"), ("8s", "3s"), ("5s", "7500ms")] {
+        let refused = config(statement, acquire)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("ENQUEUE_STATEMENT_TIMEOUT"),
+            "{statement}, {acquire}: {refused}"
+        );
+    }
+    // 3 x 7 s + 2 x 4 s = 29 s, under the 30 s a request may take.
+    config("7s", "4s")
+        .validate()
+        .expect("within the request's limit");
+}

@@ -5,6 +5,7 @@ mod cancel;
 mod config;
 mod console;
 mod enqueue;
+mod enqueue_silence;
 mod idempotency;
 mod intake;
 mod openapi;

@@ -17,7 +17,7 @@ async fn behind(proxy: &TcpProxy) -> Stack {
 
 /// An API on a database of its own that it reaches through `proxy` (with `options`
 /// besides). The database and the broker's names live as long as the returned guards.
-async fn on_database_behind(
+pub(crate) async fn on_database_behind(
     proxy: &TcpProxy,
     options: AppOptions,
 ) -> (TestDb, TestBroker, TestApp) {
@@ -287,17 +287,17 @@ async fn an_enqueue_that_cannot_be_tried_again_is_answered_outcome_unknown() {
 /// one task is POSTed, until its statement waits there. (A lock on a table would stop the
 /// statement's preparation instead, on a connection that has not prepared it, and hold
 /// back that answer rather than the commit's.)
-struct HeldEnqueue {
+pub(crate) struct HeldEnqueue {
     before: Vec<uuid::Uuid>,
     locker: sqlx::PgConnection,
-    post: tokio::task::JoinHandle<reqwest::Response>,
+    pub(crate) post: tokio::task::JoinHandle<reqwest::Response>,
 }
 
 /// The advisory lock key the outbox trigger waits for in [`HeldEnqueue`].
 const HOLD: i64 = 4242;
 
 impl HeldEnqueue {
-    async fn start(db: &TestDb, app: &TestApp) -> Self {
+    pub(crate) async fn start(db: &TestDb, app: &TestApp) -> Self {
         // A task stored first, so that the intake has a connection that stored one.
         let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
         assert_eq!(response.status(), 202);
@@ -349,7 +349,7 @@ impl HeldEnqueue {
 
     /// Let the statement go on, and wait until it committed: the tasks stored before it,
     /// and its request.
-    async fn release(
+    pub(crate) async fn release(
         mut self,
         app: &TestApp,
     ) -> (Vec<uuid::Uuid>, tokio::task::JoinHandle<reqwest::Response>) {
@@ -388,7 +388,7 @@ async fn stored_once_across(app: &TestApp, breaking: impl std::future::Future<Ou
 }
 
 /// The ids in the ledger that are not in `before`.
-async fn stored_since(app: &TestApp, before: &[uuid::Uuid]) -> Vec<uuid::Uuid> {
+pub(crate) async fn stored_since(app: &TestApp, before: &[uuid::Uuid]) -> Vec<uuid::Uuid> {
     let mut ids = stored_ids(app).await;
     ids.retain(|id| !before.contains(id));
     ids
