@@ -8,9 +8,10 @@ use shared::runtime::config::{split_list, AmqpArgs, SigningArgs};
 use shared::runtime::telemetry::LogArgs;
 use shared::tasks::ValidationRules;
 
-/// The smallest ledger pool the API runs with: the intake's statements, the relay's
-/// listener, and one each for the relay, the recorder, the scheduler and reads.
-pub const MIN_DATABASE_CONNECTIONS: usize = crate::intake::IN_FLIGHT + 4;
+/// The smallest ledger pool the API runs with: the relay's listener, and one each for the
+/// relay, the recorder, the scheduler and the requests. (The intake's enqueue statements
+/// have connections of their own besides.)
+pub const MIN_DATABASE_CONNECTIONS: usize = 5;
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
@@ -38,8 +39,9 @@ pub struct Config {
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub database_acquire_timeout: Duration,
 
-    /// How long an enqueue statement may go unanswered before its connection is taken for
-    /// lost (a network path gone silent): the statement is then tried once more on a new
+    /// The `statement_timeout` of the enqueue statements: the server cancels one that runs
+    /// longer (nothing is stored, the client hears 503). One whose answer does not come
+    /// within this and a second (a network path gone silent) is tried once more on a new
     /// connection, which finds the task if the first try committed after all.
     #[arg(long, env = "ENQUEUE_STATEMENT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub enqueue_statement_timeout: Duration,
@@ -200,22 +202,10 @@ impl Config {
         }
         if (self.database_max_connections as usize) < MIN_DATABASE_CONNECTIONS {
             anyhow::bail!(
-                "DATABASE_MAX_CONNECTIONS must be at least {MIN_DATABASE_CONNECTIONS}: the intake keeps up to {} connections, the relay's listener one, and the relay, the recorder, the scheduler and the requests that read need the rest",
-                crate::intake::IN_FLIGHT
+                "DATABASE_MAX_CONNECTIONS must be at least {MIN_DATABASE_CONNECTIONS}: the relay's listener keeps one, and the relay, the recorder, the scheduler and the requests need the rest"
             );
         }
-        let (statement, acquire) = (
-            self.enqueue_statement_timeout,
-            self.database_acquire_timeout,
-        );
-        if statement.is_zero() || 3 * statement + 2 * acquire >= crate::http::REQUEST_TIMEOUT {
-            anyhow::bail!(
-                "ENQUEUE_STATEMENT_TIMEOUT ({}) must be longer than 0, and three times it plus twice DATABASE_ACQUIRE_TIMEOUT ({}) less than the {} a request may take: an enqueue whose connection fails waits for a connection, its statement, a new connection, the statement again and a read",
-                humantime::format_duration(statement),
-                humantime::format_duration(acquire),
-                humantime::format_duration(crate::http::REQUEST_TIMEOUT),
-            );
-        }
+        self.check_enqueue_waits()?;
         if self.relay_batch_size == 0 {
             anyhow::bail!("RELAY_BATCH_SIZE must be at least 1");
         }
@@ -235,6 +225,36 @@ impl Config {
         }
         if !(1..=self.max_attempts_limit).contains(&self.max_attempts) {
             anyhow::bail!("MAX_ATTEMPTS must be between 1 and MAX_ATTEMPTS_LIMIT");
+        }
+        Ok(())
+    }
+
+    /// The longest an enqueue can wait on the ledger must stay under the time a request may
+    /// take (past it the client is answered 408 while its statement may still commit): the
+    /// check of a kept connection, a new one, the statement, a new connection again, the
+    /// statement again and a read of the stored tasks.
+    fn check_enqueue_waits(&self) -> anyhow::Result<()> {
+        use crate::intake::{ANSWER_GRACE, PING_TIMEOUT};
+        let (statement, connect) = (
+            self.enqueue_statement_timeout,
+            self.database_acquire_timeout,
+        );
+        let longest = statement
+            .checked_add(ANSWER_GRACE)
+            .and_then(|answer| answer.checked_mul(3))
+            .and_then(|answers| answers.checked_add(connect.checked_mul(2)?))
+            .and_then(|waits| waits.checked_add(PING_TIMEOUT));
+        if statement < Duration::from_secs(1)
+            || longest.is_none_or(|longest| longest >= crate::http::REQUEST_TIMEOUT)
+        {
+            anyhow::bail!(
+                "ENQUEUE_STATEMENT_TIMEOUT ({}) must be at least 1s, and an enqueue whose connection fails must be answered within the {} a request may take: a check of its connection ({}), two new connections (DATABASE_ACQUIRE_TIMEOUT, {} each) and three statements (ENQUEUE_STATEMENT_TIMEOUT and {} each)",
+                humantime::format_duration(statement),
+                humantime::format_duration(crate::http::REQUEST_TIMEOUT),
+                humantime::format_duration(PING_TIMEOUT),
+                humantime::format_duration(connect),
+                humantime::format_duration(ANSWER_GRACE),
+            );
         }
         Ok(())
     }

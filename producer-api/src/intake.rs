@@ -16,32 +16,31 @@
 //! A task whose caller went away before its statement began (the request timed out, the
 //! client disconnected) is not stored: that caller was told nothing was.
 //!
-//! The [`IN_FLIGHT`] statements keep their connections from one batch to the next, rather
-//! than taking one from the pool each time: the pool checks a connection it hands out and
-//! one given back with a round trip each, and at a steady trickle of enqueues, where
-//! batches hold a task or two, those round trips cost the database as much as the
-//! statement, one of them on the way to every 202. A batch takes the connection used last
-//! if that was less than [`PING_IDLE_AFTER`](shared::runtime::db::PING_IDLE_AFTER) ago
-//! (and it was taken from the pool less than `KEEP_AT_MOST` (60 s) ago); after a pause it
-//! takes one from the pool, checked within the pool's acquire timeout, so that a
-//! connection cut off without a word during the pause does not hold the enqueue until TCP
-//! gives up.
+//! The [`IN_FLIGHT`] statements have connections of their own, not the pool's, which they
+//! keep from one batch to the next: the pool checks a connection it hands out and one
+//! given back with a round trip each, and at a steady trickle of enqueues, where batches
+//! hold a task or two, those round trips cost the database as much as the statement, one
+//! of them on the way to every 202. A batch takes the connection used last; one idle for
+//! [`PING_IDLE_AFTER`](shared::runtime::db::PING_IDLE_AFTER) or more is checked first
+//! with a round trip (within [`PING_TIMEOUT`]), so that one cut off without a word during
+//! a pause does not hold the enqueue; one opened `KEEP_AT_MOST` (60 s) ago is replaced.
 //!
-//! A connection can still fail under a statement (the database restarted, the session was
-//! ended), or go silent (a network path that drops its packets): a statement unanswered
-//! for [`Connections::statement_timeout`] (`ENQUEUE_STATEMENT_TIMEOUT`) counts as a
-//! failed connection, which is closed rather than given back to the pool. Then the
-//! statement is tried once more, for the callers still waiting, on a connection the
-//! intake opens itself (the pool's idle ones may have gone silent too, and the pool's
-//! check of one would take its whole acquire timeout). The first try may have committed
-//! before its answer was lost; the tasks' ids are fixed, so the second finds them stored
-//! (a primary-key conflict) and answers with the stored rows: each task is stored once
-//! and its caller hears so. If the second try cannot tell (no new connection, or it fails
-//! too) and the first connection broke without an answer, the callers hear that the
-//! outcome is unknown ([`IntakeError::Unknown`], with their task's id), not that nothing
-//! was stored. (A session the server ended, by a restart or a terminated backend, answers
-//! with its error: that statement did not commit, and the callers hear the ledger is
-//! unavailable.)
+//! The intake's connections carry a server-side `statement_timeout`
+//! ([`Connections::statement_timeout`], `ENQUEUE_STATEMENT_TIMEOUT`): a statement the
+//! server is slow to finish (a lock, an overloaded server) is cancelled there, nothing of
+//! it is stored, and its callers hear the ledger is unavailable. A statement whose answer
+//! does not come within that and [`ANSWER_GRACE`] went down a connection that failed or
+//! went silent (a network path that drops its packets), as does one whose connection
+//! fails under it (the database restarted, the session was ended). That connection is
+//! closed, and the statement tried once more, for the callers still waiting, on a new
+//! one. The first try may have committed before its answer was lost; the tasks' ids are
+//! fixed, so the second finds them stored (a primary-key conflict) and answers with the
+//! stored rows: each task is stored once and its caller hears so. If the second try
+//! cannot tell (no new connection, or it fails too) and the first connection broke
+//! without an answer, the callers hear that the outcome is unknown
+//! ([`IntakeError::Unknown`], with their task's id), not that nothing was stored. (A
+//! session the server ended, by a restart or a terminated backend, answers with its
+//! error: that statement did not commit, and the callers hear the ledger is unavailable.)
 
 use std::sync::Arc;
 
@@ -54,12 +53,12 @@ use crate::ledger::{self, Enqueued, TaskRow};
 use crate::metrics::Metrics;
 
 mod places;
-pub use places::Connections;
-use places::{close, connection, keep, Place, Places, Slot};
+use places::{connection, keep, keep_if, Place, Places, Slot};
+pub use places::{Connections, ANSWER_GRACE, PING_TIMEOUT};
 
 /// The most tasks one statement stores.
 pub const MAX_BATCH: usize = 64;
-/// The most enqueue statements running at once (each holds a connection of the pool).
+/// The most enqueue statements running at once (each on a connection of the intake's own).
 pub const IN_FLIGHT: usize = 4;
 
 /// A task waiting to be stored, and who to tell.
@@ -245,7 +244,7 @@ async fn insert(
         .iter()
         .map(|p| (&p.envelope, p.actor.as_deref()))
         .collect();
-    let mut conn = connection(&conns.pool, slot).await?;
+    let mut conn = connection(conns, slot).await?;
     let first = conns
         .answer(ledger::tasks::enqueue_many(&mut conn.conn, &tasks))
         .await;
@@ -276,8 +275,13 @@ async fn insert(
         Err(_) => return Err(IntakeError::unknown(AGAIN_FAILED)),
     };
     let ids: Vec<Uuid> = batch.iter().map(|p| p.envelope.task_id).collect();
-    let second = again(conns, &mut conn, &tasks, &ids, first_unknown).await;
-    close(conn);
+    let second = again(conns, &mut conn.conn, &tasks, &ids, first_unknown).await;
+    let healthy = match &second {
+        Ok(_) => true,
+        Err(IntakeError::Ledger(error)) => !connection_lost(error),
+        Err(IntakeError::Unknown { .. }) => false,
+    };
+    keep_if(conn, slot, healthy);
     second
 }
 
@@ -314,8 +318,16 @@ async fn again(
                 )),
             }
         }
-        // The same statement failing on its data proves the first did not commit either.
-        Err(error) if !connection_lost(&error) && !is_transient(&error) => Err(error.into()),
+        // The same statement failing on its data (or on a constraint other than the
+        // tasks' ids) proves the first did not commit either. Any other error (a server
+        // in recovery after a failover, a decoding error) does not.
+        Err(sqlx::Error::Database(error))
+            if error
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")) =>
+        {
+            Err(sqlx::Error::Database(error).into())
+        }
         // Neither committed: the second's answer is the server's own error.
         Err(error @ sqlx::Error::Database(_)) if !first_unknown => Err(error.into()),
         Err(error) => {

@@ -111,6 +111,7 @@ impl Application {
                     pool: pool.clone(),
                     session: session_setup(&config),
                     statement_timeout: config.enqueue_statement_timeout,
+                    connect_timeout: config.database_acquire_timeout,
                 },
                 metrics.clone(),
                 outbox_written.clone(),

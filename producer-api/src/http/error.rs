@@ -100,8 +100,9 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 57P01..03: shutdown / cannot connect now;
-            // 53300: too many connections.
-            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+            // 53300: too many connections; 57014: cancelled (an enqueue statement past its
+            // `statement_timeout`: the ledger was too slow, and nothing was stored).
+            code.starts_with("08") || code.starts_with("57P") || code == "53300" || code == "57014"
         }),
         _ => false,
     }

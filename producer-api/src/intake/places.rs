@@ -1,56 +1,87 @@
 //! The intake's places: the [`super::IN_FLIGHT`] statements, each with the connection it
 //! keeps between batches (see the intake's documentation).
+//!
+//! These connections are the intake's own, not the ledger pool's: each is set up with a
+//! server-side `statement_timeout`, so that a statement the server is slow to finish (a
+//! lock, an overloaded server) is cancelled there and answered, and only one whose answer
+//! does not come at all (a network path gone silent) is given up on by the intake. A
+//! connection given up on in the middle of a statement is closed, never reused.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shared::runtime::db::{connection_lost, PING_IDLE_AFTER};
-use sqlx::pool::PoolConnection;
-use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
+use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::ledger::session::SessionSetup;
 
-/// Where the intake's statements get their connections, and how long one may go
-/// unanswered.
+/// The longest a place keeps one connection before it opens a new one (so that a
+/// replica follows a failover or a DNS change within a minute).
+pub(super) const KEEP_AT_MOST: Duration = Duration::from_secs(60);
+/// How long after the server's `statement_timeout` a statement's answer may still come
+/// before its connection is taken for lost (the server cancels it in milliseconds).
+pub const ANSWER_GRACE: Duration = Duration::from_secs(1);
+/// How long the check of a connection idle for [`PING_IDLE_AFTER`] or more may take (a
+/// round trip, milliseconds even under load) before another connection is opened.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How the intake connects to the ledger, and how long it waits for its statements.
 #[derive(Clone)]
 pub struct Connections {
-    /// The ledger pool: a batch's connection is kept from the batch before, or taken from it.
+    /// The ledger pool: keyed enqueues go through it, and the intake opens its own
+    /// connections with its connect options.
     pub pool: PgPool,
-    /// How a connection the intake opens on its own is set up (as the pool's are).
+    /// How the intake's connections are set up (as the pool's are).
     pub session: SessionSetup,
-    /// How long a statement may go unanswered before its connection is taken for lost.
+    /// The server-side `statement_timeout` of the intake's connections.
     pub statement_timeout: Duration,
+    /// How long opening (and setting up) a connection may take.
+    pub connect_timeout: Duration,
 }
 
 impl Connections {
-    /// `statement`'s answer, or, if none came within the statement timeout, an I/O error
+    /// The longest the intake waits for a statement's answer: the server's
+    /// `statement_timeout` and [`ANSWER_GRACE`].
+    pub fn answer_within(&self) -> Duration {
+        self.statement_timeout + ANSWER_GRACE
+    }
+
+    /// `statement`'s answer, or, if none came within [`Self::answer_within`], an I/O error
     /// (`TimedOut`) that [`connection_lost`] counts as lost: the connection is in the
     /// middle of a statement and must not be used again.
     pub(super) async fn answer<T>(
         &self,
         statement: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, sqlx::Error> {
-        let limit = self.statement_timeout;
+        let limit = self.answer_within();
         tokio::time::timeout(limit, statement)
             .await
             .unwrap_or_else(|_| Err(timed_out("no answer from the ledger", limit)))
     }
 
-    /// A connection of the intake's own, opened and set up within the pool's acquire
-    /// timeout. After a connection failed, the pool's idle ones may have too (a network
-    /// path gone silent), and the pool's check of one would take its whole acquire timeout.
-    pub(super) async fn open(&self) -> Result<PgConnection, sqlx::Error> {
-        let limit = self.pool.options().get_acquire_timeout();
+    /// A new connection of the intake's, opened and set up within the connect timeout.
+    pub(super) async fn open(&self) -> Result<Kept, sqlx::Error> {
+        let limit = self.connect_timeout;
         let opening = async {
             let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
             self.session.apply(&mut conn).await?;
+            sqlx::query("SELECT set_config('statement_timeout', $1, false)")
+                .bind(format!("{}ms", self.statement_timeout.as_millis()))
+                .execute(&mut conn)
+                .await?;
             Ok(conn)
         };
-        tokio::time::timeout(limit, opening)
+        let conn = tokio::time::timeout(limit, opening)
             .await
-            .unwrap_or_else(|_| Err(timed_out("no new connection to the ledger", limit)))
+            .unwrap_or_else(|_| Err(timed_out("no new connection to the ledger", limit)))?;
+        let now = Instant::now();
+        Ok(Kept {
+            conn,
+            opened: now,
+            used: now,
+        })
     }
 }
 
@@ -61,45 +92,20 @@ fn timed_out(what: &str, limit: Duration) -> sqlx::Error {
     ))
 }
 
-/// Close a connection the intake opened, in the background (politely, so that the server
-/// does not log a lost client, within a second).
-pub(super) fn close(conn: PgConnection) {
-    tokio::spawn(tokio::time::timeout(Duration::from_secs(1), conn.close()));
-}
-
-/// The longest a place keeps one connection before it gives it back to the pool (which
-/// retires connections past their lifetime, and after a failover hands out new ones).
-pub(super) const KEEP_AT_MOST: Duration = Duration::from_secs(60);
-
-/// One of the [`IN_FLIGHT`](super::IN_FLIGHT) statements' places: the connection it keeps between batches
-/// (none before its first batch, or after its connection failed).
+/// One of the [`IN_FLIGHT`](super::IN_FLIGHT) statements' places: the connection it
+/// keeps between batches (none before its first batch, or after its connection failed).
 pub(super) type Slot = Option<Kept>;
 
-/// A kept connection: when it was taken from the pool, and when last used.
+/// A kept connection: when it was opened, and when last used.
 pub(super) struct Kept {
-    pub(super) conn: PoolConnection<Postgres>,
-    taken: Instant,
+    pub(super) conn: PgConnection,
+    opened: Instant,
     used: Instant,
-}
-
-impl Kept {
-    pub(super) fn new(conn: PoolConnection<Postgres>, taken: Instant) -> Self {
-        Self {
-            conn,
-            taken,
-            used: taken,
-        }
-    }
-
-    /// Used within [`PING_IDLE_AFTER`] and taken from the pool within [`KEEP_AT_MOST`].
-    fn fresh(&self) -> bool {
-        self.used.elapsed() < PING_IDLE_AFTER && self.taken.elapsed() < KEEP_AT_MOST
-    }
 }
 
 /// The places: how many are free, and the connections kept by the free ones, the most
 /// recently used last (a batch takes that one: under a trickle of enqueues one warm
-/// connection serves them, and the others age out).
+/// connection serves them).
 pub(super) struct Places {
     free: Arc<Semaphore>,
     kept: Mutex<Vec<Kept>>,
@@ -149,44 +155,57 @@ impl Place {
 
 impl Drop for Place {
     fn drop(&mut self) {
-        let mut kept = self.places.kept();
-        // Those idle too long to be used again go back to the pool now.
-        kept.retain(|k| k.fresh());
-        kept.extend(self.slot.take());
+        self.places.kept().extend(self.slot.take());
         // (The permit is given back after this, with the fields.)
     }
 }
 
-/// The place's kept connection if it was used within [`PING_IDLE_AFTER`] and taken from
-/// the pool within [`KEEP_AT_MOST`]; otherwise one from the pool, which checks it within
-/// its acquire timeout (a kept connection idle longer may have been cut off without a
-/// word, and a statement on it would wait until TCP gives up).
-pub(super) async fn connection(pool: &PgPool, slot: &mut Slot) -> Result<Kept, sqlx::Error> {
-    if let Some(kept) = slot.take() {
-        if kept.fresh() {
+/// The place's kept connection, checked with a round trip (within [`PING_TIMEOUT`]) if
+/// it sat idle for [`PING_IDLE_AFTER`] or more: one cut off without a word meanwhile
+/// would hold a statement until the intake gives up on it. A new one if there is none,
+/// the check fails, or it was opened [`KEEP_AT_MOST`] ago.
+pub(super) async fn connection(conns: &Connections, slot: &mut Slot) -> Result<Kept, sqlx::Error> {
+    if let Some(mut kept) = slot.take() {
+        if kept.opened.elapsed() >= KEEP_AT_MOST {
+            close(kept.conn);
+        } else if kept.used.elapsed() < PING_IDLE_AFTER
+            || matches!(
+                tokio::time::timeout(PING_TIMEOUT, kept.conn.ping()).await,
+                Ok(Ok(()))
+            )
+        {
             return Ok(kept);
         }
-        // Back to the pool (which retires it if it is past its lifetime) before another
-        // is taken: the intake never holds more than one connection per place.
-        drop(kept);
+        // (A connection whose check failed is dropped: closed without a word.)
     }
-    Ok(Kept::new(pool.acquire().await?, Instant::now()))
+    conns.open().await
 }
 
-/// Keep `conn` in `slot` for the next batch unless `result` says the connection failed;
-/// pass `result` on. A failed one is taken out of the pool and closed: given back, the
-/// pool would check it, which on a connection gone silent (or left in the middle of a
-/// statement) waits until TCP gives up, holding one of the pool's places.
+/// Close a connection of the intake's in the background, politely (so that the server
+/// does not log a lost client), within a second.
+fn close(conn: PgConnection) {
+    tokio::spawn(tokio::time::timeout(Duration::from_secs(1), conn.close()));
+}
+
+/// Keep `conn` in `slot` for the next batch unless `result` says the connection failed
+/// (then it is dropped, which closes it); pass `result` on.
 pub(super) fn keep<T>(
-    mut conn: Kept,
+    conn: Kept,
     slot: &mut Slot,
     result: Result<T, sqlx::Error>,
 ) -> Result<T, sqlx::Error> {
-    if matches!(&result, Err(error) if connection_lost(error)) {
-        drop(conn.conn.detach());
-    } else {
+    keep_if(
+        conn,
+        slot,
+        !matches!(&result, Err(error) if connection_lost(error)),
+    );
+    result
+}
+
+/// Keep `conn` in `slot` for the next batch if it is `healthy`; drop (close) it if not.
+pub(super) fn keep_if(mut conn: Kept, slot: &mut Slot, healthy: bool) {
+    if healthy {
         conn.used = Instant::now();
         *slot = Some(conn);
     }
-    result
 }

@@ -35,10 +35,10 @@ fn every_metric_is_documented_in_the_readme() {
     assert!(missing.is_empty(), "README lacks metrics: {missing:?}");
 }
 
-/// A ledger pool too small for the connections the intake keeps is refused at start, with
-/// the setting named.
+/// A ledger pool too small for the relay's listener, the relay, the recorder, the
+/// scheduler and the requests is refused at start, with the setting named.
 #[test]
-fn a_ledger_pool_smaller_than_the_intake_needs_is_refused() {
+fn a_ledger_pool_smaller_than_the_api_needs_is_refused() {
     use clap::Parser as _;
     let config = |connections: usize| {
         producer_api::Config::try_parse_from([
@@ -59,9 +59,9 @@ fn a_ledger_pool_smaller_than_the_intake_needs_is_refused() {
     config(least).validate().expect("the smallest pool allowed");
 }
 
-/// An enqueue statement's deadline that would let an enqueue outlast the requests' own
-/// limit (and be answered 408 with its outcome unknown), or a zero one, is refused at
-/// start, with the setting named.
+/// An enqueue statement's timeout that would let an enqueue outlast the requests' own
+/// limit (and be answered 408 while its statement may still commit), or one under a
+/// second, is refused at start, with the setting named.
 #[test]
 fn an_enqueue_statement_timeout_a_request_cannot_wait_for_is_refused() {
     use clap::Parser as _;
@@ -76,7 +76,7 @@ fn an_enqueue_statement_timeout_a_request_cannot_wait_for_is_refused() {
         ])
         .expect("parses")
     };
-    for (statement, acquire) in [("0s", "3s"), ("8s", "3s"), ("5s", "7500ms")] {
+    for (statement, acquire) in [("500ms", "3s"), ("7s", "3s"), ("5s", "5500ms")] {
         let refused = config(statement, acquire)
             .validate()
             .unwrap_err()
@@ -86,8 +86,9 @@ fn an_enqueue_statement_timeout_a_request_cannot_wait_for_is_refused() {
             "{statement}, {acquire}: {refused}"
         );
     }
-    // 3 x 7 s + 2 x 4 s = 29 s, under the 30 s a request may take.
-    config("7s", "4s")
+    // 1 s + 2 x 3 s + 3 x (6 s + 1 s) = 28 s, under the 30 s a request may take.
+    config("6s", "3s")
         .validate()
         .expect("within the request's limit");
+    config("1s", "3s").validate().expect("the shortest allowed");
 }

@@ -1,19 +1,21 @@
-//! The network path to the ledger goes silent while an enqueue statement waits for its
-//! answer: the intake gives up on that connection after `ENQUEUE_STATEMENT_TIMEOUT`
-//! rather than holding the request (and one of its statements' places) until TCP gives
-//! up, and still never answers "nothing was stored" for a task that was.
+//! An enqueue statement that is not answered in time. A slow server cancels it itself
+//! (`ENQUEUE_STATEMENT_TIMEOUT` is the statement's `statement_timeout`): nothing is
+//! stored and the client hears so. A network path gone silent under it is given up on a
+//! second later, rather than holding the request (and one of the intake's places) until
+//! TCP gives up, and the client is never told "nothing was stored" for a task that was.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use producer_api::intake::ANSWER_GRACE;
 use serde_json::Value;
 use test_support::*;
 
 use crate::outages::{on_database_behind, stored_since, HeldEnqueue};
 
-/// The deadline these tests give the enqueue statement.
+/// The statement timeout these tests give the intake.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Well under the requests' own limit (30 s, answered 408), well over what the intake
-/// needs: the deadline, a new connection (at most the acquire timeout) and two statements.
+/// needs: the statement's wait, a new connection and two statements.
 const ANSWERED_WITHIN: Duration = Duration::from_secs(12);
 
 fn options() -> AppOptions {
@@ -29,44 +31,42 @@ fn options() -> AppOptions {
     }
 }
 
-/// The request `post`, answered within [`ANSWERED_WITHIN`] of `asked`.
-async fn answered(
-    post: tokio::task::JoinHandle<reqwest::Response>,
-    asked: Instant,
-) -> reqwest::Response {
-    let response = tokio::time::timeout(ANSWERED_WITHIN, post)
+/// The held enqueue's answer, within [`ANSWERED_WITHIN`] of when it was sent.
+async fn answered(held: HeldEnqueue) -> (HeldEnqueue, reqwest::Response, Duration) {
+    let mut held = held;
+    let response = tokio::time::timeout(ANSWERED_WITHIN, &mut held.post)
         .await
         .unwrap_or_else(|_| panic!("not answered within {ANSWERED_WITHIN:?}"))
         .unwrap();
-    eprintln!("answered {:?} after the path went silent", asked.elapsed());
-    assert!(
-        asked.elapsed() >= STATEMENT_TIMEOUT,
-        "answered before the deadline: {:?}",
-        asked.elapsed()
-    );
-    response
+    let took = held.sent.elapsed();
+    eprintln!("answered {took:?} after it was sent");
+    (held, response, took)
 }
 
 /// The statement commits, then the connection it ran on goes silent before its answer
-/// arrives (a firewall forgot the connection; new connections pass): after the deadline
-/// the intake tries once more on a new connection, finds the task stored and answers 202
-/// with it, once.
+/// arrives (a firewall forgot the connection; new connections pass): once the answer is
+/// overdue the intake tries once more on a new connection, finds the task stored and
+/// answers 202 with it, once; and the next enqueue is stored on a new connection too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enqueue_whose_connection_goes_silent_after_its_commit_is_answered_with_its_task() {
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
     let (db, _broker, app) = on_database_behind(&proxy, options()).await;
-    let held = HeldEnqueue::start(&db, &app).await;
+    let mut held = HeldEnqueue::start(&db, &app).await;
     proxy.freeze_open();
-    let asked = Instant::now();
-    let (before, post) = held.release(&app).await;
+    held.unlock().await;
 
-    let response = answered(post, asked).await;
+    let (held, response, took) = answered(held).await;
+    assert!(
+        took >= STATEMENT_TIMEOUT + ANSWER_GRACE,
+        "given up on before the answer was overdue: {took:?}"
+    );
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
     let task_id: uuid::Uuid = body["task_id"].as_str().unwrap().parse().unwrap();
+    let (before, _) = held.release(&app).await;
     assert_eq!(stored_since(&app, &before).await, vec![task_id]);
 
-    // The intake goes on, on new connections.
+    // The connections the intake kept before are silent: it opens new ones.
     let stored = app.task_count().await;
     let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
     assert_eq!(response.status(), 202);
@@ -76,19 +76,19 @@ async fn an_enqueue_whose_connection_goes_silent_after_its_commit_is_answered_wi
 }
 
 /// The whole path goes silent under a statement that then commits, new connections
-/// included: the caller hears within the deadline and the acquire timeout that the
-/// outcome is unknown, with the id its task has (not "nothing was stored", not a 408 at
-/// the requests' 30 s limit), and once the path is back the intake stores again.
+/// included: the caller hears in time that the outcome is unknown, with the id its task
+/// has (not "nothing was stored", not a 408 at the requests' 30 s limit), and once the
+/// path is back the intake stores again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enqueue_whose_whole_path_goes_silent_is_answered_outcome_unknown_in_time() {
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
     let (db, _broker, app) = on_database_behind(&proxy, options()).await;
-    let held = HeldEnqueue::start(&db, &app).await;
+    let mut held = HeldEnqueue::start(&db, &app).await;
     proxy.freeze();
-    let asked = Instant::now();
-    let (before, post) = held.release(&app).await;
+    held.unlock().await;
 
-    let response = answered(post, asked).await;
+    let (held, response, took) = answered(held).await;
+    assert!(took >= STATEMENT_TIMEOUT + ANSWER_GRACE, "{took:?}");
     assert_eq!(response.status(), 503);
     let problem: Value = response.json().await.unwrap();
     assert_eq!(
@@ -96,10 +96,50 @@ async fn an_enqueue_whose_whole_path_goes_silent_is_answered_outcome_unknown_in_
         "{problem}"
     );
     let task_id: uuid::Uuid = problem["task_id"].as_str().unwrap().parse().unwrap();
+    let (before, _) = held.release(&app).await;
     assert_eq!(stored_since(&app, &before).await, vec![task_id]);
 
     proxy.reset().await;
     let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
     assert_eq!(response.status(), 202);
+    app.stop().await;
+}
+
+/// The server is slow, not silent: the statement waits on a lock for longer than the
+/// timeout. The server cancels it, so nothing is stored and the client hears 503
+/// `ledger-unavailable` at the timeout; no session is left running the statement (the
+/// intake neither gives up on the connection nor tries again on another, which would
+/// wait on the same lock and leave sessions behind); and once the lock is gone the task
+/// is still not stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_the_server_is_slow_to_store_is_cancelled_and_answered_503() {
+    let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
+    let (db, _broker, app) = on_database_behind(&proxy, options()).await;
+    let held = HeldEnqueue::start(&db, &app).await;
+    let stored = app.task_count().await;
+
+    let (mut held, response, took) = answered(held).await;
+    assert!(
+        took >= STATEMENT_TIMEOUT && took < STATEMENT_TIMEOUT + ANSWER_GRACE,
+        "answered after {took:?}"
+    );
+    assert_eq!(response.status(), 503);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "urn:cleanup:problem:ledger-unavailable",
+        "{problem}"
+    );
+    let running: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state = 'active'
+           AND query LIKE 'WITH input AS%'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(running, 0, "a session still runs the enqueue statement");
+    held.unlock().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.task_count().await, stored, "nothing was stored");
     app.stop().await;
 }

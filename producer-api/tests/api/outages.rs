@@ -291,6 +291,8 @@ pub(crate) struct HeldEnqueue {
     before: Vec<uuid::Uuid>,
     locker: sqlx::PgConnection,
     pub(crate) post: tokio::task::JoinHandle<reqwest::Response>,
+    /// When the POST was sent.
+    pub(crate) sent: std::time::Instant,
 }
 
 /// The advisory lock key the outbox trigger waits for in [`HeldEnqueue`].
@@ -321,6 +323,7 @@ impl HeldEnqueue {
             .unwrap();
         let client = app.client.clone();
         let url = format!("{}/maintenance/cleanup-runs", app.address);
+        let sent = std::time::Instant::now();
         let post = tokio::spawn(async move {
             let request = client.post(url).bearer_auth(TOKEN).json(&runs_body());
             request.send().await.unwrap()
@@ -344,7 +347,17 @@ impl HeldEnqueue {
             before,
             locker,
             post,
+            sent,
         }
+    }
+
+    /// Let the statement go on (if it still waits).
+    pub(crate) async fn unlock(&mut self) {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(HOLD)
+            .execute(&mut self.locker)
+            .await
+            .unwrap();
     }
 
     /// Let the statement go on, and wait until it committed: the tasks stored before it,
@@ -353,11 +366,7 @@ impl HeldEnqueue {
         mut self,
         app: &TestApp,
     ) -> (Vec<uuid::Uuid>, tokio::task::JoinHandle<reqwest::Response>) {
-        sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(HOLD)
-            .execute(&mut self.locker)
-            .await
-            .unwrap();
+        self.unlock().await;
         eventually(Duration::from_secs(10), "the enqueue commits", || async {
             app.task_count().await == self.before.len() as i64 + 1
         })
