@@ -28,6 +28,11 @@
 #   RUNS="0:0 2:16" deploy/bench/e2e.sh          # W=0: the enqueue path alone (relay on)
 #   RATE=1500 RUNS="2:16" deploy/bench/e2e.sh     # open loop: 1,500 POSTs a second
 #
+# SESSIONS=own starts the API, each worker and the load generator in a session of its own
+# (setsid); the default, shared, keeps them in the script's. With the kernel's autogroup
+# scheduling on (kernel.sched_autogroup_enabled, printed in the header), each session's
+# processes share one scheduling group, as a container's do in its cgroup.
+#
 # The load is a closed loop by default: C clients, each sending its next POST when its
 # last is answered, as fast as the API answers (its latency is mostly its own queueing:
 # C / rate). With RATE, an open loop: POST i is due at i / RATE seconds, at most C in
@@ -42,6 +47,12 @@ N=${N:-3000}
 C=${C:-32}
 RUNS=${RUNS:-"${W:-1}:${WORKER_CONCURRENCY:-8}"}
 RATE=${RATE:-0}
+SESSIONS=${SESSIONS:-shared}
+case "$SESSIONS" in
+  own) ALONE=setsid ;;
+  shared) ALONE= ;;
+  *) echo "SESSIONS must be own or shared, not $SESSIONS" >&2; exit 2 ;;
+esac
 TIMEOUT=${TIMEOUT:-300}
 TOKEN=bench-token-0123456789abcdef
 SIGNING_KEYS=bench:bench-signing-secret-0123456789abcdef
@@ -102,7 +113,7 @@ sql "${DB}_runs" -f deploy/sql/runs-schema.sql
 sql "${DB}_runs" -c "INSERT INTO runs (status, finished_at) SELECT 'succeeded', now() - interval '60 days' FROM generate_series(1, 100)"
 
 if [ "$RATE" = 0 ]; then LOAD="C=$C clients (closed loop)"; else LOAD="RATE=$RATE POSTs/s (open loop, at most C=$C in flight)"; fi
-echo "commit $CODE; N=$N tasks, $LOAD; $(nproc) cores"
+echo "commit $CODE; N=$N tasks, $LOAD; $(nproc) cores; SESSIONS=$SESSIONS (autogroup $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo unknown))"
 printf '%-6s %-5s %10s %10s %8s %8s   %s\n' workers conc "enqueue/s" "e2e/s" "p50 ms" "p99 ms" "CPU s per 1,000 tasks; peak RSS"
 run=0
 for setup in $RUNS; do
@@ -116,7 +127,7 @@ for setup in $RUNS; do
   API="http://127.0.0.1:$API_PORT"
   DATABASE_URL="$PG/$LEDGER" API_TOKENS=$TOKEN TASK_SIGNING_KEYS=$SIGNING_KEYS \
     LISTEN_ADDR=127.0.0.1:$API_PORT AMQP_PREFIX=$PREFIX LOG_LEVEL=${API_LOG_LEVEL:-warn} \
-    "$TARGET_DIR/release/producer-api" > "$WORK/producer-api-$run.log" 2>&1 &
+    $ALONE "$TARGET_DIR/release/producer-api" > "$WORK/producer-api-$run.log" 2>&1 &
   api_pid=$!
   pids+=("$api_pid")
   for _ in $(seq 1 100); do curl -fsS "$API/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -127,7 +138,7 @@ for setup in $RUNS; do
     RUNS_DATABASE_URL="$PG/${DB}_runs" METRICS_ADDR=127.0.0.1:$port TASK_SIGNING_KEYS=$SIGNING_KEYS \
       AMQP_PREFIX=$PREFIX WORKER_KINDS=cleanup_runs WORKER_CONCURRENCY=$CONC LOG_LEVEL=warn \
       WORKER_ID=bench-$run-$i \
-      ${WORKER_WRAP:-} "$TARGET_DIR/release/worker" > "$WORK/worker-$run-$i.log" 2>&1 &
+      $ALONE ${WORKER_WRAP:-} "$TARGET_DIR/release/worker" > "$WORK/worker-$run-$i.log" 2>&1 &
     worker_pids+=($!)
     pids+=($!)
     for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
@@ -143,7 +154,7 @@ for setup in $RUNS; do
   for p in "${worker_pids[@]}"; do worker_before[$p]=$(ticks "$p"); done
   # The load: keep-alive clients (test-support/src/bin/bench-post.rs, a fraction of the
   # CPU of a Python client), closed or open loop; latencies to a file.
-  "$TARGET_DIR/release/bench-post" "$API/maintenance/cleanup-runs" "$TOKEN" "$N" "$C" \
+  $ALONE "$TARGET_DIR/release/bench-post" "$API/maintenance/cleanup-runs" "$TOKEN" "$N" "$C" \
     '{"max_age_hours": 720, "dry_run": true}' "$WORK/latencies-$run.txt" "$RATE" > "$WORK/load-$run.txt" &
   load_pid=$!
   t0=$(date +%s)
