@@ -232,9 +232,9 @@ impl Config {
     /// The longest an enqueue can wait on the ledger must stay under the time a request may
     /// take (past it the client is answered 408 while its statement may still commit): the
     /// check of a kept connection, a new one, the statement, a new connection again, the
-    /// statement again and a read of the stored tasks.
+    /// end of the first's session, the statement again and a read of the stored tasks.
     fn check_enqueue_waits(&self) -> anyhow::Result<()> {
-        use crate::intake::{ANSWER_GRACE, PING_TIMEOUT};
+        use crate::intake::{ANSWER_GRACE, END_WAIT, PING_TIMEOUT};
         let (statement, connect) = (
             self.enqueue_statement_timeout,
             self.database_acquire_timeout,
@@ -243,16 +243,17 @@ impl Config {
             .checked_add(ANSWER_GRACE)
             .and_then(|answer| answer.checked_mul(3))
             .and_then(|answers| answers.checked_add(connect.checked_mul(2)?))
-            .and_then(|waits| waits.checked_add(PING_TIMEOUT));
+            .and_then(|waits| waits.checked_add(PING_TIMEOUT + END_WAIT + ANSWER_GRACE));
         if statement < Duration::from_secs(1)
             || longest.is_none_or(|longest| longest >= crate::http::REQUEST_TIMEOUT)
         {
             anyhow::bail!(
-                "ENQUEUE_STATEMENT_TIMEOUT ({}) must be at least 1s, and an enqueue whose connection fails must be answered within the {} a request may take: a check of its connection ({}), two new connections (DATABASE_ACQUIRE_TIMEOUT, {} each) and three statements (ENQUEUE_STATEMENT_TIMEOUT and {} each)",
+                "ENQUEUE_STATEMENT_TIMEOUT ({}) must be at least 1s, and an enqueue whose connection fails must be answered within the {} a request may take: a check of its connection ({}), two new connections (DATABASE_ACQUIRE_TIMEOUT, {} each), ending the first's session ({}) and three statements (ENQUEUE_STATEMENT_TIMEOUT and {} each)",
                 humantime::format_duration(statement),
                 humantime::format_duration(crate::http::REQUEST_TIMEOUT),
                 humantime::format_duration(PING_TIMEOUT),
                 humantime::format_duration(connect),
+                humantime::format_duration(END_WAIT + ANSWER_GRACE),
                 humantime::format_duration(ANSWER_GRACE),
             );
         }

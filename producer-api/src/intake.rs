@@ -23,24 +23,36 @@
 //! of them on the way to every 202. A batch takes the connection used last; one idle for
 //! [`PING_IDLE_AFTER`](shared::runtime::db::PING_IDLE_AFTER) or more is checked first
 //! with a round trip (within [`PING_TIMEOUT`]), so that one cut off without a word during
-//! a pause does not hold the enqueue; one opened `KEEP_AT_MOST` (60 s) ago is replaced.
+//! a pause does not hold the enqueue; one opened `KEEP_AT_MOST` (60 s) ago is replaced
+//! when next used.
 //!
 //! The intake's connections carry a server-side `statement_timeout`
 //! ([`Connections::statement_timeout`], `ENQUEUE_STATEMENT_TIMEOUT`): a statement the
 //! server is slow to finish (a lock, an overloaded server) is cancelled there, nothing of
 //! it is stored, and its callers hear the ledger is unavailable. A statement whose answer
-//! does not come within that and [`ANSWER_GRACE`] went down a connection that failed or
-//! went silent (a network path that drops its packets), as does one whose connection
-//! fails under it (the database restarted, the session was ended). That connection is
-//! closed, and the statement tried once more, for the callers still waiting, on a new
-//! one. The first try may have committed before its answer was lost; the tasks' ids are
-//! fixed, so the second finds them stored (a primary-key conflict) and answers with the
-//! stored rows: each task is stored once and its caller hears so. If the second try
-//! cannot tell (no new connection, or it fails too) and the first connection broke
+//! does not come within that and [`ANSWER_GRACE`] is given up on, as is one whose
+//! connection fails under it (the database restarted, the session was ended): its
+//! connection went silent (a network path that drops its packets), or its commit waits,
+//! which `statement_timeout` does not reach (a synchronous standby gone). That connection
+//! is closed; a new one ends its session (within [`END_WAIT`]), which settles the first
+//! try, committed or rolled back, and frees what it held; and the statement is tried once
+//! more there, for the callers still waiting. If the first try had committed, the tasks'
+//! ids being fixed, the second finds them stored (a primary-key conflict) and answers
+//! with the stored rows: each task is stored once and its caller hears so. If the second
+//! try cannot tell (no new connection, or it fails too) and the first connection broke
 //! without an answer, the callers hear that the outcome is unknown
-//! ([`IntakeError::Unknown`], with their task's id), not that nothing was stored. (A
-//! session the server ended, by a restart or a terminated backend, answers with its
-//! error: that statement did not commit, and the callers hear the ledger is unavailable.)
+//! ([`IntakeError::Unknown`], with their task's id), not that nothing was stored; the
+//! session of a second try given up on is ended in the background. (A session the server
+//! ended, by a restart or a terminated backend, answers with its error: that statement
+//! did not commit, and the callers hear the ledger is unavailable.) A caller still
+//! waiting 2 s before the request's 30 s limit hears the outcome is unknown, rather than
+//! the 408 that would tell it to send the task again while its statement may still
+//! commit.
+//!
+//! On a connection's first use its statement is prepared and then executed, and the
+//! server's timeout applies to each, while the intake waits for both together for the
+//! timeout and a second: a statement slow at both may be given up on (and its session
+//! ended) while it would have finished.
 
 use std::sync::Arc;
 
@@ -54,12 +66,16 @@ use crate::metrics::Metrics;
 
 mod places;
 use places::{connection, keep, keep_if, Place, Places, Slot};
-pub use places::{Connections, ANSWER_GRACE, PING_TIMEOUT};
+pub use places::{Connections, ANSWER_GRACE, END_WAIT, PING_TIMEOUT};
 
 /// The most tasks one statement stores.
 pub const MAX_BATCH: usize = 64;
 /// The most enqueue statements running at once (each on a connection of the intake's own).
 pub const IN_FLIGHT: usize = 4;
+
+/// How long before the request's own limit an enqueue without a key is answered at the
+/// latest (then with an unknown outcome).
+const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A task waiting to be stored, and who to tell.
 struct Pending {
@@ -161,7 +177,16 @@ impl Intake {
             // The writer is gone (the runtime is shutting down): nothing was stored.
             return Err(sqlx::Error::PoolClosed.into());
         }
-        match stored.await {
+        // Answered before the request's own limit, past which it would be told to send
+        // the task again (408) while its statement might still commit.
+        let limit = crate::http::REQUEST_TIMEOUT.saturating_sub(ANSWER_MARGIN);
+        let Ok(stored) = tokio::time::timeout(limit, stored).await else {
+            return Err(IntakeError::Unknown {
+                why: "the ledger did not answer in time",
+                task_id: Some(task_id),
+            });
+        };
+        match stored {
             Ok(Err(IntakeError::Unknown { why, .. })) => Err(IntakeError::Unknown {
                 why,
                 task_id: Some(task_id),
@@ -233,8 +258,8 @@ async fn store(conns: &Connections, slot: &mut Slot, batch: Vec<Pending>, stored
 }
 
 /// The batch's tasks and their outbox messages, in one statement, on the place's kept
-/// connection or a new one from the pool; if that connection fails, once more on a new one
-/// (see the module's documentation).
+/// connection or a new one; if that connection fails, once more on a new one (see the
+/// module's documentation).
 async fn insert(
     conns: &Connections,
     slot: &mut Slot,
@@ -248,6 +273,7 @@ async fn insert(
     let first = conns
         .answer(ledger::tasks::enqueue_many(&mut conn.conn, &tasks))
         .await;
+    let first_session = conn.session.clone();
     let lost = match keep(conn, slot, first) {
         Err(error) if connection_lost(&error) => error,
         result => return Ok(result?),
@@ -255,6 +281,11 @@ async fn insert(
     // From here the first try may have committed: whatever stops the second from telling
     // leaves the outcome unknown, never "nothing was stored".
     tracing::warn!(error = %lost, tasks = batch.len(), "the connection of an enqueue statement failed; trying once more on a new one");
+    // A session the server ended answers the statement with its error (a restart, a
+    // terminated backend): that statement did not commit. A connection that broke or went
+    // silent without an answer leaves the first try's outcome open, as does a PANIC (which
+    // can follow the commit's record).
+    let first_unknown = !matches!(&lost, sqlx::Error::Database(e) if !panicked(e.as_ref()));
     // A caller gone since (its request timed out) was told to send it again: not stored
     // now, unless the first try was.
     let (batch, tasks): (Vec<&Pending>, Vec<_>) = batch
@@ -262,18 +293,41 @@ async fn insert(
         .zip(tasks)
         .filter(|(pending, _)| !pending.reply.is_closed())
         .unzip();
-    if batch.is_empty() {
-        return Err(IntakeError::unknown("every caller went away"));
-    }
-    // A session the server ended answers the statement with its error (a restart, a
-    // terminated backend): that statement did not commit. Only a connection that broke or
-    // went silent without an answer leaves the first try's outcome open.
-    let first_unknown = !matches!(lost, sqlx::Error::Database(_));
-    let mut conn = match conns.open().await {
-        Ok(conn) => conn,
-        Err(error) if !first_unknown => return Err(error.into()),
-        Err(_) => return Err(IntakeError::unknown(AGAIN_FAILED)),
+    let opened = if batch.is_empty() {
+        Err(IntakeError::unknown("every caller went away"))
+    } else {
+        conns.open().await.map_err(|error| match first_unknown {
+            false => error.into(),
+            true => IntakeError::unknown(AGAIN_FAILED),
+        })
     };
+    let mut conn = match opened {
+        Ok(conn) => conn,
+        Err(error) => {
+            if first_unknown {
+                conns.end_later(first_session);
+            }
+            return Err(error);
+        }
+    };
+    if first_unknown {
+        // Its session may still run the statement, or wait to commit it; once it has
+        // ended, the first try's outcome is settled, and the second can tell it.
+        match conns.end(&mut conn.conn, &first_session).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                pid = first_session.pid,
+                "the session of an enqueue statement given up on did not end in time; trying again anyway"
+            ),
+            Err(error) if connection_lost(&error) => {
+                conns.end_later(first_session);
+                return Err(IntakeError::unknown(AGAIN_FAILED));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not end the session of an enqueue statement given up on")
+            }
+        }
+    }
     let ids: Vec<Uuid> = batch.iter().map(|p| p.envelope.task_id).collect();
     let second = again(conns, &mut conn.conn, &tasks, &ids, first_unknown).await;
     let healthy = match &second {
@@ -281,8 +335,19 @@ async fn insert(
         Err(IntakeError::Ledger(error)) => !connection_lost(error),
         Err(IntakeError::Unknown { .. }) => false,
     };
+    if !healthy {
+        conns.end_later(conn.session.clone());
+    }
     keep_if(conn, slot, healthy);
     second
+}
+
+/// Whether the server answered with a PANIC (it is restarting, and what it did before is
+/// not known from the error).
+fn panicked(error: &dyn sqlx::error::DatabaseError) -> bool {
+    error
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some_and(|pg| matches!(pg.severity(), sqlx::postgres::PgSeverity::Panic))
 }
 
 const AGAIN_FAILED: &str = "the ledger connection failed during the statement that stores \

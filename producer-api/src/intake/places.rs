@@ -26,6 +26,9 @@ pub const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// How long the check of a connection idle for [`PING_IDLE_AFTER`] or more may take (a
 /// round trip, milliseconds even under load) before another connection is opened.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the server may take to end the session of a statement given up on before the
+/// statement is tried again (see [`Connections::end`]).
+pub const END_WAIT: Duration = Duration::from_secs(1);
 
 /// How the intake connects to the ledger, and how long it waits for its statements.
 #[derive(Clone)]
@@ -55,10 +58,7 @@ impl Connections {
         &self,
         statement: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, sqlx::Error> {
-        let limit = self.answer_within();
-        tokio::time::timeout(limit, statement)
-            .await
-            .unwrap_or_else(|_| Err(timed_out("no answer from the ledger", limit)))
+        within(self.answer_within(), statement).await
     }
 
     /// A new connection of the intake's, opened and set up within the connect timeout.
@@ -67,22 +67,87 @@ impl Connections {
         let opening = async {
             let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
             self.session.apply(&mut conn).await?;
-            sqlx::query("SELECT set_config('statement_timeout', $1, false)")
-                .bind(format!("{}ms", self.statement_timeout.as_millis()))
-                .execute(&mut conn)
-                .await?;
-            Ok(conn)
+            let (pid, started, _): (i32, String, String) = sqlx::query_as(
+                "SELECT a.pid, a.backend_start::text,
+                        set_config('statement_timeout', $1, false)
+                 FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()",
+            )
+            .bind(format!("{}ms", self.statement_timeout.as_millis()))
+            .fetch_one(&mut conn)
+            .await?;
+            Ok((conn, Session { pid, started }))
         };
-        let conn = tokio::time::timeout(limit, opening)
+        let (conn, session) = tokio::time::timeout(limit, opening)
             .await
             .unwrap_or_else(|_| Err(timed_out("no new connection to the ledger", limit)))?;
         let now = Instant::now();
         Ok(Kept {
             conn,
+            session,
             opened: now,
             used: now,
         })
     }
+
+    /// End `session` (one whose statement the intake gave up on) from `conn`, waiting up
+    /// to [`END_WAIT`] for it to end (and [`ANSWER_GRACE`] more for the answer): its
+    /// transaction is then over, committed or not, and no longer holds the locks its
+    /// statement took. (A statement whose answer is overdue may be waiting to commit,
+    /// where `statement_timeout` does not reach: for a synchronous standby, say.) False if
+    /// it is still there.
+    pub(super) async fn end(
+        &self,
+        conn: &mut PgConnection,
+        session: &Session,
+    ) -> Result<bool, sqlx::Error> {
+        // The session's start tells it from a later one that took over its process id.
+        let ending = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(a.pid, $3) FROM pg_stat_activity a
+             WHERE a.pid = $1 AND a.backend_start = $2::timestamptz",
+        )
+        .bind(session.pid)
+        .bind(&session.started)
+        .bind(END_WAIT.as_millis() as i64)
+        .fetch_optional(&mut *conn);
+        let ended: Option<bool> = within(END_WAIT + ANSWER_GRACE, ending).await?;
+        Ok(ended.unwrap_or(true))
+    }
+
+    /// [`Self::end`] from a connection of the pool, in the background: for a connection
+    /// given up on when nothing waits for its outcome any more.
+    pub(super) fn end_later(&self, session: Session) {
+        let conns = self.clone();
+        tokio::spawn(async move {
+            let ending = async {
+                let mut conn = conns.pool.acquire().await?;
+                conns.end(&mut conn, &session).await
+            };
+            if let Ok(Err(error)) | Err(error) =
+                tokio::time::timeout(conns.connect_timeout + END_WAIT, ending)
+                    .await
+                    .map_err(|_| timed_out("no answer", conns.connect_timeout + END_WAIT))
+            {
+                tracing::warn!(%error, pid = session.pid, "could not end the session of an enqueue statement given up on");
+            }
+        });
+    }
+}
+
+/// Which server session a connection is: its process id and when it started.
+#[derive(Debug, Clone)]
+pub(super) struct Session {
+    pub(super) pid: i32,
+    started: String,
+}
+
+/// `statement`'s answer, or a `TimedOut` I/O error if none came within `limit`.
+async fn within<T>(
+    limit: Duration,
+    statement: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(limit, statement)
+        .await
+        .unwrap_or_else(|_| Err(timed_out("no answer from the ledger", limit)))
 }
 
 fn timed_out(what: &str, limit: Duration) -> sqlx::Error {
@@ -96,9 +161,10 @@ fn timed_out(what: &str, limit: Duration) -> sqlx::Error {
 /// keeps between batches (none before its first batch, or after its connection failed).
 pub(super) type Slot = Option<Kept>;
 
-/// A kept connection: when it was opened, and when last used.
+/// A kept connection: its session, when it was opened, and when last used.
 pub(super) struct Kept {
     pub(super) conn: PgConnection,
+    pub(super) session: Session,
     opened: Instant,
     used: Instant,
 }
@@ -162,22 +228,28 @@ impl Drop for Place {
 
 /// The place's kept connection, checked with a round trip (within [`PING_TIMEOUT`]) if
 /// it sat idle for [`PING_IDLE_AFTER`] or more: one cut off without a word meanwhile
-/// would hold a statement until the intake gives up on it. A new one if there is none,
-/// the check fails, or it was opened [`KEEP_AT_MOST`] ago.
+/// would hold a statement until the intake gives up on it. A new one if there is none or
+/// the check fails; one opened [`KEEP_AT_MOST`] ago is replaced by a new one, if one can
+/// be opened.
 pub(super) async fn connection(conns: &Connections, slot: &mut Slot) -> Result<Kept, sqlx::Error> {
-    if let Some(mut kept) = slot.take() {
-        if kept.opened.elapsed() >= KEEP_AT_MOST {
+    let Some(mut kept) = slot.take() else {
+        return conns.open().await;
+    };
+    if kept.opened.elapsed() >= KEEP_AT_MOST {
+        if let Ok(new) = conns.open().await {
             close(kept.conn);
-        } else if kept.used.elapsed() < PING_IDLE_AFTER
-            || matches!(
-                tokio::time::timeout(PING_TIMEOUT, kept.conn.ping()).await,
-                Ok(Ok(()))
-            )
-        {
-            return Ok(kept);
+            return Ok(new);
         }
-        // (A connection whose check failed is dropped: closed without a word.)
     }
+    if kept.used.elapsed() < PING_IDLE_AFTER
+        || matches!(
+            tokio::time::timeout(PING_TIMEOUT, kept.conn.ping()).await,
+            Ok(Ok(()))
+        )
+    {
+        return Ok(kept);
+    }
+    // (A connection whose check failed is dropped: closed without a word.)
     conns.open().await
 }
 

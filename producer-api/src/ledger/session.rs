@@ -1,5 +1,5 @@
 //! How each of this process's ledger sessions is set up when it connects: the pool's,
-//! and those the intake opens on its own to try a statement again.
+//! and the intake's own.
 
 use std::time::Duration;
 

@@ -76,7 +76,7 @@ fn an_enqueue_statement_timeout_a_request_cannot_wait_for_is_refused() {
         ])
         .expect("parses")
     };
-    for (statement, acquire) in [("500ms", "3s"), ("7s", "3s"), ("5s", "5500ms")] {
+    for (statement, acquire) in [("500ms", "3s"), ("6s", "3s"), ("5s", "4500ms")] {
         let refused = config(statement, acquire)
             .validate()
             .unwrap_err()
@@ -86,8 +86,8 @@ fn an_enqueue_statement_timeout_a_request_cannot_wait_for_is_refused() {
             "{statement}, {acquire}: {refused}"
         );
     }
-    // 1 s + 2 x 3 s + 3 x (6 s + 1 s) = 28 s, under the 30 s a request may take.
-    config("6s", "3s")
+    // 1 s + 2 x 3 s + 2 s + 3 x (5 s + 1 s) = 27 s, under the 30 s a request may take.
+    config("5s", "3s")
         .validate()
         .expect("within the request's limit");
     config("1s", "3s").validate().expect("the shortest allowed");

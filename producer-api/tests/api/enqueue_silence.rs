@@ -8,15 +8,17 @@ use std::time::Duration;
 
 use producer_api::intake::ANSWER_GRACE;
 use serde_json::Value;
+use sqlx::Connection as _;
 use test_support::*;
 
 use crate::outages::{on_database_behind, stored_since, HeldEnqueue};
 
 /// The statement timeout these tests give the intake.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Well under the requests' own limit (30 s, answered 408), well over what the intake
-/// needs: the statement's wait, a new connection and two statements.
-const ANSWERED_WITHIN: Duration = Duration::from_secs(12);
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Under the requests' own limit (30 s, answered 408), well over what the intake needs:
+/// the statement's wait, a new connection, the end of the first session and two
+/// statements.
+const ANSWERED_WITHIN: Duration = Duration::from_secs(20);
 
 fn options() -> AppOptions {
     AppOptions {
@@ -31,16 +33,18 @@ fn options() -> AppOptions {
     }
 }
 
-/// The held enqueue's answer, within [`ANSWERED_WITHIN`] of when it was sent.
-async fn answered(held: HeldEnqueue) -> (HeldEnqueue, reqwest::Response, Duration) {
-    let mut held = held;
-    let response = tokio::time::timeout(ANSWERED_WITHIN, &mut held.post)
+/// The answer to `post`, sent at `sent`, within [`ANSWERED_WITHIN`]; and how long it took.
+async fn answered(
+    post: impl std::future::Future<Output = Result<reqwest::Response, tokio::task::JoinError>>,
+    sent: std::time::Instant,
+) -> (reqwest::Response, Duration) {
+    let response = tokio::time::timeout(ANSWERED_WITHIN, post)
         .await
         .unwrap_or_else(|_| panic!("not answered within {ANSWERED_WITHIN:?}"))
         .unwrap();
-    let took = held.sent.elapsed();
+    let took = sent.elapsed();
     eprintln!("answered {took:?} after it was sent");
-    (held, response, took)
+    (response, took)
 }
 
 /// The statement commits, then the connection it ran on goes silent before its answer
@@ -51,11 +55,13 @@ async fn answered(held: HeldEnqueue) -> (HeldEnqueue, reqwest::Response, Duratio
 async fn an_enqueue_whose_connection_goes_silent_after_its_commit_is_answered_with_its_task() {
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
     let (db, _broker, app) = on_database_behind(&proxy, options()).await;
-    let mut held = HeldEnqueue::start(&db, &app).await;
+    let held = HeldEnqueue::start(&db, &app).await;
     proxy.freeze_open();
-    held.unlock().await;
+    let sent = held.sent;
+    // The statement commits (its answer held back).
+    let (before, post) = held.release(&app).await;
 
-    let (held, response, took) = answered(held).await;
+    let (response, took) = answered(post, sent).await;
     assert!(
         took >= STATEMENT_TIMEOUT + ANSWER_GRACE,
         "given up on before the answer was overdue: {took:?}"
@@ -63,7 +69,6 @@ async fn an_enqueue_whose_connection_goes_silent_after_its_commit_is_answered_wi
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
     let task_id: uuid::Uuid = body["task_id"].as_str().unwrap().parse().unwrap();
-    let (before, _) = held.release(&app).await;
     assert_eq!(stored_since(&app, &before).await, vec![task_id]);
 
     // The connections the intake kept before are silent: it opens new ones.
@@ -83,11 +88,12 @@ async fn an_enqueue_whose_connection_goes_silent_after_its_commit_is_answered_wi
 async fn an_enqueue_whose_whole_path_goes_silent_is_answered_outcome_unknown_in_time() {
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
     let (db, _broker, app) = on_database_behind(&proxy, options()).await;
-    let mut held = HeldEnqueue::start(&db, &app).await;
+    let held = HeldEnqueue::start(&db, &app).await;
     proxy.freeze();
-    held.unlock().await;
+    let sent = held.sent;
+    let (before, post) = held.release(&app).await;
 
-    let (held, response, took) = answered(held).await;
+    let (response, took) = answered(post, sent).await;
     assert!(took >= STATEMENT_TIMEOUT + ANSWER_GRACE, "{took:?}");
     assert_eq!(response.status(), 503);
     let problem: Value = response.json().await.unwrap();
@@ -96,7 +102,6 @@ async fn an_enqueue_whose_whole_path_goes_silent_is_answered_outcome_unknown_in_
         "{problem}"
     );
     let task_id: uuid::Uuid = problem["task_id"].as_str().unwrap().parse().unwrap();
-    let (before, _) = held.release(&app).await;
     assert_eq!(stored_since(&app, &before).await, vec![task_id]);
 
     proxy.reset().await;
@@ -115,10 +120,10 @@ async fn an_enqueue_whose_whole_path_goes_silent_is_answered_outcome_unknown_in_
 async fn an_enqueue_the_server_is_slow_to_store_is_cancelled_and_answered_503() {
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
     let (db, _broker, app) = on_database_behind(&proxy, options()).await;
-    let held = HeldEnqueue::start(&db, &app).await;
+    let mut held = HeldEnqueue::start(&db, &app).await;
     let stored = app.task_count().await;
 
-    let (mut held, response, took) = answered(held).await;
+    let (response, took) = answered(&mut held.post, held.sent).await;
     assert!(
         took >= STATEMENT_TIMEOUT && took < STATEMENT_TIMEOUT + ANSWER_GRACE,
         "answered after {took:?}"
@@ -141,5 +146,66 @@ async fn an_enqueue_the_server_is_slow_to_store_is_cancelled_and_answered_503() 
     held.unlock().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.task_count().await, stored, "nothing was stored");
+    app.stop().await;
+}
+
+/// The statement is done but its commit waits (a deferred trigger on a lock here; a
+/// synchronous standby gone, in production), where `statement_timeout` does not reach.
+/// The intake gives up on it once its answer is overdue, ends its session before trying
+/// again (which settles it: rolled back), gives up on the second try in the same way and
+/// ends that session too: the caller hears the outcome is unknown, and no session is left
+/// behind waiting to commit (each would hold a connection slot of the server until the
+/// commit could go on, and then commit a task its caller may have sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_whose_commit_hangs_leaves_no_session_behind() {
+    let (db, broker) = (TestDb::create().await, TestBroker::create().await);
+    let app = TestApp::spawn(&db, &broker, options()).await;
+    let mut locker = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    for statement in [
+        "CREATE FUNCTION hold_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_advisory_xact_lock_shared(4343); RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER hold_commit AFTER INSERT ON cleanup_outbox
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hold_commit()",
+        "SELECT pg_advisory_lock(4343)",
+    ] {
+        sqlx::query(statement).execute(&mut locker).await.unwrap();
+    }
+    let stored = app.task_count().await;
+    let sent = std::time::Instant::now();
+    let post = app.post("/maintenance/cleanup-runs", runs_body());
+
+    let (response, took) = answered(async { Ok(post.await) }, sent).await;
+    assert!(took >= 2 * (STATEMENT_TIMEOUT + ANSWER_GRACE), "{took:?}");
+    assert_eq!(response.status(), 503);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "urn:cleanup:problem:outcome-unknown",
+        "{problem}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "no session waits to commit the enqueue",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event = 'advisory'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            waiting == 0
+        },
+    )
+    .await;
+    sqlx::query("SELECT pg_advisory_unlock(4343)")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        app.task_count().await,
+        stored,
+        "both tries were rolled back"
+    );
     app.stop().await;
 }

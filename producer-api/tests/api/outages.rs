@@ -183,8 +183,9 @@ async fn enqueues_on_kept_connections_whose_sessions_were_ended_are_stored_once(
 
 /// The network path to the database goes silent (a firewall drops the connections without
 /// a word) after a pause in enqueues: the next enqueue is not sent on a kept connection,
-/// which would hang until TCP gives up, but on one the pool checks within its acquire
-/// timeout, and is answered 503 "nothing was stored" at once.
+/// which would hang until TCP gives up: the kept one is checked first (within a second),
+/// a new one cannot be opened within the connect timeout, and the enqueue is answered 503
+/// "nothing was stored" within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_pause_an_enqueue_does_not_hang_on_a_kept_connection_gone_silent() {
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
