@@ -244,13 +244,12 @@ impl Config {
             .and_then(|answer| answer.checked_mul(3))
             .and_then(|answers| answers.checked_add(connect.checked_mul(2)?))
             .and_then(|waits| waits.checked_add(PING_TIMEOUT + END_WAIT + ANSWER_GRACE));
-        if statement < Duration::from_secs(1)
-            || longest.is_none_or(|longest| longest >= crate::http::REQUEST_TIMEOUT)
-        {
+        let limit = crate::http::REQUEST_TIMEOUT - crate::intake::ANSWER_MARGIN;
+        if statement < Duration::from_secs(1) || longest.is_none_or(|longest| longest >= limit) {
             anyhow::bail!(
-                "ENQUEUE_STATEMENT_TIMEOUT ({}) must be at least 1s, and an enqueue whose connection fails must be answered within the {} a request may take: a check of its connection ({}), two new connections (DATABASE_ACQUIRE_TIMEOUT, {} each), ending the first's session ({}) and three statements (ENQUEUE_STATEMENT_TIMEOUT and {} each)",
+                "ENQUEUE_STATEMENT_TIMEOUT ({}) must be at least 1s, and an enqueue whose connection fails must be answered within {} (2s before the limit of a request): a check of its connection ({}), two new connections (DATABASE_ACQUIRE_TIMEOUT, {} each), ending the first's session ({}) and three statements (ENQUEUE_STATEMENT_TIMEOUT and {} each)",
                 humantime::format_duration(statement),
-                humantime::format_duration(crate::http::REQUEST_TIMEOUT),
+                humantime::format_duration(limit),
                 humantime::format_duration(PING_TIMEOUT),
                 humantime::format_duration(connect),
                 humantime::format_duration(END_WAIT + ANSWER_GRACE),

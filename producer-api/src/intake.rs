@@ -75,7 +75,7 @@ pub const IN_FLIGHT: usize = 4;
 
 /// How long before the request's own limit an enqueue without a key is answered at the
 /// latest (then with an unknown outcome).
-const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A task waiting to be stored, and who to tell.
 struct Pending {
@@ -368,8 +368,14 @@ async fn again(
                 && conflict.constraint() == Some("cleanup_tasks_pkey") =>
         {
             // The first try committed; its answer was lost with its connection. (All or
-            // nothing: every task of the batch is stored.)
-            match conns.answer(ledger::tasks::get_tasks(conn, ids)).await {
+            // nothing: every task of the batch is stored.) Its session may have been ended
+            // while it waited for a synchronous standby, which commits it without the
+            // standby's word: so the tasks are read back by a transaction whose commit
+            // waits for the standby as any commit does, and so for the first try's.
+            match conns
+                .answer(ledger::tasks::get_tasks_once_durable(conn, ids))
+                .await
+            {
                 Ok(rows) if rows.len() == ids.len() => {
                     tracing::info!(
                         tasks = ids.len(),
@@ -378,8 +384,8 @@ async fn again(
                     Ok(rows)
                 }
                 _ => Err(IntakeError::unknown(
-                    "the task was stored before the ledger connection failed, but reading it \
-                     back failed",
+                    "the task was stored before the ledger connection failed, but confirming \
+                     it durable or reading it back failed",
                 )),
             }
         }

@@ -27,8 +27,9 @@ pub const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// round trip, milliseconds even under load) before another connection is opened.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the server may take to end the session of a statement given up on before the
-/// statement is tried again (see [`Connections::end`]).
-pub const END_WAIT: Duration = Duration::from_secs(1);
+/// statement is tried again (see [`Connections::end`]); under the shortest statement
+/// timeout allowed, which applies to that wait too.
+pub const END_WAIT: Duration = Duration::from_millis(500);
 
 /// How the intake connects to the ledger, and how long it waits for its statements.
 #[derive(Clone)]
@@ -110,24 +111,42 @@ impl Connections {
         .bind(END_WAIT.as_millis() as i64)
         .fetch_optional(&mut *conn);
         let ended: Option<bool> = within(END_WAIT + ANSWER_GRACE, ending).await?;
+        if ended.is_none() {
+            tracing::info!(
+                pid = session.pid,
+                "the session of an enqueue statement given up on had already ended"
+            );
+        }
         Ok(ended.unwrap_or(true))
     }
 
-    /// [`Self::end`] from a connection of the pool, in the background: for a connection
-    /// given up on when nothing waits for its outcome any more.
+    /// [`Self::end`] from a new connection, in the background, tried up to three times:
+    /// for a connection given up on when nothing waits for its outcome any more. (Not
+    /// from the pool, whose idle connections may have gone silent with this one.)
     pub(super) fn end_later(&self, session: Session) {
         let conns = self.clone();
         tokio::spawn(async move {
-            let ending = async {
-                let mut conn = conns.pool.acquire().await?;
-                conns.end(&mut conn, &session).await
-            };
-            if let Ok(Err(error)) | Err(error) =
-                tokio::time::timeout(conns.connect_timeout + END_WAIT, ending)
-                    .await
-                    .map_err(|_| timed_out("no answer", conns.connect_timeout + END_WAIT))
-            {
-                tracing::warn!(%error, pid = session.pid, "could not end the session of an enqueue statement given up on");
+            for attempt in 1..=3 {
+                let ended = match conns.open().await {
+                    Ok(mut new) => {
+                        let ended = conns.end(&mut new.conn, &session).await;
+                        close(new.conn);
+                        ended
+                    }
+                    Err(error) => Err(error),
+                };
+                match ended {
+                    Ok(true) => return,
+                    Ok(false) => tracing::warn!(
+                        pid = session.pid,
+                        attempt,
+                        "the session of an enqueue statement given up on did not end in time"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(%error, pid = session.pid, attempt, "could not end the session of an enqueue statement given up on")
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(attempt)).await;
             }
         });
     }
@@ -228,18 +247,15 @@ impl Drop for Place {
 
 /// The place's kept connection, checked with a round trip (within [`PING_TIMEOUT`]) if
 /// it sat idle for [`PING_IDLE_AFTER`] or more: one cut off without a word meanwhile
-/// would hold a statement until the intake gives up on it. A new one if there is none or
-/// the check fails; one opened [`KEEP_AT_MOST`] ago is replaced by a new one, if one can
-/// be opened.
+/// would hold a statement until the intake gives up on it. A new one if there is none,
+/// the check fails, or it was opened [`KEEP_AT_MOST`] ago.
 pub(super) async fn connection(conns: &Connections, slot: &mut Slot) -> Result<Kept, sqlx::Error> {
     let Some(mut kept) = slot.take() else {
         return conns.open().await;
     };
     if kept.opened.elapsed() >= KEEP_AT_MOST {
-        if let Ok(new) = conns.open().await {
-            close(kept.conn);
-            return Ok(new);
-        }
+        close(kept.conn);
+        return conns.open().await;
     }
     if kept.used.elapsed() < PING_IDLE_AFTER
         || matches!(

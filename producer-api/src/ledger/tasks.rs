@@ -275,10 +275,17 @@ pub async fn enqueue_many(
     .await
 }
 
-/// The tasks of these ids that exist, in no particular order.
-pub async fn get_tasks(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<TaskRow>, sqlx::Error> {
+/// The tasks of these ids that exist (in no particular order), read in a transaction that
+/// writes WAL (it locks them, `FOR KEY SHARE`, which blocks no update but a key change):
+/// its commit, which the answer follows, waits for a synchronous standby as any commit
+/// does, and so for every commit before it. (A transaction that only reads, or only takes
+/// an id, commits without waiting.)
+pub async fn get_tasks_once_durable(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<TaskRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE id = ANY($1)"
+        "SELECT {TASK_COLUMNS} FROM cleanup_tasks WHERE id = ANY($1) FOR KEY SHARE"
     ))
     .bind(ids)
     .fetch_all(conn)

@@ -124,10 +124,7 @@ async fn an_enqueue_the_server_is_slow_to_store_is_cancelled_and_answered_503() 
     let stored = app.task_count().await;
 
     let (response, took) = answered(&mut held.post, held.sent).await;
-    assert!(
-        took >= STATEMENT_TIMEOUT && took < STATEMENT_TIMEOUT + ANSWER_GRACE,
-        "answered after {took:?}"
-    );
+    assert!(took >= STATEMENT_TIMEOUT, "answered after {took:?}");
     assert_eq!(response.status(), 503);
     let problem: Value = response.json().await.unwrap();
     assert_eq!(
