@@ -57,7 +57,8 @@
 use std::sync::Arc;
 
 use shared::envelope::TaskEnvelope;
-use shared::runtime::db::{connection_lost, is_transient};
+use shared::runtime::db::{connection_lost, is_transient, severity};
+use sqlx::postgres::PgSeverity;
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
@@ -65,7 +66,7 @@ use crate::ledger::{self, Enqueued, TaskRow};
 use crate::metrics::Metrics;
 
 mod places;
-use places::{connection, keep, keep_if, Place, Places, Slot};
+use places::{connection, keep, Place, Places, Slot};
 pub use places::{Connections, ANSWER_GRACE, END_WAIT, PING_TIMEOUT};
 
 /// The most tasks one statement stores.
@@ -180,22 +181,15 @@ impl Intake {
         // Answered before the request's own limit, past which it would be told to send
         // the task again (408) while its statement might still commit.
         let limit = crate::http::REQUEST_TIMEOUT.saturating_sub(ANSWER_MARGIN);
-        let Ok(stored) = tokio::time::timeout(limit, stored).await else {
-            return Err(IntakeError::Unknown {
-                why: "the ledger did not answer in time",
-                task_id: Some(task_id),
-            });
+        let unknown = |why| IntakeError::Unknown {
+            why,
+            task_id: Some(task_id),
         };
-        match stored {
-            Ok(Err(IntakeError::Unknown { why, .. })) => Err(IntakeError::Unknown {
-                why,
-                task_id: Some(task_id),
-            }),
-            Ok(result) => Ok(Enqueued::Created(result?)),
-            Err(_) => Err(IntakeError::Unknown {
-                why: "the writer stopped before answering",
-                task_id: Some(task_id),
-            }),
+        match tokio::time::timeout(limit, stored).await {
+            Err(_) => Err(unknown("the ledger did not answer in time")),
+            Ok(Err(_)) => Err(unknown("the writer stopped before answering")),
+            Ok(Ok(Err(IntakeError::Unknown { why, .. }))) => Err(unknown(why)),
+            Ok(Ok(result)) => Ok(Enqueued::Created(result?)),
         }
     }
 }
@@ -273,10 +267,13 @@ async fn insert(
     let first = conns
         .answer(ledger::tasks::enqueue_many(&mut conn.conn, &tasks))
         .await;
-    let first_session = conn.session.clone();
-    let lost = match keep(conn, slot, first) {
-        Err(error) if connection_lost(&error) => error,
-        result => return Ok(result?),
+    let (lost, first_session) = match first {
+        // (The connection goes with its session: dropped, which closes it.)
+        Err(error) if connection_lost(&error) => (error, conn.session),
+        result => {
+            keep(conn, slot);
+            return Ok(result?);
+        }
     };
     // From here the first try may have committed: whatever stops the second from telling
     // leaves the outcome unknown, never "nothing was stored".
@@ -285,7 +282,8 @@ async fn insert(
     // terminated backend): that statement did not commit. A connection that broke or went
     // silent without an answer leaves the first try's outcome open, as does a PANIC (which
     // can follow the commit's record).
-    let first_unknown = !matches!(&lost, sqlx::Error::Database(e) if !panicked(e.as_ref()));
+    let first_unknown = !matches!(&lost, sqlx::Error::Database(e)
+        if severity(e.as_ref()) != Some(PgSeverity::Panic));
     // A caller gone since (its request timed out) was told to send it again: not stored
     // now, unless the first try was.
     let (batch, tasks): (Vec<&Pending>, Vec<_>) = batch
@@ -293,41 +291,18 @@ async fn insert(
         .zip(tasks)
         .filter(|(pending, _)| !pending.reply.is_closed())
         .unzip();
-    let opened = if batch.is_empty() {
-        Err(IntakeError::unknown("every caller went away"))
-    } else {
-        conns.open().await.map_err(|error| match first_unknown {
-            false => error.into(),
-            true => IntakeError::unknown(AGAIN_FAILED),
-        })
-    };
-    let mut conn = match opened {
-        Ok(conn) => conn,
-        Err(error) => {
-            if first_unknown {
-                conns.end_later(first_session);
-            }
-            return Err(error);
+    if batch.is_empty() {
+        if first_unknown {
+            conns.end_later(first_session);
         }
-    };
-    if first_unknown {
-        // Its session may still run the statement, or wait to commit it; once it has
-        // ended, the first try's outcome is settled, and the second can tell it.
-        match conns.end(&mut conn.conn, &first_session).await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(
-                pid = first_session.pid,
-                "the session of an enqueue statement given up on did not end in time; trying again anyway"
-            ),
-            Err(error) if connection_lost(&error) => {
-                conns.end_later(first_session);
-                return Err(IntakeError::unknown(AGAIN_FAILED));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "could not end the session of an enqueue statement given up on")
-            }
-        }
+        return Err(IntakeError::unknown("every caller went away"));
     }
+    let first_session = first_unknown.then_some(first_session);
+    let mut conn = match second_connection(conns, first_session).await {
+        Ok(conn) => conn,
+        Err(error) if !first_unknown => return Err(error.into()),
+        Err(_) => return Err(IntakeError::unknown(AGAIN_FAILED)),
+    };
     let ids: Vec<Uuid> = batch.iter().map(|p| p.envelope.task_id).collect();
     let second = again(conns, &mut conn.conn, &tasks, &ids, first_unknown).await;
     let healthy = match &second {
@@ -335,19 +310,50 @@ async fn insert(
         Err(IntakeError::Ledger(error)) => !connection_lost(error),
         Err(IntakeError::Unknown { .. }) => false,
     };
-    if !healthy {
-        conns.end_later(conn.session.clone());
+    if healthy {
+        keep(conn, slot);
+    } else {
+        conns.end_later(conn.session);
     }
-    keep_if(conn, slot, healthy);
     second
 }
 
-/// Whether the server answered with a PANIC (it is restarting, and what it did before is
-/// not known from the error).
-fn panicked(error: &dyn sqlx::error::DatabaseError) -> bool {
-    error
-        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-        .is_some_and(|pg| matches!(pg.severity(), sqlx::postgres::PgSeverity::Panic))
+/// A new connection for the second try. If the first try's outcome is open (`first` is
+/// its session), that session is ended from it first: it may still run the statement, or
+/// wait to commit it, and once it has ended the first try's outcome is settled, so the
+/// second can tell it. If no connection can be had for that, it is ended in the
+/// background.
+async fn second_connection(
+    conns: &Connections,
+    first: Option<places::Session>,
+) -> Result<places::Kept, sqlx::Error> {
+    let mut conn = match conns.open().await {
+        Ok(conn) => conn,
+        Err(error) => {
+            if let Some(first) = first {
+                conns.end_later(first);
+            }
+            return Err(error);
+        }
+    };
+    let Some(first) = first else {
+        return Ok(conn);
+    };
+    match conns.end(&mut conn.conn, &first).await {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            pid = first.pid,
+            "the session of an enqueue statement given up on did not end in time; trying again anyway"
+        ),
+        Err(error) if connection_lost(&error) => {
+            conns.end_later(first);
+            return Err(error);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not end the session of an enqueue statement given up on")
+        }
+    }
+    Ok(conn)
 }
 
 const AGAIN_FAILED: &str = "the ledger connection failed during the statement that stores \

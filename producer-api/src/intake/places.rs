@@ -4,14 +4,15 @@
 //! These connections are the intake's own, not the ledger pool's: each is set up with a
 //! server-side `statement_timeout`, so that a statement the server is slow to finish (a
 //! lock, an overloaded server) is cancelled there and answered, and only one whose answer
-//! does not come at all (a network path gone silent) is given up on by the intake. A
-//! connection given up on in the middle of a statement is closed, never reused.
+//! does not come (a network path gone silent, a commit waiting) is given up on by the
+//! intake. A connection given up on in the middle of a statement is dropped, never
+//! reused, and its session ended from another ([`Connections::end`]).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared::runtime::db::{connection_lost, PING_IDLE_AFTER};
+use shared::runtime::db::PING_IDLE_AFTER;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -46,20 +47,15 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// The longest the intake waits for a statement's answer: the server's
-    /// `statement_timeout` and [`ANSWER_GRACE`].
-    pub fn answer_within(&self) -> Duration {
-        self.statement_timeout + ANSWER_GRACE
-    }
-
-    /// `statement`'s answer, or, if none came within [`Self::answer_within`], an I/O error
+    /// `statement`'s answer, or, if none came within the server's `statement_timeout` and
+    /// [`ANSWER_GRACE`], an I/O error
     /// (`TimedOut`) that [`connection_lost`] counts as lost: the connection is in the
     /// middle of a statement and must not be used again.
     pub(super) async fn answer<T>(
         &self,
         statement: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, sqlx::Error> {
-        within(self.answer_within(), statement).await
+        within(self.statement_timeout + ANSWER_GRACE, statement).await
     }
 
     /// A new connection of the intake's, opened and set up within the connect timeout.
@@ -153,7 +149,7 @@ impl Connections {
 }
 
 /// Which server session a connection is: its process id and when it started.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct Session {
     pub(super) pid: i32,
     started: String,
@@ -275,25 +271,9 @@ fn close(conn: PgConnection) {
     tokio::spawn(tokio::time::timeout(Duration::from_secs(1), conn.close()));
 }
 
-/// Keep `conn` in `slot` for the next batch unless `result` says the connection failed
-/// (then it is dropped, which closes it); pass `result` on.
-pub(super) fn keep<T>(
-    conn: Kept,
-    slot: &mut Slot,
-    result: Result<T, sqlx::Error>,
-) -> Result<T, sqlx::Error> {
-    keep_if(
-        conn,
-        slot,
-        !matches!(&result, Err(error) if connection_lost(error)),
-    );
-    result
-}
-
-/// Keep `conn` in `slot` for the next batch if it is `healthy`; drop (close) it if not.
-pub(super) fn keep_if(mut conn: Kept, slot: &mut Slot, healthy: bool) {
-    if healthy {
-        conn.used = Instant::now();
-        *slot = Some(conn);
-    }
+/// Keep `conn` in `slot` for the next batch. (A connection not kept is dropped, which
+/// closes it.)
+pub(super) fn keep(mut conn: Kept, slot: &mut Slot) {
+    conn.used = Instant::now();
+    *slot = Some(conn);
 }

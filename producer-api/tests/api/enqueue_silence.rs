@@ -47,6 +47,33 @@ async fn answered(
     (response, took)
 }
 
+/// An API reaching the database through `proxy`, and an enqueue whose statement commits
+/// once `silence` holds back what passes the proxy: its answer, not before the answer was
+/// overdue. Also the ids stored before, and the database and broker names to keep.
+async fn committed_then_silenced(
+    proxy: &TcpProxy,
+    silence: impl FnOnce(&TcpProxy),
+) -> (
+    TestDb,
+    TestBroker,
+    TestApp,
+    Vec<uuid::Uuid>,
+    reqwest::Response,
+) {
+    let (db, broker, app) = on_database_behind(proxy, options()).await;
+    let held = HeldEnqueue::start(&db, &app).await;
+    silence(proxy);
+    let sent = held.sent;
+    // The statement commits (its answer held back).
+    let (before, post) = held.release(&app).await;
+    let (response, took) = answered(post, sent).await;
+    assert!(
+        took >= STATEMENT_TIMEOUT + ANSWER_GRACE,
+        "given up on before the answer was overdue: {took:?}"
+    );
+    (db, broker, app, before, response)
+}
+
 /// The statement commits, then the connection it ran on goes silent before its answer
 /// arrives (a firewall forgot the connection; new connections pass): once the answer is
 /// overdue the intake tries once more on a new connection, finds the task stored and
@@ -54,18 +81,8 @@ async fn answered(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enqueue_whose_connection_goes_silent_after_its_commit_is_answered_with_its_task() {
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
-    let (db, _broker, app) = on_database_behind(&proxy, options()).await;
-    let held = HeldEnqueue::start(&db, &app).await;
-    proxy.freeze_open();
-    let sent = held.sent;
-    // The statement commits (its answer held back).
-    let (before, post) = held.release(&app).await;
-
-    let (response, took) = answered(post, sent).await;
-    assert!(
-        took >= STATEMENT_TIMEOUT + ANSWER_GRACE,
-        "given up on before the answer was overdue: {took:?}"
-    );
+    let (_db, _broker, app, before, response) =
+        committed_then_silenced(&proxy, TcpProxy::freeze_open).await;
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
     let task_id: uuid::Uuid = body["task_id"].as_str().unwrap().parse().unwrap();
@@ -87,14 +104,8 @@ async fn an_enqueue_whose_connection_goes_silent_after_its_commit_is_answered_wi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enqueue_whose_whole_path_goes_silent_is_answered_outcome_unknown_in_time() {
     let proxy = TcpProxy::start("127.0.0.1:5432", true).await;
-    let (db, _broker, app) = on_database_behind(&proxy, options()).await;
-    let held = HeldEnqueue::start(&db, &app).await;
-    proxy.freeze();
-    let sent = held.sent;
-    let (before, post) = held.release(&app).await;
-
-    let (response, took) = answered(post, sent).await;
-    assert!(took >= STATEMENT_TIMEOUT + ANSWER_GRACE, "{took:?}");
+    let (_db, _broker, app, before, response) =
+        committed_then_silenced(&proxy, TcpProxy::freeze).await;
     assert_eq!(response.status(), 503);
     let problem: Value = response.json().await.unwrap();
     assert_eq!(

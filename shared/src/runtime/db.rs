@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgPoolOptions, PgSeverity};
 use sqlx::Connection;
 
 /// A pooled connection idle for less than this is handed out without a ping first (the
@@ -81,21 +81,22 @@ pub fn connection_lost(error: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => {
             // FATAL or PANIC: the server ended the session (an idle-session timeout among
             // them, 57P05); 08: connection exception; 57P: shutdown, session ended.
-            let fatal = db
-                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-                .is_some_and(|pg| {
-                    matches!(
-                        pg.severity(),
-                        sqlx::postgres::PgSeverity::Fatal | sqlx::postgres::PgSeverity::Panic
-                    )
-                });
-            fatal
-                || db
-                    .code()
-                    .is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
+            matches!(
+                severity(db.as_ref()),
+                Some(PgSeverity::Fatal | PgSeverity::Panic)
+            ) || db
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P"))
         }
         _ => false,
     }
+}
+
+/// The severity PostgreSQL gave an error it sent (none for another database's).
+pub fn severity(error: &dyn sqlx::error::DatabaseError) -> Option<PgSeverity> {
+    error
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .map(|pg| pg.severity())
 }
 
 /// Connection trouble, restarts, exhausted resources, serialization failures, deadlocks,
