@@ -39,11 +39,16 @@
 # flight, and its latency counts from when it was due (what a steady arrival of tasks at
 # that rate would see, stalls included).
 #
+# WARMUP=<n> first sends n tasks the same way and waits until they all succeeded, then
+# measures the N (what a running system sees: its connections open, its tables and the
+# queues past their first pages); without it (the default), the N include the start.
+#
 # Databases bench_e2e_<pid>_* and the AMQP prefix bench-e2e-<pid>-* are removed on exit.
 # Run by hand, not in CI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-3000}
+WARMUP=${WARMUP:-0}
 C=${C:-32}
 RUNS=${RUNS:-"${W:-1}:${WORKER_CONCURRENCY:-8}"}
 RATE=${RATE:-0}
@@ -58,14 +63,21 @@ TOKEN=bench-token-0123456789abcdef
 SIGNING_KEYS=bench:bench-signing-secret-0123456789abcdef
 DB=bench_e2e_$$
 WORK=${BENCH_DIR:-/var/tmp/cleanup-bench-e2e-$$}
+# TARGET_DIR=<dir> runs producer-api and the worker from there (another commit's release
+# build, for an A/B run); the load generator is always this checkout's.
+GIVEN_TARGET=${TARGET_DIR:-}
 deploy/local/services.sh
+unset TARGET_DIR
 . deploy/local/env.sh
+LOAD_BIN=$TARGET_DIR/release/bench-post
+TARGET_DIR=${GIVEN_TARGET:-$TARGET_DIR}
 PG=$BENCH_PG
 export PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning"
 CODE="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ -n "$(git status --porcelain -- Cargo.lock shared producer-api worker 2>/dev/null)" ]; then
   CODE="$CODE + uncommitted changes"
 fi
+[ -z "$GIVEN_TARGET" ] || CODE="binaries of $GIVEN_TARGET (the load generator and this script: $CODE)"
 # Two builds: `--bin` would limit the first one to that binary.
 cargo build --release --locked -p producer-api -p worker
 cargo build --release --locked -p test-support --bin bench-post
@@ -113,7 +125,7 @@ sql "${DB}_runs" -f deploy/sql/runs-schema.sql
 sql "${DB}_runs" -c "INSERT INTO runs (status, finished_at) SELECT 'succeeded', now() - interval '60 days' FROM generate_series(1, 100)"
 
 if [ "$RATE" = 0 ]; then LOAD="C=$C clients (closed loop)"; else LOAD="RATE=$RATE POSTs/s (open loop, at most C=$C in flight)"; fi
-echo "commit $CODE; N=$N tasks, $LOAD; $(nproc) cores; SESSIONS=$SESSIONS (autogroup $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo unknown))"
+echo "commit $CODE; N=$N tasks after WARMUP=$WARMUP, $LOAD; $(nproc) cores; SESSIONS=$SESSIONS (autogroup $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo unknown))"
 printf '%-6s %-5s %10s %10s %8s %8s   %s\n' workers conc "enqueue/s" "e2e/s" "p50 ms" "p99 ms" "CPU s per 1,000 tasks; peak RSS"
 run=0
 for setup in $RUNS; do
@@ -146,6 +158,22 @@ for setup in $RUNS; do
   # What-if experiments on the ledger (a fillfactor, an index dropped) without a rebuild.
   [ -z "${LEDGER_SQL:-}" ] || sql "$LEDGER" -c "$LEDGER_SQL"
   sleep 1
+  # until_succeeded <count>: until that many tasks succeeded, looking once a second (each
+  # look starts a psql, whose cost would land on the measured cores).
+  until_succeeded() {
+    local since=$(date +%s) done_count
+    while true; do
+      done_count=$(value "$LEDGER" "SELECT count(*) FROM cleanup_tasks WHERE status = 'succeeded'")
+      [ "$done_count" -ge "$1" ] && return
+      if [ $(( $(date +%s) - since )) -gt "$TIMEOUT" ]; then echo "timed out: $done_count of $1 succeeded"; return; fi
+      sleep 1
+    done
+  }
+  if [ "$WARMUP" -gt 0 ]; then
+    $ALONE "$LOAD_BIN" "$API/maintenance/cleanup-runs" "$TOKEN" "$WARMUP" "$C" \
+      '{"max_age_hours": 720, "dry_run": true}' "$WORK/warmup-latencies-$run.txt" "$RATE" > "$WORK/warmup-$run.txt"
+    [ "$W" = 0 ] || until_succeeded "$WARMUP"
+  fi
   # (The sessions' snapshot first: its own psql must not land in the totals.)
   pg_sessions > "$WORK/sessions-before-$run.txt"
   pg_commits > "$WORK/commits-before-$run.txt"
@@ -154,20 +182,11 @@ for setup in $RUNS; do
   for p in "${worker_pids[@]}"; do worker_before[$p]=$(ticks "$p"); done
   # The load: keep-alive clients (test-support/src/bin/bench-post.rs, a fraction of the
   # CPU of a Python client), closed or open loop; latencies to a file.
-  $ALONE "$TARGET_DIR/release/bench-post" "$API/maintenance/cleanup-runs" "$TOKEN" "$N" "$C" \
-    '{"max_age_hours": 720, "dry_run": true}' "$WORK/latencies-$run.txt" "$RATE" > "$WORK/load-$run.txt" &
-  load_pid=$!
-  t0=$(date +%s)
-  wait "$load_pid"
-  # Until every task succeeded, looking once a second (each look starts a psql, whose cost
-  # would land on the measured cores); the time comes from the ledger itself.
-  # With no worker (W=0: the enqueue path alone, the relay publishing), nothing to wait for.
-  while [ "$W" -gt 0 ]; do
-    done_count=$(value "$LEDGER" "SELECT count(*) FROM cleanup_tasks WHERE status = 'succeeded'")
-    [ "$done_count" -ge "$N" ] && break
-    if [ $(( $(date +%s) - t0 )) -gt "$TIMEOUT" ]; then echo "timed out: $done_count of $N succeeded"; break; fi
-    sleep 1
-  done
+  $ALONE "$LOAD_BIN" "$API/maintenance/cleanup-runs" "$TOKEN" "$N" "$C" \
+    '{"max_age_hours": 720, "dry_run": true}' "$WORK/latencies-$run.txt" "$RATE" > "$WORK/load-$run.txt"
+  # Until every task succeeded; the time comes from the ledger itself. With no worker (W=0:
+  # the enqueue path alone, the relay publishing), nothing to wait for.
+  [ "$W" = 0 ] || until_succeeded $((WARMUP + N))
   pg_after=$(ticks $(pg_pids)) beam_after=$(ticks $(beam_pids)) api_after=$(ticks "$api_pid")
   pg_sessions > "$WORK/sessions-after-$run.txt"
   read -r load_start load_took load_errors load_cpu < "$WORK/load-$run.txt"
@@ -199,7 +218,7 @@ print(f'{q(0.50):.1f} {q(0.99):.1f}')")
                       extract(epoch FROM started_at - published_at) * 1000 AS queue,
                       extract(epoch FROM finished_at - started_at) * 1000 AS work,
                       extract(epoch FROM updated_at - finished_at) * 1000 AS record
-               FROM cleanup_tasks WHERE status = 'succeeded')
+               FROM cleanup_tasks WHERE status = 'succeeded' AND created_at >= to_timestamp($load_start))
     SELECT format('       stages ms p50/p99: relay %s/%s, queue %s/%s, work %s/%s, record %s/%s', $(
       for c in relay queue work record; do
         printf "round(percentile_cont(0.5) WITHIN GROUP (ORDER BY %s)::numeric, 1), round(percentile_cont(0.99) WITHIN GROUP (ORDER BY %s)::numeric, 1)," "$c" "$c"
@@ -217,13 +236,13 @@ for line in open('$WORK/sessions-after-$run.txt'):
     key = 'runs' if db.endswith('_runs') else 'ledger'
     by_db[key] += int(ticks) - before.get(pid, 0)
 print('       postgres per task by database: ' + ', '.join(f'{k} {v / $HZ / $N * 1000:.2f} ms CPU' for k, v in by_db.items()))"
-  # What the ledger wrote per task (its database is this run's own): row updates, the
-  # share of them HOT (no new index entries), and bytes of table and of indexes.
+  # What the ledger wrote per task (its database is this run's own, warm-up included): row
+  # updates, the share of them HOT (no new index entries), and bytes of table and of indexes.
   value "$LEDGER" "
     SELECT format('       ledger per task: %s row updates (%s%% HOT), %s B of tables, %s B of indexes',
-      round(sum(n_tup_upd)::numeric / $N, 2),
+      round(sum(n_tup_upd)::numeric / $((WARMUP + N)), 2),
       round(100.0 * sum(n_tup_hot_upd) / greatest(sum(n_tup_upd), 1)),
-      round(sum(pg_table_size(relid))::numeric / $N), round(sum(pg_indexes_size(relid))::numeric / $N))
+      round(sum(pg_table_size(relid))::numeric / $((WARMUP + N))), round(sum(pg_indexes_size(relid))::numeric / $((WARMUP + N))))
     FROM pg_stat_user_tables WHERE relname IN ('cleanup_tasks', 'cleanup_outbox')"
   # The API's own view of the same requests (its latency histogram), for comparison with
   # the clients' (what lies between is the kernel and the scheduler of the shared cores).
