@@ -3,7 +3,8 @@
 //! The supervisor connects (auto-recovery on, heartbeat set), declares the topology,
 //! reads the cancellation stream up to now (`crate::cancels`) and follows it, opens one
 //! consuming channel per kind with prefetch = concurrency and one confirm
-//! channel for events, and runs deliveries concurrently up to the concurrency limit.
+//! channel for events, and runs deliveries concurrently up to the concurrency limit; each
+//! consuming channel's acks go out through its `crate::acks::Acks`.
 //! When the connection is lost for good it rebuilds everything with backoff. On shutdown
 //! it stops consuming, lets in-flight tasks finish, publishes `worker.stopped` and closes.
 
@@ -23,6 +24,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acks::Acks;
 use crate::process::{handle_delivery, publish_event, WorkerContext};
 
 /// How the supervisor reaches the broker and how much it runs at once.
@@ -100,7 +102,8 @@ struct Session {
     events: Channel,
     /// The cancellation stream, read up to now, to follow.
     cancels: (Channel, Consumer),
-    consumers: Vec<(Channel, Consumer, TaskKind)>,
+    /// Each kind's consuming channel, its consumer, and the acks of its deliveries.
+    consumers: Vec<(Channel, Consumer, TaskKind, Arc<Acks>)>,
 }
 
 async fn connect(ctx: &WorkerContext, config: &ConsumerConfig) -> anyhow::Result<Session> {
@@ -125,7 +128,7 @@ async fn connect(ctx: &WorkerContext, config: &ConsumerConfig) -> anyhow::Result
                 FieldTable::default(),
             )
             .await?;
-        consumers.push((channel, consumer, *kind));
+        consumers.push((channel, consumer, *kind, Arc::new(Acks::new())));
     }
     Ok(Session {
         connection: connection.done(),
@@ -154,13 +157,12 @@ impl Session {
         let mut watchdog = amqp::RecoveryWatchdog::default();
         let mut watch = tokio::time::interval(Duration::from_secs(2));
         let mut streams: SelectAll<_> = SelectAll::new();
-        for (channel, consumer, kind) in &self.consumers {
-            let channel = channel.clone();
-            let kind = *kind;
+        for (_, consumer, kind, acks) in &self.consumers {
+            let (kind, acks) = (*kind, acks.clone());
             streams.push(
                 consumer
                     .clone()
-                    .map(move |d| (d, kind, channel.clone()))
+                    .map(move |d| (d, kind, acks.clone()))
                     .boxed(),
             );
         }
@@ -206,7 +208,7 @@ impl Session {
                     _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                     _ = session_lost.cancelled() => return SessionEnd::Lost,
                     _ = watch.tick() => {
-                        let mut channels: Vec<&Channel> = self.consumers.iter().map(|(c, _, _)| c).collect();
+                        let mut channels: Vec<&Channel> = self.consumers.iter().map(|(c, ..)| c).collect();
                         channels.push(&self.events);
                         channels.push(&self.cancels.0);
                         if !watchdog.check(&channels) {
@@ -216,8 +218,9 @@ impl Session {
                     next = streams.next() => break next,
                 }
             };
-            let (delivery, kind, channel) = match next {
-                Some((Ok(delivery), kind, channel)) => (delivery, kind, channel),
+            // Taken in the consumer's order: its place among the channel's acks.
+            let (delivery, kind) = match next {
+                Some((Ok(delivery), kind, acks)) => (acks.take(delivery), kind),
                 // A consumer is not trusted to lapin's recovery (it has been seen to resume
                 // without deliveries after a broker restart): rebuild the session. The
                 // broker redelivers every unacked task to the new consumers.
@@ -232,7 +235,6 @@ impl Session {
             let report_failed = session_lost.clone();
             // On shutdown a task stops at its next batch boundary and continues elsewhere.
             let cancel = session.child_token();
-            drop(channel);
             tasks.spawn(async move {
                 let _permit = permit;
                 match handle_delivery(&ctx, &events, kind, &delivery, &cancel).await {
@@ -349,7 +351,7 @@ impl Session {
     async fn finish(self, ctx: &WorkerContext, tasks: &TaskTracker) {
         // Each cancel is unanswered when the broker stops answering right now (lapin then
         // holds it for a recovery); closing the connection below ends the consumers anyway.
-        let cancels = self.consumers.iter().map(|(channel, consumer, _)| {
+        let cancels = self.consumers.iter().map(|(channel, consumer, ..)| {
             let cancel = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
             tokio::time::timeout(amqp::STOP_REQUEST_TIMEOUT, cancel)
         });

@@ -1,6 +1,7 @@
 //! The worker: a stateless executor of cleanup tasks. It consumes task queues, runs the
 //! executors, publishes results as events and exposes metrics and probes.
 
+pub mod acks;
 pub mod attempt;
 pub mod cancels;
 pub mod config;

@@ -2,12 +2,13 @@
 //! boundary; either way reported as `task.cancelled` with what the task deleted so far.
 
 use chrono::Utc;
-use lapin::message::Delivery;
 use lapin::Channel;
 use shared::envelope::TaskEnvelope;
 use shared::events::{Event, TaskCancelled};
 use shared::tasks::TaskKind;
 use uuid::Uuid;
+
+use crate::acks::Taken;
 
 use super::{ack, publish_event, Outcome, StepError, WorkerContext};
 
@@ -18,7 +19,7 @@ pub(super) async fn skip_cancelled(
     ctx: &WorkerContext,
     events: &Channel,
     envelope: &TaskEnvelope,
-    delivery: &Delivery,
+    delivery: &Taken,
     started: bool,
 ) -> Result<Outcome, StepError> {
     let task_id = envelope.task_id;

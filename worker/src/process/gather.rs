@@ -20,8 +20,9 @@
 //!   what sixteen do. With 1 to 3 slots a gathering holds one report: nothing waits.
 //!
 //! Nothing else changes: each report is still published, confirmed and followed by its
-//! delivery's ack on its own, so a report waits at most one linger and the guarantees (an
-//! ack only after a confirmed result) are those of one report alone.
+//! delivery's ack (acks asked for at the same moment go out together where they can:
+//! `crate::acks`), so a report waits at most one linger and the guarantees (an ack only
+//! after a confirmed result) are those of one report alone.
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use lapin::message::Delivery;
-use lapin::options::BasicAckOptions;
 use lapin::Channel;
 use shared::envelope::TaskEnvelope;
 use shared::events::{ErrorClass, Event, TaskError, TaskFailed, TaskStarted, TaskSucceeded};
@@ -26,6 +24,7 @@ use shared::topology::Topology;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::acks::Taken;
 use crate::attempt::{run_attempt, Limits};
 use crate::executor::{Checkpoint, Execution, Executors};
 use crate::metrics::Metrics;
@@ -120,9 +119,10 @@ impl From<lapin::Error> for StepError {
     }
 }
 
-/// Ack the delivery and count it processed; false when lapin sent nothing (see [`sent`]).
-pub(crate) async fn ack(ctx: &WorkerContext, delivery: &Delivery) -> Result<bool, StepError> {
-    settled(ctx, "ack", delivery.ack(BasicAckOptions::default()).await)
+/// Ack the delivery (with others of its channel where it can: `crate::acks`) and count it
+/// processed; false when lapin sent nothing (see [`sent`]).
+pub(crate) async fn ack(ctx: &WorkerContext, delivery: &Taken) -> Result<bool, StepError> {
+    settled(ctx, "ack", delivery.ack().await)
 }
 
 /// [`sent`], and the delivery counted processed when it was.
@@ -155,7 +155,7 @@ pub async fn handle_delivery(
     ctx: &WorkerContext,
     events: &Channel,
     queue_kind: TaskKind,
-    delivery: &Delivery,
+    delivery: &Taken,
     cancel: &CancellationToken,
 ) -> Result<Outcome, StepError> {
     let envelope = match parse(ctx, queue_kind, delivery) {

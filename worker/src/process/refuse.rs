@@ -5,12 +5,13 @@
 
 use chrono::Utc;
 use lapin::message::Delivery;
-use lapin::options::BasicRejectOptions;
 use lapin::Channel;
 use shared::envelope::TaskEnvelope;
 use shared::events::{ErrorClass, Event, TaskDead, TaskError};
 use shared::tasks::TaskKind;
 use uuid::Uuid;
+
+use crate::acks::Taken;
 
 use super::{
     ack, publish_event, report_failure, settled, Failure, Outcome, StepError, WorkerContext,
@@ -96,7 +97,7 @@ pub(super) async fn reject_poison(
     ctx: &WorkerContext,
     events: &Channel,
     queue_kind: TaskKind,
-    delivery: &Delivery,
+    delivery: &Taken,
     refusal: Refusal,
 ) -> Result<Outcome, StepError> {
     let reason = match refusal {
@@ -122,7 +123,7 @@ pub(super) async fn reject_poison(
         }),
     )
     .await?;
-    let rejection = delivery.reject(BasicRejectOptions { requeue: false }).await;
+    let rejection = delivery.reject().await;
     if settled(ctx, "reject", rejection)? {
         ctx.metrics
             .poison
@@ -139,7 +140,7 @@ async fn report_newer_schema(
     ctx: &WorkerContext,
     events: &Channel,
     queue_kind: TaskKind,
-    delivery: &Delivery,
+    delivery: &Taken,
     head: shared::envelope::EnvelopeHead,
 ) -> Result<Outcome, StepError> {
     let kind = head

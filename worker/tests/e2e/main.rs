@@ -1,5 +1,6 @@
 //! End-to-end tests: producer-api, workers, real RabbitMQ, PostgreSQL and temp directories.
 
+mod acks;
 mod cancel;
 mod config;
 mod lifecycle;
