@@ -16,7 +16,7 @@
 # what the ledger wrote.
 # The API's /metrics at the end of each setup is kept in the logs directory
 # (api-metrics-<n>.txt: its own latency histogram of the same POSTs).
-# API_LOG_LEVEL sets producer-api's LOG_LEVEL (e.g. warn,producer_api::relay=debug);
+# API_LOG_LEVEL sets producer-api's LOG_LEVEL (e.g. warn,producer_api::relay=debug), WORKER_LOG_LEVEL the workers';
 # LEDGER_SQL runs on the ledger once the API has migrated it, before the load (what-if
 # experiments: "ALTER TABLE cleanup_tasks SET (fillfactor = 70)").
 # The workers take their other settings from the environment (RESULTS_LINGER=0s: each
@@ -148,7 +148,7 @@ for setup in $RUNS; do
   for i in $(seq 1 "$W"); do
     port=$(free_port)
     RUNS_DATABASE_URL="$PG/${DB}_runs" METRICS_ADDR=127.0.0.1:$port TASK_SIGNING_KEYS=$SIGNING_KEYS \
-      AMQP_PREFIX=$PREFIX WORKER_KINDS=cleanup_runs WORKER_CONCURRENCY=$CONC LOG_LEVEL=warn \
+      AMQP_PREFIX=$PREFIX WORKER_KINDS=cleanup_runs WORKER_CONCURRENCY=$CONC LOG_LEVEL=${WORKER_LOG_LEVEL:-warn} \
       WORKER_ID=bench-$run-$i \
       $ALONE ${WORKER_WRAP:-} "$TARGET_DIR/release/worker" > "$WORK/worker-$run-$i.log" 2>&1 &
     worker_pids+=($!)

@@ -13,6 +13,7 @@
 //!
 //! - each rejection on its own, first (a `multiple` sent before it would ack it);
 //! - one ack with `multiple` for the done deliveries at the front (a plain ack for one);
+//! - nothing for a delivery asked to be settled twice (RabbitMQ would close the channel);
 //! - a plain ack for each done delivery behind one still running, at once: nothing waits
 //!   for a long task beside it, and its prefetch slot is freed as before.
 //!
@@ -155,8 +156,8 @@ impl Request {
     }
 }
 
-/// The sender task: each round takes every request waiting, then sends what [`plan`]
-/// makes of them, in its order.
+/// The sender task: each round takes every request waiting, then sends what
+/// [`Unsettled`] makes of them, in its order.
 async fn send(
     unsettled: Arc<Mutex<Unsettled<Request>>>,
     mut received: mpsc::UnboundedReceiver<Request>,
@@ -171,7 +172,7 @@ async fn send(
             let mut round = Vec::new();
             for request in requests {
                 let asked = (request.tag, request.generation, request.settle);
-                round.extend(unsettled.asked(asked, request).map(Send::Alone));
+                round.extend(unsettled.asked(asked, request));
             }
             round.extend(unsettled.due());
             round
@@ -180,6 +181,13 @@ async fn send(
             match send {
                 Send::Alone(request) => request.alone().await,
                 Send::Together(run) => together(run).await,
+                Send::Refused(request) => {
+                    tracing::error!(
+                        tag = request.tag,
+                        "a delivery was asked to be settled twice; nothing sent"
+                    );
+                    let _ = request.reply.send(Ok(false));
+                }
             }
         }
     }
@@ -211,6 +219,8 @@ enum Send<R> {
     Alone(R),
     /// Done deliveries at the front, in tag order: one ack with `multiple` at the last.
     Together(Vec<R>),
+    /// A delivery settled already, or never taken: nothing is sent (`Ok(false)`).
+    Refused(R),
 }
 
 /// The deliveries of the current generation taken and not yet settled, by tag.
@@ -247,24 +257,25 @@ impl<R> Unsettled<R> {
         self.generation
     }
 
-    /// A settlement asked for. Returned to be sent on its own (a rejection, a delivery of
-    /// an old generation, or one not known here), or kept for [`Self::due`].
-    fn asked(&mut self, asked: (DeliveryTag, u64, Settle), request: R) -> Option<R> {
+    /// A settlement asked for: kept for [`Self::due`], or what to do with it now (send a
+    /// rejection or a delivery of an old generation on its own; refuse a second ask).
+    fn asked(&mut self, asked: (DeliveryTag, u64, Settle), request: R) -> Option<Send<R>> {
         let (tag, generation, settle) = asked;
-        if generation != self.generation || settle == Settle::Reject {
-            if generation == self.generation {
-                self.taken.remove(&tag);
-            }
-            return Some(request);
+        if generation != self.generation {
+            return Some(Send::Alone(request));
         }
-        match self.taken.get_mut(&tag) {
-            Some(slot @ None) => {
+        match (self.taken.get_mut(&tag), settle) {
+            (Some(slot @ None), Settle::Ack) => {
                 *slot = Some(request);
                 None
             }
-            // Asked twice, or never taken: sent on its own, for lapin to refuse or RabbitMQ
-            // to answer, rather than ever covered by a `multiple`.
-            _ => Some(request),
+            (Some(None), Settle::Reject) => {
+                self.taken.remove(&tag);
+                Some(Send::Alone(request))
+            }
+            // Asked again (its handle may be unused: a `multiple` settled it), or never
+            // taken: RabbitMQ would close the channel over a tag settled twice.
+            _ => Some(Send::Refused(request)),
         }
     }
 
