@@ -91,6 +91,15 @@ impl TestBroker {
         queue.message_count()
     }
 
+    /// Wait, at most 10 s, until `count` messages are ready in the queue called `name`
+    /// (`what`: the condition, for the failure message).
+    pub async fn until_ready(&self, name: &str, count: u32, what: &str) {
+        crate::eventually(Duration::from_secs(10), what, || async {
+            self.queue_len_named(name).await == count
+        })
+        .await;
+    }
+
     /// Take (and ack) every message in the queue of `kind`.
     pub async fn drain(&self, kind: TaskKind) -> Vec<lapin::message::BasicGetMessage> {
         self.drain_named(&self.topology.task_queue(kind)).await

@@ -14,8 +14,12 @@
 //! - each rejection on its own, first (a `multiple` sent before it would ack it);
 //! - one ack with `multiple` for the done deliveries at the front (a plain ack for one);
 //! - nothing for a delivery asked to be settled twice (RabbitMQ would close the channel);
-//! - a plain ack for each done delivery behind one still running, at once: nothing waits
-//!   for a long task beside it, and its prefetch slot is freed as before.
+//! - a plain ack for each done delivery behind one still running, in the same round:
+//!   nothing waits for a long task beside it, and its prefetch slot is freed as before.
+//!
+//! The sends of a round are awaited one after the other (lapin starts each as a task of
+//! its own, so only awaiting keeps them in order); a round costs a few round trips through
+//! lapin's command queue, while the next round's requests gather.
 //!
 //! A delivery the consume loop has not taken yet has a higher tag than every taken one, so
 //! a run at the front never covers it. When lapin recovers the channel, its tags start

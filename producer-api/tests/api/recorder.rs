@@ -49,12 +49,9 @@ async fn an_event_the_ledger_refuses_is_dead_lettered_and_does_not_block_the_oth
     )
     .await;
     let dead = broker.topology.dead_queue();
-    eventually(
-        Duration::from_secs(10),
-        "the refused event rests in the dead queue",
-        || async { broker.queue_len_named(&dead).await == 1 },
-    )
-    .await;
+    broker
+        .until_ready(&dead, 1, "the refused event rests in the dead queue")
+        .await;
     let task: Value = app.task(a).await;
     assert_eq!(task["status"], "queued");
 

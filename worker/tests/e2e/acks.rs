@@ -68,16 +68,18 @@ async fn delivered(broker: &TestBroker, count: u8) -> (Connection, Kept, Vec<Tak
 }
 
 /// Close the consuming connection, then the bodies of what returned to the queue.
-async fn returned(broker: &TestBroker, connection: Connection, expected: usize) -> Vec<String> {
+async fn returned(broker: &TestBroker, connection: Connection, expected: u32) -> Vec<String> {
     connection.close(200, "test over".into()).await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the unsettled deliveries are back in the queue",
-        || async { broker.queue_len(TaskKind::CleanupRuns).await as usize == expected },
-    )
-    .await;
+    let queue = broker.topology.task_queue(TaskKind::CleanupRuns);
+    let back = "the unsettled deliveries are back in the queue";
+    broker.until_ready(&queue, expected, back).await;
+    bodies(broker, &queue).await
+}
+
+/// The bodies of the messages in the queue called `name`, taken from it, in order.
+async fn bodies(broker: &TestBroker, name: &str) -> Vec<String> {
     let mut bodies: Vec<String> = broker
-        .drain(TaskKind::CleanupRuns)
+        .drain_named(name)
         .await
         .into_iter()
         .map(|m| String::from_utf8(m.delivery.data).unwrap())
@@ -116,17 +118,8 @@ async fn acks_of_tasks_ending_together_settle_them_all_and_a_rejection_stays_rej
     assert!(one.unwrap() && two.unwrap() && three.unwrap() && four.unwrap());
     assert_eq!(returned(&broker, connection, 1).await, ["5"]);
     let dead = broker.topology.dead_queue();
-    eventually(
-        Duration::from_secs(10),
-        "the rejection is dead-lettered",
-        || async { broker.queue_len_named(&dead).await == 1 },
-    )
-    .await;
-    let dead: Vec<String> = broker
-        .drain_named(&dead)
-        .await
-        .into_iter()
-        .map(|m| String::from_utf8(m.delivery.data).unwrap())
-        .collect();
-    assert_eq!(dead, ["3"]);
+    broker
+        .until_ready(&dead, 1, "the rejection is dead-lettered")
+        .await;
+    assert_eq!(bodies(&broker, &dead).await, ["3"]);
 }

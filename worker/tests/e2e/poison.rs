@@ -62,12 +62,9 @@ async fn poison_messages_end_dead_and_the_worker_keeps_going() {
     assert!(message.contains("malformed"), "{message}");
 
     let dead_queue = broker.topology.dead_queue();
-    eventually(
-        Duration::from_secs(10),
-        "both messages rest in the dead queue",
-        || async { broker.queue_len_named(&dead_queue).await == 2 },
-    )
-    .await;
+    broker
+        .until_ready(&dead_queue, 2, "both messages rest in the dead queue")
+        .await;
 
     // The next good task still succeeds on the same worker.
     let good = enqueue(
@@ -250,12 +247,14 @@ async fn unsigned_forged_and_unknown_key_messages_end_dead_and_delete_nothing() 
         assert_eq!(task["attempts"], 0, "{name}: never started: {task}");
     }
     let dead_queue = broker.topology.dead_queue();
-    eventually(
-        Duration::from_secs(10),
-        "every refused message rests in the dead queue",
-        || async { broker.queue_len_named(&dead_queue).await == cases.len() as u32 },
-    )
-    .await;
+    let refused = cases.len() as u32;
+    broker
+        .until_ready(
+            &dead_queue,
+            refused,
+            "every refused message rests in the dead queue",
+        )
+        .await;
     assert_eq!(
         runs.count("SELECT count(*) FROM runs").await,
         SIGNED_RUNS as i64,
@@ -344,12 +343,9 @@ async fn a_newer_schema_version_is_retried_later_not_dead_and_an_older_one_is_po
     );
 
     let dead_queue = broker.topology.dead_queue();
-    eventually(
-        Duration::from_secs(10),
-        "only the older one is dead",
-        || async { broker.queue_len_named(&dead_queue).await == 1 },
-    )
-    .await;
+    broker
+        .until_ready(&dead_queue, 1, "only the older one is dead")
+        .await;
     let task: Value = app.task(&newer).await;
     assert_eq!(task["status"], "retrying", "{task}");
     assert_eq!(
