@@ -183,6 +183,29 @@ impl TestBroker {
         let _ = channel.close(200, "sent".into()).await;
     }
 
+    /// Publish `body` as it is, with `properties`, to `exchange` ("": the default exchange,
+    /// `routing_key` naming a queue): forged, corrupt or hand-made messages.
+    pub async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: lapin::BasicProperties,
+    ) {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                lapin::options::BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
     /// The task ids of the cancellations on the cancellation stream, from its start, in
     /// stream order: reads until `expected` are there, or nothing new came for `idle`.
     pub async fn cancellations(&self, expected: usize, idle: Duration) -> Vec<Uuid> {

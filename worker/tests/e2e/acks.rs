@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use shared::tasks::TaskKind;
@@ -23,19 +23,11 @@ type Kept = (Channel, lapin::Consumer, Acks);
 async fn delivered(broker: &TestBroker, count: u8) -> (Connection, Kept, Vec<Taken>) {
     let queue = broker.topology.task_queue(TaskKind::CleanupRuns);
     for n in 1..=count {
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        let body = n.to_string();
         broker
-            .channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                n.to_string().as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+            .publish_raw("", &queue, body.as_bytes(), persistent)
+            .await;
     }
     let connection = Connection::connect(&amqp_base(), ConnectionProperties::default())
         .await

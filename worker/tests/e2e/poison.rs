@@ -1,6 +1,5 @@
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use serde_json::{json, Value};
@@ -40,19 +39,7 @@ async fn poison_messages_end_dead_and_the_worker_keeps_going() {
         if let Some(id) = message_id {
             properties = properties.with_message_id(ShortString::from(id));
         }
-        broker
-            .channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        broker.publish_raw("", &queue, &body, properties).await;
     }
 
     let task = wait_for(app, &victim, DONE, Duration::from_secs(30)).await;
@@ -109,19 +96,10 @@ async fn publish_task(
         .with_type(shared::envelope::TASK_MESSAGE_TYPE.into())
         .with_message_id(ShortString::from(task_id))
         .with_headers(signature_headers(signature));
+    let exchange = broker.topology.tasks_exchange();
     broker
-        .channel
-        .basic_publish(
-            broker.topology.tasks_exchange().as_str().into(),
-            kind.as_str().into(),
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        .publish_raw(&exchange, kind.as_str(), body, properties)
+        .await;
 }
 
 /// The envelope the ledger holds for `task_id` (the API runs no relay, so it stays there).
