@@ -341,16 +341,20 @@ async fn second_connection(
     };
     match conns.end(&mut conn.conn, &first).await {
         Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            pid = first.pid,
-            "the session of an enqueue statement given up on did not end in time; trying again anyway"
-        ),
+        Ok(false) => {
+            tracing::warn!(
+                pid = first.pid,
+                "the session of an enqueue statement given up on did not end in time; trying again anyway, and ending it in the background"
+            );
+            conns.end_later(first);
+        }
         Err(error) if connection_lost(&error) => {
             conns.end_later(first);
             return Err(error);
         }
         Err(error) => {
-            tracing::warn!(%error, "could not end the session of an enqueue statement given up on")
+            tracing::warn!(%error, "could not end the session of an enqueue statement given up on; ending it in the background");
+            conns.end_later(first);
         }
     }
     Ok(conn)

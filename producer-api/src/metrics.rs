@@ -17,6 +17,8 @@ pub struct Metrics {
     pub outbox_publish_errors: IntCounter,
     pub outbox_publish_duration: Histogram,
     pub outbox_publish_timeouts: IntCounter,
+    /// Sessions of enqueue statements the intake gave up on, by what became of them.
+    pub enqueue_sessions_given_up: IntCounterVec,
     pub amqp_connected: IntGauge,
     pub amqp_blocked: IntGauge,
     pub queue_messages: IntGaugeVec,
@@ -95,6 +97,17 @@ impl Metrics {
             "Relay batches not confirmed within RELAY_PUBLISH_TIMEOUT (rolled back, published again later).",
         )
         .expect("valid metric");
+        let enqueue_sessions_given_up = IntCounterVec::new(
+            Opts::new(
+                names::ENQUEUE_SESSIONS_GIVEN_UP_TOTAL,
+                "Ledger sessions of enqueue statements whose answer was overdue, by outcome: ended (terminated; the statement's outcome settled) or left (could not be ended in three tries).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        for outcome in ["ended", "left"] {
+            enqueue_sessions_given_up.with_label_values(&[outcome]);
+        }
         let amqp_blocked = IntGauge::new(
             names::AMQP_BLOCKED,
             "1 while RabbitMQ blocks the relay's connection from publishing (memory or disk alarm).",
@@ -228,6 +241,7 @@ impl Metrics {
                 Box::new(outbox_publish_duration.clone()),
                 Box::new(amqp_connected.clone()),
                 Box::new(outbox_publish_timeouts.clone()),
+                Box::new(enqueue_sessions_given_up.clone()),
                 Box::new(amqp_blocked.clone()),
             ],
         );
@@ -242,6 +256,7 @@ impl Metrics {
             outbox_publish_duration,
             amqp_connected,
             outbox_publish_timeouts,
+            enqueue_sessions_given_up,
             amqp_blocked,
             queue_messages,
             ledger_last_success,

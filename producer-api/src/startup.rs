@@ -112,6 +112,7 @@ impl Application {
                     session: session_setup(&config),
                     statement_timeout: config.enqueue_statement_timeout,
                     connect_timeout: config.database_acquire_timeout,
+                    given_up: metrics.enqueue_sessions_given_up.clone(),
                 },
                 metrics.clone(),
                 outbox_written.clone(),

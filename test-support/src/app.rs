@@ -177,6 +177,20 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The value of one series of `/metrics`, named with its labels as the text format
+    /// writes them (`cleanup_tasks_enqueued_total{kind="cleanup_runs"}`); `None` if absent.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .get_without_token("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| value.parse().unwrap())
+    }
+
     /// `POST /tasks/{task_id}/cancel`: the status and the body.
     pub async fn cancel(&self, task_id: &str) -> (u16, Value) {
         let response = self

@@ -44,6 +44,9 @@ pub struct Connections {
     pub statement_timeout: Duration,
     /// How long opening (and setting up) a connection may take.
     pub connect_timeout: Duration,
+    /// Counts the sessions given up on, by outcome: `ended` or `left`
+    /// (`cleanup_enqueue_sessions_given_up_total`).
+    pub given_up: prometheus::IntCounterVec,
 }
 
 impl Connections {
@@ -113,7 +116,11 @@ impl Connections {
                 "the session of an enqueue statement given up on had already ended"
             );
         }
-        Ok(ended.unwrap_or(true))
+        let ended = ended.unwrap_or(true);
+        if ended {
+            self.given_up.with_label_values(&["ended"]).inc();
+        }
+        Ok(ended)
     }
 
     /// [`Self::end`] from a new connection, in the background, tried up to three times:
@@ -144,6 +151,11 @@ impl Connections {
                 }
                 tokio::time::sleep(Duration::from_secs(attempt)).await;
             }
+            conns.given_up.with_label_values(&["left"]).inc();
+            tracing::error!(
+                pid = session.pid,
+                "the session of an enqueue statement given up on could not be ended; it may hold its locks until PostgreSQL finds its connection gone"
+            );
         });
     }
 }

@@ -47,6 +47,21 @@ async fn answered(
     (response, took)
 }
 
+/// `cleanup_enqueue_sessions_given_up_total`: the sessions ended, and those left.
+async fn given_up(app: &TestApp) -> (f64, f64) {
+    let series =
+        |outcome| format!("cleanup_enqueue_sessions_given_up_total{{outcome=\"{outcome}\"}}");
+    let ended = app
+        .metric(&series("ended"))
+        .await
+        .expect("the series is there from the start");
+    let left = app
+        .metric(&series("left"))
+        .await
+        .expect("the series is there from the start");
+    (ended, left)
+}
+
 /// An API reaching the database through `proxy`, and an enqueue whose statement commits
 /// once `silence` holds back what passes the proxy: its answer, not before the answer was
 /// overdue. Also the ids stored before, and the database and broker names to keep.
@@ -87,6 +102,9 @@ async fn an_enqueue_whose_connection_goes_silent_after_its_commit_is_answered_wi
     let body: Value = response.json().await.unwrap();
     let task_id: uuid::Uuid = body["task_id"].as_str().unwrap().parse().unwrap();
     assert_eq!(stored_since(&app, &before).await, vec![task_id]);
+    // Its session was ended before the second try (the server saw the frozen connection
+    // as idle).
+    assert_eq!(given_up(&app).await, (1.0, 0.0));
 
     // The connections the intake kept before are silent: it opens new ones.
     let stored = app.task_count().await;
@@ -118,6 +136,13 @@ async fn an_enqueue_whose_whole_path_goes_silent_is_answered_outcome_unknown_in_
     proxy.reset().await;
     let response = app.post("/maintenance/cleanup-runs", runs_body()).await;
     assert_eq!(response.status(), 202);
+    // No new connection could end the first try's session at the time: the background
+    // did, or gave up on it (once the path is back, PostgreSQL finds it gone).
+    eventually(Duration::from_secs(15), "the session counted", || async {
+        let (ended, left) = given_up(&app).await;
+        ended + left == 1.0
+    })
+    .await;
     app.stop().await;
 }
 
@@ -151,6 +176,8 @@ async fn an_enqueue_the_server_is_slow_to_store_is_cancelled_and_answered_503() 
     .await
     .unwrap();
     assert_eq!(running, 0, "a session still runs the enqueue statement");
+    // The server cancelled it and answered: no session was given up on.
+    assert_eq!(given_up(&app).await, (0.0, 0.0));
     held.unlock().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.task_count().await, stored, "nothing was stored");
@@ -203,6 +230,13 @@ async fn an_enqueue_whose_commit_hangs_leaves_no_session_behind() {
             .unwrap();
             waiting == 0
         },
+    )
+    .await;
+    // Both tries' sessions were given up on and ended (the second's in the background).
+    eventually(
+        Duration::from_secs(10),
+        "two sessions counted ended",
+        || async { given_up(&app).await == (2.0, 0.0) },
     )
     .await;
     sqlx::query("SELECT pg_advisory_unlock(4343)")

@@ -86,16 +86,8 @@ async fn enqueue_while_locked(app: &TestApp, first: Vec<Value>, rest: Vec<Value>
 
 /// `cleanup_tasks_enqueued_total` of cleanup_runs, as `/metrics` shows it.
 async fn counted(app: &TestApp) -> f64 {
-    let text = app
-        .get_without_token("/metrics")
-        .await
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|line| line.starts_with("cleanup_tasks_enqueued_total{kind=\"cleanup_runs\"}"))
-        .and_then(|line| line.rsplit(' ').next())
-        .map_or(0.0, |value| value.parse().unwrap())
+    let series = "cleanup_tasks_enqueued_total{kind=\"cleanup_runs\"}";
+    app.metric(series).await.unwrap_or(0.0)
 }
 
 fn runs(max_age_hours: u32) -> Value {

@@ -45,6 +45,7 @@ pub const OUTBOX_PUBLISHED_TOTAL: &str = "cleanup_outbox_published_total";
 pub const OUTBOX_PUBLISH_ERRORS_TOTAL: &str = "cleanup_outbox_publish_errors_total";
 pub const OUTBOX_PUBLISH_DURATION_SECONDS: &str = "cleanup_outbox_publish_duration_seconds";
 pub const OUTBOX_PUBLISH_TIMEOUTS_TOTAL: &str = "cleanup_outbox_publish_timeouts_total";
+pub const ENQUEUE_SESSIONS_GIVEN_UP_TOTAL: &str = "cleanup_enqueue_sessions_given_up_total";
 pub const AMQP_CONNECTED: &str = "cleanup_amqp_connected";
 pub const AMQP_BLOCKED: &str = "cleanup_amqp_blocked";
 pub const QUEUE_MESSAGES: &str = "cleanup_queue_messages";
