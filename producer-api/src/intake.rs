@@ -321,8 +321,8 @@ async fn insert(
 /// A new connection for the second try. If the first try's outcome is open (`first` is
 /// its session), that session is ended from it first: it may still run the statement, or
 /// wait to commit it, and once it has ended the first try's outcome is settled, so the
-/// second can tell it. If no connection can be had for that, it is ended in the
-/// background.
+/// second can tell it. If no connection can be had for that, or the session did not end
+/// in time, it is ended in the background.
 async fn second_connection(
     conns: &Connections,
     first: Option<places::Session>,

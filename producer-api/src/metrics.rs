@@ -100,7 +100,7 @@ impl Metrics {
         let enqueue_sessions_given_up = IntCounterVec::new(
             Opts::new(
                 names::ENQUEUE_SESSIONS_GIVEN_UP_TOTAL,
-                "Ledger sessions of enqueue statements whose answer was overdue, by outcome: ended (terminated; the statement's outcome settled) or left (could not be ended in three tries).",
+                "Ledger sessions of enqueue statements given up on (answer overdue, or connection broken mid-statement), by outcome: ended (terminated, or found gone) or left (could not be ended for 5 minutes).",
             ),
             &["outcome"],
         )

@@ -107,13 +107,13 @@ impl Application {
         });
         let state = AppState {
             intake: crate::intake::Intake::start(
-                crate::intake::Connections {
-                    pool: pool.clone(),
-                    session: session_setup(&config),
-                    statement_timeout: config.enqueue_statement_timeout,
-                    connect_timeout: config.database_acquire_timeout,
-                    given_up: metrics.enqueue_sessions_given_up.clone(),
-                },
+                crate::intake::Connections::new(
+                    pool.clone(),
+                    session_setup(&config),
+                    config.enqueue_statement_timeout,
+                    config.database_acquire_timeout,
+                    metrics.enqueue_sessions_given_up.clone(),
+                ),
                 metrics.clone(),
                 outbox_written.clone(),
             ),

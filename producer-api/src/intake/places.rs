@@ -31,6 +31,11 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// statement is tried again (see [`Connections::end`]); under the shortest statement
 /// timeout allowed, which applies to that wait too.
 pub const END_WAIT: Duration = Duration::from_millis(500);
+/// How long a session given up on is tried to be ended in the background before it is
+/// counted `left` (a database restarting or unreachable meanwhile usually ended it).
+pub const END_LATER_FOR: Duration = Duration::from_secs(300);
+/// The sessions ended in the background at once (each from a connection of its own).
+const ENDING_AT_ONCE: usize = 4;
 
 /// How the intake connects to the ledger, and how long it waits for its statements.
 #[derive(Clone)]
@@ -46,10 +51,29 @@ pub struct Connections {
     pub connect_timeout: Duration,
     /// Counts the sessions given up on, by outcome: `ended` or `left`
     /// (`cleanup_enqueue_sessions_given_up_total`).
-    pub given_up: prometheus::IntCounterVec,
+    given_up: prometheus::IntCounterVec,
+    /// Bounds the connections opened to end sessions in the background.
+    ending: Arc<Semaphore>,
 }
 
 impl Connections {
+    pub fn new(
+        pool: PgPool,
+        session: SessionSetup,
+        statement_timeout: Duration,
+        connect_timeout: Duration,
+        given_up: prometheus::IntCounterVec,
+    ) -> Self {
+        Self {
+            pool,
+            session,
+            statement_timeout,
+            connect_timeout,
+            given_up,
+            ending: Arc::new(Semaphore::new(ENDING_AT_ONCE)),
+        }
+    }
+
     /// `statement`'s answer, or, if none came within the server's `statement_timeout` and
     /// [`ANSWER_GRACE`], an I/O error
     /// (`TimedOut`) that [`connection_lost`] counts as lost: the connection is in the
@@ -123,20 +147,26 @@ impl Connections {
         Ok(ended)
     }
 
-    /// [`Self::end`] from a new connection, in the background, tried up to three times:
-    /// for a connection given up on when nothing waits for its outcome any more. (Not
-    /// from the pool, whose idle connections may have gone silent with this one.)
+    /// [`Self::end`] from a new connection, in the background: for a session given up on
+    /// whose end nothing waits for any more. Tried again with growing pauses (1 s, 2 s,
+    /// ... 30 s) for [`END_LATER_FOR`], then counted `left`. (Not from the pool, whose
+    /// idle connections may have gone silent with this one.)
     pub(super) fn end_later(&self, session: Session) {
         let conns = self.clone();
         tokio::spawn(async move {
-            for attempt in 1..=3 {
-                let ended = match conns.open().await {
-                    Ok(mut new) => {
-                        let ended = conns.end(&mut new.conn, &session).await;
-                        close(new.conn);
-                        ended
-                    }
-                    Err(error) => Err(error),
+            let since = Instant::now();
+            let mut pause = Duration::from_secs(1);
+            for attempt in 1.. {
+                let ended = match conns.ending.clone().acquire_owned().await {
+                    Ok(_permit) => match conns.open().await {
+                        Ok(mut new) => {
+                            let ended = conns.end(&mut new.conn, &session).await;
+                            close(new.conn);
+                            ended
+                        }
+                        Err(error) => Err(error),
+                    },
+                    Err(_) => return,
                 };
                 match ended {
                     Ok(true) => return,
@@ -149,7 +179,11 @@ impl Connections {
                         tracing::warn!(%error, pid = session.pid, attempt, "could not end the session of an enqueue statement given up on")
                     }
                 }
-                tokio::time::sleep(Duration::from_secs(attempt)).await;
+                if since.elapsed() + pause > END_LATER_FOR {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
             }
             conns.given_up.with_label_values(&["left"]).inc();
             tracing::error!(
