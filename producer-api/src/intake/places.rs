@@ -28,7 +28,7 @@ pub const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// round trip, milliseconds even under load) before another connection is opened.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the server may take to end the session of a statement given up on before the
-/// statement is tried again (see [`Connections::end`]); under the shortest statement
+/// statement is tried again (see `Connections::end`); under the shortest statement
 /// timeout allowed, which applies to that wait too.
 pub const END_WAIT: Duration = Duration::from_millis(500);
 /// How long a session given up on is tried to be ended in the background before it is

@@ -72,7 +72,7 @@ pub async fn retry(
 }
 
 /// Run a succeeded dry run for real: a new task with its kind and parameters (`dry_run`
-/// false, and what the dry run's worker chose by itself pinned: [`pinned`]) and its
+/// false, and what the dry run's worker chose by itself pinned: `pinned`) and its
 /// cutoff. It deletes what matches those rules when it runs: nothing younger than the
 /// cutoff, whatever the dry run found that still matches, and whatever came to match
 /// since (a run that finished meanwhile with an old timestamp). One real run per dry run.

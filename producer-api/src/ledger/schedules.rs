@@ -151,7 +151,7 @@ pub async fn write(
     write_in(&mut conn, name, spec, replace, source, actor, now).await
 }
 
-/// [`write`] on a connection (inside the caller's transaction, if any).
+/// [`write`](fn@write) on a connection (inside the caller's transaction, if any).
 pub async fn write_in(
     conn: &mut PgConnection,
     name: &str,

@@ -4,7 +4,7 @@
 //! A Python client took about a tenth of the two cores it shares with what it measures;
 //! this one takes a fraction of that.
 //!
-//!   bench-post URL TOKEN N C BODY LATENCIES_FILE [RATE]
+//!   bench-post URL TOKEN N C BODY LATENCIES_FILE \[RATE\]
 //!
 //! Without RATE (or with 0), a closed loop: C clients, each sending its next request when
 //! its last is answered, as fast as the service answers. Its latency is mostly its own
