@@ -118,6 +118,18 @@ pg_commits() {
 }
 beam_pids() { pgrep -f beam.smp | tr '\n' ' '; }
 HZ=$(getconf CLK_TCK)
+# until_succeeded <count>: until that many tasks of the current setup's ledger ($LEDGER)
+# succeeded, looking once a second (each look starts a psql, whose cost would land on the
+# measured cores).
+until_succeeded() {
+  local since=$(date +%s) done_count
+  while true; do
+    done_count=$(value "$LEDGER" "SELECT count(*) FROM cleanup_tasks WHERE status = 'succeeded'")
+    [ "$done_count" -ge "$1" ] && return
+    if [ $(( $(date +%s) - since )) -gt "$TIMEOUT" ]; then echo "timed out: $done_count of $1 succeeded"; return; fi
+    sleep 1
+  done
+}
 
 create_db() { dbs+=("$1"); sql postgres -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
 create_db "${DB}_runs"
@@ -158,17 +170,6 @@ for setup in $RUNS; do
   # What-if experiments on the ledger (a fillfactor, an index dropped) without a rebuild.
   [ -z "${LEDGER_SQL:-}" ] || sql "$LEDGER" -c "$LEDGER_SQL"
   sleep 1
-  # until_succeeded <count>: until that many tasks succeeded, looking once a second (each
-  # look starts a psql, whose cost would land on the measured cores).
-  until_succeeded() {
-    local since=$(date +%s) done_count
-    while true; do
-      done_count=$(value "$LEDGER" "SELECT count(*) FROM cleanup_tasks WHERE status = 'succeeded'")
-      [ "$done_count" -ge "$1" ] && return
-      if [ $(( $(date +%s) - since )) -gt "$TIMEOUT" ]; then echo "timed out: $done_count of $1 succeeded"; return; fi
-      sleep 1
-    done
-  }
   if [ "$WARMUP" -gt 0 ]; then
     $ALONE "$LOAD_BIN" "$API/maintenance/cleanup-runs" "$TOKEN" "$WARMUP" "$C" \
       '{"max_age_hours": 720, "dry_run": true}' "$WORK/warmup-latencies-$run.txt" "$RATE" > "$WORK/warmup-$run.txt"

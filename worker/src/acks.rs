@@ -293,20 +293,15 @@ impl<R> Unsettled<R> {
             }
             front.extend(entry.remove());
         }
-        let behind: Vec<DeliveryTag> = self
-            .taken
-            .iter()
-            .filter(|(_, slot)| slot.is_some())
-            .map(|(tag, _)| *tag)
-            .collect();
-        let mut due: Vec<Send<R>> = Vec::new();
-        if !front.is_empty() {
-            due.push(Send::Together(front));
-        }
-        for tag in behind {
-            due.extend(self.taken.remove(&tag).flatten().map(Send::Alone));
-        }
-        due
+        let (behind, running): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut self.taken)
+            .into_iter()
+            .partition(|(_, slot)| slot.is_some());
+        self.taken = running;
+        let front = (!front.is_empty()).then_some(Send::Together(front));
+        front
+            .into_iter()
+            .chain(behind.into_values().flatten().map(Send::Alone))
+            .collect()
     }
 }
 

@@ -62,6 +62,16 @@ async fn given_up(app: &TestApp) -> (f64, f64) {
     (ended, left)
 }
 
+/// Wait, at most `within`, until [`given_up`] counts `ended` sessions ended and none left
+/// (a session ended in the background is counted a moment after the answer).
+async fn until_ended(app: &TestApp, ended: f64, within: Duration) {
+    let what = format!("{ended} sessions counted ended, none left");
+    eventually(within, &what, || async {
+        given_up(app).await == (ended, 0.0)
+    })
+    .await;
+}
+
 /// An API reaching the database through `proxy`, and an enqueue whose statement commits
 /// once `silence` holds back what passes the proxy: its answer, not before the answer was
 /// overdue. Also the ids stored before, and the database and broker names to keep.
@@ -104,12 +114,7 @@ async fn an_enqueue_whose_connection_goes_silent_after_its_commit_is_answered_wi
     assert_eq!(stored_since(&app, &before).await, vec![task_id]);
     // Its session was ended before the second try (the server saw the frozen connection
     // as idle), or in the background if that took longer than the wait.
-    eventually(
-        Duration::from_secs(10),
-        "one session counted ended",
-        || async { given_up(&app).await == (1.0, 0.0) },
-    )
-    .await;
+    until_ended(&app, 1.0, Duration::from_secs(10)).await;
 
     // The connections the intake kept before are silent: it opens new ones.
     let stored = app.task_count().await;
@@ -143,12 +148,7 @@ async fn an_enqueue_whose_whole_path_goes_silent_is_answered_outcome_unknown_in_
     assert_eq!(response.status(), 202);
     // No new connection could end the first try's session at the time: the background
     // does, once the path is back.
-    eventually(
-        Duration::from_secs(15),
-        "the session counted ended",
-        || async { given_up(&app).await == (1.0, 0.0) },
-    )
-    .await;
+    until_ended(&app, 1.0, Duration::from_secs(15)).await;
     app.stop().await;
 }
 
@@ -239,12 +239,7 @@ async fn an_enqueue_whose_commit_hangs_leaves_no_session_behind() {
     )
     .await;
     // Both tries' sessions were given up on and ended (the second's in the background).
-    eventually(
-        Duration::from_secs(10),
-        "two sessions counted ended",
-        || async { given_up(&app).await == (2.0, 0.0) },
-    )
-    .await;
+    until_ended(&app, 2.0, Duration::from_secs(10)).await;
     sqlx::query("SELECT pg_advisory_unlock(4343)")
         .execute(&mut locker)
         .await
